@@ -1,0 +1,104 @@
+//! `vakt validate`.
+
+use clap::ValueEnum;
+use opsrepo::report;
+
+use super::RepoOpts;
+use crate::{exit, output};
+
+/// Check every document against its schema, then every governance rule.
+///
+/// Findings carry a stable rule id, a severity, `path:line:col` and what to do. Every
+/// environment's view (base documents with its overlays merged) is checked unless --env
+/// narrows it.
+///
+/// Exit status: 0 no errors (warnings allowed), 1 error-level findings, 3 could not run.
+///
+/// Examples:
+///   vakt validate
+///   vakt validate --repo ops --rev origin/env/prod --env prod
+///   vakt validate --format github        # annotations in a GitHub Actions log
+///   vakt validate --format sarif > vakt.sarif
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct ValidateOpts {
+    #[command(flatten)]
+    pub repo: RepoOpts,
+    /// Check only this environment's view (plus the base documents).
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// Evaluate review ages as of this date (YYYY-MM-DD) instead of today.
+    #[arg(long, value_name = "DATE", value_parser = super::parse_date)]
+    pub now: Option<time::Date>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    pub format: OutputFormat,
+    /// List every rule with its id, default severity and summary, then exit.
+    #[arg(long)]
+    pub list_rules: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    /// rustc-like, with the offending line.
+    Human,
+    /// One JSON document with a summary and every finding.
+    Json,
+    /// GitHub Actions workflow commands (`::error file=…`).
+    Github,
+    /// SARIF 2.1.0, for code-scanning uploads.
+    Sarif,
+}
+
+pub fn run(o: ValidateOpts) -> u8 {
+    if o.list_rules {
+        return list_rules(o.format);
+    }
+    let files = match o.repo.read() {
+        Ok(f) => f,
+        Err(e) => {
+            output::error(&e.to_string());
+            return exit::COULD_NOT_RUN;
+        }
+    };
+    let opts = opsrepo::ValidateOptions {
+        env: o.env,
+        today: o.now.unwrap_or_else(super::today),
+    };
+    let report = opsrepo::validate(&files, &opts);
+    let format = match o.format {
+        OutputFormat::Human => report::Format::Human,
+        OutputFormat::Json => report::Format::Json,
+        OutputFormat::Github => report::Format::Github,
+        OutputFormat::Sarif => report::Format::Sarif,
+    };
+    output::print(&report::render(&report, format, output::color_stdout()));
+    if report.has_errors() {
+        exit::FINDINGS
+    } else {
+        exit::OK
+    }
+}
+
+fn list_rules(format: OutputFormat) -> u8 {
+    match format {
+        OutputFormat::Json => {
+            output::print(
+                &(serde_json::to_string_pretty(opsrepo::rules::RULES).unwrap_or_default() + "\n"),
+            );
+        }
+        _ => {
+            let mut s = String::new();
+            for r in opsrepo::rules::RULES {
+                s.push_str(&format!(
+                    "{:<26} {:<8} {}\n",
+                    r.id,
+                    r.severity.as_str(),
+                    r.summary
+                ));
+            }
+            output::print(&s);
+        }
+    }
+    exit::OK
+}

@@ -1,0 +1,50 @@
+//! The `vakt` binary: argument parsing and output only; every decision lives in the libraries.
+
+mod cmd;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// vakt: GitOps control plane for multi-tenant, multi-datacenter platforms on NATS.
+///
+/// Everything operators change lives in one Git repo (the ops repo). `vakt validate` checks it
+/// the way CI does on every pull request. Run `vakt <command> --help` for details and examples.
+#[derive(Debug, Parser)]
+#[command(name = "vakt", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Validate(cmd::validate::ValidateOpts),
+    Init(cmd::init::InitOpts),
+    Schemas(cmd::schemas::SchemasOpts),
+}
+
+/// Exit codes automation can rely on.
+pub mod exit {
+    /// Success; no error-level findings.
+    pub const OK: u8 = 0;
+    /// Error-level findings (validate), or a check that failed.
+    pub const FINDINGS: u8 = 1;
+    /// Usage error (bad flags), as clap reports it.
+    #[allow(dead_code)]
+    pub const USAGE: u8 = 2;
+    /// Could not run: the repo or a revision could not be read, I/O failed.
+    pub const COULD_NOT_RUN: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    output::init_tracing();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Validate(o) => cmd::validate::run(o),
+        Command::Init(o) => cmd::init::run(o),
+        Command::Schemas(o) => cmd::schemas::run(o),
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,42 @@
+//! Terminal output: colour decisions, broken pipes, logging.
+
+use std::io::{IsTerminal, Write};
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set.
+pub fn color_stdout() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
+}
+
+/// Writes to stdout; a closed pipe (`vakt validate | head`) ends quietly.
+pub fn print(s: &str) {
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(s.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        std::process::exit(0);
+    }
+}
+
+/// An error for the user, on stderr.
+pub fn error(msg: &str) {
+    let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::io::stderr().is_terminal();
+    if color {
+        eprintln!("\x1b[1;31merror\x1b[0m: {msg}");
+    } else {
+        eprintln!("error: {msg}");
+    }
+}
+
+/// Installs the log subscriber: `VAKT_LOG` filter (default `warn`), stderr.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VAKT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .try_init();
+}

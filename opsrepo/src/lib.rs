@@ -1,0 +1,18 @@
+//! The ops repo: a typed model of every document kind, read from a work tree or a Git commit,
+//! with schema and governance validation that reports findings with source spans.
+
+pub mod diag;
+pub mod kinds;
+pub mod load;
+pub mod model;
+pub mod parse;
+pub mod report;
+pub mod rules;
+pub mod scaffold;
+pub mod source;
+pub mod validate;
+
+pub use diag::{Finding, Pos, Severity};
+pub use kinds::Kind;
+pub use source::{RepoFiles, SourceError, read_commit, read_work_tree};
+pub use validate::{Report, ValidateOptions, validate};

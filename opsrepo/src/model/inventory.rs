@@ -1,0 +1,120 @@
+//! Inventory: sites (datacenters), nodes, shards, services and tenant placement.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::ServiceKind;
+
+/// `inventory/sites/<id>.toml`: a datacenter.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))]
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    /// Physical location, e.g. `Oslo, NO`.
+    pub location: String,
+    pub role: SiteRole,
+    /// Cross-site links whose health vakt reports.
+    #[serde(default)]
+    pub links: Vec<SiteLink>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SiteRole {
+    Primary,
+    Secondary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SiteLink {
+    /// The other site.
+    pub to: String,
+    /// What crosses the link: `nats-cluster-route`, `nats-leafnode`, `postgres-replication` …
+    pub kind: String,
+    /// Round-trip time above which the link counts as degraded.
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
+    pub max_rtt: String,
+}
+
+/// `inventory/nodes/<id>.toml`: one instance of a platform service.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))]
+    pub id: String,
+    pub site: String,
+    pub service_kind: ServiceKind,
+    /// Base URL of the node admin API; the only URL vakt ever calls for this node.
+    #[schemars(regex(pattern = r"^https?://[^\s/$.?#][^\s]*$"))]
+    pub admin_url: String,
+    /// Expected running version.
+    #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$"))]
+    pub version: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Capacity,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    pub cpu_cores: u32,
+    pub memory_gb: u32,
+    pub max_tenants: u32,
+    pub max_inflight: u32,
+}
+
+/// `inventory/shards/<id>.toml`: a placement target served by one or more nodes.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))]
+    pub id: String,
+    pub service_kind: ServiceKind,
+    pub site: String,
+    /// Nodes serving this shard; each must be of the same service kind and site.
+    pub nodes: Vec<String>,
+    /// Tenants this shard may hold at most.
+    pub max_tenants: u32,
+}
+
+/// `inventory/services/<kind>.toml`: a platform service and its health checks.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub kind: ServiceKind,
+    pub description: String,
+    pub owner_team: String,
+    pub image: String,
+    #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$"))]
+    pub version: String,
+    /// Metric `service` label.
+    pub metrics_service: String,
+    pub health_checks: Vec<HealthCheck>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub name: String,
+    /// Signal key raised when the check fails; must map to a runbook.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_]*$"))]
+    pub signal: String,
+    pub description: String,
+}
+
+/// `inventory/placement/<tenant_id>.toml`: tenant → shard per service kind.
+/// KV keys `<service_kind>.<tenant_id>` in the `placement` bucket.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    pub tenant: String,
+    /// Shard id per service kind; every kind must be present.
+    pub shards: BTreeMap<ServiceKind, String>,
+}

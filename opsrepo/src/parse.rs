@@ -1,0 +1,576 @@
+//! Parsing TOML, YAML and JSON into one JSON value model while keeping source positions.
+//!
+//! Every value gets a JSON pointer; [`Spans`] maps pointers to `line:col` of the value and of its
+//! key, so schema errors and cross-document findings point at the offending text. Inputs are
+//! bounded before they reach a parser: nesting deeper than [`MAX_DEPTH`] and YAML alias
+//! expansion beyond [`MAX_NODES`] are refused with a finding instead of exhausting the stack or
+//! memory.
+
+use std::collections::HashMap;
+
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use serde_json::{Map, Number, Value};
+
+use crate::diag::{Finding, Pos};
+
+/// Deepest nesting accepted in any document.
+pub const MAX_DEPTH: usize = 64;
+/// Most values one document may expand to (YAML aliases included).
+pub const MAX_NODES: usize = 200_000;
+
+/// The format of a document, from its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Yaml,
+    Json,
+    Markdown,
+}
+
+impl Format {
+    pub fn from_path(path: &str) -> Option<Format> {
+        let ext = path.rsplit_once('.').map(|(_, e)| e)?;
+        match ext {
+            "toml" => Some(Format::Toml),
+            "yaml" | "yml" => Some(Format::Yaml),
+            "json" => Some(Format::Json),
+            "md" => Some(Format::Markdown),
+            _ => None,
+        }
+    }
+}
+
+/// Source positions by JSON pointer.
+#[derive(Debug, Clone, Default)]
+pub struct Spans {
+    values: HashMap<String, Pos>,
+    keys: HashMap<String, Pos>,
+}
+
+impl Spans {
+    /// Position of the value at `pointer`, or of its closest ancestor that has one.
+    pub fn value(&self, pointer: &str) -> Pos {
+        self.lookup(&self.values, pointer)
+    }
+
+    /// Position of the key of the value at `pointer` (falls back to the value).
+    pub fn key(&self, pointer: &str) -> Pos {
+        if let Some(p) = self.keys.get(pointer) {
+            return *p;
+        }
+        self.value(pointer)
+    }
+
+    fn lookup(&self, map: &HashMap<String, Pos>, pointer: &str) -> Pos {
+        let mut p = pointer;
+        loop {
+            if let Some(pos) = map.get(p) {
+                return *pos;
+            }
+            match p.rfind('/') {
+                Some(i) => p = &p[..i],
+                None => return Pos { line: 1, col: 1 },
+            }
+        }
+    }
+
+    /// Overlays another document's spans (used when a merge patch replaces values).
+    pub fn extend_from(&mut self, other: &Spans) {
+        self.values
+            .extend(other.values.iter().map(|(k, v)| (k.clone(), *v)));
+        self.keys
+            .extend(other.keys.iter().map(|(k, v)| (k.clone(), *v)));
+    }
+
+    pub fn contains(&self, pointer: &str) -> bool {
+        self.values.contains_key(pointer)
+    }
+}
+
+/// Escapes one JSON pointer segment.
+pub fn escape_segment(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+/// A parsed structured document.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub value: Value,
+    pub spans: Spans,
+}
+
+/// Maps byte offsets to 1-based line and character column.
+pub struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { text, starts }
+    }
+
+    pub fn pos(&self, offset: usize) -> Pos {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&s| s <= offset) - 1;
+        let start = self.starts[line];
+        let col = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
+        Pos {
+            line: line as u32 + 1,
+            col: col as u32 + 1,
+        }
+    }
+}
+
+/// Decodes bytes as UTF-8, or returns a finding at the first invalid byte.
+pub fn decode<'a>(path: &str, bytes: &'a [u8]) -> Result<&'a str, Finding> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let valid = &bytes[..e.valid_up_to()];
+        let text = std::str::from_utf8(valid).unwrap_or_default();
+        let pos = LineIndex::new(text).pos(text.len());
+        Finding::new(
+            "input.encoding",
+            path,
+            pos,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        )
+        .help("save the file as UTF-8")
+    })
+}
+
+/// Parses a structured document of the given format.
+pub fn parse(path: &str, format: Format, text: &str) -> Result<Parsed, Finding> {
+    check_depth(path, format, text)?;
+    match format {
+        Format::Toml => parse_toml(path, text),
+        Format::Yaml | Format::Json => parse_yaml(path, text, format),
+        Format::Markdown => Ok(Parsed {
+            value: Value::String(text.to_owned()),
+            spans: Spans::default(),
+        }),
+    }
+}
+
+/// A cheap scan that refuses pathological nesting before any parser recurses into it.
+fn check_depth(path: &str, format: Format, text: &str) -> Result<(), Finding> {
+    let too_deep = |offset: usize, depth: usize| {
+        let pos = LineIndex::new(text).pos(offset);
+        Err(Finding::new(
+            "input.too-deep",
+            path,
+            pos,
+            format!("nesting deeper than {MAX_DEPTH} levels (reached {depth})"),
+        )
+        .help("flatten the document; no ops repo document needs this much nesting"))
+    };
+    // Bracket depth outside strings and comments (TOML, JSON, YAML flow style).
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    let mut escaped = false;
+    let mut comment = false;
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if comment {
+            if b == b'\n' {
+                comment = false;
+            }
+            continue;
+        }
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' && q == b'"' {
+                escaped = true;
+            } else if b == q || (b == b'\n' && format == Format::Yaml && q == b'\'') {
+                quote = None;
+            }
+            continue;
+        }
+        match b {
+            b'"' => quote = Some(b'"'),
+            b'\'' if format != Format::Json => quote = Some(b'\''),
+            b'#' if format != Format::Json => comment = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return too_deep(i, depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if format == Format::Yaml {
+        // Block nesting: a stack of indentation levels, plus `- - -` chains on one line.
+        let mut stack: Vec<usize> = Vec::new();
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            let start = offset;
+            offset += line.len();
+            let trimmed = line.trim_start_matches(' ');
+            if trimmed.trim().is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let indent = line.len() - trimmed.len();
+            while stack.last().is_some_and(|&top| top >= indent) {
+                stack.pop();
+            }
+            stack.push(indent);
+            let dashes = trimmed
+                .as_bytes()
+                .chunks(2)
+                .take_while(|c| c == b"- ")
+                .count();
+            let d = stack.len() + dashes;
+            if d > MAX_DEPTH {
+                return too_deep(start + indent, d);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_toml(path: &str, text: &str) -> Result<Parsed, Finding> {
+    let table = toml::de::DeTable::parse(text).map_err(|e| {
+        let pos = e
+            .span()
+            .map_or(Pos::default(), |s| LineIndex::new(text).pos(s.start));
+        Finding::new(
+            "input.syntax",
+            path,
+            pos,
+            format!("TOML: {}", e.message().trim()),
+        )
+        .help("fix the TOML syntax at this position")
+    })?;
+    let idx = LineIndex::new(text);
+    let mut spans = Spans::default();
+    let mut conv = TomlConv {
+        idx: &idx,
+        spans: &mut spans,
+        path,
+    };
+    let pos = idx.pos(table.span().start);
+    conv.spans.values.insert(String::new(), pos);
+    let value = conv.table(table.get_ref(), "")?;
+    Ok(Parsed { value, spans })
+}
+
+struct TomlConv<'a, 'b> {
+    idx: &'a LineIndex<'b>,
+    spans: &'a mut Spans,
+    path: &'a str,
+}
+
+impl TomlConv<'_, '_> {
+    fn table(&mut self, t: &toml::de::DeTable<'_>, ptr: &str) -> Result<Value, Finding> {
+        let mut map = Map::new();
+        for (k, v) in t.iter() {
+            let key = k.get_ref().to_string();
+            let child = format!("{ptr}/{}", escape_segment(&key));
+            self.spans
+                .keys
+                .insert(child.clone(), self.idx.pos(k.span().start));
+            let value = self.value(v, &child)?;
+            map.insert(key, value);
+        }
+        Ok(Value::Object(map))
+    }
+
+    fn value(
+        &mut self,
+        v: &toml::Spanned<toml::de::DeValue<'_>>,
+        ptr: &str,
+    ) -> Result<Value, Finding> {
+        use toml::de::DeValue;
+        let pos = self.idx.pos(v.span().start);
+        self.spans.values.insert(ptr.to_owned(), pos);
+        let bad_number = |raw: &str| {
+            Finding::new(
+                "input.syntax",
+                self.path,
+                pos,
+                format!("number `{raw}` cannot be represented"),
+            )
+            .help("use a finite number within the 64-bit range")
+        };
+        Ok(match v.get_ref() {
+            DeValue::String(s) => Value::String(s.to_string()),
+            DeValue::Boolean(b) => Value::Bool(*b),
+            DeValue::Datetime(d) => Value::String(d.to_string()),
+            DeValue::Integer(i) => {
+                let raw = i.as_str().replace('_', "");
+                let (digits, neg) = match raw.strip_prefix('-') {
+                    Some(r) => (r.to_owned(), true),
+                    None => (raw.trim_start_matches('+').to_owned(), false),
+                };
+                let digits = digits
+                    .trim_start_matches("0x")
+                    .trim_start_matches("0o")
+                    .trim_start_matches("0b");
+                let n =
+                    i128::from_str_radix(digits, i.radix()).map_err(|_| bad_number(i.as_str()))?;
+                let n = if neg { -n } else { n };
+                if let Ok(u) = u64::try_from(n) {
+                    Value::Number(u.into())
+                } else if let Ok(s) = i64::try_from(n) {
+                    Value::Number(s.into())
+                } else {
+                    return Err(bad_number(i.as_str()));
+                }
+            }
+            DeValue::Float(f) => {
+                let raw = f.as_str().replace('_', "");
+                let n: f64 = raw.parse().map_err(|_| bad_number(f.as_str()))?;
+                Value::Number(Number::from_f64(n).ok_or_else(|| bad_number(f.as_str()))?)
+            }
+            DeValue::Array(a) => {
+                let mut out = Vec::with_capacity(a.len());
+                for (i, item) in a.iter().enumerate() {
+                    out.push(self.value(item, &format!("{ptr}/{i}"))?);
+                }
+                Value::Array(out)
+            }
+            DeValue::Table(t) => self.table(t, ptr)?,
+        })
+    }
+}
+
+fn parse_yaml(path: &str, text: &str, format: Format) -> Result<Parsed, Finding> {
+    let lang = if format == Format::Json {
+        "JSON"
+    } else {
+        "YAML"
+    };
+    let docs = MarkedYaml::load_from_str(text).map_err(|e| {
+        let m = e.marker();
+        Finding::new(
+            "input.syntax",
+            path,
+            Pos {
+                line: m.line() as u32,
+                col: m.col() as u32 + 1,
+            },
+            format!("{lang}: {}", e.info()),
+        )
+        .help(format!("fix the {lang} syntax at this position"))
+    })?;
+    if docs.len() > 1 {
+        let pos = docs[1].span.start;
+        return Err(Finding::new(
+            "input.syntax",
+            path,
+            Pos {
+                line: pos.line() as u32,
+                col: pos.col() as u32 + 1,
+            },
+            format!(
+                "{lang}: the file holds {} documents; vakt expects one",
+                docs.len()
+            ),
+        )
+        .help("split the file, one document per file"));
+    }
+    let mut spans = Spans::default();
+    let mut conv = YamlConv {
+        spans: &mut spans,
+        path,
+        nodes: 0,
+    };
+    let value = match docs.first() {
+        Some(doc) => conv.node(doc, "", 0)?,
+        None => Value::Null,
+    };
+    Ok(Parsed { value, spans })
+}
+
+struct YamlConv<'a> {
+    spans: &'a mut Spans,
+    path: &'a str,
+    nodes: usize,
+}
+
+fn ypos(n: &MarkedYaml<'_>) -> Pos {
+    Pos {
+        line: n.span.start.line() as u32,
+        col: n.span.start.col() as u32 + 1,
+    }
+}
+
+impl YamlConv<'_> {
+    fn node(&mut self, n: &MarkedYaml<'_>, ptr: &str, depth: usize) -> Result<Value, Finding> {
+        let pos = ypos(n);
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return Err(Finding::new(
+                "input.too-large",
+                self.path,
+                pos,
+                format!("document expands to more than {MAX_NODES} values (alias expansion?)"),
+            )
+            .help("remove the alias chain; ops repo documents do not need aliases"));
+        }
+        if depth > MAX_DEPTH {
+            return Err(Finding::new(
+                "input.too-deep",
+                self.path,
+                pos,
+                format!("nesting deeper than {MAX_DEPTH} levels"),
+            )
+            .help("flatten the document"));
+        }
+        self.spans.values.insert(ptr.to_owned(), pos);
+        Ok(match &n.data {
+            YamlData::Value(s) => scalar(s).ok_or_else(|| {
+                Finding::new(
+                    "input.syntax",
+                    self.path,
+                    pos,
+                    "number cannot be represented (NaN or infinity)",
+                )
+                .help("use a finite number")
+            })?,
+            YamlData::Representation(s, _, _) => Value::String(s.to_string()),
+            YamlData::Sequence(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    out.push(self.node(item, &format!("{ptr}/{i}"), depth + 1)?);
+                }
+                Value::Array(out)
+            }
+            YamlData::Mapping(m) => {
+                let mut map = Map::new();
+                for (k, v) in m.iter() {
+                    let key = match &k.data {
+                        YamlData::Value(Scalar::String(s)) => s.to_string(),
+                        YamlData::Value(s) => match scalar(s) {
+                            Some(Value::String(s)) => s,
+                            Some(other) => other.to_string(),
+                            None => String::new(),
+                        },
+                        _ => {
+                            return Err(Finding::new(
+                                "input.syntax",
+                                self.path,
+                                ypos(k),
+                                "mapping keys must be plain scalars",
+                            )
+                            .help("use a string key"));
+                        }
+                    };
+                    let child = format!("{ptr}/{}", escape_segment(&key));
+                    self.spans.keys.insert(child.clone(), ypos(k));
+                    let value = self.node(v, &child, depth + 1)?;
+                    map.insert(key, value);
+                }
+                Value::Object(map)
+            }
+            YamlData::Tagged(_, inner) => self.node(inner, ptr, depth + 1)?,
+            YamlData::Alias(_) | YamlData::BadValue => {
+                return Err(Finding::new(
+                    "input.syntax",
+                    self.path,
+                    pos,
+                    "unresolved alias or invalid value",
+                )
+                .help("define the anchor before using it, or write the value out"));
+            }
+        })
+    }
+}
+
+fn scalar(s: &Scalar<'_>) -> Option<Value> {
+    Some(match s {
+        Scalar::Null => Value::Null,
+        Scalar::Boolean(b) => Value::Bool(*b),
+        Scalar::Integer(i) => Value::Number((*i).into()),
+        Scalar::FloatingPoint(f) => Value::Number(Number::from_f64(f.into_inner())?),
+        Scalar::String(s) => Value::String(s.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_spans_point_at_values_and_keys() {
+        let p = parse(
+            "a.toml",
+            Format::Toml,
+            "x = 1\n[t]\nname = \"n\"\nlist = [1, 2]\n",
+        )
+        .unwrap();
+        assert_eq!(p.value["t"]["name"], "n");
+        assert_eq!(p.spans.value("/t/name"), Pos { line: 3, col: 8 });
+        assert_eq!(p.spans.key("/t/list"), Pos { line: 4, col: 1 });
+        assert_eq!(p.spans.value("/t/list/1"), Pos { line: 4, col: 12 });
+    }
+
+    #[test]
+    fn yaml_spans_and_errors() {
+        let p = parse(
+            "a.yaml",
+            Format::Yaml,
+            "groups:\n  - name: g\n    rules: []\n",
+        )
+        .unwrap();
+        assert_eq!(p.spans.value("/groups/0/name"), Pos { line: 2, col: 11 });
+        let e = parse("a.yaml", Format::Yaml, "a: [1, 2\n").unwrap_err();
+        assert_eq!(e.rule, "input.syntax");
+        let e = parse("a.yaml", Format::Yaml, "a: 1\na: 2\n").unwrap_err();
+        assert_eq!(e.rule, "input.syntax", "duplicate keys are refused: {e:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = format!("a = {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(
+            parse("a.toml", Format::Toml, &deep).unwrap_err().rule,
+            "input.too-deep"
+        );
+        let mut yaml = String::new();
+        for i in 0..10_000 {
+            yaml.push_str(&" ".repeat(i));
+            yaml.push_str("k:\n");
+        }
+        assert_eq!(
+            parse("a.yaml", Format::Yaml, &yaml).unwrap_err().rule,
+            "input.too-deep"
+        );
+        let json = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(
+            parse("a.json", Format::Json, &json).unwrap_err().rule,
+            "input.too-deep"
+        );
+    }
+
+    #[test]
+    fn alias_bomb_is_bounded() {
+        let bomb = "a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\n\
+            b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n\
+            c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n\
+            d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n\
+            e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n\
+            f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n\
+            g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n\
+            h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\n\
+            i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n";
+        let e = parse("bomb.yaml", Format::Yaml, bomb).unwrap_err();
+        assert!(
+            matches!(e.rule, "input.too-large" | "input.syntax"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_located() {
+        let e = decode("a.toml", b"x = 1\ny = \"\xff\"\n").unwrap_err();
+        assert_eq!((e.rule, e.line), ("input.encoding", 2));
+    }
+}

@@ -1,0 +1,223 @@
+//! Rendering findings: human (rustc-like, with the offending line), JSON, GitHub workflow
+//! commands, and SARIF 2.1.0.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use crate::diag::{Finding, Severity};
+use crate::rules::RULES;
+use crate::validate::Report;
+
+/// Output formats of `vakt validate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json,
+    Github,
+    Sarif,
+}
+
+/// Renders a report. `color` adds ANSI colours to the human format only.
+pub fn render(report: &Report, format: Format, color: bool) -> String {
+    match format {
+        Format::Human => human(report, color),
+        Format::Json => json_report(report),
+        Format::Github => github(report),
+        Format::Sarif => serde_json::to_string_pretty(&sarif(report)).unwrap_or_default() + "\n",
+    }
+}
+
+fn paint(color: bool, code: &str, s: &str) -> String {
+    if color {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_owned()
+    }
+}
+
+fn human(report: &Report, color: bool) -> String {
+    let mut out = String::new();
+    for f in &report.findings {
+        let (label, code) = match f.severity {
+            Severity::Error => ("error", "1;31"),
+            Severity::Warning => ("warning", "1;33"),
+            Severity::Note => ("note", "1;36"),
+        };
+        let _ = writeln!(
+            out,
+            "{}{}",
+            paint(color, code, &format!("{label}[{}]", f.rule)),
+            paint(color, "1", &format!(": {}", f.message))
+        );
+        let _ = writeln!(
+            out,
+            "  {} {}:{}:{}",
+            paint(color, "1;34", "-->"),
+            f.path,
+            f.line,
+            f.col
+        );
+        if let Some(line) = report
+            .texts
+            .get(&f.path)
+            .and_then(|t| t.lines().nth(f.line as usize - 1))
+        {
+            let shown: String = line.chars().take(160).collect();
+            let shown = crate::source::sanitize_path(&shown);
+            let num = f.line.to_string();
+            let pad = " ".repeat(num.len());
+            let _ = writeln!(out, "{pad} {}", paint(color, "1;34", "|"));
+            let _ = writeln!(
+                out,
+                "{} {} {shown}",
+                paint(color, "1;34", &num),
+                paint(color, "1;34", "|")
+            );
+            let caret_at = (f.col as usize)
+                .saturating_sub(1)
+                .min(shown.chars().count());
+            let _ = writeln!(
+                out,
+                "{pad} {} {}{}",
+                paint(color, "1;34", "|"),
+                " ".repeat(caret_at),
+                paint(color, code, "^")
+            );
+        }
+        if !f.help.is_empty() {
+            let _ = writeln!(out, "  = {}: {}", paint(color, "1", "help"), f.help);
+        }
+        out.push('\n');
+    }
+    let errors = report.count(Severity::Error);
+    let warnings = report.count(Severity::Warning);
+    let _ = writeln!(
+        out,
+        "{}: {} documents in {} files, {} environments checked: {errors} error{}, {warnings} warning{}",
+        if errors > 0 {
+            paint(color, "1;31", "failed")
+        } else {
+            paint(color, "1;32", "ok")
+        },
+        report.documents,
+        report.files,
+        report.environments.len(),
+        if errors == 1 { "" } else { "s" },
+        if warnings == 1 { "" } else { "s" },
+    );
+    out
+}
+
+fn json_report(report: &Report) -> String {
+    let v = json!({
+        "version": 1,
+        "ok": !report.has_errors(),
+        "summary": {
+            "files": report.files,
+            "documents": report.documents,
+            "documents_by_kind": report.documents_by_kind,
+            "environments": report.environments,
+            "errors": report.count(Severity::Error),
+            "warnings": report.count(Severity::Warning),
+        },
+        "findings": report.findings,
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+}
+
+/// Escapes a GitHub workflow command's message (`%`, CR, LF).
+fn gh_data(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// Escapes a GitHub workflow command's property (also `:` and `,`).
+fn gh_prop(s: &str) -> String {
+    gh_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+fn github(report: &Report) -> String {
+    let mut out = String::new();
+    for f in &report.findings {
+        let level = match f.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Note => "notice",
+        };
+        let msg = if f.help.is_empty() {
+            f.message.clone()
+        } else {
+            format!("{} (help: {})", f.message, f.help)
+        };
+        let _ = writeln!(
+            out,
+            "::{level} file={},line={},col={},title={}::{}",
+            gh_prop(&f.path),
+            f.line,
+            f.col,
+            gh_prop(&format!("vakt {}", f.rule)),
+            gh_data(&msg)
+        );
+    }
+    out
+}
+
+/// A SARIF 2.1.0 log of the findings.
+pub fn sarif(report: &Report) -> Value {
+    let rules: Vec<Value> = RULES
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "shortDescription": { "text": r.summary },
+                "defaultConfiguration": { "level": sarif_level(r.severity) },
+            })
+        })
+        .collect();
+    let results: Vec<Value> = report.findings.iter().map(sarif_result).collect();
+    json!({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": { "driver": {
+                "name": "vakt",
+                "version": env!("CARGO_PKG_VERSION"),
+                "informationUri": "https://github.com/vakt-ops/vakt",
+                "rules": rules,
+            }},
+            "columnKind": "unicodeCodePoints",
+            "results": results,
+        }],
+    })
+}
+
+fn sarif_level(s: Severity) -> &'static str {
+    match s {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+        Severity::Note => "note",
+    }
+}
+
+fn sarif_result(f: &Finding) -> Value {
+    let idx = RULES.iter().position(|r| r.id == f.rule).unwrap_or(0);
+    let text = if f.help.is_empty() {
+        f.message.clone()
+    } else {
+        format!("{} Help: {}", f.message, f.help)
+    };
+    json!({
+        "ruleId": f.rule,
+        "ruleIndex": idx,
+        "level": sarif_level(f.severity),
+        "message": { "text": text },
+        "locations": [{
+            "physicalLocation": {
+                "artifactLocation": { "uri": f.path, "uriBaseId": "%SRCROOT%" },
+                "region": { "startLine": f.line, "startColumn": f.col },
+            }
+        }],
+    })
+}

@@ -1,0 +1,440 @@
+//! Reading the files of an ops repo from a work tree or straight from a Git commit.
+//!
+//! Only the directories of the ops repo layout are read. Every file is checked before it is
+//! parsed: path names (no `..`, no control characters), symlinks (never out of the repository),
+//! and size (documents larger than [`MAX_FILE_BYTES`] are refused unread).
+
+use std::path::{Path, PathBuf};
+
+use crate::diag::{Finding, Pos};
+
+/// Largest document vakt reads (8 MiB). Larger files get an `input.too-large` finding.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Top-level entries that belong to the ops repo. Anything else (the tool's own source) is ignored.
+pub const ROOTS: [&str; 10] = [
+    "vakt.toml",
+    "config",
+    "environments",
+    "definitions",
+    "inventory",
+    "access",
+    "runbooks",
+    "dashboards",
+    "alerts",
+    "dr",
+];
+
+/// A file of the repo, read or refused.
+#[derive(Debug, Clone)]
+pub struct RawFile {
+    /// `/`-separated path relative to the repository root.
+    pub path: String,
+    pub content: Result<Vec<u8>, Finding>,
+}
+
+/// Where the files came from, for messages and for the `commit` field of KV values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    WorkTree(PathBuf),
+    Commit {
+        repo: PathBuf,
+        rev: String,
+        id: String,
+    },
+}
+
+/// The files of an ops repo at one point in time.
+#[derive(Debug, Clone)]
+pub struct RepoFiles {
+    pub origin: Origin,
+    /// Sorted by path.
+    pub files: Vec<RawFile>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("failed to read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to open Git repository at {path}: {message}")]
+    OpenRepo { path: PathBuf, message: String },
+    #[error("failed to resolve revision `{rev}`: {message}")]
+    Revision { rev: String, message: String },
+    #[error("failed to read the tree of {rev}: {message}")]
+    Tree { rev: String, message: String },
+    #[error(
+        "{path} is not an ops repo: vakt.toml is missing (run `vakt init {path}` to create one)"
+    )]
+    NotOpsRepo { path: PathBuf },
+}
+
+fn in_layout(path: &str) -> bool {
+    let first = path.split('/').next().unwrap_or("");
+    ROOTS.contains(&first)
+}
+
+/// Checks one path for names a reviewer could be fooled by. Returns the offending reason.
+pub fn check_path_name(path: &str) -> Option<String> {
+    for seg in path.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Some(format!("path segment `{seg}` is not allowed"));
+        }
+        if let Some(c) = seg.chars().find(|c| c.is_control()) {
+            return Some(format!(
+                "file name contains the control character U+{:04X}",
+                c as u32
+            ));
+        }
+    }
+    None
+}
+
+fn bad_path(path: &str, why: String) -> RawFile {
+    RawFile {
+        path: sanitize_path(path),
+        content: Err(
+            Finding::new("input.bad-path", sanitize_path(path), Pos::default(), why)
+                .help("rename the file to a plain name (letters, digits, `-`, `_`, `.`)"),
+        ),
+    }
+}
+
+/// Makes a path printable: control characters become `\u{..}` escapes.
+pub fn sanitize_path(path: &str) -> String {
+    path.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn too_large(path: &str, len: u64) -> RawFile {
+    RawFile {
+        path: path.to_owned(),
+        content: Err(Finding::new(
+            "input.too-large",
+            path,
+            Pos::default(),
+            format!("file is {len} bytes; documents are limited to {MAX_FILE_BYTES} bytes"),
+        )
+        .help("split the document or move bulk data out of the ops repo")),
+    }
+}
+
+/// Reads the ops repo files of a work tree.
+pub fn read_work_tree(root: &Path) -> Result<RepoFiles, SourceError> {
+    if !root.join("vakt.toml").is_file() {
+        return Err(SourceError::NotOpsRepo {
+            path: root.to_owned(),
+        });
+    }
+    let canon_root = root.canonicalize().map_err(|source| SourceError::Io {
+        path: root.to_owned(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    for top in ROOTS {
+        let p = root.join(top);
+        if p.symlink_metadata().is_ok() {
+            walk(&canon_root, root, top.to_owned(), &mut files)?;
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(RepoFiles {
+        origin: Origin::WorkTree(root.to_owned()),
+        files,
+    })
+}
+
+fn walk(
+    canon_root: &Path,
+    root: &Path,
+    rel: String,
+    out: &mut Vec<RawFile>,
+) -> Result<(), SourceError> {
+    let full = root.join(&rel);
+    let meta = full.symlink_metadata().map_err(|source| SourceError::Io {
+        path: full.clone(),
+        source,
+    })?;
+    if let Some(why) = check_path_name(&rel) {
+        out.push(bad_path(&rel, why));
+        return Ok(());
+    }
+    let meta = if meta.file_type().is_symlink() {
+        match full.canonicalize() {
+            Ok(target) if target.starts_with(canon_root) => match target.metadata() {
+                Ok(m) => m,
+                Err(e) => {
+                    out.push(RawFile {
+                        path: rel.clone(),
+                        content: Err(Finding::new(
+                            "input.unreadable",
+                            &rel,
+                            Pos::default(),
+                            e.to_string(),
+                        )),
+                    });
+                    return Ok(());
+                }
+            },
+            Ok(target) => {
+                out.push(RawFile {
+                    path: rel.clone(),
+                    content: Err(Finding::new(
+                        "input.symlink-escape",
+                        &rel,
+                        Pos::default(),
+                        format!("symlink points outside the repository (to {})", target.display()),
+                    )
+                    .help("replace the symlink with the file itself; vakt never reads outside the repo")),
+                });
+                return Ok(());
+            }
+            Err(_) => {
+                out.push(RawFile {
+                    path: rel.clone(),
+                    content: Err(Finding::new(
+                        "input.symlink-escape",
+                        &rel,
+                        Pos::default(),
+                        "symlink target does not exist or cannot be resolved",
+                    )
+                    .help("remove the dangling symlink")),
+                });
+                return Ok(());
+            }
+        }
+    } else {
+        meta
+    };
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(&full)
+            .map_err(|source| SourceError::Io {
+                path: full.clone(),
+                source,
+            })?
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            let name = match name.to_str() {
+                Some(n) => n.to_owned(),
+                None => {
+                    let lossy = name.to_string_lossy().into_owned();
+                    out.push(bad_path(
+                        &format!("{rel}/{lossy}"),
+                        "file name is not valid UTF-8".into(),
+                    ));
+                    continue;
+                }
+            };
+            if name.starts_with('.') && name != ".keep" {
+                continue;
+            }
+            walk(canon_root, root, format!("{rel}/{name}"), out)?;
+        }
+    } else if meta.is_file() {
+        if meta.len() > MAX_FILE_BYTES {
+            out.push(too_large(&rel, meta.len()));
+        } else {
+            let content = std::fs::read(&full).map_err(|e| {
+                Finding::new(
+                    "input.unreadable",
+                    &rel,
+                    Pos::default(),
+                    format!("failed to read: {e}"),
+                )
+            });
+            out.push(RawFile { path: rel, content });
+        }
+    }
+    Ok(())
+}
+
+/// Reads the ops repo files of a commit, without a checkout. `rev` is a branch, tag or sha.
+pub fn read_commit(repo_path: &Path, rev: &str) -> Result<RepoFiles, SourceError> {
+    let repo = gix::open(repo_path).map_err(|e| SourceError::OpenRepo {
+        path: repo_path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let commit = resolve_commit(&repo, rev)?;
+    let id = commit.id.to_string();
+    let tree = commit.tree().map_err(|e| SourceError::Tree {
+        rev: rev.to_owned(),
+        message: e.to_string(),
+    })?;
+    let entries = tree
+        .traverse()
+        .breadthfirst
+        .files()
+        .map_err(|e| SourceError::Tree {
+            rev: rev.to_owned(),
+            message: e.to_string(),
+        })?;
+    let by_path: std::collections::HashMap<String, gix::ObjectId> = entries
+        .iter()
+        .filter(|e| e.mode.is_blob())
+        .filter_map(|e| {
+            std::str::from_utf8(&e.filepath)
+                .ok()
+                .map(|p| (p.to_owned(), e.oid))
+        })
+        .collect();
+    if !by_path.contains_key("vakt.toml") {
+        return Err(SourceError::NotOpsRepo {
+            path: PathBuf::from(format!("{}@{rev}", repo_path.display())),
+        });
+    }
+    let mut files = Vec::new();
+    for e in &entries {
+        if e.mode.is_tree() || e.mode.is_commit() {
+            continue;
+        }
+        let Ok(path) = std::str::from_utf8(&e.filepath) else {
+            let lossy = String::from_utf8_lossy(&e.filepath).into_owned();
+            if in_layout(&lossy) {
+                files.push(bad_path(&lossy, "file name is not valid UTF-8".into()));
+            }
+            continue;
+        };
+        if !in_layout(path) {
+            continue;
+        }
+        if let Some(why) = check_path_name(path) {
+            files.push(bad_path(path, why));
+            continue;
+        }
+        if path.rsplit('/').next().is_some_and(|n| n.starts_with('.')) {
+            continue;
+        }
+        let oid = if e.mode.is_link() {
+            let target = read_blob(&repo, e.oid, path);
+            let target = match target {
+                Ok(t) => String::from_utf8_lossy(&t).into_owned(),
+                Err(f) => {
+                    files.push(RawFile {
+                        path: path.to_owned(),
+                        content: Err(f),
+                    });
+                    continue;
+                }
+            };
+            match resolve_link(path, &target).and_then(|p| by_path.get(&p).copied()) {
+                Some(oid) => oid,
+                None => {
+                    files.push(RawFile {
+                        path: path.to_owned(),
+                        content: Err(Finding::new(
+                            "input.symlink-escape",
+                            path,
+                            Pos::default(),
+                            format!("symlink to `{}` leaves the repository or points at nothing", sanitize_path(&target)),
+                        )
+                        .help("replace the symlink with the file itself; vakt never reads outside the repo")),
+                    });
+                    continue;
+                }
+            }
+        } else {
+            e.oid
+        };
+        let content = read_blob(&repo, oid, path);
+        files.push(RawFile {
+            path: path.to_owned(),
+            content,
+        });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(RepoFiles {
+        origin: Origin::Commit {
+            repo: repo_path.to_owned(),
+            rev: rev.to_owned(),
+            id,
+        },
+        files,
+    })
+}
+
+/// Resolves a revision to a commit.
+pub fn resolve_commit<'r>(
+    repo: &'r gix::Repository,
+    rev: &str,
+) -> Result<gix::Commit<'r>, SourceError> {
+    let err = |message: String| SourceError::Revision {
+        rev: rev.to_owned(),
+        message,
+    };
+    let obj = repo
+        .rev_parse_single(rev)
+        .map_err(|e| err(e.to_string()))?
+        .object()
+        .map_err(|e| err(e.to_string()))?;
+    obj.peel_to_commit().map_err(|e| err(e.to_string()))
+}
+
+fn read_blob(repo: &gix::Repository, oid: gix::ObjectId, path: &str) -> Result<Vec<u8>, Finding> {
+    let header = repo
+        .find_header(oid)
+        .map_err(|e| Finding::new("input.unreadable", path, Pos::default(), e.to_string()))?;
+    if header.size() > MAX_FILE_BYTES {
+        return Err(too_large(path, header.size()).content.unwrap_err());
+    }
+    let obj = repo
+        .find_object(oid)
+        .map_err(|e| Finding::new("input.unreadable", path, Pos::default(), e.to_string()))?;
+    Ok(obj.detach().data)
+}
+
+/// Resolves a relative symlink target against the link's directory; `None` if it escapes.
+fn resolve_link(link_path: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = link_path.split('/').collect();
+    parts.pop();
+    for seg in target.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            s => parts.push(s),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_resolution_stays_inside() {
+        assert_eq!(
+            resolve_link("config/a.toml", "b.toml").as_deref(),
+            Some("config/b.toml")
+        );
+        assert_eq!(
+            resolve_link("config/x/a.toml", "../b.toml").as_deref(),
+            Some("config/b.toml")
+        );
+        assert_eq!(resolve_link("a.toml", "../../etc/passwd"), None);
+        assert_eq!(resolve_link("config/a.toml", "/etc/passwd"), None);
+    }
+
+    #[test]
+    fn path_names() {
+        assert!(check_path_name("config/ok-name.toml").is_none());
+        assert!(check_path_name("config/../x.toml").is_some());
+        assert!(check_path_name("config/a\u{1b}b.toml").is_some());
+    }
+}

@@ -1,0 +1,137 @@
+//! `validate`: schema checks of every document, then every governance rule, over the base view
+//! and every environment's view (overlays merged). Findings are deduplicated and sorted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::diag::{Finding, Severity};
+use crate::kinds::Kind;
+use crate::load::{Model, Parsed0, build_view, parse_all};
+use crate::rules::{self, RuleContext, secrets};
+use crate::source::RepoFiles;
+
+/// What to validate.
+#[derive(Debug, Clone)]
+pub struct ValidateOptions {
+    /// Only this environment's view (and the base); `None`: every environment.
+    pub env: Option<String>,
+    /// "Today", for runbook review ages.
+    pub today: time::Date,
+}
+
+/// The outcome of a validation run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    pub files: usize,
+    pub documents: usize,
+    pub documents_by_kind: BTreeMap<Kind, usize>,
+    pub environments: Vec<String>,
+    /// File texts for showing offending lines (not serialised).
+    #[serde(skip)]
+    pub texts: HashMap<String, Arc<str>>,
+}
+
+impl Report {
+    pub fn count(&self, s: Severity) -> usize {
+        self.findings.iter().filter(|f| f.severity == s).count()
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.count(Severity::Error) > 0
+    }
+}
+
+/// Validates the files of an ops repo.
+pub fn validate(files: &RepoFiles, opts: &ValidateOptions) -> Report {
+    let parsed = parse_all(files);
+    validate_parsed(&parsed, opts)
+}
+
+/// Validates an already parsed repo (lets callers reuse the parse).
+pub fn validate_parsed(parsed: &Parsed0, opts: &ValidateOptions) -> Report {
+    let ctx = RuleContext { today: opts.today };
+    let mut findings = parsed.findings.clone();
+    // Raw-text secret scan over every decoded file, in parallel.
+    let text_findings: Vec<Finding> = parsed
+        .texts
+        .par_iter()
+        .flat_map_iter(|(p, t)| {
+            let mut out = Vec::new();
+            secrets::scan_text(p, t, &mut out);
+            out
+        })
+        .collect();
+    findings.extend(text_findings);
+
+    let mut envs: Vec<Option<String>> = vec![None];
+    let declared: Vec<String> = parsed
+        .manifest
+        .as_ref()
+        .map(|m| m.environments.keys().cloned().collect())
+        .unwrap_or_default();
+    match &opts.env {
+        Some(e) => {
+            if !declared.contains(e) {
+                findings.push(
+                    Finding::new(
+                        "manifest.environments",
+                        "vakt.toml",
+                        crate::diag::Pos::default(),
+                        format!("environment `{e}` is not declared"),
+                    )
+                    .help(format!("declared environments: {}", declared.join(", "))),
+                );
+            } else {
+                envs.push(Some(e.clone()));
+            }
+        }
+        None => envs.extend(declared.iter().cloned().map(Some)),
+    }
+    let per_view: Vec<(Vec<Finding>, usize, BTreeMap<Kind, usize>)> = envs
+        .par_iter()
+        .map(|env| {
+            let (model, mut f) = build_view(parsed, env.as_deref());
+            f.extend(rules::check(&model, &ctx));
+            scan_model_values(&model, &mut f);
+            let mut by_kind: BTreeMap<Kind, usize> = BTreeMap::new();
+            for (k, _) in &model.documents {
+                *by_kind.entry(*k).or_default() += 1;
+            }
+            *by_kind.entry(Kind::Runbook).or_default() += model.runbooks.len();
+            (f, model.documents.len() + model.runbooks.len(), by_kind)
+        })
+        .collect();
+    let mut documents = 0;
+    let mut documents_by_kind = BTreeMap::new();
+    for (i, (f, n, k)) in per_view.into_iter().enumerate() {
+        findings.extend(f);
+        if i == 0 {
+            documents = n;
+            documents_by_kind = k;
+        }
+    }
+    let mut seen = HashSet::new();
+    findings.retain(|f| seen.insert(f.clone()));
+    findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    Report {
+        findings,
+        files: parsed.files,
+        documents,
+        documents_by_kind,
+        environments: envs.into_iter().flatten().collect(),
+        texts: parsed.texts.clone(),
+    }
+}
+
+fn scan_model_values(m: &Model, out: &mut Vec<Finding>) {
+    for (kind, d) in &m.documents {
+        // Dashboards and alert rules hold queries, not credentials.
+        if matches!(kind, Kind::Dashboard | Kind::AlertRules) {
+            continue;
+        }
+        secrets::scan_values(d, out);
+    }
+}
