@@ -214,6 +214,18 @@ fn match_seg_rest(g: &str, s: &str) -> bool {
 #[allow(dead_code)]
 fn assert_schema<T: JsonSchema>() {}
 
+/// Every schema as `(file name, pretty JSON text)`, as committed under `schemas/`.
+pub fn schema_files() -> Vec<(String, String)> {
+    Kind::WITH_SCHEMA
+        .iter()
+        .filter_map(|k| {
+            let s = k.schema()?;
+            let text = serde_json::to_string_pretty(s).ok()? + "\n";
+            Some((format!("{}.schema.json", k.name()), text))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,16 +264,4 @@ mod tests {
             assert!(k.validator().is_some(), "{k:?}");
         }
     }
-}
-
-/// Every schema as `(file name, pretty JSON text)`, as committed under `schemas/`.
-pub fn schema_files() -> Vec<(String, String)> {
-    Kind::WITH_SCHEMA
-        .iter()
-        .filter_map(|k| {
-            let s = k.schema()?;
-            let text = serde_json::to_string_pretty(s).ok()? + "\n";
-            Some((format!("{}.schema.json", k.name()), text))
-        })
-        .collect()
 }

@@ -146,6 +146,9 @@ pub struct Model {
     pub dr_stores: Vec<Doc<DrStore>>,
     /// Every structured document of the view, by kind, for generic checks and compilation.
     pub documents: Vec<(Kind, Doc<()>)>,
+    /// Ids declared by documents that failed their schema: references to them are not reported
+    /// again (the document's own finding says what to fix).
+    pub broken_ids: std::collections::HashSet<String>,
 }
 
 /// Everything parsed from the files, before views are built.
@@ -158,6 +161,8 @@ pub struct Parsed0 {
     pub files: usize,
     /// Text of every file that decoded, for showing offending lines.
     pub texts: HashMap<String, Arc<str>>,
+    /// Ids declared by base documents that failed their schema.
+    pub broken_ids: BTreeSet<String>,
 }
 
 /// Parses and schema-checks every file. Findings on one file never stop the others.
@@ -167,24 +172,23 @@ pub fn parse_all(files: &RepoFiles) -> Parsed0 {
         ..Default::default()
     };
     // The manifest first: its bindings decide the kind of other paths.
-    if let Some(raw) = files.files.iter().find(|f| f.path == "vakt.toml") {
-        if let Ok(bytes) = &raw.content {
-            if let Ok(text) = parse::decode(&raw.path, bytes) {
-                if let Ok(p) = parse::parse(&raw.path, Format::Toml, text) {
-                    out.manifest = serde_json::from_value(p.value).ok();
-                }
-            }
-        }
+    if let Some(raw) = files.files.iter().find(|f| f.path == "vakt.toml")
+        && let Ok(bytes) = &raw.content
+        && let Ok(text) = parse::decode(&raw.path, bytes)
+        && let Ok(p) = parse::parse(&raw.path, Format::Toml, text)
+    {
+        out.manifest = serde_json::from_value(p.value).ok();
     }
     let bindings = out
         .manifest
         .as_ref()
         .map(|m| m.bindings.clone())
         .unwrap_or_default();
-    let results: Vec<(
-        Result<Option<SourceDoc>, Vec<Finding>>,
+    type One = (
+        Result<Option<SourceDoc>, (Vec<Finding>, Option<String>)>,
         Option<(String, Arc<str>)>,
-    )> = files
+    );
+    let results: Vec<One> = files
         .files
         .par_iter()
         .map(|raw| {
@@ -194,10 +198,12 @@ pub fn parse_all(files: &RepoFiles) -> Parsed0 {
                 .ok()
                 .and_then(|b| std::str::from_utf8(b).ok())
                 .map(|t| (raw.path.clone(), Arc::from(t)));
-            (
-                parse_one(raw, &bindings, text.as_ref().map(|t| t.1.clone())),
-                text,
-            )
+            let r = parse_one(raw, &bindings, text.as_ref().map(|t| t.1.clone()));
+            let r = r.map_err(|e| match e {
+                ParseFail::Findings(f) => (f, None),
+                ParseFail::Schema(f, id) => (f, id),
+            });
+            (r, text)
         })
         .collect();
     for (r, text) in results {
@@ -207,17 +213,38 @@ pub fn parse_all(files: &RepoFiles) -> Parsed0 {
         match r {
             Ok(Some(d)) => out.docs.push(d),
             Ok(None) => {}
-            Err(f) => out.findings.extend(f),
+            Err((f, id)) => {
+                out.findings.extend(f);
+                out.broken_ids.extend(id);
+            }
         }
     }
     out
+}
+
+/// The id a document declares, read leniently from its raw value.
+fn declared_id(v: &Value) -> Option<String> {
+    ["id", "name", "uid", "tenant"]
+        .iter()
+        .find_map(|k| v.get(*k)?.as_str().map(str::to_owned))
+}
+
+enum ParseFail {
+    Findings(Vec<Finding>),
+    Schema(Vec<Finding>, Option<String>),
+}
+
+impl From<Vec<Finding>> for ParseFail {
+    fn from(f: Vec<Finding>) -> Self {
+        ParseFail::Findings(f)
+    }
 }
 
 fn parse_one(
     raw: &crate::source::RawFile,
     bindings: &[Binding],
     text_arc: Option<Arc<str>>,
-) -> Result<Option<SourceDoc>, Vec<Finding>> {
+) -> Result<Option<SourceDoc>, ParseFail> {
     {
         {
             let bytes = raw.content.as_ref().map_err(|f| vec![f.clone()])?;
@@ -225,17 +252,17 @@ fn parse_one(
                 Some((env, rest)) => (Some(env.to_owned()), rest.to_owned()),
                 None => (None, raw.path.clone()),
             };
-            let Some(kind) = kind_of_base_path(&base_path, &bindings) else {
-                return Err(vec![Finding::new(
+            let Some(kind) = kind_of_base_path(&base_path, bindings) else {
+                return Err(ParseFail::Findings(vec![Finding::new(
                     "input.unknown-file",
                     &raw.path,
                     Pos::default(),
                     "file matches no document kind of the ops repo layout and is ignored",
                 )
-                .help("move it to the right directory, rename its extension, or bind it with [[bindings]] in vakt.toml")]);
+                .help("move it to the right directory, rename its extension, or bind it with [[bindings]] in vakt.toml")]));
             };
             if kind == Kind::Manifest && env.is_some() {
-                return Err(vec![
+                return Err(ParseFail::Findings(vec![
                     Finding::new(
                         "overlay.forbidden",
                         &raw.path,
@@ -243,7 +270,7 @@ fn parse_one(
                         "vakt.toml cannot be overlaid per environment",
                     )
                     .help("put per-environment settings under [environments.<env>] in vakt.toml"),
-                ]);
+                ]));
             }
             let text = parse::decode(&raw.path, bytes).map_err(|f| vec![f])?;
             let format = Format::from_path(&raw.path).unwrap_or(Format::Toml);
@@ -265,7 +292,7 @@ fn parse_one(
                 };
                 let f = schema_findings(kind, &doc.parsed.value, &spans);
                 if !f.is_empty() {
-                    return Err(f);
+                    return Err(ParseFail::Schema(f, declared_id(&doc.parsed.value)));
                 }
             }
             Ok(Some(doc))
@@ -396,6 +423,8 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
         env: env.map(str::to_owned),
         ..Default::default()
     };
+    // Base documents that failed their schema in parse_all never reach a view.
+    model.broken_ids.extend(p.broken_ids.iter().cloned());
     let mut entries: Vec<(Kind, DocSpans, Value, String)> = Vec::new();
     for (path, base) in &bases {
         if base.kind == Kind::Runbook {
@@ -429,6 +458,7 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
                 if f.is_empty() {
                     entries.push((base.kind, spans, v, base.path.clone()));
                 } else {
+                    model.broken_ids.extend(declared_id(&v));
                     findings.extend(f);
                 }
             }
@@ -476,6 +506,7 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
         if f.is_empty() {
             entries.push((o.kind, spans, o.parsed.value.clone(), o.path.clone()));
         } else {
+            model.broken_ids.extend(declared_id(&o.parsed.value));
             findings.extend(f);
         }
     }

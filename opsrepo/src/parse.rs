@@ -349,8 +349,13 @@ fn parse_yaml(path: &str, text: &str, format: Format) -> Result<Parsed, Finding>
     };
     let docs = MarkedYaml::load_from_str(text).map_err(|e| {
         let m = e.marker();
+        let rule = if e.info().contains("alias") {
+            "input.too-large"
+        } else {
+            "input.syntax"
+        };
         Finding::new(
-            "input.syntax",
+            rule,
             path,
             Pos {
                 line: m.line() as u32,

@@ -1,1 +1,109 @@
-//! placeholder
+//! End-to-end harness: the `vakt` binary, copies of the bundled ops repo, real Git repositories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (the bundled ops repo).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+/// The `vakt` binary built beside the running test binary (`target/<profile>/vakt`).
+pub fn vakt_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join("vakt");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p vakt` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `vakt` with arguments; colour off.
+pub fn vakt(args: &[&str]) -> Output {
+    Command::new(vakt_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("VAKT_REPO")
+        .output()
+        .expect("run vakt")
+}
+
+/// Exit code, stdout and stderr of a finished command.
+pub fn outcome(o: &Output) -> (i32, String, String) {
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The ops repo directories of the layout (plus vakt.toml).
+pub const LAYOUT: [&str; 10] = opsrepo::source::ROOTS;
+
+/// Copies the bundled ops repo (layout only) into a fresh temporary directory.
+pub fn copy_bundled() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for top in LAYOUT {
+        let src = workspace().join(top);
+        if src.exists() {
+            copy_tree(&src, &dir.path().join(top));
+        }
+    }
+    dir
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    if src.is_dir() {
+        std::fs::create_dir_all(dst).expect("mkdir");
+        for e in std::fs::read_dir(src).expect("read_dir") {
+            let e = e.expect("entry");
+            copy_tree(&e.path(), &dst.join(e.file_name()));
+        }
+    } else {
+        std::fs::copy(src, dst).expect("copy");
+    }
+}
+
+/// The fixed "today" for review-age rules, so tests do not rot.
+pub const TODAY: &str = "2026-11-22";
+
+/// Runs `git` in `dir`, panicking on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "vakt test")
+        .env("GIT_AUTHOR_EMAIL", "test@vakt.invalid")
+        .env("GIT_COMMITTER_NAME", "vakt test")
+        .env("GIT_COMMITTER_EMAIL", "test@vakt.invalid")
+        .output()
+        .expect("run git");
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// Findings of `vakt validate --format json` on `repo`.
+pub fn findings(repo: &Path, extra: &[&str]) -> (i32, Vec<serde_json::Value>) {
+    let repo_s = repo.to_string_lossy();
+    let mut args = vec![
+        "validate", "--repo", &repo_s, "--now", TODAY, "--format", "json",
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = outcome(&vakt(&args));
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("json output ({e}): {out}\nstderr: {err}"));
+    (code, v["findings"].as_array().cloned().unwrap_or_default())
+}

@@ -136,10 +136,11 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                             );
                         }
                         Some(rb) => {
-                            if let Some(s) = signal {
-                                if !rb.signals.iter().any(|x| x == s) {
-                                    let (p, pos) = f.at(&format!("{ptr}/labels/signal"));
-                                    out.push(
+                            if let Some(s) = signal
+                                && !rb.signals.iter().any(|x| x == s)
+                            {
+                                let (p, pos) = f.at(&format!("{ptr}/labels/signal"));
+                                out.push(
                                         Finding::new(
                                             "alert.signal-mismatch",
                                             p,
@@ -148,19 +149,18 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                                         )
                                         .help("add the signal to that runbook's `signals`, or point the alert at the right runbook"),
                                     );
-                                }
                             }
                         }
                     },
                 }
-                if let Some(s) = signal {
-                    if !signal_owner.contains_key(s) {
-                        let (p, pos) = f.at(&format!("{ptr}/labels/signal"));
-                        out.push(
+                if let Some(s) = signal
+                    && !signal_owner.contains_key(s)
+                {
+                    let (p, pos) = f.at(&format!("{ptr}/labels/signal"));
+                    out.push(
                             Finding::new("signal.unmapped", p, pos, format!("signal `{s}` of alert `{name}` maps to no runbook"))
                                 .help("list the signal under `signals` of a runbook in runbooks/runbooks.catalog.json"),
                         );
-                    }
                 }
             }
         }

@@ -72,24 +72,24 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                     "set `command` or `effect`",
                 ));
             }
-            if let Some(c) = &st.command {
-                if let Err(e) = member(&aggs, c, false) {
-                    out.push(bad(s.at(&format!("{base}/command")), e, help_cmd));
-                }
+            if let Some(c) = &st.command
+                && let Err(e) = member(&aggs, c, false)
+            {
+                out.push(bad(s.at(&format!("{base}/command")), e, help_cmd));
             }
-            if let Some(c) = &st.compensate {
-                if let Err(e) = member(&aggs, c, false) {
-                    out.push(bad(s.at(&format!("{base}/compensate")), e, help_cmd));
-                }
+            if let Some(c) = &st.compensate
+                && let Err(e) = member(&aggs, c, false)
+            {
+                out.push(bad(s.at(&format!("{base}/compensate")), e, help_cmd));
             }
-            if let Some(eff) = &st.effect {
-                if !effects.contains_key(eff.as_str()) {
-                    out.push(bad(
-                        s.at(&format!("{base}/effect")),
-                        format!("unknown effect provider `{eff}`"),
-                        "name a provider under definitions/effects/",
-                    ));
-                }
+            if let Some(eff) = &st.effect
+                && !effects.contains_key(eff.as_str())
+            {
+                out.push(bad(
+                    s.at(&format!("{base}/effect")),
+                    format!("unknown effect provider `{eff}`"),
+                    "name a provider under definitions/effects/",
+                ));
             }
         }
     }

@@ -98,6 +98,17 @@ pub fn check(model: &Model, ctx: &RuleContext) -> Vec<Finding> {
     runbooks::check(model, ctx, &mut out);
     alerts::check(model, &mut out);
     observability::check(model, &mut out);
+    // A reference to a document that failed its own schema is not a second problem.
+    if !model.broken_ids.is_empty() {
+        out.retain(|f| {
+            let is_ref = f.rule.starts_with("ref.") || f.rule == "placement.incomplete";
+            !is_ref
+                || !model
+                    .broken_ids
+                    .iter()
+                    .any(|id| f.message.contains(&format!("`{id}`")))
+        });
+    }
     out
 }
 

@@ -141,11 +141,12 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                     );
                     continue;
                 }
-                if kind == Some(DatasourceType::Prometheus) {
-                    if let Some(expr) = &t.expr {
-                        if let Err(e) = promql_parser::parser::parse(&grafana_fill(expr)) {
-                            let (p, pos) = d.at(&format!("{tptr}/expr"));
-                            out.push(
+                if kind == Some(DatasourceType::Prometheus)
+                    && let Some(expr) = &t.expr
+                    && let Err(e) = promql_parser::parser::parse(&grafana_fill(expr))
+                {
+                    let (p, pos) = d.at(&format!("{tptr}/expr"));
+                    out.push(
                                 Finding::new(
                                     "dashboard.query",
                                     p,
@@ -154,8 +155,6 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                                 )
                                 .help("fix the expression; Grafana variables are allowed inside label values and range brackets"),
                             );
-                        }
-                    }
                 }
             }
         }

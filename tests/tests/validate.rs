@@ -1,0 +1,369 @@
+//! `vakt validate` end to end: the bundled repo is clean, every rule fires exactly once on its
+//! fixture, bad input is contained, and every output format is well-formed.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use vakt_tests::{TODAY, copy_bundled, findings, outcome, vakt, workspace};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    description: String,
+    #[serde(default)]
+    edit: Vec<Edit>,
+    #[serde(default)]
+    write: Vec<Write>,
+    #[serde(default)]
+    remove: Vec<Remove>,
+    expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Edit {
+    path: String,
+    find: String,
+    replace: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Write {
+    path: String,
+    content: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Remove {
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    rule: String,
+    path: String,
+    line: u64,
+}
+
+fn apply(case: &Case, root: &Path) {
+    for e in &case.edit {
+        let p = root.join(&e.path);
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|_| panic!("{}", e.path));
+        assert!(text.contains(&e.find), "{}: `{}` not found", e.path, e.find);
+        std::fs::write(&p, text.replacen(&e.find, &e.replace, 1)).unwrap();
+    }
+    for w in &case.write {
+        let p = root.join(&w.path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &w.content).unwrap();
+    }
+    for r in &case.remove {
+        std::fs::remove_file(root.join(&r.path)).unwrap();
+    }
+}
+
+#[test]
+fn bundled_repo_is_clean() {
+    let (code, out, err) = outcome(&vakt(&[
+        "validate",
+        "--repo",
+        &workspace().to_string_lossy(),
+        "--now",
+        TODAY,
+    ]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 errors, 0 warnings"), "{out}");
+}
+
+#[test]
+fn every_rule_fixture_reports_exactly_one_finding() {
+    let dir = workspace().join("tests/fixtures/validate");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 30, "fixtures missing");
+    let mut failures = Vec::new();
+    for c in cases {
+        let name = c.file_name().unwrap().to_string_lossy().into_owned();
+        let case: Case = toml::from_str(&std::fs::read_to_string(c.join("case.toml")).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let repo = copy_bundled();
+        apply(&case, repo.path());
+        let (code, f) = findings(repo.path(), &[]);
+        let summary: Vec<String> = f
+            .iter()
+            .map(|x| format!("{} {}:{} {}", x["rule"], x["path"], x["line"], x["message"]))
+            .collect();
+        let ok = f.len() == 1
+            && f[0]["rule"] == case.expect.rule.as_str()
+            && f[0]["path"] == case.expect.path.as_str()
+            && f[0]["line"] == case.expect.line;
+        let is_error = f.first().is_some_and(|x| x["severity"] == "error");
+        if !ok || (code == 1) != is_error {
+            failures.push(format!(
+                "{name} ({}): expected {} at {}:{}, exit {code}, got {summary:#?}",
+                case.description, case.expect.rule, case.expect.path, case.expect.line
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn one(repo: &Path) -> serde_json::Value {
+    let (code, f) = findings(repo, &[]);
+    assert_eq!(code, 1, "{f:#?}");
+    assert_eq!(f.len(), 1, "{f:#?}");
+    f[0].clone()
+}
+
+#[test]
+fn huge_document_is_refused_unread() {
+    let repo = copy_bundled();
+    let p = repo.path().join("config/global/huge.toml");
+    let line = format!("# {}\n", "x".repeat(1022));
+    std::fs::write(&p, line.repeat(50 * 1024)).unwrap();
+    let f = one(repo.path());
+    assert_eq!(f["rule"], "input.too-large");
+    assert_eq!(f["path"], "config/global/huge.toml");
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let repo = copy_bundled();
+    let deep = format!(
+        "schema_version = 1\nvalue = {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    std::fs::write(repo.path().join("config/global/deep.toml"), deep).unwrap();
+    let mut yaml = String::from("groups:\n");
+    for i in 0..1_000 {
+        yaml.push_str(&" ".repeat(i + 2));
+        yaml.push_str("- k:\n");
+    }
+    std::fs::write(repo.path().join("alerts/deep.yaml"), yaml).unwrap();
+    let (code, f) = findings(repo.path(), &[]);
+    assert_eq!(code, 1);
+    let rules: Vec<_> = f
+        .iter()
+        .map(|x| (x["rule"].clone(), x["path"].clone()))
+        .collect();
+    assert_eq!(rules.len(), 2, "{f:#?}");
+    assert!(f.iter().all(|x| x["rule"] == "input.too-deep"), "{f:#?}");
+}
+
+#[test]
+fn non_utf8_is_located() {
+    let repo = copy_bundled();
+    std::fs::write(
+        repo.path().join("config/global/latin1.toml"),
+        b"schema_version = 1\ndescription = \"caf\xe9\"\n",
+    )
+    .unwrap();
+    let f = one(repo.path());
+    assert_eq!(
+        (f["rule"].as_str(), f["line"].as_u64()),
+        (Some("input.encoding"), Some(2))
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn symlink_out_of_the_repo_is_refused() {
+    let repo = copy_bundled();
+    std::os::unix::fs::symlink("/etc/passwd", repo.path().join("config/global/passwd.toml"))
+        .unwrap();
+    let f = one(repo.path());
+    assert_eq!(f["rule"], "input.symlink-escape");
+    assert_eq!(f["path"], "config/global/passwd.toml");
+}
+
+#[test]
+fn control_characters_in_file_names_are_refused() {
+    let repo = copy_bundled();
+    std::fs::write(
+        repo.path().join("config/global/evil\u{1b}[2J.toml"),
+        "schema_version = 1\n",
+    )
+    .unwrap();
+    let f = one(repo.path());
+    assert_eq!(f["rule"], "input.bad-path");
+    assert!(
+        !f["path"].as_str().unwrap().contains('\u{1b}'),
+        "escape kept in output: {f}"
+    );
+}
+
+#[test]
+fn one_bad_file_does_not_hide_findings_in_others() {
+    let repo = copy_bundled();
+    std::fs::write(repo.path().join("config/global/broken.toml"), "a = [\n").unwrap();
+    let p = repo.path().join("inventory/sites/osl1.toml");
+    let t = std::fs::read_to_string(&p)
+        .unwrap()
+        .replacen("to = \"bgo1\"", "to = \"bgo9\"", 1);
+    std::fs::write(&p, t).unwrap();
+    let (_, f) = findings(repo.path(), &[]);
+    let rules: Vec<&str> = f.iter().map(|x| x["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, ["input.syntax", "ref.inventory"], "{f:#?}");
+}
+
+#[test]
+fn human_format_shows_the_offending_line() {
+    let repo = copy_bundled();
+    let p = repo.path().join("inventory/nodes/gw-osl1-01.toml");
+    let t = std::fs::read_to_string(&p).unwrap().replacen(
+        "site = \"osl1\"\n",
+        "site = \"osl1\"\ncolour = \"blue\"\n",
+        1,
+    );
+    std::fs::write(&p, t).unwrap();
+    let (code, out, _) = outcome(&vakt(&[
+        "validate",
+        "--repo",
+        &repo.path().to_string_lossy(),
+        "--now",
+        TODAY,
+    ]));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("error[schema.invalid]: unknown field `colour` in node"),
+        "{out}"
+    );
+    assert!(
+        out.contains("--> inventory/nodes/gw-osl1-01.toml:"),
+        "{out}"
+    );
+    assert!(out.contains("| colour = \"blue\""), "{out}");
+    assert!(out.contains("= help: "), "{out}");
+    assert!(
+        !out.contains('\x1b'),
+        "no colour when NO_COLOR is set / not a terminal"
+    );
+}
+
+#[test]
+fn github_annotations_follow_the_workflow_command_syntax() {
+    let repo = copy_bundled();
+    std::fs::write(repo.path().join("config/global/broken.toml"), "a = [\n").unwrap();
+    std::fs::write(repo.path().join("runbooks/orphan.md"), "# x\n").unwrap();
+    let (code, out, _) = outcome(&vakt(&[
+        "validate",
+        "--repo",
+        &repo.path().to_string_lossy(),
+        "--now",
+        TODAY,
+        "--format",
+        "github",
+    ]));
+    assert_eq!(code, 1);
+    let re = regex::Regex::new(
+        r"^::(error|warning|notice) file=[^,:]+,line=\d+,col=\d+,title=[^,:]+::[^\r\n]+$",
+    )
+    .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.len() >= 3, "{out}");
+    for l in lines {
+        assert!(re.is_match(l), "not a workflow command: {l}");
+    }
+}
+
+#[test]
+fn sarif_validates_against_the_sarif_2_1_0_schema() {
+    let repo = copy_bundled();
+    std::fs::write(repo.path().join("config/global/broken.toml"), "a = [\n").unwrap();
+    let (code, out, _) = outcome(&vakt(&[
+        "validate",
+        "--repo",
+        &repo.path().to_string_lossy(),
+        "--now",
+        TODAY,
+        "--format",
+        "sarif",
+    ]));
+    assert_eq!(code, 1);
+    let log: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("tests/fixtures/sarif/sarif-schema-2.1.0.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    // The official file (oasis-tcs/sarif-spec 85971b3) misplaces region's `anyOf` inside
+    // `properties`; move it beside them, where the spec means it, so it is enforced.
+    let region = &mut schema["definitions"]["region"];
+    if let Some(any_of) = region["properties"]
+        .as_object_mut()
+        .and_then(|p| p.remove("anyOf"))
+    {
+        region["anyOf"] = any_of;
+    }
+    // Its `language` pattern uses `(?i)`, which ECMA-262 regexes (JSON Schema's dialect) lack.
+    for def in ["run", "toolComponent"] {
+        schema["definitions"][def]["properties"]["language"]["pattern"] =
+            "^[a-zA-Z]{2}(-[a-zA-Z]{2})?$".into();
+    }
+    let v = jsonschema::draft7::new(&schema).unwrap();
+    let errors: Vec<String> = v
+        .iter_errors(&log)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(log["runs"][0]["results"][0]["ruleId"], "input.syntax");
+    // The schema is not a pushover: a bad level is refused.
+    let mut bad = log.clone();
+    bad["runs"][0]["results"][0]["level"] = "catastrophic".into();
+    assert!(!v.is_valid(&bad));
+}
+
+#[test]
+fn json_format_has_summary_and_findings() {
+    let (code, out, _) = outcome(&vakt(&[
+        "validate",
+        "--repo",
+        &workspace().to_string_lossy(),
+        "--now",
+        TODAY,
+        "--format",
+        "json",
+    ]));
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(
+        v["summary"]["environments"],
+        serde_json::json!(["dev", "prod", "staging"])
+    );
+    let kinds = &v["summary"]["documents_by_kind"];
+    assert!(kinds["tenant"].as_u64().unwrap() >= 5);
+    assert!(kinds["node"].as_u64().unwrap() >= 8);
+    assert!(kinds["dashboard"].as_u64().unwrap() >= 12);
+}
+
+#[test]
+fn could_not_run_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = outcome(&vakt(&[
+        "validate",
+        "--repo",
+        &dir.path().to_string_lossy(),
+    ]));
+    assert_eq!(code, 3);
+    assert!(err.contains("vakt.toml is missing"), "{err}");
+}
+
+#[test]
+fn list_rules_names_every_rule_once() {
+    let (code, out, _) = outcome(&vakt(&["validate", "--list-rules", "--format", "json"]));
+    assert_eq!(code, 0);
+    let rules: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let mut ids: Vec<&str> = rules.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n);
+}
