@@ -14,6 +14,7 @@
 #   B1_RUNS        measured runs of vakt and promtool (default 20)
 #   B1_SLOW_RUNS   measured runs of check-jsonschema (default 5; one run takes tens of seconds)
 #   B1_NO_BUILD=1  skip `cargo build --release -p vakt`
+#   B1_NO_HYPERFINE=1  use the /usr/bin/time loop even if hyperfine is installed
 # Uses hyperfine when installed (apt-get install -y hyperfine), else a loop of /usr/bin/time.
 # Exits non-zero if the build, the generator or any measured command fails.
 set -euo pipefail
@@ -85,11 +86,10 @@ tail -n 3 "$WORK/vakt-validate.txt" >&2
 python3 - "$WORK/vakt-validate.json" >&2 <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-sev = {}
-for f in r["findings"]:
-    sev[f.get("severity", "?")] = sev.get(f.get("severity", "?"), 0) + 1
-print(f"b1: vakt: {r['documents']} documents, {r['files']} files, environments "
-      f"{', '.join(r['environments'])}; findings: {sev or 'none'}")
+s = r["summary"]
+print(f"b1: vakt: {s['documents']} documents in {s['files']} files, environments "
+      f"{', '.join(s['environments'])}; {s['errors']} errors, {s['warnings']} warnings, "
+      f"{len(r['findings'])} findings")
 EOF
 bash "$CJS" || die "check-jsonschema reports errors on the generated repo"
 promtool check rules "$REPO"/alerts/*.yaml > "$WORK/promtool.txt" 2>&1 \
@@ -99,7 +99,7 @@ promtool check rules "$REPO"/alerts/*.yaml > "$WORK/promtool.txt" 2>&1 \
 # Each measurement writes results/<name>.json: {"mean": s, "stddev": s, "runs": n}.
 measure() {  # name runs warmup command
     local name="$1" runs="$2" warmup="$3" cmd="$4"
-    if command -v hyperfine >/dev/null; then
+    if [[ "${B1_NO_HYPERFINE:-}" != 1 ]] && command -v hyperfine >/dev/null; then
         hyperfine --style basic --warmup "$warmup" --runs "$runs" -n "$name" \
             --export-json "$WORK/results/$name.hf.json" "$cmd" >&2 \
             || die "$name failed under hyperfine"
@@ -138,7 +138,7 @@ python3 - "$WORK/results" "$DOCS" "$SCHEMA_DOCS" "$NKINDS" "$NRULEFILES" <<'EOF'
 import json, sys
 d, docs, schema_docs, nkinds, nrules = sys.argv[1:6]
 r = {n: json.load(open(f"{d}/{n}.json")) for n in ("vakt", "check-jsonschema", "promtool")}
-def ms(x): return f"{x * 1000:,.1f} ms" if x < 10 else f"{x:,.2f} s"
+def ms(x): return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.3f} s"
 v = r["vakt"]["mean"]
 rows = [
     ("vakt validate", f"{docs} documents, 3 environments + base", r["vakt"], "1.0×"),
