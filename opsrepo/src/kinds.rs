@@ -2,7 +2,6 @@
 
 use std::sync::{Arc, OnceLock};
 
-use schemars::JsonSchema;
 use serde_json::Value;
 
 use crate::model::*;
@@ -209,10 +208,6 @@ fn match_seg_rest(g: &str, s: &str) -> bool {
     }
     (0..=s.len()).any(|i| s.is_char_boundary(i) && match_seg(g, &s[i..]))
 }
-
-/// Ensures a type is usable as a kind (keeps the macro's type list honest).
-#[allow(dead_code)]
-fn assert_schema<T: JsonSchema>() {}
 
 /// Every schema as `(file name, pretty JSON text)`, as committed under `schemas/`.
 pub fn schema_files() -> Vec<(String, String)> {

@@ -46,7 +46,7 @@ impl DocSpans {
     }
 
     fn locate_with(&self, pointer: &str, key: bool) -> (&str, Pos) {
-        let pick = |(p, s): &(String, Spans)| -> (usize, Pos) {
+        let pick = |(_, s): &(String, Spans)| -> (usize, Pos) {
             // depth of the longest recorded ancestor, to prefer the more specific file
             let mut q = pointer;
             loop {
@@ -55,7 +55,6 @@ impl DocSpans {
                 }
                 q = &q[..q.rfind('/').unwrap_or(0)];
             }
-            let _ = p;
             (
                 q.len(),
                 if key {
