@@ -23,6 +23,10 @@ enum Command {
     Validate(cmd::validate::ValidateOpts),
     Init(cmd::init::InitOpts),
     Schemas(cmd::schemas::SchemasOpts),
+    Plan(cmd::plan::PlanOpts),
+    Apply(cmd::apply::ApplyCmd),
+    Drift(cmd::drift::DriftOpts),
+    Promote(cmd::promote::PromoteOpts),
 }
 
 /// Exit codes automation can rely on.
@@ -36,6 +40,10 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// Could not run: the repo or a revision could not be read, I/O failed.
     pub const COULD_NOT_RUN: u8 = 3;
+    /// `plan --detailed-exitcode`: the plan has changes. (`drift` uses 2 for drift.)
+    pub const CHANGES: u8 = 2;
+    /// Refused by a guard or a policy (validation, freeze window, approval, rewind).
+    pub const REFUSED: u8 = 4;
 }
 
 fn main() -> ExitCode {
@@ -45,6 +53,10 @@ fn main() -> ExitCode {
         Command::Validate(o) => cmd::validate::run(o),
         Command::Init(o) => cmd::init::run(o),
         Command::Schemas(o) => cmd::schemas::run(o),
+        Command::Plan(o) => cmd::plan::run(o),
+        Command::Apply(o) => cmd::apply::run(o),
+        Command::Drift(o) => cmd::drift::run(o),
+        Command::Promote(o) => cmd::promote::run(o),
     };
     ExitCode::from(code)
 }

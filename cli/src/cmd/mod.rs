@@ -1,6 +1,11 @@
 //! One module per subcommand.
 
+pub mod apply;
+pub mod drift;
+pub mod env;
 pub mod init;
+pub mod plan;
+pub mod promote;
 pub mod schemas;
 pub mod validate;
 

@@ -1,0 +1,102 @@
+//! `vakt drift`.
+
+use clap::ValueEnum;
+
+use super::env::{self, EnvArgs};
+use crate::output;
+
+/// Compare the live KV buckets with the commit the environment has applied.
+///
+/// Lists each drifted key with the expected and actual digest, a field-level diff and what last
+/// wrote it (from the key's KV history: vakt and its commit, or "outside vakt"), then orphans
+/// (keys Git does not declare). A rollback pinned behind the branch head is reported.
+///
+/// Exit status (Terraform's detailed-exitcode convention): 0 in sync, 2 drift, 1 error.
+///
+/// Examples:
+///   vakt drift --env prod
+///   vakt drift --env prod --format json | jq '.drifted[].key'
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct DriftOpts {
+    #[command(flatten)]
+    pub target: EnvArgs,
+    /// Compare with this commit instead of the applied one.
+    #[arg(long, value_name = "REV")]
+    pub rev: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+pub fn run(o: DriftOpts) -> u8 {
+    let target = match o.target.target(None) {
+        Ok(t) => t,
+        Err(e) => {
+            output::error(&e.to_string());
+            return 1;
+        }
+    };
+    let repo = o.target.repo.clone();
+    let envname = o.target.env.clone();
+    let r = env::runtime().block_on(async move {
+        let (store, _audit) = target.open().await?;
+        let applied = reconciler::run::applied(&store).await?;
+        let branch = reconciler::env_branch(&repo, &envname);
+        let rev = o
+            .rev
+            .clone()
+            .or(applied.as_ref().map(|a| a.commit.clone()))
+            .unwrap_or_else(|| branch.clone());
+        let desired = reconciler::compile_rev(&repo, &rev, &envname)?;
+        let mut report = reconciler::drift::drift(&store, &desired).await?;
+        let mut notes = Vec::new();
+        if applied.is_none() {
+            notes.push(format!("Nothing applied to {envname} yet; compared with {branch}."));
+        }
+        if let Some(a) = &applied
+            && let Ok(r) = reconciler::git::Repo::open(&repo)
+            && let Ok(head) = r.resolve(&branch)
+            && head.to_string() != a.commit
+            && let Ok(c) = r.resolve(&a.commit)
+        {
+            let behind = r.commits_between(head, Some(c)).map(|v| v.len()).unwrap_or(0);
+            if a.pinned {
+                notes.push(format!(
+                    "Pinned behind branch head: {} applied with --rev, {behind} commit(s) behind {branch} ({}).",
+                    reconciler::run::short(&a.commit),
+                    reconciler::run::short(&head.to_string())
+                ));
+            } else {
+                notes.push(format!(
+                    "{branch} is {behind} commit(s) ahead of the applied commit (not applied yet)."
+                ));
+            }
+        }
+        if !notes.is_empty() {
+            report.note = Some(notes.join(" "));
+        }
+        Ok::<_, reconciler::Error>(report)
+    });
+    match r {
+        Ok(report) => {
+            match o.format {
+                Format::Human => output::print(&reconciler::drift::render_human(&report)),
+                Format::Json => output::print(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                )),
+            }
+            if report.in_sync { 0 } else { 2 }
+        }
+        Err(e) => {
+            output::error(&e.to_string());
+            1
+        }
+    }
+}

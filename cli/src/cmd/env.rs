@@ -1,0 +1,110 @@
+//! Options shared by every command that talks to an environment's NATS.
+
+use std::path::PathBuf;
+
+use reconciler::store::{BucketSettings, NatsOpts};
+use reconciler::{EnvTarget, Error};
+
+/// `--env`, `--repo` and how to reach NATS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnvArgs {
+    /// Environment, as declared in vakt.toml (e.g. dev, staging, prod).
+    #[arg(long, short = 'e', value_name = "ENV")]
+    pub env: String,
+    /// The ops repo (a Git repository; its env branches are what gets applied).
+    #[arg(long, env = "VAKT_REPO", default_value = ".", value_name = "DIR")]
+    pub repo: PathBuf,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URLs, comma separated. Default: $NATS_URL, then the environment's
+    /// `nats_url` in vakt.toml.
+    #[arg(long, value_name = "URL[,URL…]")]
+    pub nats: Option<String>,
+    /// NATS credentials file (JWT + NKey seed).
+    #[arg(long, value_name = "FILE", env = "NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// File holding an NKey seed.
+    #[arg(long, value_name = "FILE", env = "NATS_NKEY")]
+    pub nkey: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the server.
+    #[arg(long, value_name = "FILE", env = "NATS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key", env = "NATS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", env = "NATS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// KV bucket prefix (default: the environment's kv_prefix, else `vakt_<env>`).
+    #[arg(long, value_name = "PREFIX")]
+    pub kv_prefix: Option<String>,
+    /// Revisions kept per key in buckets vakt creates.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub history: i64,
+    /// Replicas of buckets vakt creates (1 for a single server, 3 for a cluster).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub replicas: usize,
+}
+
+impl EnvArgs {
+    pub fn target(&self, lease: Option<std::time::Duration>) -> Result<EnvTarget, Error> {
+        let n = &self.nats;
+        let mut settings = BucketSettings {
+            history: n.history,
+            replicas: n.replicas,
+            ..Default::default()
+        };
+        if let Some(l) = lease {
+            settings.lease = l;
+        }
+        EnvTarget::resolve(
+            &self.repo,
+            &self.env,
+            NatsOpts {
+                urls: n.nats.clone().unwrap_or_default(),
+                creds: n.creds.clone(),
+                nkey: n.nkey.clone(),
+                tls_ca: n.tls_ca.clone(),
+                tls_cert: n.tls_cert.clone(),
+                tls_key: n.tls_key.clone(),
+                tls_required: n.tls,
+                name: format!("vakt {}", self.env),
+            },
+            n.kv_prefix.clone(),
+            settings,
+        )
+    }
+}
+
+/// A multi-threaded runtime for one command.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The actor recorded in audit events: --actor, else $VAKT_ACTOR, else $USER.
+pub fn actor(given: &Option<String>) -> String {
+    given
+        .clone()
+        .or_else(|| std::env::var("VAKT_ACTOR").ok())
+        .or_else(|| std::env::var("USER").ok().map(|u| format!("user:{u}")))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Exit code for a reconciler error: refusals 4, everything else 3 (could not run).
+pub fn code_of(e: &Error) -> u8 {
+    match e {
+        Error::Refused(_) => crate::exit::REFUSED,
+        _ => crate::exit::COULD_NOT_RUN,
+    }
+}

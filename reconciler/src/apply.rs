@@ -1,0 +1,794 @@
+//! Apply: policy checks, compare-and-set writes, one audit event per change, applied-commit and
+//! last-known-good markers. Idempotent and resumable.
+//!
+//! Order of one apply:
+//! 1. If an `apply.inflight` marker exists, a previous apply was interrupted: every key whose
+//!    revision is newer than the marker's bucket sequences was written by it; each one without
+//!    its audit event (looked up in the stream, not only in the server's duplicate window) gets
+//!    it now, then `apply.interrupted` is recorded and the marker removed.
+//! 2. Snapshot the live buckets, plan against the desired state.
+//! 3. Policy: freeze windows (unless break-glass), maximum deletions, gated actions (need an
+//!    approval bound to the plan's digest). A refusal is audited and put in the status.
+//! 4. Write the inflight marker, record `apply.started`, then pipeline CAS writes; as each write
+//!    is acknowledged its audit event is published (so an event never claims a write that did
+//!    not happen). A conflict or a NATS failure stops the apply: what was written is audited,
+//!    the failure is recorded, and the caller gets an error, never a partial success.
+//! 5. Applied and last-good markers, `apply.completed`, marker removed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use opsrepo::model::{FreezeWindow, Policy, Weekday};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::audit::{Audit, AuditEvent, now_rfc3339};
+use crate::compile::{Bucket, Desired};
+use crate::plan::{self, Action, Plan};
+use crate::state::{self, Applied, Approval, Inflight, LastGood, Refusal, Status};
+use crate::store::{Store, StoreError};
+
+/// How to apply.
+#[derive(Debug, Clone)]
+pub struct ApplyOpts {
+    pub actor: String,
+    pub dry_run: bool,
+    /// Apply inside a freeze window (audited as break-glass).
+    pub break_glass: bool,
+    pub now: OffsetDateTime,
+    /// The env branch head; `Some` and different from the desired commit means a pinned
+    /// rollback.
+    pub branch_head: Option<String>,
+    /// Writes in flight at once.
+    pub window: usize,
+    /// Test hook: abort the process (as kill -9 would) after this many acknowledged writes.
+    pub crash_after_writes: Option<usize>,
+    /// Causation id for audit events (the trigger, the daemon tick, the operator's request).
+    pub causation_id: Option<String>,
+    pub site: Option<String>,
+}
+
+impl ApplyOpts {
+    pub fn new(actor: &str) -> Self {
+        ApplyOpts {
+            actor: actor.to_owned(),
+            dry_run: false,
+            break_glass: false,
+            now: OffsetDateTime::now_utc(),
+            branch_head: None,
+            window: 512,
+            crash_after_writes: std::env::var("VAKT_TEST_CRASH_AFTER_WRITES")
+                .ok()
+                .and_then(|s| s.parse().ok()),
+            causation_id: None,
+            site: None,
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub plan: Plan,
+    pub written: usize,
+    /// Audit events recorded for writes of an interrupted earlier apply.
+    pub recovered: usize,
+    pub dry_run: bool,
+    pub pinned: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("refused: {reason}")]
+    Refused { reason: String, plan: Box<Plan> },
+    #[error("apply of {plan_id} stopped after {written} of {total} writes: {source}")]
+    Failed {
+        plan_id: String,
+        written: usize,
+        total: usize,
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Applies `desired` to the store.
+pub async fn apply(
+    store: &Store,
+    audit: &mut Audit,
+    desired: &Desired,
+    opts: &ApplyOpts,
+) -> Result<ApplyReport, ApplyError> {
+    let recovered = if opts.dry_run {
+        0
+    } else {
+        recover(store, audit, &opts.actor).await?
+    };
+    let live = store.snapshot().await?;
+    let plan = plan::plan_live(desired, &live);
+    let policy = &desired.manifest.environments[&desired.env].policy;
+    let pinned = opts
+        .branch_head
+        .as_ref()
+        .is_some_and(|h| h != &desired.commit);
+    if opts.dry_run {
+        return Ok(ApplyReport {
+            plan,
+            written: 0,
+            recovered,
+            dry_run: true,
+            pinned,
+        });
+    }
+    if let Err(reason) = check_policy(store, &plan, policy, opts).await? {
+        refuse(store, audit, desired, &plan, opts, &reason).await?;
+        return Err(ApplyError::Refused {
+            reason,
+            plan: Box::new(plan),
+        });
+    }
+    let written = if plan.is_empty() {
+        0
+    } else {
+        write_plan(store, audit, desired, &plan, opts).await?
+    };
+    let at = now_rfc3339();
+    let prev_applied = state::get::<Applied>(&store.state, state::APPLIED).await?;
+    let changed_marker = prev_applied.as_ref().is_none_or(|(a, _)| {
+        a.commit != desired.commit || a.pinned != pinned || a.branch_head != opts.branch_head
+    });
+    if written > 0 || changed_marker {
+        state::put(
+            &store.state,
+            state::APPLIED,
+            &Applied {
+                commit: desired.commit.clone(),
+                branch_head: opts.branch_head.clone(),
+                pinned,
+                plan_id: plan.id.clone(),
+                at: at.clone(),
+                actor: opts.actor.clone(),
+                keys: desired.len(),
+            },
+        )
+        .await?;
+        state::put(
+            &store.state,
+            state::LAST_GOOD,
+            &LastGood {
+                commit: desired.commit.clone(),
+                at: at.clone(),
+            },
+        )
+        .await?;
+    }
+    if written > 0 {
+        let mut ev = event(
+            store,
+            &plan,
+            opts,
+            format!("{}/completed", plan.id),
+            "apply.completed",
+            "succeeded",
+        );
+        ev.commit = Some(desired.commit.clone());
+        ev.detail = Some(serde_json::json!({
+            "written": written, "add": plan.counts.add, "change": plan.counts.change,
+            "remove": plan.counts.remove, "pinned": pinned,
+        }));
+        audit.record(ev).await?;
+        state::delete(&store.state, state::INFLIGHT).await?;
+    }
+    set_status(store, |s| {
+        s.state = "in-sync".into();
+        s.applied_commit = Some(desired.commit.clone());
+        s.branch_head = opts.branch_head.clone().or(Some(desired.commit.clone()));
+        s.last_good = Some(desired.commit.clone());
+        s.refused = None;
+        s.last_error = None;
+        s.drifted_keys = 0;
+        s.pending_plan = None;
+    })
+    .await?;
+    Ok(ApplyReport {
+        plan,
+        written,
+        recovered,
+        dry_run: false,
+        pinned,
+    })
+}
+
+fn event(
+    store: &Store,
+    plan: &Plan,
+    opts: &ApplyOpts,
+    id: String,
+    action: &str,
+    outcome: &str,
+) -> AuditEvent {
+    let mut ev = AuditEvent::new(id, &store.env, &opts.actor, action, outcome);
+    ev.plan_id = Some(plan.id.clone());
+    ev.commit = Some(plan.head.clone());
+    ev.correlation_id = Some(plan.id.clone());
+    ev.causation_id = opts.causation_id.clone();
+    ev.site = opts.site.clone();
+    ev
+}
+
+/// Updates the status record.
+pub async fn set_status(store: &Store, f: impl FnOnce(&mut Status)) -> Result<Status, StoreError> {
+    let mut f = Some(f);
+    let env = store.env.clone();
+    state::update::<Status, _>(&store.state, state::STATUS, |s| {
+        if let Some(f) = f.take() {
+            f(s);
+        }
+        s.env = env.clone();
+        s.updated_at = now_rfc3339();
+    })
+    .await
+}
+
+/// Records a refusal in the audit stream and the status.
+pub async fn refuse(
+    store: &Store,
+    audit: &mut Audit,
+    desired: &Desired,
+    plan: &Plan,
+    opts: &ApplyOpts,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let waiting = !plan.gates.is_empty() && reason.contains("needs approval");
+    refuse_commit(
+        store,
+        audit,
+        &desired.commit,
+        Some(plan),
+        opts,
+        reason,
+        Vec::new(),
+        waiting,
+    )
+    .await
+}
+
+/// Records the refusal of a commit (validation failed, branch moved backwards, policy).
+#[allow(clippy::too_many_arguments)]
+pub async fn refuse_commit(
+    store: &Store,
+    audit: &mut Audit,
+    commit: &str,
+    plan: Option<&Plan>,
+    opts: &ApplyOpts,
+    reason: &str,
+    findings: Vec<String>,
+    waiting: bool,
+) -> Result<(), StoreError> {
+    let mut ev = AuditEvent::new(
+        format!("{commit}/refused/{}", now_rfc3339()),
+        &store.env,
+        &opts.actor,
+        "apply.refused",
+        "refused",
+    );
+    ev.commit = Some(commit.to_owned());
+    ev.plan_id = plan.map(|p| p.id.clone());
+    ev.correlation_id = Some(plan.map_or_else(|| commit.to_owned(), |p| p.id.clone()));
+    ev.causation_id = opts.causation_id.clone();
+    ev.site = opts.site.clone();
+    ev.reason = Some(reason.to_owned());
+    if !findings.is_empty() {
+        ev.detail = Some(serde_json::json!({ "findings": findings }));
+    }
+    audit.record(ev).await?;
+    set_status(store, |s| {
+        s.state = if waiting {
+            "waiting-approval"
+        } else {
+            "refused"
+        }
+        .into();
+        s.refused = Some(Refusal {
+            commit: commit.to_owned(),
+            reason: reason.to_owned(),
+            findings,
+            at: now_rfc3339(),
+        });
+        s.pending_plan = if waiting {
+            plan.map(|p| p.id.clone())
+        } else {
+            None
+        };
+    })
+    .await?;
+    Ok(())
+}
+
+/// `Ok(Err(reason))` when the policy refuses the plan.
+async fn check_policy(
+    store: &Store,
+    plan: &Plan,
+    policy: &Policy,
+    opts: &ApplyOpts,
+) -> Result<Result<(), String>, StoreError> {
+    if plan.is_empty() {
+        return Ok(Ok(()));
+    }
+    if let Some(w) = freeze_window(policy, opts.now)
+        && !opts.break_glass
+    {
+        return Ok(Err(format!(
+            "freeze window `{}` is active ({}); apply with --break-glass only for an incident fix (audited)",
+            w.name, w.reason
+        )));
+    }
+    if plan.deletions() > policy.max_deletions as usize {
+        return Ok(Err(format!(
+            "plan deletes {} keys, more than max_deletions = {} for {}; check the change, or raise the limit in vakt.toml",
+            plan.deletions(),
+            policy.max_deletions,
+            store.env
+        )));
+    }
+    if !plan.gates.is_empty() {
+        let key = format!("approval.{}", plan.id);
+        let now = opts.now;
+        match state::get::<Approval>(&store.state, &key).await? {
+            Some((a, _)) if a.decision == "approved" && a.digest == plan.digest => {
+                let valid = OffsetDateTime::parse(
+                    &a.expires_at,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .is_ok_and(|e| e > now);
+                if valid {
+                    return Ok(Ok(()));
+                }
+                return Ok(Err(format!(
+                    "the approval of {} expired at {}; needs approval again: `vakt approve {} --reason …`",
+                    plan.id, a.expires_at, plan.id
+                )));
+            }
+            Some((a, _)) if a.decision == "rejected" => {
+                return Ok(Err(format!(
+                    "{} was rejected by {} ({}); change the commit to get a new plan",
+                    plan.id,
+                    a.decided_by.unwrap_or_default(),
+                    a.reason.unwrap_or_default()
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let ttl =
+                    parse_duration(&policy.approval_ttl).unwrap_or(Duration::from_secs(86_400));
+                let expires = (now + ttl)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                let actions = plan
+                    .gates
+                    .iter()
+                    .filter_map(|g| {
+                        serde_json::to_value(g.action)
+                            .ok()?
+                            .as_str()
+                            .map(str::to_owned)
+                    })
+                    .collect();
+                state::put(
+                    &store.state,
+                    &key,
+                    &Approval {
+                        plan_id: plan.id.clone(),
+                        digest: plan.digest.clone(),
+                        decision: "pending".into(),
+                        requested_by: opts.actor.clone(),
+                        requested_at: now_rfc3339(),
+                        decided_by: None,
+                        reason: None,
+                        decided_at: None,
+                        expires_at: expires,
+                        commit: plan.head.clone(),
+                        actions,
+                    },
+                )
+                .await?;
+            }
+        }
+        let names: Vec<String> = plan
+            .gates
+            .iter()
+            .map(|g| {
+                format!(
+                    "{} ({} keys)",
+                    serde_json::to_value(g.action)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    g.keys.len()
+                )
+            })
+            .collect();
+        return Ok(Err(format!(
+            "{} needs approval for {}: run `vakt approve {} --env {} --reason …`",
+            plan.id,
+            names.join(", "),
+            plan.id,
+            store.env
+        )));
+    }
+    Ok(Ok(()))
+}
+
+async fn write_plan(
+    store: &Store,
+    audit: &mut Audit,
+    desired: &Desired,
+    plan: &Plan,
+    opts: &ApplyOpts,
+) -> Result<usize, ApplyError> {
+    let inflight = Inflight {
+        plan_id: plan.id.clone(),
+        commit: desired.commit.clone(),
+        started_at: now_rfc3339(),
+        actor: opts.actor.clone(),
+        bucket_seqs: store.last_sequences().await?,
+        audit_seq: audit.last_seq().await?,
+    };
+    state::put(&store.state, state::INFLIGHT, &inflight).await?;
+    let mut ev = event(
+        store,
+        plan,
+        opts,
+        format!("{}/started", plan.id),
+        "apply.started",
+        "started",
+    );
+    ev.detail = Some(serde_json::json!({
+        "add": plan.counts.add, "change": plan.counts.change, "remove": plan.counts.remove,
+        "against": plan.against, "break_glass": opts.break_glass,
+    }));
+    audit.record(ev).await?;
+
+    let total = plan.changes.len();
+    let mut pending: VecDeque<(usize, async_nats::jetstream::context::PublishAckFuture)> =
+        VecDeque::new();
+    let mut audits: VecDeque<async_nats::jetstream::context::PublishAckFuture> = VecDeque::new();
+    let mut written = 0usize;
+    let mut failure: Option<StoreError> = None;
+
+    let mut idx = 0;
+    while idx < total || !pending.is_empty() {
+        // Fill the window.
+        while failure.is_none() && idx < total && pending.len() < opts.window.max(1) {
+            let c = &plan.changes[idx];
+            let value = match c.action {
+                Action::Remove => None,
+                _ => desired
+                    .get(c.bucket, &c.key)
+                    .map(|e| bytes::Bytes::from(e.value(&desired.env))),
+            };
+            match store
+                .send_cas(c.bucket, &c.key, value, c.from_revision.unwrap_or(0))
+                .await
+            {
+                Ok(f) => pending.push_back((idx, f)),
+                Err(e) => failure = Some(e),
+            }
+            idx += 1;
+        }
+        if failure.is_some() && pending.is_empty() {
+            break;
+        }
+        let Some((i, f)) = pending.pop_front() else {
+            break;
+        };
+        let c = &plan.changes[i];
+        match store
+            .await_cas(f, c.bucket, &c.key, c.from_revision.unwrap_or(0))
+            .await
+        {
+            Ok(seq) => {
+                written += 1;
+                let ev = change_event(store, plan, opts, c, seq);
+                match audit.send(ev).await {
+                    Ok(a) => audits.push_back(a),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+                if opts.crash_after_writes == Some(written) {
+                    // Test hook: die like kill -9 between a write and the rest of the apply.
+                    std::process::abort();
+                }
+                while audits.len() > opts.window.max(1) {
+                    if let Some(a) = audits.pop_front()
+                        && let Err(e) = a.await
+                    {
+                        failure.get_or_insert(crate::store::nats_err("audit ack", e));
+                    }
+                }
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+        if failure.is_some() {
+            idx = total; // stop sending; drain what is in flight
+        }
+    }
+    for a in audits {
+        if let Err(e) = a.await {
+            failure.get_or_insert(crate::store::nats_err("audit ack", e));
+        }
+    }
+    if let Some(source) = failure {
+        let mut ev = event(
+            store,
+            plan,
+            opts,
+            format!("{}/failed/{written}", plan.id),
+            "apply.failed",
+            "failed",
+        );
+        ev.reason = Some(source.to_string());
+        ev.detail = Some(serde_json::json!({"written": written, "total": total}));
+        // Best effort: NATS may be the thing that failed.
+        let _ = audit.record(ev).await;
+        let msg = source.to_string();
+        let _ = set_status(store, |s| {
+            s.state = "failed".into();
+            s.last_error = Some(msg);
+        })
+        .await;
+        return Err(ApplyError::Failed {
+            plan_id: plan.id.clone(),
+            written,
+            total,
+            source,
+        });
+    }
+    Ok(written)
+}
+
+fn change_event(
+    store: &Store,
+    plan: &Plan,
+    opts: &ApplyOpts,
+    c: &plan::Change,
+    seq: u64,
+) -> AuditEvent {
+    let action = match c.action {
+        Action::Remove => "kv.delete",
+        _ => "kv.put",
+    };
+    let mut ev = event(
+        store,
+        plan,
+        opts,
+        change_event_id(&plan.id, c.bucket, &c.key),
+        action,
+        "applied",
+    );
+    ev.target = Some(format!("{}/{}", store.bucket_name(c.bucket), c.key));
+    ev.reason = c.reason.clone();
+    ev.detail = Some(serde_json::json!({
+        "change": c.action, "path": c.path, "from_digest": c.from_digest, "to_digest": c.to_digest,
+        "from_revision": c.from_revision, "revision": seq,
+        "fields": c.fields.iter().map(|f| f.pointer.clone()).collect::<Vec<_>>(),
+    }));
+    ev
+}
+
+/// The deterministic id of the audit event of one change of a plan.
+pub fn change_event_id(plan_id: &str, bucket: Bucket, key: &str) -> String {
+    format!("{plan_id}/{bucket}/{key}")
+}
+
+/// Records the writes of an interrupted apply that have no audit event yet. Returns how many
+/// were recorded.
+pub async fn recover(store: &Store, audit: &mut Audit, actor: &str) -> Result<usize, StoreError> {
+    let Some((inf, _)) = state::get::<Inflight>(&store.state, state::INFLIGHT).await? else {
+        return Ok(0);
+    };
+    let recorded = audit.recorded_ids(inf.audit_seq + 1).await?;
+    let live = store.snapshot().await?;
+    let mut n = 0;
+    let mut by_bucket: BTreeMap<Bucket, Vec<(&String, &plan::LiveEntry)>> = BTreeMap::new();
+    for ((b, k), e) in &live {
+        if e.revision > inf.bucket_seqs.get(b).copied().unwrap_or(0) {
+            by_bucket.entry(*b).or_default().push((k, e));
+        }
+    }
+    for (b, entries) in by_bucket {
+        for (k, e) in entries {
+            let id = change_event_id(&inf.plan_id, b, k);
+            if recorded.contains(&id) {
+                continue;
+            }
+            let lv = plan::view(&e.value);
+            // Only writes that carry this apply's commit (or its delete markers) are its own.
+            if !e.deleted
+                && lv.commit.as_deref() != Some(inf.commit.as_str())
+                && lv.env.as_deref() != Some(store.env.as_str())
+            {
+                continue;
+            }
+            let mut ev = AuditEvent::new(
+                id,
+                &store.env,
+                &inf.actor,
+                if e.deleted { "kv.delete" } else { "kv.put" },
+                "applied",
+            );
+            ev.plan_id = Some(inf.plan_id.clone());
+            ev.correlation_id = Some(inf.plan_id.clone());
+            ev.commit = Some(inf.commit.clone());
+            ev.target = Some(format!("{}/{k}", store.bucket_name(b)));
+            ev.reason = Some(
+                "recorded after the apply was interrupted (write acknowledged, event missing)"
+                    .into(),
+            );
+            ev.detail = Some(serde_json::json!({"revision": e.revision, "digest": lv.digest}));
+            audit.record(ev).await?;
+            n += 1;
+        }
+    }
+    let mut ev = AuditEvent::new(
+        format!("{}/interrupted", inf.plan_id),
+        &store.env,
+        actor,
+        "apply.interrupted",
+        "recovered",
+    );
+    ev.plan_id = Some(inf.plan_id.clone());
+    ev.correlation_id = Some(inf.plan_id.clone());
+    ev.commit = Some(inf.commit.clone());
+    ev.reason = Some(format!(
+        "apply started at {} by {} did not finish; {n} write(s) recorded now; the next plan completes it",
+        inf.started_at, inf.actor
+    ));
+    if !recorded.contains(&ev.id) {
+        audit.record(ev).await?;
+    }
+    state::delete(&store.state, state::INFLIGHT).await?;
+    Ok(n)
+}
+
+/// Parses `90s`, `15m`, `24h`, `7d`, `2w`, `1h30m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        let ms = match c {
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                n
+            }
+            's' => n * 1000,
+            'm' => n * 60_000,
+            'h' => n * 3_600_000,
+            'd' => n * 86_400_000,
+            'w' => n * 604_800_000,
+            _ => return None,
+        };
+        total += ms;
+        any = true;
+    }
+    if !num.is_empty() || !any {
+        return None;
+    }
+    Some(Duration::from_millis(total))
+}
+
+/// The freeze window active at `now`, if any.
+pub fn freeze_window(policy: &Policy, now: OffsetDateTime) -> Option<&FreezeWindow> {
+    policy.freeze_windows.iter().find(|w| in_window(w, now))
+}
+
+fn in_window(w: &FreezeWindow, now: OffsetDateTime) -> bool {
+    let rfc = &time::format_description::well_known::Rfc3339;
+    if let (Some(from), Some(until)) = (&w.from, &w.until) {
+        let (Ok(f), Ok(u)) = (
+            OffsetDateTime::parse(from, rfc),
+            OffsetDateTime::parse(until, rfc),
+        ) else {
+            return false;
+        };
+        return now >= f && now < u;
+    }
+    let (Some(start), Some(end)) = (&w.start, &w.end) else {
+        return false;
+    };
+    let mins = |s: &str| -> Option<u32> {
+        let (h, m) = s.split_once(':')?;
+        Some(h.parse::<u32>().ok()? * 60 + m.parse::<u32>().ok()?)
+    };
+    let (Some(s), Some(e)) = (mins(start), mins(end)) else {
+        return false;
+    };
+    let now = now.to_offset(time::UtcOffset::UTC);
+    let t = now.hour() as u32 * 60 + now.minute() as u32;
+    let day = weekday(now.weekday());
+    let prev = weekday(now.weekday().previous());
+    let on = |d: Weekday| w.days.is_empty() || w.days.contains(&d);
+    if s <= e {
+        on(day) && t >= s && t < e
+    } else {
+        // wraps past midnight: the window that started yesterday, or the one starting today
+        (on(day) && t >= s) || (on(prev) && t < e)
+    }
+}
+
+fn weekday(d: time::Weekday) -> Weekday {
+    match d {
+        time::Weekday::Monday => Weekday::Mon,
+        time::Weekday::Tuesday => Weekday::Tue,
+        time::Weekday::Wednesday => Weekday::Wed,
+        time::Weekday::Thursday => Weekday::Thu,
+        time::Weekday::Friday => Weekday::Fri,
+        time::Weekday::Saturday => Weekday::Sat,
+        time::Weekday::Sunday => Weekday::Sun,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("10"), None);
+    }
+
+    fn weekly(days: Vec<Weekday>, start: &str, end: &str) -> FreezeWindow {
+        FreezeWindow {
+            name: "w".into(),
+            reason: "r".into(),
+            days,
+            start: Some(start.into()),
+            end: Some(end.into()),
+            from: None,
+            until: None,
+        }
+    }
+
+    #[test]
+    fn weekly_windows_wrap_midnight() {
+        // 2026-11-20 is a Friday.
+        let w = weekly(vec![Weekday::Fri], "22:00", "06:00");
+        assert!(in_window(&w, datetime!(2026-11-20 23:00 UTC)));
+        assert!(in_window(&w, datetime!(2026-11-21 05:59 UTC)));
+        assert!(!in_window(&w, datetime!(2026-11-21 06:00 UTC)));
+        assert!(!in_window(&w, datetime!(2026-11-20 21:59 UTC)));
+        let d = weekly(vec![], "09:00", "10:00");
+        assert!(in_window(&d, datetime!(2026-11-22 09:30 UTC)));
+    }
+
+    #[test]
+    fn one_off_windows() {
+        let w = FreezeWindow {
+            name: "ye".into(),
+            reason: "r".into(),
+            days: vec![],
+            start: None,
+            end: None,
+            from: Some("2026-12-18T00:00:00Z".into()),
+            until: Some("2027-01-04T00:00:00Z".into()),
+        };
+        assert!(in_window(&w, datetime!(2026-12-24 12:00 UTC)));
+        assert!(!in_window(&w, datetime!(2027-01-04 00:00 UTC)));
+    }
+}

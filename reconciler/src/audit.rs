@@ -1,0 +1,307 @@
+//! The audit trail: JetStream stream `VAKT_AUDIT`, subjects `vakt.audit.<env>.<action>`, one
+//! event per change or operator action, each chained to the previous event of its environment by
+//! a SHA-256 hash and published with a deterministic `Nats-Msg-Id`. The server dedupes only
+//! inside its duplicate window, so writers that resume work read what was already recorded
+//! ([`Audit::recorded_ids`]) instead of relying on it.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::canon;
+use crate::store::{StoreError, nats_err};
+
+pub const STREAM: &str = "VAKT_AUDIT";
+/// Hash of "no previous event".
+pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One audit event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEvent {
+    /// Deterministic id, also the `Nats-Msg-Id`.
+    pub id: String,
+    pub time: String,
+    pub env: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    pub actor: String,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditEvent {
+    /// A new event with the required fields; chain fields are filled in by [`Audit::send`].
+    pub fn new(id: impl Into<String>, env: &str, actor: &str, action: &str, outcome: &str) -> Self {
+        AuditEvent {
+            id: id.into(),
+            time: now_rfc3339(),
+            env: env.to_owned(),
+            site: None,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: None,
+            commit: None,
+            plan_id: None,
+            job_id: None,
+            correlation_id: None,
+            causation_id: None,
+            outcome: outcome.to_owned(),
+            reason: None,
+            detail: None,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    /// The hash this event must carry: SHA-256 over its canonical JSON with `hash` empty.
+    pub fn compute_hash(&self) -> String {
+        let mut e = self.clone();
+        e.hash = String::new();
+        let v = serde_json::to_value(&e).unwrap_or(Value::Null);
+        canon::digest(&canon::to_vec(&v))
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A stored event with its stream sequence.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: u64,
+    pub event: AuditEvent,
+}
+
+/// The audit writer of one environment.
+pub struct Audit {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    pub env: String,
+    /// Hash of the last event of this environment.
+    pub head: String,
+}
+
+/// Subject of an event.
+pub fn subject(env: &str, action: &str) -> String {
+    format!("vakt.audit.{env}.{action}")
+}
+
+impl Audit {
+    /// Opens (creating if needed) the audit stream and finds the head of `env`'s chain.
+    pub async fn open(js: &jetstream::Context, env: &str) -> Result<Audit, StoreError> {
+        let stream = ensure_stream(js).await?;
+        let mut a = Audit {
+            js: js.clone(),
+            stream,
+            env: env.to_owned(),
+            head: GENESIS.to_owned(),
+        };
+        a.refresh_head().await?;
+        Ok(a)
+    }
+
+    /// Re-reads the chain head from the stream.
+    pub async fn refresh_head(&mut self) -> Result<(), StoreError> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&format!("vakt.audit.{}.>", self.env))
+            .await
+        {
+            Ok(m) => {
+                let ev: AuditEvent = serde_json::from_slice(&m.payload)
+                    .map_err(|e| nats_err("decode audit event", e))?;
+                self.head = ev.hash;
+            }
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                self.head = GENESIS.to_owned();
+            }
+            Err(e) => return Err(nats_err("read audit head", e)),
+        }
+        Ok(())
+    }
+
+    /// Chains `ev` to the head and publishes it without waiting for the acknowledgement.
+    pub async fn send(
+        &mut self,
+        mut ev: AuditEvent,
+    ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
+        ev.env = self.env.clone();
+        ev.prev_hash = self.head.clone();
+        ev.hash = ev.compute_hash();
+        let payload = serde_json::to_vec(&ev).map_err(|e| nats_err("encode audit event", e))?;
+        let fut = self
+            .js
+            .send_publish(
+                subject(&self.env, &ev.action),
+                jetstream::message::PublishMessage::build()
+                    .payload(payload.into())
+                    .message_id(&ev.id),
+            )
+            .await
+            .map_err(|e| nats_err("publish audit event", e))?;
+        self.head = ev.hash;
+        Ok(fut)
+    }
+
+    /// Publishes `ev` and waits for the server to store it. Returns its sequence.
+    pub async fn record(&mut self, ev: AuditEvent) -> Result<u64, StoreError> {
+        let f = self.send(ev).await?;
+        let ack = f.await.map_err(|e| nats_err("audit ack", e))?;
+        if ack.duplicate {
+            // Stored before (inside the duplicate window): the chain continues from what the
+            // stream holds, not from what we computed.
+            self.refresh_head().await?;
+        }
+        Ok(ack.sequence)
+    }
+
+    /// Last sequence of the stream (all environments).
+    pub async fn last_seq(&self) -> Result<u64, StoreError> {
+        let mut s = self.stream.clone();
+        Ok(s.info()
+            .await
+            .map_err(|e| nats_err("audit info", e))?
+            .state
+            .last_sequence)
+    }
+
+    /// Events of `env` with sequence ≥ `from`, oldest first.
+    pub async fn read(&self, from: u64) -> Result<Vec<Stored>, StoreError> {
+        read_events(&self.stream, &self.env, from).await
+    }
+
+    /// The ids of `env`'s events with sequence ≥ `from`.
+    pub async fn recorded_ids(&self, from: u64) -> Result<HashSet<String>, StoreError> {
+        Ok(self
+            .read(from)
+            .await?
+            .into_iter()
+            .map(|s| s.event.id)
+            .collect())
+    }
+}
+
+/// Creates the audit stream if needed (deny delete and purge, 2-minute duplicate window).
+pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, StoreError> {
+    js.get_or_create_stream(stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec!["vakt.audit.>".to_owned()],
+        duplicate_window: Duration::from_secs(120),
+        deny_delete: true,
+        deny_purge: true,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| nats_err("create audit stream", e))
+}
+
+/// Reads `env`'s events from sequence `from` on, with an ordered consumer.
+pub async fn read_events(
+    stream: &stream::Stream,
+    env: &str,
+    from: u64,
+) -> Result<Vec<Stored>, StoreError> {
+    let mut s = stream.clone();
+    let info = s.info().await.map_err(|e| nats_err("audit info", e))?;
+    let last = info.state.last_sequence;
+    let mut out = Vec::new();
+    if last == 0 || from > last {
+        return Ok(out);
+    }
+    // The newest event of this env: nothing to read if it is older than `from`.
+    match stream
+        .get_last_raw_message_by_subject(&format!("vakt.audit.{env}.>"))
+        .await
+    {
+        Ok(m) if m.sequence < from => return Ok(out),
+        Ok(_) => {}
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            return Ok(out);
+        }
+        Err(e) => return Err(nats_err("read audit head", e)),
+    }
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: format!("vakt.audit.{env}.>"),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from.max(1),
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_err("audit consumer", e))?;
+    let mut msgs = consumer
+        .messages()
+        .await
+        .map_err(|e| nats_err("audit consumer", e))?;
+    loop {
+        // An env with no events after `from` delivers nothing: bound the wait.
+        let next = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await;
+        let Ok(Some(m)) = next else { break };
+        let m = m.map_err(|e| nats_err("audit read", e))?;
+        let info = m.info().map_err(|e| nats_err("audit read", e))?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        let event: AuditEvent =
+            serde_json::from_slice(&m.payload).map_err(|e| nats_err("decode audit event", e))?;
+        out.push(Stored { seq, event });
+        if pending == 0 || seq >= last {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the hash chain of a sequence of events of one environment: each event's hash matches
+/// its content and names the previous event's hash. Returns the index of the first bad event.
+pub fn verify_chain(events: &[AuditEvent], start: &str) -> Result<(), (usize, String)> {
+    let mut prev = start.to_owned();
+    for (i, e) in events.iter().enumerate() {
+        if e.prev_hash != prev {
+            return Err((
+                i,
+                format!(
+                    "event {} names previous hash {} but the previous event is {}",
+                    e.id, e.prev_hash, prev
+                ),
+            ));
+        }
+        let h = e.compute_hash();
+        if h != e.hash {
+            return Err((
+                i,
+                format!(
+                    "event {} was altered: its hash is {} but its content hashes to {h}",
+                    e.id, e.hash
+                ),
+            ));
+        }
+        prev = e.hash.clone();
+    }
+    Ok(())
+}

@@ -1,0 +1,825 @@
+//! Plans: what an apply would do. A plan compares a desired state with either another commit's
+//! desired state (pull requests: no NATS needed) or the live KV buckets, and says per key: add,
+//! change (with a field-level diff) or remove; orphans; which gated actions it contains and the
+//! policy that gates them; and its impact on tenants, services and sites.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use opsrepo::model::{GatedAction, Policy};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::canon;
+use crate::compile::{Bucket, Desired, KeyId};
+
+/// What happens to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Add,
+    Change,
+    Remove,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Add => "add",
+            Action::Change => "change",
+            Action::Remove => "remove",
+        }
+    }
+    fn sign(self) -> char {
+        match self {
+            Action::Add => '+',
+            Action::Change => '~',
+            Action::Remove => '-',
+        }
+    }
+}
+
+/// One changed leaf of a spec, by JSON pointer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub pointer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<Value>,
+}
+
+/// One key the plan writes or removes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Change {
+    pub bucket: Bucket,
+    pub key: String,
+    pub action: Action,
+    /// The file that declares the key (the one that declared it, for removals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_digest: Option<String>,
+    /// The live revision the write is conditional on (0: the key must not exist). Only in live
+    /// plans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_revision: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub fields: Vec<FieldChange>,
+    /// Gated actions this change contains (whether or not the policy gates them).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub actions: Vec<GatedAction>,
+    /// Why, when it is not simply "Git changed": drift, an orphan, a foreign value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Removal of a key Git never declared (or that another writer created).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub orphan: bool,
+}
+
+/// A gated action present in the plan and the policy that gates it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Gate {
+    pub action: GatedAction,
+    pub policy: String,
+    pub keys: Vec<String>,
+}
+
+/// Who and what a plan touches.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Impact {
+    pub tenants: BTreeSet<String>,
+    pub services: BTreeSet<String>,
+    pub sites: BTreeSet<String>,
+}
+
+/// What the plan was computed against.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Against {
+    /// Another commit's desired state (no NATS involved).
+    Commit { commit: String },
+    /// An empty state (the first apply of a commit, compared with nothing).
+    Empty,
+    /// The live KV buckets.
+    Live,
+}
+
+/// A plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// `plan-<12 hex>`: a digest of the environment, the head commit and every change, so an
+    /// approval binds to exactly this content.
+    pub id: String,
+    pub digest: String,
+    pub env: String,
+    pub head: String,
+    pub against: Against,
+    pub changes: Vec<Change>,
+    /// Orphans left in place because the policy does not prune (reported only).
+    pub orphans_kept: Vec<Change>,
+    /// Gated actions the policy requires approval for.
+    pub gates: Vec<Gate>,
+    pub impact: Impact,
+    pub counts: Counts,
+    /// Keys compared.
+    pub keys: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
+    pub orphans_kept: usize,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn deletions(&self) -> usize {
+        self.counts.remove
+    }
+}
+
+/// A live KV entry (the latest operation on the key).
+#[derive(Debug, Clone)]
+pub struct LiveEntry {
+    pub revision: u64,
+    pub value: bytes::Bytes,
+    /// The latest operation is a delete marker (the key reads as absent).
+    pub deleted: bool,
+}
+
+/// What a live value says about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveView {
+    /// Digest of the canonical spec actually stored (not the digest the value claims).
+    pub digest: Option<String>,
+    pub spec: Option<Value>,
+    /// `vakt` metadata if present.
+    pub path: Option<String>,
+    pub commit: Option<String>,
+    pub env: Option<String>,
+    /// The value claims a digest that does not match its spec: edited by hand.
+    pub tampered: bool,
+    /// The value is not a JSON object with a `spec`.
+    pub foreign: Option<String>,
+}
+
+/// Parses a live value.
+pub fn view(value: &[u8]) -> LiveView {
+    let mut v = LiveView {
+        digest: None,
+        spec: None,
+        path: None,
+        commit: None,
+        env: None,
+        tampered: false,
+        foreign: None,
+    };
+    let parsed: Value = match serde_json::from_slice(value) {
+        Ok(p) => p,
+        Err(e) => {
+            v.foreign = Some(format!("live value is not JSON ({e})"));
+            return v;
+        }
+    };
+    let Some(spec) = parsed.get("spec") else {
+        v.foreign = Some("live value has no `spec` (not written by vakt)".into());
+        return v;
+    };
+    let d = canon::digest(&canon::to_vec(spec));
+    let meta = parsed.get("vakt");
+    let s = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    v.path = s("path");
+    v.commit = s("commit");
+    v.env = s("env");
+    v.tampered = s("digest").is_some_and(|claimed| claimed != d);
+    v.digest = Some(d);
+    v.spec = Some(spec.clone());
+    v
+}
+
+/// Plans `head` against another commit's desired state (`base`), or against nothing.
+pub fn plan_commits(base: Option<&Desired>, head: &Desired) -> Plan {
+    let policy = &head.manifest.environments[&head.env].policy;
+    let mut changes = Vec::new();
+    let empty = BTreeMap::new();
+    let base_entries = base.map_or(&empty, |b| &b.entries);
+    for (k, e) in &head.entries {
+        match base_entries.get(k) {
+            None => changes.push(change(k, Action::Add, Some(&e.path), None, Some(e), None)),
+            Some(b) if b.digest != e.digest => {
+                let old = b.spec_value();
+                changes.push(change(
+                    k,
+                    Action::Change,
+                    Some(&e.path),
+                    Some((&b.digest, &old)),
+                    Some(e),
+                    None,
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for (k, b) in base_entries {
+        if !head.entries.contains_key(k) {
+            let old = b.spec_value();
+            changes.push(change(
+                k,
+                Action::Remove,
+                Some(&b.path),
+                Some((&b.digest, &old)),
+                None,
+                None,
+            ));
+        }
+    }
+    let against = match base {
+        Some(b) => Against::Commit {
+            commit: b.commit.clone(),
+        },
+        None => Against::Empty,
+    };
+    finish(
+        head,
+        against,
+        changes,
+        Vec::new(),
+        policy,
+        head.entries.len(),
+    )
+}
+
+/// Plans `head` against the live buckets. `live` maps every key of the managed buckets to its
+/// latest entry (delete markers included, so a re-creation names the marker's revision).
+pub fn plan_live(head: &Desired, live: &BTreeMap<KeyId, LiveEntry>) -> Plan {
+    let policy = &head.manifest.environments[&head.env].policy;
+    let mut changes = Vec::new();
+    let mut kept = Vec::new();
+    for (k, e) in &head.entries {
+        match live.get(k) {
+            None => changes.push(change(
+                k,
+                Action::Add,
+                Some(&e.path),
+                None,
+                Some(e),
+                Some(0),
+            )),
+            Some(l) if l.deleted => changes.push(change(
+                k,
+                Action::Add,
+                Some(&e.path),
+                None,
+                Some(e),
+                Some(l.revision),
+            )),
+            Some(l) => {
+                let lv = view(&l.value);
+                if lv.digest.as_deref() == Some(e.digest.as_str()) && !lv.tampered {
+                    continue;
+                }
+                let reason = if let Some(f) = &lv.foreign {
+                    Some(f.clone())
+                } else if lv.tampered {
+                    Some("live spec was edited outside vakt (its digest no longer matches)".into())
+                } else if lv.commit.is_some() {
+                    None
+                } else {
+                    Some("live value was not written by vakt".into())
+                };
+                let old = lv.spec.clone().unwrap_or(Value::Null);
+                let from = lv.digest.clone().unwrap_or_else(|| "(not JSON)".into());
+                let mut c = change(
+                    k,
+                    Action::Change,
+                    Some(&e.path),
+                    Some((&from, &old)),
+                    Some(e),
+                    Some(l.revision),
+                );
+                c.reason = reason;
+                changes.push(c);
+            }
+        }
+    }
+    for (k, l) in live {
+        if l.deleted || head.entries.contains_key(k) {
+            continue;
+        }
+        let lv = view(&l.value);
+        let ours = lv.env.as_deref() == Some(head.env.as_str()) && lv.path.is_some();
+        let old = lv.spec.clone().unwrap_or(Value::Null);
+        let from = lv.digest.clone().unwrap_or_else(|| "(not JSON)".into());
+        let mut c = change(
+            k,
+            Action::Remove,
+            lv.path.as_deref(),
+            Some((&from, &old)),
+            None,
+            Some(l.revision),
+        );
+        c.orphan = !ours;
+        c.reason = Some(if ours {
+            "no longer declared in Git".into()
+        } else {
+            "orphan: not declared in Git and not written by vakt for this environment".into()
+        });
+        if policy.prune {
+            changes.push(c);
+        } else {
+            c.reason = Some(format!(
+                "{} (kept: prune is off for this environment)",
+                c.reason.unwrap_or_default()
+            ));
+            kept.push(c);
+        }
+    }
+    finish(
+        head,
+        Against::Live,
+        changes,
+        kept,
+        policy,
+        head.entries.len().max(live.len()),
+    )
+}
+
+fn change(
+    k: &KeyId,
+    action: Action,
+    path: Option<&str>,
+    old: Option<(&String, &Value)>,
+    new: Option<&crate::compile::Entry>,
+    from_revision: Option<u64>,
+) -> Change {
+    let new_value = new.map(|e| e.spec_value());
+    let fields = match (&old, &new_value) {
+        (Some((_, o)), Some(n)) => field_diff(o, n),
+        _ => Vec::new(),
+    };
+    let mut c = Change {
+        bucket: k.0,
+        key: k.1.clone(),
+        action,
+        path: path.map(str::to_owned),
+        from_digest: old.map(|(d, _)| d.clone()),
+        to_digest: new.map(|e| e.digest.clone()),
+        from_revision,
+        fields,
+        actions: Vec::new(),
+        reason: None,
+        orphan: false,
+    };
+    c.actions = classify(&c, old.map(|(_, v)| v), new_value.as_ref());
+    c
+}
+
+/// The gated actions a change contains.
+fn classify(c: &Change, old: Option<&Value>, new: Option<&Value>) -> Vec<GatedAction> {
+    let mut out = Vec::new();
+    if c.action == Action::Remove {
+        out.push(GatedAction::Deletion);
+    }
+    match c.bucket {
+        Bucket::Placement if c.action == Action::Change => {
+            let shard = |v: Option<&Value>| v.and_then(|v| v.get("shard")).cloned();
+            if shard(old) != shard(new) {
+                out.push(GatedAction::PlacementMove);
+            }
+        }
+        Bucket::Definitions => out.push(GatedAction::DefinitionChange),
+        Bucket::Access => out.push(GatedAction::AccessChange),
+        _ => {}
+    }
+    out
+}
+
+fn finish(
+    head: &Desired,
+    against: Against,
+    mut changes: Vec<Change>,
+    mut kept: Vec<Change>,
+    policy: &Policy,
+    keys: usize,
+) -> Plan {
+    changes.sort_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
+    kept.sort_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
+    let mut gates: BTreeMap<String, Gate> = BTreeMap::new();
+    for c in &changes {
+        for a in &c.actions {
+            if policy.require_approval.contains(a) {
+                let name = serde_json::to_value(a)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                gates
+                    .entry(name.clone())
+                    .or_insert_with(|| Gate {
+                        action: *a,
+                        policy: format!(
+                            "vakt.toml [environments.{}.policy] require_approval includes \"{name}\"",
+                            head.env
+                        ),
+                        keys: Vec::new(),
+                    })
+                    .keys
+                    .push(format!("{}/{}", c.bucket, c.key));
+            }
+        }
+    }
+    let mut impact = Impact::default();
+    for c in changes.iter().chain(&kept) {
+        impact_of(head, c, &mut impact);
+    }
+    let counts = Counts {
+        add: changes.iter().filter(|c| c.action == Action::Add).count(),
+        change: changes
+            .iter()
+            .filter(|c| c.action == Action::Change)
+            .count(),
+        remove: changes
+            .iter()
+            .filter(|c| c.action == Action::Remove)
+            .count(),
+        orphans_kept: kept.len(),
+    };
+    let mut h = Vec::new();
+    h.extend_from_slice(head.env.as_bytes());
+    h.push(0);
+    h.extend_from_slice(head.commit.as_bytes());
+    for c in &changes {
+        h.extend_from_slice(
+            format!(
+                "\n{} {} {} {:?} {:?}",
+                c.action.as_str(),
+                c.bucket,
+                c.key,
+                c.from_revision,
+                c.to_digest
+            )
+            .as_bytes(),
+        );
+    }
+    let digest = canon::digest(&h);
+    Plan {
+        id: format!("plan-{}", &digest[7..19]),
+        digest,
+        env: head.env.clone(),
+        head: head.commit.clone(),
+        against,
+        changes,
+        orphans_kept: kept,
+        gates: gates.into_values().collect(),
+        impact,
+        counts,
+        keys,
+    }
+}
+
+fn impact_of(head: &Desired, c: &Change, out: &mut Impact) {
+    let parts: Vec<&str> = c.key.split('.').collect();
+    match (c.bucket, parts.as_slice()) {
+        (Bucket::Config, ["tenant", t, ..]) => {
+            out.tenants.insert((*t).to_owned());
+        }
+        (Bucket::Placement, [sk, t]) => {
+            out.tenants.insert((*t).to_owned());
+            out.services.insert((*sk).to_owned());
+        }
+        (Bucket::Inventory, ["service", k]) => {
+            out.services.insert((*k).to_owned());
+        }
+        (Bucket::Inventory, ["site", s]) => {
+            out.sites.insert((*s).to_owned());
+        }
+        _ => {}
+    }
+    let spec = head
+        .get(c.bucket, &c.key)
+        .map(|e| e.spec_value())
+        .unwrap_or(Value::Null);
+    for f in ["site", "home_site"] {
+        if let Some(s) = spec.get(f).and_then(Value::as_str) {
+            out.sites.insert(s.to_owned());
+        }
+    }
+    if let Some(s) = spec.get("service_kind").and_then(Value::as_str) {
+        out.services.insert(s.to_owned());
+    }
+    if c.bucket == Bucket::Placement
+        && let Some(shard) = spec.get("shard").and_then(Value::as_str)
+        && let Some(site) = head
+            .get(Bucket::Inventory, &format!("shard.{shard}"))
+            .and_then(|e| {
+                e.spec_value()
+                    .get("site")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+    {
+        out.sites.insert(site);
+    }
+}
+
+/// Leaf-level differences between two values, by JSON pointer (at most 50).
+pub fn field_diff(old: &Value, new: &Value) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    diff_into("", old, new, &mut out);
+    out.truncate(50);
+    out
+}
+
+fn diff_into(ptr: &str, old: &Value, new: &Value, out: &mut Vec<FieldChange>) {
+    if old == new || out.len() > 50 {
+        return;
+    }
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let p = format!("{ptr}/{}", opsrepo::parse::escape_segment(k));
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => diff_into(&p, x, y, out),
+                    (x, y) => out.push(FieldChange {
+                        pointer: p,
+                        old: x.cloned(),
+                        new: y.cloned(),
+                    }),
+                }
+            }
+        }
+        _ => out.push(FieldChange {
+            pointer: if ptr.is_empty() {
+                "/".into()
+            } else {
+                ptr.into()
+            },
+            old: Some(old.clone()),
+            new: Some(new.clone()),
+        }),
+    }
+}
+
+fn short(v: &Option<Value>) -> String {
+    match v {
+        None => "(absent)".into(),
+        Some(v) => {
+            let s = v.to_string();
+            if s.chars().count() > 80 {
+                format!("{}…", s.chars().take(79).collect::<String>())
+            } else {
+                s
+            }
+        }
+    }
+}
+
+fn gate_name(a: GatedAction) -> String {
+    serde_json::to_value(a)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Renders a plan for a terminal.
+pub fn render_human(p: &Plan, color: bool) -> String {
+    use std::fmt::Write;
+    let (g, y, r, b, z) = if color {
+        ("\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[1m", "\x1b[0m")
+    } else {
+        ("", "", "", "", "")
+    };
+    let mut s = String::new();
+    let against = match &p.against {
+        Against::Commit { commit } => format!("commit {}", &commit[..commit.len().min(12)]),
+        Against::Empty => "an empty state".into(),
+        Against::Live => "live NATS KV".into(),
+    };
+    let _ = writeln!(
+        s,
+        "{b}Plan {}{z} for env {b}{}{z}: commit {} against {against}",
+        p.id,
+        p.env,
+        &p.head[..p.head.len().min(12)]
+    );
+    if p.changes.is_empty() && p.orphans_kept.is_empty() {
+        let _ = writeln!(s, "No changes. {} keys in sync.", p.keys);
+        return s;
+    }
+    let mut bucket = None;
+    for c in &p.changes {
+        if bucket != Some(c.bucket) {
+            let _ = writeln!(s, "\n{b}{}{z}", c.bucket);
+            bucket = Some(c.bucket);
+        }
+        let col = match c.action {
+            Action::Add => g,
+            Action::Change => y,
+            Action::Remove => r,
+        };
+        let _ = write!(s, "  {col}{} {}{z}", c.action.sign(), c.key);
+        if let Some(path) = &c.path {
+            let _ = write!(s, "  ({path})");
+        }
+        if !c.actions.is_empty() {
+            let names: Vec<String> = c.actions.iter().map(|a| gate_name(*a)).collect();
+            let _ = write!(s, "  [{}]", names.join(", "));
+        }
+        let _ = writeln!(s);
+        if let Some(reason) = &c.reason {
+            let _ = writeln!(s, "      {reason}");
+        }
+        for f in &c.fields {
+            let _ = writeln!(
+                s,
+                "      {}: {} → {}",
+                f.pointer,
+                short(&f.old),
+                short(&f.new)
+            );
+        }
+    }
+    if !p.orphans_kept.is_empty() {
+        let _ = writeln!(s, "\n{b}Orphans kept (prune is off){z}");
+        for c in &p.orphans_kept {
+            let _ = writeln!(s, "  ? {}/{}", c.bucket, c.key);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n{} to add, {} to change, {} to remove{}.",
+        p.counts.add,
+        p.counts.change,
+        p.counts.remove,
+        if p.counts.orphans_kept > 0 {
+            format!(", {} orphans kept", p.counts.orphans_kept)
+        } else {
+            String::new()
+        }
+    );
+    let list = |set: &BTreeSet<String>| {
+        if set.is_empty() {
+            "none".to_owned()
+        } else {
+            set.iter().cloned().collect::<Vec<_>>().join(", ")
+        }
+    };
+    let _ = writeln!(
+        s,
+        "Impact: tenants {}; services {}; sites {}.",
+        list(&p.impact.tenants),
+        list(&p.impact.services),
+        list(&p.impact.sites)
+    );
+    for gt in &p.gates {
+        let _ = writeln!(
+            s,
+            "{y}Needs approval{z}: {} ({} key(s)); {}. Run `vakt approve {} --reason …`.",
+            gate_name(gt.action),
+            gt.keys.len(),
+            gt.policy,
+            p.id
+        );
+    }
+    s
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+        .replace('`', "'")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Renders a plan as GitHub-flavoured markdown, ready to post as a pull request comment.
+pub fn render_markdown(p: &Plan) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let against = match &p.against {
+        Against::Commit { commit } => format!("`{}`", &commit[..commit.len().min(12)]),
+        Against::Empty => "an empty state".into(),
+        Against::Live => "live NATS KV".into(),
+    };
+    let _ = writeln!(
+        s,
+        "### vakt plan for `{}`: `{}` against {against}\n",
+        p.env,
+        &p.head[..p.head.len().min(12)]
+    );
+    if p.changes.is_empty() && p.orphans_kept.is_empty() {
+        let _ = writeln!(s, "No changes: {} keys in sync.", p.keys);
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "**{}** to add, **{}** to change, **{}** to remove{} · plan `{}`\n",
+        p.counts.add,
+        p.counts.change,
+        p.counts.remove,
+        if p.counts.orphans_kept > 0 {
+            format!(", **{}** orphans kept", p.counts.orphans_kept)
+        } else {
+            String::new()
+        },
+        p.id
+    );
+    if !p.gates.is_empty() {
+        let _ = writeln!(
+            s,
+            "> [!WARNING]\n> This plan needs an operator's approval before it is applied:"
+        );
+        for g in &p.gates {
+            let _ = writeln!(
+                s,
+                "> - **{}** ({} key(s)): {}",
+                gate_name(g.action),
+                g.keys.len(),
+                md_escape(&g.policy)
+            );
+        }
+        let _ = writeln!(
+            s,
+            ">\n> After merge: `vakt approve {} --reason \"…\"`\n",
+            p.id
+        );
+    }
+    let list = |set: &BTreeSet<String>| {
+        if set.is_empty() {
+            "none".to_owned()
+        } else {
+            set.iter()
+                .map(|x| format!("`{}`", md_escape(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let _ = writeln!(
+        s,
+        "Impact: tenants {} · services {} · sites {}\n",
+        list(&p.impact.tenants),
+        list(&p.impact.services),
+        list(&p.impact.sites)
+    );
+    let _ = writeln!(
+        s,
+        "| | bucket | key | source | detail |\n|---|---|---|---|---|"
+    );
+    for c in p.changes.iter().chain(&p.orphans_kept) {
+        let mut detail: Vec<String> = c
+            .fields
+            .iter()
+            .take(5)
+            .map(|f| {
+                format!(
+                    "`{}`: {} → {}",
+                    md_escape(&f.pointer),
+                    md_escape(&short(&f.old)),
+                    md_escape(&short(&f.new))
+                )
+            })
+            .collect();
+        if c.fields.len() > 5 {
+            detail.push(format!("… {} more", c.fields.len() - 5));
+        }
+        if let Some(r) = &c.reason {
+            detail.insert(0, md_escape(r));
+        }
+        let gates: Vec<String> = c
+            .actions
+            .iter()
+            .map(|a| format!("**{}**", gate_name(*a)))
+            .collect();
+        if !gates.is_empty() {
+            detail.push(gates.join(" "));
+        }
+        let sign = if p.orphans_kept.iter().any(|k| std::ptr::eq(k, c)) {
+            "?"
+        } else {
+            c.action.as_str()
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | `{}` | {} | {} |",
+            sign,
+            c.bucket,
+            md_escape(&c.key),
+            c.path
+                .as_deref()
+                .map(|p| format!("`{}`", md_escape(p)))
+                .unwrap_or_default(),
+            detail.join("<br>")
+        );
+    }
+    s
+}

@@ -1,0 +1,206 @@
+//! One reconcile step shared by `vakt apply` and the daemon: resolve the env branch, refuse a
+//! commit that is not on it, a branch that moved backwards, or a commit that fails validation,
+//! then compile and apply.
+
+use std::path::Path;
+
+use opsrepo::Severity;
+use serde::Serialize;
+
+use crate::apply::{self, ApplyError, ApplyOpts, ApplyReport};
+use crate::audit::{Audit, AuditEvent};
+use crate::compile::Desired;
+use crate::git::Repo;
+use crate::state::{self, Applied};
+use crate::store::Store;
+use crate::{Error, env_branch};
+
+/// Rules whose outcome depends on the date, not on the commit: they gate pull requests in CI,
+/// but never stop the reconciler from applying a commit that was valid when it merged.
+const TIME_DEPENDENT: &[&str] = &["runbook.review-expired", "runbook.review-due"];
+
+/// A commit ready to apply (or the reasons it must not be).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub env: String,
+    pub branch: String,
+    pub branch_head: String,
+    pub commit: String,
+    pub summary: String,
+    /// `None` when validation failed.
+    pub desired: Option<Desired>,
+    /// Error-level findings, `path:line:col: [rule] message`.
+    pub findings: Vec<String>,
+    /// The previously applied branch head is not an ancestor of the current one.
+    pub moved_backwards_from: Option<String>,
+}
+
+/// Reads, validates and compiles `rev` (default: the env branch head). Blocking.
+pub fn prepare(
+    repo: &Path,
+    env: &str,
+    rev: Option<&str>,
+    prev_branch_head: Option<&str>,
+    today: time::Date,
+) -> Result<Prepared, Error> {
+    let r = Repo::open(repo)?;
+    let branch = env_branch(repo, env);
+    let head = r.resolve(&branch)?;
+    let commit = match rev {
+        Some(x) => r.resolve(x)?,
+        None => head,
+    };
+    if !r.is_ancestor(commit, head)? {
+        return Err(Error::Refused(format!(
+            "commit {} is not on branch {branch}; only commits of the environment's branch are applied",
+            &commit.to_string()[..12]
+        )));
+    }
+    let moved_backwards_from =
+        match prev_branch_head.and_then(|h| r.try_resolve(h).map(|id| (h, id))) {
+            Some((h, id)) if !r.is_ancestor(id, head)? => Some(h.to_owned()),
+            // The previous head no longer exists here at all (force push and gc): also backwards.
+            None if prev_branch_head.is_some() => prev_branch_head.map(str::to_owned),
+            _ => None,
+        };
+    let commit_s = commit.to_string();
+    let files = opsrepo::read_commit(repo, &commit_s)?;
+    let report = opsrepo::validate(
+        &files,
+        &opsrepo::ValidateOptions {
+            env: Some(env.to_owned()),
+            today,
+        },
+    );
+    let findings: Vec<String> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error && !TIME_DEPENDENT.contains(&f.rule))
+        .map(|f| {
+            format!(
+                "{}:{}:{}: [{}] {}",
+                f.path, f.line, f.col, f.rule, f.message
+            )
+        })
+        .collect();
+    let desired = if findings.is_empty() {
+        Some(Desired::compile(&files, env, &commit_s)?)
+    } else {
+        None
+    };
+    Ok(Prepared {
+        env: env.to_owned(),
+        branch,
+        branch_head: head.to_string(),
+        commit: commit_s,
+        summary: r.summary(commit),
+        desired,
+        findings,
+        moved_backwards_from,
+    })
+}
+
+/// Outcome of a guarded apply.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub report: ApplyReport,
+}
+
+/// Applies a prepared commit after the guards. Refusals are audited and shown in the status.
+pub async fn guarded_apply(
+    store: &Store,
+    audit: &mut Audit,
+    p: &Prepared,
+    opts: &ApplyOpts,
+    allow_rewind: bool,
+) -> Result<ApplyReport, ApplyError> {
+    let mut opts = opts.clone();
+    opts.branch_head = Some(p.branch_head.clone());
+    if !p.findings.is_empty() {
+        let reason = format!(
+            "commit {} fails validation ({} error(s)); the last good commit stays applied. First: {}",
+            short(&p.commit),
+            p.findings.len(),
+            p.findings[0]
+        );
+        apply::refuse_commit(
+            store,
+            audit,
+            &p.commit,
+            None,
+            &opts,
+            &reason,
+            p.findings.clone(),
+            false,
+        )
+        .await?;
+        return Err(refused(reason));
+    }
+    if let Some(prev) = &p.moved_backwards_from {
+        if !allow_rewind {
+            let reason = format!(
+                "branch {} moved backwards: it was at {} and is now at {}, which does not contain it (force push?); the applied state is kept. Re-run with --allow-rewind to follow it (audited)",
+                p.branch,
+                short(prev),
+                short(&p.branch_head)
+            );
+            apply::refuse_commit(
+                store,
+                audit,
+                &p.commit,
+                None,
+                &opts,
+                &reason,
+                Vec::new(),
+                false,
+            )
+            .await?;
+            return Err(refused(reason));
+        }
+        let mut ev = AuditEvent::new(
+            format!("{}/rewind/{}", p.commit, crate::audit::now_rfc3339()),
+            &store.env,
+            &opts.actor,
+            "apply.rewind-allowed",
+            "allowed",
+        );
+        ev.commit = Some(p.commit.clone());
+        ev.reason = Some(format!(
+            "branch {} moved backwards from {prev}; followed with --allow-rewind",
+            p.branch
+        ));
+        audit.record(ev).await?;
+    }
+    let desired = p.desired.as_ref().expect("validated commits are compiled");
+    apply::apply(store, audit, desired, &opts).await
+}
+
+fn refused(reason: String) -> ApplyError {
+    ApplyError::Refused {
+        reason,
+        plan: Box::new(crate::plan::Plan {
+            id: String::new(),
+            digest: String::new(),
+            env: String::new(),
+            head: String::new(),
+            against: crate::plan::Against::Live,
+            changes: Vec::new(),
+            orphans_kept: Vec::new(),
+            gates: Vec::new(),
+            impact: Default::default(),
+            counts: Default::default(),
+            keys: 0,
+        }),
+    }
+}
+
+/// The applied marker, if any.
+pub async fn applied(store: &Store) -> Result<Option<Applied>, crate::store::StoreError> {
+    Ok(state::get::<Applied>(&store.state, state::APPLIED)
+        .await?
+        .map(|(a, _)| a))
+}
+
+pub fn short(c: &str) -> &str {
+    &c[..c.len().min(12)]
+}
