@@ -27,6 +27,10 @@ enum Command {
     Apply(cmd::apply::ApplyCmd),
     Drift(cmd::drift::DriftOpts),
     Promote(cmd::promote::PromoteOpts),
+    Reconcile(cmd::reconcile::ReconcileOpts),
+    Approve(cmd::approve::DecideOpts),
+    /// Reject a plan that waits for approval (same options as approve).
+    Reject(cmd::approve::DecideOpts),
 }
 
 /// Exit codes automation can rely on.
@@ -57,6 +61,9 @@ fn main() -> ExitCode {
         Command::Apply(o) => cmd::apply::run(o),
         Command::Drift(o) => cmd::drift::run(o),
         Command::Promote(o) => cmd::promote::run(o),
+        Command::Reconcile(o) => cmd::reconcile::run(o),
+        Command::Approve(o) => cmd::approve::run(o, true),
+        Command::Reject(o) => cmd::approve::run(o, false),
     };
     ExitCode::from(code)
 }

@@ -135,6 +135,9 @@ pub struct Desired {
     by_base: HashMap<String, Vec<KeyId>>,
 }
 
+/// A base path with its base and overlay bytes.
+type DocInput<'a> = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// A file's bytes as read from a commit or a work tree.
 pub type ReadFn<'a> = dyn Fn(&str) -> Result<Option<Vec<u8>>, CompileError> + 'a;
 
@@ -176,7 +179,7 @@ impl Desired {
                 }
             }
         }
-        let mut work: Vec<(&str, Option<&[u8]>, Option<&[u8]>)> = Vec::new();
+        let mut work: Vec<DocInput<'_>> = Vec::new();
         for (p, b) in &bases {
             work.push((p, Some(*b), overlays.get(p).copied()));
         }
@@ -291,10 +294,10 @@ impl Desired {
         for (r, base) in results.into_iter().zip(&affected) {
             let mut items = r?;
             for (k, e) in &mut items {
-                if let Some(o) = old.remove(k) {
-                    if o.digest == e.digest {
-                        e.commit = o.commit;
-                    }
+                if let Some(o) = old.remove(k)
+                    && o.digest == e.digest
+                {
+                    e.commit = o.commit;
                 }
                 stats.keys_written += 1;
             }

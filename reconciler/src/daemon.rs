@@ -1,1 +1,645 @@
-//! wip
+//! The daemon: `vakt reconcile`. One leader per environment (and site) holds a lease in the
+//! lock bucket (its max age is the lease; renewed by compare-and-set every third of it); replicas
+//! stand by and take over when the lease lapses. The leader reconciles on every trigger: a poll
+//! interval, a file-system watch on a local clone, a fetch from a remote, or a NATS message.
+//!
+//! Each step: (fetch) → resolve the env branch → refuse a branch that moved backwards or a commit
+//! that fails validation (the last good commit stays, status says which commit and why) →
+//! compile → plan against live KV → policy → apply. With self-heal off, a step with no new
+//! commit only measures drift. A rollback applied with `--rev` stays pinned until the branch
+//! head moves.
+//!
+//! Serves `/healthz`, `/metrics` (Prometheus text) and `/status` (JSON). SIGTERM ends the loop
+//! between steps: an apply in progress finishes first, and the lease is released.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::apply::{ApplyError, ApplyOpts};
+use crate::audit::Audit;
+use crate::compile::Bucket;
+use crate::run::{self, Prepared};
+use crate::state::{self, Status};
+use crate::store::Store;
+use crate::{EnvTarget, Error};
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct DaemonOpts {
+    pub repo: PathBuf,
+    pub target: EnvTarget,
+    pub site: Option<String>,
+    pub interval: Duration,
+    pub watch: Option<PathBuf>,
+    /// Fetch this remote (URL or name) into the repo before each step; the env branch is then
+    /// read from `refs/remotes/origin/<branch>`.
+    pub remote: Option<String>,
+    pub trigger_subject: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub actor: String,
+    pub allow_rewind: bool,
+    /// This replica's id (lock holder).
+    pub id: String,
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Metrics and live status, shared with the HTTP server.
+pub struct Shared {
+    registry: Mutex<Registry>,
+    duration: Histogram,
+    applies: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+    drifted: Family<Labels, Gauge>,
+    commit_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    approvals_pending: Family<Labels, Gauge>,
+    leader_gauge: Family<Labels, Gauge>,
+    pub status: Mutex<serde_json::Value>,
+    pub is_leader: AtomicBool,
+    pub healthy: AtomicBool,
+    pub steps: AtomicU64,
+    env: String,
+}
+
+impl Shared {
+    fn new(env: &str) -> Shared {
+        let mut reg = Registry::default();
+        let duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        reg.register(
+            "vakt_reconcile_duration_seconds",
+            "Duration of one reconcile step",
+            duration.clone(),
+        );
+        let applies = Family::<Labels, Counter>::default();
+        reg.register(
+            "vakt_apply",
+            "Reconcile steps by outcome (applied, noop, refused, failed)",
+            applies.clone(),
+        );
+        let refused = Family::<Labels, Counter>::default();
+        reg.register(
+            "vakt_reconcile_refused",
+            "Refused commits and plans by reason",
+            refused.clone(),
+        );
+        let drifted = Family::<Labels, Gauge>::default();
+        reg.register(
+            "vakt_drifted_keys",
+            "Keys whose live value differs from the applied commit",
+            drifted.clone(),
+        );
+        let commit_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        reg.register(
+            "vakt_applied_commit_age_seconds",
+            "Seconds since the applied commit was committed",
+            commit_age.clone(),
+        );
+        let approvals_pending = Family::<Labels, Gauge>::default();
+        reg.register(
+            "vakt_approvals_pending",
+            "Plans waiting for an operator's approval",
+            approvals_pending.clone(),
+        );
+        let leader_gauge = Family::<Labels, Gauge>::default();
+        reg.register(
+            "vakt_leader",
+            "1 while this replica holds the lease",
+            leader_gauge.clone(),
+        );
+        let info = Family::<Labels, Gauge>::default();
+        reg.register("vakt_build_info", "Build information", info.clone());
+        info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
+            .set(1);
+        Shared {
+            registry: Mutex::new(reg),
+            duration,
+            applies,
+            refused,
+            drifted,
+            commit_age,
+            approvals_pending,
+            leader_gauge,
+            status: Mutex::new(serde_json::Value::Null),
+            is_leader: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+            steps: AtomicU64::new(0),
+            env: env.to_owned(),
+        }
+    }
+
+    fn l(&self, k: &str, v: &str) -> Labels {
+        vec![("env".into(), self.env.clone()), (k.into(), v.into())]
+    }
+
+    fn env_l(&self) -> Labels {
+        vec![("env".into(), self.env.clone())]
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = encode(&mut s, &r);
+        }
+        s
+    }
+}
+
+/// Classifies a refusal for the `reason` label.
+pub fn refusal_reason(reason: &str) -> &'static str {
+    if reason.contains("fails validation") {
+        "invalid_commit"
+    } else if reason.contains("moved backwards") {
+        "branch_rewound"
+    } else if reason.contains("max_deletions") {
+        "max_deletions"
+    } else if reason.contains("freeze window") {
+        "freeze_window"
+    } else if reason.contains("rejected") {
+        "rejected"
+    } else if reason.contains("approval") {
+        "approval_required"
+    } else if reason.contains("not on branch") {
+        "off_branch"
+    } else {
+        "other"
+    }
+}
+
+/// Runs until `shutdown` fires.
+pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+    let shared = Arc::new(Shared::new(&opts.target.env));
+    let (store, audit) = opts.target.open().await?;
+    let lock = store.lock_bucket(&opts.target.settings).await?;
+    let (tx, mut rx) = mpsc::channel::<String>(64);
+
+    if let Some(addr) = opts.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Other(format!("cannot listen on {addr}: {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::Other(e.to_string()))?;
+        println!(
+            "vakt reconcile: env {} listening on http://{local}",
+            opts.target.env
+        );
+        let app = http_router(shared.clone());
+        let mut sd = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = sd.wait_for(|v| *v).await;
+                })
+                .await;
+        });
+    }
+
+    // Leader lease.
+    let lock_key = match &opts.site {
+        Some(s) => format!("leader.{s}"),
+        None => "leader".to_owned(),
+    };
+    let lease_task = tokio::spawn(lease_loop(
+        lock.clone(),
+        lock_key.clone(),
+        opts.id.clone(),
+        opts.target.settings.lease,
+        shared.clone(),
+        tx.clone(),
+        shutdown.clone(),
+    ));
+
+    // NATS trigger.
+    if let Some(subject) = &opts.trigger_subject {
+        let mut sub = store
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| Error::Other(format!("subscribe {subject}: {e}")))?;
+        let tx = tx.clone();
+        let client = store.client.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let _ = tx.try_send("nats".into());
+                if let Some(reply) = m.reply {
+                    let _ = client.publish(reply, "queued".into()).await;
+                }
+            }
+        });
+    }
+
+    // File-system watch.
+    let _watcher = match &opts.watch {
+        Some(p) => Some(start_watch(p, tx.clone())?),
+        None => None,
+    };
+
+    let mut ctx = Ctx {
+        opts: opts.clone(),
+        store,
+        audit,
+        shared: shared.clone(),
+        last_refused: None,
+        prev_desired: None,
+    };
+    let mut tick = tokio::time::interval(opts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let source = tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => break,
+            _ = tick.tick() => "poll".to_owned(),
+            Some(s) = rx.recv() => s,
+        };
+        // Coalesce a burst of triggers into one step.
+        while rx.try_recv().is_ok() {}
+        if !shared.is_leader.load(Ordering::SeqCst) {
+            continue;
+        }
+        ctx.step(&source).await;
+        shared.steps.fetch_add(1, Ordering::SeqCst);
+    }
+    let _ = lease_task.await;
+    Ok(())
+}
+
+struct Ctx {
+    opts: DaemonOpts,
+    store: Store,
+    audit: Audit,
+    shared: Arc<Shared>,
+    /// (commit, branch head) last refused for validation or rewind: not re-audited every tick.
+    last_refused: Option<(String, String)>,
+    prev_desired: Option<crate::Desired>,
+}
+
+impl Ctx {
+    async fn step(&mut self, source: &str) {
+        let t0 = Instant::now();
+        let outcome = self.try_step(source).await;
+        self.shared.duration.observe(t0.elapsed().as_secs_f64());
+        let (label, err) = match &outcome {
+            Ok(o) => (*o, None),
+            Err(e) => ("failed", Some(e.clone())),
+        };
+        self.shared
+            .applies
+            .get_or_create(&self.shared.l("outcome", label))
+            .inc();
+        self.shared
+            .healthy
+            .store(err.is_none() || label != "failed", Ordering::SeqCst);
+        if let Some(e) = &err {
+            tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile step failed");
+            let e2 = e.clone();
+            let _ = crate::apply::set_status(&self.store, |s| {
+                s.state = "failed".into();
+                s.last_error = Some(e2);
+            })
+            .await;
+        }
+        self.publish_status().await;
+    }
+
+    async fn publish_status(&self) {
+        let mut st: Status = state::get(&self.store.state, state::STATUS)
+            .await
+            .ok()
+            .flatten()
+            .map(|(s, _)| s)
+            .unwrap_or_default();
+        st.leader = Some(self.opts.id.clone());
+        let pending = crate::approvals::list(&self.store)
+            .await
+            .map(|v| v.iter().filter(|a| a.decision == "pending").count())
+            .unwrap_or(0);
+        self.shared
+            .approvals_pending
+            .get_or_create(&self.shared.env_l())
+            .set(pending as i64);
+        if let Ok(mut s) = self.shared.status.lock() {
+            *s = serde_json::to_value(&st).unwrap_or_default();
+            s["leader"] = serde_json::Value::String(self.opts.id.clone());
+            s["is_leader"] = serde_json::Value::Bool(self.shared.is_leader.load(Ordering::SeqCst));
+            s["steps"] = self.shared.steps.load(Ordering::SeqCst).into();
+        }
+    }
+
+    async fn try_step(&mut self, source: &str) -> Result<&'static str, String> {
+        let env = self.opts.target.env.clone();
+        let repo = self.opts.repo.clone();
+        if let Some(remote) = self.opts.remote.clone() {
+            let r = repo.clone();
+            tokio::task::spawn_blocking(move || crate::git::fetch(&r, &remote))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        let applied = run::applied(&self.store).await.map_err(|e| e.to_string())?;
+        let prev_head = applied.as_ref().and_then(|a| a.branch_head.clone());
+        let remote = self.opts.remote.is_some();
+        let today = time::OffsetDateTime::now_utc().date();
+        // A pinned rollback stays until the branch head moves.
+        let pinned_rev = applied
+            .as_ref()
+            .filter(|a| a.pinned)
+            .map(|a| (a.commit.clone(), a.branch_head.clone()));
+        let prev = self.prev_desired.take();
+        let r2 = repo.clone();
+        let env2 = env.clone();
+        let prepared: Prepared = tokio::task::spawn_blocking(move || {
+            let branch_override =
+                remote.then(|| format!("origin/{}", crate::env_branch(&r2, &env2)));
+            let mut p = run::prepare_with(
+                &r2,
+                &env2,
+                None,
+                prev_head.as_deref(),
+                today,
+                branch_override.as_deref(),
+                prev.as_ref(),
+            )?;
+            if let Some((commit, Some(head))) = pinned_rev
+                && head == p.branch_head
+            {
+                p = run::prepare_with(
+                    &r2,
+                    &env2,
+                    Some(&commit),
+                    None,
+                    today,
+                    branch_override.as_deref(),
+                    None,
+                )?;
+            }
+            Ok::<_, Error>(p)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if let Some(d) = &prepared.desired {
+            self.prev_desired = Some(d.clone());
+        }
+        let key = (prepared.commit.clone(), prepared.branch_head.clone());
+        let policy_self_heal = prepared
+            .desired
+            .as_ref()
+            .map(|d| d.manifest.environments[&env].policy.self_heal)
+            .unwrap_or(false);
+        let refusal_repeat = self.last_refused.as_ref() == Some(&key);
+        if refusal_repeat && (prepared.desired.is_none() || prepared.moved_backwards_from.is_some())
+        {
+            return Ok("refused");
+        }
+        let same_commit = applied
+            .as_ref()
+            .is_some_and(|a| a.commit == prepared.commit);
+        if same_commit
+            && !policy_self_heal
+            && let Some(d) = prepared.desired.as_ref()
+        {
+            // Measure drift only.
+            let report = crate::drift::drift(&self.store, d)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.record_drift(&report);
+            self.update_commit_age(&prepared);
+            let n = report.drifted.len() + report.orphans.len();
+            let _ = crate::apply::set_status(&self.store, |s| {
+                s.drifted_keys = n;
+                if n > 0 {
+                    s.state = "drift".into();
+                } else if s.state == "drift" {
+                    s.state = "in-sync".into();
+                }
+            })
+            .await;
+            return Ok("noop");
+        }
+        let mut opts = ApplyOpts::new(&self.opts.actor);
+        opts.causation_id = Some(format!("trigger:{source}"));
+        opts.site = self.opts.site.clone();
+        match run::guarded_apply(
+            &self.store,
+            &mut self.audit,
+            &prepared,
+            &opts,
+            self.opts.allow_rewind,
+        )
+        .await
+        {
+            Ok(r) => {
+                self.last_refused = None;
+                for b in Bucket::ALL {
+                    self.shared.drifted.get_or_create(&self.bucket_l(b)).set(0);
+                }
+                self.update_commit_age(&prepared);
+                if r.written > 0 {
+                    tracing::info!(env = %env, commit = %prepared.commit, written = r.written, "applied");
+                    Ok("applied")
+                } else {
+                    Ok("noop")
+                }
+            }
+            Err(ApplyError::Refused { reason, .. }) => {
+                self.shared
+                    .refused
+                    .get_or_create(&self.shared.l("reason", refusal_reason(&reason)))
+                    .inc();
+                self.last_refused = Some(key);
+                tracing::warn!(env = %env, %reason, "refused");
+                Ok("refused")
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn bucket_l(&self, b: Bucket) -> Labels {
+        vec![
+            ("env".into(), self.shared.env.clone()),
+            ("bucket".into(), b.as_str().into()),
+        ]
+    }
+
+    fn record_drift(&self, r: &crate::drift::DriftReport) {
+        for b in Bucket::ALL {
+            let n = r
+                .drifted
+                .iter()
+                .chain(&r.orphans)
+                .filter(|d| d.bucket == b)
+                .count();
+            self.shared
+                .drifted
+                .get_or_create(&self.bucket_l(b))
+                .set(n as i64);
+        }
+    }
+
+    fn update_commit_age(&self, p: &Prepared) {
+        if let Some(t) = p.commit_time {
+            let age = time::OffsetDateTime::now_utc().unix_timestamp() - t;
+            self.shared
+                .commit_age
+                .get_or_create(&self.shared.env_l())
+                .set(age.max(0) as f64);
+        }
+    }
+}
+
+async fn lease_loop(
+    lock: kv::Store,
+    key: String,
+    me: String,
+    lease: Duration,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut rev: Option<u64> = None;
+    let every = (lease / 3).max(Duration::from_millis(100));
+    let value = || {
+        bytes::Bytes::from(
+            serde_json::json!({"holder": me, "since": crate::audit::now_rfc3339()}).to_string(),
+        )
+    };
+    loop {
+        rev = match rev {
+            None => match lock.create(&key, value()).await {
+                Ok(r) => {
+                    tracing::info!(holder = %me, "acquired leadership");
+                    shared.is_leader.store(true, Ordering::SeqCst);
+                    let _ = tx.try_send("leader".into());
+                    Some(r)
+                }
+                Err(_) => None,
+            },
+            Some(r) => match lock.update(&key, value(), r).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(holder = %me, error = %e, "lost leadership");
+                    shared.is_leader.store(false, Ordering::SeqCst);
+                    None
+                }
+            },
+        };
+        shared
+            .leader_gauge
+            .get_or_create(&shared.env_l())
+            .set(i64::from(rev.is_some()));
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+    if let Some(r) = rev {
+        let _ = lock.delete_expect_revision(&key, Some(r)).await;
+        shared.is_leader.store(false, Ordering::SeqCst);
+    }
+}
+
+fn start_watch(
+    path: &std::path::Path,
+    tx: mpsc::Sender<String>,
+) -> Result<
+    notify_debouncer_full::Debouncer<
+        notify_debouncer_full::notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+    Error,
+> {
+    use notify_debouncer_full::notify::{EventKind, RecursiveMode};
+    let mut d = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(50),
+        None,
+        move |res: notify_debouncer_full::DebounceEventResult| {
+            if let Ok(events) = res
+                && events
+                    .iter()
+                    .any(|e| !matches!(e.kind, EventKind::Access(_)))
+            {
+                let _ = tx.try_send("watch".into());
+            }
+        },
+    )
+    .map_err(|e| Error::Other(format!("watch {}: {e}", path.display())))?;
+    d.watch(path, RecursiveMode::Recursive)
+        .map_err(|e| Error::Other(format!("watch {}: {e}", path.display())))?;
+    Ok(d)
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    leader: bool,
+    steps: u64,
+}
+
+fn http_router(shared: Arc<Shared>) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let s1 = shared.clone();
+    let s2 = shared.clone();
+    let s3 = shared.clone();
+    axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let s = s1.clone();
+                async move {
+                    let ok = s.healthy.load(Ordering::SeqCst);
+                    let body = axum::Json(Health {
+                        status: if ok { "ok" } else { "failing" },
+                        leader: s.is_leader.load(Ordering::SeqCst),
+                        steps: s.steps.load(Ordering::SeqCst),
+                    });
+                    (
+                        if ok {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        },
+                        body,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let s = s2.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        s.metrics_text(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            "/status",
+            get(move || {
+                let s = s3.clone();
+                async move { axum::Json(s.status.lock().map(|v| v.clone()).unwrap_or_default()) }
+            }),
+        )
+}

@@ -191,6 +191,16 @@ impl Repo {
         Ok(out)
     }
 
+    /// Commit time, Unix seconds.
+    pub fn commit_time(&self, id: ObjectId) -> Option<i64> {
+        self.repo
+            .find_commit(id)
+            .ok()?
+            .time()
+            .ok()
+            .map(|t| t.seconds)
+    }
+
     /// First line of a commit's message.
     pub fn summary(&self, id: ObjectId) -> String {
         self.repo
@@ -229,4 +239,32 @@ impl Repo {
             .map_err(|e| self.other(e))?;
         Ok(())
     }
+}
+
+/// Fetches `remote` (a URL or a configured remote name) into `refs/remotes/origin/*` of the repo
+/// at `path`. Blocking; run it on a blocking thread under tokio.
+pub fn fetch(path: &Path, remote: &str) -> Result<(), GitError> {
+    let other = |e: &dyn std::fmt::Display| GitError::Other {
+        repo: path.to_owned(),
+        message: format!("fetch {remote}: {e}"),
+    };
+    let repo = gix::open(path).map_err(|e| other(&e))?;
+    let r = match repo.find_remote(remote) {
+        Ok(r) => r,
+        Err(_) => repo
+            .remote_at(remote)
+            .map_err(|e| other(&e))?
+            .with_refspecs(
+                Some("+refs/heads/*:refs/remotes/origin/*"),
+                gix::remote::Direction::Fetch,
+            )
+            .map_err(|e| other(&e))?,
+    };
+    r.connect(gix::remote::Direction::Fetch)
+        .map_err(|e| other(&e))?
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(|e| other(&e))?
+        .receive(gix::progress::Discard, &gix::interrupt::IS_INTERRUPTED)
+        .map_err(|e| other(&e))?;
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! environment and site.
 
 pub mod apply;
+pub mod approvals;
 pub mod audit;
 pub mod canon;
 pub mod compile;

@@ -33,6 +33,8 @@ pub struct Prepared {
     pub findings: Vec<String>,
     /// The previously applied branch head is not an ancestor of the current one.
     pub moved_backwards_from: Option<String>,
+    /// Commit time (Unix seconds).
+    pub commit_time: Option<i64>,
 }
 
 /// Reads, validates and compiles `rev` (default: the env branch head). Blocking.
@@ -43,8 +45,22 @@ pub fn prepare(
     prev_branch_head: Option<&str>,
     today: time::Date,
 ) -> Result<Prepared, Error> {
+    prepare_with(repo, env, rev, prev_branch_head, today, None, None)
+}
+
+/// [`prepare`], reading the branch from `branch_override` (e.g. `origin/env/dev` after a
+/// fetch) and compiling incrementally from `prev` when given.
+pub fn prepare_with(
+    repo: &Path,
+    env: &str,
+    rev: Option<&str>,
+    prev_branch_head: Option<&str>,
+    today: time::Date,
+    branch_override: Option<&str>,
+    prev: Option<&Desired>,
+) -> Result<Prepared, Error> {
     let r = Repo::open(repo)?;
-    let branch = env_branch(repo, env);
+    let branch = branch_override.map_or_else(|| env_branch(repo, env), str::to_owned);
     let head = r.resolve(&branch)?;
     let commit = match rev {
         Some(x) => r.resolve(x)?,
@@ -83,10 +99,23 @@ pub fn prepare(
             )
         })
         .collect();
-    let desired = if findings.is_empty() {
-        Some(Desired::compile(&files, env, &commit_s)?)
-    } else {
+    let desired = if !findings.is_empty() {
         None
+    } else if let Some(p) = prev.filter(|p| p.env == env) {
+        // Only the files the diff names are recompiled.
+        let old = r.resolve(&p.commit)?;
+        let changed = r.changed_paths(old, commit)?;
+        let mut next = p.clone();
+        let read = |path: &str| -> Result<Option<Vec<u8>>, crate::CompileError> {
+            r.read_at(commit, path)
+                .map_err(|e| crate::CompileError::Git(e.to_string()))
+        };
+        match next.recompile(&changed, &read, &commit_s)? {
+            Some(_) => Some(next),
+            None => Some(Desired::compile(&files, env, &commit_s)?),
+        }
+    } else {
+        Some(Desired::compile(&files, env, &commit_s)?)
     };
     Ok(Prepared {
         env: env.to_owned(),
@@ -97,6 +126,7 @@ pub fn prepare(
         desired,
         findings,
         moved_backwards_from,
+        commit_time: r.commit_time(commit),
     })
 }
 

@@ -62,7 +62,7 @@ pub fn run(o: DriftOpts) -> u8 {
         if let Some(a) = &applied
             && let Ok(r) = reconciler::git::Repo::open(&repo)
             && let Ok(head) = r.resolve(&branch)
-            && head.to_string() != a.commit
+            && head.to_string().as_str() != a.commit.as_str()
             && let Ok(c) = r.resolve(&a.commit)
         {
             let behind = r.commits_between(head, Some(c)).map(|v| v.len()).unwrap_or(0);

@@ -1,11 +1,13 @@
 //! One module per subcommand.
 
 pub mod apply;
+pub mod approve;
 pub mod drift;
 pub mod env;
 pub mod init;
 pub mod plan;
 pub mod promote;
+pub mod reconcile;
 pub mod schemas;
 pub mod validate;
 

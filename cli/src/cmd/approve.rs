@@ -1,0 +1,60 @@
+//! `vakt approve` and `vakt reject`.
+
+use super::env::{self, EnvArgs};
+use crate::{exit, output};
+
+/// Approve a plan that waits on a gated action (placement move, deletion, definition or access
+/// change, failover, restore).
+///
+/// The approval binds to the plan's content digest: if the commit or the live state changes,
+/// the plan gets a new id and needs a new approval. Audited with who, why and when. Approvals
+/// expire after the environment's approval_ttl.
+///
+/// Examples:
+///   vakt approve plan-54e85d52b4f5 --env prod --reason "CHG-1042 reviewed in #ops"
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct DecideOpts {
+    /// The plan id, as `vakt apply`, `vakt status` or the site show it.
+    #[arg(value_name = "PLAN")]
+    pub plan: String,
+    #[command(flatten)]
+    pub target: EnvArgs,
+    /// Why (required; recorded in the audit trail).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// Who decides (default: $VAKT_ACTOR, else user:$USER).
+    #[arg(long, value_name = "WHO")]
+    pub actor: Option<String>,
+}
+
+pub fn run(o: DecideOpts, approve: bool) -> u8 {
+    let target = match o.target.target(None) {
+        Ok(t) => t,
+        Err(e) => {
+            output::error(&e.to_string());
+            return env::code_of(&e);
+        }
+    };
+    let actor = env::actor(&o.actor);
+    let r = env::runtime().block_on(async {
+        let (store, mut audit) = target.open().await?;
+        reconciler::approvals::decide(&store, &mut audit, &o.plan, approve, &actor, &o.reason).await
+    });
+    match r {
+        Ok(a) => {
+            output::print(&format!(
+                "{} {} (expires {}); the next apply or reconcile proceeds{}.\n",
+                a.decision,
+                a.plan_id,
+                a.expires_at,
+                if approve { "" } else { " without it" }
+            ));
+            exit::OK
+        }
+        Err(e) => {
+            output::error(&e.to_string());
+            env::code_of(&e)
+        }
+    }
+}

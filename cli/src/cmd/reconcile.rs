@@ -1,0 +1,131 @@
+//! `vakt reconcile`: the daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reconciler::daemon::{self, DaemonOpts};
+
+use super::env::{self, EnvArgs};
+use crate::{exit, output};
+
+/// Run the reconciler for one environment: apply what is merged into its branch, keep NATS KV
+/// in sync, report drift.
+///
+/// One replica per environment (and --site) leads; it holds a lease in the `<prefix>_lock`
+/// bucket (max age = --lease, renewed every third of it). Start two or three replicas: when the
+/// leader dies, another takes over once the lease lapses.
+///
+/// Triggers: every --interval; a change under --watch (a local clone's .git); a fetch of
+/// --remote before each step; a message on --trigger-subject (a Git hook or CI can publish one:
+/// `nats pub vakt.trigger.prod ''`) for sub-second reaction.
+///
+/// A commit that fails validation is never applied (the last good commit stays; status says
+/// which commit and why, with file and line); a branch that moved backwards is not followed
+/// without --allow-rewind. With self_heal in the environment's policy, hand edits to KV are
+/// restored and audited; without it they are reported (vakt_drifted_keys).
+///
+/// Serves /healthz, /metrics (Prometheus) and /status (JSON) on --listen. SIGTERM or Ctrl-C
+/// stop it between steps: an apply in progress completes, the lease is released.
+///
+/// Examples:
+///   vakt reconcile --env prod --repo /srv/ops --watch /srv/ops/.git --listen 0.0.0.0:9464
+///   vakt reconcile --env dev --remote https://git.example/ops.git --interval 1m
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct ReconcileOpts {
+    #[command(flatten)]
+    pub target: EnvArgs,
+    /// Site this replica serves (one leader per environment and site).
+    #[arg(long, value_name = "SITE")]
+    pub site: Option<String>,
+    /// Poll interval, e.g. 30s, 1m.
+    #[arg(long, default_value = "30s", value_parser = parse_dur, value_name = "DURATION")]
+    pub interval: Duration,
+    /// Watch this path (e.g. the clone's .git directory) and reconcile on change.
+    #[arg(long, value_name = "PATH")]
+    pub watch: Option<PathBuf>,
+    /// Fetch this remote (URL or remote name) before each step; follow origin/<env branch>.
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+    /// NATS subject that triggers a step at once (default: vakt.trigger.<env>; `-` disables).
+    #[arg(long, value_name = "SUBJECT")]
+    pub trigger_subject: Option<String>,
+    /// Serve /healthz, /metrics and /status here (port 0 picks a free port; the URL is printed).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Leader lease.
+    #[arg(long, default_value = "10s", value_parser = parse_dur, value_name = "DURATION")]
+    pub lease: Duration,
+    /// This replica's id in the lock and the status (default: host and process id).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Follow the env branch when it moved backwards (force push; audited).
+    #[arg(long)]
+    pub allow_rewind: bool,
+    /// Actor recorded in audit events (default: reconciler:<id>).
+    #[arg(long, value_name = "WHO")]
+    pub actor: Option<String>,
+}
+
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    reconciler::apply::parse_duration(s)
+        .ok_or_else(|| format!("`{s}` is not a duration (e.g. 500ms, 30s, 1m)"))
+}
+
+pub fn run(o: ReconcileOpts) -> u8 {
+    let target = match o.target.target(Some(o.lease)) {
+        Ok(t) => t,
+        Err(e) => {
+            output::error(&e.to_string());
+            return env::code_of(&e);
+        }
+    };
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let id =
+        o.id.clone()
+            .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+    let trigger = match o.trigger_subject.as_deref() {
+        Some("-") => None,
+        Some(s) => Some(s.to_owned()),
+        None => Some(format!("vakt.trigger.{}", o.target.env)),
+    };
+    let opts = DaemonOpts {
+        repo: o.target.repo.clone(),
+        target,
+        site: o.site.clone(),
+        interval: o.interval,
+        watch: o.watch.clone(),
+        remote: o.remote.clone(),
+        trigger_subject: trigger,
+        listen: o.listen,
+        actor: o
+            .actor
+            .clone()
+            .unwrap_or_else(|| format!("reconciler:{id}")),
+        allow_rewind: o.allow_rewind,
+        id,
+    };
+    env::runtime().block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            let _ = tx.send(true);
+        });
+        match daemon::run(opts, rx).await {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                output::error(&e.to_string());
+                env::code_of(&e)
+            }
+        }
+    })
+}

@@ -1,0 +1,103 @@
+//! Approvals of gated plans. An apply that meets a gated action stores a pending approval with
+//! the plan's content digest and an expiry; `vakt approve` or `vakt reject` decides it (who,
+//! why, when: audited). The approval binds to the digest, so a changed plan needs a new one.
+
+use crate::Error;
+use crate::audit::{Audit, AuditEvent, now_rfc3339};
+use crate::state::{self, Approval};
+use crate::store::Store;
+
+/// Pending, approved and rejected plans, newest first.
+pub async fn list(store: &Store) -> Result<Vec<Approval>, Error> {
+    use futures_util::StreamExt;
+    let mut keys = store
+        .state
+        .keys()
+        .await
+        .map_err(|e| crate::store::nats_err("list approvals", e))?;
+    let mut out = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.map_err(|e| crate::store::nats_err("list approvals", e))?;
+        if k.starts_with("approval.")
+            && let Some((a, _)) = state::get::<Approval>(&store.state, &k).await?
+        {
+            out.push(a);
+        }
+    }
+    out.sort_by(|a, b| b.requested_at.cmp(&a.requested_at));
+    Ok(out)
+}
+
+/// Approves or rejects a pending plan.
+pub async fn decide(
+    store: &Store,
+    audit: &mut Audit,
+    plan_id: &str,
+    approve: bool,
+    actor: &str,
+    reason: &str,
+) -> Result<Approval, Error> {
+    if reason.trim().is_empty() {
+        return Err(Error::Refused(
+            "a reason is required (--reason \"…\")".into(),
+        ));
+    }
+    let key = format!("approval.{plan_id}");
+    let Some((mut a, rev)) = state::get::<Approval>(&store.state, &key).await? else {
+        let mut ev = AuditEvent::new(
+            format!("{plan_id}/decide/{}", now_rfc3339()),
+            &store.env,
+            actor,
+            if approve {
+                "approval.approve"
+            } else {
+                "approval.reject"
+            },
+            "refused",
+        );
+        ev.plan_id = Some(plan_id.to_owned());
+        ev.reason = Some(format!(
+            "no plan {plan_id} waits for approval in {}",
+            store.env
+        ));
+        audit.record(ev).await?;
+        return Err(Error::Refused(format!(
+            "no plan `{plan_id}` waits for approval in {}; `vakt status --env {}` shows the pending one",
+            store.env, store.env
+        )));
+    };
+    if a.decision != "pending" {
+        return Err(Error::Refused(format!(
+            "{plan_id} was already {} by {} ({})",
+            a.decision,
+            a.decided_by.clone().unwrap_or_default(),
+            a.reason.clone().unwrap_or_default()
+        )));
+    }
+    a.decision = if approve { "approved" } else { "rejected" }.into();
+    a.decided_by = Some(actor.to_owned());
+    a.reason = Some(reason.to_owned());
+    a.decided_at = Some(now_rfc3339());
+    let b = serde_json::to_vec(&a).map_err(|e| Error::Other(e.to_string()))?;
+    store.state.update(&key, b.into(), rev).await.map_err(|e| {
+        Error::Refused(format!("{plan_id} changed while deciding ({e}); try again"))
+    })?;
+    let mut ev = AuditEvent::new(
+        format!("{plan_id}/{}", a.decision),
+        &store.env,
+        actor,
+        if approve {
+            "approval.approve"
+        } else {
+            "approval.reject"
+        },
+        &a.decision,
+    );
+    ev.plan_id = Some(plan_id.to_owned());
+    ev.correlation_id = Some(plan_id.to_owned());
+    ev.commit = Some(a.commit.clone());
+    ev.reason = Some(reason.to_owned());
+    ev.detail = Some(serde_json::json!({"digest": a.digest, "actions": a.actions}));
+    audit.record(ev).await?;
+    Ok(a)
+}
