@@ -419,7 +419,9 @@ async fn check_policy(
     Ok(Ok(()))
 }
 
-async fn write_plan(
+/// Writes an already computed plan (CAS on each change's `from_revision`), auditing each
+/// acknowledged write. Used by [`apply`]; exposed so a stale plan can be exercised.
+pub async fn write_plan(
     store: &Store,
     audit: &mut Audit,
     desired: &Desired,
@@ -450,6 +452,12 @@ async fn write_plan(
     audit.record(ev).await?;
 
     let total = plan.changes.len();
+    // With the crash hook, one write in flight at a time: exactly N writes land before the abort.
+    let window = if opts.crash_after_writes.is_some() {
+        1
+    } else {
+        opts.window.max(1)
+    };
     let mut pending: VecDeque<(usize, async_nats::jetstream::context::PublishAckFuture)> =
         VecDeque::new();
     let mut audits: VecDeque<async_nats::jetstream::context::PublishAckFuture> = VecDeque::new();
@@ -459,7 +467,7 @@ async fn write_plan(
     let mut idx = 0;
     while idx < total || !pending.is_empty() {
         // Fill the window.
-        while failure.is_none() && idx < total && pending.len() < opts.window.max(1) {
+        while failure.is_none() && idx < total && pending.len() < window {
             let c = &plan.changes[idx];
             let value = match c.action {
                 Action::Remove => None,
@@ -500,7 +508,7 @@ async fn write_plan(
                     // Test hook: die like kill -9 between a write and the rest of the apply.
                     std::process::abort();
                 }
-                while audits.len() > opts.window.max(1) {
+                while audits.len() > window {
                     if let Some(a) = audits.pop_front()
                         && let Err(e) = a.await
                     {
@@ -559,6 +567,8 @@ fn change_event(
 ) -> AuditEvent {
     let action = match c.action {
         Action::Remove => "kv.delete",
+        // A change the Git history does not explain: drift being healed.
+        Action::Change if c.reason.is_some() => "kv.heal",
         _ => "kv.put",
     };
     let mut ev = event(

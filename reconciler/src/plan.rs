@@ -750,8 +750,8 @@ pub fn render_markdown(p: &Plan) -> String {
         }
         let _ = writeln!(
             s,
-            ">\n> After merge: `vakt approve {} --reason \"…\"`\n",
-            p.id
+            ">\n> After merge the reconciler holds these changes until an operator runs `vakt approve <plan> --env {} --reason \"…\"`; the live plan id is in the reconciler's status and its `apply.refused` audit event.\n",
+            p.env
         );
     }
     let list = |set: &BTreeSet<String>| {

@@ -88,10 +88,15 @@ pub fn prepare_with(
             today,
         },
     );
-    let findings: Vec<String> = report
+    // Input and schema errors first: they are the cause; reference errors often follow from them.
+    let mut errors: Vec<&opsrepo::Finding> = report
         .findings
         .iter()
         .filter(|f| f.severity == Severity::Error && !TIME_DEPENDENT.contains(&f.rule))
+        .collect();
+    errors.sort_by_key(|f| !(f.rule.starts_with("input.") || f.rule.starts_with("schema.")));
+    let findings: Vec<String> = errors
+        .into_iter()
         .map(|f| {
             format!(
                 "{}:{}:{}: [{}] {}",

