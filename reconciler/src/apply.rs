@@ -99,6 +99,8 @@ pub async fn apply(
     desired: &Desired,
     opts: &ApplyOpts,
 ) -> Result<ApplyReport, ApplyError> {
+    // Other writers (approvals, another replica before us) may have extended the chain.
+    audit.refresh_head().await?;
     let recovered = if opts.dry_run {
         0
     } else {
@@ -265,6 +267,7 @@ pub async fn refuse_commit(
     findings: Vec<String>,
     waiting: bool,
 ) -> Result<(), StoreError> {
+    audit.refresh_head().await?;
     let mut ev = AuditEvent::new(
         format!("{commit}/refused/{}", now_rfc3339()),
         &store.env,

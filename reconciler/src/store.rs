@@ -402,11 +402,13 @@ pub async fn ensure_bucket(
 /// revision is what a compare-and-set re-creation must name.
 pub async fn snapshot_bucket(kv: &kv::Store) -> Result<BTreeMap<String, LiveEntry>, StoreError> {
     let mut out = BTreeMap::new();
-    let status = kv
-        .status()
+    // Fresh stream state (`kv.status()` returns the info cached when the bucket was opened).
+    let info = kv
+        .stream
+        .get_info()
         .await
-        .map_err(|e| nats_err("bucket status", e))?;
-    if status.values() == 0 {
+        .map_err(|e| nats_err("bucket info", e))?;
+    if info.state.messages == 0 {
         return Ok(out);
     }
     let mut w = kv

@@ -182,3 +182,121 @@ pub fn commit_all(repo: &Path, msg: &str) -> String {
     crate::git(repo, &["commit", "-q", "--allow-empty", "-m", msg]);
     crate::git(repo, &["rev-parse", "HEAD"])
 }
+
+/// A `vakt reconcile` process, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub url: String,
+    pub id: String,
+}
+
+impl Daemon {
+    /// Starts the daemon with `--listen 127.0.0.1:0` and waits for its URL.
+    pub fn start(repo: &Path, n: &NatsServer, env: &str, id: &str, extra: &[&str]) -> Daemon {
+        use std::io::BufRead;
+        let mut c = Command::new(crate::vakt_bin());
+        c.args(["reconcile", "--env", env, "--repo"])
+            .arg(repo)
+            .args(["--nats", &n.url(), "--listen", "127.0.0.1:0", "--id", id])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .env("VAKT_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(n.dir.path().join(format!("daemon-{id}.log"))).expect("log"),
+            ));
+        let mut child = c.spawn().expect("start vakt reconcile");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_owned();
+        Daemon {
+            child,
+            url,
+            id: id.to_owned(),
+        }
+    }
+
+    /// GET a path; (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(&self.url, path)
+    }
+
+    /// `/healthz` as JSON.
+    pub fn health(&self) -> Option<serde_json::Value> {
+        let (_, b) = self.get("/healthz")?;
+        serde_json::from_str(&b).ok()
+    }
+
+    /// `/status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let (_, b) = self.get("/status").expect("status");
+        serde_json::from_str(&b).expect("status JSON")
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.health().is_some_and(|h| h["leader"] == true)
+    }
+
+    /// Sends a signal with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP/1.1 GET over a std TcpStream: (status, body).
+pub fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// Polls `f` every 50 ms until it is true or `limit` passes. Returns whether it became true.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Publishes an empty message on `subject`.
+pub fn publish(url: &str, subject: &str) {
+    rt().block_on(async {
+        let c = async_nats::connect(url).await.expect("connect");
+        c.publish(subject.to_owned(), bytes::Bytes::new())
+            .await
+            .expect("publish");
+        c.flush().await.expect("flush");
+    })
+}

@@ -1,0 +1,295 @@
+//! End-to-end: the `vakt reconcile` daemon against a real nats-server and a real Git repo.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use vakt_tests::nats::{
+    self, Daemon, NatsServer, audit_events, commit_all, ops_git, publish, put_key, read_bucket,
+    wait_until,
+};
+
+const LONG: &[&str] = &["--interval", "1h", "--lease", "2s"];
+
+fn edit(repo: &std::path::Path, path: &str, from: &str, to: &str) {
+    let p = repo.join(path);
+    let s = std::fs::read_to_string(&p).unwrap();
+    assert!(s.contains(from), "{path}: {from:?}");
+    std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn one_leader_and_a_standby_takes_over_within_two_leases() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let mut a = Daemon::start(repo.path(), &n, "dev", "a", LONG);
+    assert!(
+        wait_until(Duration::from_secs(10), || a.is_leader()),
+        "a never led"
+    );
+    let b = Daemon::start(repo.path(), &n, "dev", "b", LONG);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(b.health().is_some(), "b is not serving");
+    assert!(!b.is_leader(), "two leaders");
+    assert!(a.is_leader());
+    // kill -9 the leader: b takes over once the lease (2 s) lapses; allow two leases + a poll.
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(4) + Duration::from_millis(800), || b
+            .is_leader()),
+        "b did not take over"
+    );
+    eprintln!("takeover after {:?}", t0.elapsed());
+    // b applied the branch as the new leader.
+    assert!(wait_until(Duration::from_secs(10), || !read_bucket(
+        &n.url(),
+        "vakt_dev_config"
+    )
+    .is_empty()));
+}
+
+#[test]
+fn commit_plus_nats_trigger_reaches_a_kv_watcher() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let d = Daemon::start(repo.path(), &n, "dev", "t", LONG);
+    assert!(
+        wait_until(Duration::from_secs(15), || d.status()["applied_commit"]
+            .is_string()),
+        "initial apply"
+    );
+    let key = "tenant.nordlys-energi.tenant";
+    edit(
+        repo.path(),
+        "config/tenants/nordlys-energi/tenant.toml",
+        "requests_per_second = ",
+        "requests_per_second = 1",
+    );
+    let c = commit_all(repo.path(), "nordlys: rate");
+    let url = n.url();
+    let seen = nats::rt().block_on(async move {
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let kv = js.get_key_value("vakt_dev_config").await.unwrap();
+        let mut w = kv.watch(key).await.unwrap();
+        let t0 = Instant::now();
+        client.publish("vakt.trigger.dev", "".into()).await.unwrap();
+        client.flush().await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(20), w.next())
+            .await
+            .expect("no change seen")
+            .unwrap()
+            .unwrap();
+        (t0.elapsed(), e.value)
+    });
+    let v: serde_json::Value = serde_json::from_slice(&seen.1).unwrap();
+    assert_eq!(v["vakt"]["commit"], c.as_str());
+    eprintln!("merge→visible {:?}", seen.0);
+    // The step is in the metrics.
+    let (code, m) = d.get("/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        m.contains("vakt_apply_total{env=\"dev\",outcome=\"applied\"}"),
+        "{m}"
+    );
+    assert!(m.contains("vakt_reconcile_duration_seconds_count"), "{m}");
+    assert!(m.contains("vakt_build_info"), "{m}");
+    assert!(
+        m.contains("vakt_applied_commit_age_seconds{env=\"dev\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn invalid_commit_is_not_applied_and_status_names_file_and_line() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let d = Daemon::start(repo.path(), &n, "dev", "v", LONG);
+    assert!(wait_until(Duration::from_secs(15), || {
+        d.status()["applied_commit"].is_string()
+    }));
+    let good = d.status()["applied_commit"].clone();
+    std::fs::write(repo.path().join("config/global/auth.toml"), "[broken\n").unwrap();
+    let bad = commit_all(repo.path(), "break auth.toml");
+    publish(&n.url(), "vakt.trigger.dev");
+    assert!(
+        wait_until(Duration::from_secs(15), || d.status()["state"] == "refused"),
+        "{}",
+        d.status()
+    );
+    let s = d.status();
+    assert_eq!(s["applied_commit"], good);
+    assert_eq!(s["refused"]["commit"], bad.as_str());
+    let f = s["refused"]["findings"][0].as_str().unwrap();
+    assert!(f.starts_with("config/global/auth.toml:1:"), "{f}");
+    let (_, m) = d.get("/metrics").unwrap();
+    assert!(
+        m.contains("vakt_reconcile_refused_total{env=\"dev\",reason=\"invalid_commit\"} 1"),
+        "{m}"
+    );
+    // Triggered again: refused once, not re-audited every step.
+    publish(&n.url(), "vakt.trigger.dev");
+    std::thread::sleep(Duration::from_millis(800));
+    let refusals = audit_events(&n.url(), "dev")
+        .into_iter()
+        .filter(|e| e["action"] == "apply.refused")
+        .count();
+    assert_eq!(refusals, 1);
+}
+
+#[test]
+fn self_heal_restores_a_hand_edit_and_audits_it() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let d = Daemon::start(repo.path(), &n, "dev", "h", LONG);
+    assert!(wait_until(Duration::from_secs(15), || {
+        d.status()["applied_commit"].is_string()
+    }));
+    let key = "global.platform";
+    let before = read_bucket(&n.url(), "vakt_dev_config")[key].1.clone();
+    put_key(
+        &n.url(),
+        "vakt_dev_config",
+        key,
+        br#"{"spec":{"hand":"edited"}}"#,
+    );
+    publish(&n.url(), "vakt.trigger.dev");
+    assert!(
+        wait_until(Duration::from_secs(15), || read_bucket(
+            &n.url(),
+            "vakt_dev_config"
+        )[key]
+            .1
+            == before),
+        "not healed"
+    );
+    let ev = audit_events(&n.url(), "dev");
+    let heal = ev
+        .iter()
+        .find(|e| e["action"] == "kv.heal")
+        .expect("heal event");
+    assert!(
+        heal["target"]
+            .as_str()
+            .unwrap()
+            .ends_with("/global.platform")
+    );
+    assert_eq!(heal["causation_id"], "trigger:nats");
+}
+
+#[test]
+fn file_watch_triggers_a_step_on_commit() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let git_dir = repo.path().join(".git");
+    let gd = git_dir.to_string_lossy().into_owned();
+    let d = Daemon::start(
+        repo.path(),
+        &n,
+        "dev",
+        "w",
+        &[
+            "--interval",
+            "1h",
+            "--lease",
+            "2s",
+            "--trigger-subject",
+            "-",
+            "--watch",
+            &gd,
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(15), || {
+        d.status()["applied_commit"].is_string()
+    }));
+    edit(
+        repo.path(),
+        "config/global/auth.toml",
+        "\n",
+        "\n# watched\n",
+    );
+    let c = commit_all(repo.path(), "watched change");
+    assert!(
+        wait_until(Duration::from_secs(15), || d.status()["applied_commit"]
+            == c.as_str()),
+        "{}",
+        d.status()
+    );
+}
+
+#[test]
+fn sigterm_stops_between_steps_and_releases_the_lease() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let mut d = Daemon::start(
+        repo.path(),
+        &n,
+        "dev",
+        "s",
+        &["--interval", "1h", "--lease", "30s"],
+    );
+    assert!(wait_until(Duration::from_secs(15), || {
+        d.status()["applied_commit"].is_string()
+    }));
+    d.signal("-TERM");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    // The lease is released at once (not after 30 s): a new replica leads immediately.
+    assert!(read_bucket(&n.url(), "vakt_dev_lock").is_empty());
+    let d2 = Daemon::start(
+        repo.path(),
+        &n,
+        "dev",
+        "s2",
+        &["--interval", "1h", "--lease", "30s"],
+    );
+    assert!(wait_until(Duration::from_secs(5), || d2.is_leader()));
+}
+
+#[test]
+fn remote_fetch_follows_the_upstream_branch() {
+    let upstream = ops_git();
+    let clone = tempfile::tempdir().unwrap();
+    let dst = clone.path().join("ops");
+    vakt_tests::git(
+        clone.path(),
+        &["clone", "-q", &upstream.path().to_string_lossy(), "ops"],
+    );
+    let n = NatsServer::start();
+    let url = format!("file://{}", upstream.path().display());
+    let d = Daemon::start(
+        &dst,
+        &n,
+        "dev",
+        "r",
+        &["--interval", "1h", "--lease", "2s", "--remote", &url],
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || d.status()["applied_commit"]
+            .is_string()),
+        "{}",
+        d.status()
+    );
+    edit(
+        upstream.path(),
+        "config/global/auth.toml",
+        "\n",
+        "\n# upstream change\n",
+    );
+    let c = commit_all(upstream.path(), "upstream change");
+    publish(&n.url(), "vakt.trigger.dev");
+    assert!(
+        wait_until(Duration::from_secs(15), || d.status()["applied_commit"]
+            == c.as_str()),
+        "{}",
+        d.status()
+    );
+}
