@@ -122,6 +122,10 @@ pub struct RecompileStats {
     pub documents_recompiled: usize,
     pub keys_removed: usize,
     pub keys_written: usize,
+    /// Every key the affected documents fed before or feed now: the only keys a plan between
+    /// the two commits needs to compare.
+    #[serde(skip)]
+    pub touched: Vec<KeyId>,
 }
 
 /// The desired state of one environment at one commit.
@@ -287,6 +291,7 @@ impl Desired {
         for base in &affected {
             for k in self.by_base.remove(*base).unwrap_or_default() {
                 if let Some(e) = self.entries.remove(&k) {
+                    stats.touched.push(k.clone());
                     old.insert(k, e);
                 }
             }
@@ -300,10 +305,13 @@ impl Desired {
                     e.commit = o.commit;
                 }
                 stats.keys_written += 1;
+                stats.touched.push(k.clone());
             }
             self.insert_doc(base, items)?;
         }
         stats.keys_removed = old.len();
+        stats.touched.sort();
+        stats.touched.dedup();
         self.commit = commit.to_owned();
         Ok(Some(stats))
     }

@@ -371,7 +371,7 @@ impl Ctx {
                 prev_head.as_deref(),
                 today,
                 branch_override.as_deref(),
-                prev.as_ref(),
+                prev,
             )?;
             if let Some((commit, Some(head))) = pinned_rev
                 && head == p.branch_head

@@ -141,26 +141,37 @@ pub fn read_manifest(repo: &Path) -> Result<opsrepo::model::Manifest, Error> {
     Ok(compile::manifest_of(b.as_deref())?)
 }
 
-/// Compiles `head` incrementally from an already compiled `base`: only the files the Git diff
-/// between the two commits names are read and recompiled. Falls back to a full compile when
-/// vakt.toml changed.
+/// Compiles `head` incrementally from an already compiled `base` (consumed): only the files the
+/// Git diff between the two commits names are read and recompiled. Falls back to a full
+/// compile when vakt.toml changed (stats `None`).
 pub fn advance(
     repo: &Path,
-    base: &Desired,
+    base: Desired,
     head_rev: &str,
 ) -> Result<(Desired, Option<compile::RecompileStats>), Error> {
     let r = git::Repo::open(repo)?;
     let old = r.resolve(&base.commit)?;
     let new = r.resolve(head_rev)?;
     let changed = r.changed_paths(old, new)?;
-    let mut next = base.clone();
+    let env = base.env.clone();
+    let mut next = base;
     let read = |p: &str| -> Result<Option<Vec<u8>>, CompileError> {
-        r.read_at(new, p)
-            .map_err(|e| CompileError::Git(e.to_string()))
+        r.read_at(new, p).map_err(|e| CompileError::Git(e.to_string()))
     };
     let new_s = new.to_string();
     match next.recompile(&changed, &read, &new_s)? {
         Some(stats) => Ok((next, Some(stats))),
-        None => Ok((compile_rev(repo, &new_s, &base.env)?, None)),
+        None => Ok((compile_rev(repo, &new_s, &env)?, None)),
     }
+}
+
+/// Plans `head_rev` against `base_rev` for `env` without NATS: compiles the base, advances it
+/// incrementally to the head and compares only the keys the changed files feed.
+pub fn plan_revs(repo: &Path, base_rev: &str, head_rev: &str, env: &str) -> Result<Plan, Error> {
+    let base = compile_rev(repo, base_rev, env)?;
+    let (head, stats) = advance(repo, base.clone(), head_rev)?;
+    Ok(match stats {
+        Some(s) => plan::plan_touched(&base, &head, &s.touched),
+        None => plan::plan_commits(Some(&base), &head),
+    })
 }

@@ -260,6 +260,31 @@ pub fn plan_commits(base: Option<&Desired>, head: &Desired) -> Plan {
     )
 }
 
+/// Plans `head` against `base` comparing only `touched` keys (from an incremental recompile):
+/// the cost follows the size of the change, not of the repo.
+pub fn plan_touched(base: &Desired, head: &Desired, touched: &[KeyId]) -> Plan {
+    let policy = &head.manifest.environments[&head.env].policy;
+    let mut changes = Vec::new();
+    for k in touched {
+        match (base.entries.get(k), head.entries.get(k)) {
+            (None, Some(e)) => changes.push(change(k, Action::Add, Some(&e.path), None, Some(e), None)),
+            (Some(b), Some(e)) if b.digest != e.digest => {
+                let old = b.spec_value();
+                changes.push(change(k, Action::Change, Some(&e.path), Some((&b.digest, &old)), Some(e), None));
+            }
+            (Some(b), None) => {
+                let old = b.spec_value();
+                changes.push(change(k, Action::Remove, Some(&b.path), Some((&b.digest, &old)), None, None));
+            }
+            _ => {}
+        }
+    }
+    let against = Against::Commit {
+        commit: base.commit.clone(),
+    };
+    finish(head, against, changes, Vec::new(), policy, head.entries.len())
+}
+
 /// Plans `head` against the live buckets. `live` maps every key of the managed buckets to its
 /// latest entry (delete markers included, so a re-creation names the marker's revision).
 pub fn plan_live(head: &Desired, live: &BTreeMap<KeyId, LiveEntry>) -> Plan {

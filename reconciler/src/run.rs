@@ -57,7 +57,7 @@ pub fn prepare_with(
     prev_branch_head: Option<&str>,
     today: time::Date,
     branch_override: Option<&str>,
-    prev: Option<&Desired>,
+    prev: Option<Desired>,
 ) -> Result<Prepared, Error> {
     let r = Repo::open(repo)?;
     let branch = branch_override.map_or_else(|| env_branch(repo, env), str::to_owned);
@@ -110,7 +110,7 @@ pub fn prepare_with(
         // Only the files the diff names are recompiled.
         let old = r.resolve(&p.commit)?;
         let changed = r.changed_paths(old, commit)?;
-        let mut next = p.clone();
+        let mut next = p;
         let read = |path: &str| -> Result<Option<Vec<u8>>, crate::CompileError> {
             r.read_at(commit, path)
                 .map_err(|e| crate::CompileError::Git(e.to_string()))

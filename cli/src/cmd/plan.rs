@@ -86,17 +86,19 @@ pub fn run(o: PlanOpts) -> u8 {
             .or(o.rev.clone())
             .unwrap_or_else(|| "HEAD".into());
         (|| {
-            let base_d = match reconciler::compile_rev(&repo, &base, &envname) {
-                Ok(d) => Some(d),
+            match reconciler::plan_revs(&repo, &base, &head, &envname) {
                 // A new environment branch that does not exist yet: everything is an add.
-                Err(reconciler::Error::Source(opsrepo::SourceError::Revision { .. })) => None,
-                Err(e) => return Err(e),
-            };
-            let head_d = match &base_d {
-                Some(b) => reconciler::advance(&repo, b, &head)?.0,
-                None => reconciler::compile_rev(&repo, &head, &envname)?,
-            };
-            Ok(plan::plan_commits(base_d.as_ref(), &head_d))
+                Err(reconciler::Error::Source(opsrepo::SourceError::Revision { .. }))
+                | Err(reconciler::Error::Git(reconciler::git::GitError::Revision { .. }))
+                    if reconciler::git::Repo::open(&repo)
+                        .map(|r| r.try_resolve(&base).is_none())
+                        .unwrap_or(false) =>
+                {
+                    let head_d = reconciler::compile_rev(&repo, &head, &envname)?;
+                    Ok(plan::plan_commits(None, &head_d))
+                }
+                other => other,
+            }
         })()
     };
     let p = match result {
