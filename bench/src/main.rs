@@ -17,20 +17,36 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let a = |i: usize| args.get(i).cloned().unwrap_or_else(|| usage());
     match args.get(1).map(String::as_str) {
-        Some("b2") => b2(Path::new(&a(2)), &a(3), &a(4), &a(5), a(6).parse().unwrap_or(10)),
+        Some("b2") => b2(
+            Path::new(&a(2)),
+            &a(3),
+            &a(4),
+            &a(5),
+            a(6).parse().unwrap_or(10),
+        ),
         Some("b3") => rt().block_on(b3(Path::new(&a(2)), &a(3), &a(4))),
-        Some("b4") => rt().block_on(b4(Path::new(&a(2)), &a(3), &a(4), a(5).parse().unwrap_or(30))),
+        Some("b4") => rt().block_on(b4(
+            Path::new(&a(2)),
+            &a(3),
+            &a(4),
+            a(5).parse().unwrap_or(30),
+        )),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: vakt-bench b2 REPO ENV BASE HEAD RUNS | b3 REPO ENV NATS_URL | b4 REPO NATS_URL VAKT_BIN N");
+    eprintln!(
+        "usage: vakt-bench b2 REPO ENV BASE HEAD RUNS | b3 REPO ENV NATS_URL | b4 REPO NATS_URL VAKT_BIN N"
+    );
     std::process::exit(2)
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn ms(d: Duration) -> f64 {
@@ -105,7 +121,10 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     let target = reconciler::EnvTarget::resolve(
         repo,
         env,
-        reconciler::store::NatsOpts { urls: url.to_owned(), ..Default::default() },
+        reconciler::store::NatsOpts {
+            urls: url.to_owned(),
+            ..Default::default()
+        },
         Some(format!("bench{tag}")),
         Default::default(),
     )
@@ -114,7 +133,9 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     // B3: apply every key (CAS writes + one audit event per key).
     let opts = reconciler::apply::ApplyOpts::new("bench");
     let t = Instant::now();
-    let r = reconciler::apply::apply(&store, &mut audit, &desired, &opts).await.expect("apply");
+    let r = reconciler::apply::apply(&store, &mut audit, &desired, &opts)
+        .await
+        .expect("apply");
     let apply_ms = ms(t.elapsed());
     assert_eq!(r.written, n);
     // Peer: raw JetStream publish of the same bytes (same 512 window), acks awaited.
@@ -129,7 +150,12 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     let payloads: Vec<(String, bytes::Bytes)> = desired
         .entries
         .iter()
-        .map(|((b, k), e)| (format!("raw{tag}.{b}.{k}"), bytes::Bytes::from(e.value(env))))
+        .map(|((b, k), e)| {
+            (
+                format!("raw{tag}.{b}.{k}"),
+                bytes::Bytes::from(e.value(env)),
+            )
+        })
         .collect();
     let t = Instant::now();
     let mut pending = std::collections::VecDeque::new();
@@ -149,7 +175,9 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     let readback_ms = ms(t.elapsed());
     assert_eq!(live.len(), n);
     let t = Instant::now();
-    let d = reconciler::drift::drift(&store, &desired).await.expect("drift");
+    let d = reconciler::drift::drift(&store, &desired)
+        .await
+        .expect("drift");
     let drift_ms = ms(t.elapsed());
     assert!(d.in_sync);
     println!(
@@ -168,7 +196,16 @@ async fn b4(repo: &Path, url: &str, vakt: &str, n: usize) {
     let mut child = tokio::process::Command::new(vakt)
         .args(["reconcile", "--env", "dev", "--repo"])
         .arg(repo)
-        .args(["--nats", url, "--interval", "1h", "--lease", "5s", "--id", "bench"])
+        .args([
+            "--nats",
+            url,
+            "--interval",
+            "1h",
+            "--lease",
+            "5s",
+            "--id",
+            "bench",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -189,12 +226,23 @@ async fn b4(repo: &Path, url: &str, vakt: &str, n: usize) {
     let original = std::fs::read_to_string(&file).expect("tenant file");
     let mut lat = Vec::new();
     for i in 0..n {
-        let text = original.replacen("requests_per_second = 100", &format!("requests_per_second = {}", 1000 + i), 1);
+        let text = original.replacen(
+            "requests_per_second = 100",
+            &format!("requests_per_second = {}", 1000 + i),
+            1,
+        );
         std::fs::write(&file, text).expect("write");
         let ok = std::process::Command::new("git")
             .args(["-C"])
             .arg(repo)
-            .args(["-c", "user.name=bench", "-c", "user.email=bench@vakt.invalid", "commit", "-qam"])
+            .args([
+                "-c",
+                "user.name=bench",
+                "-c",
+                "user.email=bench@vakt.invalid",
+                "commit",
+                "-qam",
+            ])
             .arg(format!("bench {i}"))
             .status()
             .expect("git")
@@ -202,9 +250,14 @@ async fn b4(repo: &Path, url: &str, vakt: &str, n: usize) {
         assert!(ok, "git commit");
         let mut w = kv.watch("tenant.polar-retail.tenant").await.expect("watch");
         let t = Instant::now();
-        client.publish("vakt.trigger.dev", bytes::Bytes::new()).await.expect("publish");
+        client
+            .publish("vakt.trigger.dev", bytes::Bytes::new())
+            .await
+            .expect("publish");
         client.flush().await.expect("flush");
-        let _ = tokio::time::timeout(Duration::from_secs(30), w.next()).await.expect("change not seen");
+        let _ = tokio::time::timeout(Duration::from_secs(30), w.next())
+            .await
+            .expect("change not seen");
         lat.push(ms(t.elapsed()));
     }
     let _ = child.kill().await;

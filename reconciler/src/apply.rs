@@ -43,6 +43,9 @@ pub struct ApplyOpts {
     pub window: usize,
     /// Test hook: abort the process (as kill -9 would) after this many acknowledged writes.
     pub crash_after_writes: Option<usize>,
+    /// Test hook: after this many acknowledged writes, wait until `pause_until` exists.
+    pub pause_after_writes: Option<usize>,
+    pub pause_until: Option<std::path::PathBuf>,
     /// Causation id for audit events (the trigger, the daemon tick, the operator's request).
     pub causation_id: Option<String>,
     pub site: Option<String>,
@@ -60,6 +63,10 @@ impl ApplyOpts {
             crash_after_writes: std::env::var("VAKT_TEST_CRASH_AFTER_WRITES")
                 .ok()
                 .and_then(|s| s.parse().ok()),
+            pause_after_writes: std::env::var("VAKT_TEST_PAUSE_AFTER_WRITES")
+                .ok()
+                .and_then(|s| s.parse().ok()),
+            pause_until: std::env::var_os("VAKT_TEST_PAUSE_UNTIL").map(Into::into),
             causation_id: None,
             site: None,
         }
@@ -456,7 +463,7 @@ pub async fn write_plan(
 
     let total = plan.changes.len();
     // With the crash hook, one write in flight at a time: exactly N writes land before the abort.
-    let window = if opts.crash_after_writes.is_some() {
+    let window = if opts.crash_after_writes.is_some() || opts.pause_after_writes.is_some() {
         1
     } else {
         opts.window.max(1)
@@ -472,15 +479,18 @@ pub async fn write_plan(
         // Fill the window.
         while failure.is_none() && idx < total && pending.len() < window {
             let c = &plan.changes[idx];
+            tracing::trace!(idx, key = %c.key, "send");
             let value = match c.action {
                 Action::Remove => None,
                 _ => desired
                     .get(c.bucket, &c.key)
                     .map(|e| bytes::Bytes::from(e.value(&desired.env))),
             };
-            match store
-                .send_cas(c.bucket, &c.key, value, c.from_revision.unwrap_or(0))
-                .await
+            match bounded(
+                "publish",
+                store.send_cas(c.bucket, &c.key, value, c.from_revision.unwrap_or(0)),
+            )
+            .await
             {
                 Ok(f) => pending.push_back((idx, f)),
                 Err(e) => failure = Some(e),
@@ -494,14 +504,16 @@ pub async fn write_plan(
             break;
         };
         let c = &plan.changes[i];
-        match store
-            .await_cas(f, c.bucket, &c.key, c.from_revision.unwrap_or(0))
-            .await
+        match bounded(
+            "publish ack",
+            store.await_cas(f, c.bucket, &c.key, c.from_revision.unwrap_or(0)),
+        )
+        .await
         {
             Ok(seq) => {
                 written += 1;
                 let ev = change_event(store, plan, opts, c, seq);
-                match audit.send(ev).await {
+                match bounded("publish audit event", audit.send(ev)).await {
                     Ok(a) => audits.push_back(a),
                     Err(e) => {
                         failure.get_or_insert(e);
@@ -511,11 +523,24 @@ pub async fn write_plan(
                     // Test hook: die like kill -9 between a write and the rest of the apply.
                     std::process::abort();
                 }
+                if opts.pause_after_writes == Some(written)
+                    && let Some(until) = &opts.pause_until
+                {
+                    // Test hook: hold here until the file exists (the test cuts NATS meanwhile).
+                    tracing::debug!(written, "test hook: paused");
+                    while !until.exists() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    tracing::debug!(written, "test hook: resumed");
+                }
                 while audits.len() > window {
                     if let Some(a) = audits.pop_front()
-                        && let Err(e) = a.await
+                        && let Err(e) = bounded("audit ack", async {
+                            a.await.map_err(|e| crate::store::nats_err("audit ack", e))
+                        })
+                        .await
                     {
-                        failure.get_or_insert(crate::store::nats_err("audit ack", e));
+                        failure.get_or_insert(e);
                     }
                 }
             }
@@ -523,13 +548,18 @@ pub async fn write_plan(
                 failure.get_or_insert(e);
             }
         }
-        if failure.is_some() {
+        if let Some(f) = &failure {
+            tracing::debug!(written, error = %f, "apply stopping");
             idx = total; // stop sending; drain what is in flight
         }
     }
     for a in audits {
-        if let Err(e) = a.await {
-            failure.get_or_insert(crate::store::nats_err("audit ack", e));
+        if let Err(e) = bounded("audit ack", async {
+            a.await.map_err(|e| crate::store::nats_err("audit ack", e))
+        })
+        .await
+        {
+            failure.get_or_insert(e);
         }
     }
     if let Some(source) = failure {
@@ -544,12 +574,16 @@ pub async fn write_plan(
         ev.reason = Some(source.to_string());
         ev.detail = Some(serde_json::json!({"written": written, "total": total}));
         // Best effort: NATS may be the thing that failed.
-        let _ = audit.record(ev).await;
+        let quick = Duration::from_secs(3);
+        let _ = tokio::time::timeout(quick, audit.record(ev)).await;
         let msg = source.to_string();
-        let _ = set_status(store, |s| {
-            s.state = "failed".into();
-            s.last_error = Some(msg);
-        })
+        let _ = tokio::time::timeout(
+            quick,
+            set_status(store, |s| {
+                s.state = "failed".into();
+                s.last_error = Some(msg);
+            }),
+        )
         .await;
         return Err(ApplyError::Failed {
             plan_id: plan.id.clone(),
@@ -559,6 +593,20 @@ pub async fn write_plan(
         });
     }
     Ok(written)
+}
+
+/// Bounds one NATS operation of an apply: a lost server must fail the apply, not hang it.
+async fn bounded<T>(
+    op: &str,
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(Duration::from_secs(10), f).await {
+        Ok(r) => r,
+        Err(_) => Err(crate::store::nats_err(
+            op,
+            "no answer within 10 s (NATS unreachable?)",
+        )),
+    }
 }
 
 fn change_event(

@@ -156,7 +156,8 @@ pub fn advance(
     let env = base.env.clone();
     let mut next = base;
     let read = |p: &str| -> Result<Option<Vec<u8>>, CompileError> {
-        r.read_at(new, p).map_err(|e| CompileError::Git(e.to_string()))
+        r.read_at(new, p)
+            .map_err(|e| CompileError::Git(e.to_string()))
     };
     let new_s = new.to_string();
     match next.recompile(&changed, &read, &new_s)? {

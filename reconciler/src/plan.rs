@@ -267,14 +267,30 @@ pub fn plan_touched(base: &Desired, head: &Desired, touched: &[KeyId]) -> Plan {
     let mut changes = Vec::new();
     for k in touched {
         match (base.entries.get(k), head.entries.get(k)) {
-            (None, Some(e)) => changes.push(change(k, Action::Add, Some(&e.path), None, Some(e), None)),
+            (None, Some(e)) => {
+                changes.push(change(k, Action::Add, Some(&e.path), None, Some(e), None))
+            }
             (Some(b), Some(e)) if b.digest != e.digest => {
                 let old = b.spec_value();
-                changes.push(change(k, Action::Change, Some(&e.path), Some((&b.digest, &old)), Some(e), None));
+                changes.push(change(
+                    k,
+                    Action::Change,
+                    Some(&e.path),
+                    Some((&b.digest, &old)),
+                    Some(e),
+                    None,
+                ));
             }
             (Some(b), None) => {
                 let old = b.spec_value();
-                changes.push(change(k, Action::Remove, Some(&b.path), Some((&b.digest, &old)), None, None));
+                changes.push(change(
+                    k,
+                    Action::Remove,
+                    Some(&b.path),
+                    Some((&b.digest, &old)),
+                    None,
+                    None,
+                ));
             }
             _ => {}
         }
@@ -282,7 +298,14 @@ pub fn plan_touched(base: &Desired, head: &Desired, touched: &[KeyId]) -> Plan {
     let against = Against::Commit {
         commit: base.commit.clone(),
     };
-    finish(head, against, changes, Vec::new(), policy, head.entries.len())
+    finish(
+        head,
+        against,
+        changes,
+        Vec::new(),
+        policy,
+        head.entries.len(),
+    )
 }
 
 /// Plans `head` against the live buckets. `live` maps every key of the managed buckets to its
@@ -388,7 +411,13 @@ fn change(
     new: Option<&crate::compile::Entry>,
     from_revision: Option<u64>,
 ) -> Change {
-    let new_value = new.map(|e| e.spec_value());
+    // Parse the new spec only when there is an old one to compare with (adds need neither a
+    // field diff nor a shard comparison; this keeps a 50k-key first apply cheap).
+    let new_value = if old.is_some() {
+        new.map(|e| e.spec_value())
+    } else {
+        None
+    };
     let fields = match (&old, &new_value) {
         (Some((_, o)), Some(n)) => field_diff(o, n),
         _ => Vec::new(),

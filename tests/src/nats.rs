@@ -300,3 +300,42 @@ pub fn publish(url: &str, subject: &str) {
         c.flush().await.expect("flush");
     })
 }
+
+impl NatsServer {
+    /// Starts a server that only accepts the user with NKey `public`.
+    pub fn start_with_nkey(public: &str) -> NatsServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("server.conf");
+        std::fs::write(
+            &conf,
+            format!("authorization {{\n  users = [ {{ nkey: {public} }} ]\n}}\n"),
+        )
+        .expect("conf");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("nats.log")).expect("log");
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .arg("-sd")
+            .arg(dir.path().join("js"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer {
+            child: Some(child),
+            port,
+            dir,
+        }
+    }
+}

@@ -747,3 +747,81 @@ fn promotion_order_guard_and_fast_forward() {
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("promoted from `staging`"), "{err}");
 }
+
+#[test]
+fn nats_lost_mid_apply_fails_loudly_and_the_rerun_converges() {
+    let repo = ops_git();
+    let mut n = NatsServer::start();
+    let go = n.dir.path().join("go");
+    let repo_s = repo.path().to_string_lossy().into_owned();
+    let url = n.url();
+    let mut child = std::process::Command::new(vakt_tests::vakt_bin())
+        .args([
+            "apply", "--env", "dev", "--yes", "--repo", &repo_s, "--nats", &url,
+        ])
+        .env("NO_COLOR", "1")
+        .env("VAKT_TEST_PAUSE_AFTER_WRITES", "20")
+        .env("VAKT_TEST_PAUSE_UNTIL", &go)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        nats::wait_until(std::time::Duration::from_secs(20), || live(&n, "dev").len()
+            >= 20),
+        "apply did not reach 20 writes"
+    );
+    n.kill();
+    std::fs::write(&go, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (code, err) = (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stopped after 20 of"), "{err}");
+    n.restart();
+    assert_eq!(
+        live(&n, "dev").len(),
+        20,
+        "the acknowledged writes survive the restart"
+    );
+    let (code, out, err) = run(repo.path(), &n, &["apply", "--env", "dev", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = run(repo.path(), &n, &["drift", "--env", "dev"]);
+    assert_eq!(code, 0, "{out}");
+    let events = audit_events(&n.url(), "dev");
+    let mut puts: HashMap<String, usize> = HashMap::new();
+    for e in events.iter().filter(|e| e["action"] == "kv.put") {
+        *puts
+            .entry(e["target"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let desired = reconciler::compile_rev(repo.path(), "env/dev", "dev").unwrap();
+    assert_eq!(puts.len(), desired.len(), "one event per key");
+    assert!(puts.values().all(|c| *c == 1), "duplicate events");
+    let parsed: Vec<reconciler::audit::AuditEvent> = events
+        .iter()
+        .map(|e| serde_json::from_value(e.clone()).unwrap())
+        .collect();
+    reconciler::audit::verify_chain(&parsed, reconciler::audit::GENESIS).expect("chain");
+}
+
+#[test]
+fn nkey_authentication() {
+    let kp = nkeys::KeyPair::new_user();
+    let n = NatsServer::start_with_nkey(&kp.public_key());
+    let repo = ops_git();
+    let (code, _, err) = run(repo.path(), &n, &["apply", "--env", "dev", "--yes"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+    let seed = n.dir.path().join("user.nk");
+    std::fs::write(&seed, kp.seed().unwrap()).unwrap();
+    let seed_s = seed.to_string_lossy().into_owned();
+    let (code, out, err) = run(
+        repo.path(),
+        &n,
+        &["apply", "--env", "dev", "--yes", "--nkey", &seed_s],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
