@@ -755,7 +755,7 @@ fn nats_lost_mid_apply_fails_loudly_and_the_rerun_converges() {
     let go = n.dir.path().join("go");
     let repo_s = repo.path().to_string_lossy().into_owned();
     let url = n.url();
-    let mut child = std::process::Command::new(vakt_tests::vakt_bin())
+    let child = std::process::Command::new(vakt_tests::vakt_bin())
         .args([
             "apply", "--env", "dev", "--yes", "--repo", &repo_s, "--nats", &url,
         ])
