@@ -23,6 +23,7 @@ enum Command {
     Validate(cmd::validate::ValidateOpts),
     Init(cmd::init::InitOpts),
     Schemas(cmd::schemas::SchemasOpts),
+    Site(cmd::site::SiteOpts),
 }
 
 /// Exit codes automation can rely on.
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         Command::Validate(o) => cmd::validate::run(o),
         Command::Init(o) => cmd::init::run(o),
         Command::Schemas(o) => cmd::schemas::run(o),
+        Command::Site(o) => cmd::site::run(o),
     };
     ExitCode::from(code)
 }

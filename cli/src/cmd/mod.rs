@@ -2,6 +2,7 @@
 
 pub mod init;
 pub mod schemas;
+pub mod site;
 pub mod validate;
 
 use std::path::PathBuf;
