@@ -107,3 +107,5 @@ pub fn findings(repo: &Path, extra: &[&str]) -> (i32, Vec<serde_json::Value>) {
         .unwrap_or_else(|e| panic!("json output ({e}): {out}\nstderr: {err}"));
     (code, v["findings"].as_array().cloned().unwrap_or_default())
 }
+
+pub mod browser;
