@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use minijinja::value::merge_maps;
 use opsrepo::load::Model;
 use opsrepo::model::{DatasourceType, RunbookEntry};
 use opsrepo::snippets::{Snapshot, SnippetName};
@@ -45,6 +46,10 @@ pub struct Site<'a> {
     runbooks: Vec<RunbookPage<'a>>,
     search: SearchIndex,
     warnings: Vec<String>,
+}
+
+fn to_mj(v: &Value) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(v))
 }
 
 fn valid_id(id: &str) -> bool {
@@ -261,6 +266,13 @@ impl<'a> Site<'a> {
                 "title": title,
                 "snippets": snippets.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
             },
+        })
+    }
+
+    /// The part of every page's context that does not depend on the page (built once).
+    fn common(&self) -> minijinja::Value {
+        let snap = &self.snap;
+        to_mj(&json!({
             "snap": {
                 "summary": snap.to_value(SnippetName::Summary),
                 "actions": snap.to_value(SnippetName::Actions),
@@ -272,7 +284,7 @@ impl<'a> Site<'a> {
                 "dr": snap.to_value(SnippetName::Dr),
             },
             "runbook_ids": self.runbooks.iter().map(|r| (r.entry.id.clone(), Value::Bool(true))).collect::<serde_json::Map<_, _>>(),
-        })
+        }))
     }
 
     fn summary(&self, r: &RunbookPage<'_>) -> Value {
@@ -482,6 +494,7 @@ impl<'a> Site<'a> {
     pub fn render(&self, t: &Templates) -> Result<Vec<(String, String)>, SiteError> {
         use SnippetName::*;
         let mut files = Vec::new();
+        let common = self.common();
         let all: Vec<Value> = self.runbooks.iter().map(|r| self.summary(r)).collect();
         let alerts = self.alerts();
         let queries = self.queries();
@@ -705,11 +718,13 @@ impl<'a> Site<'a> {
         ];
         for (path, tmpl, depth, id, title, snippets, extra) in pages {
             let ctx = Self::with(self.base(depth, id, title, &snippets), extra);
-            files.push((path.to_owned(), t.render(tmpl, &ctx)?));
+            let ctx = merge_maps([to_mj(&ctx), common.clone()]);
+            files.push((path.to_owned(), t.render(tmpl, ctx)?));
         }
 
         // Runbook pages, in parallel; the shared part of the context is built once.
         let base = self.base(2, "runbooks", "", &[]);
+        let shared = merge_maps([to_mj(&json!({"site": base["site"]})), common.clone()]);
         let rendered: Result<Vec<Vec<(String, String)>>, SiteError> = self
             .runbooks
             .par_iter()
@@ -720,17 +735,16 @@ impl<'a> Site<'a> {
                     .iter()
                     .filter(|a| a["runbook"].as_str() == Some(id))
                     .collect();
-                let mut ctx = Self::with(
-                    base.clone(),
-                    json!({
-                        "runbook": summary,
-                        "html": r.rendered.html,
-                        "toc": r.rendered.toc,
-                        "alerts": rb_alerts,
-                    }),
-                );
-                ctx["page"]["title"] = json!(r.entry.title);
-                let page = t.render("runbook.html", &ctx)?;
+                let mut page_info = base["page"].clone();
+                page_info["title"] = json!(r.entry.title);
+                let ctx = json!({
+                    "page": page_info,
+                    "runbook": summary,
+                    "html": r.rendered.html,
+                    "toc": r.rendered.toc,
+                    "alerts": rb_alerts,
+                });
+                let page = t.render("runbook.html", merge_maps([to_mj(&ctx), shared.clone()]))?;
                 let mut api = summary.clone();
                 api["html_url"] = json!(format!("runbooks/{id}/"));
                 api["markdown"] = json!(r.markdown);

@@ -91,10 +91,9 @@ impl Templates {
     }
 
     /// Renders template `name` with `ctx`.
-    pub fn render(&self, name: &str, ctx: &serde_json::Value) -> Result<String, SiteError> {
+    pub fn render(&self, name: &str, ctx: Value) -> Result<String, SiteError> {
         let tmpl = self.env.get_template(name).map_err(|e| self.error(e))?;
-        tmpl.render(Value::from(minijinja::value::Serde(ctx)))
-            .map_err(|e| self.error(e))
+        tmpl.render(ctx).map_err(|e| self.error(e))
     }
 
     fn file_of(&self, name: &str) -> String {
