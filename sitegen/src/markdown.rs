@@ -85,7 +85,23 @@ pub fn render(md: &str) -> Rendered {
         }
     }
 
+    // The page shows the catalog title as its <h1>; a leading `# Title` would repeat it.
     let mut text = String::with_capacity(md.len());
+    if let Some(Event::Start(Tag::Heading {
+        level: pulldown_cmark::HeadingLevel::H1,
+        ..
+    })) = events.first()
+        && let Some(end) = events
+            .iter()
+            .position(|e| matches!(e, Event::End(TagEnd::Heading(_))))
+    {
+        for e in events.drain(..=end) {
+            if let Event::Text(t) | Event::Code(t) = e {
+                text.push_str(&t);
+                text.push(' ');
+            }
+        }
+    }
     let mut toc = Vec::new();
     let mut used: HashMap<String, usize> = HashMap::new();
     let mut i = 0;
@@ -193,6 +209,7 @@ mod tests {
     fn front_matter_is_dropped_and_text_collected() {
         let r = render("---\nowner: x\n---\n# Title\n\nBody *word* here.\n");
         assert!(!r.html.contains("owner"), "{}", r.html);
+        assert!(!r.html.contains("<h1"), "leading h1 dropped: {}", r.html);
         assert!(r.text.contains("word"));
         assert!(r.text.contains("Title"));
     }

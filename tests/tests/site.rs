@@ -909,3 +909,164 @@ fn serve_watch_rebuilds_and_the_open_page_reloads() {
         "reload with the new title",
     );
 }
+
+/// The operator-surface ADR's questions, each answered by a page from live snippets.
+#[test]
+fn the_operator_questions_are_answered_from_live_snippets() {
+    let f = fixture(&workspace(), &["--refresh", "1"]);
+    let now = rfc3339_ago(0);
+    let read = |name: &str| -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(f.snippets.join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    let cond = |id: &str, kind: &str, esc: &str, rem: &str, runbook: &str| {
+        json!({"id": id, "kind": kind, "title": format!("{kind} {id}"), "escalation_class": esc,
+               "remediation_mode": rem, "runbook": runbook, "site": "osl1"})
+    };
+    let mut summary = read("summary");
+    summary["decision"] =
+        json!({"level": "urgent", "headline": "osl1 ↔ bgo1 replication degraded"});
+    summary["counts"]["urgent"] = json!(1);
+    write_snippet(&f.snippets, "summary", &summary.to_string());
+    write_snippet(
+        &f.snippets,
+        "tasks",
+        &json!({"version": 1, "generated_at": now, "tasks": [
+            {"id": "t-run", "kind": "apply", "state": "running", "attempts": 1, "allowed_actions": ["inspect", "cancel"]},
+            {"id": "t-fail", "kind": "apply", "state": "failed", "attempts": 3, "error": "cas conflict",
+             "runbook": "ops.vakt.apply-failed", "allowed_actions": ["inspect", "retry"]},
+            {"id": "t-dead", "kind": "node-call", "state": "dead-lettered", "attempts": 5,
+             "runbook": "ops.vakt.job-dead-lettered", "allowed_actions": ["inspect", "retry"]},
+        ]})
+        .to_string(),
+    );
+    let mut health = read("health");
+    health["services"][0]["status"] = json!("degraded");
+    health["conditions"] = json!([cond(
+        "node.gw-osl1-01",
+        "unhealthy-node",
+        "action-required",
+        "automatic",
+        "ops.vakt.node-unhealthy"
+    )]);
+    write_snippet(&f.snippets, "health", &health.to_string());
+    let mut sites = read("sites");
+    sites["sites"][1]["links"][1]["status"] = json!("degraded");
+    sites["failovers"] = json!([{"at": now, "from": "osl1", "to": "bgo1", "scope": "postgres",
+                                 "reason": "drill", "correlation_id": "corr-fo-1"}]);
+    sites["conditions"] = json!([cond(
+        "link.osl1.bgo1.pg",
+        "degraded-site-link",
+        "urgent",
+        "manual",
+        "ops.vakt.site-link-degraded"
+    )]);
+    write_snippet(&f.snippets, "sites", &sites.to_string());
+    let mut inv = read("inventory");
+    inv["discovered"] =
+        json!([{"id": "gw-osl1-09", "kind": "node", "site": "osl1", "trust": "unverified"}]);
+    inv["conditions"] = json!([cond(
+        "approval.gw-osl1-09",
+        "pending-approval",
+        "action-required",
+        "operator-approved",
+        "ops.vakt.approval-pending"
+    )]);
+    write_snippet(&f.snippets, "inventory", &inv.to_string());
+    let mut dr = read("dr");
+    for s in dr["stores"].as_array_mut().unwrap() {
+        if s["id"] == "vakt-state" {
+            s["recoverable"] = json!("no");
+            s["last_success_at"] = json!(rfc3339_ago(7200));
+        }
+    }
+    dr["conditions"] = json!([cond(
+        "backup.vakt-state",
+        "stale-backup",
+        "urgent",
+        "manual",
+        "dr.control-plane.restore"
+    )]);
+    write_snippet(&f.snippets, "dr", &dr.to_string());
+
+    let server = Server::start(&f.out, &["--snippets-dir", &f.snippets.to_string_lossy()]);
+    let driver = Driver::start();
+    let s = driver.session(true);
+    let live = |region: &str| {
+        format!(
+            "const r = document.querySelector('{region} .live'); return r && r.dataset.source === 'live' ? r.innerText : null"
+        )
+    };
+    // what tasks are running; what failed; what is dead-lettered; what is safe to retry or cancel
+    s.goto(&server.url("/tasks/"));
+    let rows = s.wait_for(
+        "const r = Array.from(document.querySelectorAll('#tasks tr[data-task]')); \
+         return r.length === 3 ? r.map(x => [x.dataset.task, x.children[2].textContent, x.children[7].textContent, x.children[8].textContent]) : null",
+        WAIT,
+        "live tasks",
+    );
+    assert_eq!(
+        rows,
+        json!([
+            ["t-run", "running", "inspect, cancel", ""],
+            [
+                "t-fail",
+                "failed",
+                "inspect, retry",
+                "ops.vakt.apply-failed"
+            ],
+            [
+                "t-dead",
+                "dead-lettered",
+                "inspect, retry",
+                "ops.vakt.job-dead-lettered"
+            ]
+        ])
+    );
+    // what services or sites are degraded
+    s.goto(&server.url("/health/"));
+    let text = s.wait_for(&live("#services"), WAIT, "live services");
+    assert!(text.as_str().unwrap().contains("degraded"), "{text}");
+    let text = s.wait_for(&live("#health-conditions"), WAIT, "health conditions");
+    assert!(text.as_str().unwrap().contains("unhealthy-node"), "{text}");
+    s.goto(&server.url("/sites/"));
+    let text = s.wait_for(&live("#site-status"), WAIT, "live sites");
+    assert!(text.as_str().unwrap().contains("degraded"), "{text}");
+    let text = s.wait_for(&live("#failovers"), WAIT, "failovers");
+    assert!(text.as_str().unwrap().contains("corr-fo-1"), "{text}");
+    // what inventory drift or pending approvals exist
+    s.goto(&server.url("/inventory/"));
+    let text = s.wait_for(&live("#drift-approvals"), WAIT, "approvals");
+    assert!(
+        text.as_str().unwrap().contains("pending-approval"),
+        "{text}"
+    );
+    assert!(
+        text.as_str().unwrap().contains("operator-approved"),
+        "{text}"
+    );
+    let text = s.wait_for(&live("#discovered"), WAIT, "discovered");
+    assert!(text.as_str().unwrap().contains("unverified"), "{text}");
+    // DR: recoverable now or not, and which runbook applies
+    s.goto(&server.url("/dr/"));
+    let text = s.wait_for(
+        "const r = document.querySelector('#dr-status tr[data-store=\"vakt-state\"]'); \
+         return r && document.querySelector('#dr-status .live').dataset.source === 'live' ? r.innerText : null",
+        WAIT,
+        "live DR",
+    );
+    assert!(text.as_str().unwrap().contains("no"), "{text}");
+    assert!(
+        text.as_str().unwrap().contains("dr.control-plane.restore"),
+        "{text}"
+    );
+    // the decision header says whether a human is needed now
+    s.goto(&server.url("/ops/"));
+    let text = s.wait_for(&live("#decision"), WAIT, "live decision");
+    assert!(
+        text.as_str().unwrap().to_lowercase().contains("urgent"),
+        "{text}"
+    );
+}

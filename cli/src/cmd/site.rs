@@ -238,6 +238,15 @@ fn serve(o: ServeOpts) -> u8 {
         ));
         return exit::COULD_NOT_RUN;
     }
+    if let Some(d) = &o.snippets_dir
+        && !d.is_dir()
+    {
+        output::error(&format!(
+            "--snippets-dir {} is not a directory",
+            d.display()
+        ));
+        return exit::COULD_NOT_RUN;
+    }
     let snippets = o
         .snippets_dir
         .clone()
