@@ -119,6 +119,8 @@ pub enum SiteError {
     Runbook { id: String, message: String },
     #[error("failed to read snippet {path}: {message}")]
     Snippet { path: PathBuf, message: String },
+    #[error("invalid --snippets-url `{url}`: {why}")]
+    SnippetsUrl { url: String, why: &'static str },
     #[error(
         "refusing to replace {path}: it exists and was not written by `vakt site build` (no .vakt-site marker); choose another --out or remove it"
     )]
@@ -149,8 +151,40 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&fmt).unwrap_or_default()
 }
 
+/// The snippets URL ends up in attributes and in the page's Content-Security-Policy: accept
+/// only a path or an http(s) URL made of plain URL characters.
+fn check_snippets_url(url: &str) -> Result<(), SiteError> {
+    let bad = |why| {
+        Err(SiteError::SnippetsUrl {
+            url: url.to_owned(),
+            why,
+        })
+    };
+    if url.is_empty() {
+        return bad("it is empty");
+    }
+    if !url
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&()*+=%".contains(c))
+    {
+        return bad("only URL characters are allowed (no spaces, quotes, `;` or `,`)");
+    }
+    let has_scheme = url
+        .split('/')
+        .next()
+        .is_some_and(|first| first.contains(':'));
+    if has_scheme && !(url.starts_with("https://") || url.starts_with("http://")) {
+        return bad("only http and https URLs are allowed");
+    }
+    if !url.ends_with('/') {
+        return bad("it must end with `/` (snippets are fetched as <url><name>.json)");
+    }
+    Ok(())
+}
+
 /// Reads the repo view and the snippet snapshot the pages embed.
 fn load(opts: &SiteOptions) -> Result<(opsrepo::load::Model, Snapshot, &'static str), SiteError> {
+    check_snippets_url(&opts.snippets_url)?;
     let files = match &opts.rev {
         Some(rev) => opsrepo::read_commit(&opts.repo, rev)?,
         None => opsrepo::read_work_tree(&opts.repo)?,
@@ -248,4 +282,30 @@ pub fn build(opts: &SiteOptions) -> Result<BuildReport, SiteError> {
         search: sizes,
         warnings: site.warnings(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_urls() {
+        for ok in [
+            "/snippets/",
+            "https://vakt.example.internal/snippets/",
+            "../live/",
+        ] {
+            assert!(check_snippets_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/snippets",
+            "javascript:alert(1)//x/",
+            "https://a; script-src */",
+            "/a b/",
+            "ftp://x/",
+        ] {
+            assert!(check_snippets_url(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -448,9 +448,9 @@ impl<'a> Site<'a> {
     fn signals(&self, alerts: &[Value]) -> Value {
         let mut map: BTreeMap<String, Value> = BTreeMap::new();
         let entry = |map: &mut BTreeMap<String, Value>, s: &str| {
-            map.entry(s.to_owned())
-                .or_insert_with(|| json!({"signal": s, "runbooks": [], "alerts": [], "checks": []}))
-                .clone()
+            map.entry(s.to_owned()).or_insert_with(
+                || json!({"signal": s, "runbooks": [], "alerts": [], "checks": []}),
+            );
         };
         for r in &self.runbooks {
             for s in &r.entry.signals {

@@ -168,6 +168,7 @@ fn error_code(e: &sitegen::SiteError) -> u8 {
         | Template { .. }
         | Runbook { .. }
         | Snippet { .. }
+        | SnippetsUrl { .. }
         | ForeignOutput { .. } => exit::FINDINGS,
     }
 }
@@ -331,6 +332,8 @@ fn watch(
             .map_err(|e| format!("failed to watch {}: {e}", t.display()))?;
     }
     let out = absolute(&opts.out);
+    // With --rev the site follows commits, so changes under .git matter; otherwise they are noise.
+    let skip_git = opts.rev.is_none();
     std::thread::spawn(move || {
         for res in rx {
             let Ok(events) = res else { continue };
@@ -338,7 +341,10 @@ fn watch(
                 matches!(
                     ev.kind,
                     EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
-                ) && ev.paths.iter().any(|p| !ignored(&absolute(p), &out))
+                ) && ev
+                    .paths
+                    .iter()
+                    .any(|p| !ignored(&absolute(p), &out, skip_git))
             });
             if !relevant {
                 continue;
@@ -366,8 +372,9 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }
 
-/// Changes the watcher should not react to: the output itself, its temporary siblings, Git.
-fn ignored(p: &Path, out: &Path) -> bool {
+/// Changes the watcher should not react to: the output itself, its temporary siblings, and
+/// Git's own files when `skip_git`.
+fn ignored(p: &Path, out: &Path, skip_git: bool) -> bool {
     if p.starts_with(out) {
         return true;
     }
@@ -377,7 +384,7 @@ fn ignored(p: &Path, out: &Path) -> bool {
     p.components().any(|c| match c {
         Component::Normal(n) => {
             let n = n.to_string_lossy();
-            n == ".git" || out_name.as_deref().is_some_and(|o| n.starts_with(o))
+            (skip_git && n == ".git") || out_name.as_deref().is_some_and(|o| n.starts_with(o))
         }
         _ => false,
     })
