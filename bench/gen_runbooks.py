@@ -138,7 +138,7 @@ def main():
         cat["runbooks"].append({
             "id": rid, "title": title, "severity_hint": rng.choice(["sev1", "sev2", "sev3"]),
             "owner_team": rng.choice(OWNERS),
-            "last_reviewed_at": f"2026-{rng.randint(1, 11):02d}-{rng.randint(1, 28):02d}",
+            "last_reviewed_at": f"2026-{rng.randint(9, 11):02d}-{rng.randint(1, 20):02d}",
             "url": path, "signals": [signal], "signal_group": group,
             "remediation_mode": rng.choice(MODES), "escalation_class": rng.choice(ESC),
             "saved_queries": ["vakt_events_by_correlation_id"], "dashboards": ["vakt-control-plane"],

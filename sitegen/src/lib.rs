@@ -265,13 +265,28 @@ fn load(opts: &SiteOptions) -> Result<(opsrepo::load::Model, Snapshot, &'static 
 /// Builds the site into `opts.out`. Pages are rendered into a temporary directory beside it,
 /// which replaces `out` only when everything succeeded.
 pub fn build(opts: &SiteOptions) -> Result<BuildReport, SiteError> {
+    let t = std::time::Instant::now();
     let (model, snap, snapshot_source) = load(opts)?;
+    tracing::debug!(
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "site: repo loaded"
+    );
     let templates = templates::Templates::new(opts.templates.as_deref())?;
     let site = pages::Site::new(&model, &snap, opts)?;
+    tracing::debug!(
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "site: markdown and search index"
+    );
     let mut files = site.render(&templates)?;
     files.extend(assets::files());
+    tracing::debug!(
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        files = files.len(),
+        "site: pages rendered"
+    );
     let sizes = site.search_sizes();
     let written = output::write_atomically(&opts.out, &files)?;
+    tracing::debug!(elapsed_ms = t.elapsed().as_millis() as u64, "site: written");
     Ok(BuildReport {
         out: opts.out.clone(),
         pages: files.iter().filter(|f| f.0.ends_with(".html")).count(),
