@@ -10,7 +10,9 @@ Writes:
              ones up to N, each listed in runbooks/runbooks.catalog.json with a stable id
              `gen.<group>.rNNNNN`;
   OUT/hugo   a Hugo site whose content/runbooks/ holds the same markdown bodies (front matter
-             with the title added), with a minimal layout (one page per runbook, list pages).
+             with the title added), with a minimal layout (one page per runbook, list pages);
+  OUT/hugo-json  the same Hugo site also writing one JSON file per runbook (id, title,
+             markdown), as vakt writes its catalog API next to each page.
 
 Generated bodies follow the bundled runbook structure (Trigger, Severity and escalation,
 Remediation mode, Allowed actions table, Evidence, Procedure, Recording the outcome), about
@@ -158,9 +160,16 @@ def main():
         '</main></body></html>\n')
     (layouts / "single.html").write_text(
         '{{ define "main" }}<h1>{{ .Title }}</h1>{{ .TableOfContents }}<article>{{ .Content }}</article>{{ end }}\n')
+    (layouts / "single.json").write_text(
+        '{{ dict "id" .Params.slug "title" .Title "markdown" .RawContent | jsonify }}\n')
     (layouts / "list.html").write_text(
         '{{ define "main" }}<h1>{{ .Title }}</h1><ul>{{ range .Pages }}<li><a href="{{ .RelPermalink }}">'
         '{{ .Title }}</a></li>{{ end }}</ul>{{ end }}\n')
+    # OUT/hugo-json: the same site that also writes one JSON file per runbook (id, title,
+    # markdown), the closest Hugo equivalent of vakt's api/v1/admin/runbooks/<id>.json.
+    shutil.copytree(hugo, out / "hugo-json")
+    with open(out / "hugo-json" / "hugo.toml", "a") as f:
+        f.write('[outputs]\npage = ["HTML", "JSON"]\n')
     total = len(cat["runbooks"])
     print(f"gen_runbooks: {total} runbooks in {repo}, Hugo site in {hugo}", file=sys.stderr)
 

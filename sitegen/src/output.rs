@@ -39,7 +39,8 @@ pub fn write_atomically(out: &Path, files: &[(String, String)]) -> Result<u64, S
     }
     let tmp = sibling(out, "tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    let result = write_all(&tmp, files).and_then(|bytes| {
+    let previous = out.join(MARKER).is_file().then_some(out);
+    let result = write_all(&tmp, files, previous).and_then(|bytes| {
         swap_in(&tmp, out)?;
         Ok(bytes)
     });
@@ -49,19 +50,34 @@ pub fn write_atomically(out: &Path, files: &[(String, String)]) -> Result<u64, S
     result
 }
 
-fn write_all(tmp: &Path, files: &[(String, String)]) -> Result<u64, SiteError> {
+/// Writes every file under `tmp`. A file identical to the one in the `previous` site is
+/// hard-linked instead of rewritten: a rebuild then writes only what changed, and removing
+/// the previous tree frees only what changed.
+fn write_all(
+    tmp: &Path,
+    files: &[(String, String)],
+    previous: Option<&Path>,
+) -> Result<u64, SiteError> {
     std::fs::create_dir_all(tmp).map_err(SiteError::io("create", tmp))?;
     let dirs: BTreeSet<PathBuf> = files
         .iter()
         .filter_map(|(p, _)| Path::new(p).parent().map(|d| tmp.join(d)))
         .collect();
-    for d in &dirs {
-        std::fs::create_dir_all(d).map_err(SiteError::io("create", d))?;
-    }
+    dirs.par_iter()
+        .try_for_each(|d| std::fs::create_dir_all(d).map_err(SiteError::io("create", d)))?;
     files
         .par_iter()
         .map(|(rel, content)| {
             let p = tmp.join(rel);
+            if let Some(prev) = previous {
+                let old = prev.join(rel);
+                let same = std::fs::metadata(&old)
+                    .is_ok_and(|m| m.is_file() && m.len() == content.len() as u64)
+                    && std::fs::read(&old).is_ok_and(|b| b == content.as_bytes());
+                if same && std::fs::hard_link(&old, &p).is_ok() {
+                    return Ok(content.len() as u64);
+                }
+            }
             std::fs::write(&p, content).map_err(SiteError::io("write", &p))?;
             Ok(content.len() as u64)
         })
