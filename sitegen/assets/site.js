@@ -258,7 +258,7 @@
     });
   }
   function fetchSnippet(name) {
-    return fetch(snippetsUrl + name + '.json', { cache: 'no-store', credentials: 'same-origin' })
+    return fetch(snippetsUrl + name + '.json', { cache: 'no-store', credentials: 'include' })
       .then(function (r) {
         if (!r.ok) return { name: name, kind: 'missing', text: 'Snippet ' + name + ' is unavailable (HTTP ' + r.status + '); showing the last known data.' };
         return r.text().then(function (t) {
