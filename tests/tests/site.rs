@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use vakt_tests::browser::{Driver, Server, build_site, http, rfc3339_ago, write_snippet};
-use vakt_tests::{copy_bundled, outcome, vakt, workspace};
+use vakt_tests::{copy_bundled, git, outcome, vakt, workspace};
 
 const SNIPPETS: [&str; 8] = [
     "summary",
@@ -869,6 +869,7 @@ fn snippet_schemas_accept_the_build_time_snapshot() {
             &std::fs::read_to_string(out.join(format!("snapshot/{name}.json"))).unwrap(),
         )
         .unwrap();
+        jsonschema::meta::validate(&schema).unwrap_or_else(|e| panic!("{name}: {e}"));
         let v = jsonschema::validator_for(&schema).unwrap();
         let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{name}: {errors:?}");
@@ -1069,4 +1070,44 @@ fn the_operator_questions_are_answered_from_live_snippets() {
         text.as_str().unwrap().to_lowercase().contains("urgent"),
         "{text}"
     );
+}
+
+#[test]
+fn build_reads_a_git_revision_not_the_work_tree() {
+    let repo = copy_bundled();
+    let dir = repo.path();
+    git(dir, &["init", "-q", "-b", "main"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "ops repo"]);
+    let cat = dir.join("runbooks/runbooks.catalog.json");
+    let text = std::fs::read_to_string(&cat)
+        .unwrap()
+        .replace("\"vakt: NATS KV drift detected\"", "\"uncommitted title\"");
+    std::fs::write(&cat, text).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("site");
+    build_site(dir, &out, &["--rev", "main"]);
+    let page = std::fs::read_to_string(out.join("runbooks/ops.vakt.drift/index.html")).unwrap();
+    assert!(
+        page.contains("vakt: NATS KV drift detected"),
+        "committed title"
+    );
+    assert!(!page.contains("uncommitted title"));
+    build_site(dir, &out, &[]);
+    let page = std::fs::read_to_string(out.join("runbooks/ops.vakt.drift/index.html")).unwrap();
+    assert!(page.contains("uncommitted title"), "work tree title");
+    // an unknown revision is an error that names it, and leaves the site alone
+    let (code, _, stderr) = outcome(&vakt(&[
+        "site",
+        "build",
+        "--repo",
+        &dir.to_string_lossy(),
+        "--rev",
+        "no-such-branch",
+        "--out",
+        &out.to_string_lossy(),
+    ]));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("no-such-branch"), "{stderr}");
+    assert!(out.join("runbooks/ops.vakt.drift/index.html").is_file());
 }
