@@ -293,8 +293,27 @@ fn serve(o: ServeOpts) -> u8 {
             }
         }
         let app = http::router(state);
+        // Ctrl-C or SIGTERM (systemd, docker stop) ends the server after in-flight requests.
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         };
         match axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
