@@ -1111,3 +1111,52 @@ fn build_reads_a_git_revision_not_the_work_tree() {
     assert!(stderr.contains("no-such-branch"), "{stderr}");
     assert!(out.join("runbooks/ops.vakt.drift/index.html").is_file());
 }
+
+#[test]
+fn query_templates_are_prefilled_by_tenant_service_and_correlation_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("site");
+    build_site(&workspace(), &out, &[]);
+    // without JavaScript: the example values and a matching Explore link
+    let page = std::fs::read_to_string(out.join("dashboards/index.html")).unwrap();
+    assert!(
+        page.contains("correlation_id=&quot;req-20250611-0042&quot;"),
+        "example value"
+    );
+    let server = Server::start(&out, &[]);
+    let driver = Driver::start();
+    let s = driver.session(true);
+    s.goto(&server.url("/dashboards/?correlation_id=corr-42&tenant=havbruk-data&service=gateway"));
+    let got = s.wait_for(
+        "const q = id => document.querySelector('#q-' + id); \
+         const t = id => q(id).querySelector('.query-text').textContent; \
+         const a = q('api_error_by_correlation_id').querySelector('a.explore'); \
+         const d = document.querySelector('#d-vakt-control-plane a.deep'); \
+         return t('api_error_by_correlation_id').includes('corr-42') \
+           ? [t('api_error_by_correlation_id'), t('tenant_logs'), t('error_rate_by_service'), \
+              decodeURIComponent(a.href), d ? d.getAttribute('href') : ''] : null",
+        WAIT,
+        "prefilled queries",
+    );
+    let got: Vec<String> = got
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert!(got[0].contains(r#"correlation_id="corr-42""#), "{}", got[0]);
+    assert!(
+        got[1].contains(r#"tenant_id=~"havbruk-data""#),
+        "{}",
+        got[1]
+    );
+    assert!(got[2].contains(r#"service=~"gateway""#), "{}", got[2]);
+    assert!(!got[2].contains("${"), "every variable filled: {}", got[2]);
+    assert!(
+        got[3].starts_with("https://grafana.dataverket.internal/explore?left="),
+        "{}",
+        got[3]
+    );
+    assert!(got[3].contains("corr-42"), "{}", got[3]);
+    assert!(got[4].contains("var-correlation_id=corr-42"), "{}", got[4]);
+}
