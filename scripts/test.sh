@@ -8,6 +8,9 @@ need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v vmalert >/dev/null || need_apt+=(victoria-metrics)
 command -v git >/dev/null || need_apt+=(git)
+# headless Chromium + ChromeDriver for the operator-site browser tests (tests/tests/site.rs)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

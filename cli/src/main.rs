@@ -31,6 +31,7 @@ enum Command {
     Approve(cmd::approve::DecideOpts),
     /// Reject a plan that waits for approval (same options as approve).
     Reject(cmd::approve::DecideOpts),
+    Site(cmd::site::SiteOpts),
 }
 
 /// Exit codes automation can rely on.
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
         Command::Reconcile(o) => cmd::reconcile::run(o),
         Command::Approve(o) => cmd::approve::run(o, true),
         Command::Reject(o) => cmd::approve::run(o, false),
+        Command::Site(o) => cmd::site::run(o),
     };
     ExitCode::from(code)
 }

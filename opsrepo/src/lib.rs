@@ -9,6 +9,7 @@ pub mod parse;
 pub mod report;
 pub mod rules;
 pub mod scaffold;
+pub mod snippets;
 pub mod source;
 pub mod validate;
 

@@ -111,6 +111,8 @@ pub fn findings(repo: &Path, extra: &[&str]) -> (i32, Vec<serde_json::Value>) {
     (code, v["findings"].as_array().cloned().unwrap_or_default())
 }
 
+pub mod browser;
+
 /// Runs `vakt` with arguments and extra environment variables; colour off.
 pub fn vakt_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut c = Command::new(vakt_bin());

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod promote;
 pub mod reconcile;
 pub mod schemas;
+pub mod site;
 pub mod validate;
 
 use std::path::PathBuf;

@@ -31,7 +31,9 @@ pub struct SchemasOpts {
 }
 
 pub fn run(o: SchemasOpts) -> u8 {
-    let files = opsrepo::kinds::schema_files();
+    let mut files = opsrepo::kinds::schema_files();
+    // Live snippet schemas live in a subdirectory: `schemas/snippets/<name>.schema.json`.
+    files.extend(opsrepo::snippets::schema_files());
     if o.write {
         if let Err(e) = std::fs::create_dir_all(&o.dir) {
             output::error(&format!("failed to create {}: {e}", o.dir.display()));
@@ -39,6 +41,12 @@ pub fn run(o: SchemasOpts) -> u8 {
         }
         for (name, text) in &files {
             let p = o.dir.join(name);
+            if let Some(parent) = p.parent()
+                && let Err(e) = std::fs::create_dir_all(parent)
+            {
+                output::error(&format!("failed to create {}: {e}", parent.display()));
+                return exit::COULD_NOT_RUN;
+            }
             if let Err(e) = std::fs::write(&p, text) {
                 output::error(&format!("failed to write {}: {e}", p.display()));
                 return exit::COULD_NOT_RUN;

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Benchmark B5: `vakt site build` for 5,000 runbooks against Hugo (Debian's `hugo`) building
+# the same markdown in the same run.
+#   vakt       vakt site build --repo OUT/repo --out OUT/site --now 2026-11-22
+#              (every page of the operator site: 5,000 runbook pages and 5,000 catalog API
+#              JSON files, lists by id/group/owner, maps, dashboards, DR/inventory/sites views,
+#              the search index; ~10,100 files)
+#   hugo       hugo --quiet -s OUT/hugo -d public       (same markdown, one HTML page each)
+#   hugo-json  hugo --quiet -s OUT/hugo-json -d public  (same, plus one JSON file per runbook)
+# Two scenarios, each tool measured in the same hyperfine run:
+#   cold   the output directory is removed before every run (hyperfine --prepare, untimed)
+#   warm   rebuild over the previous output, nothing changed
+#
+# Usage: bash bench/b5_site.sh
+# Environment:
+#   B5_RUNBOOKS     runbooks in the generated repo (default 5000)
+#   B5_OUT          work directory (default bench/out/b5, git-ignored); recreated
+#   B5_RUNS         measured runs per tool and scenario (default 10)
+#   B5_NO_BUILD=1   skip `cargo build --release -p vakt`
+# Needs hyperfine and hugo (apt-get install -y hyperfine hugo).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+N="${B5_RUNBOOKS:-5000}"
+WORK="${B5_OUT:-$ROOT/bench/out/b5}"
+RUNS="${B5_RUNS:-10}"
+NOW="2026-11-22"
+VAKT="$ROOT/target/release/vakt"
+
+die() { echo "b5: $*" >&2; exit 1; }
+for tool in python3 hugo hyperfine; do
+    command -v "$tool" >/dev/null || die "$tool is not installed"
+done
+if [[ "${B5_NO_BUILD:-}" != 1 ]]; then
+    echo "b5: cargo build --release -p vakt" >&2
+    (cd "$ROOT" && cargo build --release -p vakt) || die "release build failed"
+fi
+[[ -x "$VAKT" ]] || die "$VAKT not found"
+
+python3 "$ROOT/bench/gen_runbooks.py" "$WORK" "$N" || die "gen_runbooks.py failed"
+mkdir -p "$WORK/results"
+"$VAKT" validate --repo "$WORK/repo" --now "$NOW" | tail -n 1 >&2 \
+    || die "the generated repo does not validate"
+
+CMD_VAKT="$VAKT site build --repo $WORK/repo --out $WORK/site --now $NOW --format json > /dev/null"
+CMD_HUGO="hugo --quiet -s $WORK/hugo -d public"
+CMD_HUGO_JSON="hugo --quiet -s $WORK/hugo-json -d public"
+CLEAN="rm -rf $WORK/site $WORK/hugo/public $WORK/hugo-json/public; sync"
+
+# every command once, unmeasured, must succeed
+"$VAKT" site build --repo "$WORK/repo" --out "$WORK/site" --now "$NOW" --format json \
+    > "$WORK/results/vakt-report.json" || die "vakt site build failed"
+$CMD_HUGO || die "hugo failed"
+$CMD_HUGO_JSON || die "hugo (json) failed"
+FILES_VAKT=$(find "$WORK/site" -type f | wc -l)
+FILES_HUGO=$(find "$WORK/hugo/public" -type f | wc -l)
+FILES_HUGO_JSON=$(find "$WORK/hugo-json/public" -type f | wc -l)
+
+echo "b5: measuring cold builds ($(nproc) cores)" >&2
+hyperfine --style basic --runs "$RUNS" --prepare "$CLEAN" \
+    -n vakt "$CMD_VAKT" -n hugo "$CMD_HUGO" -n hugo-json "$CMD_HUGO_JSON" \
+    --export-json "$WORK/results/cold.json" >&2 || die "a measured command failed"
+echo "b5: measuring warm rebuilds" >&2
+hyperfine --style basic --runs "$RUNS" --warmup 1 \
+    -n vakt "$CMD_VAKT" -n hugo "$CMD_HUGO" -n hugo-json "$CMD_HUGO_JSON" \
+    --export-json "$WORK/results/warm.json" >&2 || die "a measured command failed"
+
+python3 - "$WORK/results" "$FILES_VAKT" "$FILES_HUGO" "$FILES_HUGO_JSON" <<'PY'
+import json, sys
+d, fv, fh, fhj = sys.argv[1], *map(int, sys.argv[2:5])
+rep = json.load(open(f"{d}/vakt-report.json"))
+files = {"vakt": fv, "hugo": fh, "hugo-json": fhj}
+print("| scenario | tool | files written | wall time (mean ± stddev) | user + sys CPU | runs | time / vakt |")
+print("|---|---|---|---|---|---|---|")
+for scen in ("cold", "warm"):
+    hf = {r["command"]: r for r in json.load(open(f"{d}/{scen}.json"))["results"]}
+    v = hf["vakt"]["mean"]
+    for name in ("vakt", "hugo", "hugo-json"):
+        r = hf[name]
+        print(f"| {scen} | {name} | {files[name]} | {r['mean']:.3f} s ± {r['stddev']:.3f} s | "
+              f"{r['user']:.2f} + {r['system']:.2f} s | {len(r['times'])} | {r['mean'] / v:.2f}× |")
+s = rep["search"]
+print()
+print(f"vakt: {rep['pages']} HTML pages, {rep['runbooks']} runbooks, {rep['files']} files, "
+      f"{rep['bytes'] / 1024 / 1024:.1f} MiB")
+print(f"search index: first download {s['first_download_bytes']} B (search/meta.json); "
+      f"worst one-word query {s['worst_single_word_query_bytes'] / 1024:.1f} KiB "
+      f"(meta + largest term shard + largest doc chunk); whole index "
+      f"{s['total_bytes'] / 1024 / 1024:.2f} MiB")
+PY

@@ -1,0 +1,823 @@
+//! What each page shows: the template contexts, computed once from the repo view and the
+//! snippet snapshot, and the JSON files (catalog API, search index, snapshot) beside them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use minijinja::value::merge_maps;
+use opsrepo::load::Model;
+use opsrepo::model::{DatasourceType, RunbookEntry};
+use opsrepo::snippets::{Snapshot, SnippetName};
+use rayon::prelude::*;
+use serde_json::{Value, json};
+
+use crate::markdown::{self, Rendered};
+use crate::search::{self, SearchDoc, SearchIndex};
+use crate::templates::Templates;
+use crate::{SearchSizes, SiteError, SiteOptions};
+
+/// Days after which a review is due (runbook architecture §5: at least every 90 days).
+pub const REVIEW_MAX_DAYS: i64 = 90;
+/// Days after which a review shows as due soon.
+pub const REVIEW_SOON_DAYS: i64 = 60;
+
+/// Output path, template, depth below the root, nav id, title, snippets, extra context.
+type PageSpec<'a> = (
+    &'a str,
+    &'a str,
+    usize,
+    &'a str,
+    &'a str,
+    Vec<SnippetName>,
+    Value,
+);
+
+struct RunbookPage<'a> {
+    entry: &'a RunbookEntry,
+    markdown: &'a str,
+    rendered: Rendered,
+    review_days: Option<i64>,
+    review_status: &'static str,
+}
+
+pub struct Site<'a> {
+    opts: &'a SiteOptions,
+    model: &'a Model,
+    snap: &'a Snapshot,
+    runbooks: Vec<RunbookPage<'a>>,
+    search: SearchIndex,
+    warnings: Vec<String>,
+}
+
+fn to_mj(v: &Value) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(v))
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+        && !id.contains("..")
+}
+
+/// Review age in days and its status: `fresh`, `due-soon`, `overdue` or `unknown`.
+pub fn review(now: time::Date, last: &str) -> (Option<i64>, &'static str) {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    match time::Date::parse(last, &fmt) {
+        Ok(d) => {
+            let days = (now - d).whole_days();
+            let status = if days > REVIEW_MAX_DAYS {
+                "overdue"
+            } else if days > REVIEW_SOON_DAYS {
+                "due-soon"
+            } else {
+                "fresh"
+            };
+            (Some(days), status)
+        }
+        Err(_) => (None, "unknown"),
+    }
+}
+
+/// Percent-encodes a URL query component.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Grafana Explore deep link for `expr` on datasource `uid`.
+pub fn explore_link(grafana: &str, uid: &str, expr: &str) -> String {
+    let left = json!({
+        "datasource": uid,
+        "queries": [{"refId": "A", "expr": expr, "datasource": {"uid": uid}}],
+        "range": {"from": "now-1h", "to": "now"},
+    });
+    format!(
+        "{}/explore?left={}",
+        grafana.trim_end_matches('/'),
+        encode_component(&left.to_string())
+    )
+}
+
+impl<'a> Site<'a> {
+    pub fn new(
+        model: &'a Model,
+        snap: &'a Snapshot,
+        opts: &'a SiteOptions,
+    ) -> Result<Self, SiteError> {
+        let mut warnings = Vec::new();
+        let texts: HashMap<&str, &str> = model
+            .runbooks
+            .iter()
+            .map(|r| (r.path.as_str(), &*r.text))
+            .collect();
+        let entries: Vec<&RunbookEntry> = model
+            .catalogs
+            .iter()
+            .flat_map(|c| c.spec.runbooks.iter())
+            .collect();
+        let mut seen = HashSet::new();
+        let mut used_paths = HashSet::new();
+        for e in &entries {
+            if !valid_id(&e.id) {
+                return Err(SiteError::Runbook {
+                    id: e.id.clone(),
+                    message: "id is not usable as a URL path segment (a-z, 0-9, `.`, `-`, `_`)"
+                        .into(),
+                });
+            }
+            if !seen.insert(e.id.as_str()) {
+                return Err(SiteError::Runbook {
+                    id: e.id.clone(),
+                    message: "declared twice in the catalog".into(),
+                });
+            }
+            if !texts.contains_key(e.url.as_str()) {
+                return Err(SiteError::Runbook {
+                    id: e.id.clone(),
+                    message: format!("markdown `{}` named by its catalog url is missing", e.url),
+                });
+            }
+            used_paths.insert(e.url.as_str());
+        }
+        for r in &model.runbooks {
+            if !used_paths.contains(r.path.as_str()) {
+                warnings.push(format!(
+                    "{} has no catalog entry and gets no page (add it to runbooks/runbooks.catalog.json)",
+                    r.path
+                ));
+            }
+        }
+        let today = opts.now.date();
+        let mut runbooks: Vec<RunbookPage<'a>> = entries
+            .par_iter()
+            .map(|e| {
+                let md = texts[e.url.as_str()];
+                let (review_days, review_status) = review(today, &e.last_reviewed_at);
+                RunbookPage {
+                    entry: e,
+                    markdown: md,
+                    rendered: markdown::render(md),
+                    review_days,
+                    review_status,
+                }
+            })
+            .collect();
+        runbooks.sort_by(|a, b| a.entry.id.cmp(&b.entry.id));
+        let docs: Vec<SearchDoc<'_>> = runbooks
+            .iter()
+            .map(|r| SearchDoc {
+                id: &r.entry.id,
+                title: &r.entry.title,
+                group: &r.entry.signal_group,
+                text: &r.rendered.text,
+            })
+            .collect();
+        let search = search::build(&docs);
+        Ok(Site {
+            opts,
+            model,
+            snap,
+            runbooks,
+            search,
+            warnings,
+        })
+    }
+
+    pub fn runbook_count(&self) -> usize {
+        self.runbooks.len()
+    }
+
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+
+    pub fn search_sizes(&self) -> SearchSizes {
+        SearchSizes {
+            first_download_bytes: self.search.first_download,
+            worst_single_word_query_bytes: self.search.worst_single_word_query,
+            total_bytes: self.search.total,
+        }
+    }
+
+    fn nav() -> Value {
+        json!([
+            {"id": "ops", "href": "ops/", "label": "Ops"},
+            {"id": "tasks", "href": "tasks/", "label": "Tasks"},
+            {"id": "events", "href": "events/", "label": "Events"},
+            {"id": "health", "href": "health/", "label": "Health"},
+            {"id": "inventory", "href": "inventory/", "label": "Inventory"},
+            {"id": "sites", "href": "sites/", "label": "Datacenters"},
+            {"id": "dr", "href": "dr/", "label": "DR"},
+            {"id": "runbooks", "href": "runbooks/", "label": "Runbooks"},
+            {"id": "maps", "href": "maps/", "label": "Maps"},
+            {"id": "dashboards", "href": "dashboards/", "label": "Dashboards"},
+            {"id": "search", "href": "search/", "label": "Search"},
+        ])
+    }
+
+    /// Origin of the snippets URL, for the page's Content-Security-Policy.
+    fn connect_src(&self) -> String {
+        let u = &self.opts.snippets_url;
+        let origin = u
+            .split_once("://")
+            .map(|(scheme, rest)| {
+                let host = rest.split('/').next().unwrap_or("");
+                format!("{scheme}://{host}")
+            })
+            .filter(|o| o.starts_with("http://") || o.starts_with("https://"));
+        match origin {
+            Some(o) => format!("'self' {o}"),
+            None => "'self'".into(),
+        }
+    }
+
+    fn base(&self, depth: usize, id: &str, title: &str, snippets: &[SnippetName]) -> Value {
+        let root = if depth == 0 {
+            "./".to_owned()
+        } else {
+            "../".repeat(depth)
+        };
+        let snap = &self.snap;
+        json!({
+            "site": {
+                "root": root,
+                "snippets_url": self.opts.snippets_url,
+                "refresh_seconds": self.opts.refresh_seconds,
+                "stale_after_seconds": self.opts.stale_after_seconds,
+                "live_reload": self.opts.live_reload,
+                "env": self.model.env,
+                "generated_at": snap.summary.generated_at,
+                "snapshot_source": snap.summary.source,
+                "vakt_version": env!("CARGO_PKG_VERSION"),
+                "nav": Self::nav(),
+                "connect_src": self.connect_src(),
+            },
+            "page": {
+                "id": id,
+                "title": title,
+                "snippets": snippets.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
+            },
+        })
+    }
+
+    /// The part of every page's context that does not depend on the page (built once).
+    fn common(&self) -> minijinja::Value {
+        let snap = &self.snap;
+        to_mj(&json!({
+            "snap": {
+                "summary": snap.to_value(SnippetName::Summary),
+                "actions": snap.to_value(SnippetName::Actions),
+                "tasks": snap.to_value(SnippetName::Tasks),
+                "events": snap.to_value(SnippetName::Events),
+                "health": snap.to_value(SnippetName::Health),
+                "inventory": snap.to_value(SnippetName::Inventory),
+                "sites": snap.to_value(SnippetName::Sites),
+                "dr": snap.to_value(SnippetName::Dr),
+            },
+            "runbook_ids": self.runbooks.iter().map(|r| (r.entry.id.clone(), Value::Bool(true))).collect::<serde_json::Map<_, _>>(),
+        }))
+    }
+
+    fn summary(&self, r: &RunbookPage<'_>) -> Value {
+        let mut v = serde_json::to_value(r.entry).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.insert("review_days".into(), json!(r.review_days));
+            m.insert("review_status".into(), json!(r.review_status));
+            m.insert(
+                "owner_slug".into(),
+                json!(markdown::slug(&r.entry.owner_team)),
+            );
+            m.insert(
+                "group_slug".into(),
+                json!(markdown::slug(&r.entry.signal_group)),
+            );
+        }
+        v
+    }
+
+    fn alerts(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for f in &self.model.alert_rules {
+            for g in &f.spec.groups {
+                for rule in &g.rules {
+                    let Some(name) = &rule.alert else { continue };
+                    let runbook = rule
+                        .annotations
+                        .get("runbook_id")
+                        .or_else(|| rule.labels.get("runbook_id"))
+                        .cloned();
+                    out.push(json!({
+                        "name": name,
+                        "file": f.path,
+                        "group": g.name,
+                        "severity": rule.labels.get("severity"),
+                        "escalation": rule.labels.get("escalation"),
+                        "signal": rule.labels.get("signal"),
+                        "summary": rule.annotations.get("summary"),
+                        "runbook": runbook,
+                    }));
+                }
+            }
+        }
+        out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        out
+    }
+
+    fn grafana_for(&self, uid: &str) -> Option<(String, DatasourceType)> {
+        self.model
+            .datasources
+            .iter()
+            .flat_map(|d| d.spec.datasources.iter())
+            .find(|d| d.uid == uid)
+            .map(|d| (d.grafana_url.clone(), d.kind))
+    }
+
+    fn any_grafana(&self) -> Option<String> {
+        self.model
+            .datasources
+            .iter()
+            .flat_map(|d| d.spec.datasources.iter())
+            .map(|d| d.grafana_url.clone())
+            .next()
+    }
+
+    fn queries(&self) -> Vec<Value> {
+        let mut out: Vec<Value> = self
+            .model
+            .saved_queries
+            .iter()
+            .map(|q| {
+                let q = &q.spec;
+                let (grafana, kind) = self
+                    .grafana_for(&q.datasource)
+                    .map(|(g, k)| (Some(g), Some(k)))
+                    .unwrap_or((None, None));
+                let mut example = q.template.clone();
+                for v in &q.variables {
+                    example = example.replace(&format!("${{{}}}", v.name), &v.example);
+                }
+                let link = grafana
+                    .as_deref()
+                    .map(|g| explore_link(g, &q.datasource, &example));
+                let runbooks: Vec<&str> = self
+                    .runbooks
+                    .iter()
+                    .filter(|r| r.entry.saved_queries.contains(&q.id))
+                    .map(|r| r.entry.id.as_str())
+                    .collect();
+                json!({
+                    "id": q.id,
+                    "title": q.title,
+                    "datasource": q.datasource,
+                    "language": match kind { Some(DatasourceType::Loki) => "LogQL", Some(DatasourceType::Prometheus) => "PromQL", None => "query" },
+                    "template": q.template,
+                    "variables": q.variables,
+                    "owner_service": q.owner_service,
+                    "symptom": q.symptom,
+                    "grafana_url": grafana,
+                    "example": example,
+                    "explore_link": link,
+                    "runbooks": runbooks,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        out
+    }
+
+    fn dashboards(&self) -> Vec<Value> {
+        let mut out: Vec<Value> = self
+            .model
+            .dashboards
+            .iter()
+            .map(|d| {
+                let d = &d.spec;
+                let ds_uid = d
+                    .panels
+                    .iter()
+                    .chain(d.panels.iter().flat_map(|p| p.panels.iter()))
+                    .find_map(|p| p.datasource.as_ref().map(|r| r.uid.clone()));
+                let grafana = ds_uid
+                    .and_then(|u| self.grafana_for(&u).map(|g| g.0))
+                    .or_else(|| self.any_grafana());
+                let variables: Vec<String> = d
+                    .templating
+                    .as_ref()
+                    .map(|t| {
+                        t.list
+                            .iter()
+                            .filter_map(|v| v.get("name")?.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let link = grafana
+                    .as_ref()
+                    .map(|g| format!("{}/d/{}", g.trim_end_matches('/'), d.uid));
+                let runbooks: Vec<&str> = self
+                    .runbooks
+                    .iter()
+                    .filter(|r| r.entry.dashboards.contains(&d.uid))
+                    .map(|r| r.entry.id.as_str())
+                    .collect();
+                let description = d.other.get("description").and_then(Value::as_str);
+                json!({
+                    "uid": d.uid,
+                    "title": d.title,
+                    "tags": d.tags,
+                    "description": description,
+                    "link": link,
+                    "variables": variables,
+                    "panels": d.panels.len(),
+                    "runbooks": runbooks,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a["uid"].as_str().cmp(&b["uid"].as_str()));
+        out
+    }
+
+    fn signals(&self, alerts: &[Value]) -> Value {
+        let mut map: BTreeMap<String, Value> = BTreeMap::new();
+        let entry = |map: &mut BTreeMap<String, Value>, s: &str| {
+            map.entry(s.to_owned()).or_insert_with(
+                || json!({"signal": s, "runbooks": [], "alerts": [], "checks": []}),
+            );
+        };
+        for r in &self.runbooks {
+            for s in &r.entry.signals {
+                entry(&mut map, s);
+                if let Some(a) = map.get_mut(s).and_then(|v| v["runbooks"].as_array_mut()) {
+                    a.push(json!({"id": r.entry.id, "title": r.entry.title}));
+                }
+            }
+        }
+        for a in alerts {
+            if let Some(s) = a["signal"].as_str() {
+                entry(&mut map, s);
+                if let Some(v) = map.get_mut(s).and_then(|v| v["alerts"].as_array_mut()) {
+                    v.push(a["name"].clone());
+                }
+            }
+        }
+        for svc in &self.model.services {
+            for c in &svc.spec.health_checks {
+                entry(&mut map, &c.signal);
+                if let Some(v) = map
+                    .get_mut(&c.signal)
+                    .and_then(|v| v["checks"].as_array_mut())
+                {
+                    v.push(json!(format!("{}: {}", svc.spec.kind, c.name)));
+                }
+            }
+        }
+        Value::Array(map.into_values().collect())
+    }
+
+    fn with(base: Value, extra: Value) -> Value {
+        let mut b = base;
+        if let (Value::Object(b), Value::Object(e)) = (&mut b, extra) {
+            b.extend(e);
+        }
+        b
+    }
+
+    /// Every file of the site except the static assets.
+    pub fn render(&self, t: &Templates) -> Result<Vec<(String, String)>, SiteError> {
+        use SnippetName::*;
+        let mut files = Vec::new();
+        let common = self.common();
+        let all: Vec<Value> = self.runbooks.iter().map(|r| self.summary(r)).collect();
+        let alerts = self.alerts();
+        let queries = self.queries();
+        let dashboards = self.dashboards();
+
+        let mut by_group: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+        let mut by_owner: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+        for (r, s) in self.runbooks.iter().zip(&all) {
+            by_group
+                .entry(&r.entry.signal_group)
+                .or_default()
+                .push(s.clone());
+            by_owner
+                .entry(&r.entry.owner_team)
+                .or_default()
+                .push(s.clone());
+        }
+        let groups = |m: BTreeMap<&str, Vec<Value>>| -> Value {
+            Value::Array(
+                m.into_iter()
+                    .map(|(k, v)| json!({"name": k, "slug": markdown::slug(k), "runbooks": v}))
+                    .collect(),
+            )
+        };
+        let overdue = self
+            .runbooks
+            .iter()
+            .filter(|r| r.review_status == "overdue")
+            .count();
+
+        let sites_decl: Vec<Value> = self
+            .model
+            .sites
+            .iter()
+            .map(|s| {
+                let nodes: Vec<&str> = self
+                    .model
+                    .nodes
+                    .iter()
+                    .filter(|n| n.spec.site == s.spec.id)
+                    .map(|n| n.spec.id.as_str())
+                    .collect();
+                let tenants: Vec<&str> = self
+                    .model
+                    .placements
+                    .iter()
+                    .filter(|p| {
+                        p.spec.shards.values().any(|sh| {
+                            self.model
+                                .shards
+                                .iter()
+                                .any(|x| &x.spec.id == sh && x.spec.site == s.spec.id)
+                        })
+                    })
+                    .map(|p| p.spec.tenant.as_str())
+                    .collect();
+                json!({"id": s.spec.id, "name": s.spec.name, "region": s.spec.region,
+                       "location": s.spec.location, "role": s.spec.role, "links": s.spec.links,
+                       "nodes": nodes, "tenants": tenants})
+            })
+            .collect();
+        let mut dr_decl: Vec<Value> = self
+            .model
+            .dr_stores
+            .iter()
+            .map(|d| serde_json::to_value(&d.spec).unwrap_or(Value::Null))
+            .collect();
+        dr_decl.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        let mut services: Vec<Value> = self
+            .model
+            .services
+            .iter()
+            .map(|s| {
+                let checks: Vec<Value> = s
+                    .spec
+                    .health_checks
+                    .iter()
+                    .map(|c| {
+                        let rb: Vec<&str> = self
+                            .runbooks
+                            .iter()
+                            .filter(|r| r.entry.signals.contains(&c.signal))
+                            .map(|r| r.entry.id.as_str())
+                            .collect();
+                        json!({"name": c.name, "signal": c.signal, "description": c.description, "runbooks": rb})
+                    })
+                    .collect();
+                json!({"kind": s.spec.kind, "description": s.spec.description, "owner_team": s.spec.owner_team,
+                       "version": s.spec.version, "checks": checks})
+            })
+            .collect();
+        services.sort_by(|a, b| a["kind"].as_str().cmp(&b["kind"].as_str()));
+
+        let pages: Vec<PageSpec<'_>> = vec![
+            (
+                "index.html",
+                "index.html",
+                0,
+                "home",
+                "vakt operator site",
+                vec![Summary],
+                json!({}),
+            ),
+            (
+                "ops/index.html",
+                "ops.html",
+                1,
+                "ops",
+                "Operations",
+                vec![Summary, Actions, Health, Sites, Dr, Tasks, Events],
+                json!({"queries": queries, "dashboards": dashboards, "overdue_reviews": overdue}),
+            ),
+            (
+                "tasks/index.html",
+                "tasks.html",
+                1,
+                "tasks",
+                "Tasks",
+                vec![Tasks],
+                json!({}),
+            ),
+            (
+                "events/index.html",
+                "events.html",
+                1,
+                "events",
+                "Events",
+                vec![Events],
+                json!({}),
+            ),
+            (
+                "health/index.html",
+                "health.html",
+                1,
+                "health",
+                "Health",
+                vec![Health],
+                json!({"services": services}),
+            ),
+            (
+                "inventory/index.html",
+                "inventory.html",
+                1,
+                "inventory",
+                "Inventory and drift",
+                vec![Inventory],
+                json!({}),
+            ),
+            (
+                "sites/index.html",
+                "sites.html",
+                1,
+                "sites",
+                "Datacenters",
+                vec![Sites],
+                json!({"sites_declared": sites_decl}),
+            ),
+            (
+                "dr/index.html",
+                "dr.html",
+                1,
+                "dr",
+                "DR posture",
+                vec![Dr],
+                json!({"stores_declared": dr_decl}),
+            ),
+            (
+                "runbooks/index.html",
+                "runbooks.html",
+                1,
+                "runbooks",
+                "Runbooks",
+                vec![],
+                json!({"runbooks": all, "review_max_days": REVIEW_MAX_DAYS}),
+            ),
+            (
+                "runbooks/by-group/index.html",
+                "runbooks_by_group.html",
+                2,
+                "runbooks",
+                "Runbooks by signal group",
+                vec![],
+                json!({"groups": groups(by_group)}),
+            ),
+            (
+                "runbooks/by-owner/index.html",
+                "runbooks_by_owner.html",
+                2,
+                "runbooks",
+                "Runbooks by owner",
+                vec![],
+                json!({"groups": groups(by_owner)}),
+            ),
+            (
+                "maps/index.html",
+                "maps.html",
+                1,
+                "maps",
+                "Signal and alert maps",
+                vec![],
+                json!({"signals": self.signals(&alerts), "alerts": alerts}),
+            ),
+            (
+                "dashboards/index.html",
+                "dashboards.html",
+                1,
+                "dashboards",
+                "Dashboards and queries",
+                vec![],
+                json!({"queries": queries, "dashboards": dashboards}),
+            ),
+            (
+                "search/index.html",
+                "search.html",
+                1,
+                "search",
+                "Search",
+                vec![],
+                json!({"runbook_count": self.runbooks.len()}),
+            ),
+        ];
+        for (path, tmpl, depth, id, title, snippets, extra) in pages {
+            let ctx = Self::with(self.base(depth, id, title, &snippets), extra);
+            let ctx = merge_maps([to_mj(&ctx), common.clone()]);
+            files.push((path.to_owned(), t.render(tmpl, ctx)?));
+        }
+
+        // Runbook pages, in parallel; the shared part of the context is built once.
+        let base = self.base(2, "runbooks", "", &[]);
+        let shared = merge_maps([to_mj(&json!({"site": base["site"]})), common.clone()]);
+        let rendered: Result<Vec<Vec<(String, String)>>, SiteError> = self
+            .runbooks
+            .par_iter()
+            .zip(all.par_iter())
+            .map(|(r, summary)| {
+                let id = &r.entry.id;
+                let rb_alerts: Vec<&Value> = alerts
+                    .iter()
+                    .filter(|a| a["runbook"].as_str() == Some(id))
+                    .collect();
+                let mut page_info = base["page"].clone();
+                page_info["title"] = json!(r.entry.title);
+                let ctx = json!({
+                    "page": page_info,
+                    "runbook": summary,
+                    "html": r.rendered.html,
+                    "toc": r.rendered.toc,
+                    "alerts": rb_alerts,
+                });
+                let page = t.render("runbook.html", merge_maps([to_mj(&ctx), shared.clone()]))?;
+                let mut api = summary.clone();
+                api["html_url"] = json!(format!("runbooks/{id}/"));
+                api["markdown"] = json!(r.markdown);
+                api["alerts"] = json!(rb_alerts.iter().map(|a| &a["name"]).collect::<Vec<_>>());
+                Ok(vec![
+                    (format!("runbooks/{id}/index.html"), page),
+                    (
+                        format!("api/v1/admin/runbooks/{id}.json"),
+                        serde_json::to_string_pretty(&api).unwrap_or_default() + "\n",
+                    ),
+                ])
+            })
+            .collect();
+        files.extend(rendered?.into_iter().flatten());
+
+        let index: Vec<Value> = all
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s["html_url"] = json!(format!("runbooks/{}/", s["id"].as_str().unwrap_or("")));
+                s["api_url"] = json!(format!(
+                    "api/v1/admin/runbooks/{}.json",
+                    s["id"].as_str().unwrap_or("")
+                ));
+                s
+            })
+            .collect();
+        files.push((
+            "api/v1/admin/runbooks/index.json".into(),
+            serde_json::to_string_pretty(&json!({
+                "version": 1,
+                "generated_at": self.snap.summary.generated_at,
+                "runbooks": index,
+            }))
+            .unwrap_or_default()
+                + "\n",
+        ));
+        for name in SnippetName::ALL {
+            files.push((
+                format!("snapshot/{}", name.file_name()),
+                serde_json::to_string_pretty(&self.snap.to_value(name)).unwrap_or_default() + "\n",
+            ));
+        }
+        files.extend(self.search.files.iter().cloned());
+        Ok(files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn review_ages() {
+        let now = time::macros::date!(2026 - 11 - 22);
+        assert_eq!(review(now, "2026-11-20"), (Some(2), "fresh"));
+        assert_eq!(review(now, "2026-09-01"), (Some(82), "due-soon"));
+        assert_eq!(review(now, "2026-01-01"), (Some(325), "overdue"));
+        assert_eq!(review(now, "soon"), (None, "unknown"));
+    }
+
+    #[test]
+    fn ids_usable_as_paths() {
+        assert!(valid_id("ops.vakt.drift"));
+        for bad in ["", "../x", "a/b", ".x", "A.b", "a..b"] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn explore_links_are_encoded() {
+        let l = explore_link("https://g.example/", "loki", r#"{service="x"} | json"#);
+        assert!(l.starts_with("https://g.example/explore?left=%7B"), "{l}");
+        assert!(!l.contains(' ') && !l.contains('"'), "{l}");
+    }
+}
