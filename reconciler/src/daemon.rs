@@ -54,6 +54,13 @@ pub struct DaemonOpts {
     pub allow_rewind: bool,
     /// This replica's id (lock holder).
     pub id: String,
+    /// Write the live snippets here after every step and node poll.
+    pub snippets: Option<PathBuf>,
+    /// How often every declared node's health and info are polled.
+    pub node_poll: Duration,
+    /// Origin allowed to fetch `/snippets/*` from a browser (CORS), when the site is hosted
+    /// elsewhere.
+    pub cors_origin: Option<String>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -69,6 +76,10 @@ pub struct Shared {
     approvals_pending: Family<Labels, Gauge>,
     leader_gauge: Family<Labels, Gauge>,
     pub status: Mutex<serde_json::Value>,
+    /// The latest live snippets, served at `/snippets/<name>.json`.
+    pub snapshot: Mutex<Option<opsrepo::snippets::Snapshot>>,
+    node_up: Family<Labels, Gauge>,
+    cors_origin: Option<String>,
     pub is_leader: AtomicBool,
     pub healthy: AtomicBool,
     pub steps: AtomicU64,
@@ -120,6 +131,12 @@ impl Shared {
             "1 while this replica holds the lease",
             leader_gauge.clone(),
         );
+        let node_up = Family::<Labels, Gauge>::default();
+        reg.register(
+            "vakt_node_up",
+            "1 when a declared node answers its health check",
+            node_up.clone(),
+        );
         let info = Family::<Labels, Gauge>::default();
         reg.register("vakt_build_info", "Build information", info.clone());
         info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
@@ -134,6 +151,9 @@ impl Shared {
             approvals_pending,
             leader_gauge,
             status: Mutex::new(serde_json::Value::Null),
+            snapshot: Mutex::new(None),
+            node_up,
+            cors_origin: None,
             is_leader: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             steps: AtomicU64::new(0),
@@ -182,7 +202,9 @@ pub fn refusal_reason(reason: &str) -> &'static str {
 
 /// Runs until `shutdown` fires.
 pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
-    let shared = Arc::new(Shared::new(&opts.target.env));
+    let mut sh = Shared::new(&opts.target.env);
+    sh.cors_origin = opts.cors_origin.clone();
+    let shared = Arc::new(sh);
     let (store, audit) = opts.target.open().await?;
     let lock = store.lock_bucket(&opts.target.settings).await?;
     let (tx, mut rx) = mpsc::channel::<String>(64);
@@ -256,13 +278,25 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         shared: shared.clone(),
         last_refused: None,
         prev_desired: None,
+        declared: Vec::new(),
+        observations: Vec::new(),
+        model: None,
     };
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut node_tick = tokio::time::interval(opts.node_poll);
+    node_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let source = tokio::select! {
             _ = shutdown.wait_for(|v| *v) => break,
             _ = tick.tick() => "poll".to_owned(),
+            _ = node_tick.tick() => {
+                if shared.is_leader.load(Ordering::SeqCst) {
+                    ctx.poll_nodes().await;
+                    ctx.refresh_snippets().await;
+                }
+                continue;
+            }
             Some(s) = rx.recv() => s,
         };
         // Coalesce a burst of triggers into one step.
@@ -285,6 +319,10 @@ struct Ctx {
     /// (commit, branch head) last refused for validation or rewind: not re-audited every tick.
     last_refused: Option<(String, String)>,
     prev_desired: Option<crate::Desired>,
+    declared: Vec<crate::nodes::Declared>,
+    observations: Vec<crate::nodes::Observation>,
+    /// Typed model of the applied commit (for snippets), with its commit.
+    model: Option<(String, Arc<opsrepo::load::Model>)>,
 }
 
 impl Ctx {
@@ -313,6 +351,100 @@ impl Ctx {
             .await;
         }
         self.publish_status().await;
+        self.refresh_snippets().await;
+    }
+
+    async fn poll_nodes(&mut self) {
+        if self.declared.is_empty() {
+            return;
+        }
+        let client = crate::nodes::NodeClient::new(&self.declared);
+        self.observations = crate::nodes::observe(&client, &self.declared).await;
+        for o in &self.observations {
+            let d = o.declared.as_ref();
+            let labels = vec![
+                ("env".to_owned(), self.shared.env.clone()),
+                ("node".to_owned(), o.id.clone()),
+                (
+                    "site".to_owned(),
+                    d.map(|d| d.site.clone()).unwrap_or_default(),
+                ),
+                (
+                    "service_kind".to_owned(),
+                    d.map(|d| d.service_kind.clone()).unwrap_or_default(),
+                ),
+            ];
+            self.shared
+                .node_up
+                .get_or_create(&labels)
+                .set(i64::from(o.up));
+        }
+    }
+
+    /// Rebuilds the live snippets, serves them and writes them to `--snippets`.
+    async fn refresh_snippets(&mut self) {
+        let Ok(Some((status, _))) = state::get::<Status>(&self.store.state, state::STATUS).await
+        else {
+            return;
+        };
+        let commit = status
+            .applied_commit
+            .clone()
+            .or_else(|| status.refused.as_ref().map(|r| r.commit.clone()));
+        let Some(commit) = commit else { return };
+        if self.model.as_ref().is_none_or(|(c, _)| *c != commit) {
+            let repo = self.opts.repo.clone();
+            let env = self.opts.target.env.clone();
+            let c2 = commit.clone();
+            let built = tokio::task::spawn_blocking(move || {
+                let files = opsrepo::read_commit(&repo, &c2).ok()?;
+                let parsed = opsrepo::load::parse_all(&files);
+                Some(opsrepo::load::build_view(&parsed, Some(&env)).0)
+            })
+            .await
+            .ok()
+            .flatten();
+            match built {
+                Some(m) => self.model = Some((commit, Arc::new(m))),
+                None => return,
+            }
+        }
+        let Some((_, model)) = &self.model else {
+            return;
+        };
+        let approvals = crate::approvals::list(&self.store)
+            .await
+            .unwrap_or_default();
+        let from = self
+            .audit
+            .last_seq()
+            .await
+            .unwrap_or(0)
+            .saturating_sub(2000);
+        let events: Vec<crate::audit::AuditEvent> = self
+            .audit
+            .read(from)
+            .await
+            .map(|v| v.into_iter().map(|s| s.event).collect())
+            .unwrap_or_default();
+        let at = crate::audit::now_rfc3339();
+        let snap = crate::snippets::live(&crate::snippets::Inputs {
+            model,
+            env: &self.opts.target.env,
+            status: &status,
+            observations: &self.observations,
+            events: &events,
+            approvals: &approvals,
+            generated_at: &at,
+        });
+        if let Some(dir) = &self.opts.snippets
+            && let Err(e) = crate::snippets::write_dir(dir, &snap)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot write snippets");
+        }
+        if let Ok(mut s) = self.shared.snapshot.lock() {
+            *s = Some(snap);
+        }
     }
 
     async fn publish_status(&self) {
@@ -392,7 +524,12 @@ impl Ctx {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         if let Some(d) = &prepared.desired {
+            let first = self.declared.is_empty();
+            self.declared = crate::nodes::declared_nodes(d);
             self.prev_desired = Some(d.clone());
+            if first {
+                self.poll_nodes().await;
+            }
         }
         let key = (prepared.commit.clone(), prepared.branch_head.clone());
         let policy_self_heal = prepared
@@ -596,7 +733,39 @@ fn http_router(shared: Arc<Shared>) -> axum::Router {
     let s1 = shared.clone();
     let s2 = shared.clone();
     let s3 = shared.clone();
+    let s4 = shared.clone();
     axum::Router::new()
+        .route(
+            "/snippets/{name}",
+            get(
+                move |axum::extract::Path(name): axum::extract::Path<String>| {
+                    let s = s4.clone();
+                    async move {
+                        let n = name
+                            .strip_suffix(".json")
+                            .and_then(opsrepo::snippets::SnippetName::from_name);
+                        let body = n.and_then(|n| {
+                            s.snapshot
+                                .lock()
+                                .ok()
+                                .and_then(|g| g.as_ref().map(|snap| snap.to_value(n)))
+                        });
+                        let mut headers = axum::http::HeaderMap::new();
+                        headers.insert(header::CACHE_CONTROL, "no-store".parse().expect("header"));
+                        if let Some(o) = &s.cors_origin
+                            && let Ok(v) = o.parse()
+                        {
+                            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+                        }
+                        match body {
+                            Some(b) => (StatusCode::OK, headers, axum::Json(b)).into_response(),
+                            None => (StatusCode::NOT_FOUND, headers, "no such snippet (yet)")
+                                .into_response(),
+                        }
+                    }
+                },
+            ),
+        )
         .route(
             "/healthz",
             get(move || {

@@ -15,6 +15,7 @@ pub mod nodes;
 pub mod plan;
 pub mod promote;
 pub mod run;
+pub mod snippets;
 pub mod state;
 pub mod store;
 

@@ -339,3 +339,68 @@ impl NatsServer {
         }
     }
 }
+
+/// A `vakt-node-double` process serving one declared node, killed on drop.
+pub struct NodeDouble {
+    pub child: Child,
+    pub url: String,
+}
+
+impl NodeDouble {
+    /// Starts a double for `id` on `port`, reading placement from `<prefix>_placement`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        n: &NatsServer,
+        prefix: &str,
+        id: &str,
+        kind: &str,
+        site: &str,
+        shard: &str,
+        version: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> NodeDouble {
+        use std::io::BufRead;
+        let bin = crate::vakt_bin().with_file_name("vakt-node-double");
+        let mut child = Command::new(&bin)
+            .args([
+                "--id",
+                id,
+                "--service-kind",
+                kind,
+                "--site",
+                site,
+                "--shard",
+                shard,
+            ])
+            .args(["--version", version, "--nats", &n.url(), "--prefix", prefix])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_owned();
+        NodeDouble { child, url }
+    }
+}
+
+impl Drop for NodeDouble {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port.
+pub fn port() -> u16 {
+    free_port()
+}

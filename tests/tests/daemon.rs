@@ -293,3 +293,139 @@ fn remote_fetch_follows_the_upstream_branch() {
         d.status()
     );
 }
+
+#[test]
+fn live_snippets_follow_node_health_and_validate_against_their_schemas() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let port = nats::port();
+    // One declared node points at a real double; the others stay unreachable (down).
+    edit(
+        repo.path(),
+        "inventory/nodes/agg-osl1-01.toml",
+        "http://agg-osl1-01.dataverket.internal:9090",
+        &format!("http://127.0.0.1:{port}"),
+    );
+    commit_all(repo.path(), "agg-osl1-01 admin URL on loopback");
+    let node = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-01",
+        "aggregate",
+        "osl1",
+        "agg-osl1-a",
+        "2.14.0",
+        port,
+        &[],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let snippets = dir.path().to_string_lossy().into_owned();
+    let d = Daemon::start(
+        repo.path(),
+        &n,
+        "dev",
+        "snip",
+        &[
+            "--interval",
+            "1h",
+            "--lease",
+            "2s",
+            "--node-poll",
+            "1s",
+            "--snippets",
+            &snippets,
+        ],
+    );
+    let read = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(dir.path().join(format!("{name}.json"))).ok()?).ok()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || read("health").is_some_and(
+            |h| h["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["id"] == "agg-osl1-01" && x["status"] == "ok")
+        )),
+        "{:?}",
+        read("health")
+    );
+    // The double serves the tenants placed on its shard, from NATS KV.
+    let (_, info) = nats::http_get(&node.url, "/admin/info").unwrap();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let tenants = info["tenants"].as_array().unwrap();
+    assert!(tenants.iter().any(|t| t == "polar-retail"), "{info}");
+
+    let health = read("health").unwrap();
+    let down = health["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "run-osl1-01")
+        .unwrap();
+    assert_eq!(down["status"], "down");
+    let inventory = read("inventory").unwrap();
+    let agg = inventory["declared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "agg-osl1-01")
+        .unwrap();
+    assert_eq!(agg["trust"], "verified");
+    // Every condition carries escalation class, remediation mode and a catalog runbook.
+    let actions = read("actions").unwrap();
+    let cond = actions["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "node-down.run-osl1-01")
+        .expect("node-down condition");
+    assert!(cond["runbook"].as_str().unwrap().contains('.'), "{cond}");
+    assert!(cond["escalation_class"].is_string() && cond["remediation_mode"].is_string());
+    let summary = read("summary").unwrap();
+    assert_eq!(summary["source"], "live");
+    assert_ne!(summary["decision"]["level"], "ok");
+    // Each snippet validates against its committed schema and is served over HTTP too.
+    for name in [
+        "summary",
+        "actions",
+        "tasks",
+        "events",
+        "health",
+        "inventory",
+        "sites",
+        "dr",
+    ] {
+        let schema: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                vakt_tests::workspace().join(format!("schemas/snippets/{name}.schema.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let v = jsonschema::draft202012::new(&schema).unwrap();
+        let doc = read(name).unwrap();
+        let errors: Vec<String> = v
+            .iter_errors(&doc)
+            .map(|e| format!("{} {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+        assert!(
+            doc["generated_at"].is_string() && doc["version"] == 1,
+            "{name}"
+        );
+        let (code, _) = d.get(&format!("/snippets/{name}.json")).unwrap();
+        assert_eq!(code, 200, "{name}");
+    }
+    // Events carry the audit trail.
+    let events = read("events").unwrap();
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "apply.completed")
+    );
+    let (_, m) = d.get("/metrics").unwrap();
+    assert!(m.contains("vakt_node_up{env=\"dev\",node=\"agg-osl1-01\",site=\"osl1\",service_kind=\"aggregate\"} 1"), "{m}");
+}

@@ -66,6 +66,16 @@ pub struct ReconcileOpts {
     /// Actor recorded in audit events (default: reconciler:<id>).
     #[arg(long, value_name = "WHO")]
     pub actor: Option<String>,
+    /// Write the live snippets (summary, actions, tasks, events, health, inventory, sites, dr)
+    /// to this directory; they are also served at /snippets/<name>.json.
+    #[arg(long, value_name = "DIR")]
+    pub snippets: Option<PathBuf>,
+    /// How often every declared node's /healthz and /admin/info are polled.
+    #[arg(long, default_value = "30s", value_parser = parse_dur, value_name = "DURATION")]
+    pub node_poll: Duration,
+    /// Browser origin allowed to fetch /snippets/* (CORS), when the site is hosted elsewhere.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Option<String>,
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -107,6 +117,9 @@ pub fn run(o: ReconcileOpts) -> u8 {
             .unwrap_or_else(|| format!("reconciler:{id}")),
         allow_rewind: o.allow_rewind,
         id,
+        snippets: o.snippets.clone(),
+        node_poll: o.node_poll,
+        cors_origin: o.cors_origin.clone(),
     };
     env::runtime().block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -1,0 +1,411 @@
+//! Live snippets: the daemon's view of the environment in the shapes of `opsrepo::snippets`
+//! (schemas under `schemas/snippets/`), written atomically to a directory and served at
+//! `/snippets/<name>.json`. Every condition takes its escalation class, remediation mode and
+//! runbook from the catalog entry that lists the condition's signal.
+
+use std::path::Path;
+
+use opsrepo::load::Model;
+use opsrepo::model::{EscalationClass, RemediationMode};
+use opsrepo::snippets::{
+    Condition, ConditionKind, DecisionLevel, Event, InventoryItem, InventoryKind, Snapshot,
+    SnippetName, SnippetSource, Status as SnipStatus, TrustLevel,
+};
+
+use crate::audit::AuditEvent;
+use crate::nodes::{Observation, Trust};
+use crate::state::{Approval, Status};
+
+/// What the daemon knows when it writes snippets.
+pub struct Inputs<'a> {
+    pub model: &'a Model,
+    pub env: &'a str,
+    pub status: &'a Status,
+    pub observations: &'a [Observation],
+    pub events: &'a [AuditEvent],
+    pub approvals: &'a [Approval],
+    pub generated_at: &'a str,
+}
+
+/// The catalog entry for a signal: (runbook id, escalation class, remediation mode).
+fn runbook_for(model: &Model, signal: &str) -> (String, EscalationClass, RemediationMode) {
+    for c in &model.catalogs {
+        for r in &c.spec.runbooks {
+            if r.signals.iter().any(|s| s == signal) {
+                return (r.id.clone(), r.escalation_class, r.remediation_mode);
+            }
+        }
+    }
+    (
+        format!("unmapped.{signal}"),
+        EscalationClass::ActionRequired,
+        RemediationMode::Manual,
+    )
+}
+
+fn condition(
+    model: &Model,
+    env: &str,
+    id: String,
+    kind: ConditionKind,
+    signal: &str,
+    title: String,
+) -> Condition {
+    let (runbook, escalation_class, remediation_mode) = runbook_for(model, signal);
+    Condition {
+        id,
+        kind,
+        title,
+        escalation_class,
+        remediation_mode,
+        runbook,
+        since: None,
+        env: Some(env.to_owned()),
+        site: None,
+        tenant: None,
+        resource: None,
+        task_id: None,
+        correlation_id: None,
+        detail: None,
+    }
+}
+
+/// Tenant named by an audit target (`<bucket>/tenant.<t>.<name>` or `<bucket>/<kind>.<t>`).
+fn tenant_of(target: &str) -> Option<String> {
+    let (bucket, key) = target.split_once('/')?;
+    let parts: Vec<&str> = key.split('.').collect();
+    if bucket.ends_with("_config") && parts.first() == Some(&"tenant") {
+        return parts.get(1).map(|s| (*s).to_owned());
+    }
+    if bucket.ends_with("_placement") && parts.len() == 2 {
+        return Some(parts[1].to_owned());
+    }
+    None
+}
+
+/// Builds every snippet from live inputs on top of the repo's declared state.
+pub fn live(i: &Inputs<'_>) -> Snapshot {
+    let mut s = opsrepo::snippets::snapshot(i.model, i.generated_at);
+    let env = i.env;
+    let mut conditions: Vec<Condition> = Vec::new();
+
+    // Reconciler conditions.
+    if let Some(r) = &i.status.refused {
+        let (kind, signal) = if r.reason.contains("fails validation") {
+            (ConditionKind::Alert, "vakt_invalid_commit")
+        } else if r.reason.contains("moved backwards") {
+            (ConditionKind::Alert, "vakt_branch_rewound")
+        } else if r.reason.contains("approval") {
+            (ConditionKind::PendingApproval, "vakt_approval_pending")
+        } else {
+            (ConditionKind::Alert, "vakt_apply_failed")
+        };
+        let mut c = condition(
+            i.model,
+            env,
+            format!("refused.{env}.{}", &r.commit[..r.commit.len().min(12)]),
+            kind,
+            signal,
+            format!(
+                "Commit {} not applied to {env}",
+                &r.commit[..r.commit.len().min(12)]
+            ),
+        );
+        c.since = Some(r.at.clone());
+        c.resource = Some(format!("commit:{}", r.commit));
+        c.detail = Some(match r.findings.first() {
+            Some(f) => format!("{} First finding: {f}", r.reason),
+            None => r.reason.clone(),
+        });
+        conditions.push(c);
+    }
+    if i.status.state == "failed"
+        && let Some(e) = &i.status.last_error
+    {
+        let mut c = condition(
+            i.model,
+            env,
+            format!("apply-failed.{env}"),
+            ConditionKind::FailedJob,
+            "vakt_apply_failed",
+            format!("Reconcile of {env} failed"),
+        );
+        c.detail = Some(e.clone());
+        conditions.push(c);
+    }
+    if i.status.drifted_keys > 0 {
+        let mut c = condition(
+            i.model,
+            env,
+            format!("drift.{env}"),
+            ConditionKind::Drift,
+            "vakt_drift_detected",
+            format!(
+                "{} KV key(s) in {env} differ from the applied commit",
+                i.status.drifted_keys
+            ),
+        );
+        c.detail = Some(format!(
+            "run `vakt drift --env {env}` for each key and its last writer"
+        ));
+        conditions.push(c);
+    }
+    for a in i.approvals.iter().filter(|a| a.decision == "pending") {
+        let mut c = condition(
+            i.model,
+            env,
+            format!("approval.{}", a.plan_id),
+            ConditionKind::PendingApproval,
+            "vakt_approval_pending",
+            format!(
+                "Plan {} waits for approval ({})",
+                a.plan_id,
+                a.actions.join(", ")
+            ),
+        );
+        c.since = Some(a.requested_at.clone());
+        c.correlation_id = Some(a.plan_id.clone());
+        c.resource = Some(format!("commit:{}", a.commit));
+        c.detail = Some(format!(
+            "`vakt approve {} --env {env} --reason …` (expires {})",
+            a.plan_id, a.expires_at
+        ));
+        conditions.push(c);
+    }
+
+    // Nodes: health, versions, trust.
+    for n in &mut s.health.nodes {
+        if let Some(o) = i.observations.iter().find(|o| o.id == n.id) {
+            n.status = if o.up {
+                SnipStatus::Ok
+            } else {
+                SnipStatus::Down
+            };
+            n.observed_version = o.info.as_ref().map(|x| x.version.clone());
+        }
+    }
+    for svc in &mut s.health.services {
+        let members: Vec<_> = s
+            .health
+            .nodes
+            .iter()
+            .filter(|n| n.site == svc.site && n.service_kind == svc.service_kind)
+            .collect();
+        let up = members
+            .iter()
+            .filter(|n| n.status == SnipStatus::Ok)
+            .count() as u32;
+        let observed = members.iter().any(|n| n.status != SnipStatus::Unknown);
+        svc.nodes_up = up;
+        svc.status = if !observed {
+            SnipStatus::Unknown
+        } else if up == svc.nodes_total {
+            SnipStatus::Ok
+        } else if up == 0 {
+            SnipStatus::Down
+        } else {
+            SnipStatus::Degraded
+        };
+    }
+    let mut node_conditions = Vec::new();
+    for o in i.observations {
+        let site = o.declared.as_ref().map(|d| d.site.clone());
+        if !o.up {
+            let mut c = condition(
+                i.model,
+                env,
+                format!("node-down.{}", o.id),
+                ConditionKind::UnhealthyNode,
+                "vakt_node_unhealthy",
+                format!("Node {} is not answering its health check", o.id),
+            );
+            c.site = site.clone();
+            c.resource = Some(format!("node:{}", o.id));
+            c.detail = o.detail.clone();
+            node_conditions.push(c);
+        }
+        if o.trust == Trust::Conflicting {
+            let mut c = condition(
+                i.model,
+                env,
+                format!("inventory-conflict.{}", o.id),
+                ConditionKind::Alert,
+                "inventory_trust_conflict",
+                format!("Node {} disagrees with the inventory", o.id),
+            );
+            c.site = site.clone();
+            c.resource = Some(format!("node:{}", o.id));
+            c.detail = o.detail.clone();
+            node_conditions.push(c);
+        }
+        if let Some(item) = s
+            .inventory
+            .declared
+            .iter_mut()
+            .find(|it| it.kind == InventoryKind::Node && it.id == o.id)
+        {
+            item.trust = match o.trust {
+                Trust::Confirmed => TrustLevel::Verified,
+                Trust::Conflicting => TrustLevel::Conflict,
+                Trust::DeclaredOnly | Trust::DiscoveredOnly => TrustLevel::Declared,
+            };
+            if let Some(d) = &o.detail {
+                item.detail = Some(d.clone());
+            }
+        }
+        if let Some(info) = &o.info
+            && info.node_id != o.id
+        {
+            s.inventory.discovered.push(InventoryItem {
+                id: info.node_id.clone(),
+                kind: InventoryKind::Node,
+                site: Some(info.site.clone()),
+                trust: TrustLevel::Unverified,
+                detail: Some(format!("answers at the admin URL of {}", o.id)),
+            });
+        }
+    }
+    s.health.conditions = node_conditions.clone();
+    s.inventory.conditions = node_conditions
+        .iter()
+        .filter(|c| c.id.starts_with("inventory-conflict."))
+        .cloned()
+        .collect();
+    conditions.extend(node_conditions);
+
+    // Sites: degraded when some of their observed nodes are down.
+    let mut sites_degraded = 0;
+    for site in &mut s.sites.sites {
+        let nodes: Vec<_> = s
+            .health
+            .nodes
+            .iter()
+            .filter(|n| n.site == site.id)
+            .collect();
+        let observed: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.status != SnipStatus::Unknown)
+            .collect();
+        let up = observed
+            .iter()
+            .filter(|n| n.status == SnipStatus::Ok)
+            .count();
+        site.status = if observed.is_empty() {
+            SnipStatus::Unknown
+        } else if up == observed.len() {
+            SnipStatus::Ok
+        } else if up == 0 {
+            SnipStatus::Down
+        } else {
+            SnipStatus::Degraded
+        };
+        if matches!(site.status, SnipStatus::Degraded | SnipStatus::Down) {
+            sites_degraded += 1;
+        }
+    }
+
+    // Events: newest first.
+    s.events.events = i
+        .events
+        .iter()
+        .rev()
+        .take(200)
+        .map(|e| Event {
+            id: e.id.clone(),
+            at: e.time.clone(),
+            kind: e.action.clone(),
+            message: format!(
+                "{} {}{}{}",
+                e.action,
+                e.outcome,
+                e.target
+                    .as_ref()
+                    .map(|t| format!(" {t}"))
+                    .unwrap_or_default(),
+                e.reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+            task_id: e.job_id.clone(),
+            correlation_id: e.correlation_id.clone(),
+            causation_id: e.causation_id.clone(),
+            resource: e.target.clone(),
+            tenant: e.target.as_deref().and_then(tenant_of),
+            site: e.site.clone(),
+            actor: Some(e.actor.clone()),
+        })
+        .collect();
+
+    // Decision header.
+    conditions.sort_by_key(|c| match c.escalation_class {
+        EscalationClass::Urgent => 0,
+        EscalationClass::ActionRequired => 1,
+        EscalationClass::Informational => 2,
+    });
+    let count = |e: EscalationClass| {
+        conditions
+            .iter()
+            .filter(|c| c.escalation_class == e)
+            .count() as u32
+    };
+    s.summary.source = SnippetSource::Live;
+    s.summary.env = Some(env.to_owned());
+    s.summary.commit = i.status.applied_commit.clone();
+    s.summary.counts.urgent = count(EscalationClass::Urgent);
+    s.summary.counts.action_required = count(EscalationClass::ActionRequired);
+    s.summary.counts.informational = count(EscalationClass::Informational);
+    s.summary.counts.pending_approvals = i
+        .approvals
+        .iter()
+        .filter(|a| a.decision == "pending")
+        .count() as u32;
+    s.summary.counts.sites_degraded = sites_degraded;
+    s.summary.counts.tasks_failed = u32::from(i.status.state == "failed");
+    let (level, headline) = if s.summary.counts.urgent > 0 {
+        (
+            DecisionLevel::Urgent,
+            format!(
+                "{} urgent condition(s) in {env}: act now",
+                s.summary.counts.urgent
+            ),
+        )
+    } else if s.summary.counts.action_required > 0 {
+        (
+            DecisionLevel::Attention,
+            format!(
+                "{} condition(s) in {env} need an operator",
+                s.summary.counts.action_required
+            ),
+        )
+    } else {
+        (
+            DecisionLevel::Ok,
+            format!(
+                "{env} is in sync at {}; nothing needs a human",
+                i.status
+                    .applied_commit
+                    .as_deref()
+                    .map(|c| &c[..c.len().min(12)])
+                    .unwrap_or("(nothing applied)")
+            ),
+        )
+    };
+    s.summary.decision.level = level;
+    s.summary.decision.headline = headline;
+    s.actions.conditions = conditions;
+    s
+}
+
+/// Writes every snippet as `<dir>/<name>.json`, each atomically (temporary file + rename).
+pub fn write_dir(dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for name in SnippetName::ALL {
+        let body = serde_json::to_vec_pretty(&snap.to_value(name)).unwrap_or_default();
+        let path = dir.join(name.file_name());
+        let tmp = dir.join(format!(".{}.tmp", name.file_name()));
+        std::fs::write(&tmp, &body)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(())
+}
