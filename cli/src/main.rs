@@ -28,6 +28,7 @@ enum Command {
     Drift(cmd::drift::DriftOpts),
     Promote(cmd::promote::PromoteOpts),
     Reconcile(cmd::reconcile::ReconcileOpts),
+    Jobs(cmd::jobs::JobsOpts),
     Approve(cmd::approve::DecideOpts),
     /// Reject a plan that waits for approval (same options as approve).
     Reject(cmd::approve::DecideOpts),
@@ -63,6 +64,7 @@ fn main() -> ExitCode {
         Command::Drift(o) => cmd::drift::run(o),
         Command::Promote(o) => cmd::promote::run(o),
         Command::Reconcile(o) => cmd::reconcile::run(o),
+        Command::Jobs(o) => cmd::jobs::run(o),
         Command::Approve(o) => cmd::approve::run(o, true),
         Command::Reject(o) => cmd::approve::run(o, false),
         Command::Site(o) => cmd::site::run(o),

@@ -78,6 +78,8 @@ impl ApplyOpts {
 pub struct ApplyReport {
     pub plan: Plan,
     pub written: usize,
+    /// Migration jobs queued for placement moves.
+    pub jobs_queued: usize,
     /// Audit events recorded for writes of an interrupted earlier apply.
     pub recovered: usize,
     pub dry_run: bool,
@@ -124,6 +126,7 @@ pub async fn apply(
         return Ok(ApplyReport {
             plan,
             written: 0,
+            jobs_queued: 0,
             recovered,
             dry_run: true,
             pinned,
@@ -136,6 +139,11 @@ pub async fn apply(
             plan: Box::new(plan),
         });
     }
+    // Placement moves become migration jobs (drain → write → reload → verify) when both
+    // shards have a declared node; the rest of the plan is written now.
+    let mut plan = plan;
+    let jobs = crate::jobs::migrations_of(&mut plan, desired, opts.causation_id.clone());
+    let queued = crate::jobs::enqueue(store, audit, &opts.actor, &jobs).await?;
     let written = if plan.is_empty() {
         0
     } else {
@@ -202,6 +210,7 @@ pub async fn apply(
     Ok(ApplyReport {
         plan,
         written,
+        jobs_queued: queued,
         recovered,
         dry_run: false,
         pinned,

@@ -79,7 +79,10 @@ pub struct Shared {
     /// The latest live snippets, served at `/snippets/<name>.json`.
     pub snapshot: Mutex<Option<opsrepo::snippets::Snapshot>>,
     node_up: Family<Labels, Gauge>,
+    jobs_gauge: Family<Labels, Gauge>,
     cors_origin: Option<String>,
+    /// Declared nodes of the applied commit (for the job runner).
+    pub declared: Mutex<Vec<crate::nodes::Declared>>,
     pub is_leader: AtomicBool,
     pub healthy: AtomicBool,
     pub steps: AtomicU64,
@@ -137,6 +140,8 @@ impl Shared {
             "1 when a declared node answers its health check",
             node_up.clone(),
         );
+        let jobs_gauge = Family::<Labels, Gauge>::default();
+        reg.register("vakt_jobs", "Jobs by state", jobs_gauge.clone());
         let info = Family::<Labels, Gauge>::default();
         reg.register("vakt_build_info", "Build information", info.clone());
         info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
@@ -153,7 +158,9 @@ impl Shared {
             status: Mutex::new(serde_json::Value::Null),
             snapshot: Mutex::new(None),
             node_up,
+            jobs_gauge,
             cors_origin: None,
+            declared: Mutex::new(Vec::new()),
             is_leader: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             steps: AtomicU64::new(0),
@@ -271,6 +278,14 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         None => None,
     };
 
+    tokio::spawn(jobs_loop(
+        store.clone(),
+        opts.target.env.clone(),
+        shared.clone(),
+        opts.id.clone(),
+        (opts.target.settings.lease * 2).max(Duration::from_secs(2)),
+        shutdown.clone(),
+    ));
     let mut ctx = Ctx {
         opts: opts.clone(),
         store,
@@ -435,6 +450,7 @@ impl Ctx {
             observations: &self.observations,
             events: &events,
             approvals: &approvals,
+            jobs: &crate::jobs::list(&self.store).await.unwrap_or_default(),
             generated_at: &at,
         });
         if let Some(dir) = &self.opts.snippets
@@ -526,6 +542,9 @@ impl Ctx {
         if let Some(d) = &prepared.desired {
             let first = self.declared.is_empty();
             self.declared = crate::nodes::declared_nodes(d);
+            if let Ok(mut g) = self.shared.declared.lock() {
+                *g = self.declared.clone();
+            }
             self.prev_desired = Some(d.clone());
             if first {
                 self.poll_nodes().await;
@@ -634,6 +653,60 @@ impl Ctx {
                 .commit_age
                 .get_or_create(&self.shared.env_l())
                 .set(age.max(0) as f64);
+        }
+    }
+}
+
+/// Runs due jobs while this replica leads.
+async fn jobs_loop(
+    store: Store,
+    env: String,
+    shared: Arc<Shared>,
+    me: String,
+    lease: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut audit = match Audit::open(&store.js, &env).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "job runner cannot open the audit stream");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        if !shared.is_leader.load(Ordering::SeqCst) {
+            continue;
+        }
+        let declared = shared
+            .declared
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default();
+        let nodes = crate::nodes::NodeClient::new(&declared);
+        if let Err(e) = crate::jobs::run_due(&store, &mut audit, &nodes, &me, lease).await {
+            tracing::warn!(error = %e, "job runner");
+        }
+        if let Ok(jobs) = crate::jobs::list(&store).await {
+            for st in [
+                crate::jobs::JobState::Queued,
+                crate::jobs::JobState::Running,
+                crate::jobs::JobState::Succeeded,
+                crate::jobs::JobState::Failed,
+                crate::jobs::JobState::Retrying,
+                crate::jobs::JobState::Cancelled,
+                crate::jobs::JobState::DeadLettered,
+            ] {
+                let n = jobs.iter().filter(|j| j.state == st).count() as i64;
+                let label = st.as_str().replace('-', "_");
+                shared
+                    .jobs_gauge
+                    .get_or_create(&vec![("env".into(), env.clone()), ("state".into(), label)])
+                    .set(n);
+            }
         }
     }
 }

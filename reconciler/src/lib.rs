@@ -11,6 +11,7 @@ pub mod compile;
 pub mod daemon;
 pub mod drift;
 pub mod git;
+pub mod jobs;
 pub mod nodes;
 pub mod plan;
 pub mod promote;

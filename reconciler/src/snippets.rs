@@ -24,6 +24,7 @@ pub struct Inputs<'a> {
     pub observations: &'a [Observation],
     pub events: &'a [AuditEvent],
     pub approvals: &'a [Approval],
+    pub jobs: &'a [crate::jobs::Job],
     pub generated_at: &'a str,
 }
 
@@ -304,6 +305,85 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
         }
     }
 
+    // Tasks: the migration jobs, with what an operator may do next; failed and dead-lettered
+    // ones are conditions too.
+    use crate::jobs::JobState as J;
+    use opsrepo::snippets::{Task, TaskAction, TaskState};
+    s.tasks.tasks = i
+        .jobs
+        .iter()
+        .map(|j| {
+            let state = match j.state {
+                J::Queued => TaskState::Queued,
+                J::Running => TaskState::Running,
+                J::Succeeded => TaskState::Succeeded,
+                J::Failed => TaskState::Failed,
+                J::Retrying => TaskState::Retried,
+                J::Cancelled => TaskState::Cancelled,
+                J::DeadLettered => TaskState::DeadLettered,
+            };
+            let mut allowed = vec![TaskAction::Inspect];
+            if matches!(j.state, J::Failed | J::Retrying | J::DeadLettered) && j.retryable {
+                allowed.push(TaskAction::Retry);
+            }
+            if !j.state.finished()
+                && !j
+                    .steps
+                    .iter()
+                    .any(|st| st.name == "write-placement" && st.state == "done")
+            {
+                allowed.push(TaskAction::Cancel);
+            }
+            Task {
+                id: j.id.clone(),
+                kind: j.kind.clone(),
+                state,
+                env: Some(j.env.clone()),
+                site: None,
+                tenant: Some(j.migration.tenant.clone()),
+                resource: Some(format!("placement/{}", j.migration.key)),
+                correlation_id: Some(j.correlation_id.clone()),
+                started_at: Some(j.created_at.clone()),
+                updated_at: Some(j.updated_at.clone()),
+                attempts: j.attempts,
+                error: j.error.clone(),
+                runbook: Some(runbook_for(i.model, "tenant_drain_not_converging").0),
+                allowed_actions: allowed,
+            }
+        })
+        .collect();
+    for j in i
+        .jobs
+        .iter()
+        .filter(|j| matches!(j.state, J::Failed | J::DeadLettered))
+    {
+        let signal = if j.state == J::DeadLettered {
+            "vakt_job_dead_lettered"
+        } else {
+            "tenant_drain_not_converging"
+        };
+        let mut c = condition(
+            i.model,
+            env,
+            format!("job.{}", j.id),
+            ConditionKind::FailedJob,
+            signal,
+            format!(
+                "Migration of {} ({} → {}) {}",
+                j.migration.tenant,
+                j.migration.from_shard,
+                j.migration.to_shard,
+                j.state.as_str()
+            ),
+        );
+        c.tenant = Some(j.migration.tenant.clone());
+        c.task_id = Some(j.id.clone());
+        c.correlation_id = Some(j.correlation_id.clone());
+        c.resource = Some(format!("placement/{}", j.migration.key));
+        c.detail = j.error.clone();
+        conditions.push(c);
+    }
+
     // Events: newest first.
     s.events.events = i
         .events
@@ -361,7 +441,15 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
         .filter(|a| a.decision == "pending")
         .count() as u32;
     s.summary.counts.sites_degraded = sites_degraded;
-    s.summary.counts.tasks_failed = u32::from(i.status.state == "failed");
+    s.summary.counts.tasks_failed = u32::from(i.status.state == "failed")
+        + i.jobs.iter().filter(|j| j.state == J::Failed).count() as u32;
+    s.summary.counts.tasks_running = i
+        .jobs
+        .iter()
+        .filter(|j| matches!(j.state, J::Running | J::Queued | J::Retrying))
+        .count() as u32;
+    s.summary.counts.dead_lettered =
+        i.jobs.iter().filter(|j| j.state == J::DeadLettered).count() as u32;
     let (level, headline) = if s.summary.counts.urgent > 0 {
         (
             DecisionLevel::Urgent,

@@ -429,3 +429,228 @@ fn live_snippets_follow_node_health_and_validate_against_their_schemas() {
     let (_, m) = d.get("/metrics").unwrap();
     assert!(m.contains("vakt_node_up{env=\"dev\",node=\"agg-osl1-01\",site=\"osl1\",service_kind=\"aggregate\"} 1"), "{m}");
 }
+
+/// A repo whose two Oslo aggregate nodes answer on loopback, with short drain limits in dev.
+fn migration_repo(p1: u16, p2: u16, drain: &str) -> tempfile::TempDir {
+    let repo = ops_git();
+    for (node, port) in [("agg-osl1-01", p1), ("agg-osl1-02", p2)] {
+        edit(
+            repo.path(),
+            &format!("inventory/nodes/{node}.toml"),
+            &format!("http://{node}.dataverket.internal:9090"),
+            &format!("http://127.0.0.1:{port}"),
+        );
+    }
+    // The dev overlay already has a [drain] table: replace its limits.
+    edit(
+        repo.path(),
+        "environments/dev/config/global/platform.toml",
+        "drain_timeout = \"2m\"\npoll_interval = \"2s\"",
+        drain,
+    );
+    commit_all(
+        repo.path(),
+        "aggregate nodes on loopback; short drains in dev",
+    );
+    repo
+}
+
+fn jobs_json(repo: &std::path::Path, n: &NatsServer) -> Vec<serde_json::Value> {
+    let rp = repo.to_string_lossy().into_owned();
+    let (code, out, err) = vakt_tests::outcome(&vakt_tests::vakt_env(
+        &[
+            "jobs",
+            "list",
+            "--env",
+            "dev",
+            "--repo",
+            &rp,
+            "--nats",
+            &n.url(),
+            "--format",
+            "json",
+        ],
+        &[],
+    ));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn move_polar_retail(repo: &std::path::Path) {
+    edit(
+        repo,
+        "inventory/placement/polar-retail.toml",
+        "aggregate = \"agg-osl1-a\"",
+        "aggregate = \"agg-osl1-b\"",
+    );
+    commit_all(repo, "move polar-retail to agg-osl1-b");
+}
+
+#[test]
+fn placement_move_migrates_the_tenant_after_the_drain_with_inflight_work() {
+    let (p1, p2) = (nats::port(), nats::port());
+    let repo = migration_repo(p1, p2, "drain_timeout = \"20s\"\npoll_interval = \"100ms\"");
+    let n = NatsServer::start();
+    let old = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-01",
+        "aggregate",
+        "osl1",
+        "agg-osl1-a",
+        "2.14.0",
+        p1,
+        &["--inflight", "5", "--drain-step-ms", "100"],
+    );
+    let new = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-02",
+        "aggregate",
+        "osl1",
+        "agg-osl1-b",
+        "2.14.0",
+        p2,
+        &[],
+    );
+    let d = Daemon::start(repo.path(), &n, "dev", "m", LONG);
+    let serves = |node: &nats::NodeDouble, t: &str| {
+        nats::http_get(&node.url, "/admin/info")
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["tenants"].as_array().unwrap().iter().any(|x| x == t))
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || serves(&old, "polar-retail")),
+        "old node never served the tenant"
+    );
+    move_polar_retail(repo.path());
+    publish(&n.url(), "vakt.trigger.dev");
+    assert!(
+        wait_until(Duration::from_secs(30), || jobs_json(repo.path(), &n)
+            .first()
+            .is_some_and(|j| j["state"] == "succeeded")),
+        "{:?}",
+        jobs_json(repo.path(), &n)
+    );
+    assert!(serves(&new, "polar-retail"));
+    let placement = read_bucket(&n.url(), "vakt_dev_placement");
+    let v: serde_json::Value =
+        serde_json::from_slice(&placement["aggregate.polar-retail"].1).unwrap();
+    assert_eq!(v["spec"]["shard"], "agg-osl1-b");
+    // The placement was written only after the drain converged, and every step is audited
+    // with the job id and the plan as correlation id.
+    let ev = audit_events(&n.url(), "dev");
+    let pos = |a: &str| {
+        ev.iter()
+            .position(|e| e["action"] == a)
+            .unwrap_or_else(|| panic!("no {a}"))
+    };
+    assert!(pos("job.step.wait-drained") < pos("job.step.write-placement"));
+    assert!(pos("job.step.write-placement") < pos("job.succeeded"));
+    let job = &jobs_json(repo.path(), &n)[0];
+    let drained = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "drain")
+        .unwrap();
+    assert!(
+        drained["detail"].as_str().unwrap().contains("draining"),
+        "{drained}"
+    );
+    assert!(
+        ev.iter()
+            .filter(|e| e["job_id"] == job["id"])
+            .all(|e| e["correlation_id"] == job["correlation_id"])
+    );
+    drop(d);
+}
+
+#[test]
+fn drain_that_never_converges_fails_then_dead_letters_and_placement_stays() {
+    let (p1, p2) = (nats::port(), nats::port());
+    let repo = migration_repo(
+        p1,
+        p2,
+        "drain_timeout = \"1s\"\npoll_interval = \"100ms\"\nmax_attempts = 2",
+    );
+    let n = NatsServer::start();
+    let _old = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-01",
+        "aggregate",
+        "osl1",
+        "agg-osl1-a",
+        "2.14.0",
+        p1,
+        &["--inflight", "5", "--drain-step-ms", "1000000"],
+    );
+    let _new = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-02",
+        "aggregate",
+        "osl1",
+        "agg-osl1-b",
+        "2.14.0",
+        p2,
+        &[],
+    );
+    let _d = Daemon::start(repo.path(), &n, "dev", "dl", LONG);
+    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
+        &n.url(),
+        "vakt_dev_placement"
+    )
+    .is_empty()));
+    move_polar_retail(repo.path());
+    publish(&n.url(), "vakt.trigger.dev");
+    assert!(
+        wait_until(Duration::from_secs(30), || jobs_json(repo.path(), &n)
+            .first()
+            .is_some_and(|j| j["state"] == "dead-lettered")),
+        "{:?}",
+        jobs_json(repo.path(), &n)
+    );
+    let job = jobs_json(repo.path(), &n)[0].clone();
+    assert_eq!(job["attempts"], 2);
+    assert!(
+        job["error"].as_str().unwrap().contains("did not converge"),
+        "{job}"
+    );
+    let placement = read_bucket(&n.url(), "vakt_dev_placement");
+    let v: serde_json::Value =
+        serde_json::from_slice(&placement["aggregate.polar-retail"].1).unwrap();
+    assert_eq!(v["spec"]["shard"], "agg-osl1-a", "placement must not move");
+    let ev = audit_events(&n.url(), "dev");
+    assert!(ev.iter().any(|e| e["action"] == "job.retrying"));
+    assert!(ev.iter().any(|e| e["action"] == "job.dead-lettered"));
+    let rp = repo.path().to_string_lossy().into_owned();
+    let url = n.url();
+    let id = job["id"].as_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--env", "dev", "--repo", &rp, "--nats", &url]);
+        vakt_tests::outcome(&vakt_tests::vakt_env(&a, &[]))
+    };
+    let (code, out, _) = run(&["jobs", "dead-letters"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(id), "{out}");
+    // Cancel of a finished job and retry without a reason are refused; a retry is accepted.
+    let (code, _, err) = run(&["jobs", "cancel", id, "--reason", "x"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("already dead-lettered"), "{err}");
+    let (code, _, err) = run(&["jobs", "retry", "job-000000000000", "--reason", "x"]);
+    assert_eq!(code, 4, "{err}");
+    let (code, out, err) = run(&["jobs", "retry", id, "--reason", "operator retry"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let ev = audit_events(&n.url(), "dev");
+    assert!(
+        ev.iter()
+            .any(|e| e["action"] == "job.cancel" && e["outcome"] == "refused")
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["action"] == "job.retry" && e["reason"] == "operator retry")
+    );
+}

@@ -140,6 +140,12 @@ pub fn run(o: ApplyCmd) -> u8 {
                             r.plan.counts.change,
                             r.plan.counts.remove
                         );
+                        if r.jobs_queued > 0 {
+                            s.push_str(&format!(
+                                " {} placement move(s) queued as migration jobs; the reconcile daemon runs them (`vakt jobs list --env {}`).",
+                                r.jobs_queued, o.target.env
+                            ));
+                        }
                         if r.recovered > 0 {
                             s.push_str(&format!(
                                 " Recorded {} audit event(s) of an interrupted earlier apply.",

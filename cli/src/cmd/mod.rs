@@ -5,6 +5,7 @@ pub mod approve;
 pub mod drift;
 pub mod env;
 pub mod init;
+pub mod jobs;
 pub mod plan;
 pub mod promote;
 pub mod reconcile;

@@ -1,0 +1,243 @@
+//! `vakt jobs`.
+
+use clap::{Subcommand, ValueEnum};
+use reconciler::jobs::{self, Job, JobState};
+
+use super::env::{self, EnvArgs};
+use crate::{exit, output};
+
+/// Inspect and steer jobs: tenant migrations created from placement moves.
+///
+/// Jobs live in the environment's `jobs` bucket; the reconcile daemon's leader runs them and any
+/// replica resumes one whose owner died. Retry and cancel are audited with the reason given.
+///
+/// Examples:
+///   vakt jobs list --env prod --state failed
+///   vakt jobs show job-3f2a9c1b7d4e --env prod
+///   vakt jobs retry job-3f2a9c1b7d4e --env prod --reason "node agg-osl1-02 back"
+///   vakt jobs cancel job-3f2a9c1b7d4e --env prod --reason "wrong target shard"
+///   vakt jobs dead-letters --env prod
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct JobsOpts {
+    #[command(subcommand)]
+    pub cmd: JobsCmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCmd {
+    /// List jobs, newest first.
+    List {
+        #[command(flatten)]
+        target: EnvArgs,
+        /// Only jobs in this state (queued, running, succeeded, failed, retrying, cancelled,
+        /// dead-lettered).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only jobs for this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Show one job with its steps.
+    Show {
+        id: String,
+        #[command(flatten)]
+        target: EnvArgs,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Queue a failed, retrying or dead-lettered job again.
+    Retry {
+        id: String,
+        #[command(flatten)]
+        target: EnvArgs,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Cancel a queued or running job (refused once it wrote the placement).
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        target: EnvArgs,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// List dead-lettered jobs (out of attempts).
+    DeadLetters {
+        #[command(flatten)]
+        target: EnvArgs,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+fn line(j: &Job) -> String {
+    format!(
+        "{}  {:<13} {} {}: {} → {}  attempts {}/{}{}\n",
+        j.id,
+        j.state.as_str(),
+        j.kind,
+        j.migration.tenant,
+        j.migration.from_shard,
+        j.migration.to_shard,
+        j.attempts,
+        j.max_attempts,
+        j.error
+            .as_ref()
+            .map(|e| format!("  ({e})"))
+            .unwrap_or_default()
+    )
+}
+
+fn print_list(list: &[Job], format: Format) {
+    match format {
+        Format::Json => output::print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(list).unwrap_or_default()
+        )),
+        Format::Human => {
+            if list.is_empty() {
+                output::print("No jobs.\n");
+            }
+            for j in list {
+                output::print(&line(j));
+            }
+        }
+    }
+}
+
+pub fn run(o: JobsOpts) -> u8 {
+    let target_args = match &o.cmd {
+        JobsCmd::List { target, .. }
+        | JobsCmd::Show { target, .. }
+        | JobsCmd::Retry { target, .. }
+        | JobsCmd::Cancel { target, .. }
+        | JobsCmd::DeadLetters { target, .. } => target.clone(),
+    };
+    let target = match target_args.target(None) {
+        Ok(t) => t,
+        Err(e) => {
+            output::error(&e.to_string());
+            return env::code_of(&e);
+        }
+    };
+    env::runtime().block_on(async move {
+        let (store, mut audit) = match target.open().await {
+            Ok(x) => x,
+            Err(e) => {
+                output::error(&e.to_string());
+                return env::code_of(&e);
+            }
+        };
+        let r: Result<u8, reconciler::Error> = async {
+            match o.cmd {
+                JobsCmd::List {
+                    state,
+                    tenant,
+                    format,
+                    ..
+                } => {
+                    let list: Vec<Job> = jobs::list(&store)
+                        .await?
+                        .into_iter()
+                        .filter(|j| state.as_deref().is_none_or(|s| j.state.as_str() == s))
+                        .filter(|j| tenant.as_deref().is_none_or(|t| j.migration.tenant == t))
+                        .collect();
+                    print_list(&list, format);
+                    Ok(exit::OK)
+                }
+                JobsCmd::DeadLetters { format, .. } => {
+                    let list: Vec<Job> = jobs::list(&store)
+                        .await?
+                        .into_iter()
+                        .filter(|j| j.state == JobState::DeadLettered)
+                        .collect();
+                    print_list(&list, format);
+                    Ok(exit::OK)
+                }
+                JobsCmd::Show { id, format, .. } => {
+                    let Some((j, _)) = jobs::get(&store, &id).await? else {
+                        return Err(reconciler::Error::Refused(format!("no job `{id}`")));
+                    };
+                    match format {
+                        Format::Json => output::print(&format!(
+                            "{}\n",
+                            serde_json::to_string_pretty(&j).unwrap_or_default()
+                        )),
+                        Format::Human => {
+                            let mut s = line(&j);
+                            s.push_str(&format!(
+                                "  {} on {} → {} on {}; correlation {}; created {}\n",
+                                j.migration.from_shard,
+                                j.migration.from_node,
+                                j.migration.to_shard,
+                                j.migration.to_node,
+                                j.correlation_id,
+                                j.created_at
+                            ));
+                            for st in &j.steps {
+                                s.push_str(&format!(
+                                    "  {:<16} {:<8} {}\n",
+                                    st.name,
+                                    st.state,
+                                    st.detail.clone().unwrap_or_default()
+                                ));
+                            }
+                            output::print(&s);
+                        }
+                    }
+                    Ok(exit::OK)
+                }
+                JobsCmd::Retry {
+                    id, reason, actor, ..
+                } => {
+                    let j =
+                        jobs::retry(&store, &mut audit, &id, &env::actor(&actor), &reason).await?;
+                    output::print(&format!(
+                        "{} queued again (attempt {} of {}).\n",
+                        j.id,
+                        j.attempts + 1,
+                        j.max_attempts
+                    ));
+                    Ok(exit::OK)
+                }
+                JobsCmd::Cancel {
+                    id, reason, actor, ..
+                } => {
+                    let j =
+                        jobs::cancel(&store, &mut audit, &id, &env::actor(&actor), &reason).await?;
+                    output::print(&format!(
+                        "{} {}.\n",
+                        j.id,
+                        if j.cancel_requested {
+                            "will stop before its next step"
+                        } else {
+                            "cancelled"
+                        }
+                    ));
+                    Ok(exit::OK)
+                }
+            }
+        }
+        .await;
+        match r {
+            Ok(c) => c,
+            Err(e) => {
+                output::error(&e.to_string());
+                env::code_of(&e)
+            }
+        }
+    })
+}

@@ -1,0 +1,808 @@
+//! Jobs: multi-step operations kept in the `jobs` bucket so any replica can resume them.
+//!
+//! A placement move in a plan becomes a `tenant-migration` job instead of a direct write:
+//! preflight (both nodes healthy, inflight below `[drain] max_inflight_to_start`) → drain on the
+//! old shard's node → wait until drained, time-boxed by `drain_timeout` → compare-and-set write
+//! of the placement key → reload on the new node → verify the new node serves the tenant.
+//!
+//! States: queued, running, succeeded, failed, retrying, cancelled, dead-lettered. A replica
+//! claims a job by compare-and-set (owner + lease); a job whose lease lapsed is resumed by
+//! another replica from the step it recorded. Steps are idempotent and the placement write is a
+//! CAS on the revision seen when the job was created (skipped when the key already holds the new
+//! value), so the move happens exactly once. Every transition is audited with the job id, the
+//! plan as correlation id and the trigger as causation id.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::audit::{Audit, AuditEvent, now_rfc3339};
+use crate::compile::{Bucket, Desired};
+use crate::nodes::NodeClient;
+use crate::plan::{Action, Plan};
+use crate::store::{Store, StoreError, nats_err};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Retrying,
+    Cancelled,
+    DeadLettered,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Retrying => "retrying",
+            JobState::Cancelled => "cancelled",
+            JobState::DeadLettered => "dead-lettered",
+        }
+    }
+
+    pub fn finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Cancelled | JobState::DeadLettered
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    pub name: String,
+    /// pending | running | done | failed | skipped
+    pub state: String,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// What a tenant migration moves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Migration {
+    pub tenant: String,
+    pub service_kind: String,
+    pub from_shard: String,
+    pub to_shard: String,
+    pub from_node: String,
+    pub to_node: String,
+    /// Placement key and the exact value to write, with the revision it must replace.
+    pub key: String,
+    pub value: String,
+    pub digest: String,
+    pub expected_revision: u64,
+    pub commit: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub kind: String,
+    pub env: String,
+    pub state: JobState,
+    pub migration: Migration,
+    pub steps: Vec<Step>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    /// Base of the exponential backoff between automatic retries.
+    pub backoff_ms: u64,
+    #[serde(default)]
+    pub next_attempt_at: Option<String>,
+    pub retryable: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub correlation_id: String,
+    #[serde(default)]
+    pub causation_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub lease_until: Option<String>,
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// Drain limits taken from `config/global/platform.toml` `[drain]` when the job was made.
+    pub drain_timeout_ms: u64,
+    pub poll_interval_ms: u64,
+    pub max_inflight_to_start: u64,
+}
+
+pub const STEPS: [&str; 6] = [
+    "preflight",
+    "drain",
+    "wait-drained",
+    "write-placement",
+    "reload",
+    "verify",
+];
+
+fn key(id: &str) -> String {
+    format!("job.{id}")
+}
+
+fn ms(s: &str) -> Option<u64> {
+    crate::apply::parse_duration(s).map(|d| d.as_millis() as u64)
+}
+
+fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+fn rfc(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The shard → first node map and the drain thresholds of a desired state.
+fn topology(d: &Desired) -> (std::collections::BTreeMap<String, String>, Value) {
+    let mut shard_node = std::collections::BTreeMap::new();
+    for (k, e) in d.bucket(Bucket::Inventory) {
+        if let Some(id) = k.strip_prefix("shard.") {
+            let v = e.spec_value();
+            if let Some(n) = v["nodes"]
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+            {
+                shard_node.insert(id.to_owned(), n.to_owned());
+            }
+        }
+    }
+    let drain = d
+        .get(Bucket::Config, "global.platform")
+        .map(|e| e.spec_value()["drain"].clone())
+        .unwrap_or(Value::Null);
+    (shard_node, drain)
+}
+
+/// Splits placement moves out of a plan into migration jobs. Returns the jobs; the plan keeps
+/// every other change.
+pub fn migrations_of(plan: &mut Plan, desired: &Desired, causation: Option<String>) -> Vec<Job> {
+    let (shard_node, drain) = topology(desired);
+    let mut jobs = Vec::new();
+    let now = now_rfc3339();
+    plan.changes.retain(|c| {
+        let moves = c.bucket == Bucket::Placement
+            && c.action == Action::Change
+            && c.actions
+                .contains(&opsrepo::model::GatedAction::PlacementMove);
+        if !moves {
+            return true;
+        }
+        let Some(e) = desired.get(c.bucket, &c.key) else {
+            return true;
+        };
+        let new = e.spec_value();
+        let old_shard = c
+            .fields
+            .iter()
+            .find(|f| f.pointer == "/shard")
+            .and_then(|f| f.old.as_ref())
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let (Some(from_shard), Some(to_shard)) =
+            (old_shard, new["shard"].as_str().map(str::to_owned))
+        else {
+            return true;
+        };
+        let (Some(from_node), Some(to_node)) =
+            (shard_node.get(&from_shard), shard_node.get(&to_shard))
+        else {
+            return true;
+        };
+        // One id per move (env, key, target value, revision it replaces): re-planning the same
+        // move never makes a second job.
+        let id = format!(
+            "job-{}",
+            &crate::canon::digest(
+                format!(
+                    "{}:{}:{}:{}",
+                    desired.env,
+                    c.key,
+                    e.digest,
+                    c.from_revision.unwrap_or(0)
+                )
+                .as_bytes()
+            )[7..19]
+        );
+        jobs.push(Job {
+            id,
+            kind: "tenant-migration".into(),
+            env: desired.env.clone(),
+            state: JobState::Queued,
+            migration: Migration {
+                tenant: new["tenant"].as_str().unwrap_or_default().to_owned(),
+                service_kind: new["service_kind"].as_str().unwrap_or_default().to_owned(),
+                from_shard,
+                to_shard,
+                from_node: from_node.clone(),
+                to_node: to_node.clone(),
+                key: c.key.clone(),
+                value: String::from_utf8_lossy(&e.value(&desired.env)).into_owned(),
+                digest: e.digest.clone(),
+                expected_revision: c.from_revision.unwrap_or(0),
+                commit: desired.commit.clone(),
+            },
+            steps: STEPS
+                .iter()
+                .map(|s| Step {
+                    name: (*s).into(),
+                    state: "pending".into(),
+                    started_at: None,
+                    finished_at: None,
+                    detail: None,
+                })
+                .collect(),
+            attempts: 0,
+            max_attempts: drain["max_attempts"].as_u64().unwrap_or(3) as u32,
+            backoff_ms: 1000,
+            next_attempt_at: None,
+            retryable: true,
+            error: None,
+            correlation_id: plan.id.clone(),
+            causation_id: causation.clone(),
+            created_at: now.clone(),
+            updated_at: now.clone(),
+            owner: None,
+            lease_until: None,
+            cancel_requested: false,
+            drain_timeout_ms: drain["drain_timeout"]
+                .as_str()
+                .and_then(ms)
+                .unwrap_or(600_000),
+            poll_interval_ms: drain["poll_interval"]
+                .as_str()
+                .and_then(ms)
+                .unwrap_or(5_000),
+            max_inflight_to_start: drain["max_inflight_to_start"].as_u64().unwrap_or(200),
+        });
+        false
+    });
+    jobs
+}
+
+/// Reads a job and its revision.
+pub async fn get(store: &Store, id: &str) -> Result<Option<(Job, u64)>, StoreError> {
+    crate::state::get::<Job>(&store.jobs, &key(id)).await
+}
+
+/// Every job, newest first.
+pub async fn list(store: &Store) -> Result<Vec<Job>, StoreError> {
+    let mut out = Vec::new();
+    let mut keys = match store.jobs.keys().await {
+        Ok(k) => k,
+        Err(e) => return Err(nats_err("list jobs", e)),
+    };
+    while let Some(k) = keys.next().await {
+        let k = k.map_err(|e| nats_err("list jobs", e))?;
+        if let Some(id) = k.strip_prefix("job.")
+            && let Some((j, _)) = get(store, id).await?
+        {
+            out.push(j);
+        }
+    }
+    out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    Ok(out)
+}
+
+async fn audit_job(
+    audit: &mut Audit,
+    actor: &str,
+    j: &Job,
+    action: &str,
+    outcome: &str,
+    reason: Option<String>,
+) {
+    let mut ev = AuditEvent::new(
+        format!("{}/{action}/{}/{}", j.id, j.attempts, now_rfc3339()),
+        &j.env,
+        actor,
+        action,
+        outcome,
+    );
+    ev.job_id = Some(j.id.clone());
+    ev.correlation_id = Some(j.correlation_id.clone());
+    ev.causation_id = j.causation_id.clone();
+    ev.plan_id = Some(j.correlation_id.clone());
+    ev.commit = Some(j.migration.commit.clone());
+    ev.target = Some(format!("placement/{}", j.migration.key));
+    ev.reason = reason;
+    ev.detail = Some(serde_json::json!({
+        "tenant": j.migration.tenant, "from": j.migration.from_node, "to": j.migration.to_node,
+        "state": j.state, "attempts": j.attempts,
+    }));
+    let _ = audit.refresh_head().await;
+    if let Err(e) = audit.record(ev).await {
+        tracing::warn!(job = %j.id, error = %e, "cannot audit job transition");
+    }
+}
+
+/// Stores new jobs (an existing id is left alone: re-planning the same move is idempotent).
+pub async fn enqueue(
+    store: &Store,
+    audit: &mut Audit,
+    actor: &str,
+    jobs: &[Job],
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for j in jobs {
+        let b = serde_json::to_vec(j).map_err(|e| nats_err("encode job", e))?;
+        if store.jobs.create(key(&j.id), b.into()).await.is_ok() {
+            audit_job(audit, actor, j, "job.created", "queued", None).await;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// CAS write of a job; `Ok(None)` when someone else changed it first.
+async fn save(kv: &kv::Store, j: &mut Job, rev: u64) -> Result<Option<u64>, StoreError> {
+    j.updated_at = now_rfc3339();
+    let b = serde_json::to_vec(j).map_err(|e| nats_err("encode job", e))?;
+    match kv.update(key(&j.id), b.into(), rev).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+        Err(e) => Err(nats_err("write job", e)),
+    }
+}
+
+/// Runs every job that is due: queued, retrying past its backoff, or running with a lapsed
+/// lease. Returns how many were worked on.
+pub async fn run_due(
+    store: &Store,
+    audit: &mut Audit,
+    nodes: &NodeClient,
+    me: &str,
+    lease: Duration,
+) -> Result<usize, StoreError> {
+    let now = time::OffsetDateTime::now_utc();
+    let mut n = 0;
+    for j in list(store).await? {
+        let due = match j.state {
+            JobState::Queued => true,
+            JobState::Retrying => j
+                .next_attempt_at
+                .as_deref()
+                .and_then(parse_time)
+                .is_none_or(|t| t <= now),
+            JobState::Running => j
+                .lease_until
+                .as_deref()
+                .and_then(parse_time)
+                .is_none_or(|t| t <= now),
+            _ => false,
+        };
+        if due {
+            run_one(store, audit, nodes, me, &j.id, lease).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+enum StepOutcome {
+    Done(Option<String>),
+    Skipped(String),
+    Fail(String, bool),
+}
+
+/// Claims and runs one job to its next resting state.
+pub async fn run_one(
+    store: &Store,
+    audit: &mut Audit,
+    nodes: &NodeClient,
+    me: &str,
+    id: &str,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    let Some((mut j, mut rev)) = get(store, id).await? else {
+        return Ok(());
+    };
+    let resumed = j.state == JobState::Running;
+    j.state = JobState::Running;
+    j.owner = Some(me.to_owned());
+    j.lease_until = Some(rfc(time::OffsetDateTime::now_utc() + lease));
+    if !resumed {
+        j.attempts += 1;
+    }
+    match save(&store.jobs, &mut j, rev).await? {
+        Some(r) => rev = r,
+        None => return Ok(()), // another replica claimed it
+    }
+    audit_job(
+        audit,
+        me,
+        &j,
+        if resumed {
+            "job.resumed"
+        } else {
+            "job.started"
+        },
+        "running",
+        None,
+    )
+    .await;
+    loop {
+        if j.cancel_requested {
+            j.state = JobState::Cancelled;
+            j.owner = None;
+            let _ = save(&store.jobs, &mut j, rev).await?;
+            audit_job(
+                audit,
+                me,
+                &j,
+                "job.cancelled",
+                "cancelled",
+                Some("cancel requested by an operator".into()),
+            )
+            .await;
+            return Ok(());
+        }
+        let Some(i) = j
+            .steps
+            .iter()
+            .position(|s| s.state != "done" && s.state != "skipped")
+        else {
+            j.state = JobState::Succeeded;
+            j.error = None;
+            j.owner = None;
+            let _ = save(&store.jobs, &mut j, rev).await?;
+            audit_job(audit, me, &j, "job.succeeded", "succeeded", None).await;
+            return Ok(());
+        };
+        j.steps[i].state = "running".into();
+        j.steps[i].started_at.get_or_insert_with(now_rfc3339);
+        j.lease_until = Some(rfc(time::OffsetDateTime::now_utc() + lease));
+        match save(&store.jobs, &mut j, rev).await? {
+            Some(r) => rev = r,
+            None => return Ok(()),
+        }
+        let outcome = step(store, nodes, &j, i).await;
+        // Re-read: an operator may have asked to cancel meanwhile.
+        if let Some((fresh, r)) = get(store, id).await? {
+            j.cancel_requested = fresh.cancel_requested;
+            rev = r;
+        }
+        let name = j.steps[i].name.clone();
+        match outcome_to_state(outcome) {
+            (state, detail, None) => {
+                j.steps[i].state = state.into();
+                j.steps[i].detail = detail;
+                j.steps[i].finished_at = Some(now_rfc3339());
+                match save(&store.jobs, &mut j, rev).await? {
+                    Some(r) => rev = r,
+                    None => return Ok(()),
+                }
+                audit_job(
+                    audit,
+                    me,
+                    &j,
+                    &format!("job.step.{name}"),
+                    state,
+                    j.steps[i].detail.clone(),
+                )
+                .await;
+            }
+            (_, _, Some((why, retryable))) => {
+                j.steps[i].state = "failed".into();
+                j.steps[i].detail = Some(why.clone());
+                j.steps[i].finished_at = Some(now_rfc3339());
+                // A failed attempt restarts from preflight (placement untouched unless written).
+                for s in &mut j.steps[..i] {
+                    if s.name != "write-placement" {
+                        s.state = "pending".into();
+                    }
+                }
+                j.steps[i].state = "pending".into();
+                j.error = Some(format!("{name}: {why}"));
+                j.retryable = retryable;
+                j.owner = None;
+                j.lease_until = None;
+                let (state, action) = if !retryable {
+                    (JobState::Failed, "job.failed")
+                } else if j.attempts >= j.max_attempts {
+                    (JobState::DeadLettered, "job.dead-lettered")
+                } else {
+                    let wait = j.backoff_ms << (j.attempts.saturating_sub(1)).min(10);
+                    j.next_attempt_at = Some(rfc(
+                        time::OffsetDateTime::now_utc() + Duration::from_millis(wait)
+                    ));
+                    (JobState::Retrying, "job.retrying")
+                };
+                j.state = state;
+                let _ = save(&store.jobs, &mut j, rev).await?;
+                audit_job(audit, me, &j, action, state.as_str(), j.error.clone()).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn outcome_to_state(o: StepOutcome) -> (&'static str, Option<String>, Option<(String, bool)>) {
+    match o {
+        StepOutcome::Done(d) => ("done", d, None),
+        StepOutcome::Skipped(d) => ("skipped", Some(d), None),
+        StepOutcome::Fail(why, retryable) => ("failed", None, Some((why, retryable))),
+    }
+}
+
+async fn step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutcome {
+    let m = &j.migration;
+    match j.steps[i].name.as_str() {
+        "preflight" => {
+            let mut problems = Vec::new();
+            for n in [&m.from_node, &m.to_node] {
+                match nodes.health(n).await {
+                    Ok(true) => {}
+                    Ok(false) => problems.push(format!("node {n} reports unhealthy")),
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
+            if problems.is_empty() {
+                match nodes.tenant(&m.from_node, &m.tenant).await {
+                    Ok(t) if t.inflight > j.max_inflight_to_start => problems.push(format!(
+                        "tenant {} has {} inflight on {}, above max_inflight_to_start = {}",
+                        m.tenant, t.inflight, m.from_node, j.max_inflight_to_start
+                    )),
+                    Ok(_) => {}
+                    // Not served there (any more): nothing to drain.
+                    Err(crate::nodes::NodeError::UnknownTenant { .. }) => {}
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
+            if problems.is_empty() {
+                StepOutcome::Done(Some(format!("{} and {} healthy", m.from_node, m.to_node)))
+            } else {
+                StepOutcome::Fail(format!("preflight blocked: {}", problems.join("; ")), true)
+            }
+        }
+        "drain" => match nodes.drain(&m.from_node, &m.tenant).await {
+            Ok(t) => StepOutcome::Done(Some(format!(
+                "{} on {}: {} inflight",
+                t.state, m.from_node, t.inflight
+            ))),
+            Err(crate::nodes::NodeError::UnknownTenant { .. }) => {
+                StepOutcome::Skipped(format!("{} does not serve {}", m.from_node, m.tenant))
+            }
+            Err(e) => StepOutcome::Fail(e.to_string(), true),
+        },
+        "wait-drained" => {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(j.drain_timeout_ms);
+            loop {
+                match nodes.tenant(&m.from_node, &m.tenant).await {
+                    Ok(t) if t.state == "drained" && t.inflight == 0 => {
+                        return StepOutcome::Done(Some(format!("drained on {}", m.from_node)));
+                    }
+                    Ok(t) if t.state == "drained" => {
+                        return StepOutcome::Fail(
+                            format!(
+                                "{} reports drained with {} still inflight; not trusted",
+                                m.from_node, t.inflight
+                            ),
+                            true,
+                        );
+                    }
+                    Ok(t) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return StepOutcome::Fail(
+                                format!(
+                                    "drain on {} did not converge within {} ms ({} still inflight); placement unchanged",
+                                    m.from_node, j.drain_timeout_ms, t.inflight
+                                ),
+                                true,
+                            );
+                        }
+                    }
+                    Err(crate::nodes::NodeError::UnknownTenant { .. }) => {
+                        return StepOutcome::Done(Some(
+                            "tenant no longer served on the old node".into(),
+                        ));
+                    }
+                    Err(e) => return StepOutcome::Fail(e.to_string(), true),
+                }
+                if let Ok(Some((fresh, _))) = get(store, &j.id).await
+                    && fresh.cancel_requested
+                {
+                    return StepOutcome::Fail(
+                        "cancelled while waiting for the drain".into(),
+                        false,
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(j.poll_interval_ms.max(50))).await;
+            }
+        }
+        "write-placement" => {
+            let live = store.kv(Bucket::Placement).entry(&m.key).await;
+            let current = match live {
+                Ok(e) => e,
+                Err(e) => return StepOutcome::Fail(format!("read placement: {e}"), true),
+            };
+            if let Some(e) = &current
+                && e.operation == kv::Operation::Put
+                && crate::plan::view(&e.value).digest.as_deref() == Some(m.digest.as_str())
+            {
+                return StepOutcome::Skipped("placement already holds the new shard".into());
+            }
+            match store
+                .cas(
+                    Bucket::Placement,
+                    &m.key,
+                    Some(m.value.clone().into()),
+                    m.expected_revision,
+                )
+                .await
+            {
+                Ok(r) => StepOutcome::Done(Some(format!(
+                    "placement {} → {} (revision {r})",
+                    m.key, m.to_shard
+                ))),
+                Err(e) => StepOutcome::Fail(e.to_string(), false),
+            }
+        }
+        "reload" => match nodes.reload(&m.to_node).await {
+            Ok(_) => StepOutcome::Done(Some(format!("{} reloaded", m.to_node))),
+            Err(e) => StepOutcome::Fail(e.to_string(), true),
+        },
+        "verify" => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match nodes.tenant(&m.to_node, &m.tenant).await {
+                    Ok(t) if t.state == "active" => {
+                        return StepOutcome::Done(Some(format!(
+                            "{} serves {}",
+                            m.to_node, m.tenant
+                        )));
+                    }
+                    Ok(_) | Err(crate::nodes::NodeError::UnknownTenant { .. })
+                        if tokio::time::Instant::now() < deadline => {}
+                    Ok(t) => {
+                        return StepOutcome::Fail(
+                            format!("{} reports {} for {}", m.to_node, t.state, m.tenant),
+                            true,
+                        );
+                    }
+                    Err(e) => {
+                        return StepOutcome::Fail(format!("verify on {}: {e}", m.to_node), true);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        other => StepOutcome::Fail(format!("unknown step {other}"), false),
+    }
+}
+
+/// Operator actions on a job.
+pub async fn retry(
+    store: &Store,
+    audit: &mut Audit,
+    id: &str,
+    actor: &str,
+    reason: &str,
+) -> Result<Job, crate::Error> {
+    change(store, audit, id, actor, reason, "job.retry", |j| {
+        match j.state {
+            JobState::Failed | JobState::DeadLettered | JobState::Retrying => {
+                if !j.retryable && j.state == JobState::Failed {
+                    return Err(format!(
+                        "{} failed in a step that is not retryable ({})",
+                        j.id,
+                        j.error.clone().unwrap_or_default()
+                    ));
+                }
+                j.state = JobState::Queued;
+                j.max_attempts = j.max_attempts.max(j.attempts + 1);
+                j.next_attempt_at = None;
+                Ok(())
+            }
+            s => Err(format!(
+                "{} is {}; only failed, retrying or dead-lettered jobs can be retried",
+                j.id,
+                s.as_str()
+            )),
+        }
+    })
+    .await
+}
+
+pub async fn cancel(
+    store: &Store,
+    audit: &mut Audit,
+    id: &str,
+    actor: &str,
+    reason: &str,
+) -> Result<Job, crate::Error> {
+    change(store, audit, id, actor, reason, "job.cancel", |j| {
+        if j.state.finished() {
+            return Err(format!(
+                "{} is already {}; nothing to cancel",
+                j.id,
+                j.state.as_str()
+            ));
+        }
+        if j.steps
+            .iter()
+            .any(|s| s.name == "write-placement" && (s.state == "done" || s.state == "skipped"))
+        {
+            return Err(format!(
+                "{} already wrote the placement; it can only finish (reload, verify)",
+                j.id
+            ));
+        }
+        if j.state == JobState::Running {
+            j.cancel_requested = true;
+        } else {
+            j.state = JobState::Cancelled;
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn change(
+    store: &Store,
+    audit: &mut Audit,
+    id: &str,
+    actor: &str,
+    reason: &str,
+    action: &str,
+    f: impl Fn(&mut Job) -> Result<(), String>,
+) -> Result<Job, crate::Error> {
+    if reason.trim().is_empty() {
+        return Err(crate::Error::Refused(
+            "a reason is required (--reason \"…\")".into(),
+        ));
+    }
+    for _ in 0..5 {
+        let Some((mut j, rev)) = get(store, id).await? else {
+            return Err(crate::Error::Refused(format!(
+                "no job `{id}` in {}",
+                store.env
+            )));
+        };
+        if let Err(why) = f(&mut j) {
+            let mut ev = AuditEvent::new(
+                format!("{id}/{action}/refused/{}", now_rfc3339()),
+                &store.env,
+                actor,
+                action,
+                "refused",
+            );
+            ev.job_id = Some(id.to_owned());
+            ev.reason = Some(format!("{why} (asked: {reason})"));
+            let _ = audit.refresh_head().await;
+            audit.record(ev).await?;
+            return Err(crate::Error::Refused(why));
+        }
+        if save(&store.jobs, &mut j, rev).await?.is_some() {
+            audit_job(
+                audit,
+                actor,
+                &j,
+                action,
+                "accepted",
+                Some(reason.to_owned()),
+            )
+            .await;
+            return Ok(j);
+        }
+    }
+    Err(crate::Error::Refused(format!(
+        "{id} kept changing; try again"
+    )))
+}
