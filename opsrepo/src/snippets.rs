@@ -406,14 +406,14 @@ pub enum InventoryKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TrustLevel {
-    /// Declared in Git and reviewed.
-    Declared,
-    /// Discovered and matched to a declaration.
-    Verified,
-    /// Discovered, not declared: waits for approval.
-    Unverified,
-    /// Discovered state contradicts the declaration.
-    Conflict,
+    /// In Git, not (yet) observed.
+    DeclaredOnly,
+    /// Observed, not in Git: waits for approval.
+    DiscoveredOnly,
+    /// Observed and matching Git.
+    Confirmed,
+    /// Observed and disagreeing with Git (kind, site or version).
+    Conflicting,
 }
 
 /// `sites.json`: per-datacenter status, cross-site links and recent failovers.
@@ -586,7 +586,7 @@ pub fn snapshot(model: &Model, generated_at: &str) -> Snapshot {
             id: s.spec.id.clone(),
             kind: InventoryKind::Site,
             site: Some(s.spec.id.clone()),
-            trust: TrustLevel::Declared,
+            trust: TrustLevel::DeclaredOnly,
             detail: Some(format!("{} ({})", s.spec.name, s.spec.location)),
         });
     }
@@ -595,7 +595,7 @@ pub fn snapshot(model: &Model, generated_at: &str) -> Snapshot {
             id: n.id.clone(),
             kind: InventoryKind::Node,
             site: Some(n.site.clone()),
-            trust: TrustLevel::Declared,
+            trust: TrustLevel::DeclaredOnly,
             detail: Some(format!("{} {}", n.service_kind, n.version)),
         });
     }
@@ -604,7 +604,7 @@ pub fn snapshot(model: &Model, generated_at: &str) -> Snapshot {
             id: s.spec.id.clone(),
             kind: InventoryKind::Shard,
             site: Some(s.spec.site.clone()),
-            trust: TrustLevel::Declared,
+            trust: TrustLevel::DeclaredOnly,
             detail: Some(format!(
                 "{} on {}",
                 s.spec.service_kind,
@@ -617,7 +617,7 @@ pub fn snapshot(model: &Model, generated_at: &str) -> Snapshot {
             id: p.spec.tenant.clone(),
             kind: InventoryKind::Placement,
             site: None,
-            trust: TrustLevel::Declared,
+            trust: TrustLevel::DeclaredOnly,
             detail: Some(
                 p.spec
                     .shards

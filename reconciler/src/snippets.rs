@@ -246,9 +246,10 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
             .find(|it| it.kind == InventoryKind::Node && it.id == o.id)
         {
             item.trust = match o.trust {
-                Trust::Confirmed => TrustLevel::Verified,
-                Trust::Conflicting => TrustLevel::Conflict,
-                Trust::DeclaredOnly | Trust::DiscoveredOnly => TrustLevel::Declared,
+                Trust::Confirmed => TrustLevel::Confirmed,
+                Trust::Conflicting => TrustLevel::Conflicting,
+                Trust::DeclaredOnly => TrustLevel::DeclaredOnly,
+                Trust::DiscoveredOnly => TrustLevel::DiscoveredOnly,
             };
             if let Some(d) = &o.detail {
                 item.detail = Some(d.clone());
@@ -261,7 +262,7 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
                 id: info.node_id.clone(),
                 kind: InventoryKind::Node,
                 site: Some(info.site.clone()),
-                trust: TrustLevel::Unverified,
+                trust: TrustLevel::DiscoveredOnly,
                 detail: Some(format!("answers at the admin URL of {}", o.id)),
             });
         }

@@ -371,7 +371,7 @@ fn live_snippets_follow_node_health_and_validate_against_their_schemas() {
         .iter()
         .find(|x| x["id"] == "agg-osl1-01")
         .unwrap();
-    assert_eq!(agg["trust"], "verified");
+    assert_eq!(agg["trust"], "confirmed");
     // Every condition carries escalation class, remediation mode and a catalog runbook.
     let actions = read("actions").unwrap();
     let cond = actions["conditions"]

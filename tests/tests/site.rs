@@ -967,7 +967,7 @@ fn the_operator_questions_are_answered_from_live_snippets() {
     write_snippet(&f.snippets, "sites", &sites.to_string());
     let mut inv = read("inventory");
     inv["discovered"] =
-        json!([{"id": "gw-osl1-09", "kind": "node", "site": "osl1", "trust": "unverified"}]);
+        json!([{"id": "gw-osl1-09", "kind": "node", "site": "osl1", "trust": "discovered-only"}]);
     inv["conditions"] = json!([cond(
         "approval.gw-osl1-09",
         "pending-approval",
@@ -1049,7 +1049,7 @@ fn the_operator_questions_are_answered_from_live_snippets() {
         "{text}"
     );
     let text = s.wait_for(&live("#discovered"), WAIT, "discovered");
-    assert!(text.as_str().unwrap().contains("unverified"), "{text}");
+    assert!(text.as_str().unwrap().contains("discovered-only"), "{text}");
     // DR: recoverable now or not, and which runbook applies
     s.goto(&server.url("/dr/"));
     let text = s.wait_for(
