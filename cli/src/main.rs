@@ -18,6 +18,8 @@ struct Cli {
     command: Command,
 }
 
+/// Parsed once per process, so the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     Validate(cmd::validate::ValidateOpts),
@@ -29,6 +31,8 @@ enum Command {
     Promote(cmd::promote::PromoteOpts),
     Reconcile(cmd::reconcile::ReconcileOpts),
     Jobs(cmd::jobs::JobsOpts),
+    Status(cmd::api::StatusOpts),
+    Events(cmd::api::EventsOpts),
     Approve(cmd::approve::DecideOpts),
     /// Reject a plan that waits for approval (same options as approve).
     Reject(cmd::approve::DecideOpts),
@@ -65,6 +69,8 @@ fn main() -> ExitCode {
         Command::Promote(o) => cmd::promote::run(o),
         Command::Reconcile(o) => cmd::reconcile::run(o),
         Command::Jobs(o) => cmd::jobs::run(o),
+        Command::Status(o) => cmd::api::status(o),
+        Command::Events(o) => cmd::api::events(o),
         Command::Approve(o) => cmd::approve::run(o, true),
         Command::Reject(o) => cmd::approve::run(o, false),
         Command::Site(o) => cmd::site::run(o),

@@ -61,6 +61,8 @@ pub struct DaemonOpts {
     /// Origin allowed to fetch `/snippets/*` from a browser (CORS), when the site is hosted
     /// elsewhere.
     pub cors_origin: Option<String>,
+    /// Bearer tokens of the operator API; without them `/api/v1` denies everything.
+    pub api_tokens: crate::api::Tokens,
 }
 
 type Labels = Vec<(String, String)>;
@@ -83,6 +85,8 @@ pub struct Shared {
     cors_origin: Option<String>,
     /// Declared nodes of the applied commit (for the job runner).
     pub declared: Mutex<Vec<crate::nodes::Declared>>,
+    /// Roles and bindings of the applied commit (for the API).
+    pub access: Mutex<crate::api::Access>,
     pub is_leader: AtomicBool,
     pub healthy: AtomicBool,
     pub steps: AtomicU64,
@@ -161,6 +165,7 @@ impl Shared {
             jobs_gauge,
             cors_origin: None,
             declared: Mutex::new(Vec::new()),
+            access: Mutex::new(crate::api::Access::default()),
             is_leader: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             steps: AtomicU64::new(0),
@@ -227,7 +232,14 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
             "vakt reconcile: env {} listening on http://{local}",
             opts.target.env
         );
-        let app = http_router(shared.clone());
+        let api = Arc::new(crate::api::ApiState {
+            store: store.clone(),
+            audit: tokio::sync::Mutex::new(Audit::open(&store.js, &opts.target.env).await?),
+            env: opts.target.env.clone(),
+            tokens: opts.api_tokens.clone(),
+            shared: shared.clone(),
+        });
+        let app = http_router(shared.clone()).merge(crate::api::router(api));
         let mut sd = shutdown.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -544,6 +556,9 @@ impl Ctx {
             self.declared = crate::nodes::declared_nodes(d);
             if let Ok(mut g) = self.shared.declared.lock() {
                 *g = self.declared.clone();
+            }
+            if let Ok(mut g) = self.shared.access.lock() {
+                *g = crate::api::Access::from_desired(d);
             }
             self.prev_desired = Some(d.clone());
             if first {

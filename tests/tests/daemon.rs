@@ -654,3 +654,179 @@ fn drain_that_never_converges_fails_then_dead_letters_and_placement_stays() {
             .any(|e| e["action"] == "job.retry" && e["reason"] == "operator retry")
     );
 }
+
+#[test]
+fn operator_api_authenticates_authorizes_and_audits() {
+    let (p1, p2) = (nats::port(), nats::port());
+    let repo = migration_repo(
+        p1,
+        p2,
+        "drain_timeout = \"1s\"\npoll_interval = \"100ms\"\nmax_attempts = 1",
+    );
+    let n = NatsServer::start();
+    let _old = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-01",
+        "aggregate",
+        "osl1",
+        "agg-osl1-a",
+        "2.14.0",
+        p1,
+        &["--inflight", "5", "--drain-step-ms", "1000000"],
+    );
+    let _new = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-02",
+        "aggregate",
+        "osl1",
+        "agg-osl1-b",
+        "2.14.0",
+        p2,
+        &[],
+    );
+    // Tokens live outside the repo; one inside is refused.
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens = secrets.path().join("tokens");
+    let (op, ro) = ("op-token-0123456789abcdef", "ro-token-0123456789abcdef");
+    std::fs::write(
+        &tokens,
+        format!("# test tokens\n{op} group:sre-oncall\n{ro} service-account:ci-vakt-plan\n"),
+    )
+    .unwrap();
+    let inside = repo.path().join("tokens");
+    std::fs::copy(&tokens, &inside).unwrap();
+    let rp = repo.path().to_string_lossy().into_owned();
+    let (code, _, err) = vakt_tests::outcome(&vakt_tests::vakt_env(
+        &[
+            "reconcile",
+            "--env",
+            "dev",
+            "--repo",
+            &rp,
+            "--nats",
+            &n.url(),
+            "--api-tokens",
+            &inside.to_string_lossy(),
+        ],
+        &[],
+    ));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("inside the ops repo"), "{err}");
+    std::fs::remove_file(&inside).unwrap();
+
+    let tk = tokens.to_string_lossy().into_owned();
+    let d = Daemon::start(
+        repo.path(),
+        &n,
+        "dev",
+        "api",
+        &["--interval", "1h", "--lease", "2s", "--api-tokens", &tk],
+    );
+    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
+        &n.url(),
+        "vakt_dev_placement"
+    )
+    .is_empty()));
+    move_polar_retail(repo.path());
+    publish(&n.url(), "vakt.trigger.dev");
+    assert!(wait_until(Duration::from_secs(30), || jobs_json(
+        repo.path(),
+        &n
+    )
+    .first()
+    .is_some_and(|j| j["state"] == "dead-lettered")));
+    let job = jobs_json(repo.path(), &n)[0].clone();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let plan = job["correlation_id"].as_str().unwrap().to_owned();
+    let req = |m: &str, p: &str, t: Option<&str>, b: Option<&str>| {
+        nats::http_req(&d.url, m, p, t, b).unwrap()
+    };
+
+    assert_eq!(req("GET", "/api/v1/status", None, None).0, 401);
+    assert_eq!(
+        req("GET", "/api/v1/status", Some("nope-nope-nope-nope"), None).0,
+        401
+    );
+    let (code, body) = req("GET", "/api/v1/status", Some(ro), None);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = req(
+        "GET",
+        "/api/v1/jobs?state=dead-lettered&tenant=polar-retail",
+        Some(ro),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(body.contains(&id), "{body}");
+    // read-only may look, not act; the operator must give a reason.
+    let retry = format!("/api/v1/jobs/{id}/retry");
+    assert_eq!(
+        req("POST", &retry, Some(ro), Some(r#"{"reason":"try"}"#)).0,
+        403
+    );
+    assert_eq!(
+        req("POST", &retry, Some(op), Some(r#"{"reason":" "}"#)).0,
+        400
+    );
+    let (code, body) = req(
+        "POST",
+        &format!("/api/v1/jobs/{id}/cancel"),
+        Some(op),
+        Some(r#"{"reason":"stop"}"#),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        req(
+            "POST",
+            "/api/v1/jobs/job-000000000000/retry",
+            Some(op),
+            Some(r#"{"reason":"x"}"#)
+        )
+        .0,
+        404
+    );
+    let (code, body) = req("POST", &retry, Some(op), Some(r#"{"reason":"node fixed"}"#));
+    assert_eq!(code, 200, "{body}");
+    let ev = audit_events(&n.url(), "dev");
+    let denied: Vec<_> = ev.iter().filter(|e| e["action"] == "api.denied").collect();
+    assert!(denied.len() >= 3, "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["actor"] == "service-account:ci-vakt-plan")
+    );
+    assert!(ev.iter().any(|e| e["action"] == "job.retry"
+        && e["actor"] == "group:sre-oncall"
+        && e["reason"] == "node fixed"));
+    let (code, y) = req("GET", "/api/v1/openapi.yaml", None, None);
+    assert_eq!(code, 200);
+    assert!(y.contains("vakt operator API"));
+
+    // The CLI over the API.
+    let cli = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--api", &d.url, "--token", op]);
+        vakt_tests::outcome(&vakt_tests::vakt_env(&a, &[]))
+    };
+    let (_, out, err) = cli(&["status"]);
+    assert!(
+        out.contains("Waits for a human") && out.contains("Running:"),
+        "{out}{err}"
+    );
+    let (code, out, _) = cli(&["events", "--correlation-id", &plan]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("job.created") && out.contains("job.retry"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["events", "--task-id", &id, "--format", "json"]);
+    assert_eq!(code, 0);
+    let evs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(!evs.is_empty() && evs.iter().all(|e| e["job_id"] == id.as_str()));
+    let (code, _, err) = vakt_tests::outcome(&vakt_tests::vakt_env(
+        &["status", "--api", &d.url, "--token", "nope-nope-nope-nope"],
+        &[],
+    ));
+    assert_eq!(code, 4, "{err}");
+}

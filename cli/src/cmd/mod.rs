@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod api;
 pub mod apply;
 pub mod approve;
 pub mod drift;

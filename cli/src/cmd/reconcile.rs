@@ -76,6 +76,10 @@ pub struct ReconcileOpts {
     /// Browser origin allowed to fetch /snippets/* (CORS), when the site is hosted elsewhere.
     #[arg(long, value_name = "ORIGIN")]
     pub cors_origin: Option<String>,
+    /// Operator API tokens: a file outside the repo with `<token> <kind>:<name>` lines
+    /// (e.g. `… user:kari.nordby`). Without it the API denies every call.
+    #[arg(long, value_name = "FILE", env = "VAKT_API_TOKENS")]
+    pub api_tokens: Option<PathBuf>,
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -102,6 +106,16 @@ pub fn run(o: ReconcileOpts) -> u8 {
         Some(s) => Some(s.to_owned()),
         None => Some(format!("vakt.trigger.{}", o.target.env)),
     };
+    let api_tokens = match &o.api_tokens {
+        Some(p) => match reconciler::api::Tokens::load(p, &o.target.repo) {
+            Ok(t) => t,
+            Err(e) => {
+                output::error(&e);
+                return exit::COULD_NOT_RUN;
+            }
+        },
+        None => Default::default(),
+    };
     let opts = DaemonOpts {
         repo: o.target.repo.clone(),
         target,
@@ -120,6 +134,7 @@ pub fn run(o: ReconcileOpts) -> u8 {
         snippets: o.snippets.clone(),
         node_poll: o.node_poll,
         cors_origin: o.cors_origin.clone(),
+        api_tokens,
     };
     env::runtime().block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);

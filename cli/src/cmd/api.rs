@@ -1,0 +1,282 @@
+//! `vakt status` and `vakt events`: clients of the daemon's operator API.
+
+use clap::ValueEnum;
+use serde_json::Value;
+
+use super::env;
+use crate::{exit, output};
+
+/// Where the operator API is and who calls it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Base URL of a `vakt reconcile --listen` daemon.
+    #[arg(long, env = "VAKT_API", value_name = "URL")]
+    pub api: String,
+    /// Bearer token (from the daemon's --api-tokens file).
+    #[arg(long, env = "VAKT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// The decision header of one environment: what runs, what failed, what waits for a human, what
+/// is being remediated automatically.
+///
+/// Exit status: 0 nothing needs a human, 1 something does (failed work, pending approvals,
+/// action-required or urgent conditions), 3 could not reach the API, 4 refused (token/role).
+///
+/// Examples:
+///   vakt status --api http://127.0.0.1:9464 --token "$VAKT_TOKEN"
+///   vakt status --format json | jq '.live.decision'
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct StatusOpts {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+/// Audit events of the environment, filtered by correlation id, causation id, resource, task
+/// (job) id or site, oldest first.
+///
+/// Examples:
+///   vakt events --correlation-id plan-54e85d52b4f5
+///   vakt events --task-id job-3f2a9c1b7d4e --format json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct EventsOpts {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+    #[arg(long)]
+    pub causation_id: Option<String>,
+    /// Substring of the target (bucket/key).
+    #[arg(long)]
+    pub resource: Option<String>,
+    #[arg(long)]
+    pub task_id: Option<String>,
+    #[arg(long)]
+    pub site: Option<String>,
+    #[arg(long, default_value_t = 200)]
+    pub limit: usize,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+fn get(a: &ApiArgs, path: &str, query: &[(&str, String)]) -> Result<Value, (u8, String)> {
+    env::runtime().block_on(async {
+        let url = format!("{}{path}", a.api.trim_end_matches('/'));
+        let r = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(&a.token)
+            .query(query)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| (exit::COULD_NOT_RUN, format!("cannot reach {url}: {e}")))?;
+        let code = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if code.is_success() {
+            Ok(body)
+        } else {
+            let msg = body["error"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_owned();
+            let c = if code.as_u16() == 401 || code.as_u16() == 403 {
+                exit::REFUSED
+            } else {
+                exit::COULD_NOT_RUN
+            };
+            Err((c, format!("{} ({code})", msg)))
+        }
+    })
+}
+
+pub fn status(o: StatusOpts) -> u8 {
+    let v = match get(&o.api, "/api/v1/status", &[]) {
+        Ok(v) => v,
+        Err((c, m)) => {
+            output::error(&m);
+            return c;
+        }
+    };
+    let live = &v["live"];
+    let conditions = live["conditions"].as_array().cloned().unwrap_or_default();
+    let failed = v["jobs"]["failed"].as_array().cloned().unwrap_or_default();
+    let pending = v["pending_approvals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let needs_human = !failed.is_empty()
+        || !pending.is_empty()
+        || conditions
+            .iter()
+            .any(|c| c["escalation_class"] != "informational")
+        || v["state"] == "refused"
+        || v["state"] == "failed";
+    match o.format {
+        Format::Json => output::print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )),
+        Format::Human => {
+            let mut s = String::new();
+            s.push_str(&format!(
+                "{}: {}\n",
+                live["decision"]["level"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_uppercase(),
+                live["decision"]["headline"]
+                    .as_str()
+                    .unwrap_or("(no live data yet)")
+            ));
+            s.push_str(&format!(
+                "env {} · state {} · applied {} · leader {}\n",
+                v["env"].as_str().unwrap_or("?"),
+                v["state"].as_str().unwrap_or("?"),
+                v["applied_commit"]
+                    .as_str()
+                    .map(|c| &c[..c.len().min(12)])
+                    .unwrap_or("-"),
+                v["leader"].as_str().unwrap_or("-")
+            ));
+            let running = v["jobs"]["running"].as_array().cloned().unwrap_or_default();
+            s.push_str(&format!(
+                "\nRunning: {}\n",
+                if running.is_empty() {
+                    "nothing".into()
+                } else {
+                    list(&running)
+                }
+            ));
+            s.push_str(&format!(
+                "Failed: {}\n",
+                if failed.is_empty() {
+                    "nothing".into()
+                } else {
+                    list(&failed)
+                }
+            ));
+            if let Some(r) = v["refused"].as_object() {
+                s.push_str(&format!(
+                    "Refused commit: {}\n",
+                    r.get("reason").and_then(Value::as_str).unwrap_or("")
+                ));
+            }
+            s.push_str("\nWaits for a human:\n");
+            let mut any = false;
+            for a in &pending {
+                any = true;
+                s.push_str(&format!(
+                    "  approve or reject {} ({})\n",
+                    a["plan_id"].as_str().unwrap_or(""),
+                    a["actions"]
+                ));
+            }
+            for c in conditions
+                .iter()
+                .filter(|c| c["remediation_mode"] != "automatic")
+            {
+                any = true;
+                s.push_str(&format!(
+                    "  [{}] {} → runbook {}\n",
+                    c["escalation_class"].as_str().unwrap_or(""),
+                    c["title"].as_str().unwrap_or(""),
+                    c["runbook"].as_str().unwrap_or("")
+                ));
+            }
+            if !any {
+                s.push_str("  nothing\n");
+            }
+            s.push_str("Automatic (the platform is remediating):\n");
+            let auto: Vec<&Value> = conditions
+                .iter()
+                .filter(|c| c["remediation_mode"] == "automatic")
+                .collect();
+            if auto.is_empty() {
+                s.push_str("  nothing\n");
+            }
+            for c in auto {
+                s.push_str(&format!(
+                    "  {} → runbook {}\n",
+                    c["title"].as_str().unwrap_or(""),
+                    c["runbook"].as_str().unwrap_or("")
+                ));
+            }
+            output::print(&s);
+        }
+    }
+    if needs_human {
+        exit::FINDINGS
+    } else {
+        exit::OK
+    }
+}
+
+fn list(v: &[Value]) -> String {
+    v.iter()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn events(o: EventsOpts) -> u8 {
+    let mut q: Vec<(&str, String)> = vec![("limit", o.limit.to_string())];
+    for (k, v) in [
+        ("correlation_id", &o.correlation_id),
+        ("causation_id", &o.causation_id),
+        ("resource", &o.resource),
+        ("task_id", &o.task_id),
+        ("site", &o.site),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    let v = match get(&o.api, "/api/v1/events", &q) {
+        Ok(v) => v,
+        Err((c, m)) => {
+            output::error(&m);
+            return c;
+        }
+    };
+    match o.format {
+        Format::Json => output::print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )),
+        Format::Human => {
+            let mut s = String::new();
+            for e in v.as_array().cloned().unwrap_or_default() {
+                s.push_str(&format!(
+                    "{}  {:<22} {:<9} {}{}{}\n",
+                    e["time"].as_str().unwrap_or(""),
+                    e["action"].as_str().unwrap_or(""),
+                    e["outcome"].as_str().unwrap_or(""),
+                    e["actor"].as_str().unwrap_or(""),
+                    e["target"]
+                        .as_str()
+                        .map(|t| format!(" {t}"))
+                        .unwrap_or_default(),
+                    e["reason"]
+                        .as_str()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ));
+            }
+            if s.is_empty() {
+                s.push_str("No events match.\n");
+            }
+            output::print(&s);
+        }
+    }
+    exit::OK
+}

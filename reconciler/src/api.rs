@@ -1,0 +1,519 @@
+//! The operator HTTP API on the daemon (`/api/v1/...`, documented in `openapi/operator-api.yaml`
+//! and served at `/api/v1/openapi.yaml`).
+//!
+//! Token auth: bearer tokens come from a file outside the repo (`--api-tokens`), one
+//! `<token> <kind>:<name>` per line (`kind` = user, group or service-account). Authorization
+//! uses the roles and bindings of `access/` at the applied commit: a subject's bindings whose
+//! scope is global or this environment (and not expired) give roles, roles give permissions
+//! (`ops.jobs.retry`, `ops.*`). Deny by default. Every mutating call needs a `reason` and is
+//! audited; refusals (unknown token, missing role, bad request) are audited too.
+
+// Handlers return `Result<_, Response>` so a refusal is an early `return`; the size of
+// `Response` does not matter on this path.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::audit::{Audit, AuditEvent, now_rfc3339};
+use crate::compile::{Bucket, Desired};
+use crate::store::Store;
+
+pub const OPENAPI: &str = include_str!("../../openapi/operator-api.yaml");
+
+/// Token → subject (`user:kari.nordby`).
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(BTreeMap<String, String>);
+
+impl Tokens {
+    /// Reads a tokens file; refuses one inside the ops repo (tokens never live in Git).
+    pub fn load(path: &Path, repo: &Path) -> Result<Tokens, String> {
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+        if canon(path).starts_with(canon(repo)) {
+            return Err(format!(
+                "{} is inside the ops repo; API tokens must never be kept in Git: move the file out",
+                path.display()
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut out = BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (Some(tok), Some(subj), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(format!(
+                    "{}:{}: expected `<token> <kind>:<name>`",
+                    path.display(),
+                    i + 1
+                ));
+            };
+            if !subj.contains(':') || tok.len() < 16 {
+                return Err(format!(
+                    "{}:{}: tokens are at least 16 characters and subjects look like user:<name>",
+                    path.display(),
+                    i + 1
+                ));
+            }
+            out.insert(tok.to_owned(), subj.to_owned());
+        }
+        Ok(Tokens(out))
+    }
+}
+
+/// Roles and bindings of the applied commit.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    roles: BTreeMap<String, Vec<String>>,
+    bindings: Vec<Value>,
+}
+
+impl Access {
+    pub fn from_desired(d: &Desired) -> Access {
+        let mut a = Access::default();
+        for (k, e) in d.bucket(Bucket::Access) {
+            let v = e.spec_value();
+            if let Some(id) = k.strip_prefix("role.") {
+                let perms = v["permissions"]
+                    .as_array()
+                    .map(|p| {
+                        p.iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                a.roles.insert(id.to_owned(), perms);
+            } else if k.starts_with("binding.") {
+                a.bindings.push(v);
+            }
+        }
+        a
+    }
+
+    /// Whether `subject` (`kind:name`) holds `perm` in `env`.
+    pub fn allows(&self, subject: &str, env: &str, perm: &str) -> bool {
+        let Some((kind, name)) = subject.split_once(':') else {
+            return false;
+        };
+        let now = time::OffsetDateTime::now_utc();
+        self.bindings.iter().any(|b| {
+            let subject_ok = b["subjects"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x["kind"] == kind && x["name"] == name));
+            let scope_ok = match b["scope"]["kind"].as_str() {
+                Some("global") => true,
+                Some("environment") => b["scope"]["value"] == env,
+                _ => false,
+            };
+            let live = b["expires_at"].as_str().is_none_or(|e| {
+                time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339)
+                    .is_ok_and(|t| t > now)
+            });
+            subject_ok
+                && scope_ok
+                && live
+                && b["roles"].as_array().is_some_and(|roles| {
+                    roles.iter().filter_map(Value::as_str).any(|r| {
+                        self.roles
+                            .get(r)
+                            .is_some_and(|perms| perms.iter().any(|p| grants(p, perm)))
+                    })
+                })
+        })
+    }
+}
+
+/// `ops.*` grants `ops.jobs.retry`; `ops.jobs.retry` grants itself.
+pub fn grants(pattern: &str, perm: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => perm.starts_with(prefix),
+        None => pattern == perm,
+    }
+}
+
+pub struct ApiState {
+    pub store: Store,
+    pub audit: tokio::sync::Mutex<Audit>,
+    pub env: String,
+    pub tokens: Tokens,
+    pub shared: Arc<crate::daemon::Shared>,
+}
+
+type S = State<Arc<ApiState>>;
+
+fn err(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(json!({"error": msg.into()}))).into_response()
+}
+
+/// Authenticates and authorizes; refusals are audited.
+async fn authorize(
+    st: &ApiState,
+    headers: &HeaderMap,
+    perm: &str,
+    what: &str,
+) -> Result<String, Response> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let subject = token.and_then(|t| st.tokens.0.get(t).cloned());
+    let (deny, code, actor) = match &subject {
+        None => (
+            Some(if token.is_some() {
+                "unknown token"
+            } else {
+                "no bearer token"
+            }),
+            StatusCode::UNAUTHORIZED,
+            "anonymous".to_owned(),
+        ),
+        Some(s) => {
+            let ok = st
+                .shared
+                .access
+                .lock()
+                .map(|a| a.allows(s, &st.env, perm))
+                .unwrap_or(false);
+            if ok {
+                (None, StatusCode::OK, s.clone())
+            } else {
+                (Some("no role grants it"), StatusCode::FORBIDDEN, s.clone())
+            }
+        }
+    };
+    match deny {
+        None => Ok(actor),
+        Some(why) => {
+            let mut ev = AuditEvent::new(
+                format!("api/denied/{}", now_rfc3339()),
+                &st.env,
+                &actor,
+                "api.denied",
+                "refused",
+            );
+            ev.target = Some(what.to_owned());
+            ev.reason = Some(format!("{perm}: {why}"));
+            let mut a = st.audit.lock().await;
+            let _ = a.refresh_head().await;
+            let _ = a.record(ev).await;
+            Err(err(code, format!("{why}: `{perm}` is required for {what}")))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Reason {
+    reason: Option<String>,
+}
+
+fn reason_of(body: &Option<Json<Reason>>) -> Result<String, Response> {
+    match body.as_ref().and_then(|b| b.reason.clone()) {
+        Some(r) if !r.trim().is_empty() => Ok(r),
+        _ => Err(err(
+            StatusCode::BAD_REQUEST,
+            "a non-empty `reason` is required for every change",
+        )),
+    }
+}
+
+fn refused(e: crate::Error) -> Response {
+    match e {
+        crate::Error::Refused(m) => {
+            let code = if m.starts_with("no job") || m.starts_with("no plan") {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::CONFLICT
+            };
+            err(code, m)
+        }
+        other => err(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+    }
+}
+
+/// The `/api/v1` routes.
+pub fn router(st: Arc<ApiState>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/api/v1/openapi.yaml",
+            get(|| async { ([("content-type", "application/yaml")], OPENAPI) }),
+        )
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/jobs/{id}/retry", post(retry))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/dead-letters", get(dead_letters))
+        .route("/api/v1/approvals", get(approvals))
+        .route("/api/v1/approvals/{plan}/approve", post(approve))
+        .route("/api/v1/approvals/{plan}/reject", post(reject))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/inventory", get(inventory))
+        .with_state(st)
+}
+
+async fn status(State(st): S, h: HeaderMap) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.jobs.view", "status").await {
+        return r;
+    }
+    let mut v = st
+        .shared
+        .status
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let jobs = crate::jobs::list(&st.store).await.unwrap_or_default();
+    let approvals = crate::approvals::list(&st.store).await.unwrap_or_default();
+    let summary = st.shared.snapshot.lock().ok().and_then(|s| s.as_ref().map(|s| json!({"decision": s.summary.decision, "counts": s.summary.counts, "conditions": s.actions.conditions})));
+    v["jobs"] = json!({
+        "running": jobs.iter().filter(|j| j.state == crate::jobs::JobState::Running).map(|j| &j.id).collect::<Vec<_>>(),
+        "failed": jobs.iter().filter(|j| matches!(j.state, crate::jobs::JobState::Failed | crate::jobs::JobState::DeadLettered | crate::jobs::JobState::Retrying)).map(|j| &j.id).collect::<Vec<_>>(),
+    });
+    v["pending_approvals"] = json!(
+        approvals
+            .iter()
+            .filter(|a| a.decision == "pending")
+            .collect::<Vec<_>>()
+    );
+    v["live"] = summary.unwrap_or(Value::Null);
+    Json(v).into_response()
+}
+
+#[derive(Deserialize, Default)]
+struct JobQuery {
+    state: Option<String>,
+    tenant: Option<String>,
+    site: Option<String>,
+}
+
+async fn jobs(State(st): S, h: HeaderMap, Query(q): Query<JobQuery>) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.jobs.view", "jobs").await {
+        return r;
+    }
+    let declared = st
+        .shared
+        .declared
+        .lock()
+        .map(|d| d.clone())
+        .unwrap_or_default();
+    let site_of = |node: &str| {
+        declared
+            .iter()
+            .find(|d| d.id == node)
+            .map(|d| d.site.clone())
+    };
+    match crate::jobs::list(&st.store).await {
+        Ok(list) => Json(
+            list.into_iter()
+                .filter(|j| q.state.as_deref().is_none_or(|s| j.state.as_str() == s))
+                .filter(|j| q.tenant.as_deref().is_none_or(|t| j.migration.tenant == t))
+                .filter(|j| {
+                    q.site.as_deref().is_none_or(|s| {
+                        site_of(&j.migration.from_node).as_deref() == Some(s)
+                            || site_of(&j.migration.to_node).as_deref() == Some(s)
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn job(State(st): S, h: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.jobs.view", &format!("job {id}")).await {
+        return r;
+    }
+    match crate::jobs::get(&st.store, &id).await {
+        Ok(Some((j, _))) => Json(j).into_response(),
+        Ok(None) => err(StatusCode::NOT_FOUND, format!("no job `{id}`")),
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn retry(
+    State(st): S,
+    h: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Option<Json<Reason>>,
+) -> Response {
+    let actor = match authorize(&st, &h, "ops.jobs.retry", &format!("retry {id}")).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let reason = match reason_of(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut a = st.audit.lock().await;
+    match crate::jobs::retry(&st.store, &mut a, &id, &actor, &reason).await {
+        Ok(j) => Json(j).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn cancel(
+    State(st): S,
+    h: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Option<Json<Reason>>,
+) -> Response {
+    let actor = match authorize(&st, &h, "ops.jobs.cancel", &format!("cancel {id}")).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let reason = match reason_of(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut a = st.audit.lock().await;
+    match crate::jobs::cancel(&st.store, &mut a, &id, &actor, &reason).await {
+        Ok(j) => Json(j).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn dead_letters(State(st): S, h: HeaderMap) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.jobs.view", "dead letters").await {
+        return r;
+    }
+    match crate::jobs::list(&st.store).await {
+        Ok(list) => Json(
+            list.into_iter()
+                .filter(|j| j.state == crate::jobs::JobState::DeadLettered)
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn approvals(State(st): S, h: HeaderMap) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.approvals.view", "approvals").await {
+        return r;
+    }
+    match crate::approvals::list(&st.store).await {
+        Ok(l) => Json(l).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn decide(
+    st: Arc<ApiState>,
+    h: HeaderMap,
+    plan: String,
+    body: Option<Json<Reason>>,
+    approve: bool,
+) -> Response {
+    let perm = if approve {
+        "ops.approvals.approve"
+    } else {
+        "ops.approvals.reject"
+    };
+    let actor = match authorize(&st, &h, perm, &format!("plan {plan}")).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let reason = match reason_of(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut a = st.audit.lock().await;
+    match crate::approvals::decide(&st.store, &mut a, &plan, approve, &actor, &reason).await {
+        Ok(x) => Json(x).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn approve(
+    State(st): S,
+    h: HeaderMap,
+    UrlPath(plan): UrlPath<String>,
+    body: Option<Json<Reason>>,
+) -> Response {
+    decide(st, h, plan, body, true).await
+}
+
+async fn reject(
+    State(st): S,
+    h: HeaderMap,
+    UrlPath(plan): UrlPath<String>,
+    body: Option<Json<Reason>>,
+) -> Response {
+    decide(st, h, plan, body, false).await
+}
+
+#[derive(Deserialize, Default)]
+struct EventQuery {
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    resource: Option<String>,
+    task_id: Option<String>,
+    site: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn events(State(st): S, h: HeaderMap, Query(q): Query<EventQuery>) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.jobs.view", "events").await {
+        return r;
+    }
+    let a = st.audit.lock().await;
+    let from = a.last_seq().await.unwrap_or(0).saturating_sub(10_000);
+    let list = match a.read(from).await {
+        Ok(l) => l,
+        Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    drop(a);
+    let m = |want: &Option<String>, have: &Option<String>| {
+        want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+    };
+    let mut out: Vec<AuditEvent> = list
+        .into_iter()
+        .map(|s| s.event)
+        .filter(|e| m(&q.correlation_id, &e.correlation_id) && m(&q.causation_id, &e.causation_id))
+        .filter(|e| m(&q.task_id, &e.job_id) && m(&q.site, &e.site))
+        .filter(|e| {
+            q.resource
+                .as_ref()
+                .is_none_or(|r| e.target.as_deref().is_some_and(|t| t.contains(r.as_str())))
+        })
+        .collect();
+    let limit = q.limit.unwrap_or(500);
+    if out.len() > limit {
+        out.drain(..out.len() - limit);
+    }
+    Json(out).into_response()
+}
+
+async fn health(State(st): S, h: HeaderMap) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.inventory.view", "health").await {
+        return r;
+    }
+    let v = st.shared.snapshot.lock().ok().and_then(|s| {
+        s.as_ref()
+            .map(|s| s.to_value(opsrepo::snippets::SnippetName::Health))
+    });
+    Json(v.unwrap_or(Value::Null)).into_response()
+}
+
+async fn inventory(State(st): S, h: HeaderMap) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.inventory.view", "inventory").await {
+        return r;
+    }
+    let v = st.shared.snapshot.lock().ok().and_then(|s| {
+        s.as_ref()
+            .map(|s| s.to_value(opsrepo::snippets::SnippetName::Inventory))
+    });
+    Json(v.unwrap_or(Value::Null)).into_response()
+}
