@@ -513,7 +513,9 @@ pub async fn run_one(
                 j.retryable = retryable;
                 j.owner = None;
                 j.lease_until = None;
-                let (state, action) = if !retryable {
+                let (state, action) = if j.cancel_requested {
+                    (JobState::Cancelled, "job.cancelled")
+                } else if !retryable {
                     (JobState::Failed, "job.failed")
                 } else if j.attempts >= j.max_attempts {
                     (JobState::DeadLettered, "job.dead-lettered")

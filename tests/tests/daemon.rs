@@ -830,3 +830,274 @@ fn operator_api_authenticates_authorizes_and_audits() {
     ));
     assert_eq!(code, 4, "{err}");
 }
+
+fn job_where(
+    repo: &std::path::Path,
+    n: &NatsServer,
+    secs: u64,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = Vec::new();
+    let ok = wait_until(Duration::from_secs(secs), || {
+        last = jobs_json(repo, n);
+        last.first().is_some_and(&f)
+    });
+    assert!(ok, "job never reached the expected state: {last:?}");
+    last[0].clone()
+}
+
+fn shard_of_polar_retail(n: &NatsServer) -> String {
+    let placement = read_bucket(&n.url(), "vakt_dev_placement");
+    let v: serde_json::Value =
+        serde_json::from_slice(&placement["aggregate.polar-retail"].1).unwrap();
+    v["spec"]["shard"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn node_down_at_preflight_blocks_with_its_reason_and_a_retry_succeeds_once_it_is_up() {
+    let (p1, p2) = (nats::port(), nats::port());
+    let repo = migration_repo(
+        p1,
+        p2,
+        "drain_timeout = \"10s\"\npoll_interval = \"100ms\"\nmax_attempts = 1",
+    );
+    let n = NatsServer::start();
+    let _old = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-01",
+        "aggregate",
+        "osl1",
+        "agg-osl1-a",
+        "2.14.0",
+        p1,
+        &["--inflight", "2"],
+    );
+    let _d = Daemon::start(repo.path(), &n, "dev", "pf", LONG);
+    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
+        &n.url(),
+        "vakt_dev_placement"
+    )
+    .is_empty()));
+    move_polar_retail(repo.path());
+    publish(&n.url(), "vakt.trigger.dev");
+    let job = job_where(repo.path(), &n, 30, |j| j["state"] == "dead-lettered");
+    let err = job["error"].as_str().unwrap();
+    assert!(
+        err.contains("preflight blocked") && err.contains("agg-osl1-02"),
+        "{err}"
+    );
+    assert_eq!(shard_of_polar_retail(&n), "agg-osl1-a");
+    // The node comes up; an operator retries; the move completes.
+    let _new = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-02",
+        "aggregate",
+        "osl1",
+        "agg-osl1-b",
+        "2.14.0",
+        p2,
+        &[],
+    );
+    let rp = repo.path().to_string_lossy().into_owned();
+    let id = job["id"].as_str().unwrap();
+    let (code, out, err) = vakt_tests::outcome(&vakt_tests::vakt_env(
+        &[
+            "jobs",
+            "retry",
+            id,
+            "--reason",
+            "agg-osl1-02 is back",
+            "--env",
+            "dev",
+            "--repo",
+            &rp,
+            "--nats",
+            &n.url(),
+        ],
+        &[],
+    ));
+    assert_eq!(code, 0, "{out}{err}");
+    job_where(repo.path(), &n, 30, |j| j["state"] == "succeeded");
+    assert_eq!(shard_of_polar_retail(&n), "agg-osl1-b");
+}
+
+#[test]
+fn a_node_that_lies_about_being_drained_is_not_trusted() {
+    let (p1, p2) = (nats::port(), nats::port());
+    let repo = migration_repo(
+        p1,
+        p2,
+        "drain_timeout = \"10s\"\npoll_interval = \"100ms\"\nmax_attempts = 1",
+    );
+    let n = NatsServer::start();
+    let _old = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-01",
+        "aggregate",
+        "osl1",
+        "agg-osl1-a",
+        "2.14.0",
+        p1,
+        &[
+            "--inflight",
+            "5",
+            "--drain-step-ms",
+            "1000000",
+            "--fault",
+            "lie-drained",
+        ],
+    );
+    let _new = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-02",
+        "aggregate",
+        "osl1",
+        "agg-osl1-b",
+        "2.14.0",
+        p2,
+        &[],
+    );
+    let _d = Daemon::start(repo.path(), &n, "dev", "lie", LONG);
+    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
+        &n.url(),
+        "vakt_dev_placement"
+    )
+    .is_empty()));
+    move_polar_retail(repo.path());
+    publish(&n.url(), "vakt.trigger.dev");
+    let job = job_where(repo.path(), &n, 30, |j| j["state"] == "dead-lettered");
+    assert!(
+        job["error"].as_str().unwrap().contains("not trusted"),
+        "{job}"
+    );
+    assert_eq!(shard_of_polar_retail(&n), "agg-osl1-a");
+}
+
+#[test]
+fn a_long_drain_is_cancelled_and_the_placement_stays() {
+    let (p1, p2) = (nats::port(), nats::port());
+    let repo = migration_repo(p1, p2, "drain_timeout = \"60s\"\npoll_interval = \"100ms\"");
+    let n = NatsServer::start();
+    let _old = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-01",
+        "aggregate",
+        "osl1",
+        "agg-osl1-a",
+        "2.14.0",
+        p1,
+        &["--inflight", "5", "--drain-step-ms", "1000000"],
+    );
+    let _new = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-02",
+        "aggregate",
+        "osl1",
+        "agg-osl1-b",
+        "2.14.0",
+        p2,
+        &[],
+    );
+    let _d = Daemon::start(repo.path(), &n, "dev", "cx", LONG);
+    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
+        &n.url(),
+        "vakt_dev_placement"
+    )
+    .is_empty()));
+    move_polar_retail(repo.path());
+    publish(&n.url(), "vakt.trigger.dev");
+    let job = job_where(repo.path(), &n, 30, |j| {
+        j["state"] == "running" && j["steps"][2]["state"] == "running"
+    });
+    let rp = repo.path().to_string_lossy().into_owned();
+    let id = job["id"].as_str().unwrap();
+    let (code, out, err) = vakt_tests::outcome(&vakt_tests::vakt_env(
+        &[
+            "jobs",
+            "cancel",
+            id,
+            "--reason",
+            "wrong shard",
+            "--env",
+            "dev",
+            "--repo",
+            &rp,
+            "--nats",
+            &n.url(),
+        ],
+        &[],
+    ));
+    assert_eq!(code, 0, "{out}{err}");
+    let job = job_where(repo.path(), &n, 20, |j| {
+        j["state"] == "cancelled" || j["state"] == "failed"
+    });
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(shard_of_polar_retail(&n), "agg-osl1-a");
+}
+
+#[test]
+fn a_replica_resumes_a_migration_whose_leader_died_and_finishes_it_once() {
+    let (p1, p2) = (nats::port(), nats::port());
+    let repo = migration_repo(p1, p2, "drain_timeout = \"60s\"\npoll_interval = \"100ms\"");
+    let n = NatsServer::start();
+    let _old = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-01",
+        "aggregate",
+        "osl1",
+        "agg-osl1-a",
+        "2.14.0",
+        p1,
+        &["--inflight", "8", "--drain-step-ms", "500"],
+    );
+    let _new = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-02",
+        "aggregate",
+        "osl1",
+        "agg-osl1-b",
+        "2.14.0",
+        p2,
+        &[],
+    );
+    let mut a = Daemon::start(repo.path(), &n, "dev", "ra", LONG);
+    assert!(wait_until(Duration::from_secs(15), || a.is_leader()));
+    let b = Daemon::start(repo.path(), &n, "dev", "rb", LONG);
+    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
+        &n.url(),
+        "vakt_dev_placement"
+    )
+    .is_empty()));
+    move_polar_retail(repo.path());
+    publish(&n.url(), "vakt.trigger.dev");
+    job_where(repo.path(), &n, 30, |j| {
+        j["state"] == "running" && j["owner"] == "ra" && j["steps"][2]["state"] == "running"
+    });
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let job = job_where(repo.path(), &n, 40, |j| j["state"] == "succeeded");
+    assert_eq!(job["owner"], serde_json::Value::Null);
+    assert!(b.is_leader());
+    assert_eq!(shard_of_polar_retail(&n), "agg-osl1-b");
+    let ev = audit_events(&n.url(), "dev");
+    let of = |a: &str| {
+        ev.iter()
+            .filter(|e| e["action"] == a && e["job_id"] == job["id"])
+            .count()
+    };
+    assert_eq!(of("job.resumed"), 1, "resumed once");
+    assert_eq!(of("job.step.write-placement"), 1, "placement written once");
+    assert_eq!(of("job.succeeded"), 1);
+    assert!(
+        ev.iter()
+            .any(|e| e["action"] == "job.resumed" && e["actor"] == "rb")
+    );
+}
