@@ -387,6 +387,9 @@ impl Ctx {
         }
         let client = crate::nodes::NodeClient::new(&self.declared);
         self.observations = crate::nodes::observe(&client, &self.declared).await;
+        if let Err(e) = crate::inventory::record(&self.store, &self.observations).await {
+            tracing::warn!(error = %e, "cannot record discovered inventory");
+        }
         for o in &self.observations {
             let d = o.declared.as_ref();
             let labels = vec![
@@ -463,6 +466,9 @@ impl Ctx {
             events: &events,
             approvals: &approvals,
             jobs: &crate::jobs::list(&self.store).await.unwrap_or_default(),
+            discovered: &crate::inventory::list(&self.store)
+                .await
+                .unwrap_or_default(),
             generated_at: &at,
         });
         if let Some(dir) = &self.opts.snippets

@@ -12,6 +12,7 @@ pub mod compile;
 pub mod daemon;
 pub mod drift;
 pub mod git;
+pub mod inventory;
 pub mod jobs;
 pub mod nodes;
 pub mod plan;

@@ -25,6 +25,10 @@ pub struct Inputs<'a> {
     pub events: &'a [AuditEvent],
     pub approvals: &'a [Approval],
     pub jobs: &'a [crate::jobs::Job],
+    pub discovered: &'a [(
+        crate::inventory::Discovered,
+        Option<crate::inventory::Rejected>,
+    )],
     pub generated_at: &'a str,
 }
 
@@ -255,17 +259,34 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
                 item.detail = Some(d.clone());
             }
         }
-        if let Some(info) = &o.info
-            && info.node_id != o.id
-        {
-            s.inventory.discovered.push(InventoryItem {
-                id: info.node_id.clone(),
-                kind: InventoryKind::Node,
-                site: Some(info.site.clone()),
-                trust: TrustLevel::DiscoveredOnly,
-                detail: Some(format!("answers at the admin URL of {}", o.id)),
-            });
+    }
+    for (d, rejected) in i.discovered {
+        let mut detail = format!(
+            "answers at the admin URL of {}: {}",
+            d.declared_as, d.detail
+        );
+        if let Some(r) = rejected {
+            detail.push_str(&format!(
+                "; rejected as untrusted by {} ({})",
+                r.by, r.reason
+            ));
+        } else {
+            detail.push_str(&format!(
+                "; pending: `vakt inventory adopt {}` or `reject`",
+                d.node_id
+            ));
         }
+        s.inventory.discovered.push(InventoryItem {
+            id: d.node_id.clone(),
+            kind: InventoryKind::Node,
+            site: Some(d.site.clone()),
+            trust: if d.node_id == d.declared_as {
+                TrustLevel::Conflicting
+            } else {
+                TrustLevel::DiscoveredOnly
+            },
+            detail: Some(detail),
+        });
     }
     s.health.conditions = node_conditions.clone();
     s.inventory.conditions = node_conditions

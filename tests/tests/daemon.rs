@@ -1101,3 +1101,131 @@ fn a_replica_resumes_a_migration_whose_leader_died_and_finishes_it_once() {
             .any(|e| e["action"] == "job.resumed" && e["actor"] == "rb")
     );
 }
+
+#[test]
+fn discovered_nodes_are_adopted_into_a_work_tree_or_rejected_as_untrusted() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let (p1, p2) = (nats::port(), nats::port());
+    for (node, port) in [("agg-osl1-01", p1), ("agg-osl1-02", p2)] {
+        edit(
+            repo.path(),
+            &format!("inventory/nodes/{node}.toml"),
+            &format!("http://{node}.dataverket.internal:9090"),
+            &format!("http://127.0.0.1:{port}"),
+        );
+    }
+    commit_all(repo.path(), "aggregate nodes on loopback");
+    // Another node answers at agg-osl1-01's URL; agg-osl1-02 runs a version Git does not declare.
+    let _a = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-04",
+        "aggregate",
+        "osl1",
+        "agg-osl1-a",
+        "2.15.0",
+        p1,
+        &[],
+    );
+    let _b = nats::NodeDouble::start(
+        &n,
+        "vakt_dev",
+        "agg-osl1-02",
+        "aggregate",
+        "osl1",
+        "agg-osl1-b",
+        "9.9.9",
+        p2,
+        &[],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let snippets = dir.path().to_string_lossy().into_owned();
+    let _d = Daemon::start(
+        repo.path(),
+        &n,
+        "dev",
+        "inv",
+        &[
+            "--interval",
+            "1h",
+            "--lease",
+            "2s",
+            "--node-poll",
+            "1s",
+            "--snippets",
+            &snippets,
+        ],
+    );
+    let rp = repo.path().to_string_lossy().into_owned();
+    let url = n.url();
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--env", "dev", "--repo", &rp, "--nats", &url]);
+        vakt_tests::outcome(&vakt_tests::vakt_env(&a, &[]))
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let (_, out, _) = run(&["inventory", "list"]);
+            out.contains("agg-osl1-04") && out.contains("9.9.9")
+        }),
+        "{:?}",
+        run(&["inventory", "list"])
+    );
+    let (code, out, err) = run(&["inventory", "adopt", "agg-osl1-04"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let written =
+        std::fs::read_to_string(repo.path().join("inventory/nodes/agg-osl1-04.toml")).unwrap();
+    assert!(
+        written.contains("id = \"agg-osl1-04\"") && written.contains("version = \"2.15.0\""),
+        "{written}"
+    );
+    let (code, out, err) = run(&["inventory", "adopt", "agg-osl1-02"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let updated =
+        std::fs::read_to_string(repo.path().join("inventory/nodes/agg-osl1-02.toml")).unwrap();
+    assert!(updated.contains("version = \"9.9.9\""), "{updated}");
+    // The adopted declarations validate as a pull request would.
+    let (code, out, _) = vakt_tests::outcome(&vakt_tests::vakt(&[
+        "validate",
+        "--repo",
+        &rp,
+        "--env",
+        "dev",
+        "--now",
+        vakt_tests::TODAY,
+    ]));
+    assert!(!out.contains("agg-osl1-04.toml") || code == 0, "{out}");
+    let (code, _, err) = run(&["inventory", "reject", "nobody-01", "--reason", "x"]);
+    assert_eq!(code, 4, "{err}");
+    let (code, out, err) = run(&[
+        "inventory",
+        "reject",
+        "agg-osl1-04",
+        "--reason",
+        "not in the change calendar",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let ev = audit_events(&n.url(), "dev");
+    assert!(ev.iter().any(|e| e["action"] == "inventory.adopt"));
+    assert!(
+        ev.iter()
+            .any(|e| e["action"] == "inventory.reject"
+                && e["reason"] == "not in the change calendar")
+    );
+    // The site's inventory snippet shows the discovered item as rejected.
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read(dir.path().join("inventory.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| {
+                v["discovered"].as_array().unwrap().iter().any(|x| {
+                    x["id"] == "agg-osl1-04"
+                        && x["detail"]
+                            .as_str()
+                            .unwrap()
+                            .contains("rejected as untrusted")
+                })
+            })
+    }));
+}

@@ -6,6 +6,7 @@ pub mod approve;
 pub mod drift;
 pub mod env;
 pub mod init;
+pub mod inventory;
 pub mod jobs;
 pub mod plan;
 pub mod promote;
