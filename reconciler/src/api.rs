@@ -342,13 +342,20 @@ async fn job(State(st): S, h: HeaderMap, UrlPath(id): UrlPath<String>) -> Respon
     }
 }
 
-async fn retry(
-    State(st): S,
+/// Retry or cancel: the permission, the reason and the audit trail are the same shape.
+async fn job_action(
+    st: Arc<ApiState>,
     h: HeaderMap,
-    UrlPath(id): UrlPath<String>,
+    id: String,
     body: Option<Json<Reason>>,
+    retry: bool,
 ) -> Response {
-    let actor = match authorize(&st, &h, "ops.jobs.retry", &format!("retry {id}")).await {
+    let (perm, verb) = if retry {
+        ("ops.jobs.retry", "retry")
+    } else {
+        ("ops.jobs.cancel", "cancel")
+    };
+    let actor = match authorize(&st, &h, perm, &format!("{verb} {id}")).await {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -357,10 +364,24 @@ async fn retry(
         Err(r) => return r,
     };
     let mut a = st.audit.lock().await;
-    match crate::jobs::retry(&st.store, &mut a, &id, &actor, &reason).await {
+    let r = if retry {
+        crate::jobs::retry(&st.store, &mut a, &id, &actor, &reason).await
+    } else {
+        crate::jobs::cancel(&st.store, &mut a, &id, &actor, &reason).await
+    };
+    match r {
         Ok(j) => Json(j).into_response(),
         Err(e) => refused(e),
     }
+}
+
+async fn retry(
+    State(st): S,
+    h: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Option<Json<Reason>>,
+) -> Response {
+    job_action(st, h, id, body, true).await
 }
 
 async fn cancel(
@@ -369,19 +390,7 @@ async fn cancel(
     UrlPath(id): UrlPath<String>,
     body: Option<Json<Reason>>,
 ) -> Response {
-    let actor = match authorize(&st, &h, "ops.jobs.cancel", &format!("cancel {id}")).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let reason = match reason_of(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let mut a = st.audit.lock().await;
-    match crate::jobs::cancel(&st.store, &mut a, &id, &actor, &reason).await {
-        Ok(j) => Json(j).into_response(),
-        Err(e) => refused(e),
-    }
+    job_action(st, h, id, body, false).await
 }
 
 async fn dead_letters(State(st): S, h: HeaderMap) -> Response {
@@ -496,24 +505,28 @@ async fn events(State(st): S, h: HeaderMap, Query(q): Query<EventQuery>) -> Resp
     Json(out).into_response()
 }
 
-async fn health(State(st): S, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&st, &h, "ops.inventory.view", "health").await {
+/// A live snippet as an API response.
+async fn snippet(
+    st: Arc<ApiState>,
+    h: HeaderMap,
+    name: opsrepo::snippets::SnippetName,
+) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.inventory.view", name.as_str()).await {
         return r;
     }
-    let v = st.shared.snapshot.lock().ok().and_then(|s| {
-        s.as_ref()
-            .map(|s| s.to_value(opsrepo::snippets::SnippetName::Health))
-    });
+    let v = st
+        .shared
+        .snapshot
+        .lock()
+        .ok()
+        .and_then(|s| s.as_ref().map(|s| s.to_value(name)));
     Json(v.unwrap_or(Value::Null)).into_response()
 }
 
+async fn health(State(st): S, h: HeaderMap) -> Response {
+    snippet(st, h, opsrepo::snippets::SnippetName::Health).await
+}
+
 async fn inventory(State(st): S, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&st, &h, "ops.inventory.view", "inventory").await {
-        return r;
-    }
-    let v = st.shared.snapshot.lock().ok().and_then(|s| {
-        s.as_ref()
-            .map(|s| s.to_value(opsrepo::snippets::SnippetName::Inventory))
-    });
-    Json(v.unwrap_or(Value::Null)).into_response()
+    snippet(st, h, opsrepo::snippets::SnippetName::Inventory).await
 }

@@ -307,17 +307,7 @@ fn live_snippets_follow_node_health_and_validate_against_their_schemas() {
         &format!("http://127.0.0.1:{port}"),
     );
     commit_all(repo.path(), "agg-osl1-01 admin URL on loopback");
-    let node = nats::NodeDouble::start(
-        &n,
-        "vakt_dev",
-        "agg-osl1-01",
-        "aggregate",
-        "osl1",
-        "agg-osl1-a",
-        "2.14.0",
-        port,
-        &[],
-    );
+    let node = agg_node(&n, 1, port, &[]);
     let dir = tempfile::tempdir().unwrap();
     let snippets = dir.path().to_string_lossy().into_owned();
     let d = Daemon::start(
@@ -455,6 +445,26 @@ fn migration_repo(p1: u16, p2: u16, drain: &str) -> tempfile::TempDir {
     repo
 }
 
+/// A double for agg-osl1-01 (shard agg-osl1-a) or agg-osl1-02 (shard agg-osl1-b) on `port`.
+fn agg_node(n: &NatsServer, which: u8, port: u16, extra: &[&str]) -> nats::NodeDouble {
+    let (id, shard) = if which == 1 {
+        ("agg-osl1-01", "agg-osl1-a")
+    } else {
+        ("agg-osl1-02", "agg-osl1-b")
+    };
+    nats::NodeDouble::start(
+        n,
+        "vakt_dev",
+        id,
+        "aggregate",
+        "osl1",
+        shard,
+        "2.14.0",
+        port,
+        extra,
+    )
+}
+
 fn jobs_json(repo: &std::path::Path, n: &NatsServer) -> Vec<serde_json::Value> {
     let rp = repo.to_string_lossy().into_owned();
     let (code, out, err) = vakt_tests::outcome(&vakt_tests::vakt_env(
@@ -491,28 +501,8 @@ fn placement_move_migrates_the_tenant_after_the_drain_with_inflight_work() {
     let (p1, p2) = (nats::port(), nats::port());
     let repo = migration_repo(p1, p2, "drain_timeout = \"20s\"\npoll_interval = \"100ms\"");
     let n = NatsServer::start();
-    let old = nats::NodeDouble::start(
-        &n,
-        "vakt_dev",
-        "agg-osl1-01",
-        "aggregate",
-        "osl1",
-        "agg-osl1-a",
-        "2.14.0",
-        p1,
-        &["--inflight", "5", "--drain-step-ms", "100"],
-    );
-    let new = nats::NodeDouble::start(
-        &n,
-        "vakt_dev",
-        "agg-osl1-02",
-        "aggregate",
-        "osl1",
-        "agg-osl1-b",
-        "2.14.0",
-        p2,
-        &[],
-    );
+    let old = agg_node(&n, 1, p1, &["--inflight", "5", "--drain-step-ms", "100"]);
+    let new = agg_node(&n, 2, p2, &[]);
     let d = Daemon::start(repo.path(), &n, "dev", "m", LONG);
     let serves = |node: &nats::NodeDouble, t: &str| {
         nats::http_get(&node.url, "/admin/info")
@@ -575,28 +565,13 @@ fn drain_that_never_converges_fails_then_dead_letters_and_placement_stays() {
         "drain_timeout = \"1s\"\npoll_interval = \"100ms\"\nmax_attempts = 2",
     );
     let n = NatsServer::start();
-    let _old = nats::NodeDouble::start(
+    let _old = agg_node(
         &n,
-        "vakt_dev",
-        "agg-osl1-01",
-        "aggregate",
-        "osl1",
-        "agg-osl1-a",
-        "2.14.0",
+        1,
         p1,
         &["--inflight", "5", "--drain-step-ms", "1000000"],
     );
-    let _new = nats::NodeDouble::start(
-        &n,
-        "vakt_dev",
-        "agg-osl1-02",
-        "aggregate",
-        "osl1",
-        "agg-osl1-b",
-        "2.14.0",
-        p2,
-        &[],
-    );
+    let _new = agg_node(&n, 2, p2, &[]);
     let _d = Daemon::start(repo.path(), &n, "dev", "dl", LONG);
     assert!(wait_until(Duration::from_secs(15), || !read_bucket(
         &n.url(),
@@ -664,28 +639,13 @@ fn operator_api_authenticates_authorizes_and_audits() {
         "drain_timeout = \"1s\"\npoll_interval = \"100ms\"\nmax_attempts = 1",
     );
     let n = NatsServer::start();
-    let _old = nats::NodeDouble::start(
+    let _old = agg_node(
         &n,
-        "vakt_dev",
-        "agg-osl1-01",
-        "aggregate",
-        "osl1",
-        "agg-osl1-a",
-        "2.14.0",
+        1,
         p1,
         &["--inflight", "5", "--drain-step-ms", "1000000"],
     );
-    let _new = nats::NodeDouble::start(
-        &n,
-        "vakt_dev",
-        "agg-osl1-02",
-        "aggregate",
-        "osl1",
-        "agg-osl1-b",
-        "2.14.0",
-        p2,
-        &[],
-    );
+    let _new = agg_node(&n, 2, p2, &[]);
     // Tokens live outside the repo; one inside is refused.
     let secrets = tempfile::tempdir().unwrap();
     let tokens = secrets.path().join("tokens");
@@ -862,17 +822,7 @@ fn node_down_at_preflight_blocks_with_its_reason_and_a_retry_succeeds_once_it_is
         "drain_timeout = \"10s\"\npoll_interval = \"100ms\"\nmax_attempts = 1",
     );
     let n = NatsServer::start();
-    let _old = nats::NodeDouble::start(
-        &n,
-        "vakt_dev",
-        "agg-osl1-01",
-        "aggregate",
-        "osl1",
-        "agg-osl1-a",
-        "2.14.0",
-        p1,
-        &["--inflight", "2"],
-    );
+    let _old = agg_node(&n, 1, p1, &["--inflight", "2"]);
     let _d = Daemon::start(repo.path(), &n, "dev", "pf", LONG);
     assert!(wait_until(Duration::from_secs(15), || !read_bucket(
         &n.url(),
@@ -889,17 +839,7 @@ fn node_down_at_preflight_blocks_with_its_reason_and_a_retry_succeeds_once_it_is
     );
     assert_eq!(shard_of_polar_retail(&n), "agg-osl1-a");
     // The node comes up; an operator retries; the move completes.
-    let _new = nats::NodeDouble::start(
-        &n,
-        "vakt_dev",
-        "agg-osl1-02",
-        "aggregate",
-        "osl1",
-        "agg-osl1-b",
-        "2.14.0",
-        p2,
-        &[],
-    );
+    let _new = agg_node(&n, 2, p2, &[]);
     let rp = repo.path().to_string_lossy().into_owned();
     let id = job["id"].as_str().unwrap();
     let (code, out, err) = vakt_tests::outcome(&vakt_tests::vakt_env(
@@ -932,14 +872,9 @@ fn a_node_that_lies_about_being_drained_is_not_trusted() {
         "drain_timeout = \"10s\"\npoll_interval = \"100ms\"\nmax_attempts = 1",
     );
     let n = NatsServer::start();
-    let _old = nats::NodeDouble::start(
+    let _old = agg_node(
         &n,
-        "vakt_dev",
-        "agg-osl1-01",
-        "aggregate",
-        "osl1",
-        "agg-osl1-a",
-        "2.14.0",
+        1,
         p1,
         &[
             "--inflight",
@@ -950,17 +885,7 @@ fn a_node_that_lies_about_being_drained_is_not_trusted() {
             "lie-drained",
         ],
     );
-    let _new = nats::NodeDouble::start(
-        &n,
-        "vakt_dev",
-        "agg-osl1-02",
-        "aggregate",
-        "osl1",
-        "agg-osl1-b",
-        "2.14.0",
-        p2,
-        &[],
-    );
+    let _new = agg_node(&n, 2, p2, &[]);
     let _d = Daemon::start(repo.path(), &n, "dev", "lie", LONG);
     assert!(wait_until(Duration::from_secs(15), || !read_bucket(
         &n.url(),
@@ -982,28 +907,13 @@ fn a_long_drain_is_cancelled_and_the_placement_stays() {
     let (p1, p2) = (nats::port(), nats::port());
     let repo = migration_repo(p1, p2, "drain_timeout = \"60s\"\npoll_interval = \"100ms\"");
     let n = NatsServer::start();
-    let _old = nats::NodeDouble::start(
+    let _old = agg_node(
         &n,
-        "vakt_dev",
-        "agg-osl1-01",
-        "aggregate",
-        "osl1",
-        "agg-osl1-a",
-        "2.14.0",
+        1,
         p1,
         &["--inflight", "5", "--drain-step-ms", "1000000"],
     );
-    let _new = nats::NodeDouble::start(
-        &n,
-        "vakt_dev",
-        "agg-osl1-02",
-        "aggregate",
-        "osl1",
-        "agg-osl1-b",
-        "2.14.0",
-        p2,
-        &[],
-    );
+    let _new = agg_node(&n, 2, p2, &[]);
     let _d = Daemon::start(repo.path(), &n, "dev", "cx", LONG);
     assert!(wait_until(Duration::from_secs(15), || !read_bucket(
         &n.url(),
@@ -1046,28 +956,8 @@ fn a_replica_resumes_a_migration_whose_leader_died_and_finishes_it_once() {
     let (p1, p2) = (nats::port(), nats::port());
     let repo = migration_repo(p1, p2, "drain_timeout = \"60s\"\npoll_interval = \"100ms\"");
     let n = NatsServer::start();
-    let _old = nats::NodeDouble::start(
-        &n,
-        "vakt_dev",
-        "agg-osl1-01",
-        "aggregate",
-        "osl1",
-        "agg-osl1-a",
-        "2.14.0",
-        p1,
-        &["--inflight", "8", "--drain-step-ms", "500"],
-    );
-    let _new = nats::NodeDouble::start(
-        &n,
-        "vakt_dev",
-        "agg-osl1-02",
-        "aggregate",
-        "osl1",
-        "agg-osl1-b",
-        "2.14.0",
-        p2,
-        &[],
-    );
+    let _old = agg_node(&n, 1, p1, &["--inflight", "8", "--drain-step-ms", "500"]);
+    let _new = agg_node(&n, 2, p2, &[]);
     let mut a = Daemon::start(repo.path(), &n, "dev", "ra", LONG);
     assert!(wait_until(Duration::from_secs(15), || a.is_leader()));
     let b = Daemon::start(repo.path(), &n, "dev", "rb", LONG);
