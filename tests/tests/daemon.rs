@@ -784,6 +784,22 @@ fn operator_api_authenticates_authorizes_and_audits() {
     assert_eq!(code, 0);
     let evs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert!(!evs.is_empty() && evs.iter().all(|e| e["job_id"] == id.as_str()));
+    // jobs and approve go through the API too (with the token's roles).
+    let via = |args: &[&str], token: &str| {
+        let mut a = args.to_vec();
+        a.extend([
+            "--env", "dev", "--repo", &rp, "--api", &d.url, "--token", token,
+        ]);
+        vakt_tests::outcome(&vakt_tests::vakt_env(&a, &[]))
+    };
+    let (code, out, err) = via(&["jobs", "list", "--tenant", "polar-retail"], ro);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id), "{out}");
+    let (code, _, err) = via(&["jobs", "cancel", &id, "--reason", "stop"], ro);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("ops.jobs.cancel"), "{err}");
+    let (code, _, err) = via(&["approve", "plan-000000000000", "--reason", "x"], op);
+    assert_eq!(code, 4, "{err}");
     let (code, _, err) = vakt_tests::outcome(&vakt_tests::vakt_env(
         &["status", "--api", &d.url, "--token", "nope-nope-nope-nope"],
         &[],

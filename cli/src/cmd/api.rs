@@ -69,11 +69,57 @@ pub struct EventsOpts {
     pub format: Format,
 }
 
+/// `--api` and `--token` for commands that can go through the operator API instead of NATS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OptApi {
+    /// Go through the operator API of this daemon (token auth, RBAC, audited) instead of
+    /// talking to NATS directly.
+    #[arg(long = "api", env = "VAKT_API", value_name = "URL")]
+    pub api: Option<String>,
+    /// Bearer token for --api.
+    #[arg(
+        long = "token",
+        env = "VAKT_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        requires = "api"
+    )]
+    pub token: Option<String>,
+}
+
+impl OptApi {
+    pub fn args(&self) -> Option<ApiArgs> {
+        Some(ApiArgs {
+            api: self.api.clone()?,
+            token: self.token.clone().unwrap_or_default(),
+        })
+    }
+}
+
 fn get(a: &ApiArgs, path: &str, query: &[(&str, String)]) -> Result<Value, (u8, String)> {
+    call(a, "GET", path, query, None)
+}
+
+/// One API call; errors as (exit code, message).
+pub fn call(
+    a: &ApiArgs,
+    method: &str,
+    path: &str,
+    query: &[(&str, String)],
+    body: Option<Value>,
+) -> Result<Value, (u8, String)> {
     env::runtime().block_on(async {
         let url = format!("{}{path}", a.api.trim_end_matches('/'));
-        let r = reqwest::Client::new()
-            .get(&url)
+        let c = reqwest::Client::new();
+        let mut req = if method == "POST" {
+            c.post(&url)
+        } else {
+            c.get(&url)
+        };
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req
             .bearer_auth(&a.token)
             .query(query)
             .timeout(std::time::Duration::from_secs(10))
@@ -89,10 +135,9 @@ fn get(a: &ApiArgs, path: &str, query: &[(&str, String)]) -> Result<Value, (u8, 
                 .as_str()
                 .unwrap_or("request failed")
                 .to_owned();
-            let c = if code.as_u16() == 401 || code.as_u16() == 403 {
-                exit::REFUSED
-            } else {
-                exit::COULD_NOT_RUN
+            let c = match code.as_u16() {
+                400 | 401 | 403 | 404 | 409 => exit::REFUSED,
+                _ => exit::COULD_NOT_RUN,
             };
             Err((c, format!("{} ({code})", msg)))
         }

@@ -23,12 +23,40 @@ pub struct DecideOpts {
     /// Why (required; recorded in the audit trail).
     #[arg(long, value_name = "TEXT")]
     pub reason: String,
-    /// Who decides (default: $VAKT_ACTOR, else user:$USER).
+    /// Who decides (default: $VAKT_ACTOR, else user:$USER). Ignored with --api (the token's
+    /// subject decides).
     #[arg(long, value_name = "WHO")]
     pub actor: Option<String>,
+    #[command(flatten)]
+    pub via: super::api::OptApi,
 }
 
 pub fn run(o: DecideOpts, approve: bool) -> u8 {
+    if let Some(a) = o.via.args() {
+        let verb = if approve { "approve" } else { "reject" };
+        return match super::api::call(
+            &a,
+            "POST",
+            &format!("/api/v1/approvals/{}/{verb}", o.plan),
+            &[],
+            Some(serde_json::json!({"reason": o.reason})),
+        ) {
+            Ok(v) => {
+                output::print(&format!(
+                    "{} {} by {} (expires {}).\n",
+                    v["decision"].as_str().unwrap_or(verb),
+                    o.plan,
+                    v["decided_by"].as_str().unwrap_or("?"),
+                    v["expires_at"].as_str().unwrap_or("?")
+                ));
+                exit::OK
+            }
+            Err((c, m)) => {
+                output::error(&m);
+                c
+            }
+        };
+    }
     let target = match o.target.target(None) {
         Ok(t) => t,
         Err(e) => {

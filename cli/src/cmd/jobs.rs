@@ -30,6 +30,8 @@ pub enum JobsCmd {
     List {
         #[command(flatten)]
         target: EnvArgs,
+        #[command(flatten)]
+        via: super::api::OptApi,
         /// Only jobs in this state (queued, running, succeeded, failed, retrying, cancelled,
         /// dead-lettered).
         #[arg(long)]
@@ -45,6 +47,8 @@ pub enum JobsCmd {
         id: String,
         #[command(flatten)]
         target: EnvArgs,
+        #[command(flatten)]
+        via: super::api::OptApi,
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
@@ -53,6 +57,8 @@ pub enum JobsCmd {
         id: String,
         #[command(flatten)]
         target: EnvArgs,
+        #[command(flatten)]
+        via: super::api::OptApi,
         #[arg(long)]
         reason: String,
         #[arg(long)]
@@ -63,6 +69,8 @@ pub enum JobsCmd {
         id: String,
         #[command(flatten)]
         target: EnvArgs,
+        #[command(flatten)]
+        via: super::api::OptApi,
         #[arg(long)]
         reason: String,
         #[arg(long)]
@@ -72,6 +80,8 @@ pub enum JobsCmd {
     DeadLetters {
         #[command(flatten)]
         target: EnvArgs,
+        #[command(flatten)]
+        via: super::api::OptApi,
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
@@ -118,7 +128,80 @@ fn print_list(list: &[Job], format: Format) {
     }
 }
 
+/// The same operations through the operator API.
+fn via_api(a: &super::api::ApiArgs, cmd: &JobsCmd) -> u8 {
+    let r = match cmd {
+        JobsCmd::List { state, tenant, .. } => {
+            let mut q = Vec::new();
+            if let Some(s) = state {
+                q.push(("state", s.clone()));
+            }
+            if let Some(t) = tenant {
+                q.push(("tenant", t.clone()));
+            }
+            super::api::call(a, "GET", "/api/v1/jobs", &q, None)
+        }
+        JobsCmd::DeadLetters { .. } => {
+            super::api::call(a, "GET", "/api/v1/dead-letters", &[], None)
+        }
+        JobsCmd::Show { id, .. } => {
+            super::api::call(a, "GET", &format!("/api/v1/jobs/{id}"), &[], None)
+        }
+        JobsCmd::Retry { id, reason, .. } => super::api::call(
+            a,
+            "POST",
+            &format!("/api/v1/jobs/{id}/retry"),
+            &[],
+            Some(serde_json::json!({"reason": reason})),
+        ),
+        JobsCmd::Cancel { id, reason, .. } => super::api::call(
+            a,
+            "POST",
+            &format!("/api/v1/jobs/{id}/cancel"),
+            &[],
+            Some(serde_json::json!({"reason": reason})),
+        ),
+    };
+    match r {
+        Ok(v) => {
+            let format = match cmd {
+                JobsCmd::List { format, .. }
+                | JobsCmd::DeadLetters { format, .. }
+                | JobsCmd::Show { format, .. } => *format,
+                _ => Format::Human,
+            };
+            match (
+                format,
+                serde_json::from_value::<Vec<Job>>(v.clone()),
+                serde_json::from_value::<Job>(v.clone()),
+            ) {
+                (Format::Human, Ok(list), _) => print_list(&list, Format::Human),
+                (Format::Human, _, Ok(j)) => output::print(&line(&j)),
+                _ => output::print(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                )),
+            }
+            exit::OK
+        }
+        Err((c, m)) => {
+            output::error(&m);
+            c
+        }
+    }
+}
+
 pub fn run(o: JobsOpts) -> u8 {
+    let via = match &o.cmd {
+        JobsCmd::List { via, .. }
+        | JobsCmd::Show { via, .. }
+        | JobsCmd::Retry { via, .. }
+        | JobsCmd::Cancel { via, .. }
+        | JobsCmd::DeadLetters { via, .. } => via.args(),
+    };
+    if let Some(a) = via {
+        return via_api(&a, &o.cmd);
+    }
     let target_args = match &o.cmd {
         JobsCmd::List { target, .. }
         | JobsCmd::Show { target, .. }
