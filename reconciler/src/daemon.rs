@@ -307,6 +307,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         prev_desired: None,
         declared: Vec::new(),
         observations: Vec::new(),
+        poll_pending: false,
         model: None,
     };
     let mut tick = tokio::time::interval(opts.interval);
@@ -348,6 +349,7 @@ struct Ctx {
     prev_desired: Option<crate::Desired>,
     declared: Vec<crate::nodes::Declared>,
     observations: Vec<crate::nodes::Observation>,
+    poll_pending: bool,
     /// Typed model of the applied commit (for snippets), with its commit.
     model: Option<(String, Arc<opsrepo::load::Model>)>,
 }
@@ -356,6 +358,10 @@ impl Ctx {
     async fn step(&mut self, source: &str) {
         let t0 = Instant::now();
         let outcome = self.try_step(source).await;
+        if self.poll_pending {
+            self.poll_pending = false;
+            self.poll_nodes().await;
+        }
         self.shared.duration.observe(t0.elapsed().as_secs_f64());
         let (label, err) = match &outcome {
             Ok(o) => (*o, None),
@@ -567,9 +573,9 @@ impl Ctx {
                 *g = crate::api::Access::from_desired(d);
             }
             self.prev_desired = Some(d.clone());
-            if first {
-                self.poll_nodes().await;
-            }
+            // First inventory: poll the nodes right after this step's apply, not before it (a
+            // hanging node must not delay the apply).
+            self.poll_pending |= first;
         }
         let key = (prepared.commit.clone(), prepared.branch_head.clone());
         let policy_self_heal = prepared

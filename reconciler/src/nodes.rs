@@ -172,15 +172,24 @@ impl NodeClient {
         })
     }
 
+    /// `GET /healthz`: `Ok(true)` when 2xx; a timeout, a refused connection or another status
+    /// is an error that says which.
     pub async fn health(&self, node: &str) -> Result<bool, NodeError> {
         let url = self.url(node, "/healthz")?;
+        let fail = |message: String| NodeError::Call {
+            node: node.into(),
+            url: url.clone(),
+            message,
+        };
         match self.http.get(&url).send().await {
-            Ok(r) => Ok(r.status().is_success()),
-            Err(e) => Err(NodeError::Call {
-                node: node.into(),
-                url,
-                message: e.to_string(),
-            }),
+            Ok(r) if r.status().is_success() => Ok(true),
+            Ok(r) => Err(fail(format!(
+                "health check answered {}",
+                r.status().as_u16()
+            ))),
+            Err(e) if e.is_timeout() => Err(fail("health check timed out after 5 s".into())),
+            Err(e) if e.is_connect() => Err(fail("connection refused or unreachable".into())),
+            Err(e) => Err(fail(e.to_string())),
         }
     }
 

@@ -1135,3 +1135,36 @@ fn discovered_nodes_are_adopted_into_a_work_tree_or_rejected_as_untrusted() {
             })
     }));
 }
+
+#[test]
+fn a_node_that_hangs_or_answers_500_blocks_the_preflight_and_placement_stays() {
+    let (p1, p2) = (nats::port(), nats::port());
+    let repo = migration_repo(
+        p1,
+        p2,
+        "drain_timeout = \"10s\"\npoll_interval = \"100ms\"\nmax_attempts = 1",
+    );
+    let n = NatsServer::start();
+    let _old = agg_node(&n, 1, p1, &["--fault", "hang"]);
+    let _new = agg_node(&n, 2, p2, &["--fault", "error-500"]);
+    let _d = Daemon::start(repo.path(), &n, "dev", "flt", LONG);
+    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
+        &n.url(),
+        "vakt_dev_placement"
+    )
+    .is_empty()));
+    move_polar_retail(repo.path());
+    publish(&n.url(), "vakt.trigger.dev");
+    let job = job_where(repo.path(), &n, 40, |j| j["state"] == "dead-lettered");
+    let err = job["error"].as_str().unwrap();
+    assert!(err.contains("preflight blocked"), "{err}");
+    assert!(
+        err.contains("agg-osl1-01") && err.contains("agg-osl1-02"),
+        "both nodes named: {err}"
+    );
+    assert!(
+        err.contains("timed out") || err.contains("operation timed out"),
+        "{err}"
+    );
+    assert_eq!(shard_of_polar_retail(&n), "agg-osl1-a");
+}
