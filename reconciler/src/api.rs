@@ -230,7 +230,10 @@ fn reason_of(body: &Option<Json<Reason>>) -> Result<String, Response> {
 fn refused(e: crate::Error) -> Response {
     match e {
         crate::Error::Refused(m) => {
-            let code = if m.starts_with("no job") || m.starts_with("no plan") {
+            let code = if m.starts_with("no job")
+                || m.starts_with("no plan")
+                || m.contains("is not declared")
+            {
                 StatusCode::NOT_FOUND
             } else {
                 StatusCode::CONFLICT
@@ -254,6 +257,7 @@ pub fn router(st: Arc<ApiState>) -> axum::Router {
         .route("/api/v1/jobs/{id}/retry", post(retry))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/dead-letters", get(dead_letters))
+        .route("/api/v1/nodes/{node}/drain", post(drain_node))
         .route("/api/v1/approvals", get(approvals))
         .route("/api/v1/approvals/{plan}/approve", post(approve))
         .route("/api/v1/approvals/{plan}/reject", post(reject))
@@ -391,6 +395,38 @@ async fn cancel(
     body: Option<Json<Reason>>,
 ) -> Response {
     job_action(st, h, id, body, false).await
+}
+
+async fn drain_node(
+    State(st): S,
+    h: HeaderMap,
+    UrlPath(node): UrlPath<String>,
+    body: Option<Json<Reason>>,
+) -> Response {
+    let actor = match authorize(&st, &h, "ops.nodes.drain", &format!("drain node {node}")).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let reason = match reason_of(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let Some(desired) = st.shared.desired.lock().ok().and_then(|d| d.clone()) else {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "nothing compiled yet; try again after the first reconcile",
+        );
+    };
+    let job = match crate::jobs::node_drain(&desired, &node, Some(format!("api:{actor}: {reason}")))
+    {
+        Ok(j) => j,
+        Err(e) => return refused(e),
+    };
+    let mut a = st.audit.lock().await;
+    match crate::jobs::enqueue(&st.store, &mut a, &actor, std::slice::from_ref(&job)).await {
+        Ok(_) => (StatusCode::ACCEPTED, Json(job)).into_response(),
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 async fn dead_letters(State(st): S, h: HeaderMap) -> Response {

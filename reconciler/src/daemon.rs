@@ -87,6 +87,8 @@ pub struct Shared {
     pub declared: Mutex<Vec<crate::nodes::Declared>>,
     /// Roles and bindings of the applied commit (for the API).
     pub access: Mutex<crate::api::Access>,
+    /// The desired state last compiled (for API operations that need the inventory).
+    pub desired: Mutex<Option<Arc<crate::Desired>>>,
     pub is_leader: AtomicBool,
     pub healthy: AtomicBool,
     pub steps: AtomicU64,
@@ -166,6 +168,7 @@ impl Shared {
             cors_origin: None,
             declared: Mutex::new(Vec::new()),
             access: Mutex::new(crate::api::Access::default()),
+            desired: Mutex::new(None),
             is_leader: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             steps: AtomicU64::new(0),
@@ -571,6 +574,9 @@ impl Ctx {
             }
             if let Ok(mut g) = self.shared.access.lock() {
                 *g = crate::api::Access::from_desired(d);
+            }
+            if let Ok(mut g) = self.shared.desired.lock() {
+                *g = Some(Arc::new(d.clone()));
             }
             self.prev_desired = Some(d.clone());
             // First inventory: poll the nodes right after this step's apply, not before it (a

@@ -276,6 +276,88 @@ pub fn migrations_of(plan: &mut Plan, desired: &Desired, causation: Option<Strin
     jobs
 }
 
+/// Steps of a node drain.
+pub const NODE_DRAIN_STEPS: [&str; 3] = ["preflight", "drain-all", "wait-all-drained"];
+
+/// A node drain: every tenant the node serves stops taking work and finishes what is inflight,
+/// time-boxed, before the node is taken out (maintenance, decommission). Placement is not
+/// changed: moving the tenants is a Git change whose moves become migration jobs. The job
+/// reuses [`Migration`] with `from_node = to_node = node` and tenant `*`.
+pub fn node_drain(
+    desired: &Desired,
+    node: &str,
+    causation: Option<String>,
+) -> Result<Job, crate::Error> {
+    let nodes = crate::nodes::declared_nodes(desired);
+    let Some(d) = nodes.iter().find(|d| d.id == node) else {
+        return Err(crate::Error::Refused(format!(
+            "node `{node}` is not declared in the inventory of {}",
+            desired.env
+        )));
+    };
+    let (shard_node, drain) = topology(desired);
+    let shard = shard_node
+        .iter()
+        .find(|(_, n)| *n == node)
+        .map(|(s, _)| s.clone())
+        .unwrap_or_default();
+    let now = now_rfc3339();
+    Ok(Job {
+        id: format!(
+            "job-{}",
+            &crate::canon::digest(format!("{}:drain:{node}:{now}", desired.env).as_bytes())[7..19]
+        ),
+        kind: "node-drain".into(),
+        env: desired.env.clone(),
+        state: JobState::Queued,
+        migration: Migration {
+            tenant: "*".into(),
+            service_kind: d.service_kind.clone(),
+            from_shard: shard.clone(),
+            to_shard: shard,
+            from_node: node.to_owned(),
+            to_node: node.to_owned(),
+            key: String::new(),
+            value: String::new(),
+            digest: String::new(),
+            expected_revision: 0,
+            commit: desired.commit.clone(),
+        },
+        steps: NODE_DRAIN_STEPS
+            .iter()
+            .map(|s| Step {
+                name: (*s).into(),
+                state: "pending".into(),
+                started_at: None,
+                finished_at: None,
+                detail: None,
+            })
+            .collect(),
+        attempts: 0,
+        max_attempts: drain["max_attempts"].as_u64().unwrap_or(3) as u32,
+        backoff_ms: 1000,
+        next_attempt_at: None,
+        retryable: true,
+        error: None,
+        correlation_id: format!("drain-{node}"),
+        causation_id: causation,
+        created_at: now.clone(),
+        updated_at: now,
+        owner: None,
+        lease_until: None,
+        cancel_requested: false,
+        drain_timeout_ms: drain["drain_timeout"]
+            .as_str()
+            .and_then(ms)
+            .unwrap_or(600_000),
+        poll_interval_ms: drain["poll_interval"]
+            .as_str()
+            .and_then(ms)
+            .unwrap_or(5_000),
+        max_inflight_to_start: drain["max_inflight_to_start"].as_u64().unwrap_or(200),
+    })
+}
+
 /// Reads a job and its revision.
 pub async fn get(store: &Store, id: &str) -> Result<Option<(Job, u64)>, StoreError> {
     crate::state::get::<Job>(&store.jobs, &key(id)).await
@@ -544,6 +626,9 @@ fn outcome_to_state(o: StepOutcome) -> (&'static str, Option<String>, Option<(St
 }
 
 async fn step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutcome {
+    if j.kind == "node-drain" {
+        return node_drain_step(store, nodes, j, i).await;
+    }
     let m = &j.migration;
     match j.steps[i].name.as_str() {
         "preflight" => {
@@ -683,6 +768,80 @@ async fn step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutco
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        other => StepOutcome::Fail(format!("unknown step {other}"), false),
+    }
+}
+
+async fn node_drain_step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutcome {
+    let node = &j.migration.from_node;
+    let served = match nodes.info(node).await {
+        Ok(info) => info.tenants,
+        Err(e) => return StepOutcome::Fail(format!("{} blocked: {e}", j.steps[i].name), true),
+    };
+    match j.steps[i].name.as_str() {
+        "preflight" => match nodes.health(node).await {
+            Ok(_) => StepOutcome::Done(Some(format!(
+                "{node} healthy, serving {} tenant(s)",
+                served.len()
+            ))),
+            Err(e) => StepOutcome::Fail(format!("preflight blocked: {e}"), true),
+        },
+        "drain-all" => {
+            for t in &served {
+                if let Err(e) = nodes.drain(node, t).await {
+                    return StepOutcome::Fail(format!("drain {t}: {e}"), true);
+                }
+            }
+            StepOutcome::Done(Some(format!("drain requested for {}", served.join(", "))))
+        }
+        "wait-all-drained" => {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(j.drain_timeout_ms);
+            loop {
+                let mut pending = Vec::new();
+                for t in &served {
+                    match nodes.tenant(node, t).await {
+                        Ok(s) if s.state == "drained" && s.inflight == 0 => {}
+                        Ok(s) if s.state == "drained" => {
+                            return StepOutcome::Fail(
+                                format!(
+                                    "{node} reports {t} drained with {} still inflight; not trusted",
+                                    s.inflight
+                                ),
+                                true,
+                            );
+                        }
+                        Ok(s) => pending.push(format!("{t} ({} inflight)", s.inflight)),
+                        Err(crate::nodes::NodeError::UnknownTenant { .. }) => {}
+                        Err(e) => return StepOutcome::Fail(e.to_string(), true),
+                    }
+                }
+                if pending.is_empty() {
+                    return StepOutcome::Done(Some(format!(
+                        "{} tenant(s) drained on {node}",
+                        served.len()
+                    )));
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return StepOutcome::Fail(
+                        format!(
+                            "drain on {node} did not converge within {} ms: {}",
+                            j.drain_timeout_ms,
+                            pending.join(", ")
+                        ),
+                        true,
+                    );
+                }
+                if let Ok(Some((fresh, _))) = get(store, &j.id).await
+                    && fresh.cancel_requested
+                {
+                    return StepOutcome::Fail(
+                        "cancelled while waiting for the drain".into(),
+                        false,
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(j.poll_interval_ms.max(50))).await;
             }
         }
         other => StepOutcome::Fail(format!("unknown step {other}"), false),

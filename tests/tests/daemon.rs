@@ -759,6 +759,33 @@ fn operator_api_authenticates_authorizes_and_audits() {
     assert!(ev.iter().any(|e| e["action"] == "job.retry"
         && e["actor"] == "group:sre-oncall"
         && e["reason"] == "node fixed"));
+    assert_eq!(
+        req(
+            "POST",
+            "/api/v1/nodes/no-such-node/drain",
+            Some(op),
+            Some(r#"{"reason":"x"}"#)
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        req(
+            "POST",
+            "/api/v1/nodes/agg-osl1-02/drain",
+            Some(ro),
+            Some(r#"{"reason":"x"}"#)
+        )
+        .0,
+        403
+    );
+    let (code, body) = req(
+        "POST",
+        "/api/v1/nodes/agg-osl1-02/drain",
+        Some(op),
+        Some(r#"{"reason":"patching"}"#),
+    );
+    assert_eq!(code, 202, "{body}");
     let (code, y) = req("GET", "/api/v1/openapi.yaml", None, None);
     assert_eq!(code, 200);
     assert!(y.contains("vakt operator API"));
@@ -1167,4 +1194,74 @@ fn a_node_that_hangs_or_answers_500_blocks_the_preflight_and_placement_stays() {
         "{err}"
     );
     assert_eq!(shard_of_polar_retail(&n), "agg-osl1-a");
+}
+
+#[test]
+fn node_drain_drains_every_tenant_on_the_node_and_waits_for_inflight_work() {
+    let (p1, p2) = (nats::port(), nats::port());
+    let repo = migration_repo(p1, p2, "drain_timeout = \"20s\"\npoll_interval = \"100ms\"");
+    let n = NatsServer::start();
+    let node = agg_node(&n, 1, p1, &["--inflight", "3", "--drain-step-ms", "100"]);
+    let _other = agg_node(&n, 2, p2, &[]);
+    let _d = Daemon::start(repo.path(), &n, "dev", "nd", LONG);
+    let served = || -> Vec<String> {
+        nats::http_get(&node.url, "/admin/info")
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .map(|v| {
+                v["tenants"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || served().len() >= 2),
+        "{:?}",
+        served()
+    );
+    let tenants = served();
+    let rp = repo.path().to_string_lossy().into_owned();
+    let url = n.url();
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--env", "dev", "--repo", &rp, "--nats", &url]);
+        vakt_tests::outcome(&vakt_tests::vakt_env(&a, &[]))
+    };
+    let (code, _, err) = run(&["jobs", "drain-node", "no-such-node", "--reason", "x"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("not declared"), "{err}");
+    let (code, out, err) = run(&[
+        "jobs",
+        "drain-node",
+        "agg-osl1-01",
+        "--reason",
+        "kernel patch",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let job = job_where(repo.path(), &n, 30, |j| {
+        j["kind"] == "node-drain" && j["state"] == "succeeded"
+    });
+    for t in &tenants {
+        let (_, b) = nats::http_get(&node.url, &format!("/admin/tenants/{t}")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["state"], "drained", "{t}: {v}");
+        assert_eq!(v["inflight"], 0);
+    }
+    assert_eq!(
+        shard_of_polar_retail(&n),
+        "agg-osl1-a",
+        "a node drain does not move placement"
+    );
+    let ev = audit_events(&n.url(), "dev");
+    assert!(
+        ev.iter()
+            .any(|e| e["action"] == "job.created" && e["job_id"] == job["id"])
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["action"] == "job.succeeded" && e["job_id"] == job["id"])
+    );
 }

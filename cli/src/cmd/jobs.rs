@@ -76,6 +76,19 @@ pub enum JobsCmd {
         #[arg(long)]
         actor: Option<String>,
     },
+    /// Queue a node drain: every tenant the node serves drains, time-boxed (placement is not
+    /// changed; move tenants with a Git change).
+    DrainNode {
+        node: String,
+        #[command(flatten)]
+        target: EnvArgs,
+        #[command(flatten)]
+        via: super::api::OptApi,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
     /// List dead-lettered jobs (out of attempts).
     DeadLetters {
         #[command(flatten)]
@@ -161,6 +174,13 @@ fn via_api(a: &super::api::ApiArgs, cmd: &JobsCmd) -> u8 {
             &[],
             Some(serde_json::json!({"reason": reason})),
         ),
+        JobsCmd::DrainNode { node, reason, .. } => super::api::call(
+            a,
+            "POST",
+            &format!("/api/v1/nodes/{node}/drain"),
+            &[],
+            Some(serde_json::json!({"reason": reason})),
+        ),
     };
     match r {
         Ok(v) => {
@@ -197,6 +217,7 @@ pub fn run(o: JobsOpts) -> u8 {
         | JobsCmd::Show { via, .. }
         | JobsCmd::Retry { via, .. }
         | JobsCmd::Cancel { via, .. }
+        | JobsCmd::DrainNode { via, .. }
         | JobsCmd::DeadLetters { via, .. } => via.args(),
     };
     if let Some(a) = via {
@@ -207,6 +228,7 @@ pub fn run(o: JobsOpts) -> u8 {
         | JobsCmd::Show { target, .. }
         | JobsCmd::Retry { target, .. }
         | JobsCmd::Cancel { target, .. }
+        | JobsCmd::DrainNode { target, .. }
         | JobsCmd::DeadLetters { target, .. } => target.clone(),
     };
     let target = match target_args.target(None) {
@@ -293,6 +315,32 @@ pub fn run(o: JobsOpts) -> u8 {
                         j.id,
                         j.attempts + 1,
                         j.max_attempts
+                    ));
+                    Ok(exit::OK)
+                }
+                JobsCmd::DrainNode {
+                    node,
+                    reason,
+                    actor,
+                    target: t,
+                    ..
+                } => {
+                    if reason.trim().is_empty() {
+                        return Err(reconciler::Error::Refused(
+                            "a reason is required (--reason \"…\")".into(),
+                        ));
+                    }
+                    let applied = reconciler::run::applied(&store).await?.ok_or_else(|| {
+                        reconciler::Error::Refused(format!("nothing is applied to {} yet", t.env))
+                    })?;
+                    let desired = reconciler::compile_rev(&t.repo, &applied.commit, &t.env)?;
+                    let actor = env::actor(&actor);
+                    let job =
+                        jobs::node_drain(&desired, &node, Some(format!("cli:{actor}: {reason}")))?;
+                    jobs::enqueue(&store, &mut audit, &actor, std::slice::from_ref(&job)).await?;
+                    output::print(&format!(
+                        "{} queued: drain every tenant on {node}; the reconcile daemon runs it.\n",
+                        job.id
                     ));
                     Ok(exit::OK)
                 }
