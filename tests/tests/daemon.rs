@@ -1203,7 +1203,10 @@ fn node_drain_drains_every_tenant_on_the_node_and_waits_for_inflight_work() {
     let n = NatsServer::start();
     let node = agg_node(&n, 1, p1, &["--inflight", "3", "--drain-step-ms", "100"]);
     let _other = agg_node(&n, 2, p2, &[]);
-    let _d = Daemon::start(repo.path(), &n, "dev", "nd", LONG);
+    let d = Daemon::start(repo.path(), &n, "dev", "nd", LONG);
+    assert!(wait_until(Duration::from_secs(15), || {
+        d.status()["applied_commit"].is_string()
+    }));
     let served = || -> Vec<String> {
         nats::http_get(&node.url, "/admin/info")
             .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
