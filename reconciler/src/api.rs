@@ -217,8 +217,11 @@ struct Reason {
     reason: Option<String>,
 }
 
-fn reason_of(body: &Option<Json<Reason>>) -> Result<String, Response> {
-    match body.as_ref().and_then(|b| b.reason.clone()) {
+/// A JSON body with a reason, or why it could not be read (answered as JSON, never as text).
+type Body = Result<Json<Reason>, axum::extract::rejection::JsonRejection>;
+
+fn reason_of(body: &Body) -> Result<String, Response> {
+    match body.as_ref().ok().and_then(|b| b.reason.clone()) {
         Some(r) if !r.trim().is_empty() => Ok(r),
         _ => Err(err(
             StatusCode::BAD_REQUEST,
@@ -242,6 +245,19 @@ fn refused(e: crate::Error) -> Response {
         }
         other => err(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
     }
+}
+
+/// `job-<12 hex>` / `plan-<12 hex>`; anything else cannot exist (and must not reach NATS as a key).
+fn well_formed(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|h| {
+        h.len() == 12
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+fn not_found(what: &str, id: &str) -> Response {
+    err(StatusCode::NOT_FOUND, format!("no {what} `{id}`"))
 }
 
 /// The `/api/v1` routes.
@@ -301,9 +317,34 @@ struct JobQuery {
     site: Option<String>,
 }
 
-async fn jobs(State(st): S, h: HeaderMap, Query(q): Query<JobQuery>) -> Response {
+async fn jobs(
+    State(st): S,
+    h: HeaderMap,
+    q: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     if let Err(r) = authorize(&st, &h, "ops.jobs.view", "jobs").await {
         return r;
+    }
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad query: {e}")),
+    };
+    const STATES: [&str; 7] = [
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "retrying",
+        "cancelled",
+        "dead-lettered",
+    ];
+    if let Some(s) = &q.state
+        && !STATES.contains(&s.as_str())
+    {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("unknown state `{s}` (one of {})", STATES.join(", ")),
+        );
     }
     let declared = st
         .shared
@@ -339,6 +380,9 @@ async fn job(State(st): S, h: HeaderMap, UrlPath(id): UrlPath<String>) -> Respon
     if let Err(r) = authorize(&st, &h, "ops.jobs.view", &format!("job {id}")).await {
         return r;
     }
+    if !well_formed("job-", &id) {
+        return not_found("job", &id);
+    }
     match crate::jobs::get(&st.store, &id).await {
         Ok(Some((j, _))) => Json(j).into_response(),
         Ok(None) => err(StatusCode::NOT_FOUND, format!("no job `{id}`")),
@@ -351,7 +395,7 @@ async fn job_action(
     st: Arc<ApiState>,
     h: HeaderMap,
     id: String,
-    body: Option<Json<Reason>>,
+    body: Body,
     retry: bool,
 ) -> Response {
     let (perm, verb) = if retry {
@@ -363,6 +407,9 @@ async fn job_action(
         Ok(a) => a,
         Err(r) => return r,
     };
+    if !well_formed("job-", &id) {
+        return not_found("job", &id);
+    }
     let reason = match reason_of(&body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -379,21 +426,11 @@ async fn job_action(
     }
 }
 
-async fn retry(
-    State(st): S,
-    h: HeaderMap,
-    UrlPath(id): UrlPath<String>,
-    body: Option<Json<Reason>>,
-) -> Response {
+async fn retry(State(st): S, h: HeaderMap, UrlPath(id): UrlPath<String>, body: Body) -> Response {
     job_action(st, h, id, body, true).await
 }
 
-async fn cancel(
-    State(st): S,
-    h: HeaderMap,
-    UrlPath(id): UrlPath<String>,
-    body: Option<Json<Reason>>,
-) -> Response {
+async fn cancel(State(st): S, h: HeaderMap, UrlPath(id): UrlPath<String>, body: Body) -> Response {
     job_action(st, h, id, body, false).await
 }
 
@@ -401,7 +438,7 @@ async fn drain_node(
     State(st): S,
     h: HeaderMap,
     UrlPath(node): UrlPath<String>,
-    body: Option<Json<Reason>>,
+    body: Body,
 ) -> Response {
     let actor = match authorize(&st, &h, "ops.nodes.drain", &format!("drain node {node}")).await {
         Ok(a) => a,
@@ -413,7 +450,7 @@ async fn drain_node(
     };
     let Some(desired) = st.shared.desired.lock().ok().and_then(|d| d.clone()) else {
         return err(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::CONFLICT,
             "nothing compiled yet; try again after the first reconcile",
         );
     };
@@ -458,7 +495,7 @@ async fn decide(
     st: Arc<ApiState>,
     h: HeaderMap,
     plan: String,
-    body: Option<Json<Reason>>,
+    body: Body,
     approve: bool,
 ) -> Response {
     let perm = if approve {
@@ -470,6 +507,9 @@ async fn decide(
         Ok(a) => a,
         Err(r) => return r,
     };
+    if !well_formed("plan-", &plan) {
+        return not_found("plan", &plan);
+    }
     let reason = match reason_of(&body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -485,7 +525,7 @@ async fn approve(
     State(st): S,
     h: HeaderMap,
     UrlPath(plan): UrlPath<String>,
-    body: Option<Json<Reason>>,
+    body: Body,
 ) -> Response {
     decide(st, h, plan, body, true).await
 }
@@ -494,7 +534,7 @@ async fn reject(
     State(st): S,
     h: HeaderMap,
     UrlPath(plan): UrlPath<String>,
-    body: Option<Json<Reason>>,
+    body: Body,
 ) -> Response {
     decide(st, h, plan, body, false).await
 }
@@ -509,10 +549,19 @@ struct EventQuery {
     limit: Option<usize>,
 }
 
-async fn events(State(st): S, h: HeaderMap, Query(q): Query<EventQuery>) -> Response {
+async fn events(
+    State(st): S,
+    h: HeaderMap,
+    q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     if let Err(r) = authorize(&st, &h, "ops.jobs.view", "events").await {
         return r;
     }
+    let q = match q {
+        Ok(Query(q)) if q.limit != Some(0) => q,
+        Ok(_) => return err(StatusCode::BAD_REQUEST, "limit must be at least 1"),
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad query: {e}")),
+    };
     let a = st.audit.lock().await;
     let from = a.last_seq().await.unwrap_or(0).saturating_sub(10_000);
     let list = match a.read(from).await {

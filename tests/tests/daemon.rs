@@ -722,6 +722,17 @@ fn operator_api_authenticates_authorizes_and_audits() {
     // read-only may look, not act; the operator must give a reason.
     let retry = format!("/api/v1/jobs/{id}/retry");
     assert_eq!(
+        req(
+            "POST",
+            "/api/v1/approvals/plan-000000000000/approve",
+            Some(ro),
+            Some(r#"{"reason":"ok"}"#)
+        )
+        .0,
+        403,
+        "read-only cannot approve"
+    );
+    assert_eq!(
         req("POST", &retry, Some(ro), Some(r#"{"reason":"try"}"#)).0,
         403
     );
@@ -1266,5 +1277,108 @@ fn node_drain_drains_every_tenant_on_the_node_and_waits_for_inflight_work() {
     assert!(
         ev.iter()
             .any(|e| e["action"] == "job.succeeded" && e["job_id"] == job["id"])
+    );
+}
+
+#[test]
+fn operator_api_survives_schemathesis_against_its_openapi_document() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens = secrets.path().join("tokens");
+    let op = "op-token-0123456789abcdef";
+    std::fs::write(&tokens, format!("{op} group:sre-oncall\n")).unwrap();
+    let tk = tokens.to_string_lossy().into_owned();
+    let d = Daemon::start(
+        repo.path(),
+        &n,
+        "dev",
+        "fuzz",
+        &["--interval", "1h", "--lease", "2s", "--api-tokens", &tk],
+    );
+    assert!(wait_until(Duration::from_secs(15), || {
+        d.status()["applied_commit"].is_string()
+    }));
+    let spec = vakt_tests::workspace().join("openapi/operator-api.yaml");
+    let out = std::process::Command::new("st")
+        .args(["run"])
+        .arg(&spec)
+        .args([
+            "--url",
+            &d.url,
+            "-H",
+            &format!("Authorization: Bearer {op}"),
+        ])
+        .args(["--checks", "all", "--max-examples", "15", "--seed", "42"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect(
+            "schemathesis (`st`) is installed by scripts/test.sh: pip install schemathesis==4.32.5",
+        );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis found failures:\n{text}");
+    assert!(text.contains("passed"), "{text}");
+}
+
+#[test]
+fn a_placement_changed_under_a_migration_fails_it_for_good_and_a_retry_is_refused() {
+    let (p1, p2) = (nats::port(), nats::port());
+    let repo = migration_repo(p1, p2, "drain_timeout = \"30s\"\npoll_interval = \"100ms\"");
+    let n = NatsServer::start();
+    let _old = agg_node(&n, 1, p1, &["--inflight", "10", "--drain-step-ms", "300"]);
+    let _new = agg_node(&n, 2, p2, &[]);
+    let d = Daemon::start(repo.path(), &n, "dev", "cas", LONG);
+    assert!(wait_until(Duration::from_secs(15), || {
+        d.status()["applied_commit"].is_string()
+    }));
+    move_polar_retail(repo.path());
+    publish(&n.url(), "vakt.trigger.dev");
+    job_where(repo.path(), &n, 30, |j| j["steps"][2]["state"] == "running");
+    // Someone writes the placement key while the drain runs: the job's CAS must not overwrite it.
+    let hand =
+        br#"{"spec":{"service_kind":"aggregate","shard":"agg-osl1-a","tenant":"polar-retail"}}"#;
+    put_key(
+        &n.url(),
+        "vakt_dev_placement",
+        "aggregate.polar-retail",
+        hand,
+    );
+    let job = job_where(repo.path(), &n, 30, |j| j["state"] == "failed");
+    assert_eq!(job["retryable"], false, "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("changed since it was read"),
+        "{job}"
+    );
+    let rp = repo.path().to_string_lossy().into_owned();
+    let id = job["id"].as_str().unwrap();
+    let (code, _, err) = vakt_tests::outcome(&vakt_tests::vakt_env(
+        &[
+            "jobs",
+            "retry",
+            id,
+            "--reason",
+            "again",
+            "--env",
+            "dev",
+            "--repo",
+            &rp,
+            "--nats",
+            &n.url(),
+        ],
+        &[],
+    ));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("not retryable"), "{err}");
+    let ev = audit_events(&n.url(), "dev");
+    assert!(
+        ev.iter()
+            .any(|e| e["action"] == "job.retry" && e["outcome"] == "refused")
     );
 }
