@@ -72,6 +72,35 @@ impl Tokens {
     }
 }
 
+impl Tokens {
+    /// Tokens from the environment: `VAKT_API_TOKENS_DATA`, the file format with lines or `;`
+    /// separating entries. Merged with the file's.
+    pub fn from_env(mut self) -> Result<Tokens, String> {
+        let Ok(data) = std::env::var("VAKT_API_TOKENS_DATA") else {
+            return Ok(self);
+        };
+        for (i, entry) in data.split(['\n', ';']).enumerate() {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let mut parts = entry.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(t), Some(subj), None) if t.len() >= 16 && subj.contains(':') => {
+                    self.0.insert(t.to_owned(), subj.to_owned());
+                }
+                _ => {
+                    return Err(format!(
+                        "VAKT_API_TOKENS_DATA entry {}: expected `<token of 16+ characters> <kind>:<name>`",
+                        i + 1
+                    ));
+                }
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// Roles and bindings of the applied commit.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
@@ -275,6 +304,8 @@ pub fn router(st: Arc<ApiState>) -> axum::Router {
         .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/nodes/{node}/drain", post(drain_node))
         .route("/api/v1/approvals", get(approvals))
+        .route("/api/v1/plans", get(plans))
+        .route("/api/v1/drift", get(drift))
         .route("/api/v1/approvals/{plan}/approve", post(approve))
         .route("/api/v1/approvals/{plan}/reject", post(reject))
         .route("/api/v1/events", get(events))
@@ -488,6 +519,44 @@ async fn approvals(State(st): S, h: HeaderMap) -> Response {
     match crate::approvals::list(&st.store).await {
         Ok(l) => Json(l).into_response(),
         Err(e) => refused(e),
+    }
+}
+
+/// Plans that met a gated action, with their approval state (pending, approved, rejected).
+async fn plans(State(st): S, h: HeaderMap) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.approvals.view", "plans").await {
+        return r;
+    }
+    match crate::approvals::list(&st.store).await {
+        Ok(l) => Json(
+            l.into_iter()
+                .map(|a| json!({"plan_id": a.plan_id, "digest": a.digest, "commit": a.commit, "actions": a.actions,
+                    "state": a.decision, "requested_by": a.requested_by, "requested_at": a.requested_at,
+                    "expires_at": a.expires_at}))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// Drift of the live buckets against the desired state the daemon compiled last.
+async fn drift(State(st): S, h: HeaderMap) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.drift.view", "drift").await {
+        return r;
+    }
+    let Some(desired) = st.shared.desired.lock().ok().and_then(|d| d.clone()) else {
+        return err(
+            StatusCode::CONFLICT,
+            "nothing compiled yet; try again after the first reconcile",
+        );
+    };
+    match crate::drift::drift(&st.store, &desired).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => err(
+            StatusCode::CONFLICT,
+            format!("drift could not be computed: {e}"),
+        ),
     }
 }
 

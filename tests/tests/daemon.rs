@@ -797,6 +797,11 @@ fn operator_api_authenticates_authorizes_and_audits() {
         Some(r#"{"reason":"patching"}"#),
     );
     assert_eq!(code, 202, "{body}");
+    let (code, body) = req("GET", "/api/v1/drift", Some(ro), None);
+    assert_eq!(code, 200, "{body}");
+    let drift: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(drift["drifted"].is_array(), "{drift}");
+    assert_eq!(req("GET", "/api/v1/plans", Some(ro), None).0, 200);
     let (code, y) = req("GET", "/api/v1/openapi.yaml", None, None);
     assert_eq!(code, 200);
     assert!(y.contains("vakt operator API"));

@@ -77,7 +77,8 @@ pub struct ReconcileOpts {
     #[arg(long, value_name = "ORIGIN")]
     pub cors_origin: Option<String>,
     /// Operator API tokens: a file outside the repo with `<token> <kind>:<name>` lines
-    /// (e.g. `… user:kari.nordby`). Without it the API denies every call.
+    /// (e.g. `… user:kari.nordby`); also `VAKT_API_TOKENS_DATA` (same format, `;`-separated).
+    /// Without tokens the API denies every call.
     #[arg(long, value_name = "FILE", env = "VAKT_API_TOKENS")]
     pub api_tokens: Option<PathBuf>,
 }
@@ -106,15 +107,16 @@ pub fn run(o: ReconcileOpts) -> u8 {
         Some(s) => Some(s.to_owned()),
         None => Some(format!("vakt.trigger.{}", o.target.env)),
     };
-    let api_tokens = match &o.api_tokens {
-        Some(p) => match reconciler::api::Tokens::load(p, &o.target.repo) {
-            Ok(t) => t,
-            Err(e) => {
-                output::error(&e);
-                return exit::COULD_NOT_RUN;
-            }
-        },
-        None => Default::default(),
+    let from_file = match &o.api_tokens {
+        Some(p) => reconciler::api::Tokens::load(p, &o.target.repo),
+        None => Ok(Default::default()),
+    };
+    let api_tokens = match from_file.and_then(reconciler::api::Tokens::from_env) {
+        Ok(t) => t,
+        Err(e) => {
+            output::error(&e);
+            return exit::COULD_NOT_RUN;
+        }
     };
     let opts = DaemonOpts {
         repo: o.target.repo.clone(),
