@@ -313,7 +313,10 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         poll_pending: false,
         model: None,
     };
-    let mut tick = tokio::time::interval(opts.interval);
+    // The first step comes from acquiring the lease (the "leader" trigger), so the poll starts
+    // one interval later instead of racing it.
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut node_tick = tokio::time::interval(opts.node_poll);
     node_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
