@@ -217,9 +217,11 @@ impl Store {
 
     /// The latest entry of every key in every managed bucket (deleted keys marked).
     pub async fn snapshot(&self) -> Result<BTreeMap<KeyId, LiveEntry>, StoreError> {
+        // The six buckets are read concurrently (one ordered consumer each).
+        let reads = Bucket::ALL.map(|b| async move { (b, snapshot_bucket(self.kv(b)).await) });
         let mut out = BTreeMap::new();
-        for b in Bucket::ALL {
-            for (k, e) in snapshot_bucket(self.kv(b)).await? {
+        for (b, r) in futures_util::future::join_all(reads).await {
+            for (k, e) in r? {
                 out.insert((b, k), e);
             }
         }
@@ -229,11 +231,13 @@ impl Store {
     /// The last stream sequence of each managed bucket (used to find writes of an interrupted
     /// apply).
     pub async fn last_sequences(&self) -> Result<BTreeMap<Bucket, u64>, StoreError> {
-        let mut out = BTreeMap::new();
-        for b in Bucket::ALL {
+        let reads = Bucket::ALL.map(|b| async move {
             let mut s = self.kv(b).stream.clone();
-            let info = s.info().await.map_err(|e| nats_err("stream info", e))?;
-            out.insert(b, info.state.last_sequence);
+            (b, s.info().await.map(|i| i.state.last_sequence))
+        });
+        let mut out = BTreeMap::new();
+        for (b, r) in futures_util::future::join_all(reads).await {
+            out.insert(b, r.map_err(|e| nats_err("stream info", e))?);
         }
         Ok(out)
     }
