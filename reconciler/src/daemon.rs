@@ -457,6 +457,12 @@ impl Ctx {
         let approvals = crate::approvals::list(&self.store)
             .await
             .unwrap_or_default();
+        // The pending-approvals gauge comes from the same listing as the snippets.
+        let pending = approvals.iter().filter(|a| a.decision == "pending").count();
+        self.shared
+            .approvals_pending
+            .get_or_create(&self.shared.env_l())
+            .set(pending as i64);
         let from = self
             .audit
             .last_seq()
@@ -501,14 +507,6 @@ impl Ctx {
             .map(|(s, _)| s)
             .unwrap_or_default();
         st.leader = Some(self.opts.id.clone());
-        let pending = crate::approvals::list(&self.store)
-            .await
-            .map(|v| v.iter().filter(|a| a.decision == "pending").count())
-            .unwrap_or(0);
-        self.shared
-            .approvals_pending
-            .get_or_create(&self.shared.env_l())
-            .set(pending as i64);
         if let Ok(mut s) = self.shared.status.lock() {
             *s = serde_json::to_value(&st).unwrap_or_default();
             s["leader"] = serde_json::Value::String(self.opts.id.clone());
@@ -723,26 +721,33 @@ async fn jobs_loop(
             .map(|g| g.clone())
             .unwrap_or_default();
         let nodes = crate::nodes::NodeClient::new(&declared);
-        if let Err(e) = crate::jobs::run_due(&store, &mut audit, &nodes, &me, lease).await {
+        // One listing per tick: it decides what runs and feeds the gauges (which therefore lag
+        // the transitions of this tick by one tick).
+        let jobs = match crate::jobs::list(&store).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "job runner cannot list jobs");
+                continue;
+            }
+        };
+        if let Err(e) = crate::jobs::run_due(&store, &mut audit, &nodes, &me, lease, &jobs).await {
             tracing::warn!(error = %e, "job runner");
         }
-        if let Ok(jobs) = crate::jobs::list(&store).await {
-            for st in [
-                crate::jobs::JobState::Queued,
-                crate::jobs::JobState::Running,
-                crate::jobs::JobState::Succeeded,
-                crate::jobs::JobState::Failed,
-                crate::jobs::JobState::Retrying,
-                crate::jobs::JobState::Cancelled,
-                crate::jobs::JobState::DeadLettered,
-            ] {
-                let n = jobs.iter().filter(|j| j.state == st).count() as i64;
-                let label = st.as_str().replace('-', "_");
-                shared
-                    .jobs_gauge
-                    .get_or_create(&vec![("env".into(), env.clone()), ("state".into(), label)])
-                    .set(n);
-            }
+        for st in [
+            crate::jobs::JobState::Queued,
+            crate::jobs::JobState::Running,
+            crate::jobs::JobState::Succeeded,
+            crate::jobs::JobState::Failed,
+            crate::jobs::JobState::Retrying,
+            crate::jobs::JobState::Cancelled,
+            crate::jobs::JobState::DeadLettered,
+        ] {
+            let n = jobs.iter().filter(|j| j.state == st).count() as i64;
+            let label = st.as_str().replace('-', "_");
+            shared
+                .jobs_gauge
+                .get_or_create(&vec![("env".into(), env.clone()), ("state".into(), label)])
+                .set(n);
         }
     }
 }

@@ -122,6 +122,62 @@ pub struct Job {
     pub max_inflight_to_start: u64,
 }
 
+impl Job {
+    /// A queued job with the drain limits of `config/global/platform.toml` `[drain]`.
+    #[allow(clippy::too_many_arguments)]
+    fn queued(
+        id: String,
+        kind: &str,
+        env: &str,
+        migration: Migration,
+        steps: &[&str],
+        drain: &Value,
+        correlation_id: String,
+        causation_id: Option<String>,
+    ) -> Job {
+        let now = now_rfc3339();
+        Job {
+            id,
+            kind: kind.into(),
+            env: env.to_owned(),
+            state: JobState::Queued,
+            migration,
+            steps: steps
+                .iter()
+                .map(|s| Step {
+                    name: (*s).into(),
+                    state: "pending".into(),
+                    started_at: None,
+                    finished_at: None,
+                    detail: None,
+                })
+                .collect(),
+            attempts: 0,
+            max_attempts: drain["max_attempts"].as_u64().unwrap_or(3) as u32,
+            backoff_ms: 1000,
+            next_attempt_at: None,
+            retryable: true,
+            error: None,
+            correlation_id,
+            causation_id,
+            created_at: now.clone(),
+            updated_at: now,
+            owner: None,
+            lease_until: None,
+            cancel_requested: false,
+            drain_timeout_ms: drain["drain_timeout"]
+                .as_str()
+                .and_then(ms)
+                .unwrap_or(600_000),
+            poll_interval_ms: drain["poll_interval"]
+                .as_str()
+                .and_then(ms)
+                .unwrap_or(5_000),
+            max_inflight_to_start: drain["max_inflight_to_start"].as_u64().unwrap_or(200),
+        }
+    }
+}
+
 pub const STEPS: [&str; 6] = [
     "preflight",
     "drain",
@@ -175,7 +231,6 @@ fn topology(d: &Desired) -> (std::collections::BTreeMap<String, String>, Value) 
 pub fn migrations_of(plan: &mut Plan, desired: &Desired, causation: Option<String>) -> Vec<Job> {
     let (shard_node, drain) = topology(desired);
     let mut jobs = Vec::new();
-    let now = now_rfc3339();
     plan.changes.retain(|c| {
         let moves = c.bucket == Bucket::Placement
             && c.action == Action::Change
@@ -220,12 +275,11 @@ pub fn migrations_of(plan: &mut Plan, desired: &Desired, causation: Option<Strin
                 .as_bytes()
             )[7..19]
         );
-        jobs.push(Job {
+        jobs.push(Job::queued(
             id,
-            kind: "tenant-migration".into(),
-            env: desired.env.clone(),
-            state: JobState::Queued,
-            migration: Migration {
+            "tenant-migration",
+            &desired.env,
+            Migration {
                 tenant: new["tenant"].as_str().unwrap_or_default().to_owned(),
                 service_kind: new["service_kind"].as_str().unwrap_or_default().to_owned(),
                 from_shard,
@@ -238,39 +292,11 @@ pub fn migrations_of(plan: &mut Plan, desired: &Desired, causation: Option<Strin
                 expected_revision: c.from_revision.unwrap_or(0),
                 commit: desired.commit.clone(),
             },
-            steps: STEPS
-                .iter()
-                .map(|s| Step {
-                    name: (*s).into(),
-                    state: "pending".into(),
-                    started_at: None,
-                    finished_at: None,
-                    detail: None,
-                })
-                .collect(),
-            attempts: 0,
-            max_attempts: drain["max_attempts"].as_u64().unwrap_or(3) as u32,
-            backoff_ms: 1000,
-            next_attempt_at: None,
-            retryable: true,
-            error: None,
-            correlation_id: plan.id.clone(),
-            causation_id: causation.clone(),
-            created_at: now.clone(),
-            updated_at: now.clone(),
-            owner: None,
-            lease_until: None,
-            cancel_requested: false,
-            drain_timeout_ms: drain["drain_timeout"]
-                .as_str()
-                .and_then(ms)
-                .unwrap_or(600_000),
-            poll_interval_ms: drain["poll_interval"]
-                .as_str()
-                .and_then(ms)
-                .unwrap_or(5_000),
-            max_inflight_to_start: drain["max_inflight_to_start"].as_u64().unwrap_or(200),
-        });
+            &STEPS,
+            &drain,
+            plan.id.clone(),
+            causation.clone(),
+        ));
         false
     });
     jobs
@@ -302,15 +328,14 @@ pub fn node_drain(
         .map(|(s, _)| s.clone())
         .unwrap_or_default();
     let now = now_rfc3339();
-    Ok(Job {
-        id: format!(
+    Ok(Job::queued(
+        format!(
             "job-{}",
             &crate::canon::digest(format!("{}:drain:{node}:{now}", desired.env).as_bytes())[7..19]
         ),
-        kind: "node-drain".into(),
-        env: desired.env.clone(),
-        state: JobState::Queued,
-        migration: Migration {
+        "node-drain",
+        &desired.env,
+        Migration {
             tenant: "*".into(),
             service_kind: d.service_kind.clone(),
             from_shard: shard.clone(),
@@ -323,39 +348,11 @@ pub fn node_drain(
             expected_revision: 0,
             commit: desired.commit.clone(),
         },
-        steps: NODE_DRAIN_STEPS
-            .iter()
-            .map(|s| Step {
-                name: (*s).into(),
-                state: "pending".into(),
-                started_at: None,
-                finished_at: None,
-                detail: None,
-            })
-            .collect(),
-        attempts: 0,
-        max_attempts: drain["max_attempts"].as_u64().unwrap_or(3) as u32,
-        backoff_ms: 1000,
-        next_attempt_at: None,
-        retryable: true,
-        error: None,
-        correlation_id: format!("drain-{node}"),
-        causation_id: causation,
-        created_at: now.clone(),
-        updated_at: now,
-        owner: None,
-        lease_until: None,
-        cancel_requested: false,
-        drain_timeout_ms: drain["drain_timeout"]
-            .as_str()
-            .and_then(ms)
-            .unwrap_or(600_000),
-        poll_interval_ms: drain["poll_interval"]
-            .as_str()
-            .and_then(ms)
-            .unwrap_or(5_000),
-        max_inflight_to_start: drain["max_inflight_to_start"].as_u64().unwrap_or(200),
-    })
+        &NODE_DRAIN_STEPS,
+        &drain,
+        format!("drain-{node}"),
+        causation,
+    ))
 }
 
 /// Reads a job and its revision.
@@ -443,18 +440,19 @@ async fn save(kv: &kv::Store, j: &mut Job, rev: u64) -> Result<Option<u64>, Stor
     }
 }
 
-/// Runs every job that is due: queued, retrying past its backoff, or running with a lapsed
-/// lease. Returns how many were worked on.
+/// Runs every job of `jobs` (a fresh [`list`]) that is due: queued, retrying past its backoff,
+/// or running with a lapsed lease. Returns how many were worked on.
 pub async fn run_due(
     store: &Store,
     audit: &mut Audit,
     nodes: &NodeClient,
     me: &str,
     lease: Duration,
+    jobs: &[Job],
 ) -> Result<usize, StoreError> {
     let now = time::OffsetDateTime::now_utc();
     let mut n = 0;
-    for j in list(store).await? {
+    for j in jobs {
         let due = match j.state {
             JobState::Queued => true,
             JobState::Retrying => j
