@@ -337,13 +337,13 @@ fn live_snippets_follow_node_health_and_validate_against_their_schemas() {
         serde_json::from_slice(&std::fs::read(dir.path().join(format!("{name}.json"))).ok()?).ok()
     };
     assert!(
-        wait_until(Duration::from_secs(20), || read("health").is_some_and(
-            |h| h["nodes"]
+        // dr.json is written last of the eight: once it exists, every snippet does.
+        wait_until(Duration::from_secs(20), || read("dr").is_some()
+            && read("health").is_some_and(|h| h["nodes"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|x| x["id"] == "agg-osl1-01" && x["status"] == "ok")
-        )),
+                .any(|x| x["id"] == "agg-osl1-01" && x["status"] == "ok"))),
         "{:?}",
         read("health")
     );
