@@ -3,6 +3,11 @@
 mod cmd;
 mod output;
 
+/// mimalloc: validation and compilation allocate millions of small values from every thread,
+/// where it is markedly faster than the system allocator (see BENCHMARKS.md, B1).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

@@ -1,8 +1,9 @@
 //! Loading an ops repo: parse every file once (in parallel), check each against its schema,
 //! merge environment overlays (JSON Merge Patch, RFC 7386) and build the typed model of a view.
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 use serde::de::DeserializeOwned;
@@ -11,7 +12,7 @@ use serde_json::Value;
 use crate::diag::{Finding, Pos};
 use crate::kinds::{Kind, kind_of_base_path, split_overlay};
 use crate::model::*;
-use crate::parse::{self, Format, Parsed, Spans};
+use crate::parse::{self, Format, Spans};
 use crate::source::RepoFiles;
 
 /// One parsed file.
@@ -24,14 +25,36 @@ pub struct SourceDoc {
     /// The path of the base document this overlays (the path itself for base documents).
     pub base_path: String,
     pub text: Arc<str>,
-    pub parsed: Parsed,
+    pub value: Arc<Value>,
+    pub spans: Arc<Spans>,
+    /// The typed document built from this file alone, shared by every view that does not
+    /// overlay it (views are built in parallel; the first one to need it builds it).
+    shared: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl SourceDoc {
+    /// The spans of this file alone, on the side (base or overlay) it belongs to.
+    pub fn own_spans(&self) -> DocSpans {
+        let own = Some((self.path.clone(), self.spans.clone()));
+        if self.env.is_none() {
+            DocSpans {
+                base: own,
+                overlay: None,
+            }
+        } else {
+            DocSpans {
+                base: None,
+                overlay: own,
+            }
+        }
+    }
 }
 
 /// Where the values of a (possibly merged) document come from.
 #[derive(Debug, Clone)]
 pub struct DocSpans {
-    pub base: Option<(String, Spans)>,
-    pub overlay: Option<(String, Spans)>,
+    pub base: Option<(String, Arc<Spans>)>,
+    pub overlay: Option<(String, Arc<Spans>)>,
 }
 
 impl DocSpans {
@@ -46,7 +69,7 @@ impl DocSpans {
     }
 
     fn locate_with(&self, pointer: &str, key: bool) -> (&str, Pos) {
-        let pick = |(_, s): &(String, Spans)| -> (usize, Pos) {
+        let pick = |(_, s): &(String, Arc<Spans>)| -> (usize, Pos) {
             // depth of the longest recorded ancestor, to prefer the more specific file
             let mut q = pointer;
             loop {
@@ -89,17 +112,35 @@ impl DocSpans {
     }
 }
 
-/// A typed document of a view, with its merged JSON value and source spans.
-#[derive(Debug, Clone)]
-pub struct Doc<T> {
+/// A typed document of a view, with its merged JSON value and source spans. Cheap to clone:
+/// views that do not overlay a document share it.
+#[derive(Debug)]
+pub struct Doc<T>(Arc<DocData<T>>);
+
+/// What a [`Doc`] holds.
+#[derive(Debug)]
+pub struct DocData<T> {
     /// The base path (or the overlay path for overlay-only documents).
     pub path: String,
-    pub spans: DocSpans,
-    pub value: Value,
+    pub spans: Arc<DocSpans>,
+    pub value: Arc<Value>,
     pub spec: T,
 }
 
-impl<T> Doc<T> {
+impl<T> Clone for Doc<T> {
+    fn clone(&self) -> Self {
+        Doc(self.0.clone())
+    }
+}
+
+impl<T> std::ops::Deref for Doc<T> {
+    type Target = DocData<T>;
+    fn deref(&self) -> &DocData<T> {
+        &self.0
+    }
+}
+
+impl<T> DocData<T> {
     pub fn at(&self, pointer: &str) -> (&str, Pos) {
         self.spans.locate(pointer)
     }
@@ -280,18 +321,20 @@ fn parse_one(
                 env,
                 base_path,
                 text: text_arc.unwrap_or_else(|| Arc::from(text)),
-                parsed,
+                value: Arc::new(parsed.value),
+                spans: Arc::new(parsed.spans),
+                shared: OnceLock::new(),
             };
             // Base documents are checked against their schema on their own; overlays are
             // partial and are checked once merged, per environment.
             if doc.env.is_none() && kind != Kind::Runbook {
                 let spans = DocSpans {
-                    base: Some((doc.path.clone(), doc.parsed.spans.clone())),
+                    base: Some((doc.path.clone(), doc.spans.clone())),
                     overlay: None,
                 };
-                let f = schema_findings(kind, &doc.parsed.value, &spans);
+                let f = schema_findings(kind, &doc.value, &spans);
                 if !f.is_empty() {
-                    return Err(ParseFail::Schema(f, declared_id(&doc.parsed.value)));
+                    return Err(ParseFail::Schema(f, declared_id(&doc.value)));
                 }
             }
             Ok(Some(doc))
@@ -424,7 +467,7 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
     };
     // Base documents that failed their schema in parse_all never reach a view.
     model.broken_ids.extend(p.broken_ids.iter().cloned());
-    let mut entries: Vec<(Kind, DocSpans, Value, String)> = Vec::new();
+    let mut entries: Vec<(Kind, Entry)> = Vec::new();
     for (path, base) in &bases {
         if base.kind == Kind::Runbook {
             model.runbooks.push(RunbookDoc {
@@ -433,7 +476,6 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
             });
             continue;
         }
-        let base_spans = Some((base.path.clone(), base.parsed.spans.clone()));
         match overlays.get(path) {
             Some(o) if o.kind == Kind::Runbook => {
                 findings.push(
@@ -447,32 +489,28 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
                 );
             }
             Some(o) => {
-                let mut v = base.parsed.value.clone();
-                merge_patch(&mut v, &o.parsed.value);
+                let mut v = Value::clone(&base.value);
+                merge_patch(&mut v, &o.value);
                 let spans = DocSpans {
-                    base: base_spans,
-                    overlay: Some((o.path.clone(), o.parsed.spans.clone())),
+                    base: Some((base.path.clone(), base.spans.clone())),
+                    overlay: Some((o.path.clone(), o.spans.clone())),
                 };
                 let f = schema_findings(base.kind, &v, &spans);
                 if f.is_empty() {
-                    entries.push((base.kind, spans, v, base.path.clone()));
+                    entries.push((
+                        base.kind,
+                        Entry::Merged {
+                            path: base.path.clone(),
+                            spans,
+                            value: v,
+                        },
+                    ));
                 } else {
                     model.broken_ids.extend(declared_id(&v));
                     findings.extend(f);
                 }
             }
-            None => {
-                let spans = DocSpans {
-                    base: base_spans,
-                    overlay: None,
-                };
-                entries.push((
-                    base.kind,
-                    spans,
-                    base.parsed.value.clone(),
-                    base.path.clone(),
-                ));
-            }
+            None => entries.push((base.kind, Entry::Shared(base))),
         }
     }
     for (base_path, o) in &overlays {
@@ -499,78 +537,137 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
         }
         let spans = DocSpans {
             base: None,
-            overlay: Some((o.path.clone(), o.parsed.spans.clone())),
+            overlay: Some((o.path.clone(), o.spans.clone())),
         };
-        let f = schema_findings(o.kind, &o.parsed.value, &spans);
+        let f = schema_findings(o.kind, &o.value, &spans);
         if f.is_empty() {
-            entries.push((o.kind, spans, o.parsed.value.clone(), o.path.clone()));
+            entries.push((o.kind, Entry::Shared(o)));
         } else {
-            model.broken_ids.extend(declared_id(&o.parsed.value));
+            model.broken_ids.extend(declared_id(&o.value));
             findings.extend(f);
         }
     }
 
-    for (kind, spans, value, path) in entries {
-        let untyped = Doc {
-            path: path.clone(),
-            spans: spans.clone(),
-            value: value.clone(),
-            spec: (),
+    for (kind, entry) in entries {
+        let mut f = |r: Result<Doc<()>, Finding>| match r {
+            Ok(d) => model.documents.push((kind, d)),
+            Err(e) => findings.push(e),
         };
-        let ok = match kind {
-            Kind::Manifest => typed(&untyped, &mut findings).map(|d| model.manifest = Some(d)),
-            Kind::GlobalConfig => typed(&untyped, &mut findings).map(|d| model.global.push(d)),
-            Kind::ConfigItem => typed(&untyped, &mut findings).map(|d| model.config_items.push(d)),
-            Kind::Tenant => typed(&untyped, &mut findings).map(|d| model.tenants.push(d)),
-            Kind::Aggregate => typed(&untyped, &mut findings).map(|d| model.aggregates.push(d)),
-            Kind::Projection => typed(&untyped, &mut findings).map(|d| model.projections.push(d)),
-            Kind::Saga => typed(&untyped, &mut findings).map(|d| model.sagas.push(d)),
-            Kind::EffectProvider => typed(&untyped, &mut findings).map(|d| model.effects.push(d)),
-            Kind::DefinitionManifest => {
-                typed(&untyped, &mut findings).map(|d| model.definition_manifests.push(d))
+        match kind {
+            Kind::Manifest => {
+                let mut one = Vec::new();
+                f(entry.typed(&mut one));
+                model.manifest = one.pop().or(model.manifest.take());
             }
-            Kind::Site => typed(&untyped, &mut findings).map(|d| model.sites.push(d)),
-            Kind::Node => typed(&untyped, &mut findings).map(|d| model.nodes.push(d)),
-            Kind::Shard => typed(&untyped, &mut findings).map(|d| model.shards.push(d)),
-            Kind::Service => typed(&untyped, &mut findings).map(|d| model.services.push(d)),
-            Kind::Placement => typed(&untyped, &mut findings).map(|d| model.placements.push(d)),
-            Kind::Role => typed(&untyped, &mut findings).map(|d| model.roles.push(d)),
-            Kind::RoleBinding => typed(&untyped, &mut findings).map(|d| model.bindings.push(d)),
-            Kind::RunbookCatalog => typed(&untyped, &mut findings).map(|d| model.catalogs.push(d)),
-            Kind::Datasources => typed(&untyped, &mut findings).map(|d| model.datasources.push(d)),
-            Kind::SavedQuery => typed(&untyped, &mut findings).map(|d| model.saved_queries.push(d)),
-            Kind::Dashboard => typed(&untyped, &mut findings).map(|d| model.dashboards.push(d)),
-            Kind::AlertRules => typed(&untyped, &mut findings).map(|d| model.alert_rules.push(d)),
-            Kind::DrStore => typed(&untyped, &mut findings).map(|d| model.dr_stores.push(d)),
-            Kind::Runbook => None,
-        };
-        if ok.is_some() {
-            model.documents.push((kind, untyped));
+            Kind::GlobalConfig => f(entry.typed(&mut model.global)),
+            Kind::ConfigItem => f(entry.typed(&mut model.config_items)),
+            Kind::Tenant => f(entry.typed(&mut model.tenants)),
+            Kind::Aggregate => f(entry.typed(&mut model.aggregates)),
+            Kind::Projection => f(entry.typed(&mut model.projections)),
+            Kind::Saga => f(entry.typed(&mut model.sagas)),
+            Kind::EffectProvider => f(entry.typed(&mut model.effects)),
+            Kind::DefinitionManifest => f(entry.typed(&mut model.definition_manifests)),
+            Kind::Site => f(entry.typed(&mut model.sites)),
+            Kind::Node => f(entry.typed(&mut model.nodes)),
+            Kind::Shard => f(entry.typed(&mut model.shards)),
+            Kind::Service => f(entry.typed(&mut model.services)),
+            Kind::Placement => f(entry.typed(&mut model.placements)),
+            Kind::Role => f(entry.typed(&mut model.roles)),
+            Kind::RoleBinding => f(entry.typed(&mut model.bindings)),
+            Kind::RunbookCatalog => f(entry.typed(&mut model.catalogs)),
+            Kind::Datasources => f(entry.typed(&mut model.datasources)),
+            Kind::SavedQuery => f(entry.typed(&mut model.saved_queries)),
+            Kind::Dashboard => f(entry.typed(&mut model.dashboards)),
+            Kind::AlertRules => f(entry.typed(&mut model.alert_rules)),
+            Kind::DrStore => f(entry.typed(&mut model.dr_stores)),
+            Kind::Runbook => {}
         }
     }
     (model, findings)
 }
 
-fn typed<T: DeserializeOwned>(doc: &Doc<()>, findings: &mut Vec<Finding>) -> Option<Doc<T>> {
-    match serde_json::from_value::<T>(doc.value.clone()) {
-        Ok(spec) => Some(Doc {
-            path: doc.path.clone(),
-            spans: doc.spans.clone(),
-            value: doc.value.clone(),
-            spec,
-        }),
-        Err(e) => {
-            let (path, pos) = doc.at("");
-            findings.push(
-                Finding::new(
-                    "schema.invalid",
+/// A document of a view before it is typed: a file used as it is (shared by every view that
+/// uses it unchanged) or a base document merged with this view's overlay.
+enum Entry<'a> {
+    Shared(&'a SourceDoc),
+    Merged {
+        path: String,
+        spans: DocSpans,
+        value: Value,
+    },
+}
+
+/// A typed document and its untyped twin (same value and spans), or why it could not be typed.
+type Typed<T> = Result<(Doc<T>, Doc<()>), Finding>;
+
+impl Entry<'_> {
+    /// Types the document, pushes it to `out` and returns its untyped twin.
+    fn typed<T>(self, out: &mut Vec<Doc<T>>) -> Result<Doc<()>, Finding>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let r = match self {
+            Entry::Shared(src) => {
+                let build = || {
+                    type_doc::<T>(
+                        src.path.clone(),
+                        Arc::new(src.own_spans()),
+                        src.value.clone(),
+                    )
+                };
+                let shared = src
+                    .shared
+                    .get_or_init(|| Arc::new(build()) as Arc<dyn Any + Send + Sync>);
+                match shared.downcast_ref::<Typed<T>>() {
+                    Some(r) => r.clone(),
+                    // A path is always read as the same kind; building afresh keeps this
+                    // correct even if it were not.
+                    None => build(),
+                }
+            }
+            Entry::Merged { path, spans, value } => {
+                type_doc::<T>(path, Arc::new(spans), Arc::new(value))
+            }
+        };
+        r.map(|(typed, untyped)| {
+            out.push(typed);
+            untyped
+        })
+    }
+}
+
+fn type_doc<T: DeserializeOwned>(
+    path: String,
+    spans: Arc<DocSpans>,
+    value: Arc<Value>,
+) -> Typed<T> {
+    match T::deserialize(&*value) {
+        Ok(spec) => {
+            let untyped = Doc(Arc::new(DocData {
+                path: path.clone(),
+                spans: spans.clone(),
+                value: value.clone(),
+                spec: (),
+            }));
+            Ok((
+                Doc(Arc::new(DocData {
                     path,
-                    pos,
-                    format!("document does not match its kind: {e}"),
-                )
-                .help("fix the document to match its schema"),
-            );
-            None
+                    spans,
+                    value,
+                    spec,
+                })),
+                untyped,
+            ))
+        }
+        Err(e) => {
+            let (file, pos) = spans.locate("");
+            Err(Finding::new(
+                "schema.invalid",
+                file,
+                pos,
+                format!("document does not match its kind: {e}"),
+            )
+            .help("fix the document to match its schema"))
         }
     }
 }

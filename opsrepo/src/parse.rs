@@ -89,7 +89,24 @@ impl Spans {
 
 /// Escapes one JSON pointer segment.
 pub fn escape_segment(s: &str) -> String {
-    s.replace('~', "~0").replace('/', "~1")
+    let mut out = String::with_capacity(s.len());
+    push_segment(&mut out, s);
+    out
+}
+
+/// Appends one escaped JSON pointer segment to `out`.
+pub fn push_segment(out: &mut String, s: &str) {
+    if !s.contains(['~', '/']) {
+        out.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '~' => out.push_str("~0"),
+            '/' => out.push_str("~1"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// A parsed structured document.

@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use crate::diag::{Finding, Pos};
 
 /// Largest document vakt reads (8 MiB). Larger files get an `input.too-large` finding.
@@ -139,13 +141,27 @@ pub fn read_work_tree(root: &Path) -> Result<RepoFiles, SourceError> {
         path: root.to_owned(),
         source,
     })?;
-    let mut files = Vec::new();
+    let mut found = Vec::new();
     for top in ROOTS {
         let p = root.join(top);
-        if p.symlink_metadata().is_ok() {
-            walk(&canon_root, root, top.to_owned(), &mut files)?;
+        if let Ok(meta) = p.symlink_metadata() {
+            walk(
+                &canon_root,
+                root,
+                top.to_owned(),
+                meta.file_type(),
+                &mut found,
+            )?;
         }
     }
+    // Directory walking is cheap; reading is not: files are read in parallel.
+    let mut files: Vec<RawFile> = found
+        .into_par_iter()
+        .map(|f| match f {
+            Found::Done(raw) => raw,
+            Found::File(rel) => read_file(root, rel),
+        })
+        .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(RepoFiles {
         origin: Origin::WorkTree(root.to_owned()),
@@ -153,40 +169,78 @@ pub fn read_work_tree(root: &Path) -> Result<RepoFiles, SourceError> {
     })
 }
 
+/// A path met while walking: a file to read, or one already refused.
+enum Found {
+    File(String),
+    Done(RawFile),
+}
+
+fn unreadable(rel: &str, message: String) -> RawFile {
+    RawFile {
+        path: rel.to_owned(),
+        content: Err(Finding::new(
+            "input.unreadable",
+            rel,
+            Pos::default(),
+            message,
+        )),
+    }
+}
+
+/// Reads one regular file (or the file a checked symlink points to), refusing large ones
+/// unread: the size comes from the open file, so one `open` + `fstat` + `read` per file.
+fn read_file(root: &Path, rel: String) -> RawFile {
+    use std::io::Read;
+    let full = root.join(&rel);
+    let f = match std::fs::File::open(&full) {
+        Ok(f) => f,
+        Err(e) => return unreadable(&rel, format!("failed to read: {e}")),
+    };
+    let len = match f.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return unreadable(&rel, format!("failed to read: {e}")),
+    };
+    if len > MAX_FILE_BYTES {
+        return too_large(&rel, len);
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    // Read at most one byte past the limit, in case the file grows while it is read.
+    let content = match f.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf) {
+        Ok(n) if n as u64 > MAX_FILE_BYTES => return too_large(&rel, n as u64),
+        Ok(_) => Ok(buf),
+        Err(e) => Err(Finding::new(
+            "input.unreadable",
+            &rel,
+            Pos::default(),
+            format!("failed to read: {e}"),
+        )),
+    };
+    RawFile { path: rel, content }
+}
+
 fn walk(
     canon_root: &Path,
     root: &Path,
     rel: String,
-    out: &mut Vec<RawFile>,
+    file_type: std::fs::FileType,
+    out: &mut Vec<Found>,
 ) -> Result<(), SourceError> {
-    let full = root.join(&rel);
-    let meta = full.symlink_metadata().map_err(|source| SourceError::Io {
-        path: full.clone(),
-        source,
-    })?;
     if let Some(why) = check_path_name(&rel) {
-        out.push(bad_path(&rel, why));
+        out.push(Found::Done(bad_path(&rel, why)));
         return Ok(());
     }
-    let meta = if meta.file_type().is_symlink() {
+    let full = root.join(&rel);
+    let (is_dir, is_file) = if file_type.is_symlink() {
         match full.canonicalize() {
             Ok(target) if target.starts_with(canon_root) => match target.metadata() {
-                Ok(m) => m,
+                Ok(m) => (m.is_dir(), m.is_file()),
                 Err(e) => {
-                    out.push(RawFile {
-                        path: rel.clone(),
-                        content: Err(Finding::new(
-                            "input.unreadable",
-                            &rel,
-                            Pos::default(),
-                            e.to_string(),
-                        )),
-                    });
+                    out.push(Found::Done(unreadable(&rel, e.to_string())));
                     return Ok(());
                 }
             },
             Ok(target) => {
-                out.push(RawFile {
+                out.push(Found::Done(RawFile {
                     path: rel.clone(),
                     content: Err(Finding::new(
                         "input.symlink-escape",
@@ -195,11 +249,11 @@ fn walk(
                         format!("symlink points outside the repository (to {})", target.display()),
                     )
                     .help("replace the symlink with the file itself; vakt never reads outside the repo")),
-                });
+                }));
                 return Ok(());
             }
             Err(_) => {
-                out.push(RawFile {
+                out.push(Found::Done(RawFile {
                     path: rel.clone(),
                     content: Err(Finding::new(
                         "input.symlink-escape",
@@ -208,14 +262,14 @@ fn walk(
                         "symlink target does not exist or cannot be resolved",
                     )
                     .help("remove the dangling symlink")),
-                });
+                }));
                 return Ok(());
             }
         }
     } else {
-        meta
+        (file_type.is_dir(), file_type.is_file())
     };
-    if meta.is_dir() {
+    if is_dir {
         let mut entries: Vec<_> = std::fs::read_dir(&full)
             .map_err(|source| SourceError::Io {
                 path: full.clone(),
@@ -230,32 +284,30 @@ fn walk(
                 Some(n) => n.to_owned(),
                 None => {
                     let lossy = name.to_string_lossy().into_owned();
-                    out.push(bad_path(
+                    out.push(Found::Done(bad_path(
                         &format!("{rel}/{lossy}"),
                         "file name is not valid UTF-8".into(),
-                    ));
+                    )));
                     continue;
                 }
             };
             if name.starts_with('.') && name != ".keep" {
                 continue;
             }
-            walk(canon_root, root, format!("{rel}/{name}"), out)?;
+            // The type from the directory entry (no extra `stat` on most file systems).
+            let ft = match e.file_type() {
+                Ok(ft) => ft,
+                Err(source) => {
+                    return Err(SourceError::Io {
+                        path: e.path(),
+                        source,
+                    });
+                }
+            };
+            walk(canon_root, root, format!("{rel}/{name}"), ft, out)?;
         }
-    } else if meta.is_file() {
-        if meta.len() > MAX_FILE_BYTES {
-            out.push(too_large(&rel, meta.len()));
-        } else {
-            let content = std::fs::read(&full).map_err(|e| {
-                Finding::new(
-                    "input.unreadable",
-                    &rel,
-                    Pos::default(),
-                    format!("failed to read: {e}"),
-                )
-            });
-            out.push(RawFile { path: rel, content });
-        }
+    } else if is_file {
+        out.push(Found::File(rel));
     }
     Ok(())
 }

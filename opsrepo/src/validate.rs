@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::diag::{Finding, Severity};
 use crate::kinds::Kind;
-use crate::load::{Model, Parsed0, build_view, parse_all};
+use crate::load::{Parsed0, build_view, parse_all};
 use crate::rules::{self, RuleContext, secrets};
 use crate::source::RepoFiles;
 
@@ -65,6 +65,19 @@ pub fn validate_parsed(parsed: &Parsed0, opts: &ValidateOptions) -> Report {
         })
         .collect();
     findings.extend(text_findings);
+    // Value scan over every parsed document once: a view's merged document holds only values
+    // of its base and its overlay, so scanning both files covers every view.
+    let value_findings: Vec<Finding> = parsed
+        .docs
+        .par_iter()
+        .filter(|d| !matches!(d.kind, Kind::Dashboard | Kind::AlertRules | Kind::Runbook))
+        .flat_map_iter(|d| {
+            let mut out = Vec::new();
+            secrets::scan_values(&d.value, &d.own_spans(), &mut out);
+            out
+        })
+        .collect();
+    findings.extend(value_findings);
 
     let mut envs: Vec<Option<String>> = vec![None];
     let declared: Vec<String> = parsed
@@ -95,7 +108,6 @@ pub fn validate_parsed(parsed: &Parsed0, opts: &ValidateOptions) -> Report {
         .map(|env| {
             let (model, mut f) = build_view(parsed, env.as_deref());
             f.extend(rules::check(&model, &ctx));
-            scan_model_values(&model, &mut f);
             let mut by_kind: BTreeMap<Kind, usize> = BTreeMap::new();
             for (k, _) in &model.documents {
                 *by_kind.entry(*k).or_default() += 1;
@@ -123,15 +135,5 @@ pub fn validate_parsed(parsed: &Parsed0, opts: &ValidateOptions) -> Report {
         documents_by_kind,
         environments: envs.into_iter().flatten().collect(),
         texts: parsed.texts.clone(),
-    }
-}
-
-fn scan_model_values(m: &Model, out: &mut Vec<Finding>) {
-    for (kind, d) in &m.documents {
-        // Dashboards and alert rules hold queries, not credentials.
-        if matches!(kind, Kind::Dashboard | Kind::AlertRules) {
-            continue;
-        }
-        secrets::scan_values(d, out);
     }
 }

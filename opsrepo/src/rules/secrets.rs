@@ -8,7 +8,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::diag::Finding;
-use crate::load::Doc;
+use crate::load::DocSpans;
 use crate::parse::LineIndex;
 
 struct Pattern {
@@ -96,31 +96,34 @@ pub fn scan_text(path: &str, text: &str, out: &mut Vec<Finding>) {
 }
 
 /// Scans the string values of a structured document by key name and entropy.
-pub fn scan_values<T>(doc: &Doc<T>, out: &mut Vec<Finding>) {
-    walk(doc, &doc.value, "", None, out);
+pub fn scan_values(value: &Value, spans: &DocSpans, out: &mut Vec<Finding>) {
+    let mut ptr = String::new();
+    walk(spans, value, &mut ptr, None, out);
 }
 
-fn walk<T>(doc: &Doc<T>, v: &Value, ptr: &str, key: Option<&str>, out: &mut Vec<Finding>) {
+/// Walks `v` (at `ptr`, restored on return) looking for literal credentials.
+fn walk(spans: &DocSpans, v: &Value, ptr: &mut String, key: Option<&str>, out: &mut Vec<Finding>) {
+    let len = ptr.len();
     match v {
         Value::Object(m) => {
             for (k, child) in m {
-                walk(
-                    doc,
-                    child,
-                    &format!("{ptr}/{}", crate::parse::escape_segment(k)),
-                    Some(k),
-                    out,
-                );
+                ptr.push('/');
+                crate::parse::push_segment(ptr, k);
+                walk(spans, child, ptr, Some(k), out);
+                ptr.truncate(len);
             }
         }
         Value::Array(a) => {
             for (i, child) in a.iter().enumerate() {
-                walk(doc, child, &format!("{ptr}/{i}"), key, out);
+                use std::fmt::Write;
+                let _ = write!(ptr, "/{i}");
+                walk(spans, child, ptr, key, out);
+                ptr.truncate(len);
             }
         }
         Value::String(s) => {
             if let Some(why) = suspicious(key, s) {
-                let (p, pos) = doc.at(ptr);
+                let (p, pos) = spans.locate(ptr);
                 out.push(
                     Finding::new("secret.value", p, pos, why)
                         .help("store the value in the secrets backend and write secret://<backend>/<path>#<field> here"),
@@ -141,8 +144,8 @@ fn suspicious(key: Option<&str>, s: &str) -> Option<String> {
         && !s.contains("://")
         && !is_duration(s)
         && !s.starts_with("sha256:");
-    if sensitive_key().is_match(k)
-        && looks_like_value
+    if looks_like_value
+        && sensitive_key().is_match(k)
         && !k.ends_with("_header")
         && !k.ends_with("_ttl")
     {
