@@ -129,11 +129,15 @@ pub fn validate_parsed(parsed: &Parsed0, opts: &ValidateOptions) -> Report {
     findings.retain(|f| seen.insert(f.clone()));
     findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     Report {
-        findings,
         files: parsed.files,
         documents,
         documents_by_kind,
         environments: envs.into_iter().flatten().collect(),
-        texts: parsed.texts.clone(),
+        // Only the files a finding names: the human format shows their offending lines.
+        texts: findings
+            .iter()
+            .filter_map(|f| Some((f.path.clone(), parsed.texts.get(&f.path)?.clone())))
+            .collect(),
+        findings,
     }
 }

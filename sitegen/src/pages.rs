@@ -374,6 +374,13 @@ impl<'a> Site<'a> {
                     .filter(|r| r.entry.saved_queries.contains(&q.id))
                     .map(|r| r.entry.id.as_str())
                     .collect();
+                let dashboards: Vec<Value> = self
+                    .model
+                    .dashboards
+                    .iter()
+                    .filter(|d| saved_queries_of(&d.spec).contains(&q.id.as_str()))
+                    .map(|d| json!({"uid": d.spec.uid, "title": d.spec.title}))
+                    .collect();
                 json!({
                     "id": q.id,
                     "title": q.title,
@@ -387,6 +394,7 @@ impl<'a> Site<'a> {
                     "example": example,
                     "explore_link": link,
                     "runbooks": runbooks,
+                    "dashboards": dashboards,
                 })
             })
             .collect();
@@ -430,6 +438,7 @@ impl<'a> Site<'a> {
                     .collect();
                 let description = d.other.get("description").and_then(Value::as_str);
                 json!({
+                    "saved_queries": saved_queries_of(d),
                     "uid": d.uid,
                     "title": d.title,
                     "tags": d.tags,
@@ -791,6 +800,23 @@ impl<'a> Site<'a> {
         files.extend(self.search.files.iter().cloned());
         Ok(files)
     }
+}
+
+/// Ids of the saved queries a dashboard's panel targets name (`savedQuery`), sorted, once each.
+fn saved_queries_of(d: &opsrepo::model::Dashboard) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut stack: Vec<&opsrepo::model::Panel> = d.panels.iter().collect();
+    while let Some(p) = stack.pop() {
+        stack.extend(p.panels.iter());
+        out.extend(
+            p.targets
+                .iter()
+                .filter_map(|t| t.saved_query.as_ref().map(|r| r.id.as_str())),
+        );
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]

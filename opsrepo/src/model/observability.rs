@@ -114,9 +114,29 @@ pub struct Target {
     /// PromQL or LogQL.
     #[serde(default)]
     pub expr: Option<String>,
+    /// The saved query this target runs (vakt's own key; Grafana keeps it as is). `expr` must
+    /// then be the query's template with these variables filled in.
+    #[serde(
+        default,
+        rename = "savedQuery",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub saved_query: Option<SavedQueryRef>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// A panel target's reference to a saved query (`dashboards/queries/<id>.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SavedQueryRef {
+    /// The saved query's id.
+    pub id: String,
+    /// A value for every variable of the saved query, usually a dashboard variable such as
+    /// `$service`.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

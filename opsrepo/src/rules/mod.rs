@@ -4,6 +4,7 @@
 mod alerts;
 mod definitions;
 mod inventory;
+pub mod logql;
 mod observability;
 mod runbooks;
 pub mod secrets;
@@ -63,7 +64,9 @@ rules! {
     "runbook.review-expired", Error, "a runbook has not been reviewed within the review window";
     "runbook.active-content", Error, "runbook markdown carries raw HTML, scripts or script links";
     "query.template", Error, "a saved query uses an undeclared variable or does not parse";
-    "dashboard.query", Error, "a dashboard panel query is not valid PromQL";
+    "query.unused", Warning, "a saved query is used by no runbook and no dashboard";
+    "dashboard.query", Error, "a dashboard panel query is not valid PromQL or LogQL";
+    "dashboard.saved-query", Error, "a panel's saved query reference does not match the saved query (datasource, variables, expression)";
     "secret.value", Error, "a secret value appears in the repository";
     "promotion.order", Error, "a commit would reach an environment before the one it is promoted from";
 }

@@ -2,9 +2,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::logql;
 use crate::diag::Finding;
-use crate::load::{Model, index_by};
-use crate::model::{DatasourceType, Panel};
+use crate::load::{Doc, Model, index_by};
+use crate::model::{Dashboard, DatasourceType, Panel, SavedQuery, SavedQueryRef, Target};
 
 pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
     let mut ds: HashMap<&str, DatasourceType> = HashMap::new();
@@ -13,10 +14,19 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
             ds.insert(&s.uid, s.kind);
         }
     }
-    index_by(&m.saved_queries, |q| &q.id, "/id", "saved query", out);
+    let queries = index_by(&m.saved_queries, |q| &q.id, "/id", "saved query", out);
+    // Saved queries whose own template is wrong: panels using them are not reported again.
+    let mut broken: HashSet<&str> = HashSet::new();
+    let mut used: HashSet<&str> = m
+        .catalogs
+        .iter()
+        .flat_map(|c| c.spec.runbooks.iter())
+        .flat_map(|e| e.saved_queries.iter().map(String::as_str))
+        .collect();
     index_by(&m.dashboards, |d| &d.uid, "/uid", "dashboard", out);
 
     for q in &m.saved_queries {
+        let findings_before = out.len();
         let kind = ds.get(q.spec.datasource.as_str()).copied();
         if kind.is_none() {
             let (p, pos) = q.at("/datasource");
@@ -36,8 +46,8 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
             .iter()
             .map(|v| (v.name.as_str(), v.example.as_str()))
             .collect();
-        let used = placeholders(&q.spec.template);
-        for u in &used {
+        let in_template = placeholders(&q.spec.template);
+        for u in &in_template {
             if !declared.contains_key(u.as_str()) {
                 let (p, pos) = q.at("/template");
                 out.push(
@@ -52,7 +62,7 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
             }
         }
         for (i, v) in q.spec.variables.iter().enumerate() {
-            if !used.iter().any(|u| u == &v.name) {
+            if !in_template.iter().any(|u| u == &v.name) {
                 let (p, pos) = q.at(&format!("/variables/{i}/name"));
                 out.push(
                     Finding::new(
@@ -68,9 +78,12 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
         let filled = fill(&q.spec.template, &declared);
         let err = match kind {
             Some(DatasourceType::Prometheus) => promql_parser::parser::parse(&filled).err(),
-            Some(DatasourceType::Loki) => logql_shape(&filled).err(),
+            Some(DatasourceType::Loki) => logql::check(&filled).err().map(|e| e.to_string()),
             None => None,
         };
+        if err.is_some() || out.len() > findings_before {
+            broken.insert(q.spec.id.as_str());
+        }
         if let Some(e) = err {
             let (p, pos) = q.at("/template");
             out.push(
@@ -141,23 +154,189 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                     );
                     continue;
                 }
-                if kind == Some(DatasourceType::Prometheus)
-                    && let Some(expr) = &t.expr
-                    && let Err(e) = promql_parser::parser::parse(&grafana_fill(expr))
+                if let Some(expr) = &t.expr {
+                    let filled = grafana_fill(expr);
+                    let err = match kind {
+                        Some(DatasourceType::Prometheus) => promql_parser::parser::parse(&filled)
+                            .err()
+                            .map(|e| format!("not valid PromQL: {e}")),
+                        Some(DatasourceType::Loki) => logql::check(&filled)
+                            .err()
+                            .map(|e| format!("not valid LogQL: {e}")),
+                        None => None,
+                    };
+                    if let Some(e) = err {
+                        let (p, pos) = d.at(&format!("{tptr}/expr"));
+                        out.push(
+                            Finding::new(
+                                "dashboard.query",
+                                p,
+                                pos,
+                                format!("panel `{}`: query is {e}", panel.title),
+                            )
+                            .help("fix the expression; Grafana variables are allowed inside label values and range brackets"),
+                        );
+                    }
+                }
+                if let Some(r) = &t.saved_query
+                    && let Some(kind) = kind
                 {
-                    let (p, pos) = d.at(&format!("{tptr}/expr"));
-                    out.push(
-                                Finding::new(
-                                    "dashboard.query",
-                                    p,
-                                    pos,
-                                    format!("panel `{}`: query is not valid PromQL: {e}", panel.title),
-                                )
-                                .help("fix the expression; Grafana variables are allowed inside label values and range brackets"),
-                            );
+                    used.insert(r.id.as_str());
+                    let known = Known {
+                        queries: &queries,
+                        broken: &broken,
+                        ds: &ds,
+                    };
+                    check_saved_ref(d, &panel.title, &tptr, t, r, kind, &known, out);
                 }
             }
         }
+    }
+
+    // A saved query nobody links to is dead weight an operator never finds.
+    for q in &m.saved_queries {
+        if !used.contains(q.spec.id.as_str()) {
+            let (p, pos) = q.at("/id");
+            out.push(
+                Finding::new(
+                    "query.unused",
+                    p,
+                    pos,
+                    format!(
+                        "saved query `{}` is used by no runbook and no dashboard",
+                        q.spec.id
+                    ),
+                )
+                .help("list it under saved_queries of a runbook catalog entry, reference it from a panel target (\"savedQuery\"), or delete it"),
+            );
+        }
+    }
+}
+
+/// What a panel's saved query reference is checked against.
+struct Known<'a> {
+    queries: &'a HashMap<&'a str, &'a Doc<SavedQuery>>,
+    /// Saved queries with a finding of their own.
+    broken: &'a HashSet<&'a str>,
+    ds: &'a HashMap<&'a str, DatasourceType>,
+}
+
+/// Checks a panel target's `savedQuery` against the saved query it names.
+#[allow(clippy::too_many_arguments)]
+fn check_saved_ref(
+    d: &Doc<Dashboard>,
+    title: &str,
+    tptr: &str,
+    t: &Target,
+    r: &SavedQueryRef,
+    kind: DatasourceType,
+    known: &Known<'_>,
+    out: &mut Vec<Finding>,
+) {
+    let Known {
+        queries,
+        broken,
+        ds,
+    } = known;
+    let Some(q) = queries.get(r.id.as_str()) else {
+        let (p, pos) = d.at(&format!("{tptr}/savedQuery/id"));
+        out.push(
+            Finding::new(
+                "ref.query",
+                p,
+                pos,
+                format!("panel `{title}` refers to unknown saved query `{}`", r.id),
+            )
+            .help("name a query id from dashboards/queries/"),
+        );
+        return;
+    };
+    if broken.contains(r.id.as_str()) {
+        return;
+    }
+    let q = &q.spec;
+    let mismatch = |ptr: &str, message: String, help: String| {
+        let (p, pos) = d.at(&format!("{tptr}{ptr}"));
+        Finding::new("dashboard.saved-query", p, pos, message).help(help)
+    };
+    if let Some(qkind) = ds.get(q.datasource.as_str())
+        && *qkind != kind
+    {
+        out.push(mismatch(
+            "/savedQuery/id",
+            format!(
+                "panel `{title}` queries a {} datasource, but saved query `{}` runs on `{}` ({})",
+                kind_name(kind),
+                q.id,
+                q.datasource,
+                kind_name(*qkind)
+            ),
+            "use a panel datasource of the saved query's type, or another saved query".into(),
+        ));
+        return;
+    }
+    let mut bad = false;
+    for v in &q.variables {
+        if !r.variables.contains_key(&v.name) {
+            bad = true;
+            out.push(mismatch(
+                "/savedQuery",
+                format!(
+                    "panel `{title}` binds no value for variable `{}` of saved query `{}`",
+                    v.name, q.id
+                ),
+                format!(
+                    "add \"{}\": \"$<dashboard variable>\" under savedQuery.variables ({})",
+                    v.name, v.description
+                ),
+            ));
+        }
+    }
+    for name in r.variables.keys() {
+        if !q.variables.iter().any(|v| &v.name == name) {
+            bad = true;
+            out.push(mismatch(
+                &format!(
+                    "/savedQuery/variables/{}",
+                    crate::parse::escape_segment(name)
+                ),
+                format!("saved query `{}` has no variable `{name}`", q.id),
+                format!(
+                    "remove it; the query's variables are: {}",
+                    q.variables
+                        .iter()
+                        .map(|v| v.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    if bad {
+        return;
+    }
+    let bindings: HashMap<&str, &str> = r
+        .variables
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let expected = fill(&q.template, &bindings);
+    if t.expr.as_deref() != Some(expected.as_str()) {
+        out.push(mismatch(
+            if t.expr.is_some() { "/expr" } else { "" },
+            format!(
+                "panel `{title}`: the query is not saved query `{}` with its variables filled in",
+                q.id
+            ),
+            format!("set \"expr\" to {expected:?} (or change the saved query, and every panel that uses it)"),
+        ));
+    }
+}
+
+fn kind_name(k: DatasourceType) -> &'static str {
+    match k {
+        DatasourceType::Prometheus => "Prometheus",
+        DatasourceType::Loki => "Loki",
     }
 }
 
@@ -255,52 +434,6 @@ pub fn grafana_fill(expr: &str) -> String {
     out
 }
 
-/// A shape check for LogQL (no full parser): a stream selector in braces, balanced quotes.
-fn logql_shape(q: &str) -> Result<(), String> {
-    let t = q.trim();
-    let selector_start = t.find('{').ok_or("no stream selector `{...}`")?;
-    let prefix = &t[..selector_start];
-    if !prefix.trim().is_empty() && !prefix.contains('(') {
-        return Err(format!(
-            "unexpected `{}` before the stream selector",
-            prefix.trim()
-        ));
-    }
-    let mut depth = 0i32;
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for c in t.chars() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' && q == '"' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-            continue;
-        }
-        match c {
-            '"' | '`' => quote = Some(c),
-            '{' | '(' | '[' => depth += 1,
-            '}' | ')' | ']' => {
-                depth -= 1;
-                if depth < 0 {
-                    return Err("unbalanced closing bracket".into());
-                }
-            }
-            _ => {}
-        }
-    }
-    if quote.is_some() {
-        return Err("unterminated string".into());
-    }
-    if depth != 0 {
-        return Err("unbalanced brackets".into());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,16 +444,5 @@ mod tests {
         let f = grafana_fill(e);
         assert!(promql_parser::parser::parse(&f).is_ok(), "{f}");
         assert!(promql_parser::parser::parse(&grafana_fill("topk($k, up)")).is_ok());
-    }
-
-    #[test]
-    fn logql_shapes() {
-        assert!(logql_shape(r#"{service="gateway"} | json | correlation_id="abc""#).is_ok());
-        assert!(
-            logql_shape(r#"sum by (service) (count_over_time({service="x"} |= "error" [5m]))"#)
-                .is_ok()
-        );
-        assert!(logql_shape(r#"{service="gateway" | json"#).is_err());
-        assert!(logql_shape("service=gateway").is_err());
     }
 }
