@@ -43,6 +43,8 @@ enum Command {
     /// Reject a plan that waits for approval (same options as approve).
     Reject(cmd::approve::DecideOpts),
     Site(cmd::site::SiteOpts),
+    Backup(cmd::backup::BackupOpts),
+    Restore(cmd::backup::RestoreCmd),
 }
 
 /// Exit codes automation can rely on.
@@ -81,6 +83,8 @@ fn main() -> ExitCode {
         Command::Approve(o) => cmd::approve::run(o, true),
         Command::Reject(o) => cmd::approve::run(o, false),
         Command::Site(o) => cmd::site::run(o),
+        Command::Backup(o) => cmd::backup::backup(o),
+        Command::Restore(o) => cmd::backup::restore(o),
     };
     ExitCode::from(code)
 }

@@ -112,9 +112,11 @@ pub fn subject(env: &str, action: &str) -> String {
 }
 
 impl Audit {
-    /// Opens (creating if needed) the audit stream and finds the head of `env`'s chain.
-    pub async fn open(js: &jetstream::Context, env: &str) -> Result<Audit, StoreError> {
-        let stream = ensure_stream(js).await?;
+    /// Opens (creating if needed, with the store's replicas) the audit stream and finds the
+    /// head of the chain of the store's environment.
+    pub async fn open(store: &crate::store::Store) -> Result<Audit, StoreError> {
+        let (js, env) = (&store.js, store.env.as_str());
+        let stream = ensure_stream(js, store.replicas).await?;
         let mut a = Audit {
             js: js.clone(),
             stream,
@@ -206,19 +208,40 @@ impl Audit {
     }
 }
 
-/// Creates the audit stream if needed (deny delete and purge, 2-minute duplicate window).
-pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, StoreError> {
-    js.get_or_create_stream(stream::Config {
-        name: STREAM.to_owned(),
-        subjects: vec!["vakt.audit.>".to_owned()],
-        duplicate_window: Duration::from_secs(120),
-        deny_delete: true,
-        deny_purge: true,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| nats_err("create audit stream", e))
+/// Creates the audit stream if needed (deny delete and purge, 2-minute duplicate window,
+/// replicated like the buckets: in a cluster, losing one server must not lose the trail).
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<stream::Stream, StoreError> {
+    let mut s = js
+        .get_or_create_stream(stream::Config {
+            name: STREAM.to_owned(),
+            subjects: vec!["vakt.audit.>".to_owned()],
+            duplicate_window: Duration::from_secs(120),
+            deny_delete: true,
+            deny_purge: true,
+            num_replicas: replicas.max(1),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_err("create audit stream", e))?;
+    let have = s
+        .info()
+        .await
+        .map_err(|e| nats_err("audit stream info", e))?
+        .config
+        .num_replicas;
+    if have < replicas {
+        return Err(StoreError::Nats {
+            op: "audit stream".into(),
+            message: format!(
+                "{STREAM} has {have} replica(s) but vakt runs with --replicas {replicas}: losing one server could lose the trail; raise it with `nats stream edit {STREAM} --replicas {replicas}`"
+            ),
+        });
+    }
+    Ok(s)
 }
 
 /// Reads `env`'s events from sequence `from` on, with an ordered consumer.

@@ -237,7 +237,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         );
         let api = Arc::new(crate::api::ApiState {
             store: store.clone(),
-            audit: tokio::sync::Mutex::new(Audit::open(&store.js, &opts.target.env).await?),
+            audit: tokio::sync::Mutex::new(Audit::open(&store).await?),
             env: opts.target.env.clone(),
             tokens: opts.api_tokens.clone(),
             shared: shared.clone(),
@@ -259,6 +259,8 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         None => "leader".to_owned(),
     };
     let lease_task = tokio::spawn(lease_loop(
+        store.clone(),
+        opts.target.settings.clone(),
         lock.clone(),
         lock_key.clone(),
         opts.id.clone(),
@@ -363,7 +365,24 @@ struct Ctx {
 impl Ctx {
     async fn step(&mut self, source: &str) {
         let t0 = Instant::now();
-        let outcome = self.try_step(source).await;
+        let mut outcome = self.try_step(source).await;
+        if outcome.is_err() {
+            let missing = self.store.missing_streams().await;
+            if !missing.is_empty() {
+                // NATS lost its data (or someone deleted streams): recreate the buckets and the
+                // audit stream, then rebuild the desired state from Git in the same step.
+                tracing::warn!(env = %self.opts.target.env, missing = ?missing, "streams missing: re-creating them and rebuilding from Git");
+                match self.opts.target.open().await {
+                    Ok((store, audit)) => {
+                        self.store = store;
+                        self.audit = audit;
+                        self.prev_desired = None;
+                        outcome = self.try_step(source).await;
+                    }
+                    Err(e) => outcome = Err(e.to_string()),
+                }
+            }
+        }
         if self.poll_pending {
             self.poll_pending = false;
             self.poll_nodes().await;
@@ -700,7 +719,7 @@ async fn jobs_loop(
     lease: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut audit = match Audit::open(&store.js, &env).await {
+    let mut audit = match Audit::open(&store).await {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "job runner cannot open the audit stream");
@@ -752,8 +771,11 @@ async fn jobs_loop(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn lease_loop(
-    lock: kv::Store,
+    store: Store,
+    settings: crate::store::BucketSettings,
+    mut lock: kv::Store,
     key: String,
     me: String,
     lease: Duration,
@@ -777,7 +799,15 @@ async fn lease_loop(
                     let _ = tx.try_send("leader".into());
                     Some(r)
                 }
-                Err(_) => None,
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
+                Err(e) => {
+                    // The lock bucket itself may be gone (NATS lost its data): recreate it.
+                    tracing::warn!(error = %e, "cannot take the lease; re-creating the lock bucket");
+                    if let Ok(l) = store.lock_bucket(&settings).await {
+                        lock = l;
+                    }
+                    None
+                }
             },
             Some(r) => match lock.update(&key, value(), r).await {
                 Ok(r) => Some(r),

@@ -7,6 +7,7 @@ pub mod api;
 pub mod apply;
 pub mod approvals;
 pub mod audit;
+pub mod backup;
 pub mod canon;
 pub mod compile;
 pub mod daemon;
@@ -130,7 +131,7 @@ impl EnvTarget {
     pub async fn open(&self) -> Result<(store::Store, audit::Audit), Error> {
         let client = store::connect(&self.nats).await?;
         let s = store::Store::open(client, &self.env, &self.prefix, &self.settings).await?;
-        let a = audit::Audit::open(&s.js, &self.env).await?;
+        let a = audit::Audit::open(&s).await?;
         Ok((s, a))
     }
 }

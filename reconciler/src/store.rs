@@ -136,6 +136,8 @@ pub struct Store {
     pub js: jetstream::Context,
     pub env: String,
     pub prefix: String,
+    /// Replicas of the streams vakt creates (buckets and the audit stream).
+    pub replicas: usize,
     kvs: BTreeMap<Bucket, kv::Store>,
     pub state: kv::Store,
     pub jobs: kv::Store,
@@ -188,10 +190,33 @@ impl Store {
             js,
             env: env.to_owned(),
             prefix: prefix.to_owned(),
+            replicas: settings.replicas,
             kvs,
             state,
             jobs,
         })
+    }
+
+    /// Streams of this environment that do not exist: its eight buckets and the audit stream
+    /// (NATS lost its data directory, or someone deleted them).
+    pub async fn missing_streams(&self) -> Vec<String> {
+        let mut names: Vec<String> = Bucket::ALL
+            .iter()
+            .map(|b| format!("KV_{}", self.bucket_name(*b)))
+            .collect();
+        names.push(format!("KV_{}_state", self.prefix));
+        names.push(format!("KV_{}_jobs", self.prefix));
+        names.push(crate::audit::STREAM.to_owned());
+        let mut out = Vec::new();
+        for n in names {
+            if let Err(e) = self.js.get_stream(&n).await
+                && matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+            {
+                out.push(n);
+            }
+        }
+        out
     }
 
     /// The lock bucket: history 1, max age = the lease.
@@ -282,26 +307,7 @@ impl Store {
         value: Option<Bytes>,
         expected: u64,
     ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
-        let kv = self.kv(b);
-        let subject = format!("{}{}", kv.put_prefix.as_ref().unwrap_or(&kv.prefix), key);
-        let mut msg =
-            jetstream::message::PublishMessage::build().expected_last_subject_sequence(expected);
-        match value {
-            Some(v) => msg = msg.payload(v),
-            None => {
-                let mut h = HeaderMap::new();
-                h.insert("KV-Operation", "DEL");
-                h.insert(
-                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                    expected.to_string().as_str(),
-                );
-                msg = msg.headers(h);
-            }
-        }
-        self.js
-            .send_publish(subject, msg)
-            .await
-            .map_err(|e| nats_err("publish", e))
+        send_cas_to(&self.js, self.kv(b), key, value, expected).await
     }
 
     /// Waits for a CAS acknowledgement; a wrong-last-sequence answer becomes
@@ -337,6 +343,36 @@ impl Store {
         let f = self.send_cas(b, key, value, expected).await?;
         self.await_cas(f, b, key, expected).await
     }
+}
+
+/// Sends a compare-and-set write to any bucket (a put, or a delete marker with `value: None`)
+/// without waiting for the acknowledgement. `expected` is the key's last revision, 0 if it must
+/// not exist.
+pub async fn send_cas_to(
+    js: &jetstream::Context,
+    kv: &kv::Store,
+    key: &str,
+    value: Option<Bytes>,
+    expected: u64,
+) -> Result<jetstream::context::PublishAckFuture, StoreError> {
+    let subject = format!("{}{}", kv.put_prefix.as_ref().unwrap_or(&kv.prefix), key);
+    let mut msg =
+        jetstream::message::PublishMessage::build().expected_last_subject_sequence(expected);
+    match value {
+        Some(v) => msg = msg.payload(v),
+        None => {
+            let mut h = HeaderMap::new();
+            h.insert("KV-Operation", "DEL");
+            h.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                expected.to_string().as_str(),
+            );
+            msg = msg.headers(h);
+        }
+    }
+    js.send_publish(subject, msg)
+        .await
+        .map_err(|e| nats_err("publish", e))
 }
 
 /// Opens a bucket, creating it with the given settings if it does not exist; refuses one whose

@@ -115,6 +115,21 @@ pub fn read_bucket(url: &str, bucket: &str) -> std::collections::BTreeMap<String
     })
 }
 
+/// One key's current value, or `None` when it is absent or cannot be read right now (a
+/// cluster electing a stream leader): for polling with [`wait_until`].
+pub fn try_get(url: &str, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    rt().block_on(async {
+        let c = async_nats::connect(url).await.ok()?;
+        let js = async_nats::jetstream::new(c);
+        let kv = js.get_key_value(bucket).await.ok()?;
+        let v = tokio::time::timeout(Duration::from_secs(2), kv.get(key))
+            .await
+            .ok()?
+            .ok()??;
+        Some(v.to_vec())
+    })
+}
+
 /// Writes a key by hand, as an operator with the `nats` CLI would.
 pub fn put_key(url: &str, bucket: &str, key: &str, value: &[u8]) -> u64 {
     rt().block_on(async {
@@ -193,17 +208,32 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon with `--listen 127.0.0.1:0` and waits for its URL.
     pub fn start(repo: &Path, n: &NatsServer, env: &str, id: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_at(repo, &n.url(), n.dir.path(), env, id, extra, &[])
+    }
+
+    /// Starts the daemon against `urls` (comma separated) with extra environment variables,
+    /// its log in `log_dir`.
+    pub fn start_at(
+        repo: &Path,
+        urls: &str,
+        log_dir: &Path,
+        env: &str,
+        id: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Daemon {
         use std::io::BufRead;
         let mut c = Command::new(crate::vakt_bin());
         c.args(["reconcile", "--env", env, "--repo"])
             .arg(repo)
-            .args(["--nats", &n.url(), "--listen", "127.0.0.1:0", "--id", id])
+            .args(["--nats", urls, "--listen", "127.0.0.1:0", "--id", id])
             .args(extra)
+            .envs(vars.iter().copied())
             .env("NO_COLOR", "1")
             .env("VAKT_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
-                std::fs::File::create(n.dir.path().join(format!("daemon-{id}.log"))).expect("log"),
+                std::fs::File::create(log_dir.join(format!("daemon-{id}.log"))).expect("log"),
             ));
         let mut child = c.spawn().expect("start vakt reconcile");
         let stdout = child.stdout.take().expect("stdout");
@@ -433,4 +463,115 @@ pub fn http_req(
     let (head, body) = text.split_once("\r\n\r\n")?;
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, body.to_owned()))
+}
+
+/// A three-server NATS cluster with JetStream on loopback (routes between the servers, each
+/// with its own data directory), for replicated (R3) buckets. Killed on drop.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+    cluster_ports: Vec<u16>,
+}
+
+impl NatsCluster {
+    pub fn start() -> NatsCluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut c = NatsCluster {
+            nodes: Vec::new(),
+            cluster_ports,
+        };
+        for (i, port) in ports.into_iter().enumerate() {
+            let mut n = NatsServer {
+                child: None,
+                port,
+                dir: tempfile::tempdir().expect("tempdir"),
+            };
+            n.child = Some(c.spawn_node(i, &n));
+            c.nodes.push(n);
+        }
+        for n in &c.nodes {
+            wait_port(n.port);
+        }
+        c.wait_ready();
+        c
+    }
+
+    fn spawn_node(&self, i: usize, n: &NatsServer) -> Child {
+        let routes: Vec<String> = self
+            .cluster_ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let log = std::fs::File::create(n.dir.path().join("nats.log")).expect("log");
+        Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(n.port.to_string())
+            .arg("-sd")
+            .arg(n.dir.path().join("js"))
+            .args(["-n", &format!("n{i}"), "--cluster_name", "vakt-test"])
+            .args([
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", self.cluster_ports[i]),
+            ])
+            .args(["--routes", &routes.join(",")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server")
+    }
+
+    /// Every server's URL, comma separated (what `--nats` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills server `i` (SIGKILL); the others keep quorum.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Waits until JetStream in the cluster accepts a replicated bucket.
+    fn wait_ready(&self) {
+        let url = self.nodes[0].url();
+        let ok = rt().block_on(async {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(60) {
+                if let Ok(c) = async_nats::connect(&url).await {
+                    let js = async_nats::jetstream::new(c);
+                    let cfg = async_nats::jetstream::kv::Config {
+                        bucket: "cluster_probe".into(),
+                        num_replicas: 3,
+                        ..Default::default()
+                    };
+                    if js.create_key_value(cfg).await.is_ok() {
+                        let _ = js.delete_key_value("cluster_probe").await;
+                        return true;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            false
+        });
+        assert!(
+            ok,
+            "the NATS cluster did not elect a JetStream leader in 60 s"
+        );
+    }
+}
+
+fn wait_port(port: u16) {
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "nats-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -118,7 +118,7 @@ pub fn run(o: ApplyCmd) -> u8 {
             }
             if p.is_empty() && prepared.findings.is_empty() {
                 // nothing to write, but the markers may need to move (rollback or first run)
-            } else if !confirm() {
+            } else if !confirm("Apply this plan? Type `yes`: ") {
                 output::error("not applied: pass --yes to apply without a terminal");
                 return exit::REFUSED;
             }
@@ -187,12 +187,13 @@ fn print_plan(p: &plan::Plan, f: Format) {
     }
 }
 
-fn confirm() -> bool {
+/// Asks on a terminal; false without one.
+pub(crate) fn confirm(prompt: &str) -> bool {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
         return false;
     }
-    eprint!("Apply this plan? Type `yes`: ");
+    eprint!("{prompt}");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).is_ok() && line.trim() == "yes"

@@ -72,7 +72,7 @@ pub fn run(o: DecideOpts, approve: bool) -> u8 {
     match r {
         Ok(a) => {
             output::print(&format!(
-                "{} {} (expires {}); the next apply or reconcile proceeds{}.\n",
+                "{} {} (expires {}); the next run of that plan (apply, reconcile or restore) proceeds{}.\n",
                 a.decision,
                 a.plan_id,
                 a.expires_at,

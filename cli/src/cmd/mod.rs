@@ -3,6 +3,7 @@
 pub mod api;
 pub mod apply;
 pub mod approve;
+pub mod backup;
 pub mod drift;
 pub mod env;
 pub mod init;
