@@ -81,6 +81,7 @@ pub struct Shared {
     /// The latest live snippets, served at `/snippets/<name>.json`.
     pub snapshot: Mutex<Option<opsrepo::snippets::Snapshot>>,
     node_up: Family<Labels, Gauge>,
+    backup_last: Family<Labels, Gauge>,
     jobs_gauge: Family<Labels, Gauge>,
     cors_origin: Option<String>,
     /// Declared nodes of the applied commit (for the job runner).
@@ -146,6 +147,12 @@ impl Shared {
             "1 when a declared node answers its health check",
             node_up.clone(),
         );
+        let backup_last = Family::<Labels, Gauge>::default();
+        reg.register(
+            "vakt_backup_last_success_timestamp_seconds",
+            "Unix time of the last verified `vakt backup` of a DR store",
+            backup_last.clone(),
+        );
         let jobs_gauge = Family::<Labels, Gauge>::default();
         reg.register("vakt_jobs", "Jobs by state", jobs_gauge.clone());
         let info = Family::<Labels, Gauge>::default();
@@ -164,6 +171,7 @@ impl Shared {
             status: Mutex::new(serde_json::Value::Null),
             snapshot: Mutex::new(None),
             node_up,
+            backup_last,
             jobs_gauge,
             cors_origin: None,
             declared: Mutex::new(Vec::new()),
@@ -495,6 +503,11 @@ impl Ctx {
             .map(|v| v.into_iter().map(|s| s.event).collect())
             .unwrap_or_default();
         let at = crate::audit::now_rfc3339();
+        let last_backup = crate::state::get::<serde_json::Value>(&self.store.state, "backup.last")
+            .await
+            .ok()
+            .flatten()
+            .map(|(v, _)| v);
         let snap = crate::snippets::live(&crate::snippets::Inputs {
             model,
             env: &self.opts.target.env,
@@ -507,7 +520,20 @@ impl Ctx {
                 .await
                 .unwrap_or_default(),
             generated_at: &at,
+            last_backup: last_backup.as_ref(),
         });
+        for st in &snap.dr.stores {
+            if let Some(t) = st.last_success_at.as_deref().and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            }) {
+                let mut l = self.shared.env_l();
+                l.push(("store".into(), st.id.clone()));
+                self.shared
+                    .backup_last
+                    .get_or_create(&l)
+                    .set(t.unix_timestamp());
+            }
+        }
         if let Some(dir) = &self.opts.snippets
             && let Err(e) = crate::snippets::write_dir(dir, &snap)
         {

@@ -8,8 +8,8 @@ use std::path::Path;
 use opsrepo::load::Model;
 use opsrepo::model::{EscalationClass, RemediationMode};
 use opsrepo::snippets::{
-    Condition, ConditionKind, DecisionLevel, Event, InventoryItem, InventoryKind, Snapshot,
-    SnippetName, SnippetSource, Status as SnipStatus, TrustLevel,
+    Condition, ConditionKind, DecisionLevel, Event, InventoryItem, InventoryKind, Recoverable,
+    Snapshot, SnippetName, SnippetSource, Status as SnipStatus, TrustLevel,
 };
 
 use crate::audit::AuditEvent;
@@ -30,6 +30,8 @@ pub struct Inputs<'a> {
         Option<crate::inventory::Rejected>,
     )],
     pub generated_at: &'a str,
+    /// The `backup.last` record of the state bucket (written by `vakt backup`).
+    pub last_backup: Option<&'a serde_json::Value>,
 }
 
 /// The catalog entry for a signal: (runbook id, escalation class, remediation mode).
@@ -438,6 +440,61 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
             actor: Some(e.actor.clone()),
         })
         .collect();
+
+    // DR: the store vakt backs up itself (backup method `vakt-backup`) gets its last backup.
+    let now = time::OffsetDateTime::parse(
+        i.generated_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok();
+    let mut dr_conditions = Vec::new();
+    for st in &mut s.dr.stores {
+        let is_vakt = i
+            .model
+            .dr_stores
+            .iter()
+            .any(|d| d.spec.id == st.id && d.spec.backup.method == "vakt-backup");
+        let Some(at) = i
+            .last_backup
+            .filter(|_| is_vakt)
+            .and_then(|b| b["at"].as_str())
+        else {
+            continue;
+        };
+        st.last_success_at = Some(at.to_owned());
+        let age = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .zip(now)
+            .map(|(t, n)| n - t);
+        let max = crate::apply::parse_duration(&st.max_backup_age);
+        let fresh = match (age, max) {
+            (Some(a), Some(m)) => a <= time::Duration::try_from(m).unwrap_or(time::Duration::MAX),
+            _ => false,
+        };
+        st.recoverable = if fresh {
+            Recoverable::Yes
+        } else {
+            Recoverable::No
+        };
+        if !fresh {
+            let mut c = condition(
+                i.model,
+                env,
+                format!("backup.{env}.{}", st.id),
+                ConditionKind::StaleBackup,
+                "vakt_backup_stale",
+                format!(
+                    "Last backup of {} is older than {} (taken {at})",
+                    st.name, st.max_backup_age
+                ),
+            );
+            c.resource = Some(st.id.clone());
+            c.since = Some(at.to_owned());
+            dr_conditions.push(c);
+        }
+    }
+    s.dr.conditions.extend(dr_conditions.iter().cloned());
+    conditions.extend(dr_conditions);
 
     // Decision header.
     conditions.sort_by_key(|c| match c.escalation_class {

@@ -455,6 +455,32 @@ fn a_reconciler_rebuilds_from_git_when_nats_loses_its_data_and_restore_waits_for
         0
     );
 
+    // The DR snippet and the metric show the backup of the store vakt backs up itself.
+    let store_of = |body: &str| -> Option<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        v["stores"]
+            .as_array()?
+            .iter()
+            .find(|s| s["id"] == "vakt-state")
+            .cloned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .get("/snippets/dr.json")
+            .and_then(|(_, b)| store_of(&b))
+            .is_some_and(
+                |s| s["last_success_at"].is_string() && s["recoverable"] == "yes"
+            )),
+        "dr snippet: {:?}",
+        d.get("/snippets/dr.json")
+    );
+    let (_, metrics) = d.get("/metrics").expect("metrics");
+    assert!(
+        metrics.contains("vakt_backup_last_success_timestamp_seconds{")
+            && metrics.contains("store=\"vakt-state\""),
+        "{metrics}"
+    );
+
     lose_data(&mut n);
     // The running reconciler re-creates its buckets and the audit stream and rebuilds from Git.
     assert!(
