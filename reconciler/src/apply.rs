@@ -22,6 +22,7 @@ use opsrepo::model::{FreezeWindow, Policy, Weekday};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::approvals::Gate;
 use crate::audit::{Audit, AuditEvent, now_rfc3339};
 use crate::compile::{Bucket, Desired};
 use crate::plan::{self, Action, Plan};
@@ -351,67 +352,44 @@ async fn check_policy(
         )));
     }
     if !plan.gates.is_empty() {
-        let key = format!("approval.{}", plan.id);
         let now = opts.now;
-        match state::get::<Approval>(&store.state, &key).await? {
-            Some((a, _)) if a.decision == "approved" && a.digest == plan.digest => {
-                let valid = OffsetDateTime::parse(
-                    &a.expires_at,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .is_ok_and(|e| e > now);
-                if valid {
-                    return Ok(Ok(()));
-                }
+        let ttl = parse_duration(&policy.approval_ttl).unwrap_or(Duration::from_secs(86_400));
+        let actions = plan
+            .gates
+            .iter()
+            .filter_map(|g| {
+                serde_json::to_value(g.action)
+                    .ok()?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        let expires = (now + ttl)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let request = Approval::request(
+            &plan.id,
+            &plan.digest,
+            &opts.actor,
+            expires,
+            &plan.head,
+            actions,
+        );
+        match crate::approvals::gate(store, &request, now).await? {
+            Gate::Approved => return Ok(Ok(())),
+            Gate::Expired(at) => {
                 return Ok(Err(format!(
-                    "the approval of {} expired at {}; needs approval again: `vakt approve {} --reason …`",
-                    plan.id, a.expires_at, plan.id
+                    "the approval of {} expired at {at}; needs approval again: `vakt approve {} --reason …`",
+                    plan.id, plan.id
                 )));
             }
-            Some((a, _)) if a.decision == "rejected" => {
+            Gate::Rejected(by, why) => {
                 return Ok(Err(format!(
-                    "{} was rejected by {} ({}); change the commit to get a new plan",
-                    plan.id,
-                    a.decided_by.unwrap_or_default(),
-                    a.reason.unwrap_or_default()
+                    "{} was rejected by {by} ({why}); change the commit to get a new plan",
+                    plan.id
                 )));
             }
-            Some(_) => {}
-            None => {
-                let ttl =
-                    parse_duration(&policy.approval_ttl).unwrap_or(Duration::from_secs(86_400));
-                let expires = (now + ttl)
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default();
-                let actions = plan
-                    .gates
-                    .iter()
-                    .filter_map(|g| {
-                        serde_json::to_value(g.action)
-                            .ok()?
-                            .as_str()
-                            .map(str::to_owned)
-                    })
-                    .collect();
-                state::put(
-                    &store.state,
-                    &key,
-                    &Approval {
-                        plan_id: plan.id.clone(),
-                        digest: plan.digest.clone(),
-                        decision: "pending".into(),
-                        requested_by: opts.actor.clone(),
-                        requested_at: now_rfc3339(),
-                        decided_by: None,
-                        reason: None,
-                        decided_at: None,
-                        expires_at: expires,
-                        commit: plan.head.clone(),
-                        actions,
-                    },
-                )
-                .await?;
-            }
+            Gate::Pending => {}
         }
         let names: Vec<String> = plan
             .gates

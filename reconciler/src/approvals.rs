@@ -101,3 +101,49 @@ pub async fn decide(
     audit.record(ev).await?;
     Ok(a)
 }
+
+/// Where a gated plan stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    /// Approved for this digest and not expired: it may run.
+    Approved,
+    /// Approved, but the approval expired at this time.
+    Expired(String),
+    /// Rejected: by whom, why.
+    Rejected(String, String),
+    /// Waiting for a decision (the request is stored).
+    Pending,
+}
+
+/// Looks up the approval of `request.plan_id`; when there is none, stores `request` (a pending
+/// approval with the plan's digest and expiry) so `vakt approve` can decide it.
+pub async fn gate(
+    store: &Store,
+    request: &Approval,
+    now: time::OffsetDateTime,
+) -> Result<Gate, crate::store::StoreError> {
+    let key = format!("approval.{}", request.plan_id);
+    Ok(match state::get::<Approval>(&store.state, &key).await? {
+        Some((a, _)) if a.decision == "approved" && a.digest == request.digest => {
+            let valid = time::OffsetDateTime::parse(
+                &a.expires_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .is_ok_and(|e| e > now);
+            if valid {
+                Gate::Approved
+            } else {
+                Gate::Expired(a.expires_at)
+            }
+        }
+        Some((a, _)) if a.decision == "rejected" => Gate::Rejected(
+            a.decided_by.unwrap_or_default(),
+            a.reason.unwrap_or_default(),
+        ),
+        Some(_) => Gate::Pending,
+        None => {
+            state::put(&store.state, &key, request).await?;
+            Gate::Pending
+        }
+    })
+}

@@ -39,6 +39,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::Error;
+use crate::approvals::Gate;
 use crate::audit::{self, Audit, AuditEvent, now_rfc3339};
 use crate::compile::Bucket;
 use crate::plan::LiveEntry;
@@ -901,59 +902,36 @@ async fn gate(store: &Store, plan: &RestorePlan, opts: &RestoreOpts) -> Result<(
             plan.id
         )));
     }
-    let key = format!("approval.{}", plan.id);
-    match state::get::<Approval>(&store.state, &key).await? {
-        Some((a, _)) if a.decision == "approved" && a.digest == plan.digest => {
-            let valid = OffsetDateTime::parse(
-                &a.expires_at,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .is_ok_and(|e| e > opts.now);
-            if valid {
-                return Ok(());
-            }
-            Err(Error::Refused(format!(
-                "the approval of {} expired at {}; it needs approval again",
-                plan.id, a.expires_at
-            )))
-        }
-        Some((a, _)) if a.decision == "rejected" => Err(Error::Refused(format!(
-            "{} was rejected by {} ({})",
-            plan.id,
-            a.decided_by.unwrap_or_default(),
-            a.reason.unwrap_or_default()
+    let mut actions = Vec::new();
+    if plan.buckets.iter().any(|b| !b.overwrite.is_empty()) {
+        actions.push("restore.overwrite".to_owned());
+    }
+    if plan.buckets.iter().any(|b| !b.delete.is_empty()) {
+        actions.push("restore.delete".to_owned());
+    }
+    let expires = (opts.now + opts.approval_ttl)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut request = Approval::request(
+        &plan.id,
+        &plan.digest,
+        &opts.actor,
+        expires,
+        &plan.backup_id,
+        actions,
+    );
+    request.reason = opts.reason.clone();
+    match crate::approvals::gate(store, &request, opts.now).await? {
+        Gate::Approved => Ok(()),
+        Gate::Expired(at) => Err(Error::Refused(format!(
+            "the approval of {} expired at {at}; it needs approval again",
+            plan.id
         ))),
-        existing => {
-            if existing.is_none() {
-                let expires = (opts.now + opts.approval_ttl)
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default();
-                let mut actions = Vec::new();
-                if plan.buckets.iter().any(|b| !b.overwrite.is_empty()) {
-                    actions.push("restore.overwrite".to_owned());
-                }
-                if plan.buckets.iter().any(|b| !b.delete.is_empty()) {
-                    actions.push("restore.delete".to_owned());
-                }
-                state::put(
-                    &store.state,
-                    &key,
-                    &Approval {
-                        plan_id: plan.id.clone(),
-                        digest: plan.digest.clone(),
-                        decision: "pending".into(),
-                        requested_by: opts.actor.clone(),
-                        requested_at: now_rfc3339(),
-                        decided_by: None,
-                        reason: opts.reason.clone(),
-                        decided_at: None,
-                        expires_at: expires,
-                        commit: plan.backup_id.clone(),
-                        actions,
-                    },
-                )
-                .await?;
-            }
+        Gate::Rejected(by, why) => Err(Error::Refused(format!(
+            "{} was rejected by {by} ({why})",
+            plan.id
+        ))),
+        Gate::Pending => {
             let (o, d): (usize, usize) = plan.buckets.iter().fold((0, 0), |(o, d), b| {
                 (o + b.overwrite.len(), d + b.delete.len())
             });

