@@ -96,7 +96,7 @@ impl EnvTarget {
         env: &str,
         mut nats: store::NatsOpts,
         prefix: Option<String>,
-        settings: store::BucketSettings,
+        mut settings: store::BucketSettings,
     ) -> Result<EnvTarget, Error> {
         let manifest = read_manifest(repo)?;
         let e = manifest.environments.get(env).ok_or_else(|| {
@@ -119,6 +119,9 @@ impl EnvTarget {
         let prefix = prefix
             .or_else(|| e.kv_prefix.clone())
             .unwrap_or_else(|| format!("vakt_{env}"));
+        if settings.replicas == 0 {
+            settings.replicas = e.kv_replicas.unwrap_or(1).max(1);
+        }
         Ok(EnvTarget {
             env: env.to_owned(),
             nats,

@@ -114,6 +114,8 @@ pub async fn connect(o: &NatsOpts) -> Result<Client, StoreError> {
 pub struct BucketSettings {
     /// Revisions kept per key (drift uses them to say who wrote a value).
     pub history: i64,
+    /// Replicas of what vakt creates; 0 when resolving a target means "from the environment's
+    /// `kv_replicas` in vakt.toml, else 1".
     pub replicas: usize,
     /// Lease of the leader lock (the lock bucket's max age).
     pub lease: Duration,

@@ -550,6 +550,14 @@ fn three_server_cluster_losing_a_server_while_reconciling_converges() {
     let mut c = NatsCluster::start();
     let urls = c.urls();
     let repo = ops_git();
+    // The environment declares its replicas once; no command needs --replicas.
+    edit(
+        repo.path(),
+        "vakt.toml",
+        "branch = \"env/dev\"\n",
+        "branch = \"env/dev\"\nkv_replicas = 3\n",
+    );
+    commit_all(repo.path(), "dev runs on a three-server cluster");
     let logs = tempfile::tempdir().expect("tempdir");
     // The first apply (every key) pauses after 20 writes until `go` exists: a server is lost
     // in the middle of it.
@@ -561,7 +569,7 @@ fn three_server_cluster_losing_a_server_while_reconciling_converges() {
         logs.path(),
         "dev",
         "r1",
-        &["--interval", "1s", "--lease", "3s", "--replicas", "3"],
+        &["--interval", "1s", "--lease", "3s"],
         &[
             ("VAKT_TEST_PAUSE_AFTER_WRITES", "20"),
             ("VAKT_TEST_PAUSE_UNTIL", &go_s),
@@ -633,11 +641,7 @@ fn three_server_cluster_losing_a_server_while_reconciling_converges() {
         log()
     );
     let two = format!("{},{}", c.nodes[0].url(), c.nodes[1].url());
-    let (code, out, err) = run_at(
-        repo.path(),
-        &two,
-        &["drift", "--env", "dev", "--replicas", "3"],
-    );
+    let (code, out, err) = run_at(repo.path(), &two, &["drift", "--env", "dev"]);
     assert_eq!(code, 0, "{out}{err}");
     verify_chain(&survivor, "dev");
 }

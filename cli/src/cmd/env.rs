@@ -49,9 +49,10 @@ pub struct NatsArgs {
     /// Revisions kept per key in buckets vakt creates.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub history: i64,
-    /// Replicas of buckets vakt creates (1 for a single server, 3 for a cluster).
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub replicas: usize,
+    /// Replicas of the buckets and the audit stream vakt creates (1 for a single server, 3 for
+    /// a cluster). Default: the environment's `kv_replicas` in vakt.toml, else 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: Option<u8>,
 }
 
 impl EnvArgs {
@@ -59,7 +60,7 @@ impl EnvArgs {
         let n = &self.nats;
         let mut settings = BucketSettings {
             history: n.history,
-            replicas: n.replicas,
+            replicas: n.replicas.map_or(0, usize::from),
             ..Default::default()
         };
         if let Some(l) = lease {

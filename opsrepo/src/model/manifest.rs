@@ -52,6 +52,11 @@ pub struct Environment {
     /// Prefix of the KV buckets; defaults to `vakt_<env>`.
     #[serde(default)]
     pub kv_prefix: Option<String>,
+    /// Replicas of the KV buckets and the audit stream vakt creates: 1 for a single server, 3
+    /// for a three-server cluster. Default 1; `--replicas` overrides it.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 5))]
+    pub kv_replicas: Option<usize>,
     /// Sites this environment spans.
     pub sites: Vec<String>,
     pub policy: Policy,
