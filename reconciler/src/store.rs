@@ -23,7 +23,8 @@ use crate::plan::LiveEntry;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "cannot connect to NATS at {urls}: {message} (is nats-server ≥ 2.10 running with -js? pass --nats URL or set NATS_URL)"
+        "cannot connect to NATS at {urls}: {message} ({})",
+        connect_hint(message)
     )]
     Connect { urls: String, message: String },
     #[error(
@@ -40,6 +41,19 @@ pub enum StoreError {
         key: String,
         expected: u64,
     },
+}
+
+/// What to try, from a connection error's text.
+fn connect_hint(message: &str) -> &'static str {
+    if message.contains("CertificateRequired") {
+        "the server wants a client certificate: pass --tls-cert and --tls-key"
+    } else if message.contains("UnknownIssuer") || message.contains("invalid peer certificate") {
+        "the server's certificate is not trusted: pass --tls-ca with the CA that signed it"
+    } else if message.contains("authorization") || message.contains("Authorization") {
+        "the server refused the credentials: check --creds or --nkey"
+    } else {
+        "is nats-server ≥ 2.10 running with -js? pass --nats URL or set NATS_URL"
+    }
 }
 
 pub(crate) fn nats_err(op: &str, e: impl std::fmt::Display) -> StoreError {

@@ -10,6 +10,8 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// Extra command-line arguments (TLS, …).
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -22,11 +24,17 @@ fn free_port() -> u16 {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with(Vec::new())
+    }
+
+    /// Starts a server with extra arguments (e.g. `--tls …`).
+    pub fn start_with(extra: Vec<String>) -> NatsServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = NatsServer {
             child: None,
             port: free_port(),
             dir,
+            extra,
         };
         s.spawn();
         s
@@ -40,6 +48,7 @@ impl NatsServer {
             .arg(self.port.to_string())
             .arg("-sd")
             .arg(&store)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -352,6 +361,7 @@ impl NatsServer {
             child: Some(child),
             port,
             dir,
+            extra: Vec::new(),
         }
     }
 }
@@ -471,6 +481,7 @@ impl NatsCluster {
                 child: None,
                 port,
                 dir: tempfile::tempdir().expect("tempdir"),
+                extra: Vec::new(),
             };
             n.child = Some(c.spawn_node(i, &n));
             c.nodes.push(n);
