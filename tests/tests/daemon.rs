@@ -1396,3 +1396,80 @@ fn a_placement_changed_under_a_migration_fails_it_for_good_and_a_retry_is_refuse
             .any(|e| e["action"] == "job.retry" && e["outcome"] == "refused")
     );
 }
+
+#[test]
+fn api_tokens_from_the_environment_authenticate_and_bad_entries_stop_the_daemon() {
+    let n = NatsServer::start();
+    let repo = nats::ops_git();
+    let rp = repo.path().to_string_lossy().into_owned();
+    // A malformed entry is refused before anything starts, naming the entry.
+    let (code, _, err) = vakt_tests::outcome(&vakt_tests::vakt_env(
+        &[
+            "reconcile",
+            "--env",
+            "dev",
+            "--repo",
+            &rp,
+            "--nats",
+            &n.url(),
+        ],
+        &[(
+            "VAKT_API_TOKENS_DATA",
+            "ro-token-0123456789abcdef service-account:ci-vakt-plan;short user:x",
+        )],
+    ));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("VAKT_API_TOKENS_DATA entry 2"), "{err}");
+
+    let (op, ro) = ("op-token-0123456789abcdef", "ro-token-0123456789abcdef");
+    let data = format!("{op} group:sre-oncall; {ro} service-account:ci-vakt-plan");
+    let d = Daemon::start_at(
+        repo.path(),
+        &n.url(),
+        n.dir.path(),
+        "dev",
+        "env-tokens",
+        &["--interval", "1h", "--lease", "2s"],
+        &[("VAKT_API_TOKENS_DATA", &data)],
+    );
+    assert!(wait_until(Duration::from_secs(15), || d.is_leader()));
+    let req = |m: &str, p: &str, t: Option<&str>, b: Option<&str>| {
+        nats::http_req(&d.url, m, p, t, b).unwrap()
+    };
+    assert_eq!(req("GET", "/api/v1/status", None, None).0, 401);
+    assert_eq!(
+        req(
+            "GET",
+            "/api/v1/status",
+            Some("not-a-token-0123456789"),
+            None
+        )
+        .0,
+        401
+    );
+    // Roles and bindings come from the applied commit: allowed once the first apply is done.
+    assert!(
+        wait_until(Duration::from_secs(15), || req(
+            "GET",
+            "/api/v1/status",
+            Some(ro),
+            None
+        )
+        .0 == 200),
+        "{:?}",
+        req("GET", "/api/v1/status", Some(ro), None)
+    );
+    let (code, body) = req("GET", "/api/v1/status", Some(op), None);
+    assert_eq!(code, 200, "{body}");
+    // Roles still come from access/: the read-only service account cannot approve.
+    assert_eq!(
+        req(
+            "POST",
+            "/api/v1/approvals/plan-000000000000/approve",
+            Some(ro),
+            Some(r#"{"reason":"ok"}"#)
+        )
+        .0,
+        403
+    );
+}
