@@ -40,3 +40,31 @@ pub fn init_tracing() {
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
 }
+
+/// A progress bar on stderr for long work, only when stderr is a terminal (scripts and CI see
+/// nothing). Returns the bar (finish it when done) and the callback for the library.
+pub fn progress(what: &str) -> (indicatif::ProgressBar, Option<reconciler::Progress>) {
+    if !std::io::stderr().is_terminal() {
+        return (indicatif::ProgressBar::hidden(), None);
+    }
+    // Hidden until the first report says how much there is to do.
+    let bar = indicatif::ProgressBar::hidden();
+    let style = if std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) {
+        "{msg} [{bar:30.cyan/blue}] {pos}/{len} ({elapsed}, eta {eta})"
+    } else {
+        "{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})"
+    };
+    if let Ok(s) = indicatif::ProgressStyle::with_template(style) {
+        bar.set_style(s.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    let b = bar.clone();
+    let cb = reconciler::Progress(std::sync::Arc::new(move |done, total| {
+        if b.length() != Some(total) {
+            b.set_length(total);
+            b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        b.set_position(done);
+    }));
+    (bar, Some(cb))
+}

@@ -50,6 +50,8 @@ pub struct ApplyOpts {
     /// Causation id for audit events (the trigger, the daemon tick, the operator's request).
     pub causation_id: Option<String>,
     pub site: Option<String>,
+    /// Told after every acknowledged write.
+    pub progress: Option<crate::Progress>,
 }
 
 impl ApplyOpts {
@@ -70,6 +72,7 @@ impl ApplyOpts {
             pause_until: std::env::var_os("VAKT_TEST_PAUSE_UNTIL").map(Into::into),
             causation_id: None,
             site: None,
+            progress: None,
         }
     }
 }
@@ -499,6 +502,9 @@ pub async fn write_plan(
         {
             Ok(seq) => {
                 written += 1;
+                if let Some(p) = &opts.progress {
+                    p.report(written as u64, total as u64);
+                }
                 let ev = change_event(store, plan, opts, c, seq);
                 match bounded("publish audit event", audit.send(ev)).await {
                     Ok(a) => audits.push_back(a),

@@ -510,6 +510,8 @@ pub struct RestoreOpts {
     pub now: OffsetDateTime,
     /// How long an approval request stays valid.
     pub approval_ttl: Duration,
+    /// Told after every acknowledged write.
+    pub progress: Option<crate::Progress>,
 }
 
 /// What a restore would do to one bucket.
@@ -800,11 +802,17 @@ pub async fn restore(
     }));
     audit.record(start).await?;
     let mut written = 0;
+    let total = plan.writes() as u64;
     for b in &plan.buckets {
         let Some(kv) = kv_of(store, &b.bucket) else {
             continue;
         };
-        written += write_bucket(store, kv, &b.bucket, &b.writes).await?;
+        written += write_bucket(store, kv, &b.bucket, &b.writes, |n| {
+            if let Some(p) = &opts.progress {
+                p.report((written + n) as u64, total);
+            }
+        })
+        .await?;
         let mut ev = AuditEvent::new(
             format!("{}/{}", plan.id, b.bucket),
             &store.env,
@@ -861,6 +869,7 @@ async fn write_bucket(
     kv: &kv::Store,
     bucket: &str,
     writes: &[Write1],
+    progress: impl Fn(usize),
 ) -> Result<usize, Error> {
     let name = format!("{}_{bucket}", store.prefix);
     let mut acks = futures_util::stream::iter(writes.iter().map(|w| {
@@ -889,6 +898,7 @@ async fn write_bucket(
     while let Some(r) = acks.next().await {
         r?;
         n += 1;
+        progress(n);
     }
     Ok(n)
 }

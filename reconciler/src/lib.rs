@@ -45,6 +45,23 @@ pub enum Error {
     Other(String),
 }
 
+/// A progress callback for long work (writes done, writes in all). Libraries never print; the
+/// binary draws a bar from it when stderr is a terminal.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl Progress {
+    pub fn report(&self, done: u64, total: u64) {
+        (self.0)(done, total);
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
+}
+
 /// Compiles the desired state of `env` at `rev` (a branch, tag or sha) of the repo at `repo`.
 /// Returns it with the full commit id.
 pub fn compile_rev(repo: &Path, rev: &str, env: &str) -> Result<Desired, Error> {

@@ -123,7 +123,14 @@ pub fn run(o: ApplyCmd) -> u8 {
                 return exit::REFUSED;
             }
         }
-        match reconciler::run::guarded_apply(&store, &mut audit, &prepared, &opts, o.allow_rewind).await {
+        let (bar, progress) = output::progress("applying");
+        let mut opts = opts;
+        opts.progress = progress;
+        let result =
+            reconciler::run::guarded_apply(&store, &mut audit, &prepared, &opts, o.allow_rewind)
+                .await;
+        bar.finish_and_clear();
+        match result {
             Ok(r) => {
                 match o.format {
                     Format::Json => output::print(&format!(

@@ -177,6 +177,7 @@ pub fn restore(o: RestoreCmd) -> u8 {
         reason: o.reason.clone(),
         now: time::OffsetDateTime::now_utc(),
         approval_ttl: ttl,
+        progress: None,
     };
     let rt = env::runtime();
     let opened = rt.block_on(target.open());
@@ -219,7 +220,11 @@ pub fn restore(o: RestoreCmd) -> u8 {
         output::error("not restored: pass --yes to restore without a terminal");
         return exit::REFUSED;
     }
-    match rt.block_on(backup::restore(&store, &mut audit, &o.from, &opts)) {
+    let (bar, progress) = output::progress("restoring");
+    let opts = RestoreOpts { progress, ..opts };
+    let result = rt.block_on(backup::restore(&store, &mut audit, &o.from, &opts));
+    bar.finish_and_clear();
+    match result {
         Ok(out) => {
             match o.format {
                 Format::Json => output::print(&format!(
