@@ -147,6 +147,12 @@ impl EnvTarget {
         })
     }
 
+    /// Connects and opens the existing buckets, creating nothing (read-only commands).
+    pub async fn open_existing(&self) -> Result<store::Store, Error> {
+        let client = store::connect(&self.nats).await?;
+        Ok(store::Store::open_existing(client, &self.env, &self.prefix).await?)
+    }
+
     /// Connects and opens the buckets and the audit stream.
     pub async fn open(&self) -> Result<(store::Store, audit::Audit), Error> {
         let client = store::connect(&self.nats).await?;

@@ -31,6 +31,10 @@ pub enum StoreError {
         "bucket `{bucket}` exists with other settings: {detail}; vakt does not reconfigure a bucket it did not create: fix it with `nats kv` or choose another --kv-prefix"
     )]
     BucketMismatch { bucket: String, detail: String },
+    #[error(
+        "bucket `{bucket}` does not exist: nothing has been applied to {env} with this prefix (check --env and --kv-prefix, or run `vakt apply --env {env}` first); read-only commands create nothing"
+    )]
+    Missing { bucket: String, env: String },
     #[error("NATS {op} failed: {message}")]
     Nats { op: String, message: String },
     #[error(
@@ -233,6 +237,53 @@ impl Store {
             }
         }
         out
+    }
+
+    /// Opens the environment's buckets without creating any (read-only commands: `drift`,
+    /// `plan --live`): a missing bucket is [`StoreError::Missing`].
+    pub async fn open_existing(
+        client: Client,
+        env: &str,
+        prefix: &str,
+    ) -> Result<Store, StoreError> {
+        let js = jetstream::new(client.clone());
+        let get = |name: String| {
+            let js = js.clone();
+            async move {
+                match js.get_stream(format!("KV_{name}")).await {
+                    Err(e)
+                        if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+                    {
+                        Err(StoreError::Missing {
+                            bucket: name,
+                            env: env.to_owned(),
+                        })
+                    }
+                    Err(e) => Err(nats_err(&format!("look up bucket {name}"), e)),
+                    Ok(_) => js
+                        .get_key_value(&name)
+                        .await
+                        .map_err(|e| nats_err(&format!("open bucket {name}"), e)),
+                }
+            }
+        };
+        let mut kvs = BTreeMap::new();
+        for b in Bucket::ALL {
+            kvs.insert(b, get(format!("{prefix}_{}", b.as_str())).await?);
+        }
+        let state = get(format!("{prefix}_state")).await?;
+        let jobs = get(format!("{prefix}_jobs")).await?;
+        Ok(Store {
+            client,
+            js,
+            env: env.to_owned(),
+            prefix: prefix.to_owned(),
+            replicas: 1,
+            kvs,
+            state,
+            jobs,
+        })
     }
 
     /// The lock bucket: history 1, max age = the lease.

@@ -825,3 +825,27 @@ fn nkey_authentication() {
     );
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn read_only_commands_create_nothing() {
+    let n = NatsServer::start();
+    let repo = ops_git();
+    let (code, _, err) = run(repo.path(), &n, &["drift", "--env", "dev"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    let (code, out, err) = run(
+        repo.path(),
+        &n,
+        &["plan", "--env", "dev", "--live", "--format", "json"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("plan JSON");
+    assert!(plan["counts"]["add"].as_u64().unwrap_or(0) > 100, "{plan}");
+    let streams = nats::rt().block_on(async {
+        use futures_util::StreamExt;
+        let c = async_nats::connect(n.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(c);
+        js.stream_names().collect::<Vec<_>>().await.len()
+    });
+    assert_eq!(streams, 0, "a read-only command created streams");
+}

@@ -45,7 +45,7 @@ pub fn run(o: DriftOpts) -> u8 {
     let repo = o.target.repo.clone();
     let envname = o.target.env.clone();
     let r = env::runtime().block_on(async move {
-        let (store, _audit) = target.open().await?;
+        let store = target.open_existing().await?;
         let applied = reconciler::run::applied(&store).await?;
         let branch = reconciler::env_branch(&repo, &envname);
         let rev = o

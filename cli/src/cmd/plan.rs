@@ -71,8 +71,14 @@ pub fn run(o: PlanOpts) -> u8 {
         };
         env::runtime().block_on(async {
             let desired = reconciler::compile_rev(&repo, &rev, &envname)?;
-            let (store, _audit) = target.open().await?;
-            let live = store.snapshot().await?;
+            // Nothing applied yet (no buckets): every key is an add, and nothing is created.
+            let live = match target.open_existing().await {
+                Ok(store) => store.snapshot().await?,
+                Err(reconciler::Error::Store(reconciler::store::StoreError::Missing {
+                    ..
+                })) => Default::default(),
+                Err(e) => return Err(e),
+            };
             Ok(plan::plan_live(&desired, &live))
         })
     } else {
