@@ -130,6 +130,11 @@ impl Access {
         a
     }
 
+    /// Whether roles have been loaded from an applied commit.
+    pub fn is_loaded(&self) -> bool {
+        !self.roles.is_empty()
+    }
+
     /// Whether `subject` (`kind:name`) holds `perm` in `env`.
     pub fn allows(&self, subject: &str, env: &str, perm: &str) -> bool {
         let Some((kind, name)) = subject.split_once(':') else {
@@ -208,14 +213,22 @@ async fn authorize(
             "anonymous".to_owned(),
         ),
         Some(s) => {
-            let ok = st
+            let (ok, loaded) = st
                 .shared
                 .access
                 .lock()
-                .map(|a| a.allows(s, &st.env, perm))
-                .unwrap_or(false);
+                .map(|a| (a.allows(s, &st.env, perm), a.is_loaded()))
+                .unwrap_or((false, false));
             if ok {
                 (None, StatusCode::OK, s.clone())
+            } else if !loaded {
+                (
+                    Some(
+                        "no roles yet (they come from access/ of the applied commit, and nothing is applied yet)",
+                    ),
+                    StatusCode::FORBIDDEN,
+                    s.clone(),
+                )
             } else {
                 (Some("no role grants it"), StatusCode::FORBIDDEN, s.clone())
             }

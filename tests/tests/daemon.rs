@@ -1423,19 +1423,32 @@ fn api_tokens_from_the_environment_authenticate_and_bad_entries_stop_the_daemon(
 
     let (op, ro) = ("op-token-0123456789abcdef", "ro-token-0123456789abcdef");
     let data = format!("{op} group:sre-oncall; {ro} service-account:ci-vakt-plan");
+    // The first commit is invalid, so nothing gets applied at first.
+    let tenant = repo
+        .path()
+        .join("config/tenants/fjord-logistics/tenant.toml");
+    let good = std::fs::read_to_string(&tenant).unwrap();
+    std::fs::write(&tenant, good.replacen("tier = ", "tierr = ", 1)).unwrap();
+    nats::commit_all(repo.path(), "typo");
     let d = Daemon::start_at(
         repo.path(),
         &n.url(),
         n.dir.path(),
         "dev",
         "env-tokens",
-        &["--interval", "1h", "--lease", "2s"],
+        &["--interval", "500ms", "--lease", "2s"],
         &[("VAKT_API_TOKENS_DATA", &data)],
     );
     assert!(wait_until(Duration::from_secs(15), || d.is_leader()));
     let req = |m: &str, p: &str, t: Option<&str>, b: Option<&str>| {
         nats::http_req(&d.url, m, p, t, b).unwrap()
     };
+    // Roles come from the applied commit: none yet, and the refusal says so.
+    let (code, body) = req("GET", "/api/v1/status", Some(op), None);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("nothing is applied yet"), "{body}");
+    std::fs::write(&tenant, good).unwrap();
+    nats::commit_all(repo.path(), "fix the typo");
     assert_eq!(req("GET", "/api/v1/status", None, None).0, 401);
     assert_eq!(
         req(
