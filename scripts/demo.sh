@@ -71,6 +71,9 @@ done <"$WORK/nodes.tsv"
 
 echo "==> vakt apply --env dev"
 "$VAKT" apply --env dev --repo "$WORK/ops" --nats "$NATS" --yes --actor demo
+echo "==> vakt backup --env dev (the DR page shows it; vakt restore --preflight checks it)"
+"$VAKT" backup --env dev --repo "$WORK/ops" --nats "$NATS" --actor demo \
+  --out "$WORK/backups/$(date -u +%Y%m%dT%H%M%SZ)" | head -1
 mkdir -p "$WORK/snippets"
 "$VAKT" reconcile --env dev --repo "$WORK/ops" --nats "$NATS" --watch "$WORK/ops/.git" \
   --listen 127.0.0.1:0 --snippets "$WORK/snippets" --node-poll 5s --interval 1m \

@@ -342,6 +342,34 @@ async fn write_backup(store: &Store, dir: &Path, actor: &str) -> Result<Manifest
     Ok(manifest)
 }
 
+/// Deletes the oldest backups of `env` in `dir` beyond the newest `keep`. Only directories whose
+/// manifest names `env` count (anything else in `dir` is left alone); ordered by `created_at`.
+pub fn prune(dir: &Path, env: &str, keep: usize) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        // Hidden entries are backups still being written.
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .filter_map(|p| {
+            let m: Manifest =
+                serde_json::from_slice(&std::fs::read(p.join(MANIFEST)).ok()?).ok()?;
+            (m.env == env).then_some((m.created_at, p))
+        })
+        .collect();
+    found.sort();
+    let excess = found.len().saturating_sub(keep.max(1));
+    let mut removed = Vec::new();
+    for (_, p) in found.into_iter().take(excess) {
+        if std::fs::remove_dir_all(&p).is_ok() {
+            removed.push(p);
+        }
+    }
+    removed
+}
+
 fn write_file(
     dir: &Path,
     rel: &str,

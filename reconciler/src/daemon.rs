@@ -63,6 +63,17 @@ pub struct DaemonOpts {
     pub cors_origin: Option<String>,
     /// Bearer tokens of the operator API; without them `/api/v1` denies everything.
     pub api_tokens: crate::api::Tokens,
+    /// Scheduled backups, taken by the leader only.
+    pub backups: Option<BackupSchedule>,
+}
+
+/// `vakt reconcile --backup-dir DIR --backup-every D --backup-keep N`.
+#[derive(Debug, Clone)]
+pub struct BackupSchedule {
+    pub dir: PathBuf,
+    pub every: Duration,
+    /// Verified backups of this environment kept in `dir`; older ones are deleted.
+    pub keep: usize,
 }
 
 type Labels = Vec<(String, String)>;
@@ -330,10 +341,24 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut node_tick = tokio::time::interval(opts.node_poll);
     node_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let backup_every = opts
+        .backups
+        .as_ref()
+        .map_or(Duration::from_secs(86_400), |b| b.every);
+    let mut backup_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + backup_every, backup_every);
+    backup_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let source = tokio::select! {
             _ = shutdown.wait_for(|v| *v) => break,
             _ = tick.tick() => "poll".to_owned(),
+            _ = backup_tick.tick(), if opts.backups.is_some() => {
+                if shared.is_leader.load(Ordering::SeqCst) {
+                    ctx.scheduled_backup().await;
+                    ctx.refresh_snippets().await;
+                }
+                continue;
+            }
             _ = node_tick.tick() => {
                 if shared.is_leader.load(Ordering::SeqCst) {
                     ctx.poll_nodes().await;
@@ -418,6 +443,28 @@ impl Ctx {
         }
         self.publish_status().await;
         self.refresh_snippets().await;
+    }
+
+    /// Takes a scheduled backup into the backup directory and deletes the oldest beyond `keep`.
+    async fn scheduled_backup(&mut self) {
+        let Some(b) = self.opts.backups.clone() else {
+            return;
+        };
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+            ))
+            .unwrap_or_default();
+        let dir = b.dir.join(format!("{}-{stamp}", self.opts.target.env));
+        match crate::backup::backup(&self.store, &mut self.audit, &dir, &self.opts.actor).await {
+            Ok(r) => {
+                tracing::info!(dir = %r.dir.display(), id = %r.manifest.id, "backup taken and verified");
+                crate::backup::prune(&b.dir, &self.opts.target.env, b.keep);
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "scheduled backup failed");
+            }
+        }
     }
 
     async fn poll_nodes(&mut self) {

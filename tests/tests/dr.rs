@@ -645,3 +645,71 @@ fn three_server_cluster_losing_a_server_while_reconciling_converges() {
     assert_eq!(code, 0, "{out}{err}");
     verify_chain(&survivor, "dev");
 }
+
+#[test]
+fn the_leader_takes_scheduled_backups_and_keeps_the_newest() {
+    let n = NatsServer::start();
+    let repo = ops_git();
+    let backups = tempfile::tempdir().expect("tempdir");
+    // Something else in the backup directory is never touched.
+    std::fs::create_dir(backups.path().join("not-a-backup")).unwrap();
+    let dir_s = backups.path().to_string_lossy().into_owned();
+    let _d = Daemon::start(
+        repo.path(),
+        &n,
+        "dev",
+        "r1",
+        &[
+            "--interval",
+            "1h",
+            "--lease",
+            "2s",
+            "--backup-dir",
+            &dir_s,
+            "--backup-every",
+            "700ms",
+            "--backup-keep",
+            "2",
+        ],
+    );
+    let taken = || {
+        audit_events(&n.url(), "dev")
+            .iter()
+            .filter(|e| e["action"] == "backup")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || taken() >= 4),
+        "scheduled backups: {}; log: {}",
+        taken(),
+        std::fs::read_to_string(n.dir.path().join("daemon-r1.log")).unwrap_or_default()
+    );
+    let mut kept: Vec<_> = std::fs::read_dir(backups.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.join("manifest.json").exists()
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        })
+        .collect();
+    kept.sort();
+    assert!(
+        (1..=3).contains(&kept.len()),
+        "keep 2 (a third between its rename and the prune): {kept:?}"
+    );
+    for k in &kept {
+        let sum = std::process::Command::new("sha256sum")
+            .args(["-c", "manifest.sha256"])
+            .current_dir(k)
+            .output()
+            .expect("sha256sum");
+        assert!(sum.status.success(), "{k:?}");
+    }
+    assert!(backups.path().join("not-a-backup").exists());
+    // The newest backup is what the state records.
+    let last = read_bucket(&n.url(), "vakt_dev_state")["backup.last"]
+        .1
+        .clone();
+    let last: serde_json::Value = serde_json::from_slice(&last).unwrap();
+    assert!(last["dir"].as_str().unwrap().contains("dev-"), "{last}");
+}

@@ -81,6 +81,16 @@ pub struct ReconcileOpts {
     /// Without tokens the API denies every call.
     #[arg(long, value_name = "FILE", env = "VAKT_API_TOKENS")]
     pub api_tokens: Option<PathBuf>,
+    /// Take a verified backup (as `vakt backup`) into a new directory under DIR every
+    /// --backup-every; only the leader does, so replicas never duplicate them.
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// How often the leader takes a backup (with --backup-dir).
+    #[arg(long, default_value = "15m", value_parser = parse_dur, value_name = "DURATION")]
+    pub backup_every: Duration,
+    /// Backups of this environment kept under --backup-dir; older ones are deleted.
+    #[arg(long, default_value_t = 96, value_name = "N")]
+    pub backup_keep: usize,
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -137,6 +147,14 @@ pub fn run(o: ReconcileOpts) -> u8 {
         node_poll: o.node_poll,
         cors_origin: o.cors_origin.clone(),
         api_tokens,
+        backups: o
+            .backup_dir
+            .clone()
+            .map(|dir| reconciler::daemon::BackupSchedule {
+                dir,
+                every: o.backup_every,
+                keep: o.backup_keep,
+            }),
     };
     env::runtime().block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
