@@ -713,3 +713,62 @@ fn the_leader_takes_scheduled_backups_and_keeps_the_newest() {
     let last: serde_json::Value = serde_json::from_slice(&last).unwrap();
     assert!(last["dir"].as_str().unwrap().contains("dev-"), "{last}");
 }
+
+#[test]
+fn a_pending_approval_survives_data_loss_through_backup_and_restore_and_still_works() {
+    let mut n = NatsServer::start();
+    let repo = ops_git();
+    vakt_tests::git(repo.path(), &["checkout", "-q", "env/staging"]);
+    // staging gates access changes: the first apply waits for an approval.
+    let (code, _, err) = run(repo.path(), &n, &["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code, 4, "{err}");
+    let plan_id = err
+        .split_whitespace()
+        .find(|w| w.starts_with("plan-"))
+        .expect("plan id")
+        .trim_end_matches(':')
+        .to_owned();
+    let approval_key = format!("approval.{plan_id}");
+    let before = read_bucket(&n.url(), "vakt_staging_state")[&approval_key]
+        .1
+        .clone();
+    let bk = tempfile::tempdir().expect("tempdir");
+    let dir_s = bk.path().join("s").to_string_lossy().into_owned();
+    let (code, out, err) = run(
+        repo.path(),
+        &n,
+        &["backup", "--env", "staging", "--out", &dir_s],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    lose_data(&mut n);
+    let (code, out, err) = run(
+        repo.path(),
+        &n,
+        &["restore", "--env", "staging", "--from", &dir_s, "--yes"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        read_bucket(&n.url(), "vakt_staging_state")[&approval_key].1,
+        before,
+        "the pending approval is back, byte for byte"
+    );
+    // It can be decided, and the apply it gates then proceeds.
+    let (code, out, err) = run(
+        repo.path(),
+        &n,
+        &[
+            "approve",
+            &plan_id,
+            "--env",
+            "staging",
+            "--reason",
+            "CHG-9 reviewed after the restore",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(repo.path(), &n, &["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!read_bucket(&n.url(), "vakt_staging_access").is_empty());
+    verify_chain(&n.url(), "staging");
+}
