@@ -44,12 +44,13 @@ pub struct BackupOpts {
 /// the target environment, then compares the backup with the live buckets and the audit stream:
 /// keys to create, keys to overwrite and keys to delete per bucket, and audit events to
 /// republish. It refuses while a reconciler holds the environment's lease (stop
-/// `vakt reconcile` first) and when the live audit trail has events the backup lacks (the hash
-/// chain would fork; --skip-audit restores the buckets only).
+/// `vakt reconcile` first) and when the live audit trail and the backup's diverge (the hash
+/// chain would fork; --skip-audit restores the buckets only). When one trail extends the
+/// other, only the missing events are republished.
 ///
 /// Creating keys in empty buckets runs at once. Overwriting or deleting live keys is
-/// destructive: the first run records a pending approval bound to the restore plan's digest
-/// and exits 4; after `vakt approve restore-… --reason …` the same command restores. Writes are
+/// destructive: it needs --reason, and the first run records a pending approval bound to the
+/// restore plan's digest and exits 4; after `vakt approve restore-… --reason …` the same command restores. Writes are
 /// compare-and-set on the revisions the preflight read, so a concurrent writer stops the
 /// restore instead of being overwritten. Every step is audited (restore.start,
 /// restore.bucket, restore.done) and `restore.last` records the outcome.
@@ -82,7 +83,7 @@ pub struct RestoreCmd {
     /// inventory, state, jobs).
     #[arg(long, value_delimiter = ',', value_name = "NAME[,NAME…]")]
     pub buckets: Option<Vec<String>>,
-    /// Leave the audit stream alone (when it has events the backup lacks).
+    /// Leave the audit stream alone (when its trail and the backup's diverge).
     #[arg(long)]
     pub skip_audit: bool,
     /// Why (required to overwrite or delete live keys; recorded).
