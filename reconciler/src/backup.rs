@@ -52,7 +52,8 @@ const MANIFEST: &str = "manifest.json";
 const MANIFEST_SUM: &str = "manifest.sha256";
 const AUDIT_FILE: &str = "audit.jsonl";
 /// State records about backups and restores themselves: a restore neither writes nor deletes
-/// them (otherwise the approval a destructive restore waits for would change its own plan).
+/// them (otherwise the approval a destructive restore waits for would change its own plan);
+/// nor the apply in-flight marker (see [`protected`]).
 const LAST_BACKUP: &str = "backup.last";
 const LAST_RESTORE: &str = "restore.last";
 /// Keys listed per bucket in a restore's audit event (the count is always complete).
@@ -82,7 +83,12 @@ fn kv_of<'a>(store: &'a Store, name: &str) -> Option<&'a kv::Store> {
 
 fn protected(bucket: &str, key: &str) -> bool {
     bucket == "state"
-        && (key == LAST_BACKUP || key == LAST_RESTORE || key.starts_with("approval.restore-"))
+        && (key == LAST_BACKUP
+            || key == LAST_RESTORE
+            || key.starts_with("approval.restore-")
+            // The in-flight marker names stream sequences of the server it was written on;
+            // restored elsewhere it would send the next apply's recovery after the wrong writes.
+            || key == state::INFLIGHT)
 }
 
 /// What `manifest.json` says.
