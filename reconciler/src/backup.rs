@@ -785,15 +785,15 @@ pub struct RestoreOutcome {
     pub events_published: usize,
 }
 
-/// Restores a backup: preflight, approval gate for destructive restores, audit events, then
-/// compare-and-set writes; records what it did.
+/// Carries out a restore plan from [`preflight`]: the approval gate for destructive plans,
+/// audit events, then compare-and-set writes on the revisions the preflight read (a key changed
+/// since stops the restore); records what it did.
 pub async fn restore(
     store: &Store,
     audit: &mut Audit,
-    dir: &Path,
+    plan: RestorePlan,
     opts: &RestoreOpts,
 ) -> Result<RestoreOutcome, Error> {
-    let plan = preflight(store, dir, opts).await?;
     if !plan.refusals.is_empty() {
         return Err(Error::Refused(plan.refusals.join("; ")));
     }

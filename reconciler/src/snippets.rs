@@ -217,28 +217,28 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
     let mut node_conditions = Vec::new();
     for o in i.observations {
         let site = o.declared.as_ref().map(|d| d.site.clone());
-        if !o.up {
-            let mut c = condition(
-                i.model,
-                env,
-                format!("node-down.{}", o.id),
+        let problems = [
+            (!o.up).then_some((
+                "node-down",
                 ConditionKind::UnhealthyNode,
                 "vakt_node_unhealthy",
-                format!("Node {} is not answering its health check", o.id),
-            );
-            c.site = site.clone();
-            c.resource = Some(format!("node:{}", o.id));
-            c.detail = o.detail.clone();
-            node_conditions.push(c);
-        }
-        if o.trust == Trust::Conflicting {
+                "is not answering its health check",
+            )),
+            (o.trust == Trust::Conflicting).then_some((
+                "inventory-conflict",
+                ConditionKind::Alert,
+                "inventory_trust_conflict",
+                "disagrees with the inventory",
+            )),
+        ];
+        for (prefix, kind, signal, what) in problems.into_iter().flatten() {
             let mut c = condition(
                 i.model,
                 env,
-                format!("inventory-conflict.{}", o.id),
-                ConditionKind::Alert,
-                "inventory_trust_conflict",
-                format!("Node {} disagrees with the inventory", o.id),
+                format!("{prefix}.{}", o.id),
+                kind,
+                signal,
+                format!("Node {} {what}", o.id),
             );
             c.site = site.clone();
             c.resource = Some(format!("node:{}", o.id));

@@ -493,6 +493,21 @@ fn jobs_json(repo: &std::path::Path, n: &NatsServer) -> Vec<serde_json::Value> {
     serde_json::from_str(&out).unwrap()
 }
 
+/// Waits for the daemon's first apply (the placement bucket filled), then commits the
+/// polar-retail move and triggers a step.
+fn move_after_first_apply(repo: &std::path::Path, n: &NatsServer) {
+    assert!(
+        wait_until(Duration::from_secs(15), || !read_bucket(
+            &n.url(),
+            "vakt_dev_placement"
+        )
+        .is_empty()),
+        "no first apply"
+    );
+    move_polar_retail(repo);
+    publish(&n.url(), "vakt.trigger.dev");
+}
+
 fn move_polar_retail(repo: &std::path::Path) {
     edit(
         repo,
@@ -580,13 +595,7 @@ fn drain_that_never_converges_fails_then_dead_letters_and_placement_stays() {
     );
     let _new = agg_node(&n, 2, p2, &[]);
     let _d = Daemon::start(repo.path(), &n, "dev", "dl", LONG);
-    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
-        &n.url(),
-        "vakt_dev_placement"
-    )
-    .is_empty()));
-    move_polar_retail(repo.path());
-    publish(&n.url(), "vakt.trigger.dev");
+    move_after_first_apply(repo.path(), &n);
     assert!(
         wait_until(Duration::from_secs(30), || jobs_json(repo.path(), &n)
             .first()
@@ -691,13 +700,7 @@ fn operator_api_authenticates_authorizes_and_audits() {
         "api",
         &["--interval", "1h", "--lease", "2s", "--api-tokens", &tk],
     );
-    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
-        &n.url(),
-        "vakt_dev_placement"
-    )
-    .is_empty()));
-    move_polar_retail(repo.path());
-    publish(&n.url(), "vakt.trigger.dev");
+    move_after_first_apply(repo.path(), &n);
     assert!(wait_until(Duration::from_secs(30), || jobs_json(
         repo.path(),
         &n
@@ -890,13 +893,7 @@ fn node_down_at_preflight_blocks_with_its_reason_and_a_retry_succeeds_once_it_is
     let n = NatsServer::start();
     let _old = agg_node(&n, 1, p1, &["--inflight", "2"]);
     let _d = Daemon::start(repo.path(), &n, "dev", "pf", LONG);
-    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
-        &n.url(),
-        "vakt_dev_placement"
-    )
-    .is_empty()));
-    move_polar_retail(repo.path());
-    publish(&n.url(), "vakt.trigger.dev");
+    move_after_first_apply(repo.path(), &n);
     let job = job_where(repo.path(), &n, 30, |j| j["state"] == "dead-lettered");
     let err = job["error"].as_str().unwrap();
     assert!(
@@ -953,13 +950,7 @@ fn a_node_that_lies_about_being_drained_is_not_trusted() {
     );
     let _new = agg_node(&n, 2, p2, &[]);
     let _d = Daemon::start(repo.path(), &n, "dev", "lie", LONG);
-    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
-        &n.url(),
-        "vakt_dev_placement"
-    )
-    .is_empty()));
-    move_polar_retail(repo.path());
-    publish(&n.url(), "vakt.trigger.dev");
+    move_after_first_apply(repo.path(), &n);
     let job = job_where(repo.path(), &n, 30, |j| j["state"] == "dead-lettered");
     assert!(
         job["error"].as_str().unwrap().contains("not trusted"),
@@ -981,13 +972,7 @@ fn a_long_drain_is_cancelled_and_the_placement_stays() {
     );
     let _new = agg_node(&n, 2, p2, &[]);
     let _d = Daemon::start(repo.path(), &n, "dev", "cx", LONG);
-    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
-        &n.url(),
-        "vakt_dev_placement"
-    )
-    .is_empty()));
-    move_polar_retail(repo.path());
-    publish(&n.url(), "vakt.trigger.dev");
+    move_after_first_apply(repo.path(), &n);
     let job = job_where(repo.path(), &n, 30, |j| {
         j["state"] == "running" && j["steps"][2]["state"] == "running"
     });
@@ -1027,13 +1012,7 @@ fn a_replica_resumes_a_migration_whose_leader_died_and_finishes_it_once() {
     let mut a = Daemon::start(repo.path(), &n, "dev", "ra", LONG);
     assert!(wait_until(Duration::from_secs(15), || a.is_leader()));
     let b = Daemon::start(repo.path(), &n, "dev", "rb", LONG);
-    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
-        &n.url(),
-        "vakt_dev_placement"
-    )
-    .is_empty()));
-    move_polar_retail(repo.path());
-    publish(&n.url(), "vakt.trigger.dev");
+    move_after_first_apply(repo.path(), &n);
     job_where(repo.path(), &n, 30, |j| {
         j["state"] == "running" && j["owner"] == "ra" && j["steps"][2]["state"] == "running"
     });
@@ -1198,13 +1177,7 @@ fn a_node_that_hangs_or_answers_500_blocks_the_preflight_and_placement_stays() {
     let _old = agg_node(&n, 1, p1, &["--fault", "hang"]);
     let _new = agg_node(&n, 2, p2, &["--fault", "error-500"]);
     let _d = Daemon::start(repo.path(), &n, "dev", "flt", LONG);
-    assert!(wait_until(Duration::from_secs(15), || !read_bucket(
-        &n.url(),
-        "vakt_dev_placement"
-    )
-    .is_empty()));
-    move_polar_retail(repo.path());
-    publish(&n.url(), "vakt.trigger.dev");
+    move_after_first_apply(repo.path(), &n);
     let job = job_where(repo.path(), &n, 40, |j| j["state"] == "dead-lettered");
     let err = job["error"].as_str().unwrap();
     assert!(err.contains("preflight blocked"), "{err}");

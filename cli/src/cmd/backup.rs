@@ -223,7 +223,7 @@ pub fn restore(o: RestoreCmd) -> u8 {
     }
     let (bar, progress) = output::progress("restoring");
     let opts = RestoreOpts { progress, ..opts };
-    let result = rt.block_on(backup::restore(&store, &mut audit, &o.from, &opts));
+    let result = rt.block_on(backup::restore(&store, &mut audit, plan, &opts));
     bar.finish_and_clear();
     match result {
         Ok(out) => {
