@@ -1,6 +1,7 @@
 //! The `vakt` binary: argument parsing and output only; every decision lives in the libraries.
 
 mod cmd;
+mod fail;
 mod output;
 
 /// mimalloc: validation and compilation allocate millions of small values from every thread,
@@ -47,27 +48,13 @@ enum Command {
     Restore(cmd::backup::RestoreCmd),
 }
 
-/// Exit codes automation can rely on.
-pub mod exit {
-    /// Success; no error-level findings.
-    pub const OK: u8 = 0;
-    /// Error-level findings (validate), or a check that failed.
-    pub const FINDINGS: u8 = 1;
-    /// Usage error (bad flags), as clap reports it.
-    #[allow(dead_code)]
-    pub const USAGE: u8 = 2;
-    /// Could not run: the repo or a revision could not be read, I/O failed.
-    pub const COULD_NOT_RUN: u8 = 3;
-    /// `plan --detailed-exitcode`: the plan has changes. (`drift` uses 2 for drift.)
-    pub const CHANGES: u8 = 2;
-    /// Refused by a guard or a policy (validation, freeze window, approval, rewind).
-    pub const REFUSED: u8 = 4;
-}
+/// Exit codes automation can rely on: one table, in `reconciler::outcome::exit`.
+pub use reconciler::outcome::exit;
 
 fn main() -> ExitCode {
     output::init_tracing();
     let cli = Cli::parse();
-    let code = match cli.command {
+    let result = match cli.command {
         Command::Validate(o) => cmd::validate::run(o),
         Command::Init(o) => cmd::init::run(o),
         Command::Schemas(o) => cmd::schemas::run(o),
@@ -86,5 +73,11 @@ fn main() -> ExitCode {
         Command::Backup(o) => cmd::backup::backup(o),
         Command::Restore(o) => cmd::backup::restore(o),
     };
-    ExitCode::from(code)
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            output::error(&f.message);
+            ExitCode::from(f.code)
+        }
+    }
 }

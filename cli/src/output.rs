@@ -1,6 +1,44 @@
-//! Terminal output: colour decisions, broken pipes, logging.
+//! Terminal output: the one `--format` type, colour decisions, broken pipes, logging.
 
 use std::io::{IsTerminal, Write};
+
+use clap::ValueEnum;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+
+/// How a command prints its result. Every command takes `--format`; each accepts the subset it
+/// can render, which its `--help` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people: aligned text, colour on a terminal.
+    Human,
+    /// One JSON document, for scripts and `jq`.
+    Json,
+    /// GitHub-flavoured markdown, for a pull request comment.
+    Markdown,
+    /// GitHub Actions workflow commands (`::error file=…`).
+    Github,
+    /// SARIF 2.1.0, for code-scanning uploads.
+    Sarif,
+}
+
+/// Human and JSON: what most commands print.
+pub const HUMAN_JSON: &[Format] = &[Format::Human, Format::Json];
+
+impl Format {
+    /// A `--format` parser that accepts only `allowed` (and lists only those in `--help`).
+    pub fn only(allowed: &'static [Format]) -> impl TypedValueParser<Value = Format> {
+        PossibleValuesParser::new(allowed.iter().filter_map(|f| f.to_possible_value()))
+            .map(|s| Format::from_str(&s, false).unwrap_or(Format::Human))
+    }
+
+    /// Prints `v` as pretty JSON.
+    pub fn print_json<T: serde::Serialize>(v: &T) {
+        print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(v).unwrap_or_default()
+        ));
+    }
+}
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set.
 pub fn color_stdout() -> bool {

@@ -274,16 +274,13 @@ fn reason_of(body: &Body) -> Result<String, Response> {
 
 fn refused(e: crate::Error) -> Response {
     match e {
-        crate::Error::Refused(m) => {
-            let code = if m.starts_with("no job")
-                || m.starts_with("no plan")
-                || m.contains("is not declared")
-            {
+        crate::Error::Refused(r) => {
+            let code = if r.kind == crate::outcome::RefusalKind::NotFound {
                 StatusCode::NOT_FOUND
             } else {
                 StatusCode::CONFLICT
             };
-            err(code, m)
+            err(code, r.reason)
         }
         other => err(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
     }
@@ -347,7 +344,7 @@ async fn status(State(st): S, h: HeaderMap) -> Response {
     v["pending_approvals"] = json!(
         approvals
             .iter()
-            .filter(|a| a.decision == "pending")
+            .filter(|a| a.decision == crate::outcome::Decision::Pending)
             .collect::<Vec<_>>()
     );
     v["live"] = summary.unwrap_or(Value::Null);

@@ -25,6 +25,7 @@ use time::OffsetDateTime;
 use crate::approvals::Gate;
 use crate::audit::{Audit, AuditEvent, now_rfc3339};
 use crate::compile::{Bucket, Desired};
+use crate::outcome::{RefusalKind, Refused, SyncState};
 use crate::plan::{self, Action, Plan};
 use crate::state::{self, Applied, Approval, Inflight, LastGood, Refusal, Status};
 use crate::store::{Store, StoreError};
@@ -93,7 +94,11 @@ pub struct ApplyReport {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("refused: {reason}")]
-    Refused { reason: String, plan: Box<Plan> },
+    Refused {
+        kind: RefusalKind,
+        reason: String,
+        plan: Box<Plan>,
+    },
     #[error("apply of {plan_id} stopped after {written} of {total} writes: {source}")]
     Failed {
         plan_id: String,
@@ -105,7 +110,75 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
-/// Applies `desired` to the store.
+impl ApplyError {
+    fn refused(r: Refused, plan: Plan) -> Self {
+        ApplyError::Refused {
+            kind: r.kind,
+            reason: r.reason,
+            plan: Box::new(plan),
+        }
+    }
+
+    /// The documented exit code: refusals 4, a failure part-way 1, could not run 3.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ApplyError::Refused { kind, .. } => kind.exit_code(),
+            ApplyError::Failed { .. } => crate::outcome::exit::FINDINGS,
+            ApplyError::Store(_) => crate::outcome::exit::COULD_NOT_RUN,
+        }
+    }
+}
+
+/// A plan computed against the live buckets, with the last stream sequence of each bucket read
+/// just before the snapshot. Every key the plan read had a revision at or below its bucket's
+/// sequence, so "no bucket moved past its sequence" means "no key the plan read has changed".
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LivePlan {
+    pub plan: Plan,
+    pub read_seqs: BTreeMap<Bucket, u64>,
+}
+
+/// Snapshots the live buckets and plans `desired` against them.
+pub async fn plan_live(store: &Store, desired: &Desired) -> Result<LivePlan, StoreError> {
+    // Sequences first: a write landing between the two reads makes the plan look stale (safe),
+    // never fresh.
+    let read_seqs = store.last_sequences().await?;
+    let live = store.snapshot().await?;
+    Ok(LivePlan {
+        plan: plan::plan_live(desired, &live),
+        read_seqs,
+    })
+}
+
+/// Keys written since a plan read its buckets (at most `limit` named), or `None` if no bucket
+/// moved.
+pub async fn moved_since(
+    store: &Store,
+    read_seqs: &BTreeMap<Bucket, u64>,
+    limit: usize,
+) -> Result<Option<(usize, Vec<String>)>, StoreError> {
+    let now = store.last_sequences().await?;
+    let moved: Vec<Bucket> = now
+        .iter()
+        .filter(|(b, seq)| **seq > read_seqs.get(*b).copied().unwrap_or(0))
+        .map(|(b, _)| *b)
+        .collect();
+    if moved.is_empty() {
+        return Ok(None);
+    }
+    let live = store.snapshot().await?;
+    let keys: Vec<String> = live
+        .iter()
+        .filter(|((b, _), e)| {
+            moved.contains(b) && e.revision > read_seqs.get(b).copied().unwrap_or(0)
+        })
+        .map(|((b, k), _)| format!("{b}/{k}"))
+        .collect();
+    let n = keys.len();
+    Ok(Some((n, keys.into_iter().take(limit).collect())))
+}
+
+/// Applies `desired` to the store: one snapshot, one plan, and that plan is what is written.
 pub async fn apply(
     store: &Store,
     audit: &mut Audit,
@@ -119,8 +192,80 @@ pub async fn apply(
     } else {
         recover(store, audit, &opts.actor).await?
     };
-    let live = store.snapshot().await?;
-    let plan = plan::plan_live(desired, &live);
+    let planned = plan_live(store, desired).await?;
+    execute(store, audit, desired, planned.plan, opts, recovered).await
+}
+
+/// Applies a plan computed earlier against the live buckets (a saved plan, or the plan shown to
+/// an operator and confirmed): exactly that plan is written, or the apply is refused when a key
+/// it read has changed since.
+pub async fn apply_planned(
+    store: &Store,
+    audit: &mut Audit,
+    desired: &Desired,
+    planned: LivePlan,
+    opts: &ApplyOpts,
+) -> Result<ApplyReport, ApplyError> {
+    audit.refresh_head().await?;
+    let recovered = recover(store, audit, &opts.actor).await?;
+    if desired.commit != planned.plan.head || desired.env != planned.plan.env {
+        let r = Refused::new(
+            RefusalKind::PlanInvalid,
+            format!(
+                "plan {} is for {} at {}, not {} at {}",
+                planned.plan.id,
+                planned.plan.env,
+                crate::run::short(&planned.plan.head),
+                desired.env,
+                crate::run::short(&desired.commit)
+            ),
+        );
+        record_refusal(
+            store,
+            audit,
+            &desired.commit,
+            Some(&planned.plan),
+            opts,
+            &r,
+            &[],
+        )
+        .await?;
+        return Err(ApplyError::refused(r, planned.plan));
+    }
+    if let Some((n, keys)) = moved_since(store, &planned.read_seqs, 5).await? {
+        let r = Refused::new(
+            RefusalKind::PlanStale,
+            format!(
+                "plan {} is stale: {n} key(s) changed since it was made ({}{}); nothing was written. Make a new plan",
+                planned.plan.id,
+                keys.join(", "),
+                if n > keys.len() { ", …" } else { "" }
+            ),
+        );
+        record_refusal(
+            store,
+            audit,
+            &desired.commit,
+            Some(&planned.plan),
+            opts,
+            &r,
+            &[],
+        )
+        .await?;
+        return Err(ApplyError::refused(r, planned.plan));
+    }
+    execute(store, audit, desired, planned.plan, opts, recovered).await
+}
+
+/// Policy, migration jobs, writes and markers for one plan.
+async fn execute(
+    store: &Store,
+    audit: &mut Audit,
+    desired: &Desired,
+    plan: Plan,
+    opts: &ApplyOpts,
+    recovered: usize,
+) -> Result<ApplyReport, ApplyError> {
     let policy = &desired.manifest.environments[&desired.env].policy;
     let pinned = opts
         .branch_head
@@ -136,12 +281,9 @@ pub async fn apply(
             pinned,
         });
     }
-    if let Err(reason) = check_policy(store, &plan, policy, opts).await? {
-        refuse(store, audit, desired, &plan, opts, &reason).await?;
-        return Err(ApplyError::Refused {
-            reason,
-            plan: Box::new(plan),
-        });
+    if let Err(r) = check_policy(store, &plan, policy, opts).await? {
+        refuse(store, audit, desired, &plan, opts, &r).await?;
+        return Err(ApplyError::refused(r, plan));
     }
     // Placement moves become migration jobs (drain → write → reload → verify) when both
     // shards have a declared node; the rest of the plan is written now.
@@ -201,7 +343,7 @@ pub async fn apply(
         state::delete(&store.state, state::INFLIGHT).await?;
     }
     set_status(store, |s| {
-        s.state = "in-sync".into();
+        s.state = SyncState::InSync;
         s.applied_commit = Some(desired.commit.clone());
         s.branch_head = opts.branch_head.clone().or(Some(desired.commit.clone()));
         s.last_good = Some(desired.commit.clone());
@@ -259,61 +401,43 @@ pub async fn refuse(
     desired: &Desired,
     plan: &Plan,
     opts: &ApplyOpts,
-    reason: &str,
+    refusal: &Refused,
 ) -> Result<(), StoreError> {
-    let waiting = !plan.gates.is_empty() && reason.contains("needs approval");
     refuse_commit(
         store,
         audit,
         &desired.commit,
         Some(plan),
         opts,
-        reason,
+        refusal,
         Vec::new(),
-        waiting,
     )
     .await
 }
 
-/// Records the refusal of a commit (validation failed, branch moved backwards, policy).
-#[allow(clippy::too_many_arguments)]
+/// Records the refusal of a commit (validation failed, branch moved backwards, policy, a stale
+/// saved plan).
 pub async fn refuse_commit(
     store: &Store,
     audit: &mut Audit,
     commit: &str,
     plan: Option<&Plan>,
     opts: &ApplyOpts,
-    reason: &str,
+    refusal: &Refused,
     findings: Vec<String>,
-    waiting: bool,
 ) -> Result<(), StoreError> {
-    audit.refresh_head().await?;
-    let mut ev = AuditEvent::new(
-        format!("{commit}/refused/{}", now_rfc3339()),
-        &store.env,
-        &opts.actor,
-        "apply.refused",
-        "refused",
-    );
-    ev.commit = Some(commit.to_owned());
-    ev.plan_id = plan.map(|p| p.id.clone());
-    ev.correlation_id = Some(plan.map_or_else(|| commit.to_owned(), |p| p.id.clone()));
-    ev.causation_id = opts.causation_id.clone();
-    ev.site = opts.site.clone();
-    ev.reason = Some(reason.to_owned());
-    if !findings.is_empty() {
-        ev.detail = Some(serde_json::json!({ "findings": findings }));
-    }
-    audit.record(ev).await?;
+    record_refusal(store, audit, commit, plan, opts, refusal, &findings).await?;
+    let reason = refusal.reason.as_str();
+    let waiting = refusal.kind.waits_for_approval() && plan.is_some_and(|p| !p.gates.is_empty());
     set_status(store, |s| {
         s.state = if waiting {
-            "waiting-approval"
+            SyncState::WaitingApproval
         } else {
-            "refused"
-        }
-        .into();
+            SyncState::Refused
+        };
         s.refused = Some(Refusal {
             commit: commit.to_owned(),
+            kind: refusal.kind,
             reason: reason.to_owned(),
             findings,
             at: now_rfc3339(),
@@ -328,35 +452,74 @@ pub async fn refuse_commit(
     Ok(())
 }
 
+/// Records a refusal in the audit stream only (a saved plan that cannot be applied changes
+/// nothing about the environment, so its status stays as it is).
+pub async fn record_refusal(
+    store: &Store,
+    audit: &mut Audit,
+    commit: &str,
+    plan: Option<&Plan>,
+    opts: &ApplyOpts,
+    refusal: &Refused,
+    findings: &[String],
+) -> Result<(), StoreError> {
+    audit.refresh_head().await?;
+    let mut ev = AuditEvent::new(
+        format!("{commit}/refused/{}", now_rfc3339()),
+        &store.env,
+        &opts.actor,
+        "apply.refused",
+        "refused",
+    );
+    ev.commit = Some(commit.to_owned());
+    ev.plan_id = plan.map(|p| p.id.clone());
+    ev.correlation_id = Some(plan.map_or_else(|| commit.to_owned(), |p| p.id.clone()));
+    ev.causation_id = opts.causation_id.clone();
+    ev.site = opts.site.clone();
+    ev.reason = Some(refusal.reason.clone());
+    ev.detail = Some(if findings.is_empty() {
+        serde_json::json!({ "kind": refusal.kind })
+    } else {
+        serde_json::json!({ "kind": refusal.kind, "findings": findings })
+    });
+    audit.record(ev).await.map(|_| ())
+}
+
 /// `Ok(Err(reason))` when the policy refuses the plan.
 async fn check_policy(
     store: &Store,
     plan: &Plan,
     policy: &Policy,
     opts: &ApplyOpts,
-) -> Result<Result<(), String>, StoreError> {
+) -> Result<Result<(), Refused>, StoreError> {
     if plan.is_empty() {
         return Ok(Ok(()));
     }
     if let Some(w) = freeze_window(policy, opts.now)
         && !opts.break_glass
     {
-        return Ok(Err(format!(
-            "freeze window `{}` is active ({}); apply with --break-glass only for an incident fix (audited)",
-            w.name, w.reason
+        return Ok(Err(Refused::new(
+            RefusalKind::FreezeWindow,
+            format!(
+                "freeze window `{}` is active ({}); apply with --break-glass only for an incident fix (audited)",
+                w.name, w.reason
+            ),
         )));
     }
     if plan.deletions() > policy.max_deletions as usize {
-        return Ok(Err(format!(
-            "plan deletes {} keys, more than max_deletions = {} for {}; check the change, or raise the limit in vakt.toml",
-            plan.deletions(),
-            policy.max_deletions,
-            store.env
+        return Ok(Err(Refused::new(
+            RefusalKind::MaxDeletions,
+            format!(
+                "plan deletes {} keys, more than max_deletions = {} for {}; check the change, or raise the limit in vakt.toml",
+                plan.deletions(),
+                policy.max_deletions,
+                store.env
+            ),
         )));
     }
     if !plan.gates.is_empty() {
         let now = opts.now;
-        let ttl = parse_duration(&policy.approval_ttl).unwrap_or(Duration::from_secs(86_400));
+        let ttl = policy.approval_ttl.get();
         let actions = plan
             .gates
             .iter()
@@ -381,15 +544,21 @@ async fn check_policy(
         match crate::approvals::gate(store, &request, now).await? {
             Gate::Approved => return Ok(Ok(())),
             Gate::Expired(at) => {
-                return Ok(Err(format!(
-                    "the approval of {} expired at {at}; needs approval again: `vakt approve {} --reason …`",
-                    plan.id, plan.id
+                return Ok(Err(Refused::new(
+                    RefusalKind::ApprovalExpired,
+                    format!(
+                        "the approval of {} expired at {at}; needs approval again: `vakt approve {} --reason …`",
+                        plan.id, plan.id
+                    ),
                 )));
             }
             Gate::Rejected(by, why) => {
-                return Ok(Err(format!(
-                    "{} was rejected by {by} ({why}); change the commit to get a new plan",
-                    plan.id
+                return Ok(Err(Refused::new(
+                    RefusalKind::Rejected,
+                    format!(
+                        "{} was rejected by {by} ({why}); change the commit to get a new plan",
+                        plan.id
+                    ),
                 )));
             }
             Gate::Pending => {}
@@ -408,12 +577,15 @@ async fn check_policy(
                 )
             })
             .collect();
-        return Ok(Err(format!(
-            "{} needs approval for {}: run `vakt approve {} --env {} --reason …`",
-            plan.id,
-            names.join(", "),
-            plan.id,
-            store.env
+        return Ok(Err(Refused::new(
+            RefusalKind::ApprovalRequired,
+            format!(
+                "{} needs approval for {}: run `vakt approve {} --env {} --reason …`",
+                plan.id,
+                names.join(", "),
+                plan.id,
+                store.env
+            ),
         )));
     }
     Ok(Ok(()))
@@ -573,7 +745,7 @@ pub async fn write_plan(
         let _ = tokio::time::timeout(
             quick,
             set_status(store, |s| {
-                s.state = "failed".into();
+                s.state = SyncState::Failed;
                 s.last_error = Some(msg);
             }),
         )
@@ -708,40 +880,6 @@ pub async fn recover(store: &Store, audit: &mut Audit, actor: &str) -> Result<us
     Ok(n)
 }
 
-/// Parses `90s`, `15m`, `24h`, `7d`, `2w`, `1h30m`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().ok()?;
-        num.clear();
-        let ms = match c {
-            'm' if chars.peek() == Some(&'s') => {
-                chars.next();
-                n
-            }
-            's' => n * 1000,
-            'm' => n * 60_000,
-            'h' => n * 3_600_000,
-            'd' => n * 86_400_000,
-            'w' => n * 604_800_000,
-            _ => return None,
-        };
-        total += ms;
-        any = true;
-    }
-    if !num.is_empty() || !any {
-        return None;
-    }
-    Some(Duration::from_millis(total))
-}
-
 /// The freeze window active at `now`, if any.
 pub fn freeze_window(policy: &Policy, now: OffsetDateTime) -> Option<&FreezeWindow> {
     policy.freeze_windows.iter().find(|w| in_window(w, now))
@@ -797,15 +935,6 @@ fn weekday(d: time::Weekday) -> Weekday {
 mod tests {
     use super::*;
     use time::macros::datetime;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5_400)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("h"), None);
-        assert_eq!(parse_duration("10"), None);
-    }
 
     fn weekly(days: Vec<Weekday>, start: &str, end: &str) -> FreezeWindow {
         FreezeWindow {

@@ -4,6 +4,7 @@
 
 use crate::Error;
 use crate::audit::{Audit, AuditEvent, now_rfc3339};
+use crate::outcome::Decision;
 use crate::state::{self, Approval};
 use crate::store::Store;
 
@@ -38,8 +39,9 @@ pub async fn decide(
     reason: &str,
 ) -> Result<Approval, Error> {
     if reason.trim().is_empty() {
-        return Err(Error::Refused(
-            "a reason is required (--reason \"…\")".into(),
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::ActionNotAllowed,
+            "a reason is required (--reason \"…\")",
         ));
     }
     let key = format!("approval.{plan_id}");
@@ -61,26 +63,39 @@ pub async fn decide(
             store.env
         ));
         audit.record(ev).await?;
-        return Err(Error::Refused(format!(
-            "no plan `{plan_id}` waits for approval in {}; `vakt status --env {}` shows the pending one",
-            store.env, store.env
-        )));
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::NotFound,
+            format!(
+                "no plan `{plan_id}` waits for approval in {}; `vakt status --env {}` shows the pending one",
+                store.env, store.env
+            ),
+        ));
     };
-    if a.decision != "pending" {
-        return Err(Error::Refused(format!(
-            "{plan_id} was already {} by {} ({})",
-            a.decision,
-            a.decided_by.clone().unwrap_or_default(),
-            a.reason.clone().unwrap_or_default()
-        )));
+    if a.decision != Decision::Pending {
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::ActionNotAllowed,
+            format!(
+                "{plan_id} was already {} by {} ({})",
+                a.decision,
+                a.decided_by.clone().unwrap_or_default(),
+                a.reason.clone().unwrap_or_default()
+            ),
+        ));
     }
-    a.decision = if approve { "approved" } else { "rejected" }.into();
+    a.decision = if approve {
+        Decision::Approved
+    } else {
+        Decision::Rejected
+    };
     a.decided_by = Some(actor.to_owned());
     a.reason = Some(reason.to_owned());
     a.decided_at = Some(now_rfc3339());
     let b = serde_json::to_vec(&a).map_err(|e| Error::Other(e.to_string()))?;
     store.state.update(&key, b.into(), rev).await.map_err(|e| {
-        Error::Refused(format!("{plan_id} changed while deciding ({e}); try again"))
+        Error::refused(
+            crate::outcome::RefusalKind::ActionNotAllowed,
+            format!("{plan_id} changed while deciding ({e}); try again"),
+        )
     })?;
     let mut ev = AuditEvent::new(
         format!("{plan_id}/{}", a.decision),
@@ -91,7 +106,7 @@ pub async fn decide(
         } else {
             "approval.reject"
         },
-        &a.decision,
+        a.decision.as_str(),
     );
     ev.plan_id = Some(plan_id.to_owned());
     ev.correlation_id = Some(plan_id.to_owned());
@@ -124,7 +139,7 @@ pub async fn gate(
 ) -> Result<Gate, crate::store::StoreError> {
     let key = format!("approval.{}", request.plan_id);
     Ok(match state::get::<Approval>(&store.state, &key).await? {
-        Some((a, _)) if a.decision == "approved" && a.digest == request.digest => {
+        Some((a, _)) if a.decision == Decision::Approved && a.digest == request.digest => {
             let valid = time::OffsetDateTime::parse(
                 &a.expires_at,
                 &time::format_description::well_known::Rfc3339,
@@ -136,7 +151,7 @@ pub async fn gate(
                 Gate::Expired(a.expires_at)
             }
         }
-        Some((a, _)) if a.decision == "rejected" => Gate::Rejected(
+        Some((a, _)) if a.decision == Decision::Rejected => Gate::Rejected(
             a.decided_by.unwrap_or_default(),
             a.reason.unwrap_or_default(),
         ),

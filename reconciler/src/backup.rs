@@ -200,10 +200,13 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
 }
 
 fn damaged(path: &Path, what: impl std::fmt::Display) -> Error {
-    Error::Refused(format!(
-        "{}: {what}; the backup is damaged or was altered: use another one",
-        path.display()
-    ))
+    Error::refused(
+        crate::outcome::RefusalKind::RestoreGuard,
+        format!(
+            "{}: {what}; the backup is damaged or was altered: use another one",
+            path.display()
+        ),
+    )
 }
 
 /// Takes a backup of `store`'s environment into `out` (which must not exist), verifies it and
@@ -215,15 +218,20 @@ pub async fn backup(
     actor: &str,
 ) -> Result<BackupReport, Error> {
     if out.exists() {
-        return Err(Error::Refused(format!(
-            "{} already exists; a backup is never overwritten: name a new directory",
-            out.display()
-        )));
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::RestoreGuard,
+            format!(
+                "{} already exists; a backup is never overwritten: name a new directory",
+                out.display()
+            ),
+        ));
     }
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Refused(format!("{} names no directory", out.display())))?;
+    let name = out.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        Error::refused(
+            crate::outcome::RefusalKind::RestoreGuard,
+            format!("{} names no directory", out.display()),
+        )
+    })?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -412,11 +420,14 @@ pub async fn verify(dir: &Path) -> Result<Verified, Error> {
 fn verify_blocking(dir: &Path) -> Result<Verified, Error> {
     let mpath = dir.join(MANIFEST);
     let m = std::fs::read(&mpath).map_err(|e| {
-        Error::Refused(format!(
-            "{}: {e}; is {} a vakt backup directory?",
-            mpath.display(),
-            dir.display()
-        ))
+        Error::refused(
+            crate::outcome::RefusalKind::RestoreGuard,
+            format!(
+                "{}: {e}; is {} a vakt backup directory?",
+                mpath.display(),
+                dir.display()
+            ),
+        )
     })?;
     let spath = dir.join(MANIFEST_SUM);
     let sum = std::fs::read_to_string(&spath).map_err(|e| damaged(&spath, e))?;
@@ -437,12 +448,15 @@ fn verify_blocking(dir: &Path) -> Result<Verified, Error> {
     let manifest: Manifest =
         serde_json::from_slice(&m).map_err(|e| damaged(&mpath, format!("not a manifest: {e}")))?;
     if manifest.format != FORMAT {
-        return Err(Error::Refused(format!(
-            "{}: backup format {} is not supported by vakt {} (it reads format {FORMAT})",
-            mpath.display(),
-            manifest.format,
-            env!("CARGO_PKG_VERSION")
-        )));
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::RestoreGuard,
+            format!(
+                "{}: backup format {} is not supported by vakt {} (it reads format {FORMAT})",
+                mpath.display(),
+                manifest.format,
+                env!("CARGO_PKG_VERSION")
+            ),
+        ));
     }
     let mut buckets = BTreeMap::new();
     let mut events = None;
@@ -618,19 +632,25 @@ pub async fn preflight(
 ) -> Result<RestorePlan, Error> {
     let v = verify(dir).await?;
     if v.manifest.env != store.env {
-        return Err(Error::Refused(format!(
-            "backup {} is of environment `{}`; this restore targets `{}`",
-            v.manifest.id, v.manifest.env, store.env
-        )));
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::RestoreGuard,
+            format!(
+                "backup {} is of environment `{}`; this restore targets `{}`",
+                v.manifest.id, v.manifest.env, store.env
+            ),
+        ));
     }
     let selected: Vec<String> = match &opts.buckets {
         Some(bs) => {
             for b in bs {
                 if !bucket_names().contains(&b.as_str()) {
-                    return Err(Error::Refused(format!(
-                        "unknown bucket `{b}`; choose from {}",
-                        bucket_names().join(", ")
-                    )));
+                    return Err(Error::refused(
+                        crate::outcome::RefusalKind::RestoreGuard,
+                        format!(
+                            "unknown bucket `{b}`; choose from {}",
+                            bucket_names().join(", ")
+                        ),
+                    ));
                 }
             }
             bs.clone()
@@ -795,7 +815,10 @@ pub async fn restore(
     opts: &RestoreOpts,
 ) -> Result<RestoreOutcome, Error> {
     if !plan.refusals.is_empty() {
-        return Err(Error::Refused(plan.refusals.join("; ")));
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::RestoreGuard,
+            plan.refusals.join("; "),
+        ));
     }
     if plan.destructive {
         gate(store, &plan, opts).await?;
@@ -941,10 +964,13 @@ async fn write_bucket(
 /// requests one.
 async fn gate(store: &Store, plan: &RestorePlan, opts: &RestoreOpts) -> Result<(), Error> {
     if opts.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-        return Err(Error::Refused(format!(
-            "{} writes over or deletes live keys: give a reason (--reason \"…\"); it is recorded with the approval",
-            plan.id
-        )));
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::RestoreGuard,
+            format!(
+                "{} writes over or deletes live keys: give a reason (--reason \"…\"); it is recorded with the approval",
+                plan.id
+            ),
+        ));
     }
     let mut actions = Vec::new();
     if plan.buckets.iter().any(|b| !b.overwrite.is_empty()) {
@@ -967,22 +993,28 @@ async fn gate(store: &Store, plan: &RestorePlan, opts: &RestoreOpts) -> Result<(
     request.reason = opts.reason.clone();
     match crate::approvals::gate(store, &request, opts.now).await? {
         Gate::Approved => Ok(()),
-        Gate::Expired(at) => Err(Error::Refused(format!(
-            "the approval of {} expired at {at}; it needs approval again",
-            plan.id
-        ))),
-        Gate::Rejected(by, why) => Err(Error::Refused(format!(
-            "{} was rejected by {by} ({why})",
-            plan.id
-        ))),
+        Gate::Expired(at) => Err(Error::refused(
+            crate::outcome::RefusalKind::RestoreGuard,
+            format!(
+                "the approval of {} expired at {at}; it needs approval again",
+                plan.id
+            ),
+        )),
+        Gate::Rejected(by, why) => Err(Error::refused(
+            crate::outcome::RefusalKind::RestoreGuard,
+            format!("{} was rejected by {by} ({why})", plan.id),
+        )),
         Gate::Pending => {
             let (o, d): (usize, usize) = plan.buckets.iter().fold((0, 0), |(o, d), b| {
                 (o + b.overwrite.len(), d + b.delete.len())
             });
-            Err(Error::Refused(format!(
-                "{} overwrites {o} and deletes {d} live keys: it needs approval: `vakt approve {} --env {} --reason …`, then run the same restore again",
-                plan.id, plan.id, store.env
-            )))
+            Err(Error::refused(
+                crate::outcome::RefusalKind::RestoreGuard,
+                format!(
+                    "{} overwrites {o} and deletes {d} live keys: it needs approval: `vakt approve {} --env {} --reason …`, then run the same restore again",
+                    plan.id, plan.id, store.env
+                ),
+            ))
         }
     }
 }

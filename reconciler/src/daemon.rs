@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use crate::apply::{ApplyError, ApplyOpts};
 use crate::audit::Audit;
 use crate::compile::Bucket;
+use crate::outcome::{RefusalKind, StepOutcome};
 use crate::run::{self, Prepared};
 use crate::state::{self, Status};
 use crate::store::Store;
@@ -210,27 +211,6 @@ impl Shared {
             let _ = encode(&mut s, &r);
         }
         s
-    }
-}
-
-/// Classifies a refusal for the `reason` label.
-pub fn refusal_reason(reason: &str) -> &'static str {
-    if reason.contains("fails validation") {
-        "invalid_commit"
-    } else if reason.contains("moved backwards") {
-        "branch_rewound"
-    } else if reason.contains("max_deletions") {
-        "max_deletions"
-    } else if reason.contains("freeze window") {
-        "freeze_window"
-    } else if reason.contains("rejected") {
-        "rejected"
-    } else if reason.contains("approval") {
-        "approval_required"
-    } else if reason.contains("not on branch") {
-        "off_branch"
-    } else {
-        "other"
     }
 }
 
@@ -421,22 +401,22 @@ impl Ctx {
             self.poll_nodes().await;
         }
         self.shared.duration.observe(t0.elapsed().as_secs_f64());
-        let (label, err) = match &outcome {
+        let (step, err) = match &outcome {
             Ok(o) => (*o, None),
-            Err(e) => ("failed", Some(e.clone())),
+            Err(e) => (StepOutcome::Failed, Some(e.clone())),
         };
         self.shared
             .applies
-            .get_or_create(&self.shared.l("outcome", label))
+            .get_or_create(&self.shared.l("outcome", step.metric_label()))
             .inc();
         self.shared
             .healthy
-            .store(err.is_none() || label != "failed", Ordering::SeqCst);
+            .store(step != StepOutcome::Failed, Ordering::SeqCst);
         if let Some(e) = &err {
             tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile step failed");
             let e2 = e.clone();
             let _ = crate::apply::set_status(&self.store, |s| {
-                s.state = "failed".into();
+                s.state = crate::outcome::SyncState::Failed;
                 s.last_error = Some(e2);
             })
             .await;
@@ -532,7 +512,10 @@ impl Ctx {
             .await
             .unwrap_or_default();
         // The pending-approvals gauge comes from the same listing as the snippets.
-        let pending = approvals.iter().filter(|a| a.decision == "pending").count();
+        let pending = approvals
+            .iter()
+            .filter(|a| a.decision == crate::outcome::Decision::Pending)
+            .count();
         self.shared
             .approvals_pending
             .get_or_create(&self.shared.env_l())
@@ -607,7 +590,7 @@ impl Ctx {
         }
     }
 
-    async fn try_step(&mut self, source: &str) -> Result<&'static str, String> {
+    async fn try_step(&mut self, source: &str) -> Result<StepOutcome, String> {
         let env = self.opts.target.env.clone();
         let repo = self.opts.repo.clone();
         if let Some(remote) = self.opts.remote.clone() {
@@ -685,7 +668,11 @@ impl Ctx {
         let refusal_repeat = self.last_refused.as_ref() == Some(&key);
         if refusal_repeat && (prepared.desired.is_none() || prepared.moved_backwards_from.is_some())
         {
-            return Ok("refused");
+            return Ok(StepOutcome::Refused(if prepared.desired.is_none() {
+                RefusalKind::InvalidCommit
+            } else {
+                RefusalKind::BranchRewound
+            }));
         }
         let same_commit = applied
             .as_ref()
@@ -704,13 +691,13 @@ impl Ctx {
             let _ = crate::apply::set_status(&self.store, |s| {
                 s.drifted_keys = n;
                 if n > 0 {
-                    s.state = "drift".into();
-                } else if s.state == "drift" {
-                    s.state = "in-sync".into();
+                    s.state = crate::outcome::SyncState::Drift;
+                } else if s.state == crate::outcome::SyncState::Drift {
+                    s.state = crate::outcome::SyncState::InSync;
                 }
             })
             .await;
-            return Ok("noop");
+            return Ok(StepOutcome::Noop);
         }
         let mut opts = ApplyOpts::new(&self.opts.actor);
         opts.causation_id = Some(format!("trigger:{source}"));
@@ -721,6 +708,7 @@ impl Ctx {
             &prepared,
             &opts,
             self.opts.allow_rewind,
+            None,
         )
         .await
         {
@@ -732,19 +720,19 @@ impl Ctx {
                 self.update_commit_age(&prepared);
                 if r.written > 0 {
                     tracing::info!(env = %env, commit = %prepared.commit, written = r.written, "applied");
-                    Ok("applied")
+                    Ok(StepOutcome::Applied)
                 } else {
-                    Ok("noop")
+                    Ok(StepOutcome::Noop)
                 }
             }
-            Err(ApplyError::Refused { reason, .. }) => {
+            Err(ApplyError::Refused { kind, reason, .. }) => {
                 self.shared
                     .refused
-                    .get_or_create(&self.shared.l("reason", refusal_reason(&reason)))
+                    .get_or_create(&self.shared.l("reason", kind.metric_label()))
                     .inc();
                 self.last_refused = Some(key);
                 tracing::warn!(env = %env, %reason, "refused");
-                Ok("refused")
+                Ok(StepOutcome::Refused(kind))
             }
             Err(e) => Err(e.to_string()),
         }

@@ -115,10 +115,13 @@ pub async fn adopt(
     actor: &str,
 ) -> Result<PathBuf, Error> {
     let Some((d, _)) = state::get::<Discovered>(&store.state, &dkey(id)).await? else {
-        return Err(Error::Refused(format!(
-            "no discovered node `{id}` in {}; `vakt inventory list --env {}` shows what was discovered",
-            store.env, store.env
-        )));
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::ActionNotAllowed,
+            format!(
+                "no discovered node `{id}` in {}; `vakt inventory list --env {}` shows what was discovered",
+                store.env, store.env
+            ),
+        ));
     };
     let template = repo.join(format!("inventory/nodes/{}.toml", d.declared_as));
     let text = std::fs::read_to_string(&template).map_err(|e| {
@@ -175,18 +178,19 @@ pub async fn reject(
     reason: &str,
 ) -> Result<Rejected, Error> {
     if reason.trim().is_empty() {
-        return Err(Error::Refused(
-            "a reason is required (--reason \"…\")".into(),
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::ActionNotAllowed,
+            "a reason is required (--reason \"…\")",
         ));
     }
     if state::get::<Discovered>(&store.state, &dkey(id))
         .await?
         .is_none()
     {
-        return Err(Error::Refused(format!(
-            "no discovered node `{id}` in {}",
-            store.env
-        )));
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::ActionNotAllowed,
+            format!("no discovered node `{id}` in {}", store.env),
+        ));
     }
     let r = Rejected {
         node_id: id.to_owned(),

@@ -192,7 +192,7 @@ fn key(id: &str) -> String {
 }
 
 fn ms(s: &str) -> Option<u64> {
-    crate::apply::parse_duration(s).map(|d| d.as_millis() as u64)
+    opsrepo::model::Duration::parse(s).map(|d| d.get().as_millis() as u64)
 }
 
 fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
@@ -316,10 +316,13 @@ pub fn node_drain(
 ) -> Result<Job, crate::Error> {
     let nodes = crate::nodes::declared_nodes(desired);
     let Some(d) = nodes.iter().find(|d| d.id == node) else {
-        return Err(crate::Error::Refused(format!(
-            "node `{node}` is not declared in the inventory of {}",
-            desired.env
-        )));
+        return Err(crate::Error::refused(
+            crate::outcome::RefusalKind::NotFound,
+            format!(
+                "node `{node}` is not declared in the inventory of {}",
+                desired.env
+            ),
+        ));
     };
     let (shard_node, drain) = topology(desired);
     let shard = shard_node
@@ -923,16 +926,17 @@ async fn change(
     f: impl Fn(&mut Job) -> Result<(), String>,
 ) -> Result<Job, crate::Error> {
     if reason.trim().is_empty() {
-        return Err(crate::Error::Refused(
-            "a reason is required (--reason \"…\")".into(),
+        return Err(crate::Error::refused(
+            crate::outcome::RefusalKind::ActionNotAllowed,
+            "a reason is required (--reason \"…\")",
         ));
     }
     for _ in 0..5 {
         let Some((mut j, rev)) = get(store, id).await? else {
-            return Err(crate::Error::Refused(format!(
-                "no job `{id}` in {}",
-                store.env
-            )));
+            return Err(crate::Error::refused(
+                crate::outcome::RefusalKind::NotFound,
+                format!("no job `{id}` in {}", store.env),
+            ));
         };
         if let Err(why) = f(&mut j) {
             let mut ev = AuditEvent::new(
@@ -946,7 +950,10 @@ async fn change(
             ev.reason = Some(format!("{why} (asked: {reason})"));
             let _ = audit.refresh_head().await;
             audit.record(ev).await?;
-            return Err(crate::Error::Refused(why));
+            return Err(crate::Error::refused(
+                crate::outcome::RefusalKind::ActionNotAllowed,
+                why,
+            ));
         }
         if save(&store.jobs, &mut j, rev).await?.is_some() {
             audit_job(
@@ -961,7 +968,8 @@ async fn change(
             return Ok(j);
         }
     }
-    Err(crate::Error::Refused(format!(
-        "{id} kept changing; try again"
-    )))
+    Err(crate::Error::refused(
+        crate::outcome::RefusalKind::ActionNotAllowed,
+        format!("{id} kept changing; try again"),
+    ))
 }

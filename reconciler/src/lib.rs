@@ -16,9 +16,11 @@ pub mod git;
 pub mod inventory;
 pub mod jobs;
 pub mod nodes;
+pub mod outcome;
 pub mod plan;
 pub mod promote;
 pub mod run;
+pub mod saved;
 pub mod snippets;
 pub mod state;
 pub mod store;
@@ -39,10 +41,26 @@ pub enum Error {
     Compile(#[from] CompileError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(#[from] outcome::Refused),
     #[error("{0}")]
     Other(String),
+}
+
+impl Error {
+    /// A refusal of `kind`, with the sentence the operator reads.
+    pub fn refused(kind: outcome::RefusalKind, reason: impl Into<String>) -> Self {
+        Error::Refused(outcome::Refused::new(kind, reason))
+    }
+
+    /// The documented exit code of this error: refusals 4, compile errors 1, the rest 3.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Refused(r) => r.kind.exit_code(),
+            Error::Compile(_) => outcome::exit::FINDINGS,
+            _ => outcome::exit::COULD_NOT_RUN,
+        }
+    }
 }
 
 /// A progress callback for long work (writes done, writes in all). Libraries never print; the

@@ -32,22 +32,30 @@ pub struct PromoteCheck {
 fn branches(m: &Manifest, from: &str, to: &str) -> Result<(String, String), Error> {
     let env = |e: &str| {
         m.environments.get(e).ok_or_else(|| {
-            Error::Refused(format!(
-                "environment `{e}` is not declared in vakt.toml (declared: {})",
-                m.environments
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
+            Error::refused(
+                crate::outcome::RefusalKind::PromotionGuard,
+                format!(
+                    "environment `{e}` is not declared in vakt.toml (declared: {})",
+                    m.environments
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
         })
     };
     let (f, t) = (env(from)?, env(to)?);
     if t.promote_from.as_deref() != Some(from) {
-        return Err(Error::Refused(match &t.promote_from {
-            Some(p) => format!("`{to}` is promoted from `{p}`, not from `{from}` (vakt.toml)"),
-            None => format!("`{to}` is first in the promotion order; nothing is promoted into it"),
-        }));
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::PromotionGuard,
+            match &t.promote_from {
+                Some(p) => format!("`{to}` is promoted from `{p}`, not from `{from}` (vakt.toml)"),
+                None => {
+                    format!("`{to}` is first in the promotion order; nothing is promoted into it")
+                }
+            },
+        ));
     }
     Ok((f.branch.clone(), t.branch.clone()))
 }
@@ -102,10 +110,13 @@ pub fn promote(
     let from_tip = repo.resolve(&c.from_branch)?;
     let to_tip = repo.resolve(&c.to_branch)?;
     if !repo.is_ancestor(to_tip, from_tip)? {
-        return Err(Error::Refused(format!(
-            "`{}` has commits that `{}` does not; merge {} into {} first (through a pull request), then promote",
-            c.to_branch, c.from_branch, c.to_branch, c.from_branch
-        )));
+        return Err(Error::refused(
+            crate::outcome::RefusalKind::PromotionGuard,
+            format!(
+                "`{}` has commits that `{}` does not; merge {} into {} first (through a pull request), then promote",
+                c.to_branch, c.from_branch, c.to_branch, c.from_branch
+            ),
+        ));
     }
     if to_tip != from_tip {
         repo.fast_forward(

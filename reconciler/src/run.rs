@@ -7,10 +7,12 @@ use std::path::Path;
 use opsrepo::Severity;
 use serde::Serialize;
 
-use crate::apply::{self, ApplyError, ApplyOpts, ApplyReport};
+use crate::apply::{self, ApplyError, ApplyOpts, ApplyReport, LivePlan};
 use crate::audit::{Audit, AuditEvent};
 use crate::compile::Desired;
 use crate::git::Repo;
+use crate::outcome::{RefusalKind, Refused};
+use crate::saved::SavedPlan;
 use crate::state::{self, Applied};
 use crate::store::Store;
 use crate::{Error, env_branch};
@@ -67,10 +69,13 @@ pub fn prepare_with(
         None => head,
     };
     if !r.is_ancestor(commit, head)? {
-        return Err(Error::Refused(format!(
-            "commit {} is not on branch {branch}; only commits of the environment's branch are applied",
-            &commit.to_string()[..12]
-        )));
+        return Err(Error::refused(
+            RefusalKind::OffBranch,
+            format!(
+                "commit {} is not on branch {branch}; only commits of the environment's branch are applied",
+                &commit.to_string()[..12]
+            ),
+        ));
     }
     let moved_backwards_from =
         match prev_branch_head.and_then(|h| r.try_resolve(h).map(|id| (h, id))) {
@@ -142,55 +147,46 @@ pub struct Outcome {
 }
 
 /// Applies a prepared commit after the guards. Refusals are audited and shown in the status.
+///
+/// With `planned` (the plan shown to an operator, or a saved plan), exactly that plan is
+/// written, or the apply is refused if a key it read changed since; without, the live buckets
+/// are read and planned once, and that plan is written.
 pub async fn guarded_apply(
     store: &Store,
     audit: &mut Audit,
     p: &Prepared,
     opts: &ApplyOpts,
     allow_rewind: bool,
+    planned: Option<LivePlan>,
 ) -> Result<ApplyReport, ApplyError> {
     let mut opts = opts.clone();
     opts.branch_head = Some(p.branch_head.clone());
     if !p.findings.is_empty() {
-        let reason = format!(
-            "commit {} fails validation ({} error(s)); the last good commit stays applied. First: {}",
-            short(&p.commit),
-            p.findings.len(),
-            p.findings[0]
+        let r = Refused::new(
+            RefusalKind::InvalidCommit,
+            format!(
+                "commit {} fails validation ({} error(s)); the last good commit stays applied. First: {}",
+                short(&p.commit),
+                p.findings.len(),
+                p.findings[0]
+            ),
         );
-        apply::refuse_commit(
-            store,
-            audit,
-            &p.commit,
-            None,
-            &opts,
-            &reason,
-            p.findings.clone(),
-            false,
-        )
-        .await?;
-        return Err(refused(reason));
+        apply::refuse_commit(store, audit, &p.commit, None, &opts, &r, p.findings.clone()).await?;
+        return Err(refused(r));
     }
     if let Some(prev) = &p.moved_backwards_from {
         if !allow_rewind {
-            let reason = format!(
-                "branch {} moved backwards: it was at {} and is now at {}, which does not contain it (force push?); the applied state is kept. Re-run with --allow-rewind to follow it (audited)",
-                p.branch,
-                short(prev),
-                short(&p.branch_head)
+            let r = Refused::new(
+                RefusalKind::BranchRewound,
+                format!(
+                    "branch {} moved backwards: it was at {} and is now at {}, which does not contain it (force push?); the applied state is kept. Re-run with --allow-rewind to follow it (audited)",
+                    p.branch,
+                    short(prev),
+                    short(&p.branch_head)
+                ),
             );
-            apply::refuse_commit(
-                store,
-                audit,
-                &p.commit,
-                None,
-                &opts,
-                &reason,
-                Vec::new(),
-                false,
-            )
-            .await?;
-            return Err(refused(reason));
+            apply::refuse_commit(store, audit, &p.commit, None, &opts, &r, Vec::new()).await?;
+            return Err(refused(r));
         }
         let mut ev = AuditEvent::new(
             format!("{}/rewind/{}", p.commit, crate::audit::now_rfc3339()),
@@ -206,13 +202,73 @@ pub async fn guarded_apply(
         ));
         audit.record(ev).await?;
     }
-    let desired = p.desired.as_ref().expect("validated commits are compiled");
-    apply::apply(store, audit, desired, &opts).await
+    let Some(desired) = p.desired.as_ref() else {
+        return Err(refused(Refused::new(
+            RefusalKind::InvalidCommit,
+            format!("commit {} was not compiled", short(&p.commit)),
+        )));
+    };
+    match planned {
+        Some(lp) => apply::apply_planned(store, audit, desired, lp, &opts).await,
+        None => apply::apply(store, audit, desired, &opts).await,
+    }
 }
 
-fn refused(reason: String) -> ApplyError {
+/// Applies a saved plan (`vakt apply FILE`): the plan must be for this environment and bucket
+/// prefix, unexpired, made at the branch's current head, not applied already, and its commit
+/// must compile to the values it lists; then the guards of [`guarded_apply`] run and exactly
+/// the saved plan is written. Every refusal is audited and names its cause.
+pub async fn apply_saved(
+    store: &Store,
+    audit: &mut Audit,
+    p: &Prepared,
+    saved: SavedPlan,
+    opts: &ApplyOpts,
+    allow_rewind: bool,
+) -> Result<ApplyReport, ApplyError> {
+    let id = saved.planned.plan.id.clone();
+    let mut check = saved
+        .check_origin(&p.env, &store.prefix)
+        .and_then(|()| saved.check_fresh(&p.branch_head, opts.now));
+    if check.is_ok()
+        && let Some(a) = applied(store).await?
+        && a.plan_id == id
+        && a.commit == saved.commit
+        && !saved.planned.plan.is_empty()
+    {
+        check = Err(Refused::new(
+            RefusalKind::PlanStale,
+            format!(
+                "saved plan {id} was already applied at {} by {}; nothing was written",
+                a.at, a.actor
+            ),
+        ));
+    }
+    if check.is_ok()
+        && let Some(d) = &p.desired
+    {
+        check = saved.check_desired(d);
+    }
+    if let Err(r) = check {
+        apply::record_refusal(
+            store,
+            audit,
+            &saved.commit,
+            Some(&saved.planned.plan),
+            opts,
+            &r,
+            &[],
+        )
+        .await?;
+        return Err(refused(r));
+    }
+    guarded_apply(store, audit, p, opts, allow_rewind, Some(saved.planned)).await
+}
+
+fn refused(r: Refused) -> ApplyError {
     ApplyError::Refused {
-        reason,
+        kind: r.kind,
+        reason: r.reason,
         plan: Box::new(crate::plan::Plan {
             id: String::new(),
             digest: String::new(),

@@ -98,15 +98,12 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
 
     // Reconciler conditions.
     if let Some(r) = &i.status.refused {
-        let (kind, signal) = if r.reason.contains("fails validation") {
-            (ConditionKind::Alert, "vakt_invalid_commit")
-        } else if r.reason.contains("moved backwards") {
-            (ConditionKind::Alert, "vakt_branch_rewound")
-        } else if r.reason.contains("approval") {
-            (ConditionKind::PendingApproval, "vakt_approval_pending")
+        let kind = if r.kind.waits_for_approval() {
+            ConditionKind::PendingApproval
         } else {
-            (ConditionKind::Alert, "vakt_apply_failed")
+            ConditionKind::Alert
         };
+        let signal = r.kind.signal();
         let mut c = condition(
             i.model,
             env,
@@ -126,7 +123,7 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
         });
         conditions.push(c);
     }
-    if i.status.state == "failed"
+    if i.status.state == crate::outcome::SyncState::Failed
         && let Some(e) = &i.status.last_error
     {
         let mut c = condition(
@@ -157,7 +154,11 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
         ));
         conditions.push(c);
     }
-    for a in i.approvals.iter().filter(|a| a.decision == "pending") {
+    for a in i
+        .approvals
+        .iter()
+        .filter(|a| a.decision == crate::outcome::Decision::Pending)
+    {
         let mut c = condition(
             i.model,
             env,
@@ -466,7 +467,7 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
             .ok()
             .zip(now)
             .map(|(t, n)| n - t);
-        let max = crate::apply::parse_duration(&st.max_backup_age);
+        let max = opsrepo::model::Duration::parse(&st.max_backup_age).map(|d| d.get());
         let fresh = match (age, max) {
             (Some(a), Some(m)) => a <= time::Duration::try_from(m).unwrap_or(time::Duration::MAX),
             _ => false,
@@ -517,10 +518,10 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
     s.summary.counts.pending_approvals = i
         .approvals
         .iter()
-        .filter(|a| a.decision == "pending")
+        .filter(|a| a.decision == crate::outcome::Decision::Pending)
         .count() as u32;
     s.summary.counts.sites_degraded = sites_degraded;
-    s.summary.counts.tasks_failed = u32::from(i.status.state == "failed")
+    s.summary.counts.tasks_failed = u32::from(i.status.state == crate::outcome::SyncState::Failed)
         + i.jobs.iter().filter(|j| j.state == J::Failed).count() as u32;
     s.summary.counts.tasks_running = i
         .jobs

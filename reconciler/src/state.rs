@@ -8,6 +8,7 @@ use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::compile::Bucket;
+use crate::outcome::{Decision, RefusalKind, SyncState};
 use crate::store::{StoreError, nats_err};
 
 pub const APPLIED: &str = "applied";
@@ -57,6 +58,9 @@ pub struct Inflight {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Refusal {
     pub commit: String,
+    /// What kind of refusal (records of older versions read as `other`).
+    #[serde(default)]
+    pub kind: RefusalKind,
     pub reason: String,
     /// `path:line:col: message` of each blocking finding, when validation refused it.
     #[serde(default)]
@@ -68,8 +72,7 @@ pub struct Refusal {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub env: String,
-    /// in-sync | applied | drift | refused | failed | waiting-approval
-    pub state: String,
+    pub state: SyncState,
     pub applied_commit: Option<String>,
     pub branch_head: Option<String>,
     /// Commits the applied one is behind the branch head (a pinned rollback).
@@ -94,8 +97,7 @@ pub struct Approval {
     pub plan_id: String,
     /// The content digest the approval binds to.
     pub digest: String,
-    /// pending | approved | rejected
-    pub decision: String,
+    pub decision: Decision,
     pub requested_by: String,
     pub requested_at: String,
     #[serde(default)]
@@ -123,7 +125,7 @@ impl Approval {
         Approval {
             plan_id: plan_id.to_owned(),
             digest: digest.to_owned(),
-            decision: "pending".into(),
+            decision: Decision::Pending,
             requested_by: requested_by.to_owned(),
             requested_at: crate::audit::now_rfc3339(),
             decided_by: None,

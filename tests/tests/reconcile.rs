@@ -849,3 +849,247 @@ fn read_only_commands_create_nothing() {
     });
     assert_eq!(streams, 0, "a read-only command created streams");
 }
+
+/// Rewrites `tenant_header` in the global platform config (a spec change in the config bucket).
+fn set_tenant_header(repo: &Path, value: &str) -> String {
+    let p = repo.join("config/global/platform.toml");
+    let s = std::fs::read_to_string(&p).expect("read");
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("tenant_header = "))
+        .expect("tenant_header line")
+        .to_owned();
+    std::fs::write(
+        &p,
+        s.replacen(&line, &format!("tenant_header = \"{value}\""), 1),
+    )
+    .expect("write");
+    commit_all(repo, &format!("tenant header {value}"))
+}
+
+/// `vakt plan --live --out FILE`, returning the plan id.
+fn save_plan(repo: &Path, n: &NatsServer, env: &str, file: &Path) -> String {
+    let f = file.to_string_lossy().into_owned();
+    let (code, out, err) = run(
+        repo,
+        n,
+        &[
+            "plan", "--env", env, "--live", "--out", &f, "--format", "json",
+        ],
+    );
+    assert_eq!(code, 0, "plan --out: {out}{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).expect("plan JSON");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(file).expect("saved plan")).expect("saved JSON");
+    assert_eq!(saved["planned"]["plan"]["id"], p["id"]);
+    assert_eq!(saved["kind"], "vakt-plan");
+    p["id"].as_str().expect("plan id").to_owned()
+}
+
+/// Refusal events (`apply.refused`) of a kind in the env's audit trail.
+fn refusals(n: &NatsServer, env: &str, kind: &str) -> Vec<serde_json::Value> {
+    audit_events(&n.url(), env)
+        .into_iter()
+        .filter(|e| e["action"] == "apply.refused" && e["detail"]["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn a_saved_plan_is_applied_exactly_once_and_refused_when_the_world_moved() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    apply_ok(repo.path(), &n, "dev");
+
+    // Planned, saved, applied: exactly the saved plan's writes happen.
+    set_tenant_header(repo.path(), "x-tenant-a");
+    let p1 = dir.path().join("p1.json");
+    let id1 = save_plan(repo.path(), &n, "dev", &p1);
+    let p1s = p1.to_string_lossy().into_owned();
+    let (code, out, err) = run(repo.path(), &n, &["apply", "--env", "dev", &p1s]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 write(s)"), "{out}");
+    let puts = |n: &NatsServer| {
+        audit_events(&n.url(), "dev")
+            .iter()
+            .filter(|e| e["action"] == "kv.put" && e["plan_id"] == id1.as_str())
+            .count()
+    };
+    assert_eq!(puts(&n), 1);
+    assert_eq!(state_json(&n, "dev", "applied")["plan_id"], id1.as_str());
+
+    // Applied twice, written once.
+    let (code, _, err) = run(repo.path(), &n, &["apply", "--env", "dev", &p1s]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("already applied"), "{err}");
+    assert_eq!(puts(&n), 1, "the second apply wrote nothing");
+
+    // The branch moved after the plan was made.
+    set_tenant_header(repo.path(), "x-tenant-b");
+    let p2 = dir.path().join("p2.json");
+    save_plan(repo.path(), &n, "dev", &p2);
+    set_tenant_header(repo.path(), "x-tenant-c");
+    let before = live(&n, "dev");
+    let (code, _, err) = run(
+        repo.path(),
+        &n,
+        &["apply", "--env", "dev", &p2.to_string_lossy()],
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("branch env/dev moved from"), "{err}");
+    assert_eq!(live(&n, "dev"), before, "nothing was written");
+
+    // A key the plan read was changed by hand after it was made.
+    let p3 = dir.path().join("p3.json");
+    save_plan(repo.path(), &n, "dev", &p3);
+    let hand = br#"{"spec":{"by":"hand"}}"#;
+    put_key(
+        &n.url(),
+        "vakt_dev_config",
+        "tenant.fjord-logistics.tenant",
+        hand,
+    );
+    let before = live(&n, "dev");
+    let (code, _, err) = run(
+        repo.path(),
+        &n,
+        &["apply", "--env", "dev", &p3.to_string_lossy()],
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("is stale") && err.contains("config/tenant.fjord-logistics.tenant"),
+        "the refusal names the key that moved: {err}"
+    );
+    assert_eq!(live(&n, "dev"), before, "nothing was written");
+    assert_eq!(
+        refusals(&n, "dev", "plan_stale").len(),
+        3,
+        "each refusal is audited"
+    );
+}
+
+#[test]
+fn a_damaged_or_foreign_saved_plan_is_refused_naming_why() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    apply_ok(repo.path(), &n, "dev");
+    set_tenant_header(repo.path(), "x-tenant-d");
+    let good = dir.path().join("good.json");
+    save_plan(repo.path(), &n, "dev", &good);
+    let text = std::fs::read_to_string(&good).unwrap();
+    let before = live(&n, "dev");
+    let try_apply = |name: &str, body: &str, env: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, body).unwrap();
+        run(
+            repo.path(),
+            &n,
+            &["apply", "--env", env, &f.to_string_lossy()],
+        )
+    };
+    let edited = text.replacen("x-tenant-d", "x-tenant-evil", 1);
+    let mut future: serde_json::Value = serde_json::from_str(&text).unwrap();
+    future["format"] = 2.into();
+    let mut foreign: serde_json::Value = serde_json::from_str(&text).unwrap();
+    foreign["commit"] = "0123456789abcdef0123456789abcdef01234567".into();
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("edited.json", edited, "dev", "changed after vakt wrote it"),
+        (
+            "truncated.json",
+            text[..text.len() / 2].to_owned(),
+            "dev",
+            "truncated",
+        ),
+        (
+            "future.json",
+            future.to_string(),
+            "dev",
+            "format 2 plan, newer than this vakt",
+        ),
+        ("other-env.json", text.clone(), "staging", "not staging"),
+        (
+            "not-a-plan.json",
+            "{\"kind\":\"terraform\"}".into(),
+            "dev",
+            "is not a saved plan",
+        ),
+        // Editing the commit breaks the digest first: a plan cannot be re-pointed.
+        ("foreign.json", foreign.to_string(), "dev", "changed after"),
+    ];
+    for (name, body, env, want) in &cases {
+        let (code, out, err) = try_apply(name, body, env);
+        assert_eq!(code, 4, "{name}: {out}{err}");
+        assert!(err.contains(want), "{name}: wants {want:?} in {err}");
+        if *name != "other-env.json" {
+            assert!(
+                err.contains(name),
+                "{name}: the message names the file: {err}"
+            );
+        }
+    }
+    // A sound plan made from another repository (its commit does not exist here).
+    let other = ops_git();
+    set_tenant_header(other.path(), "x-tenant-elsewhere");
+    let elsewhere = dir.path().join("elsewhere.json");
+    save_plan(other.path(), &n, "dev", &elsewhere);
+    let (code, _, err) = run(
+        repo.path(),
+        &n,
+        &["apply", "--env", "dev", &elsewhere.to_string_lossy()],
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("made from another repository"), "{err}");
+    assert_eq!(live(&n, "dev"), before, "nothing was written");
+    assert_eq!(
+        refusals(&n, "dev", "plan_invalid").len(),
+        cases.len(),
+        "every refusal in dev is audited"
+    );
+    assert_eq!(refusals(&n, "staging", "plan_invalid").len(), 1);
+    // The intact plan still applies.
+    let (code, out, err) = run(
+        repo.path(),
+        &n,
+        &["apply", "--env", "dev", &good.to_string_lossy()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn a_saved_gated_plan_waits_for_its_approval_and_is_refused_once_it_expired() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    git(repo.path(), &["checkout", "-q", "env/staging"]);
+    // Approvals of staging plans expire after one second in this test.
+    edit(
+        repo.path(),
+        "vakt.toml",
+        "approval_ttl = \"12h\"",
+        "approval_ttl = \"1s\"",
+    );
+    commit_all(repo.path(), "short approvals");
+    let file = dir.path().join("staging.json");
+    let id = save_plan(repo.path(), &n, "staging", &file);
+    let f = file.to_string_lossy().into_owned();
+    let (code, _, err) = run(repo.path(), &n, &["apply", "--env", "staging", &f]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains(&format!("{id} needs approval")), "{err}");
+    let (code, out, err) = run(
+        repo.path(),
+        &n,
+        &["approve", &id, "--env", "staging", "--reason", "reviewed"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // The approval lapses (its expiry is one second after the request).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (code, _, err) = run(repo.path(), &n, &["apply", "--env", "staging", &f]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("approval") && err.contains("expired"),
+        "the refusal names the expired approval: {err}"
+    );
+    assert!(read_bucket(&n.url(), "vakt_staging_access").is_empty());
+    assert!(!refusals(&n, "staging", "approval_expired").is_empty());
+}

@@ -782,7 +782,7 @@ fn bad_input_is_refused_without_touching_anything() {
         "--out",
         &foreign.to_string_lossy(),
     ]));
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 4, "a refusal exits 4: {stderr}");
     assert!(stderr.contains("refusing to replace"), "{stderr}");
     assert_eq!(
         std::fs::read_to_string(foreign.join("notes.txt")).unwrap(),

@@ -1,9 +1,10 @@
 //! `vakt status` and `vakt events`: clients of the daemon's operator API.
 
-use clap::ValueEnum;
 use serde_json::Value;
 
 use super::env;
+use crate::fail::{Exit, Fail};
+use crate::output::Format;
 use crate::{exit, output};
 
 /// Where the operator API is and who calls it.
@@ -15,12 +16,6 @@ pub struct ApiArgs {
     /// Bearer token (from the daemon's --api-tokens file).
     #[arg(long, env = "VAKT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: String,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
-    Human,
-    Json,
 }
 
 /// The decision header of one environment: what runs, what failed, what waits for a human, what
@@ -37,7 +32,7 @@ pub enum Format {
 pub struct StatusOpts {
     #[command(flatten)]
     pub api: ApiArgs,
-    #[arg(long, value_enum, default_value_t = Format::Human)]
+    #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
     pub format: Format,
 }
 
@@ -65,7 +60,7 @@ pub struct EventsOpts {
     pub site: Option<String>,
     #[arg(long, default_value_t = 200)]
     pub limit: usize,
-    #[arg(long, value_enum, default_value_t = Format::Human)]
+    #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
     pub format: Format,
 }
 
@@ -96,7 +91,7 @@ impl OptApi {
     }
 }
 
-fn get(a: &ApiArgs, path: &str, query: &[(&str, String)]) -> Result<Value, (u8, String)> {
+fn get(a: &ApiArgs, path: &str, query: &[(&str, String)]) -> Result<Value, Fail> {
     call(a, "GET", path, query, None)
 }
 
@@ -107,7 +102,7 @@ pub fn call(
     path: &str,
     query: &[(&str, String)],
     body: Option<Value>,
-) -> Result<Value, (u8, String)> {
+) -> Result<Value, Fail> {
     env::runtime().block_on(async {
         let url = format!("{}{path}", a.api.trim_end_matches('/'));
         let c = reqwest::Client::new();
@@ -125,7 +120,7 @@ pub fn call(
             .timeout(std::time::Duration::from_secs(10))
             .send()
             .await
-            .map_err(|e| (exit::COULD_NOT_RUN, format!("cannot reach {url}: {e}")))?;
+            .map_err(|e| Fail::could_not_run(format!("cannot reach {url}: {e}")))?;
         let code = r.status();
         let body: Value = r.json().await.unwrap_or(Value::Null);
         if code.is_success() {
@@ -139,19 +134,13 @@ pub fn call(
                 400 | 401 | 403 | 404 | 409 => exit::REFUSED,
                 _ => exit::COULD_NOT_RUN,
             };
-            Err((c, format!("{} ({code})", msg)))
+            Err(Fail::new(c, format!("{} ({code})", msg)))
         }
     })
 }
 
-pub fn status(o: StatusOpts) -> u8 {
-    let v = match get(&o.api, "/api/v1/status", &[]) {
-        Ok(v) => v,
-        Err((c, m)) => {
-            output::error(&m);
-            return c;
-        }
-    };
+pub fn status(o: StatusOpts) -> Exit {
+    let v = get(&o.api, "/api/v1/status", &[])?;
     let live = &v["live"];
     let conditions = live["conditions"].as_array().cloned().unwrap_or_default();
     let failed = v["jobs"]["failed"].as_array().cloned().unwrap_or_default();
@@ -167,11 +156,8 @@ pub fn status(o: StatusOpts) -> u8 {
         || v["state"] == "refused"
         || v["state"] == "failed";
     match o.format {
-        Format::Json => output::print(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&v).unwrap_or_default()
-        )),
-        Format::Human => {
+        Format::Json => Format::print_json(&v),
+        _ => {
             let mut s = String::new();
             s.push_str(&format!(
                 "{}: {}\n",
@@ -259,11 +245,11 @@ pub fn status(o: StatusOpts) -> u8 {
             output::print(&s);
         }
     }
-    if needs_human {
+    Ok(if needs_human {
         exit::FINDINGS
     } else {
         exit::OK
-    }
+    })
 }
 
 fn list(v: &[Value]) -> String {
@@ -273,7 +259,7 @@ fn list(v: &[Value]) -> String {
         .join(", ")
 }
 
-pub fn events(o: EventsOpts) -> u8 {
+pub fn events(o: EventsOpts) -> Exit {
     let mut q: Vec<(&str, String)> = vec![("limit", o.limit.to_string())];
     for (k, v) in [
         ("correlation_id", &o.correlation_id),
@@ -286,19 +272,10 @@ pub fn events(o: EventsOpts) -> u8 {
             q.push((k, v.clone()));
         }
     }
-    let v = match get(&o.api, "/api/v1/events", &q) {
-        Ok(v) => v,
-        Err((c, m)) => {
-            output::error(&m);
-            return c;
-        }
-    };
+    let v = get(&o.api, "/api/v1/events", &q)?;
     match o.format {
-        Format::Json => output::print(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&v).unwrap_or_default()
-        )),
-        Format::Human => {
+        Format::Json => Format::print_json(&v),
+        _ => {
             let mut s = String::new();
             for e in v.as_array().cloned().unwrap_or_default() {
                 s.push_str(&format!(
@@ -323,5 +300,5 @@ pub fn events(o: EventsOpts) -> u8 {
             output::print(&s);
         }
     }
-    exit::OK
+    Ok(exit::OK)
 }

@@ -1,24 +1,34 @@
 //! `vakt apply`.
 
-use clap::ValueEnum;
-use reconciler::apply::{ApplyError, ApplyOpts};
+use reconciler::apply::ApplyOpts;
 use reconciler::plan;
 
 use super::env::{self, EnvArgs};
+use crate::fail::{Exit, Fail};
+use crate::output::Format;
 use crate::{exit, output};
 
-/// Apply a commit of the environment's branch to its NATS KV buckets.
+/// Apply a commit of the environment's branch to its NATS KV buckets, or a saved plan.
+///
+/// Without PLAN: reads the live buckets once, shows the plan, asks (or takes --yes), and
+/// writes exactly the plan it showed; if a key it read changed in between, nothing is written
+/// and the apply is refused (plan again).
+///
+/// With PLAN (a file from `vakt plan --live --out PLAN`): applies exactly that plan, or refuses
+/// (exit 4, audited) naming why: the file was edited, truncated, is for another environment or
+/// bucket prefix, from another repository or a newer vakt; the plan expired; the env branch
+/// moved since the plan was made; a key it read changed since; it was already applied. A saved
+/// plan needs no confirmation: reviewing it was the confirmation.
 ///
 /// Refuses, with an audit event and a status that says why: a commit that is not on the env
 /// branch, fails validation, or comes from a branch that moved backwards (unless
 /// --allow-rewind); a plan inside a freeze window (unless --break-glass), deleting more than
 /// max_deletions, or containing actions the policy gates without an approval bound to this exact
-/// plan (`vakt approve`).
+/// plan's digest (`vakt approve`).
 ///
-/// Writes are compare-and-set on the revision read when planning: a concurrent writer stops the
-/// apply (re-run to recompute the plan). One audit event per change on VAKT_AUDIT, hash-chained.
-/// An interrupted apply (crash, kill -9, NATS lost) is completed by the next one, with no
-/// missing and no duplicated audit event.
+/// Writes are compare-and-set on the revision read when planning. One audit event per change on
+/// VAKT_AUDIT, hash-chained. An interrupted apply (crash, kill -9, NATS lost) is completed by
+/// the next one, with no missing and no duplicated audit event.
 ///
 /// Rollback: --rev <older commit of the branch> pins the environment behind its branch head;
 /// status and drift say so until the branch itself is reverted.
@@ -29,10 +39,14 @@ use crate::{exit, output};
 /// Examples:
 ///   vakt apply --env dev --yes
 ///   vakt apply --env prod --dry-run
+///   vakt plan --env prod --live --out prod.plan && vakt apply --env prod prod.plan
 ///   vakt apply --env prod --rev 3f2a9c1 --yes        # roll back, pinned
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ApplyCmd {
+    /// A saved plan (`vakt plan --live --out FILE`) to apply exactly.
+    #[arg(value_name = "PLAN", conflicts_with_all = ["rev", "dry_run"])]
+    pub plan: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub target: EnvArgs,
     /// Commit of the env branch to apply (default: the branch head).
@@ -53,145 +67,150 @@ pub struct ApplyCmd {
     /// Who is applying, for the audit trail (default: $VAKT_ACTOR, else user:$USER).
     #[arg(long, value_name = "WHO")]
     pub actor: Option<String>,
-    #[arg(long, value_enum, default_value_t = Format::Human)]
+    #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
     pub format: Format,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
-    Human,
-    Json,
-}
-
-pub fn run(o: ApplyCmd) -> u8 {
-    let target = match o.target.target(None) {
-        Ok(t) => t,
-        Err(e) => {
-            output::error(&e.to_string());
-            return env::code_of(&e);
-        }
-    };
+pub fn run(o: ApplyCmd) -> Exit {
+    let target = o.target.target(None)?;
+    // A saved plan is read and checked before anything else: a damaged file costs no NATS round
+    // trip. Its refusals are audited once the store is open.
+    let saved = o.plan.as_deref().map(reconciler::saved::SavedPlan::read);
     let repo = o.target.repo.clone();
     let envname = o.target.env.clone();
     let mut opts = ApplyOpts::new(&env::actor(&o.actor));
     opts.break_glass = o.break_glass;
     opts.causation_id = Some(format!("cli:apply:{}", std::process::id()));
     env::runtime().block_on(async move {
-        let (store, mut audit) = match target.open().await {
-            Ok(x) => x,
-            Err(e) => {
-                output::error(&e.to_string());
-                return env::code_of(&e);
+        let (store, mut audit) = target.open().await?;
+        let saved = match saved {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(reconciler::saved::ReadError::Invalid(r))) => {
+                let commit = o.plan.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+                reconciler::apply::record_refusal(&store, &mut audit, &commit, None, &opts, &r, &[])
+                    .await?;
+                return Err(Fail::new(r.kind.exit_code(), format!("refused: {}", r.reason)));
             }
+            Some(Err(e)) => return Err(Fail::could_not_run(e.to_string())),
         };
         let prev = reconciler::run::applied(&store).await.ok().flatten();
         let prev_head = prev.as_ref().and_then(|a| a.branch_head.clone());
         let today = time::OffsetDateTime::now_utc().date();
-        let rev = o.rev.clone();
+        let rev = match &saved {
+            Some(s) => {
+                // Another environment's plan, or a commit this repository does not have (the
+                // plan is from another one): refused before anything is compiled.
+                let r = reconciler::git::Repo::open(&repo).map_err(reconciler::Error::from)?;
+                let origin = s.check_origin(&target.env, &target.prefix).and_then(|()| {
+                    match r.try_resolve(&s.commit) {
+                        Some(_) => Ok(()),
+                        None => Err(reconciler::outcome::Refused::new(
+                            reconciler::outcome::RefusalKind::PlanInvalid,
+                            format!(
+                                "saved plan {} names commit {}, which {} does not have: it was made from another repository",
+                                s.planned.plan.id,
+                                reconciler::run::short(&s.commit),
+                                repo.display()
+                            ),
+                        )),
+                    }
+                });
+                if let Err(refusal) = origin {
+                    reconciler::apply::record_refusal(
+                        &store, &mut audit, &s.commit, Some(&s.planned.plan), &opts, &refusal, &[],
+                    )
+                    .await?;
+                    return Err(Fail::refused(format!("refused: {}", refusal.reason)));
+                }
+                Some(s.commit.clone())
+            }
+            None => o.rev.clone(),
+        };
         let prepared = tokio::task::spawn_blocking(move || {
             reconciler::run::prepare(&repo, &envname, rev.as_deref(), prev_head.as_deref(), today)
         })
         .await
-        .expect("prepare task");
-        let prepared = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                output::error(&e.to_string());
-                return env::code_of(&e);
-            }
-        };
-        // Show the plan first; apply only with --yes (or a confirmation on a terminal).
-        if let Some(d) = &prepared.desired
-            && (o.dry_run || !o.yes)
-        {
-            let live = match store.snapshot().await {
-                Ok(l) => l,
-                Err(e) => {
-                    output::error(&e.to_string());
-                    return exit::COULD_NOT_RUN;
-                }
-            };
-            let p = plan::plan_live(d, &live);
-            print_plan(&p, o.format);
-            if o.dry_run {
-                return exit::OK;
-            }
-            if p.is_empty() && prepared.findings.is_empty() {
-                // nothing to write, but the markers may need to move (rollback or first run)
-            } else if !confirm("Apply this plan? Type `yes`: ") {
-                output::error("not applied: pass --yes to apply without a terminal");
-                return exit::REFUSED;
-            }
-        }
+        .map_err(|e| Fail::could_not_run(format!("compile task: {e}")))??;
         let (bar, progress) = output::progress("applying");
         let mut opts = opts;
         opts.progress = progress;
-        let result =
-            reconciler::run::guarded_apply(&store, &mut audit, &prepared, &opts, o.allow_rewind)
-                .await;
-        bar.finish_and_clear();
-        match result {
-            Ok(r) => {
-                match o.format {
-                    Format::Json => output::print(&format!(
-                        "{}\n",
-                        serde_json::to_string_pretty(&r).unwrap_or_default()
-                    )),
-                    Format::Human => {
-                        let mut s = format!(
-                            "Applied {} to {}: {} write(s) ({} add, {} change, {} remove).",
-                            reconciler::run::short(&prepared.commit),
-                            o.target.env,
-                            r.written,
-                            r.plan.counts.add,
-                            r.plan.counts.change,
-                            r.plan.counts.remove
-                        );
-                        if r.jobs_queued > 0 {
-                            s.push_str(&format!(
-                                " {} placement move(s) queued as migration jobs; the reconcile daemon runs them (`vakt jobs list --env {}`).",
-                                r.jobs_queued, o.target.env
-                            ));
+        let result = if let Some(s) = saved {
+            reconciler::run::apply_saved(&store, &mut audit, &prepared, s, &opts, o.allow_rewind)
+                .await
+        } else {
+            // Show the plan first; apply only with --yes (or a confirmation on a terminal). What
+            // is written is this very plan.
+            let mut planned = None;
+            if let Some(d) = &prepared.desired {
+                let lp = reconciler::apply::plan_live(&store, d).await?;
+                if o.dry_run || !o.yes {
+                    if o.format == Format::Human {
+                        output::print(&plan::render_human(&lp.plan, output::color_stdout()));
+                    }
+                    if o.dry_run {
+                        if o.format == Format::Json {
+                            Format::print_json(&lp.plan);
                         }
-                        if r.recovered > 0 {
-                            s.push_str(&format!(
-                                " Recorded {} audit event(s) of an interrupted earlier apply.",
-                                r.recovered
-                            ));
-                        }
-                        if r.pinned {
-                            s.push_str(&format!(
-                                " Pinned behind branch head {}: the daemon keeps this commit until {} changes.",
-                                reconciler::run::short(&prepared.branch_head),
-                                prepared.branch
-                            ));
-                        }
-                        output::print(&format!("{s}\n"));
+                        return Ok(exit::OK);
+                    }
+                    let nothing = lp.plan.is_empty() && prepared.findings.is_empty();
+                    if !nothing && !confirm("Apply this plan? Type `yes`: ") {
+                        return Err(Fail::refused(
+                            "not applied: pass --yes to apply without a terminal",
+                        ));
                     }
                 }
-                exit::OK
+                planned = Some(lp);
             }
-            Err(ApplyError::Refused { reason, .. }) => {
-                output::error(&format!("refused: {reason}"));
-                exit::REFUSED
-            }
-            Err(e @ ApplyError::Failed { .. }) => {
-                output::error(&e.to_string());
-                exit::FINDINGS
-            }
-            Err(e) => {
-                output::error(&e.to_string());
-                exit::COULD_NOT_RUN
+            reconciler::run::guarded_apply(
+                &store,
+                &mut audit,
+                &prepared,
+                &opts,
+                o.allow_rewind,
+                planned,
+            )
+            .await
+        };
+        bar.finish_and_clear();
+        let r = result?;
+        match o.format {
+            Format::Json => Format::print_json(&r),
+            _ => {
+                let mut s = format!(
+                    "Applied {} to {}: {} write(s) ({} add, {} change, {} remove).",
+                    reconciler::run::short(&prepared.commit),
+                    o.target.env,
+                    r.written,
+                    r.plan.counts.add,
+                    r.plan.counts.change,
+                    r.plan.counts.remove
+                );
+                if r.jobs_queued > 0 {
+                    s.push_str(&format!(
+                        " {} placement move(s) queued as migration jobs; the reconcile daemon runs them (`vakt jobs list --env {}`).",
+                        r.jobs_queued, o.target.env
+                    ));
+                }
+                if r.recovered > 0 {
+                    s.push_str(&format!(
+                        " Recorded {} audit event(s) of an interrupted earlier apply.",
+                        r.recovered
+                    ));
+                }
+                if r.pinned {
+                    s.push_str(&format!(
+                        " Pinned behind branch head {}: the daemon keeps this commit until {} changes.",
+                        reconciler::run::short(&prepared.branch_head),
+                        prepared.branch
+                    ));
+                }
+                output::print(&format!("{s}\n"));
             }
         }
+        Ok(exit::OK)
     })
-}
-
-fn print_plan(p: &plan::Plan, f: Format) {
-    match f {
-        Format::Human => output::print(&plan::render_human(p, output::color_stdout())),
-        Format::Json => {}
-    }
 }
 
 /// Asks on a terminal; false without one.

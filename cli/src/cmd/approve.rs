@@ -1,6 +1,7 @@
 //! `vakt approve` and `vakt reject`.
 
 use super::env::{self, EnvArgs};
+use crate::fail::Exit;
 use crate::{exit, output};
 
 /// Approve a plan that waits on a gated action (placement move, deletion, definition or access
@@ -31,58 +32,37 @@ pub struct DecideOpts {
     pub via: super::api::OptApi,
 }
 
-pub fn run(o: DecideOpts, approve: bool) -> u8 {
+pub fn run(o: DecideOpts, approve: bool) -> Exit {
     if let Some(a) = o.via.args() {
         let verb = if approve { "approve" } else { "reject" };
-        return match super::api::call(
+        let v = super::api::call(
             &a,
             "POST",
             &format!("/api/v1/approvals/{}/{verb}", o.plan),
             &[],
             Some(serde_json::json!({"reason": o.reason})),
-        ) {
-            Ok(v) => {
-                output::print(&format!(
-                    "{} {} by {} (expires {}).\n",
-                    v["decision"].as_str().unwrap_or(verb),
-                    o.plan,
-                    v["decided_by"].as_str().unwrap_or("?"),
-                    v["expires_at"].as_str().unwrap_or("?")
-                ));
-                exit::OK
-            }
-            Err((c, m)) => {
-                output::error(&m);
-                c
-            }
-        };
+        )?;
+        output::print(&format!(
+            "{} {} by {} (expires {}).\n",
+            v["decision"].as_str().unwrap_or(verb),
+            o.plan,
+            v["decided_by"].as_str().unwrap_or("?"),
+            v["expires_at"].as_str().unwrap_or("?")
+        ));
+        return Ok(exit::OK);
     }
-    let target = match o.target.target(None) {
-        Ok(t) => t,
-        Err(e) => {
-            output::error(&e.to_string());
-            return env::code_of(&e);
-        }
-    };
+    let target = o.target.target(None)?;
     let actor = env::actor(&o.actor);
-    let r = env::runtime().block_on(async {
+    let a = env::runtime().block_on(async {
         let (store, mut audit) = target.open().await?;
         reconciler::approvals::decide(&store, &mut audit, &o.plan, approve, &actor, &o.reason).await
-    });
-    match r {
-        Ok(a) => {
-            output::print(&format!(
-                "{} {} (expires {}); the next run of that plan (apply, reconcile or restore) proceeds{}.\n",
-                a.decision,
-                a.plan_id,
-                a.expires_at,
-                if approve { "" } else { " without it" }
-            ));
-            exit::OK
-        }
-        Err(e) => {
-            output::error(&e.to_string());
-            env::code_of(&e)
-        }
-    }
+    })?;
+    output::print(&format!(
+        "{} {} (expires {}); the next run of that plan (apply, reconcile or restore) proceeds{}.\n",
+        a.decision,
+        a.plan_id,
+        a.expires_at,
+        if approve { "" } else { " without it" }
+    ));
+    Ok(exit::OK)
 }

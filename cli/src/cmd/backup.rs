@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use reconciler::backup::{self, RestoreOpts, RestorePlan};
 
-use super::drift::Format;
 use super::env::{self, EnvArgs};
+use crate::fail::{Exit, Fail};
+use crate::output::Format;
 use crate::{exit, output};
 
 /// Take a verified, checksummed backup of an environment's NATS state.
@@ -34,7 +35,7 @@ pub struct BackupOpts {
     /// Who takes it (default: $VAKT_ACTOR, else user:$USER).
     #[arg(long, value_name = "WHO")]
     pub actor: Option<String>,
-    #[arg(long, value_enum, default_value_t = Format::Human)]
+    #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
     pub format: Format,
 }
 
@@ -92,83 +93,62 @@ pub struct RestoreCmd {
     /// Who restores (default: $VAKT_ACTOR, else user:$USER).
     #[arg(long, value_name = "WHO")]
     pub actor: Option<String>,
-    #[arg(long, value_enum, default_value_t = Format::Human)]
+    #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
     pub format: Format,
 }
 
-pub fn backup(o: BackupOpts) -> u8 {
-    let target = match o.target.target(None) {
-        Ok(t) => t,
-        Err(e) => {
-            output::error(&e.to_string());
-            return env::code_of(&e);
-        }
-    };
+pub fn backup(o: BackupOpts) -> Exit {
+    let target = o.target.target(None)?;
     let actor = env::actor(&o.actor);
     let r = env::runtime().block_on(async {
         let (store, mut audit) = target.open().await?;
         backup::backup(&store, &mut audit, &o.out, &actor).await
     });
-    match r {
-        Ok(rep) => {
-            match o.format {
-                Format::Json => output::print(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&rep).unwrap_or_default()
-                )),
-                Format::Human => {
-                    let m = &rep.manifest;
-                    let mut s = format!(
-                        "Backup {} of {} written to {} and verified.\n",
-                        m.id,
-                        m.env,
-                        rep.dir.display()
-                    );
-                    for f in &m.files {
-                        s.push_str(&format!(
-                            "  {:<26} {:>7} {}  {}\n",
-                            f.path,
-                            f.records,
-                            if f.bucket.is_some() {
-                                "keys  "
-                            } else {
-                                "events"
-                            },
-                            f.sha256
-                        ));
-                    }
-                    s.push_str(&format!(
+    let rep = r?;
+
+    match o.format {
+        Format::Json => Format::print_json(&rep),
+        _ => {
+            let m = &rep.manifest;
+            let mut s = format!(
+                "Backup {} of {} written to {} and verified.\n",
+                m.id,
+                m.env,
+                rep.dir.display()
+            );
+            for f in &m.files {
+                s.push_str(&format!(
+                    "  {:<26} {:>7} {}  {}\n",
+                    f.path,
+                    f.records,
+                    if f.bucket.is_some() {
+                        "keys  "
+                    } else {
+                        "events"
+                    },
+                    f.sha256
+                ));
+            }
+            s.push_str(&format!(
                         "Applied commit: {}. Manifest {}.\nCheck it with: vakt restore --env {} --from {} --preflight\n",
                         m.applied_commit.as_deref().unwrap_or("none"),
                         rep.digest,
                         m.env,
                         rep.dir.display()
                     ));
-                    output::print(&s);
-                }
-            }
-            exit::OK
-        }
-        Err(e) => {
-            output::error(&e.to_string());
-            env::code_of(&e)
+            output::print(&s);
         }
     }
+    Ok(exit::OK)
 }
 
-pub fn restore(o: RestoreCmd) -> u8 {
-    let target = match o.target.target(None) {
-        Ok(t) => t,
-        Err(e) => {
-            output::error(&e.to_string());
-            return env::code_of(&e);
-        }
-    };
+pub fn restore(o: RestoreCmd) -> Exit {
+    let target = o.target.target(None)?;
     let ttl = reconciler::read_manifest(&o.target.repo)
         .ok()
         .and_then(|m| {
             let p = &m.environments.get(&o.target.env)?.policy;
-            reconciler::apply::parse_duration(&p.approval_ttl)
+            Some(p.approval_ttl.get())
         })
         .unwrap_or(std::time::Duration::from_secs(86_400));
     let opts = RestoreOpts {
@@ -182,73 +162,52 @@ pub fn restore(o: RestoreCmd) -> u8 {
     };
     let rt = env::runtime();
     let opened = rt.block_on(target.open());
-    let (store, mut audit) = match opened {
-        Ok(x) => x,
-        Err(e) => {
-            output::error(&e.to_string());
-            return env::code_of(&e);
-        }
-    };
-    let plan = match rt.block_on(backup::preflight(&store, &o.from, &opts)) {
-        Ok(p) => p,
-        Err(e) => {
-            output::error(&e.to_string());
-            return env::code_of(&e);
-        }
-    };
+    let (store, mut audit) = opened?;
+    let plan = rt.block_on(backup::preflight(&store, &o.from, &opts))?;
     if o.preflight || matches!(o.format, Format::Human) {
         match o.format {
-            Format::Human => output::print(&render_plan(&plan)),
-            Format::Json if o.preflight => output::print(&format!(
-                "{}\n",
-                serde_json::to_string_pretty(&plan).unwrap_or_default()
-            )),
+            Format::Json if o.preflight => Format::print_json(&plan),
             Format::Json => {}
+            _ => output::print(&render_plan(&plan)),
         }
     }
     if !plan.refusals.is_empty() {
-        output::error(&format!("refused: {}", plan.refusals.join("; ")));
-        return exit::REFUSED;
+        return Err(Fail::new(
+            exit::REFUSED,
+            format!("refused: {}", plan.refusals.join("; ")),
+        ));
     }
     if o.preflight {
-        return exit::OK;
+        return Ok(exit::OK);
     }
     if plan.writes() == 0 && plan.audit.to_publish == 0 {
         output::print("Nothing to restore: the live state matches the backup.\n");
-        return exit::OK;
+        return Ok(exit::OK);
     }
     if !o.yes && !super::apply::confirm("Restore this backup? Type `yes`: ") {
-        output::error("not restored: pass --yes to restore without a terminal");
-        return exit::REFUSED;
+        return Err(Fail::refused(
+            "not restored: pass --yes to restore without a terminal",
+        ));
     }
     let (bar, progress) = output::progress("restoring");
     let opts = RestoreOpts { progress, ..opts };
     let result = rt.block_on(backup::restore(&store, &mut audit, plan, &opts));
     bar.finish_and_clear();
-    match result {
-        Ok(out) => {
-            match o.format {
-                Format::Json => output::print(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&out).unwrap_or_default()
-                )),
-                Format::Human => output::print(&format!(
-                    "Restored {} to {}: {} write(s), {} audit event(s) republished ({}).\nNext: `vakt drift --env {}` shows what differs from Git; `vakt reconcile` or `vakt apply` converges the desired buckets.\n",
-                    out.plan.backup_id,
-                    out.plan.env,
-                    out.written,
-                    out.events_published,
-                    out.plan.id,
-                    out.plan.env
-                )),
-            }
-            exit::OK
-        }
-        Err(e) => {
-            output::error(&e.to_string());
-            env::code_of(&e)
-        }
+    let out = result?;
+
+    match o.format {
+        Format::Json => Format::print_json(&out),
+        _ => output::print(&format!(
+            "Restored {} to {}: {} write(s), {} audit event(s) republished ({}).\nNext: `vakt drift --env {}` shows what differs from Git; `vakt reconcile` or `vakt apply` converges the desired buckets.\n",
+            out.plan.backup_id,
+            out.plan.env,
+            out.written,
+            out.events_published,
+            out.plan.id,
+            out.plan.env
+        )),
     }
+    Ok(exit::OK)
 }
 
 fn render_plan(p: &RestorePlan) -> String {

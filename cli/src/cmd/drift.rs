@@ -1,9 +1,9 @@
 //! `vakt drift`.
 
-use clap::ValueEnum;
-
 use super::env::{self, EnvArgs};
-use crate::output;
+use crate::fail::{Exit, Fail};
+use crate::output::Format;
+use crate::{exit, output};
 
 /// Compare the live KV buckets with the commit the environment has applied.
 ///
@@ -24,24 +24,15 @@ pub struct DriftOpts {
     /// Compare with this commit instead of the applied one.
     #[arg(long, value_name = "REV")]
     pub rev: Option<String>,
-    #[arg(long, value_enum, default_value_t = Format::Human)]
+    #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
     pub format: Format,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
-    Human,
-    Json,
-}
-
-pub fn run(o: DriftOpts) -> u8 {
-    let target = match o.target.target(None) {
-        Ok(t) => t,
-        Err(e) => {
-            output::error(&e.to_string());
-            return 1;
-        }
-    };
+pub fn run(o: DriftOpts) -> Exit {
+    let target = o
+        .target
+        .target(None)
+        .map_err(|e| Fail::from(e).with_code(exit::FINDINGS))?;
     let repo = o.target.repo.clone();
     let envname = o.target.env.clone();
     let r = env::runtime().block_on(async move {
@@ -83,20 +74,15 @@ pub fn run(o: DriftOpts) -> u8 {
         }
         Ok::<_, reconciler::Error>(report)
     });
-    match r {
-        Ok(report) => {
-            match o.format {
-                Format::Human => output::print(&reconciler::drift::render_human(&report)),
-                Format::Json => output::print(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                )),
-            }
-            if report.in_sync { 0 } else { 2 }
-        }
-        Err(e) => {
-            output::error(&e.to_string());
-            1
-        }
+    // Terraform's -detailed-exitcode convention: any error is 1 (0 in sync, 2 drift).
+    let report = r.map_err(|e| Fail::from(e).with_code(exit::FINDINGS))?;
+    match o.format {
+        Format::Json => Format::print_json(&report),
+        _ => output::print(&reconciler::drift::render_human(&report)),
     }
+    Ok(if report.in_sync {
+        exit::OK
+    } else {
+        exit::CHANGES
+    })
 }

@@ -101,11 +101,3 @@ pub fn actor(given: &Option<String>) -> String {
         .or_else(|| std::env::var("USER").ok().map(|u| format!("user:{u}")))
         .unwrap_or_else(|| "unknown".into())
 }
-
-/// Exit code for a reconciler error: refusals 4, everything else 3 (could not run).
-pub fn code_of(e: &Error) -> u8 {
-    match e {
-        Error::Refused(_) => crate::exit::REFUSED,
-        _ => crate::exit::COULD_NOT_RUN,
-    }
-}

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::fail::{Exit, Fail};
 use crate::{exit, output};
 
 /// Create a new ops repo: the manifest, the schemas and a minimal example that validates clean.
@@ -19,21 +20,14 @@ pub struct InitOpts {
     pub dir: PathBuf,
 }
 
-pub fn run(o: InitOpts) -> u8 {
-    match init(&o.dir) {
-        Ok(n) => {
-            output::print(&format!(
-                "created {} with {n} files\nnext: cd {} && vakt validate\n",
-                o.dir.display(),
-                o.dir.display()
-            ));
-            exit::OK
-        }
-        Err(e) => {
-            output::error(&e);
-            exit::COULD_NOT_RUN
-        }
-    }
+pub fn run(o: InitOpts) -> Exit {
+    let n = init(&o.dir).map_err(Fail::could_not_run)?;
+    output::print(&format!(
+        "created {} with {n} files\nnext: cd {} && vakt validate\n",
+        o.dir.display(),
+        o.dir.display()
+    ));
+    Ok(exit::OK)
 }
 
 fn init(dir: &Path) -> Result<usize, String> {

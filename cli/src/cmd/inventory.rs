@@ -3,6 +3,7 @@
 use clap::Subcommand;
 
 use super::env::{self, EnvArgs};
+use crate::fail::Exit;
 use crate::{exit, output};
 
 /// Discovered inventory: nodes that report an id, version, site or service kind Git does not
@@ -51,19 +52,13 @@ pub enum InventoryCmd {
     },
 }
 
-pub fn run(o: InventoryOpts) -> u8 {
+pub fn run(o: InventoryOpts) -> Exit {
     let t = match &o.cmd {
         InventoryCmd::List { target, .. }
         | InventoryCmd::Adopt { target, .. }
         | InventoryCmd::Reject { target, .. } => target.clone(),
     };
-    let target = match t.target(None) {
-        Ok(x) => x,
-        Err(e) => {
-            output::error(&e.to_string());
-            return env::code_of(&e);
-        }
-    };
+    let target = t.target(None)?;
     env::runtime().block_on(async move {
         let r: Result<u8, reconciler::Error> = async {
             let (store, mut audit) = target.open().await?;
@@ -110,12 +105,6 @@ pub fn run(o: InventoryOpts) -> u8 {
             }
         }
         .await;
-        match r {
-            Ok(c) => c,
-            Err(e) => {
-                output::error(&e.to_string());
-                env::code_of(&e)
-            }
-        }
+        Ok(r?)
     })
 }

@@ -1,9 +1,11 @@
 //! `vakt jobs`.
 
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use reconciler::jobs::{self, Job, JobState};
 
 use super::env::{self, EnvArgs};
+use crate::fail::Exit;
+use crate::output::Format;
 use crate::{exit, output};
 
 /// Inspect and steer jobs: tenant migrations created from placement moves.
@@ -39,7 +41,7 @@ pub enum JobsCmd {
         /// Only jobs for this tenant.
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
+        #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
         format: Format,
     },
     /// Show one job with its steps.
@@ -49,7 +51,7 @@ pub enum JobsCmd {
         target: EnvArgs,
         #[command(flatten)]
         via: super::api::OptApi,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
+        #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
         format: Format,
     },
     /// Queue a failed, retrying or dead-lettered job again.
@@ -95,15 +97,9 @@ pub enum JobsCmd {
         target: EnvArgs,
         #[command(flatten)]
         via: super::api::OptApi,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
+        #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
         format: Format,
     },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
-    Human,
-    Json,
 }
 
 fn line(j: &Job) -> String {
@@ -130,7 +126,7 @@ fn print_list(list: &[Job], format: Format) {
             "{}\n",
             serde_json::to_string_pretty(list).unwrap_or_default()
         )),
-        Format::Human => {
+        _ => {
             if list.is_empty() {
                 output::print("No jobs.\n");
             }
@@ -142,7 +138,7 @@ fn print_list(list: &[Job], format: Format) {
 }
 
 /// The same operations through the operator API.
-fn via_api(a: &super::api::ApiArgs, cmd: &JobsCmd) -> u8 {
+fn via_api(a: &super::api::ApiArgs, cmd: &JobsCmd) -> Exit {
     let r = match cmd {
         JobsCmd::List { state, tenant, .. } => {
             let mut q = Vec::new();
@@ -182,36 +178,29 @@ fn via_api(a: &super::api::ApiArgs, cmd: &JobsCmd) -> u8 {
             Some(serde_json::json!({"reason": reason})),
         ),
     };
-    match r {
-        Ok(v) => {
-            let format = match cmd {
-                JobsCmd::List { format, .. }
-                | JobsCmd::DeadLetters { format, .. }
-                | JobsCmd::Show { format, .. } => *format,
-                _ => Format::Human,
-            };
-            match (
-                format,
-                serde_json::from_value::<Vec<Job>>(v.clone()),
-                serde_json::from_value::<Job>(v.clone()),
-            ) {
-                (Format::Human, Ok(list), _) => print_list(&list, Format::Human),
-                (Format::Human, _, Ok(j)) => output::print(&line(&j)),
-                _ => output::print(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&v).unwrap_or_default()
-                )),
-            }
-            exit::OK
-        }
-        Err((c, m)) => {
-            output::error(&m);
-            c
-        }
+    let v = r?;
+    let format = match cmd {
+        JobsCmd::List { format, .. }
+        | JobsCmd::DeadLetters { format, .. }
+        | JobsCmd::Show { format, .. } => *format,
+        _ => Format::Human,
+    };
+    match (
+        format,
+        serde_json::from_value::<Vec<Job>>(v.clone()),
+        serde_json::from_value::<Job>(v.clone()),
+    ) {
+        (Format::Human, Ok(list), _) => print_list(&list, Format::Human),
+        (Format::Human, _, Ok(j)) => output::print(&line(&j)),
+        _ => output::print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )),
     }
+    Ok(exit::OK)
 }
 
-pub fn run(o: JobsOpts) -> u8 {
+pub fn run(o: JobsOpts) -> Exit {
     let via = match &o.cmd {
         JobsCmd::List { via, .. }
         | JobsCmd::Show { via, .. }
@@ -231,21 +220,9 @@ pub fn run(o: JobsOpts) -> u8 {
         | JobsCmd::DrainNode { target, .. }
         | JobsCmd::DeadLetters { target, .. } => target.clone(),
     };
-    let target = match target_args.target(None) {
-        Ok(t) => t,
-        Err(e) => {
-            output::error(&e.to_string());
-            return env::code_of(&e);
-        }
-    };
+    let target = target_args.target(None)?;
     env::runtime().block_on(async move {
-        let (store, mut audit) = match target.open().await {
-            Ok(x) => x,
-            Err(e) => {
-                output::error(&e.to_string());
-                return env::code_of(&e);
-            }
-        };
+        let (store, mut audit) = target.open().await?;
         let r: Result<u8, reconciler::Error> = async {
             match o.cmd {
                 JobsCmd::List {
@@ -274,14 +251,14 @@ pub fn run(o: JobsOpts) -> u8 {
                 }
                 JobsCmd::Show { id, format, .. } => {
                     let Some((j, _)) = jobs::get(&store, &id).await? else {
-                        return Err(reconciler::Error::Refused(format!("no job `{id}`")));
+                        return Err(reconciler::Error::refused(
+                            reconciler::outcome::RefusalKind::NotFound,
+                            format!("no job `{id}`"),
+                        ));
                     };
                     match format {
-                        Format::Json => output::print(&format!(
-                            "{}\n",
-                            serde_json::to_string_pretty(&j).unwrap_or_default()
-                        )),
-                        Format::Human => {
+                        Format::Json => Format::print_json(&j),
+                        _ => {
                             let mut s = line(&j);
                             s.push_str(&format!(
                                 "  {} on {} → {} on {}; correlation {}; created {}\n",
@@ -326,12 +303,16 @@ pub fn run(o: JobsOpts) -> u8 {
                     ..
                 } => {
                     if reason.trim().is_empty() {
-                        return Err(reconciler::Error::Refused(
-                            "a reason is required (--reason \"…\")".into(),
+                        return Err(reconciler::Error::refused(
+                            reconciler::outcome::RefusalKind::ActionNotAllowed,
+                            "a reason is required (--reason \"…\")",
                         ));
                     }
                     let applied = reconciler::run::applied(&store).await?.ok_or_else(|| {
-                        reconciler::Error::Refused(format!("nothing is applied to {} yet", t.env))
+                        reconciler::Error::refused(
+                            reconciler::outcome::RefusalKind::ActionNotAllowed,
+                            format!("nothing is applied to {} yet", t.env),
+                        )
                     })?;
                     let desired = reconciler::compile_rev(&t.repo, &applied.commit, &t.env)?;
                     let actor = env::actor(&actor);
@@ -363,12 +344,6 @@ pub fn run(o: JobsOpts) -> u8 {
             }
         }
         .await;
-        match r {
-            Ok(c) => c,
-            Err(e) => {
-                output::error(&e.to_string());
-                env::code_of(&e)
-            }
-        }
+        Ok(r?)
     })
 }

@@ -1,9 +1,10 @@
 //! `vakt plan`.
 
-use clap::ValueEnum;
 use reconciler::plan;
 
 use super::env::{self, EnvArgs};
+use crate::fail::{Exit, Fail};
+use crate::output::Format;
 use crate::{exit, output};
 
 /// Show what an apply would change, per bucket and key, before anything is written.
@@ -17,12 +18,19 @@ use crate::{exit, output};
 /// actions the environment's policy holds for approval, and the impact on tenants, services and
 /// sites follow.
 ///
+/// Saved plans (--live --out FILE): the plan is sealed into FILE (commit, environment, branch
+/// head, every change with the live revision it expects, each bucket's stream sequence when it
+/// was read, expiry, digest). `vakt apply --env E FILE` then writes exactly that plan, or refuses
+/// naming why (edited, expired, branch moved, a key changed since). Approvals bind to the plan's
+/// digest, so an approval of the saved plan is an approval of what will be written.
+///
 /// Exit status: 0 success (with --detailed-exitcode: 0 no changes, 2 changes), 1 compile
 /// error, 3 could not run.
 ///
 /// Examples:
 ///   vakt plan --env staging --base origin/env/staging --head HEAD --format markdown > plan.md
 ///   vakt plan --env prod --live
+///   vakt plan --env prod --live --out prod.plan --valid-for 2h
 ///   vakt plan --env dev --live --format json | jq '.counts'
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -41,46 +49,27 @@ pub struct PlanOpts {
     /// Compare with the live NATS KV buckets instead of a commit.
     #[arg(long)]
     pub live: bool,
-    #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
-    pub format: PlanFormat,
+    /// Save the plan to FILE for `vakt apply FILE` (needs --live).
+    #[arg(long, value_name = "FILE", requires = "live")]
+    pub out: Option<std::path::PathBuf>,
+    /// How long a saved plan may be applied (e.g. 30m, 2h).
+    #[arg(long, value_name = "DURATION", default_value = "1h", requires = "out")]
+    pub valid_for: opsrepo::model::Duration,
+    /// Who is planning, recorded in a saved plan (default: $VAKT_ACTOR, else user:$USER).
+    #[arg(long, value_name = "WHO")]
+    pub actor: Option<String>,
+    #[arg(long, default_value = "human", value_parser = Format::only(&[Format::Human, Format::Json, Format::Markdown]))]
+    pub format: Format,
     /// Exit 2 when the plan has changes (Terraform's convention).
     #[arg(long)]
     pub detailed_exitcode: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum PlanFormat {
-    Human,
-    Json,
-    /// GitHub-flavoured markdown for a pull request comment.
-    Markdown,
-}
-
-pub fn run(o: PlanOpts) -> u8 {
+pub fn run(o: PlanOpts) -> Exit {
     let repo = o.target.repo.clone();
     let envname = o.target.env.clone();
-    let result: Result<plan::Plan, reconciler::Error> = if o.live {
-        let rev = o
-            .rev
-            .clone()
-            .or(o.head.clone())
-            .unwrap_or_else(|| reconciler::env_branch(&repo, &envname));
-        let target = match o.target.target(None) {
-            Ok(t) => t,
-            Err(e) => return fail(&e),
-        };
-        env::runtime().block_on(async {
-            let desired = reconciler::compile_rev(&repo, &rev, &envname)?;
-            // Nothing applied yet (no buckets): every key is an add, and nothing is created.
-            let live = match target.open_existing().await {
-                Ok(store) => store.snapshot().await?,
-                Err(reconciler::Error::Store(reconciler::store::StoreError::Missing {
-                    ..
-                })) => Default::default(),
-                Err(e) => return Err(e),
-            };
-            Ok(plan::plan_live(&desired, &live))
-        })
+    let p = if o.live {
+        live(&o)?
     } else {
         let base = o
             .base
@@ -91,45 +80,86 @@ pub fn run(o: PlanOpts) -> u8 {
             .clone()
             .or(o.rev.clone())
             .unwrap_or_else(|| "HEAD".into());
-        (|| {
-            match reconciler::plan_revs(&repo, &base, &head, &envname) {
-                // A new environment branch that does not exist yet: everything is an add.
-                Err(reconciler::Error::Source(opsrepo::SourceError::Revision { .. }))
-                | Err(reconciler::Error::Git(reconciler::git::GitError::Revision { .. }))
-                    if reconciler::git::Repo::open(&repo)
-                        .map(|r| r.try_resolve(&base).is_none())
-                        .unwrap_or(false) =>
-                {
-                    let head_d = reconciler::compile_rev(&repo, &head, &envname)?;
-                    Ok(plan::plan_commits(None, &head_d))
-                }
-                other => other,
+        match reconciler::plan_revs(&repo, &base, &head, &envname) {
+            // A new environment branch that does not exist yet: everything is an add.
+            Err(reconciler::Error::Source(opsrepo::SourceError::Revision { .. }))
+            | Err(reconciler::Error::Git(reconciler::git::GitError::Revision { .. }))
+                if reconciler::git::Repo::open(&repo)
+                    .map(|r| r.try_resolve(&base).is_none())
+                    .unwrap_or(false) =>
+            {
+                let head_d = reconciler::compile_rev(&repo, &head, &envname)?;
+                plan::plan_commits(None, &head_d)
             }
-        })()
-    };
-    let p = match result {
-        Ok(p) => p,
-        Err(e) => return fail(&e),
+            other => other?,
+        }
     };
     match o.format {
-        PlanFormat::Human => output::print(&plan::render_human(&p, output::color_stdout())),
-        PlanFormat::Markdown => output::print(&plan::render_markdown(&p)),
-        PlanFormat::Json => output::print(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&p).unwrap_or_default()
-        )),
+        Format::Json => Format::print_json(&p),
+        Format::Markdown => output::print(&plan::render_markdown(&p)),
+        _ => output::print(&plan::render_human(&p, output::color_stdout())),
     }
-    if o.detailed_exitcode && !p.is_empty() {
+    Ok(if o.detailed_exitcode && !p.is_empty() {
         exit::CHANGES
     } else {
         exit::OK
-    }
+    })
 }
 
-fn fail(e: &reconciler::Error) -> u8 {
-    output::error(&e.to_string());
-    match e {
-        reconciler::Error::Compile(_) => exit::FINDINGS,
-        other => env::code_of(other),
+/// The plan against the live buckets; with --out, sealed and saved.
+fn live(o: &PlanOpts) -> Result<plan::Plan, Fail> {
+    let repo = &o.target.repo;
+    let envname = &o.target.env;
+    let branch = reconciler::env_branch(repo, envname);
+    let rev = o.rev.clone().or(o.head.clone()).unwrap_or(branch.clone());
+    let target = o.target.target(None)?;
+    let desired = reconciler::compile_rev(repo, &rev, envname)?;
+    let planned = env::runtime().block_on(async {
+        // Nothing applied yet (no buckets): every key is an add, and nothing is created.
+        match target.open_existing().await {
+            Ok(store) => Ok(reconciler::apply::plan_live(&store, &desired).await?),
+            Err(reconciler::Error::Store(reconciler::store::StoreError::Missing { .. })) => {
+                Ok(reconciler::apply::LivePlan {
+                    plan: plan::plan_live(&desired, &Default::default()),
+                    read_seqs: Default::default(),
+                })
+            }
+            Err(e) => Err(Fail::from(e)),
+        }
+    })?;
+    let Some(out) = &o.out else {
+        return Ok(planned.plan);
+    };
+    let git = reconciler::git::Repo::open(repo).map_err(reconciler::Error::from)?;
+    let head = git
+        .resolve(&branch)
+        .map_err(reconciler::Error::from)?
+        .to_string();
+    let actor = env::actor(&o.actor);
+    let saved = reconciler::saved::SavedPlan::new(
+        &reconciler::saved::Origin {
+            env: envname,
+            kv_prefix: &target.prefix,
+            branch: &branch,
+            branch_head: &head,
+            actor: &actor,
+        },
+        planned,
+        time::OffsetDateTime::now_utc(),
+        o.valid_for.get(),
+    );
+    saved
+        .write(out)
+        .map_err(|e| Fail::could_not_run(format!("cannot write {}: {e}", out.display())))?;
+    if o.format != Format::Json {
+        eprintln!(
+            "Saved plan {} to {} (valid until {}). Apply exactly this plan with:\n  vakt apply --env {} {}",
+            saved.planned.plan.id,
+            out.display(),
+            saved.expires_at,
+            envname,
+            out.display()
+        );
     }
+    Ok(saved.planned.plan)
 }

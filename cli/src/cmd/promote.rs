@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::ValueEnum;
-
+use crate::fail::Exit;
+use crate::output::Format;
 use crate::{exit, output};
 
 /// Promote from one environment to the next (dev → staging → prod), or check that a change may.
@@ -34,17 +34,11 @@ pub struct PromoteOpts {
     pub head: Option<String>,
     #[arg(long, env = "VAKT_REPO", default_value = ".", value_name = "DIR")]
     pub repo: PathBuf,
-    #[arg(long, value_enum, default_value_t = Format::Human)]
+    #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
     pub format: Format,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
-    Human,
-    Json,
-}
-
-pub fn run(o: PromoteOpts) -> u8 {
+pub fn run(o: PromoteOpts) -> Exit {
     let r = (|| {
         let manifest = reconciler::read_manifest(&o.repo)?;
         let repo = reconciler::git::Repo::open(&o.repo)?;
@@ -54,54 +48,45 @@ pub fn run(o: PromoteOpts) -> u8 {
             reconciler::promote::promote(&repo, &manifest, &o.from, &o.to)
         }
     })();
-    match r {
-        Ok(c) => {
-            match o.format {
-                Format::Json => output::print(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&c).unwrap_or_default()
-                )),
-                Format::Human => {
-                    let mut s = String::new();
-                    if c.ok {
-                        s.push_str(&format!(
-                            "ok: all {} commit(s) that would reach {} ({}) are already in {} ({}).\n",
-                            c.commits, c.to, c.to_branch, c.from, c.from_branch
-                        ));
-                        if !o.check {
-                            s.push_str(&format!(
-                                "{} now points at {}; push it to promote.\n",
-                                c.to_branch,
-                                reconciler::run::short(&c.head)
-                            ));
-                        }
-                    } else {
-                        s.push_str(&format!(
-                            "promotion order violated: {} commit(s) would reach {} before {}:\n",
-                            c.offenders.len(),
-                            c.to,
-                            c.from
-                        ));
-                        for off in &c.offenders {
-                            s.push_str(&format!(
-                                "  {} {}\n",
-                                reconciler::run::short(&off.commit),
-                                off.summary
-                            ));
-                        }
-                        s.push_str(&format!(
-                            "merge them into {} first and let them run there.\n",
-                            c.from_branch
-                        ));
-                    }
-                    output::print(&s);
+    let c = r?;
+
+    match o.format {
+        Format::Json => Format::print_json(&c),
+        _ => {
+            let mut s = String::new();
+            if c.ok {
+                s.push_str(&format!(
+                    "ok: all {} commit(s) that would reach {} ({}) are already in {} ({}).\n",
+                    c.commits, c.to, c.to_branch, c.from, c.from_branch
+                ));
+                if !o.check {
+                    s.push_str(&format!(
+                        "{} now points at {}; push it to promote.\n",
+                        c.to_branch,
+                        reconciler::run::short(&c.head)
+                    ));
                 }
+            } else {
+                s.push_str(&format!(
+                    "promotion order violated: {} commit(s) would reach {} before {}:\n",
+                    c.offenders.len(),
+                    c.to,
+                    c.from
+                ));
+                for off in &c.offenders {
+                    s.push_str(&format!(
+                        "  {} {}\n",
+                        reconciler::run::short(&off.commit),
+                        off.summary
+                    ));
+                }
+                s.push_str(&format!(
+                    "merge them into {} first and let them run there.\n",
+                    c.from_branch
+                ));
             }
-            if c.ok { exit::OK } else { exit::FINDINGS }
-        }
-        Err(e) => {
-            output::error(&e.to_string());
-            super::env::code_of(&e)
+            output::print(&s);
         }
     }
+    Ok(if c.ok { exit::OK } else { exit::FINDINGS })
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use reconciler::daemon::{self, DaemonOpts};
 
 use super::env::{self, EnvArgs};
-use crate::{exit, output};
+use crate::exit;
+use crate::fail::{Exit, Fail};
 
 /// Run the reconciler for one environment: apply what is merged into its branch, keep NATS KV
 /// in sync, report drift.
@@ -94,18 +95,11 @@ pub struct ReconcileOpts {
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
-    reconciler::apply::parse_duration(s)
-        .ok_or_else(|| format!("`{s}` is not a duration (e.g. 500ms, 30s, 1m)"))
+    s.parse::<opsrepo::model::Duration>().map(|d| d.get())
 }
 
-pub fn run(o: ReconcileOpts) -> u8 {
-    let target = match o.target.target(Some(o.lease)) {
-        Ok(t) => t,
-        Err(e) => {
-            output::error(&e.to_string());
-            return env::code_of(&e);
-        }
-    };
+pub fn run(o: ReconcileOpts) -> Exit {
+    let target = o.target.target(Some(o.lease))?;
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "host".into());
@@ -124,8 +118,7 @@ pub fn run(o: ReconcileOpts) -> u8 {
     let api_tokens = match from_file.and_then(reconciler::api::Tokens::from_env) {
         Ok(t) => t,
         Err(e) => {
-            output::error(&e);
-            return exit::COULD_NOT_RUN;
+            return Err(Fail::new(exit::COULD_NOT_RUN, e));
         }
     };
     let opts = DaemonOpts {
@@ -168,12 +161,7 @@ pub fn run(o: ReconcileOpts) -> u8 {
             }
             let _ = tx.send(true);
         });
-        match daemon::run(opts, rx).await {
-            Ok(()) => exit::OK,
-            Err(e) => {
-                output::error(&e.to_string());
-                env::code_of(&e)
-            }
-        }
+        daemon::run(opts, rx).await?;
+        Ok(exit::OK)
     })
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::fail::{Exit, Fail};
 use crate::{exit, output};
 
 /// Write, check or list the JSON Schemas of every document kind.
@@ -30,26 +31,32 @@ pub struct SchemasOpts {
     pub list: bool,
 }
 
-pub fn run(o: SchemasOpts) -> u8 {
+pub fn run(o: SchemasOpts) -> Exit {
     let mut files = opsrepo::kinds::schema_files();
     // Live snippet schemas live in a subdirectory: `schemas/snippets/<name>.schema.json`.
     files.extend(opsrepo::snippets::schema_files());
     if o.write {
         if let Err(e) = std::fs::create_dir_all(&o.dir) {
-            output::error(&format!("failed to create {}: {e}", o.dir.display()));
-            return exit::COULD_NOT_RUN;
+            return Err(Fail::new(
+                exit::COULD_NOT_RUN,
+                format!("failed to create {}: {e}", o.dir.display()),
+            ));
         }
         for (name, text) in &files {
             let p = o.dir.join(name);
             if let Some(parent) = p.parent()
                 && let Err(e) = std::fs::create_dir_all(parent)
             {
-                output::error(&format!("failed to create {}: {e}", parent.display()));
-                return exit::COULD_NOT_RUN;
+                return Err(Fail::new(
+                    exit::COULD_NOT_RUN,
+                    format!("failed to create {}: {e}", parent.display()),
+                ));
             }
             if let Err(e) = std::fs::write(&p, text) {
-                output::error(&format!("failed to write {}: {e}", p.display()));
-                return exit::COULD_NOT_RUN;
+                return Err(Fail::new(
+                    exit::COULD_NOT_RUN,
+                    format!("failed to write {}: {e}", p.display()),
+                ));
             }
         }
         output::print(&format!(
@@ -57,7 +64,7 @@ pub fn run(o: SchemasOpts) -> u8 {
             files.len(),
             o.dir.display()
         ));
-        return exit::OK;
+        return Ok(exit::OK);
     }
     if o.check {
         let mut stale = Vec::new();
@@ -69,14 +76,16 @@ pub fn run(o: SchemasOpts) -> u8 {
         }
         if stale.is_empty() {
             output::print(&format!("{} schemas up to date\n", files.len()));
-            return exit::OK;
+            return Ok(exit::OK);
         }
-        output::error(&format!(
-            "schemas differ from the model: {}\nrun `vakt schemas --write --dir {}`",
-            stale.join(", "),
-            o.dir.display()
+        return Err(Fail::new(
+            exit::FINDINGS,
+            format!(
+                "schemas differ from the model: {}\nrun `vakt schemas --write --dir {}`",
+                stale.join(", "),
+                o.dir.display()
+            ),
         ));
-        return exit::FINDINGS;
     }
     let mut s = String::new();
     for k in opsrepo::Kind::WITH_SCHEMA {
@@ -94,5 +103,5 @@ pub fn run(o: SchemasOpts) -> u8 {
         opsrepo::Kind::Runbook.description()
     ));
     output::print(&s);
-    exit::OK
+    Ok(exit::OK)
 }

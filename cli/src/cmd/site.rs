@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::ValueEnum;
-
 use super::RepoOpts;
+use crate::fail::{Exit, Fail};
+use crate::output::Format;
 use crate::{exit, output};
 
 /// Build or serve the operator site: a static, read-only site built from the ops repo and
@@ -88,7 +88,7 @@ pub struct BuildOpts {
     #[arg(long, value_name = "DIR")]
     pub snippets_dir: Option<PathBuf>,
     /// Output format of the build report.
-    #[arg(long, value_enum, default_value_t = Format::Human)]
+    #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
     pub format: Format,
 }
 
@@ -119,12 +119,6 @@ pub struct ServeOpts {
     /// Directory of live snippet files served at /snippets/.
     #[arg(long, value_name = "DIR")]
     pub snippets_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
-    Human,
-    Json,
 }
 
 fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -159,62 +153,41 @@ impl BuildArgs {
     }
 }
 
-fn error_code(e: &sitegen::SiteError) -> u8 {
-    use sitegen::SiteError::*;
-    match e {
-        Source(_) | Io { .. } => exit::COULD_NOT_RUN,
-        InvalidRepo { .. }
-        | UnknownEnv { .. }
-        | Template { .. }
-        | Runbook { .. }
-        | Snippet { .. }
-        | SnippetsUrl { .. }
-        | ForeignOutput { .. } => exit::FINDINGS,
-    }
-}
-
-pub fn run(o: SiteOpts) -> u8 {
+pub fn run(o: SiteOpts) -> Exit {
     match o.command {
         SiteCommand::Build(b) => build(b),
         SiteCommand::Serve(s) => serve(s),
     }
 }
 
-fn build(o: BuildOpts) -> u8 {
+fn build(o: BuildOpts) -> Exit {
     let opts = o.args.options(&o.snippets_url, o.snippets_dir.clone());
     let start = Instant::now();
-    match sitegen::build(&opts) {
-        Ok(r) => {
-            let ms = start.elapsed().as_millis();
-            for w in &r.warnings {
-                eprintln!("warning: {w}");
-            }
-            match o.format {
-                Format::Json => {
-                    let mut v = serde_json::to_value(&r).unwrap_or_default();
-                    v["elapsed_ms"] = serde_json::json!(ms);
-                    output::print(&(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"));
-                }
-                Format::Human => output::print(&format!(
-                    "built {} pages ({} runbooks, {} files, {} KiB) into {} in {ms} ms\n\
-                     snapshot: {}; search: {} B first download, {} KiB worst one-word query\n",
-                    r.pages,
-                    r.runbooks,
-                    r.files,
-                    r.bytes / 1024,
-                    r.out.display(),
-                    r.snapshot,
-                    r.search.first_download_bytes,
-                    r.search.worst_single_word_query_bytes / 1024,
-                )),
-            }
-            exit::OK
-        }
-        Err(e) => {
-            output::error(&e.to_string());
-            error_code(&e)
-        }
+    let r = sitegen::build(&opts)?;
+    let ms = start.elapsed().as_millis();
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
     }
+    match o.format {
+        Format::Json => {
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            v["elapsed_ms"] = serde_json::json!(ms);
+            output::print(&(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"));
+        }
+        _ => output::print(&format!(
+            "built {} pages ({} runbooks, {} files, {} KiB) into {} in {ms} ms\n\
+                     snapshot: {}; search: {} B first download, {} KiB worst one-word query\n",
+            r.pages,
+            r.runbooks,
+            r.files,
+            r.bytes / 1024,
+            r.out.display(),
+            r.snapshot,
+            r.search.first_download_bytes,
+            r.search.worst_single_word_query_bytes / 1024,
+        )),
+    }
+    Ok(exit::OK)
 }
 
 struct ServeState {
@@ -223,30 +196,30 @@ struct ServeState {
     version: AtomicU64,
 }
 
-fn serve(o: ServeOpts) -> u8 {
+fn serve(o: ServeOpts) -> Exit {
     let mut opts = o.args.options("/snippets/", None);
     opts.live_reload = o.watch;
     if o.watch {
         if let Err(e) = sitegen::build(&opts) {
-            output::error(&e.to_string());
-            return error_code(&e);
+            return Err(e.into());
         }
     } else if !o.args.out.join("index.html").is_file() {
-        output::error(&format!(
-            "{} holds no built site: run `vakt site build --out {}` first, or add --watch",
-            o.args.out.display(),
-            o.args.out.display()
+        return Err(Fail::new(
+            exit::COULD_NOT_RUN,
+            format!(
+                "{} holds no built site: run `vakt site build --out {}` first, or add --watch",
+                o.args.out.display(),
+                o.args.out.display()
+            ),
         ));
-        return exit::COULD_NOT_RUN;
     }
     if let Some(d) = &o.snippets_dir
         && !d.is_dir()
     {
-        output::error(&format!(
-            "--snippets-dir {} is not a directory",
-            d.display()
+        return Err(Fail::new(
+            exit::COULD_NOT_RUN,
+            format!("--snippets-dir {} is not a directory", d.display()),
         ));
-        return exit::COULD_NOT_RUN;
     }
     let snippets = o
         .snippets_dir
@@ -264,16 +237,20 @@ fn serve(o: ServeOpts) -> u8 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            output::error(&format!("failed to start the HTTP runtime: {e}"));
-            return exit::COULD_NOT_RUN;
+            return Err(Fail::new(
+                exit::COULD_NOT_RUN,
+                format!("failed to start the HTTP runtime: {e}"),
+            ));
         }
     };
     rt.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(o.addr).await {
             Ok(l) => l,
             Err(e) => {
-                output::error(&format!("failed to listen on {}: {e}", o.addr));
-                return exit::COULD_NOT_RUN;
+                return Err(Fail::new(
+                    exit::COULD_NOT_RUN,
+                    format!("failed to listen on {}: {e}", o.addr),
+                ));
             }
         };
         let addr = listener.local_addr().unwrap_or(o.addr);
@@ -287,8 +264,7 @@ fn serve(o: ServeOpts) -> u8 {
             match watch(&opts, state.clone()) {
                 Ok(w) => _watcher = Some(w),
                 Err(e) => {
-                    output::error(&e);
-                    return exit::COULD_NOT_RUN;
+                    return Err(Fail::new(exit::COULD_NOT_RUN, e));
                 }
             }
         }
@@ -319,11 +295,8 @@ fn serve(o: ServeOpts) -> u8 {
             .with_graceful_shutdown(shutdown)
             .await
         {
-            Ok(()) => exit::OK,
-            Err(e) => {
-                output::error(&format!("HTTP server failed: {e}"));
-                exit::COULD_NOT_RUN
-            }
+            Ok(()) => Ok(exit::OK),
+            Err(e) => Err(Fail::could_not_run(format!("HTTP server failed: {e}"))),
         }
     })
 }

@@ -1,9 +1,10 @@
 //! `vakt validate`.
 
-use clap::ValueEnum;
 use opsrepo::report;
 
 use super::RepoOpts;
+use crate::fail::Exit;
+use crate::output::Format;
 use crate::{exit, output};
 
 /// Check every document against its schema, then every governance rule.
@@ -31,58 +32,40 @@ pub struct ValidateOpts {
     #[arg(long, value_name = "DATE", value_parser = super::parse_date)]
     pub now: Option<time::Date>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
-    pub format: OutputFormat,
+    #[arg(long, default_value = "human", value_parser = Format::only(&[Format::Human, Format::Json, Format::Github, Format::Sarif]))]
+    pub format: Format,
     /// List every rule with its id, default severity and summary, then exit.
     #[arg(long)]
     pub list_rules: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum OutputFormat {
-    /// rustc-like, with the offending line.
-    Human,
-    /// One JSON document with a summary and every finding.
-    Json,
-    /// GitHub Actions workflow commands (`::error file=…`).
-    Github,
-    /// SARIF 2.1.0, for code-scanning uploads.
-    Sarif,
-}
-
-pub fn run(o: ValidateOpts) -> u8 {
+pub fn run(o: ValidateOpts) -> Exit {
     if o.list_rules {
-        return list_rules(o.format);
+        return Ok(list_rules(o.format));
     }
-    let files = match o.repo.read() {
-        Ok(f) => f,
-        Err(e) => {
-            output::error(&e.to_string());
-            return exit::COULD_NOT_RUN;
-        }
-    };
+    let files = o.repo.read()?;
     let opts = opsrepo::ValidateOptions {
         env: o.env,
         today: o.now.unwrap_or_else(super::today),
     };
     let report = opsrepo::validate(&files, &opts);
     let format = match o.format {
-        OutputFormat::Human => report::Format::Human,
-        OutputFormat::Json => report::Format::Json,
-        OutputFormat::Github => report::Format::Github,
-        OutputFormat::Sarif => report::Format::Sarif,
+        Format::Json => report::Format::Json,
+        Format::Github => report::Format::Github,
+        Format::Sarif => report::Format::Sarif,
+        Format::Human | Format::Markdown => report::Format::Human,
     };
     output::print(&report::render(&report, format, output::color_stdout()));
-    if report.has_errors() {
+    Ok(if report.has_errors() {
         exit::FINDINGS
     } else {
         exit::OK
-    }
+    })
 }
 
-fn list_rules(format: OutputFormat) -> u8 {
+fn list_rules(format: Format) -> u8 {
     match format {
-        OutputFormat::Json => {
+        Format::Json => {
             output::print(
                 &(serde_json::to_string_pretty(opsrepo::rules::RULES).unwrap_or_default() + "\n"),
             );

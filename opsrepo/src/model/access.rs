@@ -1,5 +1,6 @@
 //! Access: RBAC roles and bindings as code.
 
+use super::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -31,8 +32,7 @@ pub struct Role {
     pub requires_step_up: bool,
     /// Maximum session length for this role (break-glass is time-boxed).
     #[serde(default)]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
-    pub max_session: Option<String>,
+    pub max_session: Option<Duration>,
 }
 
 /// `access/bindings/<id>.toml`: principals bound to roles in a scope.

@@ -1,5 +1,6 @@
 //! Configuration: global platform config, tenants, and generic config items.
 
+use super::Duration;
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
@@ -35,8 +36,7 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub route_limits: BTreeMap<String, RateLimit>,
     /// Request timeout for upstream calls.
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
-    pub upstream_timeout: String,
+    pub upstream_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -78,11 +78,9 @@ pub struct DrainThresholds {
     /// Preflight refuses when the consumer lag of the tenant is above this many messages.
     pub max_consumer_lag: u64,
     /// Time-box for a drain to converge.
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
-    pub drain_timeout: String,
+    pub drain_timeout: Duration,
     /// How often drain progress is polled.
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
-    pub poll_interval: String,
+    pub poll_interval: Duration,
     /// Attempts before a migration job is dead-lettered.
     #[schemars(range(min = 1))]
     pub max_attempts: u32,

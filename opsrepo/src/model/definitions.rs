@@ -1,5 +1,6 @@
 //! Definitions: aggregates, projections, sagas, effect providers and manifests.
 
+use super::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +67,7 @@ pub struct Saga {
     pub triggered_by: Vec<String>,
     pub steps: Vec<SagaStep>,
     /// Overall time-box for one saga instance.
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
-    pub timeout: String,
+    pub timeout: Duration,
     pub program: Program,
 }
 
@@ -104,8 +104,7 @@ pub struct EffectProvider {
     #[serde(default)]
     #[schemars(regex(pattern = r"^secret://[a-z0-9-]+/[A-Za-z0-9_./-]+#[A-Za-z0-9_.-]+$"))]
     pub credentials: Option<String>,
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
-    pub timeout: String,
+    pub timeout: Duration,
     #[schemars(range(min = 1))]
     pub max_attempts: u32,
     /// Whether the provider honours idempotency keys (required for automatic retry).

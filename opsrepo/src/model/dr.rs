@@ -1,5 +1,6 @@
 //! Disaster-recovery posture, `dr/stores/<id>.toml`.
 
+use super::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -14,11 +15,9 @@ pub struct DrStore {
     pub owner_team: String,
     pub recovery_class: RecoveryClass,
     /// Recovery point objective, e.g. `15m`.
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
-    pub rpo: String,
+    pub rpo: Duration,
     /// Recovery time objective, e.g. `1h`.
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
-    pub rto: String,
+    pub rto: Duration,
     pub backup: Backup,
     pub recovery_path: RecoveryPath,
     /// Whether losing one datacenter loses this store's availability (not its data).
@@ -58,8 +57,7 @@ pub struct Backup {
     #[serde(default)]
     pub schedule: Option<String>,
     /// Maximum age of the last successful backup before it counts as stale.
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
-    pub max_age: String,
+    pub max_age: Duration,
     pub retention: String,
     pub locations: Vec<BackupLocation>,
     /// Whether restores are verified automatically after each backup.

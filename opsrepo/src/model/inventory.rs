@@ -1,5 +1,6 @@
 //! Inventory: sites (datacenters), nodes, shards, services and tenant placement.
 
+use super::Duration;
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
@@ -38,8 +39,7 @@ pub struct SiteLink {
     /// What crosses the link: `nats-cluster-route`, `nats-leafnode`, `postgres-replication` …
     pub kind: String,
     /// Round-trip time above which the link counts as degraded.
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
-    pub max_rtt: String,
+    pub max_rtt: Duration,
 }
 
 /// `inventory/nodes/<id>.toml`: one instance of a platform service.

@@ -1,5 +1,6 @@
 //! `vakt.toml`: the ops repo manifest (project, environments and their policies, layout bindings).
 
+use super::Duration;
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
@@ -83,12 +84,11 @@ pub struct Policy {
     pub freeze_windows: Vec<FreezeWindow>,
     /// How long an approval stays valid.
     #[serde(default = "default_approval_ttl")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
-    pub approval_ttl: String,
+    pub approval_ttl: Duration,
 }
 
-fn default_approval_ttl() -> String {
-    "24h".to_owned()
+fn default_approval_ttl() -> Duration {
+    Duration::parse("24h").expect("a valid duration")
 }
 
 /// Actions a policy may gate behind an operator's approval.
