@@ -233,7 +233,7 @@ pub const FAULTS: &[FaultInfo] = &[
         fault: Fault::DispatchFailures,
         name: "dispatch-failures",
         kinds: &[Runner],
-        effect: "every provider fails 4 dispatches/s, 4/s are dead-lettered, the DLQ grows",
+        effect: "every provider fails 10 dispatches/s, 4/s are dead-lettered, the DLQ grows",
         metrics: &[
             "runner_outbox_dispatch_failures_total",
             "runner_deadletter_writes_total",
@@ -257,7 +257,7 @@ pub const FAULTS: &[FaultInfo] = &[
         fault: Fault::SlowDisk,
         name: "slow-disk",
         kinds: &[Aggregate, Projection],
-        effect: "libmdbx fsyncs take 80-200 ms and writers stall 0.3 s/s",
+        effect: "libmdbx fsyncs take 80-200 ms and writers stall 2 s/s (summed over writers)",
         metrics: &[
             "mdbx_fsync_duration_seconds",
             "mdbx_write_stall_seconds_total",
@@ -969,11 +969,13 @@ impl Platform {
                 a.in_flight
                     .get_or_create(&l(&[("tenant_id", &s.tenant)]))
                     .set(s.inflight as i64 + jitter + pile);
-                if s.active && self.rng.next() < dt * 0.05 {
-                    let ag = AGGREGATES[self.rng.between(0.0, 4.0) as usize % 4];
+                // Every (aggregate, tenant) series exists from the start; errors are rare.
+                let failing = (s.active && self.rng.next() < dt * 0.05)
+                    .then(|| self.rng.between(0.0, 4.0) as usize % 4);
+                for (i, ag) in AGGREGATES.iter().enumerate() {
                     a.command_errors
                         .get_or_create(&l(&[("aggregate", ag), ("tenant_id", &s.tenant)]))
-                        .inc();
+                        .inc_by(u64::from(failing == Some(i)));
                 }
             }
         }
@@ -994,12 +996,11 @@ impl Platform {
                     let d = self.rng.between(0.001, 0.03);
                     p.duration.get_or_create(&lv).observe(d);
                 }
-                if let Some(s) = tenants.first()
-                    && self.rng.next() < dt * 0.02
-                {
+                for s in tenants {
+                    let failed = self.rng.next() < dt * 0.01;
                     p.errors
                         .get_or_create(&l(&[("view_type", v), ("tenant_id", &s.tenant)]))
-                        .inc();
+                        .inc_by(u64::from(failed));
                 }
             }
         }
@@ -1036,7 +1037,7 @@ impl Platform {
                     x.effect_duration.get_or_create(&lp).observe(d);
                 }
                 if failing {
-                    x.dispatch_failures.get_or_create(&lp).inc_by(per_s(4.0));
+                    x.dispatch_failures.get_or_create(&lp).inc_by(per_s(10.0));
                     x.deadletter_writes.get_or_create(&lp).inc_by(per_s(4.0));
                     x.effect_timeouts.get_or_create(&lp).inc_by(per_s(1.0));
                 }
@@ -1059,7 +1060,7 @@ impl Platform {
                 m.db_size.get_or_create(&ld).set(size as i64);
                 m.stall
                     .get_or_create(&ld)
-                    .inc_by(if slow { 0.3 * dt } else { 0.001 * dt });
+                    .inc_by(if slow { 2.0 * dt } else { 0.001 * dt });
                 let syncs = (dt * 10.0).round() as u64;
                 for _ in 0..syncs {
                     let v = if slow {
