@@ -1125,14 +1125,14 @@ impl Platform {
             let n = self.n;
             // A fixed cycle: 0.25% 500s, 0.5% 429s, 2% 404s; under the fault 40% 5xx.
             let status: u16 = if errors && n % 5 < 2 {
-                if n % 5 == 0 { 500 } else { 503 }
+                if n.is_multiple_of(5) { 500 } else { 503 }
             } else if n % 400 == 399 {
                 500
             } else if n % 200 == 13 {
                 429
             } else if n % 50 == 7 {
                 404
-            } else if n % 3 == 0 && routes[(n as usize) % routes.len()].0 == "POST" {
+            } else if n.is_multiple_of(3) && routes[(n as usize) % routes.len()].0 == "POST" {
                 201
             } else {
                 200
