@@ -582,6 +582,29 @@ fn each_fault_switch_makes_its_alerts_fire_in_victoria_metrics() {
 }
 
 #[test]
+fn the_readme_documents_every_fault_with_its_alerts() {
+    let fleet = Fleet::start();
+    let readme =
+        std::fs::read_to_string(vakt_tests::workspace().join("README.md")).expect("README.md");
+    for (name, alerts) in fault_table(fleet.double("runner")) {
+        if alerts.is_empty() {
+            assert!(readme.contains(&format!("`{name}`")), "README.md: {name}");
+            continue;
+        }
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("README.md has no fault table row for `{name}`"));
+        for a in &alerts {
+            assert!(
+                row.contains(a.as_str()),
+                "README.md row `{name}` misses alert {a}"
+            );
+        }
+    }
+}
+
+#[test]
 fn fault_switches_reject_unknown_and_misplaced_faults() {
     let fleet = Fleet::start();
     let gw = fleet.double("gateway");
