@@ -1,7 +1,8 @@
 //! End-to-end harness: the `vakt` binary, copies of the bundled ops repo, real Git repositories,
-//! and real NATS servers ([`nats`]).
+//! real NATS servers ([`nats`]) and VictoriaMetrics ([`victoria`]).
 
 pub mod nats;
+pub mod victoria;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

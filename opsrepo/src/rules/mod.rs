@@ -5,7 +5,7 @@ mod alerts;
 mod definitions;
 mod inventory;
 pub mod logql;
-mod observability;
+pub mod observability;
 mod runbooks;
 pub mod secrets;
 
