@@ -179,7 +179,12 @@ pub fn render_model(model: &Model, opts: &RenderOptions) -> Result<Rendered, Ren
         return Err(RenderError::Unrenderable { findings });
     }
     let unrenderable = |path: &str, message: String| RenderError::Unrenderable {
-        findings: vec![Finding::new("render.rule", path, Default::default(), message)],
+        findings: vec![Finding::new(
+            "render.rule",
+            path,
+            Default::default(),
+            message,
+        )],
     };
     let env = opts.env.as_str();
     let mut files = BTreeMap::new();
@@ -202,7 +207,8 @@ pub fn render_model(model: &Model, opts: &RenderOptions) -> Result<Rendered, Ren
     }
 
     // 2. Scrape configuration.
-    let (scrape, jobs, targets) = scrape_config(model, env).map_err(|(p, m)| unrenderable(&p, m))?;
+    let (scrape, jobs, targets) =
+        scrape_config(model, env).map_err(|(p, m)| unrenderable(&p, m))?;
     counts.scrape_jobs = jobs;
     counts.scrape_targets = targets;
     files.insert(
@@ -496,8 +502,12 @@ fn scrape_config(model: &Model, env: &str) -> Result<(Y, usize, usize), (String,
     for n in &nodes {
         let node = &n.spec;
         let url = metrics_url(node);
-        let u = parse_http_url(&url)
-            .map_err(|why| (n.path.clone(), format!("node `{}`: metrics URL `{url}` {why}", node.id)))?;
+        let u = parse_http_url(&url).map_err(|why| {
+            (
+                n.path.clone(),
+                format!("node `{}`: metrics URL `{url}` {why}", node.id),
+            )
+        })?;
         let service = service_label
             .get(&node.service_kind)
             .copied()

@@ -82,7 +82,15 @@ pub fn run(o: RenderOpts) -> u8 {
     let files = match opsrepo::read_commit(&o.repo, &rev) {
         Ok(f) => f,
         Err(e) => {
-            output::error(&e.to_string());
+            let hint = if o.rev.is_none() {
+                format!(
+                    " (the branch of environment `{}`: is it declared in vakt.toml, and does the branch exist?)",
+                    o.env
+                )
+            } else {
+                String::new()
+            };
+            output::error(&format!("{e}{hint}"));
             return exit::COULD_NOT_RUN;
         }
     };
@@ -105,8 +113,13 @@ pub fn run(o: RenderOpts) -> u8 {
         dashboards_path,
     };
     let today = o.now.unwrap_or_else(super::today);
-    let result = render::render_repo(&files, &opts, today)
-        .and_then(|(r, rep)| Ok((render::write_atomically(&o.out, &r, commit.as_deref())?, r, rep)));
+    let result = render::render_repo(&files, &opts, today).and_then(|(r, rep)| {
+        Ok((
+            render::write_atomically(&o.out, &r, commit.as_deref())?,
+            r,
+            rep,
+        ))
+    });
     match result {
         Ok((w, r, rep)) => {
             let warnings = rep.count(opsrepo::Severity::Warning);
@@ -143,7 +156,10 @@ pub fn run(o: RenderOpts) -> u8 {
                         w.files,
                         w.bytes,
                         if warnings > 0 {
-                            format!("; {warnings} warning(s), run `vakt validate --env {}`", o.env)
+                            format!(
+                                "; {warnings} warning(s), run `vakt validate --env {}`",
+                                o.env
+                            )
                         } else {
                             String::new()
                         }
@@ -158,9 +174,7 @@ pub fn run(o: RenderOpts) -> u8 {
                 Format::Json => report::Format::Json,
             };
             output::print(&report::render(&report, format, output::color_stdout()));
-            output::error(
-                &RenderError::Invalid { env, report }.to_string(),
-            );
+            output::error(&RenderError::Invalid { env, report }.to_string());
             exit::FINDINGS
         }
         Err(e) => {

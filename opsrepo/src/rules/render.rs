@@ -57,23 +57,47 @@ pub(crate) fn check(m: &Model, out: &mut Vec<Finding>) {
                     let (p, pos) = if key { f.at_key(&ptr) } else { f.at(&ptr) };
                     out.push(Finding::new("render.rule", p, pos, message).help(help));
                 };
-                let name = rule.alert.as_deref().or(rule.record.as_deref()).unwrap_or("");
+                let name = rule
+                    .alert
+                    .as_deref()
+                    .or(rule.record.as_deref())
+                    .unwrap_or("");
                 for k in rule.labels.keys() {
                     if !is_label_name(k) {
-                        bad(&format!("/labels/{}", esc(k)), true, format!("`{name}`: `{k}` is not a valid label name"), "label names match [a-zA-Z_][a-zA-Z0-9_]*; Prometheus rejects the file otherwise");
+                        bad(
+                            &format!("/labels/{}", esc(k)),
+                            true,
+                            format!("`{name}`: `{k}` is not a valid label name"),
+                            "label names match [a-zA-Z_][a-zA-Z0-9_]*; Prometheus rejects the file otherwise",
+                        );
                     }
                 }
                 for k in rule.annotations.keys() {
                     if !is_label_name(k) {
-                        bad(&format!("/annotations/{}", esc(k)), true, format!("`{name}`: `{k}` is not a valid annotation name"), "annotation names match [a-zA-Z_][a-zA-Z0-9_]*; Prometheus rejects the file otherwise");
+                        bad(
+                            &format!("/annotations/{}", esc(k)),
+                            true,
+                            format!("`{name}`: `{k}` is not a valid annotation name"),
+                            "annotation names match [a-zA-Z_][a-zA-Z0-9_]*; Prometheus rejects the file otherwise",
+                        );
                     }
                 }
                 if rule.alert.is_some() && rule.labels.contains_key(ENV_LABEL) {
-                    bad(&format!("/labels/{ENV_LABEL}"), true, format!("alert `{name}` sets the `{ENV_LABEL}` label"), "remove it: `vakt render` sets `env` to the environment it renders");
+                    bad(
+                        &format!("/labels/{ENV_LABEL}"),
+                        true,
+                        format!("alert `{name}` sets the `{ENV_LABEL}` label"),
+                        "remove it: `vakt render` sets `env` to the environment it renders",
+                    );
                 }
                 if let Some(rec) = &rule.record {
                     if !is_metric_name(rec) {
-                        bad("/record", false, format!("`{rec}` is not a valid metric name"), "recording rule names match [a-zA-Z_:][a-zA-Z0-9_:]*");
+                        bad(
+                            "/record",
+                            false,
+                            format!("`{rec}` is not a valid metric name"),
+                            "recording rule names match [a-zA-Z_:][a-zA-Z0-9_:]*",
+                        );
                     }
                     for (field, set) in [
                         ("for", rule.for_.is_some()),
@@ -81,7 +105,12 @@ pub(crate) fn check(m: &Model, out: &mut Vec<Finding>) {
                         ("annotations", !rule.annotations.is_empty()),
                     ] {
                         if set {
-                            bad(&format!("/{field}"), true, format!("recording rule `{rec}` has `{field}`"), "only alerting rules take `for`, `keep_firing_for` and `annotations`; Prometheus rejects the file otherwise");
+                            bad(
+                                &format!("/{field}"),
+                                true,
+                                format!("recording rule `{rec}` has `{field}`"),
+                                "only alerting rules take `for`, `keep_firing_for` and `annotations`; Prometheus rejects the file otherwise",
+                            );
                         }
                     }
                 }
