@@ -107,3 +107,20 @@ impl From<sitegen::SiteError> for Fail {
         Fail::new(code, e.to_string())
     }
 }
+
+impl From<opsrepo::render::RenderError> for Fail {
+    fn from(e: opsrepo::render::RenderError) -> Self {
+        use opsrepo::render::RenderError::*;
+        let code = match &e {
+            Io { .. } => exit::COULD_NOT_RUN,
+            ForeignOutput { .. } => exit::REFUSED,
+            NoManifest
+            | UnknownEnv { .. }
+            | Invalid { .. }
+            | Unrenderable { .. }
+            | TooLarge { .. }
+            | BadOutput { .. } => exit::FINDINGS,
+        };
+        Fail::new(code, e.to_string())
+    }
+}

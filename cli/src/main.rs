@@ -44,6 +44,7 @@ enum Command {
     /// Reject a plan that waits for approval (same options as approve).
     Reject(cmd::approve::DecideOpts),
     Site(cmd::site::SiteOpts),
+    Render(cmd::render::RenderOpts),
     Backup(cmd::backup::BackupOpts),
     Restore(cmd::backup::RestoreCmd),
 }
@@ -70,6 +71,7 @@ fn main() -> ExitCode {
         Command::Approve(o) => cmd::approve::run(o, true),
         Command::Reject(o) => cmd::approve::run(o, false),
         Command::Site(o) => cmd::site::run(o),
+        Command::Render(o) => cmd::render::run(o),
         Command::Backup(o) => cmd::backup::backup(o),
         Command::Restore(o) => cmd::backup::restore(o),
     };

@@ -6,6 +6,7 @@ pub mod kinds;
 pub mod load;
 pub mod model;
 pub mod parse;
+pub mod render;
 pub mod report;
 pub mod rules;
 pub mod scaffold;

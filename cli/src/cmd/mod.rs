@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod plan;
 pub mod promote;
 pub mod reconcile;
+pub mod render;
 pub mod schemas;
 pub mod site;
 pub mod validate;

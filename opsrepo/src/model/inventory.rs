@@ -53,6 +53,12 @@ pub struct Node {
     /// Base URL of the node admin API; the only URL vakt ever calls for this node.
     #[schemars(regex(pattern = r"^https?://[^\s/$.?#][^\s]*$"))]
     pub admin_url: String,
+    /// Where Prometheus scrapes this node's metrics (`vakt render` writes it into the scrape
+    /// configuration). Default: `<admin_url>/metrics`, the platform services' convention of
+    /// serving metrics on the admin listener. vakt itself never calls it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/$.?#][^\s]*$"))]
+    pub metrics_url: Option<String>,
     /// Expected running version.
     #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$"))]
     pub version: String,

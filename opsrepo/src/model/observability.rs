@@ -23,6 +23,11 @@ pub struct Datasource {
     pub name: String,
     /// Grafana's base URL, for deep links (`/explore`, `/d/<uid>`).
     pub grafana_url: String,
+    /// Where Grafana reaches the datasource (e.g. `http://victoriametrics:8428`), written into
+    /// the Grafana provisioning by `vakt render`. Without it the provisioned datasource has no
+    /// URL and `vakt validate` warns (`render.datasource-url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -6,6 +6,7 @@ mod definitions;
 mod inventory;
 pub mod logql;
 pub mod observability;
+mod render;
 mod runbooks;
 pub mod secrets;
 
@@ -68,6 +69,11 @@ rules! {
     "dashboard.query", Error, "a dashboard panel query is not valid PromQL or LogQL";
     "dashboard.saved-query", Error, "a panel's saved query reference does not match the saved query (datasource, variables, expression)";
     "secret.value", Error, "a secret value appears in the repository";
+    "render.runbook-url", Error, "an alert's runbook_url cannot be built: project.site_url is not an absolute http(s) URL";
+    "render.metrics-url", Error, "a node has no usable metrics endpoint for the scrape configuration";
+    "render.rule", Error, "a rule Prometheus would reject once rendered (label names, recording rule fields, a hand-set `env` label)";
+    "render.collision", Error, "two alert rule files render to the same rules/<name>.yaml";
+    "render.datasource-url", Warning, "a datasource has no (valid) `url` for Grafana provisioning";
     "promotion.order", Error, "a commit would reach an environment before the one it is promoted from";
 }
 
@@ -101,6 +107,7 @@ pub fn check(model: &Model, ctx: &RuleContext) -> Vec<Finding> {
     runbooks::check(model, ctx, &mut out);
     alerts::check(model, &mut out);
     observability::check(model, &mut out);
+    render::check(model, &mut out);
     // A reference to a document that failed its own schema is not a second problem.
     if !model.broken_ids.is_empty() {
         out.retain(|f| {
@@ -113,6 +120,11 @@ pub fn check(model: &Model, ctx: &RuleContext) -> Vec<Finding> {
         });
     }
     out
+}
+
+/// The `render.*` rules alone: what `vakt render` checks before it renders a view.
+pub(crate) fn check_render(model: &Model, out: &mut Vec<Finding>) {
+    render::check(model, out);
 }
 
 /// Looks a rule up by id.
