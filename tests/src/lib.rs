@@ -1,6 +1,7 @@
 //! End-to-end harness: the `vakt` binary, copies of the bundled ops repo, real Git repositories,
 //! and real NATS servers ([`nats`]).
 
+pub mod alertmanager;
 pub mod nats;
 
 use std::path::{Path, PathBuf};
