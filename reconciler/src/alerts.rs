@@ -597,7 +597,7 @@ pub fn changes(events: &[AuditEvent]) -> Vec<Change<'_>> {
 }
 
 /// The changes that touched `scope` in `window` before `started`, newest first, writes of one
-/// plan with the same action collapsed, at most [`MAX_CHANGES`].
+/// plan with the same action and the same match collapsed, at most [`MAX_CHANGES`].
 pub fn related(
     changes: &[Change<'_>],
     scope: &Scope,
@@ -630,10 +630,12 @@ pub fn related(
             continue;
         };
         let e = c.event;
-        if let Some(prev) = out
-            .iter_mut()
-            .find(|r| r.action == e.action && r.plan_id.is_some() && r.plan_id == e.plan_id)
-        {
+        if let Some(prev) = out.iter_mut().find(|r| {
+            r.action == e.action
+                && r.plan_id.is_some()
+                && r.plan_id == e.plan_id
+                && r.matched == matched
+        }) {
             prev.events += 1;
             continue;
         }

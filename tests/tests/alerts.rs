@@ -291,6 +291,7 @@ fn firing_alert_is_a_card_with_its_runbook_and_the_preceding_apply_then_silenced
         "polar-retail",
         json!({"signal": "vakt_drift_detected"}),
     );
+    resolved["startsAt"] = json!(rfc3339(time_offset(-60)));
     resolved["endsAt"] = json!(rfc3339(time_offset(-1)));
     am.post_alerts(&json!([resolved]));
     let t0 = Instant::now();
