@@ -613,7 +613,7 @@ pub fn related(
         .iter()
         .filter(|c| c.at >= from && c.at <= started)
         .collect();
-    hits.sort_by(|a, b| b.at.cmp(&a.at));
+    hits.sort_by_key(|c| std::cmp::Reverse(c.at));
     for c in hits {
         let eq = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
         let matched = if eq(&scope.tenant, &c.tenant) {
