@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v vmalert >/dev/null || need_apt+=(victoria-metrics)
+# Alertmanager (API v2) for the live-alerts tests (tests/tests/alerts.rs)
+command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v git >/dev/null || need_apt+=(git)
 # openssl makes the CA and certificates of the NATS TLS test (tests/tests/security.rs)
 command -v openssl >/dev/null || need_apt+=(openssl)

@@ -175,7 +175,179 @@ pub struct Condition {
     /// Further detail, plain text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Owning team of the runbook (catalog `owner_team`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// No catalog runbook could be resolved for this condition (a governance gap): `runbook` is
+    /// then a placeholder id.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub governance_gap: bool,
+    /// vakt changes (audit events) that touched the same tenant, service, site or node in the
+    /// change window before the condition started, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<RelatedChange>,
 }
+
+/// A vakt change (one audit event, or one apply's writes collapsed) related to a condition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelatedChange {
+    /// Audit event id (the first one, when several writes of one plan are collapsed).
+    pub event_id: String,
+    /// RFC 3339.
+    pub at: String,
+    /// Audit action: `kv.put`, `kv.heal`, `job.succeeded`, `approval.approve`, `restore.done` …
+    pub action: String,
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
+    /// First target (`<bucket>/<key>`) of the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Audit events collapsed into this change (writes of one plan with the same action).
+    pub events: u32,
+    /// What links it to the condition: `tenant:<t>`, `service:<s>`, `site:<s>`, `node:<n>` or
+    /// `global` (a global config change touches everything).
+    pub matched: String,
+}
+
+/// Whether an alert source answered its last poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceState {
+    /// Answered the last poll with a valid alert list.
+    Live,
+    /// Could not be read (refused, timeout, 5xx, invalid JSON, oversize): what is shown from
+    /// it is its last good answer, marked stale.
+    Down,
+    /// Not polled yet.
+    Unknown,
+}
+
+/// One Alertmanager the daemon reads (`vakt reconcile --alertmanager URL`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSourceStatus {
+    /// Short name (`host:port`), used to tag alerts with where they were seen.
+    pub name: String,
+    pub url: String,
+    pub state: SourceState,
+    /// Last successful poll, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<String>,
+    /// Why the last poll failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Alerts in its last good answer.
+    pub alerts: u32,
+}
+
+/// How Alertmanager reports an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlertState {
+    Firing,
+    Silenced,
+    Inhibited,
+}
+
+/// A silence that mutes an alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceInfo {
+    pub id: String,
+    pub created_by: String,
+    /// RFC 3339.
+    pub ends_at: String,
+    pub comment: String,
+}
+
+/// One alert as the operator sees it: deduplicated across sources, joined to its catalog entry
+/// and to the vakt changes that preceded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertCard {
+    /// Alertmanager fingerprint (a hash of the label set).
+    pub fingerprint: String,
+    /// `alertname` label.
+    pub name: String,
+    pub state: AlertState,
+    /// RFC 3339.
+    pub starts_at: String,
+    /// `summary` annotation (plain text, truncated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Labels (bounded: at most 32, values truncated to 256 characters).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Every source that reported it.
+    pub sources: Vec<String>,
+    /// Every source that reported it is down: this is its last good state.
+    pub stale: bool,
+    /// `signal` label, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    pub runbook: String,
+    pub governance_gap: bool,
+    pub escalation_class: EscalationClass,
+    pub remediation_mode: RemediationMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Silences muting it (silenced alerts only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub silenced_by: Vec<SilenceInfo>,
+    /// Fingerprints of the alerts inhibiting it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inhibited_by: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<RelatedChange>,
+}
+
+/// Alerts of one signal and runbook, with counts (all of them, listed or not).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertGroup {
+    /// `signal` label, else `alertname`.
+    pub signal: String,
+    pub runbook: String,
+    pub escalation_class: EscalationClass,
+    pub firing: u32,
+    pub silenced: u32,
+    /// Firing alerts of this group not listed as cards (the card cap).
+    pub unlisted: u32,
+}
+
+/// The alerts part of `actions.json`. Bounded: at most [`MAX_ALERT_CARDS`] firing cards and
+/// [`MAX_SILENCED_CARDS`] silenced ones, [`MAX_ALERT_GROUPS`] groups; totals count everything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsView {
+    pub sources: Vec<AlertSourceStatus>,
+    /// Firing alerts, most urgent first, then newest.
+    pub firing: Vec<AlertCard>,
+    /// Silenced and inhibited alerts, shown apart.
+    pub silenced: Vec<AlertCard>,
+    pub groups: Vec<AlertGroup>,
+    pub firing_total: u32,
+    pub silenced_total: u32,
+}
+
+/// Firing alert cards listed in `actions.json` (and as conditions); the rest are counted in
+/// their group.
+pub const MAX_ALERT_CARDS: usize = 100;
+/// Silenced or inhibited alert cards listed.
+pub const MAX_SILENCED_CARDS: usize = 50;
+/// Alert groups listed (most urgent, then largest first).
+pub const MAX_ALERT_GROUPS: usize = 50;
 
 /// `summary.json`: the decision header.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -192,6 +364,9 @@ pub struct SummarySnippet {
     pub commit: Option<String>,
     pub decision: Decision,
     pub counts: Counts,
+    /// Alert sources and whether each answered its last poll (empty without `--alertmanager`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_sources: Vec<AlertSourceStatus>,
 }
 
 /// The first thing on `/ops/`: is a human needed now?
@@ -226,6 +401,15 @@ pub struct Counts {
     pub dead_lettered: u32,
     pub pending_approvals: u32,
     pub sites_degraded: u32,
+    /// Firing alerts from the alert sources (all of them, listed or not).
+    #[serde(default)]
+    pub alerts_firing: u32,
+    /// Silenced or inhibited alerts.
+    #[serde(default)]
+    pub alerts_silenced: u32,
+    /// Alert sources that could not be read on their last poll.
+    #[serde(default)]
+    pub alert_sources_down: u32,
 }
 
 /// `actions.json`: every condition that needs or may need an operator, most urgent first.
@@ -235,6 +419,9 @@ pub struct ActionsSnippet {
     pub version: u32,
     pub generated_at: String,
     pub conditions: Vec<Condition>,
+    /// Live alerts from Alertmanager: firing cards, the silenced list, groups and sources.
+    #[serde(default)]
+    pub alerts: AlertsView,
 }
 
 /// `tasks.json`: running, queued, failed, retried, cancelled and dead-lettered work.
@@ -684,11 +871,13 @@ pub fn snapshot(model: &Model, generated_at: &str) -> Snapshot {
                     .to_owned(),
             },
             counts: Counts::default(),
+            alert_sources: Vec::new(),
         },
         actions: ActionsSnippet {
             version: v,
             generated_at: at.clone(),
             conditions: Vec::new(),
+            alerts: AlertsView::default(),
         },
         tasks: TasksSnippet {
             version: v,

@@ -321,6 +321,7 @@ pub fn router(st: Arc<ApiState>) -> axum::Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/health", get(health))
         .route("/api/v1/inventory", get(inventory))
+        .route("/api/v1/alerts", get(alerts))
         .with_state(st)
 }
 
@@ -336,7 +337,7 @@ async fn status(State(st): S, h: HeaderMap) -> Response {
         .unwrap_or_default();
     let jobs = crate::jobs::list(&st.store).await.unwrap_or_default();
     let approvals = crate::approvals::list(&st.store).await.unwrap_or_default();
-    let summary = st.shared.snapshot.lock().ok().and_then(|s| s.as_ref().map(|s| json!({"decision": s.summary.decision, "counts": s.summary.counts, "conditions": s.actions.conditions})));
+    let summary = st.shared.snapshot.lock().ok().and_then(|s| s.as_ref().map(|s| json!({"decision": s.summary.decision, "counts": s.summary.counts, "conditions": s.actions.conditions, "alerts": s.actions.alerts})));
     v["jobs"] = json!({
         "running": jobs.iter().filter(|j| j.state == crate::jobs::JobState::Running).map(|j| &j.id).collect::<Vec<_>>(),
         "failed": jobs.iter().filter(|j| matches!(j.state, crate::jobs::JobState::Failed | crate::jobs::JobState::DeadLettered | crate::jobs::JobState::Retrying)).map(|j| &j.id).collect::<Vec<_>>(),
@@ -693,4 +694,25 @@ async fn health(State(st): S, h: HeaderMap) -> Response {
 
 async fn inventory(State(st): S, h: HeaderMap) -> Response {
     snippet(st, h, opsrepo::snippets::SnippetName::Inventory).await
+}
+
+/// Live alerts from the alert sources: sources, firing cards (with their catalog entry and the
+/// vakt changes that preceded them), the silenced list and groups with counts.
+async fn alerts(State(st): S, h: HeaderMap) -> Response {
+    if let Err(r) = authorize(&st, &h, "ops.jobs.view", "alerts").await {
+        return r;
+    }
+    let v = st
+        .shared
+        .snapshot
+        .lock()
+        .ok()
+        .and_then(|s| s.as_ref().map(|s| serde_json::to_value(&s.actions.alerts)));
+    match v {
+        Some(Ok(v)) => Json(v).into_response(),
+        _ => {
+            Json(serde_json::to_value(opsrepo::snippets::AlertsView::default()).unwrap_or_default())
+                .into_response()
+        }
+    }
 }

@@ -66,6 +66,11 @@ pub struct DaemonOpts {
     pub api_tokens: crate::api::Tokens,
     /// Scheduled backups, taken by the leader only.
     pub backups: Option<BackupSchedule>,
+    /// Alertmanager base URLs (`--alertmanager`), read every `alert_poll` by the leader.
+    pub alertmanagers: Vec<String>,
+    pub alert_poll: Duration,
+    /// How far before a condition started its related vakt changes are looked for.
+    pub change_window: Duration,
 }
 
 /// `vakt reconcile --backup-dir DIR --backup-every D --backup-keep N`.
@@ -302,7 +307,20 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         (opts.target.settings.lease * 2).max(Duration::from_secs(2)),
         shutdown.clone(),
     ));
+    // Alert sources: polled in their own task so a slow source never delays a step.
+    let (alerts_tx, mut alerts_rx) = mpsc::channel::<Arc<Vec<crate::alerts::Source>>>(1);
+    if !opts.alertmanagers.is_empty() {
+        let sh = shared.clone();
+        tokio::spawn(crate::alerts::poll_loop(
+            crate::alerts::Source::from_urls(&opts.alertmanagers),
+            opts.alert_poll,
+            move || sh.is_leader.load(Ordering::SeqCst),
+            alerts_tx,
+            shutdown.clone(),
+        ));
+    }
     let mut ctx = Ctx {
+        alert_sources: Arc::new(crate::alerts::Source::from_urls(&opts.alertmanagers)),
         opts: opts.clone(),
         store,
         audit,
@@ -346,6 +364,13 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
                 }
                 continue;
             }
+            Some(sources) = alerts_rx.recv() => {
+                ctx.alert_sources = sources;
+                if shared.is_leader.load(Ordering::SeqCst) {
+                    ctx.refresh_snippets().await;
+                }
+                continue;
+            }
             Some(s) = rx.recv() => s,
         };
         // Coalesce a burst of triggers into one step.
@@ -373,6 +398,8 @@ struct Ctx {
     poll_pending: bool,
     /// Typed model of the applied commit (for snippets), with its commit.
     model: Option<(String, Arc<opsrepo::load::Model>)>,
+    /// Alert sources as of their last poll.
+    alert_sources: Arc<Vec<crate::alerts::Source>>,
 }
 
 impl Ctx {
@@ -551,6 +578,8 @@ impl Ctx {
                 .unwrap_or_default(),
             generated_at: &at,
             last_backup: last_backup.as_ref(),
+            alert_sources: &self.alert_sources,
+            change_window: self.opts.change_window,
         });
         for st in &snap.dr.stores {
             if let Some(t) = st.last_success_at.as_deref().and_then(|t| {

@@ -3,6 +3,7 @@
 //! writes and an audit event per change, detects drift, and runs as a daemon with one leader per
 //! environment and site.
 
+pub mod alerts;
 pub mod api;
 pub mod apply;
 pub mod approvals;

@@ -32,6 +32,10 @@ pub struct Inputs<'a> {
     pub generated_at: &'a str,
     /// The `backup.last` record of the state bucket (written by `vakt backup`).
     pub last_backup: Option<&'a serde_json::Value>,
+    /// Alert sources (`--alertmanager`) with their last answers; empty without them.
+    pub alert_sources: &'a [crate::alerts::Source],
+    /// How far before a condition started its related vakt changes are looked for.
+    pub change_window: std::time::Duration,
 }
 
 /// The catalog entry for a signal: (runbook id, escalation class, remediation mode).
@@ -59,6 +63,7 @@ fn condition(
     title: String,
 ) -> Condition {
     let (runbook, escalation_class, remediation_mode) = runbook_for(model, signal);
+    let owner = crate::alerts::entry_for_signal(model, signal).map(|e| e.owner_team.clone());
     Condition {
         id,
         kind,
@@ -74,6 +79,9 @@ fn condition(
         task_id: None,
         correlation_id: None,
         detail: None,
+        governance_gap: owner.is_none(),
+        owner,
+        changes: Vec::new(),
     }
 }
 
@@ -497,6 +505,47 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
     s.dr.conditions.extend(dr_conditions.iter().cloned());
     conditions.extend(dr_conditions);
 
+    // "What changed?": every condition about a tenant, site or node lists the vakt changes that
+    // touched it before it started.
+    let now = now.unwrap_or_else(time::OffsetDateTime::now_utc);
+    let changes = crate::alerts::changes(i.events);
+    for c in &mut conditions {
+        let scope = crate::alerts::Scope {
+            tenant: c.tenant.clone(),
+            service: None,
+            site: c.site.clone(),
+            node: c
+                .resource
+                .as_deref()
+                .and_then(|r| r.strip_prefix("node:"))
+                .map(str::to_owned),
+        };
+        let started = c
+            .since
+            .as_deref()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .unwrap_or(now);
+        c.changes = crate::alerts::related(&changes, &scope, started, i.change_window);
+    }
+
+    // Live alerts (they carry their own related changes).
+    let (alerts, alert_conditions) = crate::alerts::build(&crate::alerts::ViewInputs {
+        model: i.model,
+        env,
+        sources: i.alert_sources,
+        changes: &changes,
+        window: i.change_window,
+        now,
+    });
+    conditions.extend(alert_conditions);
+    let sources_down = alerts
+        .sources
+        .iter()
+        .filter(|s| s.state != opsrepo::snippets::SourceState::Live)
+        .count() as u32;
+
     // Decision header.
     conditions.sort_by_key(|c| match c.escalation_class {
         EscalationClass::Urgent => 0,
@@ -559,6 +608,47 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
             ),
         )
     };
+    // Never "nothing needs a human" from partial data.
+    let (level, mut headline) = if sources_down > 0 && level == DecisionLevel::Ok {
+        (
+            DecisionLevel::Attention,
+            format!(
+                "{sources_down} alert source(s) cannot be read: what you see may be incomplete"
+            ),
+        )
+    } else {
+        (level, headline)
+    };
+    if !alerts.sources.is_empty() {
+        let live: Vec<&str> = alerts
+            .sources
+            .iter()
+            .filter(|s| s.state == opsrepo::snippets::SourceState::Live)
+            .map(|s| s.name.as_str())
+            .collect();
+        let down: Vec<&str> = alerts
+            .sources
+            .iter()
+            .filter(|s| s.state != opsrepo::snippets::SourceState::Live)
+            .map(|s| s.name.as_str())
+            .collect();
+        headline.push_str(&format!(
+            " · alert sources live: {}",
+            if live.is_empty() {
+                "none".to_owned()
+            } else {
+                live.join(", ")
+            }
+        ));
+        if !down.is_empty() {
+            headline.push_str(&format!(" · not answering: {}", down.join(", ")));
+        }
+    }
+    s.summary.counts.alerts_firing = alerts.firing_total;
+    s.summary.counts.alerts_silenced = alerts.silenced_total;
+    s.summary.counts.alert_sources_down = sources_down;
+    s.summary.alert_sources = alerts.sources.clone();
+    s.actions.alerts = alerts;
     s.summary.decision.level = level;
     s.summary.decision.headline = headline;
     s.actions.conditions = conditions;

@@ -66,7 +66,7 @@
   }
   var SHAPES = {
     summary: function (d) { return isObj(d.decision) && isStr(d.decision.level) && isStr(d.decision.headline) && isObj(d.counts); },
-    actions: function (d) { return arrOf(d.conditions, condOk); },
+    actions: function (d) { return arrOf(d.conditions, condOk) && (d.alerts === undefined || (isObj(d.alerts) && Array.isArray(d.alerts.firing) && Array.isArray(d.alerts.silenced))); },
     tasks: function (d) { return arrOf(d.tasks, function (t) { return isObj(t) && isStr(t.id) && isStr(t.state); }); },
     events: function (d) { return arrOf(d.events, function (e) { return isObj(e) && isStr(e.id) && isStr(e.at) && isStr(e.message); }); },
     health: function (d) { return arrOf(d.services, isObj) && arrOf(d.nodes, isObj) && arrOf(d.conditions, condOk); },
@@ -98,10 +98,87 @@
       });
       li.appendChild(meta);
       if (c.detail) li.appendChild(el('p', 'cond-detail', c.detail));
-      add(li, add(el('p', 'cond-runbook'), 'Runbook: ', runbookLink(c.runbook)));
+      var rbp = add(el('p', 'cond-runbook'), 'Runbook: ', runbookLink(c.runbook));
+      if (c.owner) add(rbp, ' · owner ' + str(c.owner));
+      if (c.governance_gap) add(rbp, ' ', el('span', 'badge gap', 'governance gap'));
+      li.appendChild(rbp);
+      var ch = renderChanges(c.changes);
+      if (ch) li.appendChild(ch);
       ul.appendChild(li);
     });
     return ul;
+  }
+  function renderChanges(list) {
+    if (!Array.isArray(list) || !list.length) return null;
+    var box = el('div', 'changes');
+    box.appendChild(el('p', 'changes-h', 'What changed before it'));
+    var ul = el('ul');
+    list.forEach(function (c) {
+      var text = str(c.at) + ' · ' + str(c.action) + (c.events > 1 ? ' ×' + c.events : '') + ' by ' + str(c.actor) +
+        (c.commit ? ' · commit ' + str(c.commit).slice(0, 12) : '') + (c.plan_id ? ' · plan ' + str(c.plan_id) : '') +
+        (c.target ? ' · ' + str(c.target) : '') + ' ';
+      var li = add(el('li', null, text), el('small', null, '(' + str(c.matched) + ')'));
+      li.setAttribute('data-event', str(c.event_id));
+      ul.appendChild(li);
+    });
+    return add(box, ul);
+  }
+  function renderAlertSources(list) {
+    if (!Array.isArray(list) || !list.length) return el('span');
+    var ul = el('ul', 'alert-sources');
+    list.forEach(function (x) {
+      var li = el('li', 'source source-' + token(x.state));
+      li.setAttribute('data-source-name', str(x.name));
+      add(li, badge('source', x.state), ' ' + str(x.name));
+      if (x.error) add(li, ' ', el('small', null, x.error));
+      if (x.last_success_at) add(li, ' ', el('small', null, 'last good answer ' + x.last_success_at));
+      ul.appendChild(li);
+    });
+    return ul;
+  }
+  function renderAlertCard(a) {
+    var li = el('li', 'alert-card esc-' + token(a.escalation_class) + (a.stale ? ' stale' : ''));
+    li.setAttribute('data-fingerprint', str(a.fingerprint));
+    li.setAttribute('data-state', str(a.state));
+    var head = add(el('p', 'cond-head'), badge('esc', a.escalation_class), ' ', badge('rem', a.remediation_mode), ' ', el('span', 'kind', a.state));
+    if (a.stale) add(head, ' ', el('span', 'badge stale', 'stale'));
+    if (a.governance_gap) add(head, ' ', el('span', 'badge gap', 'governance gap'));
+    add(li, head, el('p', 'cond-title', a.name));
+    if (a.summary) li.appendChild(el('p', 'cond-detail', a.summary));
+    var meta = el('p', 'cond-meta');
+    ['tenant', 'service', 'site', 'node', 'owner', 'starts_at'].forEach(function (k) {
+      if (a[k]) add(meta, el('span', null, k + ': ' + a[k]), ' ');
+    });
+    add(meta, el('span', 'alert-sources-seen', 'seen by: ' + (a.sources || []).join(', ')));
+    li.appendChild(meta);
+    (a.silenced_by || []).forEach(function (x) {
+      li.appendChild(el('p', 'silence', 'Silenced by ' + str(x.created_by) + ' until ' + str(x.ends_at) + ': ' + str(x.comment)));
+    });
+    if (a.inhibited_by && a.inhibited_by.length) li.appendChild(el('p', 'silence', 'Inhibited by ' + a.inhibited_by.join(', ')));
+    add(li, add(el('p', 'cond-runbook'), 'Runbook: ', runbookLink(a.runbook)));
+    var ch = renderChanges(a.changes);
+    if (ch) li.appendChild(ch);
+    return li;
+  }
+  function renderAlerts(v) {
+    var box = el('div', 'alerts');
+    if (!isObj(v)) return add(box, empty('No alert data.'));
+    box.appendChild(renderAlertSources(v.sources));
+    box.appendChild(el('p', 'alert-counts', str(v.firing_total) + ' firing · ' + str(v.silenced_total) + ' silenced or inhibited'));
+    if (Array.isArray(v.groups) && v.groups.length) {
+      box.appendChild(table('alert-groups', ['Signal', 'Escalation', 'Firing', 'Silenced', 'Not listed', 'Runbook'], v.groups.map(function (g) {
+        return row([g.signal, badge('esc', g.escalation_class), str(g.firing), str(g.silenced), str(g.unlisted), runbookLink(g.runbook)]);
+      })));
+    }
+    [['Firing', 'firing', 'No firing alerts.'], ['Silenced and inhibited', 'silenced', 'None.']].forEach(function (p) {
+      box.appendChild(el('h4', null, p[0]));
+      var list = Array.isArray(v[p[1]]) ? v[p[1]] : [];
+      if (!list.length) { box.appendChild(empty(p[2])); return; }
+      var ul = el('ul', 'alert-cards ' + p[1]);
+      list.forEach(function (a) { ul.appendChild(renderAlertCard(a)); });
+      box.appendChild(ul);
+    });
+    return box;
   }
   function renderDecision(s) {
     var d = el('div', 'decision level-' + token(s.decision.level));
@@ -206,6 +283,8 @@
   var RENDER = {
     decision: function (d) { return renderDecision(d); },
     conditions: function (d) { return renderConditions(d.conditions); },
+    alerts: function (d) { return renderAlerts(d.alerts); },
+    'alert-sources': function (d) { return renderAlertSources(d.alert_sources); },
     tasks: function (d, lim) { return renderTasks(d.tasks, lim); },
     events: function (d, lim, region) { return renderEvents(d.events, lim, region); },
     services: function (d) { return renderServices(d.services); },

@@ -1,6 +1,7 @@
 //! End-to-end harness: the `vakt` binary, copies of the bundled ops repo, real Git repositories,
 //! real NATS servers ([`nats`]) and VictoriaMetrics ([`victoria`]).
 
+pub mod alertmanager;
 pub mod nats;
 pub mod victoria;
 

@@ -21,8 +21,13 @@ pub struct ApiArgs {
 /// The decision header of one environment: what runs, what failed, what waits for a human, what
 /// is being remediated automatically.
 ///
+/// With alert sources (`vakt reconcile --alertmanager`), it also lists which sources are live,
+/// every firing alert with its runbook and the vakt changes that preceded it ("changed before"),
+/// and the silenced or inhibited alerts with who silenced them, until when and why.
+///
 /// Exit status: 0 nothing needs a human, 1 something does (failed work, pending approvals,
-/// action-required or urgent conditions), 3 could not reach the API, 4 refused (token/role).
+/// action-required or urgent conditions, an alert source down), 3 could not reach the API,
+/// 4 refused (token/role).
 ///
 /// Examples:
 ///   vakt status --api http://127.0.0.1:9464 --token "$VAKT_TOKEN"
@@ -154,7 +159,10 @@ pub fn status(o: StatusOpts) -> Exit {
             .iter()
             .any(|c| c["escalation_class"] != "informational")
         || v["state"] == "refused"
-        || v["state"] == "failed";
+        || v["state"] == "failed"
+        || live["alerts"]["sources"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x["state"] != "live"));
     match o.format {
         Format::Json => Format::print_json(&v),
         _ => {
@@ -179,6 +187,7 @@ pub fn status(o: StatusOpts) -> Exit {
                     .unwrap_or("-"),
                 v["leader"].as_str().unwrap_or("-")
             ));
+            s.push_str(&alert_lines(&live["alerts"]));
             let running = v["jobs"]["running"].as_array().cloned().unwrap_or_default();
             s.push_str(&format!(
                 "\nRunning: {}\n",
@@ -218,11 +227,17 @@ pub fn status(o: StatusOpts) -> Exit {
             {
                 any = true;
                 s.push_str(&format!(
-                    "  [{}] {} → runbook {}\n",
+                    "  [{}] {} → runbook {}{}\n",
                     c["escalation_class"].as_str().unwrap_or(""),
                     c["title"].as_str().unwrap_or(""),
-                    c["runbook"].as_str().unwrap_or("")
+                    c["runbook"].as_str().unwrap_or(""),
+                    if c["governance_gap"] == true {
+                        " (governance gap: not in the catalog)"
+                    } else {
+                        ""
+                    }
                 ));
+                s.push_str(&change_lines(c));
             }
             if !any {
                 s.push_str("  nothing\n");
@@ -241,6 +256,7 @@ pub fn status(o: StatusOpts) -> Exit {
                     c["title"].as_str().unwrap_or(""),
                     c["runbook"].as_str().unwrap_or("")
                 ));
+                s.push_str(&change_lines(c));
             }
             output::print(&s);
         }
@@ -250,6 +266,93 @@ pub fn status(o: StatusOpts) -> Exit {
     } else {
         exit::OK
     })
+}
+
+/// Alert sources, counts and the silenced list of the live `alerts` view.
+fn alert_lines(a: &Value) -> String {
+    let Some(sources) = a["sources"].as_array().filter(|s| !s.is_empty()) else {
+        return String::new();
+    };
+    let mut s = String::from("alert sources: ");
+    let parts: Vec<String> = sources
+        .iter()
+        .map(|x| {
+            let name = x["name"].as_str().unwrap_or("?");
+            match x["state"].as_str() {
+                Some("live") => format!("{name} live"),
+                Some(st) => format!(
+                    "{name} {} ({})",
+                    st.to_uppercase(),
+                    x["error"].as_str().unwrap_or("not polled yet")
+                ),
+                None => format!("{name} ?"),
+            }
+        })
+        .collect();
+    s.push_str(&parts.join(" · "));
+    s.push_str(&format!(
+        "\nalerts: {} firing, {} silenced or inhibited\n",
+        a["firing_total"].as_u64().unwrap_or(0),
+        a["silenced_total"].as_u64().unwrap_or(0)
+    ));
+    let silenced = a["silenced"].as_array().cloned().unwrap_or_default();
+    if !silenced.is_empty() {
+        s.push_str("Silenced or inhibited (not in action required):\n");
+        for c in &silenced {
+            let by: Vec<String> = c["silenced_by"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|x| {
+                    format!(
+                        "silenced by {} until {}: {}",
+                        x["created_by"].as_str().unwrap_or("?"),
+                        x["ends_at"].as_str().unwrap_or("?"),
+                        x["comment"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            s.push_str(&format!(
+                "  {} [{}] {}\n",
+                c["name"].as_str().unwrap_or(""),
+                c["state"].as_str().unwrap_or(""),
+                if by.is_empty() {
+                    "inhibited by another alert".to_owned()
+                } else {
+                    by.join("; ")
+                }
+            ));
+        }
+    }
+    s
+}
+
+/// "What changed?" lines under a condition.
+fn change_lines(c: &Value) -> String {
+    let mut s = String::new();
+    for ch in c["changes"].as_array().cloned().unwrap_or_default() {
+        s.push_str(&format!(
+            "      changed before: {} {} by {}{}{}{} ({})\n",
+            ch["at"].as_str().unwrap_or(""),
+            ch["action"].as_str().unwrap_or(""),
+            ch["actor"].as_str().unwrap_or(""),
+            ch["commit"]
+                .as_str()
+                .map(|x| format!(" commit {}", x.chars().take(12).collect::<String>()))
+                .unwrap_or_default(),
+            ch["plan_id"]
+                .as_str()
+                .map(|x| format!(" plan {x}"))
+                .unwrap_or_default(),
+            ch["target"]
+                .as_str()
+                .map(|x| format!(" {x}"))
+                .unwrap_or_default(),
+            ch["matched"].as_str().unwrap_or("")
+        ));
+    }
+    s
 }
 
 fn list(v: &[Value]) -> String {

@@ -29,9 +29,20 @@ use crate::fail::{Exit, Fail};
 /// Serves /healthz, /metrics (Prometheus) and /status (JSON) on --listen. SIGTERM or Ctrl-C
 /// stop it between steps: an apply in progress completes, the lease is released.
 ///
+/// Live alerts: with --alertmanager (repeatable) the leader reads each Alertmanager's
+/// /api/v2/alerts every --alert-poll. Firing alerts become conditions carrying their catalog
+/// runbook (from the runbook_id label or annotation, else the signal label), escalation,
+/// remediation and owner, plus the vakt changes that touched the same tenant, service, site or
+/// node within --change-window before they started. Silenced and inhibited alerts are listed
+/// apart with the silence's author, end and comment. An alert without a catalog runbook is a
+/// governance gap. A source that cannot be read is an urgent condition and its last alerts are
+/// kept, marked stale.
+///
 /// Examples:
 ///   vakt reconcile --env prod --repo /srv/ops --watch /srv/ops/.git --listen 0.0.0.0:9464
 ///   vakt reconcile --env dev --remote https://git.example/ops.git --interval 1m
+///   vakt reconcile --env prod --snippets /var/lib/vakt/snippets \
+///       --alertmanager http://am-osl1:9093 --alertmanager http://am-bgo1:9093 --change-window 4h
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ReconcileOpts {
@@ -92,6 +103,30 @@ pub struct ReconcileOpts {
     /// Backups of this environment kept under --backup-dir; older ones are deleted.
     #[arg(long, default_value_t = 96, value_name = "N")]
     pub backup_keep: usize,
+    /// Read firing alerts from this Alertmanager (API v2 base URL, e.g. http://am:9093).
+    /// Repeat for several: the same alert seen twice is shown once, tagged with both sources.
+    /// A source that cannot be read is itself an urgent condition.
+    #[arg(long = "alertmanager", value_name = "URL", value_parser = parse_http_url)]
+    pub alertmanagers: Vec<String>,
+    /// How often every --alertmanager is read (each read: 2 s connect, 5 s total, 16 MiB body).
+    #[arg(long, default_value = "15s", value_parser = parse_dur, value_name = "DURATION")]
+    pub alert_poll: Duration,
+    /// "What changed?": vakt changes (applies, self-heals, migrations, drains, approvals,
+    /// restores) this long before an alert or condition started are listed with it.
+    #[arg(long, default_value = "2h", value_parser = parse_dur, value_name = "DURATION")]
+    pub change_window: Duration,
+}
+
+fn parse_http_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{s}` is not an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') || s.len() > 2048 || s.chars().any(char::is_control)
+    {
+        return Err(format!("`{s}` has no host (e.g. http://127.0.0.1:9093)"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -148,6 +183,9 @@ pub fn run(o: ReconcileOpts) -> Exit {
                 every: o.backup_every,
                 keep: o.backup_keep,
             }),
+        alertmanagers: o.alertmanagers.clone(),
+        alert_poll: o.alert_poll,
+        change_window: o.change_window,
     };
     env::runtime().block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -95,6 +95,7 @@ pub const BUILTIN_SIGNALS: &[&str] = &[
     "vakt_node_unhealthy",
     "vakt_site_link_degraded",
     "vakt_backup_stale",
+    "vakt_alert_source_down",
     "inventory_trust_conflict",
     "tenant_drain_not_converging",
 ];
