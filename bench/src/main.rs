@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use reconciler::compile::Bucket;
+use reconciler::desired::compile::Bucket;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -97,7 +97,7 @@ fn b2(repo: &Path, env: &str, base: &str, head: &str, runs: usize) {
         let t = Instant::now();
         let (head_d, stats) = reconciler::advance(repo, copy, head).expect("advance");
         let stats = stats.expect("incremental");
-        let plan = reconciler::plan::plan_touched(&base_d, &head_d, &stats.touched);
+        let plan = reconciler::desired::plan::plan_touched(&base_d, &head_d, &stats.touched);
         inc.push(ms(t.elapsed()));
         changes = plan.changes.len();
         touched = stats.touched.len();
@@ -131,9 +131,9 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     .expect("target");
     let (store, mut audit) = target.open().await.expect("open");
     // B3: apply every key (CAS writes + one audit event per key).
-    let opts = reconciler::apply::ApplyOpts::new("bench");
+    let opts = reconciler::ops::apply::ApplyOpts::new("bench");
     let t = Instant::now();
-    let r = reconciler::apply::apply(&store, &mut audit, &desired, &opts)
+    let r = reconciler::ops::apply::apply(&store, &mut audit, &desired, &opts)
         .await
         .expect("apply");
     let apply_ms = ms(t.elapsed());
@@ -175,7 +175,7 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     let readback_ms = ms(t.elapsed());
     assert_eq!(live.len(), n);
     let t = Instant::now();
-    let d = reconciler::drift::drift(&store, &desired)
+    let d = reconciler::ops::drift::drift(&store, &desired)
         .await
         .expect("drift");
     let drift_ms = ms(t.elapsed());

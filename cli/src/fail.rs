@@ -63,8 +63,8 @@ impl From<reconciler::Error> for Fail {
     }
 }
 
-impl From<reconciler::apply::ApplyError> for Fail {
-    fn from(e: reconciler::apply::ApplyError) -> Self {
+impl From<reconciler::ops::apply::ApplyError> for Fail {
+    fn from(e: reconciler::ops::apply::ApplyError) -> Self {
         Fail {
             code: e.exit_code(),
             message: e.to_string(),

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use crate::diag::{Finding, Severity};
 use crate::load::{Model, build_view, parse_all};
 use crate::model::{Datasources, Rule, RuleFile};
+pub use crate::rules::render::{ENV_LABEL, metrics_url, runbook_url};
+use crate::rules::render::{is_label_name, parse_http_url, rule_file_name, runbook_base};
 use crate::source::RepoFiles;
 use crate::validate::{Report, ValidateOptions, validate_parsed};
 
@@ -294,122 +296,6 @@ pub fn render_model(model: &Model, opts: &RenderOptions) -> Result<Rendered, Ren
     }
     Ok(rendered)
 }
-
-/// `alerts/<name>.yaml` (or `.yml`, or a file bound elsewhere) → `rules/<name>.yaml`.
-pub(crate) fn rule_file_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file
-        .strip_suffix(".yaml")
-        .or_else(|| file.strip_suffix(".yml"))
-        .unwrap_or(file);
-    format!("rules/{stem}.yaml")
-}
-
-/// The runbook URL of `id` under the site's base URL (the site's page is `runbooks/<id>/`).
-pub fn runbook_url(base: &str, id: &str) -> String {
-    format!("{base}/runbooks/{id}/")
-}
-
-/// `project.site_url` without a trailing slash, or why runbook URLs cannot be built from it.
-pub(crate) fn runbook_base(site_url: &str) -> Result<String, String> {
-    parse_http_url(site_url)?;
-    if site_url.contains(['?', '#']) {
-        return Err("has a query or fragment".into());
-    }
-    Ok(site_url.trim_end_matches('/').to_owned())
-}
-
-/// An http(s) URL split the way a scrape target needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HttpUrl {
-    pub scheme: String,
-    /// `host[:port]`, as written.
-    pub authority: String,
-    /// The path, `/` when empty.
-    pub path: String,
-}
-
-/// Parses an absolute `http://` or `https://` URL with a host, no credentials, no query and no
-/// fragment. The error says what is wrong, for a finding.
-pub(crate) fn parse_http_url(s: &str) -> Result<HttpUrl, String> {
-    if s.is_empty() {
-        return Err("is empty".into());
-    }
-    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("contains whitespace or control characters".into());
-    }
-    let Some((scheme, rest)) = s.split_once("://") else {
-        return Err("is not an absolute URL (`http://host[:port]/path`)".into());
-    };
-    let scheme = scheme.to_ascii_lowercase();
-    if scheme != "http" && scheme != "https" {
-        return Err(format!("has scheme `{scheme}`, not http or https"));
-    }
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    if authority.is_empty() {
-        return Err("has no host".into());
-    }
-    if authority.contains('@') {
-        return Err("carries credentials (`user@host`); secrets never go in the repo".into());
-    }
-    if tail.contains(['?', '#']) {
-        return Err("has a query string or fragment".into());
-    }
-    // host, [v6]:port or host:port
-    let port = if let Some(r) = authority.strip_prefix('[') {
-        match r.split_once(']') {
-            Some((h, p)) if !h.is_empty() => match p {
-                "" => None,
-                p => Some(p.strip_prefix(':').ok_or("has a malformed IPv6 host")?),
-            },
-            _ => return Err("has a malformed IPv6 host".into()),
-        }
-    } else {
-        match authority.split_once(':') {
-            Some(("", _)) => return Err("has no host".into()),
-            Some((_, p)) => Some(p),
-            None => None,
-        }
-    };
-    if let Some(p) = port
-        && !matches!(p.parse::<u32>(), Ok(1..=65535))
-    {
-        return Err(format!("has port `{p}`, not a number from 1 to 65535"));
-    }
-    Ok(HttpUrl {
-        scheme,
-        authority: authority.to_owned(),
-        path: if tail.is_empty() { "/" } else { tail }.to_owned(),
-    })
-}
-
-/// A node's metrics URL: `metrics_url`, else `<admin_url>/metrics`.
-pub fn metrics_url(node: &crate::model::Node) -> String {
-    match &node.metrics_url {
-        Some(u) => u.clone(),
-        None => format!("{}/metrics", node.admin_url.trim_end_matches('/')),
-    }
-}
-
-/// A Prometheus label name (also what annotation names must be).
-pub(crate) fn is_label_name(s: &str) -> bool {
-    let mut c = s.chars();
-    c.next()
-        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
-        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
-}
-
-/// A Prometheus metric name (what a recording rule's `record` must be).
-pub(crate) fn is_metric_name(s: &str) -> bool {
-    let mut c = s.chars();
-    c.next()
-        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
-        && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
-}
-
-/// The label `vakt render` sets on every alert.
-pub const ENV_LABEL: &str = "env";
 
 fn rule_file(
     f: &RuleFile,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use reconciler::compile::Bucket;
+use reconciler::desired::compile::Bucket;
 use vakt_tests::nats::{
     Daemon, NatsCluster, NatsServer, audit_events, commit_all, ops_git, read_bucket, try_get,
     wait_until,
@@ -49,11 +49,12 @@ fn desired(url: &str, env: &str) -> BTreeMap<(String, String), Vec<u8>> {
 
 fn verify_chain(url: &str, env: &str) -> Vec<serde_json::Value> {
     let events = audit_events(url, env);
-    let parsed: Vec<reconciler::audit::AuditEvent> = events
+    let parsed: Vec<reconciler::store::audit::AuditEvent> = events
         .iter()
         .map(|e| serde_json::from_value(e.clone()).expect("audit event"))
         .collect();
-    reconciler::audit::verify_chain(&parsed, reconciler::audit::GENESIS).expect("audit chain");
+    reconciler::store::audit::verify_chain(&parsed, reconciler::store::audit::GENESIS)
+        .expect("audit chain");
     events
 }
 

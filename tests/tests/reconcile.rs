@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use reconciler::compile::Bucket;
+use reconciler::desired::compile::Bucket;
 use vakt_tests::nats::{self, NatsServer, audit_events, commit_all, ops_git, put_key, read_bucket};
 use vakt_tests::{git, outcome, vakt_env};
 
@@ -281,11 +281,12 @@ fn killed_mid_apply_the_rerun_converges_with_no_gap_and_no_duplicate_event() {
     assert_eq!(puts.len(), desired.len());
     assert!(events.iter().any(|e| e["action"] == "apply.interrupted"));
     // The hash chain is intact.
-    let parsed: Vec<reconciler::audit::AuditEvent> = events
+    let parsed: Vec<reconciler::store::audit::AuditEvent> = events
         .iter()
         .map(|e| serde_json::from_value(e.clone()).unwrap())
         .collect();
-    reconciler::audit::verify_chain(&parsed, reconciler::audit::GENESIS).expect("chain");
+    reconciler::store::audit::verify_chain(&parsed, reconciler::store::audit::GENESIS)
+        .expect("chain");
 }
 
 #[test]
@@ -393,7 +394,7 @@ fn a_concurrent_writer_stops_the_apply_instead_of_being_overwritten() {
         .unwrap();
         let (store, mut audit) = target.open().await.unwrap();
         let live = store.snapshot().await.unwrap();
-        let plan = reconciler::plan::plan_live(&desired, &live);
+        let plan = reconciler::desired::plan::plan_live(&desired, &live);
         assert_eq!(plan.counts.change, 1, "{:?}", plan.changes);
         // Someone writes the key after the plan read it.
         let hand = br#"{"spec":{"hand":"edit"}}"#;
@@ -402,8 +403,8 @@ fn a_concurrent_writer_stops_the_apply_instead_of_being_overwritten() {
             .put(key, hand.to_vec().into())
             .await
             .unwrap();
-        let opts = reconciler::apply::ApplyOpts::new("test");
-        let err = reconciler::apply::write_plan(&store, &mut audit, &desired, &plan, &opts)
+        let opts = reconciler::ops::apply::ApplyOpts::new("test");
+        let err = reconciler::ops::apply::write_plan(&store, &mut audit, &desired, &plan, &opts)
             .await
             .expect_err("stale plan must not be written");
         let msg = err.to_string();
@@ -800,11 +801,12 @@ fn nats_lost_mid_apply_fails_loudly_and_the_rerun_converges() {
     let desired = reconciler::compile_rev(repo.path(), "env/dev", "dev").unwrap();
     assert_eq!(puts.len(), desired.len(), "one event per key");
     assert!(puts.values().all(|c| *c == 1), "duplicate events");
-    let parsed: Vec<reconciler::audit::AuditEvent> = events
+    let parsed: Vec<reconciler::store::audit::AuditEvent> = events
         .iter()
         .map(|e| serde_json::from_value(e.clone()).unwrap())
         .collect();
-    reconciler::audit::verify_chain(&parsed, reconciler::audit::GENESIS).expect("chain");
+    reconciler::store::audit::verify_chain(&parsed, reconciler::store::audit::GENESIS)
+        .expect("chain");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `vakt apply`.
 
-use reconciler::apply::ApplyOpts;
-use reconciler::plan;
+use reconciler::desired::plan;
+use reconciler::ops::apply::ApplyOpts;
 
 use super::env::{self, EnvArgs};
 use crate::fail::{Exit, Fail};
@@ -75,7 +75,10 @@ pub fn run(o: ApplyCmd) -> Exit {
     let target = o.target.target(None)?;
     // A saved plan is read and checked before anything else: a damaged file costs no NATS round
     // trip. Its refusals are audited once the store is open.
-    let saved = o.plan.as_deref().map(reconciler::saved::SavedPlan::read);
+    let saved = o
+        .plan
+        .as_deref()
+        .map(reconciler::desired::saved::SavedPlan::read);
     let repo = o.target.repo.clone();
     let envname = o.target.env.clone();
     let mut opts = ApplyOpts::new(&env::actor(&o.actor));
@@ -86,22 +89,22 @@ pub fn run(o: ApplyCmd) -> Exit {
         let saved = match saved {
             None => None,
             Some(Ok(s)) => Some(s),
-            Some(Err(reconciler::saved::ReadError::Invalid(r))) => {
+            Some(Err(reconciler::desired::saved::ReadError::Invalid(r))) => {
                 let commit = o.plan.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-                reconciler::apply::record_refusal(&store, &mut audit, &commit, None, &opts, &r, &[])
+                reconciler::ops::apply::record_refusal(&store, &mut audit, &commit, None, &opts, &r, &[])
                     .await?;
                 return Err(Fail::new(r.kind.exit_code(), format!("refused: {}", r.reason)));
             }
             Some(Err(e)) => return Err(Fail::could_not_run(e.to_string())),
         };
-        let prev = reconciler::run::applied(&store).await.ok().flatten();
+        let prev = reconciler::ops::run::applied(&store).await.ok().flatten();
         let prev_head = prev.as_ref().and_then(|a| a.branch_head.clone());
         let today = time::OffsetDateTime::now_utc().date();
         let rev = match &saved {
             Some(s) => {
                 // Another environment's plan, or a commit this repository does not have (the
                 // plan is from another one): refused before anything is compiled.
-                let r = reconciler::git::Repo::open(&repo).map_err(reconciler::Error::from)?;
+                let r = reconciler::desired::git::Repo::open(&repo).map_err(reconciler::Error::from)?;
                 let origin = s.check_origin(&target.env, &target.prefix).and_then(|()| {
                     match r.try_resolve(&s.commit) {
                         Some(_) => Ok(()),
@@ -110,14 +113,14 @@ pub fn run(o: ApplyCmd) -> Exit {
                             format!(
                                 "saved plan {} names commit {}, which {} does not have: it was made from another repository",
                                 s.planned.plan.id,
-                                reconciler::run::short(&s.commit),
+                                reconciler::desired::short(&s.commit),
                                 repo.display()
                             ),
                         )),
                     }
                 });
                 if let Err(refusal) = origin {
-                    reconciler::apply::record_refusal(
+                    reconciler::ops::apply::record_refusal(
                         &store, &mut audit, &s.commit, Some(&s.planned.plan), &opts, &refusal, &[],
                     )
                     .await?;
@@ -128,7 +131,7 @@ pub fn run(o: ApplyCmd) -> Exit {
             None => o.rev.clone(),
         };
         let prepared = tokio::task::spawn_blocking(move || {
-            reconciler::run::prepare(&repo, &envname, rev.as_deref(), prev_head.as_deref(), today)
+            reconciler::ops::run::prepare(&repo, &envname, rev.as_deref(), prev_head.as_deref(), today)
         })
         .await
         .map_err(|e| Fail::could_not_run(format!("compile task: {e}")))??;
@@ -136,14 +139,14 @@ pub fn run(o: ApplyCmd) -> Exit {
         let mut opts = opts;
         opts.progress = progress;
         let result = if let Some(s) = saved {
-            reconciler::run::apply_saved(&store, &mut audit, &prepared, s, &opts, o.allow_rewind)
+            reconciler::ops::run::apply_saved(&store, &mut audit, &prepared, s, &opts, o.allow_rewind)
                 .await
         } else {
             // Show the plan first; apply only with --yes (or a confirmation on a terminal). What
             // is written is this very plan.
             let mut planned = None;
             if let Some(d) = &prepared.desired {
-                let lp = reconciler::apply::plan_live(&store, d).await?;
+                let lp = reconciler::ops::apply::plan_live(&store, d).await?;
                 if o.dry_run || !o.yes {
                     if o.format == Format::Human {
                         output::print(&plan::render_human(&lp.plan, output::color_stdout()));
@@ -163,7 +166,7 @@ pub fn run(o: ApplyCmd) -> Exit {
                 }
                 planned = Some(lp);
             }
-            reconciler::run::guarded_apply(
+            reconciler::ops::run::guarded_apply(
                 &store,
                 &mut audit,
                 &prepared,
@@ -180,7 +183,7 @@ pub fn run(o: ApplyCmd) -> Exit {
             _ => {
                 let mut s = format!(
                     "Applied {} to {}: {} write(s) ({} add, {} change, {} remove).",
-                    reconciler::run::short(&prepared.commit),
+                    reconciler::desired::short(&prepared.commit),
                     o.target.env,
                     r.written,
                     r.plan.counts.add,
@@ -202,7 +205,7 @@ pub fn run(o: ApplyCmd) -> Exit {
                 if r.pinned {
                     s.push_str(&format!(
                         " Pinned behind branch head {}: the daemon keeps this commit until {} changes.",
-                        reconciler::run::short(&prepared.branch_head),
+                        reconciler::desired::short(&prepared.branch_head),
                         prepared.branch
                     ));
                 }

@@ -55,7 +55,8 @@ pub fn run(o: DecideOpts, approve: bool) -> Exit {
     let actor = env::actor(&o.actor);
     let a = env::runtime().block_on(async {
         let (store, mut audit) = target.open().await?;
-        reconciler::approvals::decide(&store, &mut audit, &o.plan, approve, &actor, &o.reason).await
+        reconciler::ops::approvals::decide(&store, &mut audit, &o.plan, approve, &actor, &o.reason)
+            .await
     })?;
     output::print(&format!(
         "{} {} (expires {}); the next run of that plan (apply, reconcile or restore) proceeds{}.\n",

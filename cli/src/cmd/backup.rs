@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use reconciler::backup::{self, RestoreOpts, RestorePlan};
+use reconciler::ops::backup::{self, RestoreOpts, RestorePlan};
 
 use super::env::{self, EnvArgs};
 use crate::fail::{Exit, Fail};

@@ -37,7 +37,7 @@ pub fn run(o: DriftOpts) -> Exit {
     let envname = o.target.env.clone();
     let r = env::runtime().block_on(async move {
         let store = target.open_existing().await?;
-        let applied = reconciler::run::applied(&store).await?;
+        let applied = reconciler::ops::run::applied(&store).await?;
         let branch = reconciler::env_branch(&repo, &envname);
         let rev = o
             .rev
@@ -45,13 +45,13 @@ pub fn run(o: DriftOpts) -> Exit {
             .or(applied.as_ref().map(|a| a.commit.clone()))
             .unwrap_or_else(|| branch.clone());
         let desired = reconciler::compile_rev(&repo, &rev, &envname)?;
-        let mut report = reconciler::drift::drift(&store, &desired).await?;
+        let mut report = reconciler::ops::drift::drift(&store, &desired).await?;
         let mut notes = Vec::new();
         if applied.is_none() {
             notes.push(format!("Nothing applied to {envname} yet; compared with {branch}."));
         }
         if let Some(a) = &applied
-            && let Ok(r) = reconciler::git::Repo::open(&repo)
+            && let Ok(r) = reconciler::desired::git::Repo::open(&repo)
             && let Ok(head) = r.resolve(&branch)
             && head.to_string().as_str() != a.commit.as_str()
             && let Ok(c) = r.resolve(&a.commit)
@@ -60,8 +60,8 @@ pub fn run(o: DriftOpts) -> Exit {
             if a.pinned {
                 notes.push(format!(
                     "Pinned behind branch head: {} applied with --rev, {behind} commit(s) behind {branch} ({}).",
-                    reconciler::run::short(&a.commit),
-                    reconciler::run::short(&head.to_string())
+                    reconciler::desired::short(&a.commit),
+                    reconciler::desired::short(&head.to_string())
                 ));
             } else {
                 notes.push(format!(
@@ -78,7 +78,7 @@ pub fn run(o: DriftOpts) -> Exit {
     let report = r.map_err(|e| Fail::from(e).with_code(exit::FINDINGS))?;
     match o.format {
         Format::Json => Format::print_json(&report),
-        _ => output::print(&reconciler::drift::render_human(&report)),
+        _ => output::print(&reconciler::ops::drift::render_human(&report)),
     }
     Ok(if report.in_sync {
         exit::OK

@@ -64,7 +64,7 @@ pub fn run(o: InventoryOpts) -> Exit {
             let (store, mut audit) = target.open().await?;
             match o.cmd {
                 InventoryCmd::List { json, .. } => {
-                    let items = reconciler::inventory::list(&store).await?;
+                    let items = reconciler::ops::inventory::list(&store).await?;
                     if json {
                         let v: Vec<_> = items
                             .iter()
@@ -90,7 +90,7 @@ pub fn run(o: InventoryOpts) -> Exit {
                     Ok(exit::OK)
                 }
                 InventoryCmd::Adopt { node, target, actor } => {
-                    let p = reconciler::inventory::adopt(&store, &mut audit, &target.repo, &node, &env::actor(&actor)).await?;
+                    let p = reconciler::ops::inventory::adopt(&store, &mut audit, &target.repo, &node, &env::actor(&actor)).await?;
                     output::print(&format!(
                         "wrote {}; review it, run `vakt validate`, commit and open a pull request.\n",
                         p.display()
@@ -98,7 +98,7 @@ pub fn run(o: InventoryOpts) -> Exit {
                     Ok(exit::OK)
                 }
                 InventoryCmd::Reject { node, reason, actor, .. } => {
-                    let r = reconciler::inventory::reject(&store, &mut audit, &node, &env::actor(&actor), &reason).await?;
+                    let r = reconciler::ops::inventory::reject(&store, &mut audit, &node, &env::actor(&actor), &reason).await?;
                     output::print(&format!("{} marked untrusted by {}.\n", r.node_id, r.by));
                     Ok(exit::OK)
                 }

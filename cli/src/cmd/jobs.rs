@@ -1,7 +1,7 @@
 //! `vakt jobs`.
 
 use clap::Subcommand;
-use reconciler::jobs::{self, Job, JobState};
+use reconciler::ops::jobs::{self, Job, JobState};
 
 use super::env::{self, EnvArgs};
 use crate::fail::Exit;
@@ -308,12 +308,15 @@ pub fn run(o: JobsOpts) -> Exit {
                             "a reason is required (--reason \"…\")",
                         ));
                     }
-                    let applied = reconciler::run::applied(&store).await?.ok_or_else(|| {
-                        reconciler::Error::refused(
-                            reconciler::outcome::RefusalKind::ActionNotAllowed,
-                            format!("nothing is applied to {} yet", t.env),
-                        )
-                    })?;
+                    let applied =
+                        reconciler::ops::run::applied(&store)
+                            .await?
+                            .ok_or_else(|| {
+                                reconciler::Error::refused(
+                                    reconciler::outcome::RefusalKind::ActionNotAllowed,
+                                    format!("nothing is applied to {} yet", t.env),
+                                )
+                            })?;
                     let desired = reconciler::compile_rev(&t.repo, &applied.commit, &t.env)?;
                     let actor = env::actor(&actor);
                     let job =

@@ -1,6 +1,6 @@
 //! `vakt plan`.
 
-use reconciler::plan;
+use reconciler::desired::plan;
 
 use super::env::{self, EnvArgs};
 use crate::fail::{Exit, Fail};
@@ -83,10 +83,11 @@ pub fn run(o: PlanOpts) -> Exit {
         match reconciler::plan_revs(&repo, &base, &head, &envname) {
             // A new environment branch that does not exist yet: everything is an add.
             Err(reconciler::Error::Source(opsrepo::SourceError::Revision { .. }))
-            | Err(reconciler::Error::Git(reconciler::git::GitError::Revision { .. }))
-                if reconciler::git::Repo::open(&repo)
-                    .map(|r| r.try_resolve(&base).is_none())
-                    .unwrap_or(false) =>
+            | Err(reconciler::Error::Git(reconciler::desired::git::GitError::Revision {
+                ..
+            })) if reconciler::desired::git::Repo::open(&repo)
+                .map(|r| r.try_resolve(&base).is_none())
+                .unwrap_or(false) =>
             {
                 let head_d = reconciler::compile_rev(&repo, &head, &envname)?;
                 plan::plan_commits(None, &head_d)
@@ -117,9 +118,9 @@ fn live(o: &PlanOpts) -> Result<plan::Plan, Fail> {
     let planned = env::runtime().block_on(async {
         // Nothing applied yet (no buckets): every key is an add, and nothing is created.
         match target.open_existing().await {
-            Ok(store) => Ok(reconciler::apply::plan_live(&store, &desired).await?),
+            Ok(store) => Ok(reconciler::ops::apply::plan_live(&store, &desired).await?),
             Err(reconciler::Error::Store(reconciler::store::StoreError::Missing { .. })) => {
-                Ok(reconciler::apply::LivePlan {
+                Ok(reconciler::desired::plan::LivePlan {
                     plan: plan::plan_live(&desired, &Default::default()),
                     read_seqs: Default::default(),
                 })
@@ -130,14 +131,14 @@ fn live(o: &PlanOpts) -> Result<plan::Plan, Fail> {
     let Some(out) = &o.out else {
         return Ok(planned.plan);
     };
-    let git = reconciler::git::Repo::open(repo).map_err(reconciler::Error::from)?;
+    let git = reconciler::desired::git::Repo::open(repo).map_err(reconciler::Error::from)?;
     let head = git
         .resolve(&branch)
         .map_err(reconciler::Error::from)?
         .to_string();
     let actor = env::actor(&o.actor);
-    let saved = reconciler::saved::SavedPlan::new(
-        &reconciler::saved::Origin {
+    let saved = reconciler::desired::saved::SavedPlan::new(
+        &reconciler::desired::saved::Origin {
             env: envname,
             kv_prefix: &target.prefix,
             branch: &branch,

@@ -41,11 +41,11 @@ pub struct PromoteOpts {
 pub fn run(o: PromoteOpts) -> Exit {
     let r = (|| {
         let manifest = reconciler::read_manifest(&o.repo)?;
-        let repo = reconciler::git::Repo::open(&o.repo)?;
+        let repo = reconciler::desired::git::Repo::open(&o.repo)?;
         if o.check {
-            reconciler::promote::check(&repo, &manifest, &o.from, &o.to, o.head.as_deref())
+            reconciler::ops::promote::check(&repo, &manifest, &o.from, &o.to, o.head.as_deref())
         } else {
-            reconciler::promote::promote(&repo, &manifest, &o.from, &o.to)
+            reconciler::ops::promote::promote(&repo, &manifest, &o.from, &o.to)
         }
     })();
     let c = r?;
@@ -63,7 +63,7 @@ pub fn run(o: PromoteOpts) -> Exit {
                     s.push_str(&format!(
                         "{} now points at {}; push it to promote.\n",
                         c.to_branch,
-                        reconciler::run::short(&c.head)
+                        reconciler::desired::short(&c.head)
                     ));
                 }
             } else {
@@ -76,7 +76,7 @@ pub fn run(o: PromoteOpts) -> Exit {
                 for off in &c.offenders {
                     s.push_str(&format!(
                         "  {} {}\n",
-                        reconciler::run::short(&off.commit),
+                        reconciler::desired::short(&off.commit),
                         off.summary
                     ));
                 }

@@ -147,10 +147,10 @@ pub fn run(o: ReconcileOpts) -> Exit {
         None => Some(format!("vakt.trigger.{}", o.target.env)),
     };
     let from_file = match &o.api_tokens {
-        Some(p) => reconciler::api::Tokens::load(p, &o.target.repo),
+        Some(p) => reconciler::daemon::api::Tokens::load(p, &o.target.repo),
         None => Ok(Default::default()),
     };
-    let api_tokens = match from_file.and_then(reconciler::api::Tokens::from_env) {
+    let api_tokens = match from_file.and_then(reconciler::daemon::api::Tokens::from_env) {
         Ok(t) => t,
         Err(e) => {
             return Err(Fail::new(exit::COULD_NOT_RUN, e));

@@ -16,11 +16,11 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::apply::LivePlan;
-use crate::canon;
-use crate::compile::Desired;
+use crate::desired::canon;
+use crate::desired::compile::Desired;
+use crate::desired::plan::Action;
+use crate::desired::plan::LivePlan;
 use crate::outcome::{RefusalKind, Refused};
-use crate::plan::Action;
 
 /// The format this version writes and the newest it reads.
 pub const FORMAT: u32 = 1;
@@ -241,8 +241,8 @@ impl SavedPlan {
                 format!(
                     "saved plan {id} is stale: branch {} moved from {} to {} since it was made; nothing was written. Make a new plan",
                     self.branch,
-                    crate::run::short(&self.branch_head),
-                    crate::run::short(branch_head)
+                    crate::desired::short(&self.branch_head),
+                    crate::desired::short(branch_head)
                 ),
             ));
         }
@@ -264,7 +264,7 @@ impl SavedPlan {
                     format!(
                         "saved plan {} does not match commit {} compiled by this vakt ({}/{}: planned {}, compiled {}); plan again with this vakt",
                         p.id,
-                        crate::run::short(&self.commit),
+                        crate::desired::short(&self.commit),
                         c.bucket,
                         c.key,
                         c.to_digest.as_deref().unwrap_or("removal"),
@@ -295,7 +295,7 @@ fn invalid(reason: String) -> ReadError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Against, Plan};
+    use crate::desired::plan::{Against, Plan};
 
     fn sample() -> SavedPlan {
         let plan = Plan {

@@ -4,8 +4,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::compile::{Bucket, Desired};
-use crate::plan::{self, Action, FieldChange};
+use crate::desired::compile::{Bucket, Desired};
+use crate::desired::plan::{self, Action, FieldChange};
 use crate::store::{Store, StoreError};
 
 /// Who wrote a live value.

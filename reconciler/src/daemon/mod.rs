@@ -11,31 +11,35 @@
 //!
 //! Serves `/healthz`, `/metrics` (Prometheus text) and `/status` (JSON). SIGTERM ends the loop
 //! between steps: an apply in progress finishes first, and the lease is released.
+//!
+//! Layer 4: may import from every layer below.
+
+pub mod access;
+pub mod alerts;
+pub mod api;
+pub mod shared;
+pub mod snippets;
+
+use shared::{Labels, Shared};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::apply::{ApplyError, ApplyOpts};
-use crate::audit::Audit;
-use crate::compile::Bucket;
+use crate::desired::compile::Bucket;
+use crate::ops::apply::{ApplyError, ApplyOpts};
+use crate::ops::run::{self, Prepared};
 use crate::outcome::{RefusalKind, StepOutcome};
-use crate::run::{self, Prepared};
-use crate::state::{self, Status};
 use crate::store::Store;
+use crate::store::audit::Audit;
+use crate::store::state::{self, Status};
 use crate::{EnvTarget, Error};
 
 /// How the daemon runs.
@@ -63,7 +67,7 @@ pub struct DaemonOpts {
     /// elsewhere.
     pub cors_origin: Option<String>,
     /// Bearer tokens of the operator API; without them `/api/v1` denies everything.
-    pub api_tokens: crate::api::Tokens,
+    pub api_tokens: access::Tokens,
     /// Scheduled backups, taken by the leader only.
     pub backups: Option<BackupSchedule>,
     /// Alertmanager base URLs (`--alertmanager`), read every `alert_poll` by the leader.
@@ -80,143 +84,6 @@ pub struct BackupSchedule {
     pub every: Duration,
     /// Verified backups of this environment kept in `dir`; older ones are deleted.
     pub keep: usize,
-}
-
-type Labels = Vec<(String, String)>;
-
-/// Metrics and live status, shared with the HTTP server.
-pub struct Shared {
-    registry: Mutex<Registry>,
-    duration: Histogram,
-    applies: Family<Labels, Counter>,
-    refused: Family<Labels, Counter>,
-    drifted: Family<Labels, Gauge>,
-    commit_age: Family<Labels, Gauge<f64, AtomicU64>>,
-    approvals_pending: Family<Labels, Gauge>,
-    leader_gauge: Family<Labels, Gauge>,
-    pub status: Mutex<serde_json::Value>,
-    /// The latest live snippets, served at `/snippets/<name>.json`.
-    pub snapshot: Mutex<Option<opsrepo::snippets::Snapshot>>,
-    node_up: Family<Labels, Gauge>,
-    backup_last: Family<Labels, Gauge>,
-    jobs_gauge: Family<Labels, Gauge>,
-    cors_origin: Option<String>,
-    /// Declared nodes of the applied commit (for the job runner).
-    pub declared: Mutex<Vec<crate::nodes::Declared>>,
-    /// Roles and bindings of the applied commit (for the API).
-    pub access: Mutex<crate::api::Access>,
-    /// The desired state last compiled (for API operations that need the inventory).
-    pub desired: Mutex<Option<Arc<crate::Desired>>>,
-    pub is_leader: AtomicBool,
-    pub healthy: AtomicBool,
-    pub steps: AtomicU64,
-    env: String,
-}
-
-impl Shared {
-    fn new(env: &str) -> Shared {
-        let mut reg = Registry::default();
-        let duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        reg.register(
-            "vakt_reconcile_duration_seconds",
-            "Duration of one reconcile step",
-            duration.clone(),
-        );
-        let applies = Family::<Labels, Counter>::default();
-        reg.register(
-            "vakt_apply",
-            "Reconcile steps by outcome (applied, noop, refused, failed)",
-            applies.clone(),
-        );
-        let refused = Family::<Labels, Counter>::default();
-        reg.register(
-            "vakt_reconcile_refused",
-            "Refused commits and plans by reason",
-            refused.clone(),
-        );
-        let drifted = Family::<Labels, Gauge>::default();
-        reg.register(
-            "vakt_drifted_keys",
-            "Keys whose live value differs from the applied commit",
-            drifted.clone(),
-        );
-        let commit_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-        reg.register(
-            "vakt_applied_commit_age_seconds",
-            "Seconds since the applied commit was committed",
-            commit_age.clone(),
-        );
-        let approvals_pending = Family::<Labels, Gauge>::default();
-        reg.register(
-            "vakt_approvals_pending",
-            "Plans waiting for an operator's approval",
-            approvals_pending.clone(),
-        );
-        let leader_gauge = Family::<Labels, Gauge>::default();
-        reg.register(
-            "vakt_leader",
-            "1 while this replica holds the lease",
-            leader_gauge.clone(),
-        );
-        let node_up = Family::<Labels, Gauge>::default();
-        reg.register(
-            "vakt_node_up",
-            "1 when a declared node answers its health check",
-            node_up.clone(),
-        );
-        let backup_last = Family::<Labels, Gauge>::default();
-        reg.register(
-            "vakt_backup_last_success_timestamp_seconds",
-            "Unix time of the last verified `vakt backup` of a DR store",
-            backup_last.clone(),
-        );
-        let jobs_gauge = Family::<Labels, Gauge>::default();
-        reg.register("vakt_jobs", "Jobs by state", jobs_gauge.clone());
-        let info = Family::<Labels, Gauge>::default();
-        reg.register("vakt_build_info", "Build information", info.clone());
-        info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
-            .set(1);
-        Shared {
-            registry: Mutex::new(reg),
-            duration,
-            applies,
-            refused,
-            drifted,
-            commit_age,
-            approvals_pending,
-            leader_gauge,
-            status: Mutex::new(serde_json::Value::Null),
-            snapshot: Mutex::new(None),
-            node_up,
-            backup_last,
-            jobs_gauge,
-            cors_origin: None,
-            declared: Mutex::new(Vec::new()),
-            access: Mutex::new(crate::api::Access::default()),
-            desired: Mutex::new(None),
-            is_leader: AtomicBool::new(false),
-            healthy: AtomicBool::new(true),
-            steps: AtomicU64::new(0),
-            env: env.to_owned(),
-        }
-    }
-
-    fn l(&self, k: &str, v: &str) -> Labels {
-        vec![("env".into(), self.env.clone()), (k.into(), v.into())]
-    }
-
-    fn env_l(&self) -> Labels {
-        vec![("env".into(), self.env.clone())]
-    }
-
-    /// Prometheus text exposition.
-    pub fn metrics_text(&self) -> String {
-        let mut s = String::new();
-        if let Ok(r) = self.registry.lock() {
-            let _ = encode(&mut s, &r);
-        }
-        s
-    }
 }
 
 /// Runs until `shutdown` fires.
@@ -239,14 +106,14 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
             "vakt reconcile: env {} listening on http://{local}",
             opts.target.env
         );
-        let api = Arc::new(crate::api::ApiState {
+        let api = Arc::new(crate::daemon::api::ApiState {
             store: store.clone(),
             audit: tokio::sync::Mutex::new(Audit::open(&store).await?),
             env: opts.target.env.clone(),
             tokens: opts.api_tokens.clone(),
             shared: shared.clone(),
         });
-        let app = http_router(shared.clone()).merge(crate::api::router(api));
+        let app = http_router(shared.clone()).merge(crate::daemon::api::router(api));
         let mut sd = shutdown.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -308,11 +175,11 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         shutdown.clone(),
     ));
     // Alert sources: polled in their own task so a slow source never delays a step.
-    let (alerts_tx, mut alerts_rx) = mpsc::channel::<Arc<Vec<crate::alerts::Source>>>(1);
+    let (alerts_tx, mut alerts_rx) = mpsc::channel::<Arc<Vec<crate::daemon::alerts::Source>>>(1);
     if !opts.alertmanagers.is_empty() {
         let sh = shared.clone();
-        tokio::spawn(crate::alerts::poll_loop(
-            crate::alerts::Source::from_urls(&opts.alertmanagers),
+        tokio::spawn(crate::daemon::alerts::poll_loop(
+            crate::daemon::alerts::Source::from_urls(&opts.alertmanagers),
             opts.alert_poll,
             move || sh.is_leader.load(Ordering::SeqCst),
             alerts_tx,
@@ -320,7 +187,9 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         ));
     }
     let mut ctx = Ctx {
-        alert_sources: Arc::new(crate::alerts::Source::from_urls(&opts.alertmanagers)),
+        alert_sources: Arc::new(crate::daemon::alerts::Source::from_urls(
+            &opts.alertmanagers,
+        )),
         opts: opts.clone(),
         store,
         audit,
@@ -393,13 +262,13 @@ struct Ctx {
     /// (commit, branch head) last refused for validation or rewind: not re-audited every tick.
     last_refused: Option<(String, String)>,
     prev_desired: Option<crate::Desired>,
-    declared: Vec<crate::nodes::Declared>,
-    observations: Vec<crate::nodes::Observation>,
+    declared: Vec<crate::ops::nodes::Declared>,
+    observations: Vec<crate::ops::nodes::Observation>,
     poll_pending: bool,
     /// Typed model of the applied commit (for snippets), with its commit.
     model: Option<(String, Arc<opsrepo::load::Model>)>,
     /// Alert sources as of their last poll.
-    alert_sources: Arc<Vec<crate::alerts::Source>>,
+    alert_sources: Arc<Vec<crate::daemon::alerts::Source>>,
 }
 
 impl Ctx {
@@ -442,7 +311,7 @@ impl Ctx {
         if let Some(e) = &err {
             tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile step failed");
             let e2 = e.clone();
-            let _ = crate::apply::set_status(&self.store, |s| {
+            let _ = crate::ops::apply::set_status(&self.store, |s| {
                 s.state = crate::outcome::SyncState::Failed;
                 s.last_error = Some(e2);
             })
@@ -463,10 +332,11 @@ impl Ctx {
             ))
             .unwrap_or_default();
         let dir = b.dir.join(format!("{}-{stamp}", self.opts.target.env));
-        match crate::backup::backup(&self.store, &mut self.audit, &dir, &self.opts.actor).await {
+        match crate::ops::backup::backup(&self.store, &mut self.audit, &dir, &self.opts.actor).await
+        {
             Ok(r) => {
                 tracing::info!(dir = %r.dir.display(), id = %r.manifest.id, "backup taken and verified");
-                crate::backup::prune(&b.dir, &self.opts.target.env, b.keep);
+                crate::ops::backup::prune(&b.dir, &self.opts.target.env, b.keep);
             }
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "scheduled backup failed");
@@ -478,9 +348,9 @@ impl Ctx {
         if self.declared.is_empty() {
             return;
         }
-        let client = crate::nodes::NodeClient::new(&self.declared);
-        self.observations = crate::nodes::observe(&client, &self.declared).await;
-        if let Err(e) = crate::inventory::record(&self.store, &self.observations).await {
+        let client = crate::ops::nodes::NodeClient::new(&self.declared);
+        self.observations = crate::ops::nodes::observe(&client, &self.declared).await;
+        if let Err(e) = crate::ops::inventory::record(&self.store, &self.observations).await {
             tracing::warn!(error = %e, "cannot record discovered inventory");
         }
         for o in &self.observations {
@@ -535,7 +405,7 @@ impl Ctx {
         let Some((_, model)) = &self.model else {
             return;
         };
-        let approvals = crate::approvals::list(&self.store)
+        let approvals = crate::ops::approvals::list(&self.store)
             .await
             .unwrap_or_default();
         // The pending-approvals gauge comes from the same listing as the snippets.
@@ -553,27 +423,30 @@ impl Ctx {
             .await
             .unwrap_or(0)
             .saturating_sub(2000);
-        let events: Vec<crate::audit::AuditEvent> = self
+        let events: Vec<crate::store::audit::AuditEvent> = self
             .audit
             .read(from)
             .await
             .map(|v| v.into_iter().map(|s| s.event).collect())
             .unwrap_or_default();
-        let at = crate::audit::now_rfc3339();
-        let last_backup = crate::state::get::<serde_json::Value>(&self.store.state, "backup.last")
-            .await
-            .ok()
-            .flatten()
-            .map(|(v, _)| v);
-        let snap = crate::snippets::live(&crate::snippets::Inputs {
+        let at = crate::store::audit::now_rfc3339();
+        let last_backup =
+            crate::store::state::get::<serde_json::Value>(&self.store.state, "backup.last")
+                .await
+                .ok()
+                .flatten()
+                .map(|(v, _)| v);
+        let snap = crate::daemon::snippets::live(&crate::daemon::snippets::Inputs {
             model,
             env: &self.opts.target.env,
             status: &status,
             observations: &self.observations,
             events: &events,
             approvals: &approvals,
-            jobs: &crate::jobs::list(&self.store).await.unwrap_or_default(),
-            discovered: &crate::inventory::list(&self.store)
+            jobs: &crate::ops::jobs::list(&self.store)
+                .await
+                .unwrap_or_default(),
+            discovered: &crate::ops::inventory::list(&self.store)
                 .await
                 .unwrap_or_default(),
             generated_at: &at,
@@ -594,7 +467,7 @@ impl Ctx {
             }
         }
         if let Some(dir) = &self.opts.snippets
-            && let Err(e) = crate::snippets::write_dir(dir, &snap)
+            && let Err(e) = crate::daemon::snippets::write_dir(dir, &snap)
         {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot write snippets");
         }
@@ -624,7 +497,7 @@ impl Ctx {
         let repo = self.opts.repo.clone();
         if let Some(remote) = self.opts.remote.clone() {
             let r = repo.clone();
-            tokio::task::spawn_blocking(move || crate::git::fetch(&r, &remote))
+            tokio::task::spawn_blocking(move || crate::desired::git::fetch(&r, &remote))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
@@ -673,12 +546,12 @@ impl Ctx {
         .map_err(|e| e.to_string())?;
         if let Some(d) = &prepared.desired {
             let first = self.declared.is_empty();
-            self.declared = crate::nodes::declared_nodes(d);
+            self.declared = crate::ops::nodes::declared_nodes(d);
             if let Ok(mut g) = self.shared.declared.lock() {
                 *g = self.declared.clone();
             }
             if let Ok(mut g) = self.shared.access.lock() {
-                *g = crate::api::Access::from_desired(d);
+                *g = access::Access::from_desired(d);
             }
             if let Ok(mut g) = self.shared.desired.lock() {
                 *g = Some(Arc::new(d.clone()));
@@ -711,13 +584,13 @@ impl Ctx {
             && let Some(d) = prepared.desired.as_ref()
         {
             // Measure drift only.
-            let report = crate::drift::drift(&self.store, d)
+            let report = crate::ops::drift::drift(&self.store, d)
                 .await
                 .map_err(|e| e.to_string())?;
             self.record_drift(&report);
             self.update_commit_age(&prepared);
             let n = report.drifted.len() + report.orphans.len();
-            let _ = crate::apply::set_status(&self.store, |s| {
+            let _ = crate::ops::apply::set_status(&self.store, |s| {
                 s.drifted_keys = n;
                 if n > 0 {
                     s.state = crate::outcome::SyncState::Drift;
@@ -774,7 +647,7 @@ impl Ctx {
         ]
     }
 
-    fn record_drift(&self, r: &crate::drift::DriftReport) {
+    fn record_drift(&self, r: &crate::ops::drift::DriftReport) {
         for b in Bucket::ALL {
             let n = r
                 .drifted
@@ -829,27 +702,29 @@ async fn jobs_loop(
             .lock()
             .map(|g| g.clone())
             .unwrap_or_default();
-        let nodes = crate::nodes::NodeClient::new(&declared);
+        let nodes = crate::ops::nodes::NodeClient::new(&declared);
         // One listing per tick: it decides what runs and feeds the gauges (which therefore lag
         // the transitions of this tick by one tick).
-        let jobs = match crate::jobs::list(&store).await {
+        let jobs = match crate::ops::jobs::list(&store).await {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(error = %e, "job runner cannot list jobs");
                 continue;
             }
         };
-        if let Err(e) = crate::jobs::run_due(&store, &mut audit, &nodes, &me, lease, &jobs).await {
+        if let Err(e) =
+            crate::ops::jobs::run_due(&store, &mut audit, &nodes, &me, lease, &jobs).await
+        {
             tracing::warn!(error = %e, "job runner");
         }
         for st in [
-            crate::jobs::JobState::Queued,
-            crate::jobs::JobState::Running,
-            crate::jobs::JobState::Succeeded,
-            crate::jobs::JobState::Failed,
-            crate::jobs::JobState::Retrying,
-            crate::jobs::JobState::Cancelled,
-            crate::jobs::JobState::DeadLettered,
+            crate::ops::jobs::JobState::Queued,
+            crate::ops::jobs::JobState::Running,
+            crate::ops::jobs::JobState::Succeeded,
+            crate::ops::jobs::JobState::Failed,
+            crate::ops::jobs::JobState::Retrying,
+            crate::ops::jobs::JobState::Cancelled,
+            crate::ops::jobs::JobState::DeadLettered,
         ] {
             let n = jobs.iter().filter(|j| j.state == st).count() as i64;
             let label = st.as_str().replace('-', "_");
@@ -877,7 +752,8 @@ async fn lease_loop(
     let every = (lease / 3).max(Duration::from_millis(100));
     let value = || {
         bytes::Bytes::from(
-            serde_json::json!({"holder": me, "since": crate::audit::now_rfc3339()}).to_string(),
+            serde_json::json!({"holder": me, "since": crate::store::audit::now_rfc3339()})
+                .to_string(),
         )
     };
     loop {

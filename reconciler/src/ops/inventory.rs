@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::audit::{Audit, AuditEvent, now_rfc3339};
-use crate::nodes::{Observation, Trust};
-use crate::state;
+use crate::ops::nodes::{Observation, Trust};
 use crate::store::Store;
+use crate::store::audit::{Audit, AuditEvent, now_rfc3339};
+use crate::store::state;
 
 /// A node as it reported itself, where Git disagrees.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::compile::{Bucket, Desired};
+use crate::desired::compile::{Bucket, Desired};
 
 /// `GET /admin/info`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

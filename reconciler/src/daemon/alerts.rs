@@ -20,7 +20,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::audit::AuditEvent;
+use crate::store::audit::AuditEvent;
 
 /// Largest body read from a source; a bigger one is an error for that source (read as a stream
 /// and stopped at the limit, never buffered whole).

@@ -12,8 +12,6 @@
 // `Response` does not matter on this path.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::Json;
@@ -24,164 +22,19 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::audit::{Audit, AuditEvent, now_rfc3339};
-use crate::compile::{Bucket, Desired};
 use crate::store::Store;
+use crate::store::audit::{Audit, AuditEvent, now_rfc3339};
 
-pub const OPENAPI: &str = include_str!("../../openapi/operator-api.yaml");
+pub use super::access::{Access, Tokens, grants};
 
-/// Token → subject (`user:kari.nordby`).
-#[derive(Debug, Clone, Default)]
-pub struct Tokens(BTreeMap<String, String>);
-
-impl Tokens {
-    /// Reads a tokens file; refuses one inside the ops repo (tokens never live in Git).
-    pub fn load(path: &Path, repo: &Path) -> Result<Tokens, String> {
-        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-        if canon(path).starts_with(canon(repo)) {
-            return Err(format!(
-                "{} is inside the ops repo; API tokens must never be kept in Git: move the file out",
-                path.display()
-            ));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut out = BTreeMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let mut parts = line.split_whitespace();
-            let (Some(tok), Some(subj), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(format!(
-                    "{}:{}: expected `<token> <kind>:<name>`",
-                    path.display(),
-                    i + 1
-                ));
-            };
-            if !subj.contains(':') || tok.len() < 16 {
-                return Err(format!(
-                    "{}:{}: tokens are at least 16 characters and subjects look like user:<name>",
-                    path.display(),
-                    i + 1
-                ));
-            }
-            out.insert(tok.to_owned(), subj.to_owned());
-        }
-        Ok(Tokens(out))
-    }
-}
-
-impl Tokens {
-    /// Tokens from the environment: `VAKT_API_TOKENS_DATA`, the file format with lines or `;`
-    /// separating entries. Merged with the file's.
-    pub fn from_env(mut self) -> Result<Tokens, String> {
-        let Ok(data) = std::env::var("VAKT_API_TOKENS_DATA") else {
-            return Ok(self);
-        };
-        for (i, entry) in data.split(['\n', ';']).enumerate() {
-            let entry = entry.trim();
-            if entry.is_empty() {
-                continue;
-            }
-            let mut parts = entry.split_whitespace();
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(t), Some(subj), None) if t.len() >= 16 && subj.contains(':') => {
-                    self.0.insert(t.to_owned(), subj.to_owned());
-                }
-                _ => {
-                    return Err(format!(
-                        "VAKT_API_TOKENS_DATA entry {}: expected `<token of 16+ characters> <kind>:<name>`",
-                        i + 1
-                    ));
-                }
-            }
-        }
-        Ok(self)
-    }
-}
-
-/// Roles and bindings of the applied commit.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
-    roles: BTreeMap<String, Vec<String>>,
-    bindings: Vec<Value>,
-}
-
-impl Access {
-    pub fn from_desired(d: &Desired) -> Access {
-        let mut a = Access::default();
-        for (k, e) in d.bucket(Bucket::Access) {
-            let v = e.spec_value();
-            if let Some(id) = k.strip_prefix("role.") {
-                let perms = v["permissions"]
-                    .as_array()
-                    .map(|p| {
-                        p.iter()
-                            .filter_map(|x| x.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                a.roles.insert(id.to_owned(), perms);
-            } else if k.starts_with("binding.") {
-                a.bindings.push(v);
-            }
-        }
-        a
-    }
-
-    /// Whether roles have been loaded from an applied commit.
-    pub fn is_loaded(&self) -> bool {
-        !self.roles.is_empty()
-    }
-
-    /// Whether `subject` (`kind:name`) holds `perm` in `env`.
-    pub fn allows(&self, subject: &str, env: &str, perm: &str) -> bool {
-        let Some((kind, name)) = subject.split_once(':') else {
-            return false;
-        };
-        let now = time::OffsetDateTime::now_utc();
-        self.bindings.iter().any(|b| {
-            let subject_ok = b["subjects"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|x| x["kind"] == kind && x["name"] == name));
-            let scope_ok = match b["scope"]["kind"].as_str() {
-                Some("global") => true,
-                Some("environment") => b["scope"]["value"] == env,
-                _ => false,
-            };
-            let live = b["expires_at"].as_str().is_none_or(|e| {
-                time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339)
-                    .is_ok_and(|t| t > now)
-            });
-            subject_ok
-                && scope_ok
-                && live
-                && b["roles"].as_array().is_some_and(|roles| {
-                    roles.iter().filter_map(Value::as_str).any(|r| {
-                        self.roles
-                            .get(r)
-                            .is_some_and(|perms| perms.iter().any(|p| grants(p, perm)))
-                    })
-                })
-        })
-    }
-}
-
-/// `ops.*` grants `ops.jobs.retry`; `ops.jobs.retry` grants itself.
-pub fn grants(pattern: &str, perm: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => perm.starts_with(prefix),
-        None => pattern == perm,
-    }
-}
+pub const OPENAPI: &str = include_str!("../../../openapi/operator-api.yaml");
 
 pub struct ApiState {
     pub store: Store,
     pub audit: tokio::sync::Mutex<Audit>,
     pub env: String,
     pub tokens: Tokens,
-    pub shared: Arc<crate::daemon::Shared>,
+    pub shared: Arc<super::shared::Shared>,
 }
 
 type S = State<Arc<ApiState>>;
@@ -335,12 +188,14 @@ async fn status(State(st): S, h: HeaderMap) -> Response {
         .lock()
         .map(|s| s.clone())
         .unwrap_or_default();
-    let jobs = crate::jobs::list(&st.store).await.unwrap_or_default();
-    let approvals = crate::approvals::list(&st.store).await.unwrap_or_default();
+    let jobs = crate::ops::jobs::list(&st.store).await.unwrap_or_default();
+    let approvals = crate::ops::approvals::list(&st.store)
+        .await
+        .unwrap_or_default();
     let summary = st.shared.snapshot.lock().ok().and_then(|s| s.as_ref().map(|s| json!({"decision": s.summary.decision, "counts": s.summary.counts, "conditions": s.actions.conditions, "alerts": s.actions.alerts})));
     v["jobs"] = json!({
-        "running": jobs.iter().filter(|j| j.state == crate::jobs::JobState::Running).map(|j| &j.id).collect::<Vec<_>>(),
-        "failed": jobs.iter().filter(|j| matches!(j.state, crate::jobs::JobState::Failed | crate::jobs::JobState::DeadLettered | crate::jobs::JobState::Retrying)).map(|j| &j.id).collect::<Vec<_>>(),
+        "running": jobs.iter().filter(|j| j.state == crate::ops::jobs::JobState::Running).map(|j| &j.id).collect::<Vec<_>>(),
+        "failed": jobs.iter().filter(|j| matches!(j.state, crate::ops::jobs::JobState::Failed | crate::ops::jobs::JobState::DeadLettered | crate::ops::jobs::JobState::Retrying)).map(|j| &j.id).collect::<Vec<_>>(),
     });
     v["pending_approvals"] = json!(
         approvals
@@ -400,7 +255,7 @@ async fn jobs(
             .find(|d| d.id == node)
             .map(|d| d.site.clone())
     };
-    match crate::jobs::list(&st.store).await {
+    match crate::ops::jobs::list(&st.store).await {
         Ok(list) => Json(
             list.into_iter()
                 .filter(|j| q.state.as_deref().is_none_or(|s| j.state.as_str() == s))
@@ -425,7 +280,7 @@ async fn job(State(st): S, h: HeaderMap, UrlPath(id): UrlPath<String>) -> Respon
     if !well_formed("job-", &id) {
         return not_found("job", &id);
     }
-    match crate::jobs::get(&st.store, &id).await {
+    match crate::ops::jobs::get(&st.store, &id).await {
         Ok(Some((j, _))) => Json(j).into_response(),
         Ok(None) => err(StatusCode::NOT_FOUND, format!("no job `{id}`")),
         Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -458,9 +313,9 @@ async fn job_action(
     };
     let mut a = st.audit.lock().await;
     let r = if retry {
-        crate::jobs::retry(&st.store, &mut a, &id, &actor, &reason).await
+        crate::ops::jobs::retry(&st.store, &mut a, &id, &actor, &reason).await
     } else {
-        crate::jobs::cancel(&st.store, &mut a, &id, &actor, &reason).await
+        crate::ops::jobs::cancel(&st.store, &mut a, &id, &actor, &reason).await
     };
     match r {
         Ok(j) => Json(j).into_response(),
@@ -496,13 +351,14 @@ async fn drain_node(
             "nothing compiled yet; try again after the first reconcile",
         );
     };
-    let job = match crate::jobs::node_drain(&desired, &node, Some(format!("api:{actor}: {reason}")))
-    {
-        Ok(j) => j,
-        Err(e) => return refused(e),
-    };
+    let job =
+        match crate::ops::jobs::node_drain(&desired, &node, Some(format!("api:{actor}: {reason}")))
+        {
+            Ok(j) => j,
+            Err(e) => return refused(e),
+        };
     let mut a = st.audit.lock().await;
-    match crate::jobs::enqueue(&st.store, &mut a, &actor, std::slice::from_ref(&job)).await {
+    match crate::ops::jobs::enqueue(&st.store, &mut a, &actor, std::slice::from_ref(&job)).await {
         Ok(_) => (StatusCode::ACCEPTED, Json(job)).into_response(),
         Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
@@ -512,10 +368,10 @@ async fn dead_letters(State(st): S, h: HeaderMap) -> Response {
     if let Err(r) = authorize(&st, &h, "ops.jobs.view", "dead letters").await {
         return r;
     }
-    match crate::jobs::list(&st.store).await {
+    match crate::ops::jobs::list(&st.store).await {
         Ok(list) => Json(
             list.into_iter()
-                .filter(|j| j.state == crate::jobs::JobState::DeadLettered)
+                .filter(|j| j.state == crate::ops::jobs::JobState::DeadLettered)
                 .collect::<Vec<_>>(),
         )
         .into_response(),
@@ -527,7 +383,7 @@ async fn approvals(State(st): S, h: HeaderMap) -> Response {
     if let Err(r) = authorize(&st, &h, "ops.approvals.view", "approvals").await {
         return r;
     }
-    match crate::approvals::list(&st.store).await {
+    match crate::ops::approvals::list(&st.store).await {
         Ok(l) => Json(l).into_response(),
         Err(e) => refused(e),
     }
@@ -538,7 +394,7 @@ async fn plans(State(st): S, h: HeaderMap) -> Response {
     if let Err(r) = authorize(&st, &h, "ops.approvals.view", "plans").await {
         return r;
     }
-    match crate::approvals::list(&st.store).await {
+    match crate::ops::approvals::list(&st.store).await {
         Ok(l) => Json(
             l.into_iter()
                 .map(|a| json!({"plan_id": a.plan_id, "digest": a.digest, "commit": a.commit, "actions": a.actions,
@@ -562,7 +418,7 @@ async fn drift(State(st): S, h: HeaderMap) -> Response {
             "nothing compiled yet; try again after the first reconcile",
         );
     };
-    match crate::drift::drift(&st.store, &desired).await {
+    match crate::ops::drift::drift(&st.store, &desired).await {
         Ok(r) => Json(r).into_response(),
         Err(e) => err(
             StatusCode::CONFLICT,
@@ -595,7 +451,7 @@ async fn decide(
         Err(r) => return r,
     };
     let mut a = st.audit.lock().await;
-    match crate::approvals::decide(&st.store, &mut a, &plan, approve, &actor, &reason).await {
+    match crate::ops::approvals::decide(&st.store, &mut a, &plan, approve, &actor, &reason).await {
         Ok(x) => Json(x).into_response(),
         Err(e) => refused(e),
     }

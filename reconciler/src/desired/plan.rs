@@ -9,8 +9,8 @@ use opsrepo::model::{GatedAction, Policy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::canon;
-use crate::compile::{Bucket, Desired, KeyId};
+use crate::desired::canon;
+use crate::desired::compile::{Bucket, Desired, KeyId};
 
 /// What happens to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -143,6 +143,15 @@ impl Plan {
     pub fn deletions(&self) -> usize {
         self.counts.remove
     }
+}
+
+/// A plan computed against the live buckets, with the last stream sequence of each bucket read
+/// just before the snapshot. Every key the plan read had a revision at or below its bucket's
+/// sequence, so "no bucket moved past its sequence" means "no key the plan read has changed".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LivePlan {
+    pub plan: Plan,
+    pub read_seqs: BTreeMap<Bucket, u64>,
 }
 
 /// A live KV entry (the latest operation on the key).
@@ -408,7 +417,7 @@ fn change(
     action: Action,
     path: Option<&str>,
     old: Option<(&String, &Value)>,
-    new: Option<&crate::compile::Entry>,
+    new: Option<&crate::desired::compile::Entry>,
     from_revision: Option<u64>,
 ) -> Change {
     // Parse the new spec only when there is an old one to compare with (adds need neither a

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::compile::Bucket;
+use crate::desired::compile::Bucket;
 use crate::outcome::{Decision, RefusalKind, SyncState};
 use crate::store::{StoreError, nats_err};
 
@@ -127,7 +127,7 @@ impl Approval {
             digest: digest.to_owned(),
             decision: Decision::Pending,
             requested_by: requested_by.to_owned(),
-            requested_at: crate::audit::now_rfc3339(),
+            requested_at: crate::store::audit::now_rfc3339(),
             decided_by: None,
             reason: None,
             decided_at: None,

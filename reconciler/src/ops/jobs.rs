@@ -19,10 +19,10 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::audit::{Audit, AuditEvent, now_rfc3339};
-use crate::compile::{Bucket, Desired};
-use crate::nodes::NodeClient;
-use crate::plan::{Action, Plan};
+use crate::desired::compile::{Bucket, Desired};
+use crate::desired::plan::{Action, Plan};
+use crate::ops::nodes::NodeClient;
+use crate::store::audit::{Audit, AuditEvent, now_rfc3339};
 use crate::store::{Store, StoreError, nats_err};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,7 +264,7 @@ pub fn migrations_of(plan: &mut Plan, desired: &Desired, causation: Option<Strin
         // move never makes a second job.
         let id = format!(
             "job-{}",
-            &crate::canon::digest(
+            &crate::desired::canon::digest(
                 format!(
                     "{}:{}:{}:{}",
                     desired.env,
@@ -314,7 +314,7 @@ pub fn node_drain(
     node: &str,
     causation: Option<String>,
 ) -> Result<Job, crate::Error> {
-    let nodes = crate::nodes::declared_nodes(desired);
+    let nodes = crate::ops::nodes::declared_nodes(desired);
     let Some(d) = nodes.iter().find(|d| d.id == node) else {
         return Err(crate::Error::refused(
             crate::outcome::RefusalKind::NotFound,
@@ -334,7 +334,9 @@ pub fn node_drain(
     Ok(Job::queued(
         format!(
             "job-{}",
-            &crate::canon::digest(format!("{}:drain:{node}:{now}", desired.env).as_bytes())[7..19]
+            &crate::desired::canon::digest(
+                format!("{}:drain:{node}:{now}", desired.env).as_bytes()
+            )[7..19]
         ),
         "node-drain",
         &desired.env,
@@ -360,7 +362,7 @@ pub fn node_drain(
 
 /// Reads a job and its revision.
 pub async fn get(store: &Store, id: &str) -> Result<Option<(Job, u64)>, StoreError> {
-    crate::state::get::<Job>(&store.jobs, &key(id)).await
+    crate::store::state::get::<Job>(&store.jobs, &key(id)).await
 }
 
 /// Every job, newest first.
@@ -649,7 +651,7 @@ async fn step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutco
                     )),
                     Ok(_) => {}
                     // Not served there (any more): nothing to drain.
-                    Err(crate::nodes::NodeError::UnknownTenant { .. }) => {}
+                    Err(crate::ops::nodes::NodeError::UnknownTenant { .. }) => {}
                     Err(e) => problems.push(e.to_string()),
                 }
             }
@@ -664,7 +666,7 @@ async fn step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutco
                 "{} on {}: {} inflight",
                 t.state, m.from_node, t.inflight
             ))),
-            Err(crate::nodes::NodeError::UnknownTenant { .. }) => {
+            Err(crate::ops::nodes::NodeError::UnknownTenant { .. }) => {
                 StepOutcome::Skipped(format!("{} does not serve {}", m.from_node, m.tenant))
             }
             Err(e) => StepOutcome::Fail(e.to_string(), true),
@@ -696,7 +698,7 @@ async fn step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutco
                             );
                         }
                     }
-                    Err(crate::nodes::NodeError::UnknownTenant { .. }) => {
+                    Err(crate::ops::nodes::NodeError::UnknownTenant { .. }) => {
                         return StepOutcome::Done(Some(
                             "tenant no longer served on the old node".into(),
                         ));
@@ -722,7 +724,7 @@ async fn step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutco
             };
             if let Some(e) = &current
                 && e.operation == kv::Operation::Put
-                && crate::plan::view(&e.value).digest.as_deref() == Some(m.digest.as_str())
+                && crate::desired::plan::view(&e.value).digest.as_deref() == Some(m.digest.as_str())
             {
                 return StepOutcome::Skipped("placement already holds the new shard".into());
             }
@@ -756,7 +758,7 @@ async fn step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutco
                             m.to_node, m.tenant
                         )));
                     }
-                    Ok(_) | Err(crate::nodes::NodeError::UnknownTenant { .. })
+                    Ok(_) | Err(crate::ops::nodes::NodeError::UnknownTenant { .. })
                         if tokio::time::Instant::now() < deadline => {}
                     Ok(t) => {
                         return StepOutcome::Fail(
@@ -814,7 +816,7 @@ async fn node_drain_step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -
                             );
                         }
                         Ok(s) => pending.push(format!("{t} ({} inflight)", s.inflight)),
-                        Err(crate::nodes::NodeError::UnknownTenant { .. }) => {}
+                        Err(crate::ops::nodes::NodeError::UnknownTenant { .. }) => {}
                         Err(e) => return StepOutcome::Fail(e.to_string(), true),
                     }
                 }

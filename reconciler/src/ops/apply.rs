@@ -22,12 +22,12 @@ use opsrepo::model::{FreezeWindow, Policy, Weekday};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::approvals::Gate;
-use crate::audit::{Audit, AuditEvent, now_rfc3339};
-use crate::compile::{Bucket, Desired};
+use crate::desired::compile::{Bucket, Desired};
+use crate::desired::plan::{self, Action, LivePlan, Plan};
+use crate::ops::approvals::Gate;
 use crate::outcome::{RefusalKind, Refused, SyncState};
-use crate::plan::{self, Action, Plan};
-use crate::state::{self, Applied, Approval, Inflight, LastGood, Refusal, Status};
+use crate::store::audit::{Audit, AuditEvent, now_rfc3339};
+use crate::store::state::{self, Applied, Approval, Inflight, LastGood, Refusal, Status};
 use crate::store::{Store, StoreError};
 
 /// How to apply.
@@ -129,15 +129,6 @@ impl ApplyError {
     }
 }
 
-/// A plan computed against the live buckets, with the last stream sequence of each bucket read
-/// just before the snapshot. Every key the plan read had a revision at or below its bucket's
-/// sequence, so "no bucket moved past its sequence" means "no key the plan read has changed".
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct LivePlan {
-    pub plan: Plan,
-    pub read_seqs: BTreeMap<Bucket, u64>,
-}
-
 /// Snapshots the live buckets and plans `desired` against them.
 pub async fn plan_live(store: &Store, desired: &Desired) -> Result<LivePlan, StoreError> {
     // Sequences first: a write landing between the two reads makes the plan look stale (safe),
@@ -215,9 +206,9 @@ pub async fn apply_planned(
                 "plan {} is for {} at {}, not {} at {}",
                 planned.plan.id,
                 planned.plan.env,
-                crate::run::short(&planned.plan.head),
+                crate::desired::short(&planned.plan.head),
                 desired.env,
-                crate::run::short(&desired.commit)
+                crate::desired::short(&desired.commit)
             ),
         );
         record_refusal(
@@ -288,8 +279,8 @@ async fn execute(
     // Placement moves become migration jobs (drain → write → reload → verify) when both
     // shards have a declared node; the rest of the plan is written now.
     let mut plan = plan;
-    let jobs = crate::jobs::migrations_of(&mut plan, desired, opts.causation_id.clone());
-    let queued = crate::jobs::enqueue(store, audit, &opts.actor, &jobs).await?;
+    let jobs = crate::ops::jobs::migrations_of(&mut plan, desired, opts.causation_id.clone());
+    let queued = crate::ops::jobs::enqueue(store, audit, &opts.actor, &jobs).await?;
     let written = if plan.is_empty() {
         0
     } else {
@@ -541,7 +532,7 @@ async fn check_policy(
             &plan.head,
             actions,
         );
-        match crate::approvals::gate(store, &request, now).await? {
+        match crate::ops::approvals::gate(store, &request, now).await? {
             Gate::Approved => return Ok(Ok(())),
             Gate::Expired(at) => {
                 return Ok(Err(Refused::new(

@@ -7,6 +7,15 @@
 //! keeps the key's history so `vakt drift` and the audit trail can still say what was there and
 //! who wrote it. vakt never purges a managed key; purging is left to an operator with the `nats`
 //! CLI (it erases history).
+//!
+//! Layer 2: imports only from `desired` (and the crate's shared vocabulary).
+
+pub mod audit;
+pub mod state;
+pub mod target;
+
+/// The audit stream every environment's events go to (`vakt.audit.<env>.<action>`).
+pub const AUDIT_STREAM: &str = "VAKT_AUDIT";
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,8 +26,8 @@ use async_nats::{Client, ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::compile::{Bucket, KeyId};
-use crate::plan::LiveEntry;
+use crate::desired::compile::{Bucket, KeyId};
+use crate::desired::plan::LiveEntry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -226,7 +235,7 @@ impl Store {
             .collect();
         names.push(format!("KV_{}_state", self.prefix));
         names.push(format!("KV_{}_jobs", self.prefix));
-        names.push(crate::audit::STREAM.to_owned());
+        names.push(AUDIT_STREAM.to_owned());
         let mut out = Vec::new();
         for n in names {
             if let Err(e) = self.js.get_stream(&n).await

@@ -12,10 +12,10 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::canon;
+use crate::desired::canon;
 use crate::store::{StoreError, nats_err};
 
-pub const STREAM: &str = "VAKT_AUDIT";
+pub const STREAM: &str = super::AUDIT_STREAM;
 /// Hash of "no previous event".
 pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 

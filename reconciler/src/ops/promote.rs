@@ -6,7 +6,7 @@ use opsrepo::model::Manifest;
 use serde::Serialize;
 
 use crate::Error;
-use crate::git::Repo;
+use crate::desired::git::Repo;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Offender {

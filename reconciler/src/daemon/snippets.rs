@@ -12,9 +12,9 @@ use opsrepo::snippets::{
     Snapshot, SnippetName, SnippetSource, Status as SnipStatus, TrustLevel,
 };
 
-use crate::audit::AuditEvent;
-use crate::nodes::{Observation, Trust};
-use crate::state::{Approval, Status};
+use crate::ops::nodes::{Observation, Trust};
+use crate::store::audit::AuditEvent;
+use crate::store::state::{Approval, Status};
 
 /// What the daemon knows when it writes snippets.
 pub struct Inputs<'a> {
@@ -24,16 +24,16 @@ pub struct Inputs<'a> {
     pub observations: &'a [Observation],
     pub events: &'a [AuditEvent],
     pub approvals: &'a [Approval],
-    pub jobs: &'a [crate::jobs::Job],
+    pub jobs: &'a [crate::ops::jobs::Job],
     pub discovered: &'a [(
-        crate::inventory::Discovered,
-        Option<crate::inventory::Rejected>,
+        crate::ops::inventory::Discovered,
+        Option<crate::ops::inventory::Rejected>,
     )],
     pub generated_at: &'a str,
     /// The `backup.last` record of the state bucket (written by `vakt backup`).
     pub last_backup: Option<&'a serde_json::Value>,
     /// Alert sources (`--alertmanager`) with their last answers; empty without them.
-    pub alert_sources: &'a [crate::alerts::Source],
+    pub alert_sources: &'a [crate::daemon::alerts::Source],
     /// How far before a condition started its related vakt changes are looked for.
     pub change_window: std::time::Duration,
 }
@@ -63,7 +63,8 @@ fn condition(
     title: String,
 ) -> Condition {
     let (runbook, escalation_class, remediation_mode) = runbook_for(model, signal);
-    let owner = crate::alerts::entry_for_signal(model, signal).map(|e| e.owner_team.clone());
+    let owner =
+        crate::daemon::alerts::entry_for_signal(model, signal).map(|e| e.owner_team.clone());
     Condition {
         id,
         kind,
@@ -340,7 +341,7 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
 
     // Tasks: the migration jobs, with what an operator may do next; failed and dead-lettered
     // ones are conditions too.
-    use crate::jobs::JobState as J;
+    use crate::ops::jobs::JobState as J;
     use opsrepo::snippets::{Task, TaskAction, TaskState};
     s.tasks.tasks = i
         .jobs
@@ -508,9 +509,9 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
     // "What changed?": every condition about a tenant, site or node lists the vakt changes that
     // touched it before it started.
     let now = now.unwrap_or_else(time::OffsetDateTime::now_utc);
-    let changes = crate::alerts::changes(i.events);
+    let changes = crate::daemon::alerts::changes(i.events);
     for c in &mut conditions {
-        let scope = crate::alerts::Scope {
+        let scope = crate::daemon::alerts::Scope {
             tenant: c.tenant.clone(),
             service: None,
             site: c.site.clone(),
@@ -527,18 +528,19 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
                 time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
             })
             .unwrap_or(now);
-        c.changes = crate::alerts::related(&changes, &scope, started, i.change_window);
+        c.changes = crate::daemon::alerts::related(&changes, &scope, started, i.change_window);
     }
 
     // Live alerts (they carry their own related changes).
-    let (alerts, alert_conditions) = crate::alerts::build(&crate::alerts::ViewInputs {
-        model: i.model,
-        env,
-        sources: i.alert_sources,
-        changes: &changes,
-        window: i.change_window,
-        now,
-    });
+    let (alerts, alert_conditions) =
+        crate::daemon::alerts::build(&crate::daemon::alerts::ViewInputs {
+            model: i.model,
+            env,
+            sources: i.alert_sources,
+            changes: &changes,
+            window: i.change_window,
+            now,
+        });
     conditions.extend(alert_conditions);
     let sources_down = alerts
         .sources

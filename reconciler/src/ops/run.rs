@@ -7,14 +7,16 @@ use std::path::Path;
 use opsrepo::Severity;
 use serde::Serialize;
 
-use crate::apply::{self, ApplyError, ApplyOpts, ApplyReport, LivePlan};
-use crate::audit::{Audit, AuditEvent};
-use crate::compile::Desired;
-use crate::git::Repo;
+use crate::desired::compile::Desired;
+use crate::desired::git::Repo;
+use crate::desired::plan::LivePlan;
+use crate::desired::saved::SavedPlan;
+use crate::desired::short;
+use crate::ops::apply::{self, ApplyError, ApplyOpts, ApplyReport};
 use crate::outcome::{RefusalKind, Refused};
-use crate::saved::SavedPlan;
-use crate::state::{self, Applied};
 use crate::store::Store;
+use crate::store::audit::{Audit, AuditEvent};
+use crate::store::state::{self, Applied};
 use crate::{Error, env_branch};
 
 /// Rules whose outcome depends on the date, not on the commit: they gate pull requests in CI,
@@ -189,7 +191,7 @@ pub async fn guarded_apply(
             return Err(refused(r));
         }
         let mut ev = AuditEvent::new(
-            format!("{}/rewind/{}", p.commit, crate::audit::now_rfc3339()),
+            format!("{}/rewind/{}", p.commit, crate::store::audit::now_rfc3339()),
             &store.env,
             &opts.actor,
             "apply.rewind-allowed",
@@ -269,12 +271,12 @@ fn refused(r: Refused) -> ApplyError {
     ApplyError::Refused {
         kind: r.kind,
         reason: r.reason,
-        plan: Box::new(crate::plan::Plan {
+        plan: Box::new(crate::desired::plan::Plan {
             id: String::new(),
             digest: String::new(),
             env: String::new(),
             head: String::new(),
-            against: crate::plan::Against::Live,
+            against: crate::desired::plan::Against::Live,
             changes: Vec::new(),
             orphans_kept: Vec::new(),
             gates: Vec::new(),
@@ -290,8 +292,4 @@ pub async fn applied(store: &Store) -> Result<Option<Applied>, crate::store::Sto
     Ok(state::get::<Applied>(&store.state, state::APPLIED)
         .await?
         .map(|(a, _)| a))
-}
-
-pub fn short(c: &str) -> &str {
-    &c[..c.len().min(12)]
 }

@@ -39,11 +39,11 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::Error;
-use crate::approvals::Gate;
-use crate::audit::{self, Audit, AuditEvent, now_rfc3339};
-use crate::compile::Bucket;
-use crate::plan::LiveEntry;
-use crate::state::{self, Approval};
+use crate::desired::compile::Bucket;
+use crate::desired::plan::LiveEntry;
+use crate::ops::approvals::Gate;
+use crate::store::audit::{self, Audit, AuditEvent, now_rfc3339};
+use crate::store::state::{self, Approval};
 use crate::store::{self, Store, StoreError, nats_err};
 
 /// Backup format this vakt writes and reads.
@@ -991,7 +991,7 @@ async fn gate(store: &Store, plan: &RestorePlan, opts: &RestoreOpts) -> Result<(
         actions,
     );
     request.reason = opts.reason.clone();
-    match crate::approvals::gate(store, &request, opts.now).await? {
+    match crate::ops::approvals::gate(store, &request, opts.now).await? {
         Gate::Approved => Ok(()),
         Gate::Expired(at) => Err(Error::refused(
             crate::outcome::RefusalKind::RestoreGuard,

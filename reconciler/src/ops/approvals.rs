@@ -3,10 +3,10 @@
 //! why, when: audited). The approval binds to the digest, so a changed plan needs a new one.
 
 use crate::Error;
-use crate::audit::{Audit, AuditEvent, now_rfc3339};
 use crate::outcome::Decision;
-use crate::state::{self, Approval};
 use crate::store::Store;
+use crate::store::audit::{Audit, AuditEvent, now_rfc3339};
+use crate::store::state::{self, Approval};
 
 /// Pending, approved and rejected plans, newest first.
 pub async fn list(store: &Store) -> Result<Vec<Approval>, Error> {

@@ -1,0 +1,148 @@
+//! What the daemon's loops share with its HTTP server: metrics, the live status and snippets,
+//! the applied commit's declared nodes and access rules.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+
+pub type Labels = Vec<(String, String)>;
+
+/// Metrics and live status, shared with the HTTP server.
+pub struct Shared {
+    pub(super) registry: Mutex<Registry>,
+    pub(super) duration: Histogram,
+    pub(super) applies: Family<Labels, Counter>,
+    pub(super) refused: Family<Labels, Counter>,
+    pub(super) drifted: Family<Labels, Gauge>,
+    pub(super) commit_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub(super) approvals_pending: Family<Labels, Gauge>,
+    pub(super) leader_gauge: Family<Labels, Gauge>,
+    pub status: Mutex<serde_json::Value>,
+    /// The latest live snippets, served at `/snippets/<name>.json`.
+    pub snapshot: Mutex<Option<opsrepo::snippets::Snapshot>>,
+    pub(super) node_up: Family<Labels, Gauge>,
+    pub(super) backup_last: Family<Labels, Gauge>,
+    pub(super) jobs_gauge: Family<Labels, Gauge>,
+    pub(super) cors_origin: Option<String>,
+    /// Declared nodes of the applied commit (for the job runner).
+    pub declared: Mutex<Vec<crate::ops::nodes::Declared>>,
+    /// Roles and bindings of the applied commit (for the API).
+    pub access: Mutex<super::access::Access>,
+    /// The desired state last compiled (for API operations that need the inventory).
+    pub desired: Mutex<Option<Arc<crate::Desired>>>,
+    pub is_leader: AtomicBool,
+    pub healthy: AtomicBool,
+    pub steps: AtomicU64,
+    pub(super) env: String,
+}
+
+impl Shared {
+    pub(super) fn new(env: &str) -> Shared {
+        let mut reg = Registry::default();
+        let duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        reg.register(
+            "vakt_reconcile_duration_seconds",
+            "Duration of one reconcile step",
+            duration.clone(),
+        );
+        let applies = Family::<Labels, Counter>::default();
+        reg.register(
+            "vakt_apply",
+            "Reconcile steps by outcome (applied, noop, refused, failed)",
+            applies.clone(),
+        );
+        let refused = Family::<Labels, Counter>::default();
+        reg.register(
+            "vakt_reconcile_refused",
+            "Refused commits and plans by reason",
+            refused.clone(),
+        );
+        let drifted = Family::<Labels, Gauge>::default();
+        reg.register(
+            "vakt_drifted_keys",
+            "Keys whose live value differs from the applied commit",
+            drifted.clone(),
+        );
+        let commit_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        reg.register(
+            "vakt_applied_commit_age_seconds",
+            "Seconds since the applied commit was committed",
+            commit_age.clone(),
+        );
+        let approvals_pending = Family::<Labels, Gauge>::default();
+        reg.register(
+            "vakt_approvals_pending",
+            "Plans waiting for an operator's approval",
+            approvals_pending.clone(),
+        );
+        let leader_gauge = Family::<Labels, Gauge>::default();
+        reg.register(
+            "vakt_leader",
+            "1 while this replica holds the lease",
+            leader_gauge.clone(),
+        );
+        let node_up = Family::<Labels, Gauge>::default();
+        reg.register(
+            "vakt_node_up",
+            "1 when a declared node answers its health check",
+            node_up.clone(),
+        );
+        let backup_last = Family::<Labels, Gauge>::default();
+        reg.register(
+            "vakt_backup_last_success_timestamp_seconds",
+            "Unix time of the last verified `vakt backup` of a DR store",
+            backup_last.clone(),
+        );
+        let jobs_gauge = Family::<Labels, Gauge>::default();
+        reg.register("vakt_jobs", "Jobs by state", jobs_gauge.clone());
+        let info = Family::<Labels, Gauge>::default();
+        reg.register("vakt_build_info", "Build information", info.clone());
+        info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
+            .set(1);
+        Shared {
+            registry: Mutex::new(reg),
+            duration,
+            applies,
+            refused,
+            drifted,
+            commit_age,
+            approvals_pending,
+            leader_gauge,
+            status: Mutex::new(serde_json::Value::Null),
+            snapshot: Mutex::new(None),
+            node_up,
+            backup_last,
+            jobs_gauge,
+            cors_origin: None,
+            declared: Mutex::new(Vec::new()),
+            access: Mutex::new(super::access::Access::default()),
+            desired: Mutex::new(None),
+            is_leader: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+            steps: AtomicU64::new(0),
+            env: env.to_owned(),
+        }
+    }
+
+    pub(super) fn l(&self, k: &str, v: &str) -> Labels {
+        vec![("env".into(), self.env.clone()), (k.into(), v.into())]
+    }
+
+    pub(super) fn env_l(&self) -> Labels {
+        vec![("env".into(), self.env.clone())]
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = encode(&mut s, &r);
+        }
+        s
+    }
+}

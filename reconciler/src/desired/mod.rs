@@ -1,0 +1,99 @@
+//! Layer 1: the desired state, from Git alone (no NATS): compile a commit into keys and
+//! canonical values, plan one state against another, seal a plan into a saved plan.
+
+pub mod canon;
+pub mod compile;
+pub mod git;
+pub mod plan;
+pub mod saved;
+
+use std::path::Path;
+
+use crate::Error;
+use compile::{CompileError, Desired};
+use plan::Plan;
+
+/// Compiles the desired state of `env` at `rev` (a branch, tag or sha) of the repo at `repo`.
+/// Returns it with the full commit id.
+pub fn compile_rev(repo: &Path, rev: &str, env: &str) -> Result<Desired, Error> {
+    let files = opsrepo::read_commit(repo, rev)?;
+    let id = match &files.origin {
+        opsrepo::source::Origin::Commit { id, .. } => id.clone(),
+        opsrepo::source::Origin::WorkTree(_) => rev.to_owned(),
+    };
+    Ok(Desired::compile(&files, env, &id)?)
+}
+
+/// The branch of `env`, from `vakt.toml` at `HEAD` of the repo (or its work tree); `env/<env>`
+/// if neither says.
+pub fn env_branch(repo: &Path, env: &str) -> String {
+    let from_bytes = |b: &[u8]| -> Option<String> {
+        let m = compile::manifest_of(Some(b)).ok()?;
+        Some(m.environments.get(env)?.branch.clone())
+    };
+    if let Ok(b) = std::fs::read(repo.join("vakt.toml"))
+        && let Some(br) = from_bytes(&b)
+    {
+        return br;
+    }
+    if let Ok(r) = git::Repo::open(repo)
+        && let Some(head) = r.try_resolve("HEAD")
+        && let Ok(Some(b)) = r.read_at(head, "vakt.toml")
+        && let Some(br) = from_bytes(&b)
+    {
+        return br;
+    }
+    format!("env/{env}")
+}
+
+/// `vakt.toml` from the work tree, else from `HEAD`.
+pub fn read_manifest(repo: &Path) -> Result<opsrepo::model::Manifest, Error> {
+    if let Ok(b) = std::fs::read(repo.join("vakt.toml")) {
+        return Ok(compile::manifest_of(Some(&b))?);
+    }
+    let r = git::Repo::open(repo)?;
+    let head = r.resolve("HEAD")?;
+    let b = r.read_at(head, "vakt.toml")?;
+    Ok(compile::manifest_of(b.as_deref())?)
+}
+
+/// Compiles `head` incrementally from an already compiled `base` (consumed): only the files the
+/// Git diff between the two commits names are read and recompiled. Falls back to a full
+/// compile when vakt.toml changed (stats `None`).
+pub fn advance(
+    repo: &Path,
+    base: Desired,
+    head_rev: &str,
+) -> Result<(Desired, Option<compile::RecompileStats>), Error> {
+    let r = git::Repo::open(repo)?;
+    let old = r.resolve(&base.commit)?;
+    let new = r.resolve(head_rev)?;
+    let changed = r.changed_paths(old, new)?;
+    let env = base.env.clone();
+    let mut next = base;
+    let read = |p: &str| -> Result<Option<Vec<u8>>, CompileError> {
+        r.read_at(new, p)
+            .map_err(|e| CompileError::Git(e.to_string()))
+    };
+    let new_s = new.to_string();
+    match next.recompile(&changed, &read, &new_s)? {
+        Some(stats) => Ok((next, Some(stats))),
+        None => Ok((compile_rev(repo, &new_s, &env)?, None)),
+    }
+}
+
+/// Plans `head_rev` against `base_rev` for `env` without NATS: compiles the base, advances it
+/// incrementally to the head and compares only the keys the changed files feed.
+pub fn plan_revs(repo: &Path, base_rev: &str, head_rev: &str, env: &str) -> Result<Plan, Error> {
+    let base = compile_rev(repo, base_rev, env)?;
+    let (head, stats) = advance(repo, base.clone(), head_rev)?;
+    Ok(match stats {
+        Some(s) => plan::plan_touched(&base, &head, &s.touched),
+        None => plan::plan_commits(Some(&base), &head),
+    })
+}
+
+/// The first 12 characters of a commit id, as vakt prints them.
+pub fn short(c: &str) -> &str {
+    &c[..c.len().min(12)]
+}
