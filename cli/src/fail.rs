@@ -124,3 +124,9 @@ impl From<opsrepo::render::RenderError> for Fail {
         Fail::new(code, e.to_string())
     }
 }
+
+impl From<reconciler::daemon::client::ClientError> for Fail {
+    fn from(e: reconciler::daemon::client::ClientError) -> Self {
+        Fail::new(e.exit_code(), e.to_string())
+    }
+}

@@ -14,6 +14,7 @@ pub mod markdown;
 mod output;
 mod pages;
 pub mod search;
+pub mod serve;
 mod templates;
 
 use std::path::{Path, PathBuf};

@@ -26,7 +26,7 @@ pub fn vakt_bin() -> PathBuf {
     let bin = profile_dir.join("vakt");
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p vakt` first",
+        "{} is missing: run `cargo build --workspace` first (the suite needs the fault-injection feature its crate enables)",
         bin.display()
     );
     bin

@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use reconciler::daemon::client::{ApiClient, ClientError};
+
 use super::env;
 use crate::fail::{Exit, Fail};
 use crate::output::Format;
@@ -96,56 +98,19 @@ impl OptApi {
     }
 }
 
-fn get(a: &ApiArgs, path: &str, query: &[(&str, String)]) -> Result<Value, Fail> {
-    call(a, "GET", path, query, None)
-}
-
-/// One API call; errors as (exit code, message).
-pub fn call(
-    a: &ApiArgs,
-    method: &str,
-    path: &str,
-    query: &[(&str, String)],
-    body: Option<Value>,
-) -> Result<Value, Fail> {
-    env::runtime().block_on(async {
-        let url = format!("{}{path}", a.api.trim_end_matches('/'));
-        let c = reqwest::Client::new();
-        let mut req = if method == "POST" {
-            c.post(&url)
-        } else {
-            c.get(&url)
-        };
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req
-            .bearer_auth(&a.token)
-            .query(query)
-            .timeout(std::time::Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| Fail::could_not_run(format!("cannot reach {url}: {e}")))?;
-        let code = r.status();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        if code.is_success() {
-            Ok(body)
-        } else {
-            let msg = body["error"]
-                .as_str()
-                .unwrap_or("request failed")
-                .to_owned();
-            let c = match code.as_u16() {
-                400 | 401 | 403 | 404 | 409 => exit::REFUSED,
-                _ => exit::COULD_NOT_RUN,
-            };
-            Err(Fail::new(c, format!("{} ({code})", msg)))
-        }
-    })
+impl ApiArgs {
+    /// Runs `f` with a client of this daemon's API; its failure is the command's.
+    pub fn call<T>(
+        &self,
+        f: impl AsyncFnOnce(&ApiClient) -> Result<T, ClientError>,
+    ) -> Result<T, Fail> {
+        let client = ApiClient::new(&self.api, &self.token)?;
+        Ok(env::runtime().block_on(f(&client))?)
+    }
 }
 
 pub fn status(o: StatusOpts) -> Exit {
-    let v = get(&o.api, "/api/v1/status", &[])?;
+    let v = o.api.call(async |c| c.status().await)?;
     let live = &v["live"];
     let conditions = live["conditions"].as_array().cloned().unwrap_or_default();
     let failed = v["jobs"]["failed"].as_array().cloned().unwrap_or_default();
@@ -375,7 +340,7 @@ pub fn events(o: EventsOpts) -> Exit {
             q.push((k, v.clone()));
         }
     }
-    let v = get(&o.api, "/api/v1/events", &q)?;
+    let v = Value::Array(o.api.call(async |c| c.events(&q).await)?);
     match o.format {
         Format::Json => Format::print_json(&v),
         _ => {

@@ -34,20 +34,13 @@ pub struct DecideOpts {
 
 pub fn run(o: DecideOpts, approve: bool) -> Exit {
     if let Some(a) = o.via.args() {
-        let verb = if approve { "approve" } else { "reject" };
-        let v = super::api::call(
-            &a,
-            "POST",
-            &format!("/api/v1/approvals/{}/{verb}", o.plan),
-            &[],
-            Some(serde_json::json!({"reason": o.reason})),
-        )?;
+        let v = a.call(async |c| c.decide(&o.plan, approve, &o.reason).await)?;
         output::print(&format!(
             "{} {} by {} (expires {}).\n",
-            v["decision"].as_str().unwrap_or(verb),
+            v.decision,
             o.plan,
-            v["decided_by"].as_str().unwrap_or("?"),
-            v["expires_at"].as_str().unwrap_or("?")
+            v.decided_by.as_deref().unwrap_or("?"),
+            v.expires_at
         ));
         return Ok(exit::OK);
     }

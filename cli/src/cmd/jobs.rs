@@ -139,8 +139,13 @@ fn print_list(list: &[Job], format: Format) {
 
 /// The same operations through the operator API.
 fn via_api(a: &super::api::ApiArgs, cmd: &JobsCmd) -> Exit {
-    let r = match cmd {
-        JobsCmd::List { state, tenant, .. } => {
+    let (jobs, format): (Vec<Job>, Format) = match cmd {
+        JobsCmd::List {
+            state,
+            tenant,
+            format,
+            ..
+        } => {
             let mut q = Vec::new();
             if let Some(s) = state {
                 q.push(("state", s.clone()));
@@ -148,54 +153,29 @@ fn via_api(a: &super::api::ApiArgs, cmd: &JobsCmd) -> Exit {
             if let Some(t) = tenant {
                 q.push(("tenant", t.clone()));
             }
-            super::api::call(a, "GET", "/api/v1/jobs", &q, None)
+            (a.call(async |c| c.jobs(&q).await)?, *format)
         }
-        JobsCmd::DeadLetters { .. } => {
-            super::api::call(a, "GET", "/api/v1/dead-letters", &[], None)
-        }
-        JobsCmd::Show { id, .. } => {
-            super::api::call(a, "GET", &format!("/api/v1/jobs/{id}"), &[], None)
-        }
-        JobsCmd::Retry { id, reason, .. } => super::api::call(
-            a,
-            "POST",
-            &format!("/api/v1/jobs/{id}/retry"),
-            &[],
-            Some(serde_json::json!({"reason": reason})),
+        JobsCmd::DeadLetters { format, .. } => (a.call(async |c| c.dead_letters().await)?, *format),
+        JobsCmd::Show { id, format, .. } => (vec![a.call(async |c| c.job(id).await)?], *format),
+        JobsCmd::Retry { id, reason, .. } => (
+            vec![a.call(async |c| c.retry(id, reason).await)?],
+            Format::Human,
         ),
-        JobsCmd::Cancel { id, reason, .. } => super::api::call(
-            a,
-            "POST",
-            &format!("/api/v1/jobs/{id}/cancel"),
-            &[],
-            Some(serde_json::json!({"reason": reason})),
+        JobsCmd::Cancel { id, reason, .. } => (
+            vec![a.call(async |c| c.cancel(id, reason).await)?],
+            Format::Human,
         ),
-        JobsCmd::DrainNode { node, reason, .. } => super::api::call(
-            a,
-            "POST",
-            &format!("/api/v1/nodes/{node}/drain"),
-            &[],
-            Some(serde_json::json!({"reason": reason})),
+        JobsCmd::DrainNode { node, reason, .. } => (
+            vec![a.call(async |c| c.drain_node(node, reason).await)?],
+            Format::Human,
         ),
     };
-    let v = r?;
-    let format = match cmd {
-        JobsCmd::List { format, .. }
-        | JobsCmd::DeadLetters { format, .. }
-        | JobsCmd::Show { format, .. } => *format,
-        _ => Format::Human,
-    };
-    match (
-        format,
-        serde_json::from_value::<Vec<Job>>(v.clone()),
-        serde_json::from_value::<Job>(v.clone()),
-    ) {
-        (Format::Human, Ok(list), _) => print_list(&list, Format::Human),
-        (Format::Human, _, Ok(j)) => output::print(&line(&j)),
-        _ => output::print(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&v).unwrap_or_default()
-        )),
+    let single = !matches!(cmd, JobsCmd::List { .. } | JobsCmd::DeadLetters { .. });
+    match (format, single) {
+        (Format::Json, true) => Format::print_json(&jobs[0]),
+        (Format::Json, false) => Format::print_json(&jobs),
+        (_, true) => output::print(&line(&jobs[0])),
+        (_, false) => print_list(&jobs, Format::Human),
     }
     Ok(exit::OK)
 }

@@ -1,9 +1,9 @@
 //! `vakt site build` and `vakt site serve`: the operator site.
 
-use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use sitegen::serve::{Rebuild, ServeState};
 
 use super::RepoOpts;
 use crate::fail::{Exit, Fail};
@@ -190,12 +190,6 @@ fn build(o: BuildOpts) -> Exit {
     Ok(exit::OK)
 }
 
-struct ServeState {
-    site: PathBuf,
-    snippets: PathBuf,
-    version: AtomicU64,
-}
-
 fn serve(o: ServeOpts) -> Exit {
     let mut opts = o.args.options("/snippets/", None);
     opts.live_reload = o.watch;
@@ -225,11 +219,7 @@ fn serve(o: ServeOpts) -> Exit {
         .snippets_dir
         .clone()
         .unwrap_or_else(|| o.args.out.join("snapshot"));
-    let state = Arc::new(ServeState {
-        site: o.args.out.clone(),
-        snippets,
-        version: AtomicU64::new(1),
-    });
+    let state = ServeState::new(o.args.out.clone(), snippets);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -261,14 +251,27 @@ fn serve(o: ServeOpts) -> Exit {
         ));
         let mut _watcher = None;
         if o.watch {
-            match watch(&opts, state.clone()) {
+            let on_rebuild = |r: Rebuild| match r {
+                Rebuild::Built {
+                    pages,
+                    elapsed,
+                    version,
+                } => eprintln!(
+                    "rebuilt {pages} pages in {} ms (version {version})",
+                    elapsed.as_millis()
+                ),
+                Rebuild::Failed(e) => {
+                    eprintln!("error: rebuild failed, still serving the previous site: {e}")
+                }
+            };
+            match sitegen::serve::watch(&opts, state.clone(), on_rebuild) {
                 Ok(w) => _watcher = Some(w),
                 Err(e) => {
                     return Err(Fail::new(exit::COULD_NOT_RUN, e));
                 }
             }
         }
-        let app = http::router(state);
+        let app = sitegen::serve::router(state);
         // Ctrl-C or SIGTERM (systemd, docker stop) ends the server after in-flight requests.
         let shutdown = async {
             #[cfg(unix)]
@@ -291,248 +294,9 @@ fn serve(o: ServeOpts) -> Exit {
                 let _ = tokio::signal::ctrl_c().await;
             }
         };
-        match axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        match sitegen::serve::serve(listener, app, shutdown).await {
             Ok(()) => Ok(exit::OK),
             Err(e) => Err(Fail::could_not_run(format!("HTTP server failed: {e}"))),
         }
     })
-}
-
-/// Rebuilds on every change to the repo or the templates; the caller built once already.
-fn watch(
-    opts: &sitegen::SiteOptions,
-    state: Arc<ServeState>,
-) -> Result<
-    notify_debouncer_full::Debouncer<
-        notify_debouncer_full::notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
-    String,
-> {
-    use notify_debouncer_full::notify::{EventKind, RecursiveMode};
-    let opts = opts.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut d = notify_debouncer_full::new_debouncer(Duration::from_millis(300), None, tx)
-        .map_err(|e| format!("failed to watch: {e}"))?;
-    d.watch(&opts.repo, RecursiveMode::Recursive)
-        .map_err(|e| format!("failed to watch {}: {e}", opts.repo.display()))?;
-    if let Some(t) = &opts.templates {
-        d.watch(t, RecursiveMode::Recursive)
-            .map_err(|e| format!("failed to watch {}: {e}", t.display()))?;
-    }
-    let out = absolute(&opts.out);
-    // With --rev the site follows commits, so changes under .git matter; otherwise they are noise.
-    let skip_git = opts.rev.is_none();
-    std::thread::spawn(move || {
-        for res in rx {
-            let Ok(events) = res else { continue };
-            let relevant = events.iter().any(|ev| {
-                matches!(
-                    ev.kind,
-                    EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
-                ) && ev
-                    .paths
-                    .iter()
-                    .any(|p| !ignored(&absolute(p), &out, skip_git))
-            });
-            if !relevant {
-                continue;
-            }
-            let start = Instant::now();
-            match sitegen::build(&opts) {
-                Ok(r) => {
-                    let v = state.version.fetch_add(1, Ordering::SeqCst) + 1;
-                    eprintln!(
-                        "rebuilt {} pages in {} ms (version {v})",
-                        r.pages,
-                        start.elapsed().as_millis()
-                    );
-                }
-                Err(e) => output::error(&format!(
-                    "rebuild failed, still serving the previous site: {e}"
-                )),
-            }
-        }
-    });
-    Ok(d)
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
-}
-
-/// Changes the watcher should not react to: the output itself, its temporary siblings, and
-/// Git's own files when `skip_git`.
-fn ignored(p: &Path, out: &Path, skip_git: bool) -> bool {
-    if p.starts_with(out) {
-        return true;
-    }
-    let out_name = out
-        .file_name()
-        .map(|n| format!(".{}.", n.to_string_lossy()));
-    p.components().any(|c| match c {
-        Component::Normal(n) => {
-            let n = n.to_string_lossy();
-            (skip_git && n == ".git") || out_name.as_deref().is_some_and(|o| n.starts_with(o))
-        }
-        _ => false,
-    })
-}
-
-mod http {
-    //! The HTTP side of `vakt site serve`: static files, snippets, the reload version.
-
-    use std::path::{Component, Path, PathBuf};
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
-
-    use axum::Router;
-    use axum::extract::{Path as UrlPath, State};
-    use axum::http::{HeaderValue, StatusCode, Uri, header};
-    use axum::response::{IntoResponse, Response};
-    use axum::routing::get;
-
-    use super::ServeState;
-
-    pub fn router(state: Arc<ServeState>) -> Router {
-        Router::new()
-            .route("/__vakt/version", get(version))
-            .route("/snippets/{name}", get(snippet))
-            .fallback(get(static_file))
-            .with_state(state)
-    }
-
-    async fn version(State(s): State<Arc<ServeState>>) -> Response {
-        with_headers(
-            s.version.load(Ordering::SeqCst).to_string().into_bytes(),
-            "text/plain; charset=utf-8",
-        )
-    }
-
-    async fn snippet(State(s): State<Arc<ServeState>>, UrlPath(name): UrlPath<String>) -> Response {
-        let ok = name.ends_with(".json")
-            && name.len() > 5
-            && name[..name.len() - 5]
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c == '-');
-        if !ok {
-            return not_found();
-        }
-        match tokio::fs::read(s.snippets.join(&name)).await {
-            Ok(b) => with_headers(b, "application/json"),
-            Err(_) => not_found(),
-        }
-    }
-
-    fn decode(path: &str) -> Option<String> {
-        let b = path.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'%' {
-                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 3;
-            } else {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(out).ok()
-    }
-
-    /// Maps a URL path to a file under `root`; `None` for anything that could escape it.
-    fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
-        let decoded = decode(url_path)?;
-        if decoded.contains('\\') || decoded.contains('\0') {
-            return None;
-        }
-        let rel = Path::new(decoded.trim_start_matches('/'));
-        let mut p = root.to_owned();
-        for c in rel.components() {
-            match c {
-                Component::Normal(n) if !n.to_string_lossy().starts_with('.') => p.push(n),
-                _ => return None,
-            }
-        }
-        Some(p)
-    }
-
-    async fn static_file(State(s): State<Arc<ServeState>>, uri: Uri) -> Response {
-        let Some(mut p) = resolve(&s.site, uri.path()) else {
-            return not_found();
-        };
-        if p.is_dir() {
-            if !uri.path().ends_with('/') {
-                let mut r = StatusCode::PERMANENT_REDIRECT.into_response();
-                if let Ok(v) = HeaderValue::from_str(&format!("{}/", uri.path())) {
-                    r.headers_mut().insert(header::LOCATION, v);
-                }
-                return r;
-            }
-            p.push("index.html");
-        }
-        match tokio::fs::read(&p).await {
-            Ok(b) => with_headers(b, content_type(&p)),
-            Err(_) => not_found(),
-        }
-    }
-
-    fn content_type(p: &Path) -> &'static str {
-        match p.extension().and_then(|e| e.to_str()) {
-            Some("html") => "text/html; charset=utf-8",
-            Some("css") => "text/css; charset=utf-8",
-            Some("js") => "text/javascript; charset=utf-8",
-            Some("json") => "application/json",
-            Some("svg") => "image/svg+xml",
-            Some("png") => "image/png",
-            Some("txt") => "text/plain; charset=utf-8",
-            _ => "application/octet-stream",
-        }
-    }
-
-    fn with_headers(body: Vec<u8>, ctype: &'static str) -> Response {
-        let mut r = body.into_response();
-        let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(
-            "x-content-type-options",
-            HeaderValue::from_static("nosniff"),
-        );
-        h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-        h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-        r
-    }
-
-    fn not_found() -> Response {
-        (StatusCode::NOT_FOUND, "not found\n").into_response()
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn paths_cannot_escape_the_site() {
-            let root = Path::new("/srv/site");
-            assert_eq!(resolve(root, "/ops/"), Some(PathBuf::from("/srv/site/ops")));
-            assert_eq!(
-                resolve(root, "/runbooks/ops.vakt.drift/"),
-                Some(PathBuf::from("/srv/site/runbooks/ops.vakt.drift"))
-            );
-            for bad in [
-                "/../etc/passwd",
-                "/%2e%2e/x",
-                "/.vakt-site",
-                "/a/..%2f..%2fb",
-                "/a\\b",
-            ] {
-                assert_eq!(resolve(root, bad), None, "{bad}");
-            }
-        }
-    }
 }

@@ -17,6 +17,7 @@
 pub mod access;
 pub mod alerts;
 pub mod api;
+pub mod client;
 pub mod shared;
 pub mod snippets;
 
@@ -254,6 +255,36 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     Ok(())
 }
 
+/// What one pass learns and hands from step to step.
+struct Pass {
+    /// What triggered it (`poll`, `watch`, `nats`, …), the causation of its audit events.
+    source: String,
+    applied: Option<crate::store::state::Applied>,
+    prepared: Option<Prepared>,
+}
+
+/// What a step tells the loop.
+enum Flow {
+    /// Go on with the next step.
+    Next,
+    /// The pass is over, with this outcome (`record` still runs).
+    Done(StepOutcome),
+}
+
+type StepFuture<'a> = futures_util::future::BoxFuture<'a, Result<Flow, String>>;
+type StepFn = for<'a> fn(&'a mut Ctx, &'a mut Pass) -> StepFuture<'a>;
+
+/// The reconcile pass, in order; all steps share one signature. An error ends the pass as
+/// `failed` (retried on the next trigger; streams lost with NATS's data are re-created and the
+/// pass re-run at once). `Ctx::record` runs after them, always.
+const STEPS: [(&str, StepFn); 5] = [
+    ("fetch", Ctx::fetch_step),
+    ("prepare", Ctx::prepare_step),
+    ("skip-repeated-refusal", Ctx::repeat_step),
+    ("measure-drift", Ctx::drift_step),
+    ("apply", Ctx::apply_step),
+];
+
 struct Ctx {
     opts: DaemonOpts,
     store: Store,
@@ -272,9 +303,11 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// One reconcile pass: the steps of [`STEPS`] in order, a rebuild when NATS lost its
+    /// streams, then the `record` step, which always runs.
     async fn step(&mut self, source: &str) {
         let t0 = Instant::now();
-        let mut outcome = self.try_step(source).await;
+        let mut outcome = self.run_steps(source).await;
         if outcome.is_err() {
             let missing = self.store.missing_streams().await;
             if !missing.is_empty() {
@@ -286,12 +319,18 @@ impl Ctx {
                         self.store = store;
                         self.audit = audit;
                         self.prev_desired = None;
-                        outcome = self.try_step(source).await;
+                        outcome = self.run_steps(source).await;
                     }
                     Err(e) => outcome = Err(e.to_string()),
                 }
             }
         }
+        self.record(t0, outcome).await;
+    }
+
+    /// Step `record`, the last of every pass whatever happened before it: the first node poll,
+    /// the step metrics and health, a failure into the status, the status and the snippets.
+    async fn record(&mut self, t0: Instant, outcome: Result<StepOutcome, String>) {
         if self.poll_pending {
             self.poll_pending = false;
             self.poll_nodes().await;
@@ -492,105 +531,158 @@ impl Ctx {
         }
     }
 
-    async fn try_step(&mut self, source: &str) -> Result<StepOutcome, String> {
-        let env = self.opts.target.env.clone();
-        let repo = self.opts.repo.clone();
-        if let Some(remote) = self.opts.remote.clone() {
-            let r = repo.clone();
-            tokio::task::spawn_blocking(move || crate::desired::git::fetch(&r, &remote))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+    /// Runs the steps of one pass in order until one ends it.
+    async fn run_steps(&mut self, source: &str) -> Result<StepOutcome, String> {
+        let mut pass = Pass {
+            source: source.to_owned(),
+            applied: None,
+            prepared: None,
+        };
+        for (name, step) in STEPS {
+            match step(self, &mut pass).await {
+                Ok(Flow::Next) => {}
+                Ok(Flow::Done(outcome)) => {
+                    tracing::debug!(env = %self.opts.target.env, step = name, ?outcome, "pass ended");
+                    return Ok(outcome);
+                }
+                Err(e) => {
+                    tracing::debug!(env = %self.opts.target.env, step = name, error = %e, "step failed");
+                    return Err(e);
+                }
+            }
         }
-        let applied = run::applied(&self.store).await.map_err(|e| e.to_string())?;
-        let prev_head = applied.as_ref().and_then(|a| a.branch_head.clone());
-        let remote = self.opts.remote.is_some();
-        let today = time::OffsetDateTime::now_utc().date();
-        // A pinned rollback stays until the branch head moves.
-        let pinned_rev = applied
-            .as_ref()
-            .filter(|a| a.pinned)
-            .map(|a| (a.commit.clone(), a.branch_head.clone()));
-        let prev = self.prev_desired.take();
-        let r2 = repo.clone();
-        let env2 = env.clone();
-        let prepared: Prepared = tokio::task::spawn_blocking(move || {
-            let branch_override =
-                remote.then(|| format!("origin/{}", crate::env_branch(&r2, &env2)));
-            let mut p = run::prepare_with(
-                &r2,
-                &env2,
-                None,
-                prev_head.as_deref(),
-                today,
-                branch_override.as_deref(),
-                prev,
-            )?;
-            if let Some((commit, Some(head))) = pinned_rev
-                && head == p.branch_head
-            {
-                p = run::prepare_with(
+        Ok(StepOutcome::Noop)
+    }
+
+    /// Step `fetch`: with `--remote`, fetch the env branches (gix, on a blocking thread).
+    fn fetch_step<'a>(c: &'a mut Ctx, _: &'a mut Pass) -> StepFuture<'a> {
+        Box::pin(async move {
+            if let Some(remote) = c.opts.remote.clone() {
+                let r = c.opts.repo.clone();
+                tokio::task::spawn_blocking(move || crate::desired::git::fetch(&r, &remote))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(Flow::Next)
+        })
+    }
+
+    /// Step `prepare`: resolve the branch (or keep a pinned rollback), validate and compile
+    /// the commit (incrementally from the last one), and hand the applied commit's model to the
+    /// API and the node poller.
+    fn prepare_step<'a>(c: &'a mut Ctx, p: &'a mut Pass) -> StepFuture<'a> {
+        Box::pin(async move {
+            let env = c.opts.target.env.clone();
+            let applied = run::applied(&c.store).await.map_err(|e| e.to_string())?;
+            let prev_head = applied.as_ref().and_then(|a| a.branch_head.clone());
+            let remote = c.opts.remote.is_some();
+            let today = time::OffsetDateTime::now_utc().date();
+            // A pinned rollback stays until the branch head moves.
+            let pinned_rev = applied
+                .as_ref()
+                .filter(|a| a.pinned)
+                .map(|a| (a.commit.clone(), a.branch_head.clone()));
+            let prev = c.prev_desired.take();
+            let r2 = c.opts.repo.clone();
+            let env2 = env.clone();
+            let prepared: Prepared = tokio::task::spawn_blocking(move || {
+                let branch_override =
+                    remote.then(|| format!("origin/{}", crate::env_branch(&r2, &env2)));
+                let mut p = run::prepare_with(
                     &r2,
                     &env2,
-                    Some(&commit),
                     None,
+                    prev_head.as_deref(),
                     today,
                     branch_override.as_deref(),
-                    None,
+                    prev,
                 )?;
+                if let Some((commit, Some(head))) = pinned_rev
+                    && head == p.branch_head
+                {
+                    p = run::prepare_with(
+                        &r2,
+                        &env2,
+                        Some(&commit),
+                        None,
+                        today,
+                        branch_override.as_deref(),
+                        None,
+                    )?;
+                }
+                Ok::<_, Error>(p)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            if let Some(d) = &prepared.desired {
+                let first = c.declared.is_empty();
+                c.declared = crate::ops::nodes::declared_nodes(d);
+                if let Ok(mut g) = c.shared.declared.lock() {
+                    *g = c.declared.clone();
+                }
+                if let Ok(mut g) = c.shared.access.lock() {
+                    *g = access::Access::from_desired(d);
+                }
+                if let Ok(mut g) = c.shared.desired.lock() {
+                    *g = Some(Arc::new(d.clone()));
+                }
+                c.prev_desired = Some(d.clone());
+                // First inventory: poll the nodes right after this step's apply, not before it
+                // (a hanging node must not delay the apply).
+                c.poll_pending |= first;
             }
-            Ok::<_, Error>(p)
+            p.applied = applied;
+            p.prepared = Some(prepared);
+            Ok(Flow::Next)
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        if let Some(d) = &prepared.desired {
-            let first = self.declared.is_empty();
-            self.declared = crate::ops::nodes::declared_nodes(d);
-            if let Ok(mut g) = self.shared.declared.lock() {
-                *g = self.declared.clone();
+    }
+
+    /// Step `skip-repeated-refusal`: a commit already refused for validation or a rewind is not
+    /// refused (and audited) again on every tick.
+    fn repeat_step<'a>(c: &'a mut Ctx, p: &'a mut Pass) -> StepFuture<'a> {
+        Box::pin(async move {
+            let Some(prepared) = &p.prepared else {
+                return Ok(Flow::Next);
+            };
+            let key = (prepared.commit.clone(), prepared.branch_head.clone());
+            let repeat = c.last_refused.as_ref() == Some(&key);
+            if repeat && prepared.desired.is_none() {
+                return Ok(Flow::Done(StepOutcome::Refused(RefusalKind::InvalidCommit)));
             }
-            if let Ok(mut g) = self.shared.access.lock() {
-                *g = access::Access::from_desired(d);
+            if repeat && prepared.moved_backwards_from.is_some() {
+                return Ok(Flow::Done(StepOutcome::Refused(RefusalKind::BranchRewound)));
             }
-            if let Ok(mut g) = self.shared.desired.lock() {
-                *g = Some(Arc::new(d.clone()));
+            Ok(Flow::Next)
+        })
+    }
+
+    /// Step `measure-drift`: with self-heal off and the commit already applied, measure drift
+    /// (metrics and status) and end the pass without writing.
+    fn drift_step<'a>(c: &'a mut Ctx, p: &'a mut Pass) -> StepFuture<'a> {
+        Box::pin(async move {
+            let Some(prepared) = &p.prepared else {
+                return Ok(Flow::Next);
+            };
+            let Some(d) = prepared.desired.as_ref() else {
+                return Ok(Flow::Next);
+            };
+            let self_heal = d.manifest.environments[&c.opts.target.env].policy.self_heal;
+            let same_commit = p
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.commit == prepared.commit);
+            if !same_commit || self_heal {
+                return Ok(Flow::Next);
             }
-            self.prev_desired = Some(d.clone());
-            // First inventory: poll the nodes right after this step's apply, not before it (a
-            // hanging node must not delay the apply).
-            self.poll_pending |= first;
-        }
-        let key = (prepared.commit.clone(), prepared.branch_head.clone());
-        let policy_self_heal = prepared
-            .desired
-            .as_ref()
-            .map(|d| d.manifest.environments[&env].policy.self_heal)
-            .unwrap_or(false);
-        let refusal_repeat = self.last_refused.as_ref() == Some(&key);
-        if refusal_repeat && (prepared.desired.is_none() || prepared.moved_backwards_from.is_some())
-        {
-            return Ok(StepOutcome::Refused(if prepared.desired.is_none() {
-                RefusalKind::InvalidCommit
-            } else {
-                RefusalKind::BranchRewound
-            }));
-        }
-        let same_commit = applied
-            .as_ref()
-            .is_some_and(|a| a.commit == prepared.commit);
-        if same_commit
-            && !policy_self_heal
-            && let Some(d) = prepared.desired.as_ref()
-        {
-            // Measure drift only.
-            let report = crate::ops::drift::drift(&self.store, d)
+            let report = crate::ops::drift::drift(&c.store, d)
                 .await
                 .map_err(|e| e.to_string())?;
-            self.record_drift(&report);
-            self.update_commit_age(&prepared);
+            c.record_drift(&report);
+            c.update_commit_age(prepared);
             let n = report.drifted.len() + report.orphans.len();
-            let _ = crate::ops::apply::set_status(&self.store, |s| {
+            let _ = crate::ops::apply::set_status(&c.store, |s| {
                 s.drifted_keys = n;
                 if n > 0 {
                     s.state = crate::outcome::SyncState::Drift;
@@ -599,45 +691,55 @@ impl Ctx {
                 }
             })
             .await;
-            return Ok(StepOutcome::Noop);
-        }
-        let mut opts = ApplyOpts::new(&self.opts.actor);
-        opts.causation_id = Some(format!("trigger:{source}"));
-        opts.site = self.opts.site.clone();
-        match run::guarded_apply(
-            &self.store,
-            &mut self.audit,
-            &prepared,
-            &opts,
-            self.opts.allow_rewind,
-            None,
-        )
-        .await
-        {
-            Ok(r) => {
-                self.last_refused = None;
-                for b in Bucket::ALL {
-                    self.shared.drifted.get_or_create(&self.bucket_l(b)).set(0);
+            Ok(Flow::Done(StepOutcome::Noop))
+        })
+    }
+
+    /// Step `apply`: the guards, one plan against the live buckets, policy, and the writes.
+    fn apply_step<'a>(c: &'a mut Ctx, p: &'a mut Pass) -> StepFuture<'a> {
+        Box::pin(async move {
+            let Some(prepared) = &p.prepared else {
+                return Ok(Flow::Done(StepOutcome::Noop));
+            };
+            let env = c.opts.target.env.clone();
+            let mut opts = ApplyOpts::new(&c.opts.actor);
+            opts.causation_id = Some(format!("trigger:{}", p.source));
+            opts.site = c.opts.site.clone();
+            match run::guarded_apply(
+                &c.store,
+                &mut c.audit,
+                prepared,
+                &opts,
+                c.opts.allow_rewind,
+                None,
+            )
+            .await
+            {
+                Ok(r) => {
+                    c.last_refused = None;
+                    for b in Bucket::ALL {
+                        c.shared.drifted.get_or_create(&c.bucket_l(b)).set(0);
+                    }
+                    c.update_commit_age(prepared);
+                    if r.written > 0 {
+                        tracing::info!(env = %env, commit = %prepared.commit, written = r.written, "applied");
+                        Ok(Flow::Done(StepOutcome::Applied))
+                    } else {
+                        Ok(Flow::Done(StepOutcome::Noop))
+                    }
                 }
-                self.update_commit_age(&prepared);
-                if r.written > 0 {
-                    tracing::info!(env = %env, commit = %prepared.commit, written = r.written, "applied");
-                    Ok(StepOutcome::Applied)
-                } else {
-                    Ok(StepOutcome::Noop)
+                Err(ApplyError::Refused { kind, reason, .. }) => {
+                    c.shared
+                        .refused
+                        .get_or_create(&c.shared.l("reason", kind.metric_label()))
+                        .inc();
+                    c.last_refused = Some((prepared.commit.clone(), prepared.branch_head.clone()));
+                    tracing::warn!(env = %env, %reason, "refused");
+                    Ok(Flow::Done(StepOutcome::Refused(kind)))
                 }
+                Err(e) => Err(e.to_string()),
             }
-            Err(ApplyError::Refused { kind, reason, .. }) => {
-                self.shared
-                    .refused
-                    .get_or_create(&self.shared.l("reason", kind.metric_label()))
-                    .inc();
-                self.last_refused = Some(key);
-                tracing::warn!(env = %env, %reason, "refused");
-                Ok(StepOutcome::Refused(kind))
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        })
     }
 
     fn bucket_l(&self, b: Bucket) -> Labels {

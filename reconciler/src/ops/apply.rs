@@ -55,6 +55,31 @@ pub struct ApplyOpts {
     pub progress: Option<crate::Progress>,
 }
 
+/// Fault-injection hooks for the end-to-end crash tests. They read `VAKT_TEST_*` variables only
+/// in builds with the `fault-injection` feature (the test suite's); a release build of `vakt`
+/// has no such hooks and ignores the variables.
+mod fault {
+    #[cfg(feature = "fault-injection")]
+    pub fn env_usize(name: &str) -> Option<usize> {
+        std::env::var(name).ok().and_then(|s| s.parse().ok())
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub fn env_path(name: &str) -> Option<std::path::PathBuf> {
+        std::env::var_os(name).map(Into::into)
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    pub fn env_usize(_: &str) -> Option<usize> {
+        None
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    pub fn env_path(_: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+}
+
 impl ApplyOpts {
     pub fn new(actor: &str) -> Self {
         ApplyOpts {
@@ -64,13 +89,9 @@ impl ApplyOpts {
             now: OffsetDateTime::now_utc(),
             branch_head: None,
             window: 512,
-            crash_after_writes: std::env::var("VAKT_TEST_CRASH_AFTER_WRITES")
-                .ok()
-                .and_then(|s| s.parse().ok()),
-            pause_after_writes: std::env::var("VAKT_TEST_PAUSE_AFTER_WRITES")
-                .ok()
-                .and_then(|s| s.parse().ok()),
-            pause_until: std::env::var_os("VAKT_TEST_PAUSE_UNTIL").map(Into::into),
+            crash_after_writes: fault::env_usize("VAKT_TEST_CRASH_AFTER_WRITES"),
+            pause_after_writes: fault::env_usize("VAKT_TEST_PAUSE_AFTER_WRITES"),
+            pause_until: fault::env_path("VAKT_TEST_PAUSE_UNTIL"),
             causation_id: None,
             site: None,
             progress: None,

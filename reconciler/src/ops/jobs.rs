@@ -498,13 +498,7 @@ pub async fn run_one(
     let Some((mut j, mut rev)) = get(store, id).await? else {
         return Ok(());
     };
-    let resumed = j.state == JobState::Running;
-    j.state = JobState::Running;
-    j.owner = Some(me.to_owned());
-    j.lease_until = Some(rfc(time::OffsetDateTime::now_utc() + lease));
-    if !resumed {
-        j.attempts += 1;
-    }
+    let resumed = j.claim(me, time::OffsetDateTime::now_utc(), lease);
     match save(&store.jobs, &mut j, rev).await? {
         Some(r) => rev = r,
         None => return Ok(()), // another replica claimed it
@@ -538,11 +532,7 @@ pub async fn run_one(
             .await;
             return Ok(());
         }
-        let Some(i) = j
-            .steps
-            .iter()
-            .position(|s| s.state != "done" && s.state != "skipped")
-        else {
+        let Some(i) = j.next_step() else {
             j.state = JobState::Succeeded;
             j.error = None;
             j.owner = None;
@@ -584,39 +574,75 @@ pub async fn run_one(
                 .await;
             }
             (_, _, Some((why, retryable))) => {
-                j.steps[i].state = "failed".into();
-                j.steps[i].detail = Some(why.clone());
-                j.steps[i].finished_at = Some(now_rfc3339());
-                // A failed attempt restarts from preflight (placement untouched unless written).
-                for s in &mut j.steps[..i] {
-                    if s.name != "write-placement" {
-                        s.state = "pending".into();
-                    }
-                }
-                j.steps[i].state = "pending".into();
-                j.error = Some(format!("{name}: {why}"));
-                j.retryable = retryable;
-                j.owner = None;
-                j.lease_until = None;
-                let (state, action) = if j.cancel_requested {
-                    (JobState::Cancelled, "job.cancelled")
-                } else if !retryable {
-                    (JobState::Failed, "job.failed")
-                } else if j.attempts >= j.max_attempts {
-                    (JobState::DeadLettered, "job.dead-lettered")
-                } else {
-                    let wait = j.backoff_ms << (j.attempts.saturating_sub(1)).min(10);
-                    j.next_attempt_at = Some(rfc(
-                        time::OffsetDateTime::now_utc() + Duration::from_millis(wait)
-                    ));
-                    (JobState::Retrying, "job.retrying")
-                };
-                j.state = state;
+                let (state, action) =
+                    j.fail_attempt(i, &why, retryable, time::OffsetDateTime::now_utc());
                 let _ = save(&store.jobs, &mut j, rev).await?;
                 audit_job(audit, me, &j, action, state.as_str(), j.error.clone()).await;
                 return Ok(());
             }
         }
+    }
+}
+
+impl Job {
+    /// The job state machine, part 1: a replica claims the job for one attempt (or resumes the
+    /// attempt a lapsed owner left running). Returns whether it resumed.
+    pub fn claim(&mut self, me: &str, now: time::OffsetDateTime, lease: Duration) -> bool {
+        let resumed = self.state == JobState::Running;
+        self.state = JobState::Running;
+        self.owner = Some(me.to_owned());
+        self.lease_until = Some(rfc(now + lease));
+        if !resumed {
+            self.attempts += 1;
+        }
+        resumed
+    }
+
+    /// The first step not done or skipped; `None` when the job has succeeded.
+    pub fn next_step(&self) -> Option<usize> {
+        self.steps
+            .iter()
+            .position(|s| s.state != "done" && s.state != "skipped")
+    }
+
+    /// The job state machine, part 2: step `i` failed. The attempt ends; the next one restarts
+    /// from preflight, except that a placement already written is never written again. The job
+    /// is cancelled if an operator asked, failed if the error is not retryable, dead-lettered
+    /// at `max_attempts`, else retrying after an exponential backoff. Returns the new state and
+    /// the audit action that records it.
+    pub fn fail_attempt(
+        &mut self,
+        i: usize,
+        why: &str,
+        retryable: bool,
+        now: time::OffsetDateTime,
+    ) -> (JobState, &'static str) {
+        let name = self.steps[i].name.clone();
+        self.steps[i].detail = Some(why.to_owned());
+        self.steps[i].finished_at = Some(rfc(now));
+        for s in &mut self.steps[..i] {
+            if s.name != "write-placement" {
+                s.state = "pending".into();
+            }
+        }
+        self.steps[i].state = "pending".into();
+        self.error = Some(format!("{name}: {why}"));
+        self.retryable = retryable;
+        self.owner = None;
+        self.lease_until = None;
+        let (state, action) = if self.cancel_requested {
+            (JobState::Cancelled, "job.cancelled")
+        } else if !retryable {
+            (JobState::Failed, "job.failed")
+        } else if self.attempts >= self.max_attempts {
+            (JobState::DeadLettered, "job.dead-lettered")
+        } else {
+            let wait = self.backoff_ms << (self.attempts.saturating_sub(1)).min(10);
+            self.next_attempt_at = Some(rfc(now + Duration::from_millis(wait)));
+            (JobState::Retrying, "job.retrying")
+        };
+        self.state = state;
+        (state, action)
     }
 }
 
@@ -974,4 +1000,141 @@ async fn change(
         crate::outcome::RefusalKind::ActionNotAllowed,
         format!("{id} kept changing; try again"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(max_attempts: u32) -> Job {
+        let m = Migration {
+            tenant: "acme".into(),
+            service_kind: "gateway".into(),
+            from_shard: "gw-a".into(),
+            to_shard: "gw-b".into(),
+            from_node: "n1".into(),
+            to_node: "n2".into(),
+            key: "gateway.acme".into(),
+            value: "{}".into(),
+            digest: "sha256:x".into(),
+            expected_revision: 7,
+            commit: "c".repeat(40),
+        };
+        let drain = serde_json::json!({"max_attempts": max_attempts, "drain_timeout": "2m", "poll_interval": "250ms"});
+        let mut j = Job::queued(
+            "job-0123456789ab".into(),
+            "tenant-migration",
+            "dev",
+            m,
+            &STEPS,
+            &drain,
+            "plan-0123456789ab".into(),
+            None,
+        );
+        j.backoff_ms = 1000;
+        j
+    }
+
+    fn t0() -> time::OffsetDateTime {
+        time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000)
+    }
+
+    #[test]
+    fn drain_limits_are_read_from_the_config_durations() {
+        let j = job(3);
+        assert_eq!(j.drain_timeout_ms, 120_000);
+        assert_eq!(j.poll_interval_ms, 250);
+        assert_eq!(j.max_attempts, 3);
+        assert_eq!(j.state, JobState::Queued);
+        assert_eq!(j.next_step(), Some(0));
+    }
+
+    #[test]
+    fn a_claim_counts_an_attempt_and_a_resume_does_not() {
+        let mut j = job(3);
+        assert!(!j.claim("r1", t0(), Duration::from_secs(30)));
+        assert_eq!((j.attempts, j.state), (1, JobState::Running));
+        assert_eq!(j.owner.as_deref(), Some("r1"));
+        // Another replica takes over a running job whose lease lapsed: same attempt.
+        assert!(j.claim("r2", t0(), Duration::from_secs(30)));
+        assert_eq!(j.attempts, 1);
+        assert_eq!(j.owner.as_deref(), Some("r2"));
+    }
+
+    #[test]
+    fn a_failed_attempt_retries_with_backoff_then_dead_letters() {
+        let mut j = job(3);
+        for attempt in 1..=2u32 {
+            j.claim("r1", t0(), Duration::from_secs(30));
+            assert_eq!(j.attempts, attempt);
+            let (state, action) = j.fail_attempt(1, "node n1 refused", true, t0());
+            assert_eq!((state, action), (JobState::Retrying, "job.retrying"));
+            let wait = time::Duration::milliseconds(1000 << (attempt - 1));
+            assert_eq!(j.next_attempt_at, Some(rfc(t0() + wait)), "backoff doubles");
+            assert_eq!(j.owner, None);
+            assert_eq!(j.error.as_deref(), Some("drain: node n1 refused"));
+        }
+        j.claim("r1", t0(), Duration::from_secs(30));
+        let (state, action) = j.fail_attempt(0, "still down", true, t0());
+        assert_eq!(
+            (state, action),
+            (JobState::DeadLettered, "job.dead-lettered")
+        );
+        assert!(state.finished());
+    }
+
+    #[test]
+    fn a_retry_restarts_from_preflight_but_never_rewrites_the_placement() {
+        let mut j = job(5);
+        j.claim("r1", t0(), Duration::from_secs(30));
+        for s in &mut j.steps[..4] {
+            s.state = "done".into();
+        }
+        // `reload` (index 4) fails after the placement was written.
+        j.fail_attempt(4, "reload timed out", true, t0());
+        let states: Vec<(&str, &str)> = j
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.state.as_str()))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("preflight", "pending"),
+                ("drain", "pending"),
+                ("wait-drained", "pending"),
+                ("write-placement", "done"),
+                ("reload", "pending"),
+                ("verify", "pending"),
+            ]
+        );
+        assert_eq!(j.next_step(), Some(0));
+    }
+
+    #[test]
+    fn an_unretryable_failure_fails_and_a_cancel_wins_over_both() {
+        let mut j = job(5);
+        j.claim("r1", t0(), Duration::from_secs(30));
+        assert_eq!(
+            j.fail_attempt(0, "tenant unknown to node", false, t0()),
+            (JobState::Failed, "job.failed")
+        );
+        assert!(!j.retryable);
+        let mut j = job(1);
+        j.claim("r1", t0(), Duration::from_secs(30));
+        j.cancel_requested = true;
+        assert_eq!(
+            j.fail_attempt(0, "x", true, t0()),
+            (JobState::Cancelled, "job.cancelled")
+        );
+    }
+
+    #[test]
+    fn a_job_with_every_step_done_or_skipped_has_no_next_step() {
+        let mut j = job(3);
+        for (i, s) in j.steps.iter_mut().enumerate() {
+            s.state = if i % 2 == 0 { "done" } else { "skipped" }.into();
+        }
+        assert_eq!(j.next_step(), None);
+    }
 }
