@@ -22,6 +22,7 @@ pub mod plan;
 pub mod promote;
 pub mod run;
 pub mod saved;
+pub mod sitelinks;
 pub mod snippets;
 pub mod state;
 pub mod store;
