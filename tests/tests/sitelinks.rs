@@ -164,7 +164,11 @@ fn site_leaders_measure_each_other_and_a_lost_site_raises_the_link_condition() {
 fn a_standby_taking_a_site_lease_over_is_a_failover_on_the_datacenter_view() {
     let repo = ops_git();
     let n = NatsServer::start();
-    let osl = Daemon::start(repo.path(), &n, "dev", "osl1-a", &args("osl1"));
+    let snippets = tempfile::tempdir().unwrap();
+    let snippets_dir = snippets.path().to_string_lossy().into_owned();
+    let mut osl_args = args("osl1");
+    osl_args.extend(["--snippets", snippets_dir.as_str()]);
+    let osl = Daemon::start(repo.path(), &n, "dev", "osl1-a", &osl_args);
     let mut bgo_a = Daemon::start(repo.path(), &n, "dev", "bgo1-a", &args("bgo1"));
     assert!(wait_until(Duration::from_secs(15), || bgo_a.is_leader()));
     let bgo_b = Daemon::start(repo.path(), &n, "dev", "bgo1-b", &args("bgo1"));
@@ -204,6 +208,44 @@ fn a_standby_taking_a_site_lease_over_is_a_failover_on_the_datacenter_view() {
     let f = failover(&osl).unwrap();
     assert_eq!(f["scope"], "control-plane");
     assert!(f["reason"].as_str().unwrap().contains("bgo1-a"), "{f}");
+    // The datacenter view built from osl1's snippets shows the measured link and the failover.
+    assert!(
+        wait_until(Duration::from_secs(20), || link(
+            &osl,
+            "osl1",
+            "bgo1",
+            "nats-cluster-route"
+        )
+        .is_some_and(|l| l["status"] == "ok" && l["rtt_ms"].is_number())),
+        "{:?}",
+        link(&osl, "osl1", "bgo1", "nats-cluster-route")
+    );
+    publish(&n.url(), "vakt.trigger.dev");
+    let out = tempfile::tempdir().unwrap();
+    let site_out = out.path().join("site");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let o = vakt_tests::vakt(&[
+                "site",
+                "build",
+                "--repo",
+                &repo.path().to_string_lossy(),
+                "--env",
+                "dev",
+                "--out",
+                &site_out.to_string_lossy(),
+                "--snippets-dir",
+                &snippets_dir,
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let html = std::fs::read_to_string(site_out.join("sites/index.html")).unwrap();
+            html.contains("data-link=\"osl1:bgo1:nats-cluster-route\"")
+                && html.contains(" ms of max 15ms")
+                && html.contains("<td>bgo1-a</td><td>bgo1-b</td>")
+        }),
+        "{}",
+        std::fs::read_to_string(site_out.join("sites/index.html")).unwrap_or_default()
+    );
     // The new leader measures the link as well.
     assert!(
         wait_until(Duration::from_secs(20), || link(
