@@ -962,8 +962,13 @@ async fn lease_loop(
                     shared.is_leader.store(true, Ordering::SeqCst);
                     let _ = tx.try_send("leader".into());
                     if let Some(prev) = other_holder.take() {
-                        let (store, site, actor, key, me) =
-                            (store.clone(), site.clone(), actor.clone(), key.clone(), me.clone());
+                        let (store, site, actor, key, me) = (
+                            store.clone(),
+                            site.clone(),
+                            actor.clone(),
+                            key.clone(),
+                            me.clone(),
+                        );
                         tokio::spawn(async move {
                             let recorded = match Audit::open(&store).await {
                                 Ok(mut audit) => {

@@ -732,7 +732,11 @@ pub async fn start(
     let m = monitor;
     let mut sd = shutdown;
     tokio::spawn(async move {
-        let http = m.opts.nats_monitor.as_ref().map(|_| crate::alerts::client());
+        let http = m
+            .opts
+            .nats_monitor
+            .as_ref()
+            .map(|_| crate::alerts::client());
         let mut tick = tokio::time::interval(m.opts.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -802,9 +806,10 @@ pub async fn start(
 /// Reads `/routez` and `/gatewayz` (bounded time and body, as every other fetch).
 async fn read_server_links(http: &reqwest::Client, base: &str) -> Result<RouteGateway, String> {
     let base = base.trim_end_matches('/');
-    let routez: Routez = crate::alerts::fetch_json(http, &format!("{base}/routez"), MAX_MONITOR_BODY)
-        .await
-        .map_err(|e| e.to_string())?;
+    let routez: Routez =
+        crate::alerts::fetch_json(http, &format!("{base}/routez"), MAX_MONITOR_BODY)
+            .await
+            .map_err(|e| e.to_string())?;
     // A server without gateways answers /gatewayz with an empty object.
     let gatewayz: Gatewayz =
         crate::alerts::fetch_json(http, &format!("{base}/gatewayz"), MAX_MONITOR_BODY)
@@ -830,7 +835,10 @@ async fn read_server_links(http: &reqwest::Client, base: &str) -> Result<RouteGa
             .map(|(n, g)| {
                 (
                     cut(n),
-                    cut(g.connection.and_then(|c| c.rtt).unwrap_or_else(|| "?".into())),
+                    cut(g
+                        .connection
+                        .and_then(|c| c.rtt)
+                        .unwrap_or_else(|| "?".into())),
                 )
             })
             .collect(),
@@ -1048,7 +1056,14 @@ mod tests {
         // Exactly at the limit still up; past it down.
         assert_eq!(classify(&l, Some(t0), fast, t0, t0 + i * 3, i), Status::Ok);
         assert_eq!(
-            classify(&l, Some(t0), fast, t0, t0 + i * 3 + Duration::from_millis(1), i),
+            classify(
+                &l,
+                Some(t0),
+                fast,
+                t0,
+                t0 + i * 3 + Duration::from_millis(1),
+                i
+            ),
             Status::Down
         );
     }
@@ -1068,7 +1083,11 @@ mod tests {
             m.record_probe("bgo1", Ok(Duration::from_millis(ms_)), t0);
         }
         let v = m.view_at(t0);
-        let st: Vec<_> = v.links.iter().map(|l| (l.kind.as_str(), l.status)).collect();
+        let st: Vec<_> = v
+            .links
+            .iter()
+            .map(|l| (l.kind.as_str(), l.status))
+            .collect();
         assert_eq!(
             st,
             vec![
@@ -1091,7 +1110,11 @@ mod tests {
         assert!(m.settle(later));
         assert_eq!(gauge(&m, "bgo1", "nats-cluster-route"), Some(0));
         let v = m.view_at(later);
-        assert!(v.links.iter().all(|l| l.status == Status::Down && l.rtt.is_none()));
+        assert!(
+            v.links
+                .iter()
+                .all(|l| l.status == Status::Down && l.rtt.is_none())
+        );
         let mut snap = SitesSnippet {
             version: 1,
             generated_at: String::new(),

@@ -33,10 +33,7 @@ fn snippet(d: &Daemon, name: &str) -> Option<Value> {
 /// The link `from → to` of `kind` in a daemon's `sites` snippet.
 fn link(d: &Daemon, from: &str, to: &str, kind: &str) -> Option<Value> {
     let s = snippet(d, "sites")?;
-    s["sites"]
-        .as_array()?
-        .iter()
-        .find(|x| x["id"] == from)?["links"]
+    s["sites"].as_array()?.iter().find(|x| x["id"] == from)?["links"]
         .as_array()?
         .iter()
         .find(|l| l["to"] == to && l["kind"] == kind)
@@ -45,9 +42,8 @@ fn link(d: &Daemon, from: &str, to: &str, kind: &str) -> Option<Value> {
 
 fn metric(d: &Daemon, from: &str, to: &str, kind: &str) -> Option<String> {
     let (_, m) = d.get("/metrics")?;
-    let key = format!(
-        "vakt_site_link_up{{env=\"dev\",from=\"{from}\",to=\"{to}\",kind=\"{kind}\"}} "
-    );
+    let key =
+        format!("vakt_site_link_up{{env=\"dev\",from=\"{from}\",to=\"{to}\",kind=\"{kind}\"}} ");
     m.lines()
         .find_map(|l| l.strip_prefix(&key).map(|v| v.trim().to_owned()))
 }
@@ -117,7 +113,8 @@ fn site_leaders_measure_each_other_and_a_lost_site_raises_the_link_condition() {
             &osl, "osl1", "bgo1"
         )
         .is_some()
-            && metric(&osl, "osl1", "bgo1", "nats-cluster-route").as_deref() == Some("0")),
+            && metric(&osl, "osl1", "bgo1", "nats-cluster-route").as_deref()
+                == Some("0")),
         "no site-link condition on osl1: {:?}",
         snippet(&osl, "actions").map(|a| a["conditions"].clone())
     );
@@ -127,8 +124,14 @@ fn site_leaders_measure_each_other_and_a_lost_site_raises_the_link_condition() {
     assert_eq!(c["escalation_class"], "urgent");
     assert_eq!(c["remediation_mode"], "manual");
     assert_eq!(c["site"], "osl1");
-    assert!(c["title"].as_str().unwrap().contains("osl1 → bgo1 down"), "{c}");
-    assert!(c["detail"].as_str().unwrap().contains("no probe answer"), "{c}");
+    assert!(
+        c["title"].as_str().unwrap().contains("osl1 → bgo1 down"),
+        "{c}"
+    );
+    assert!(
+        c["detail"].as_str().unwrap().contains("no probe answer"),
+        "{c}"
+    );
     let s = snippet(&osl, "sites").unwrap();
     assert!(
         s["conditions"]
@@ -152,7 +155,8 @@ fn site_leaders_measure_each_other_and_a_lost_site_raises_the_link_condition() {
             &osl, "osl1", "bgo1"
         )
         .is_none()
-            && metric(&osl, "osl1", "bgo1", "nats-cluster-route").as_deref() == Some("1")
+            && metric(&osl, "osl1", "bgo1", "nats-cluster-route").as_deref()
+                == Some("1")
             && link(&osl, "osl1", "bgo1", "nats-cluster-route")
                 .is_some_and(|l| l["status"] == "ok")),
         "the condition did not clear: {:?}",
@@ -257,5 +261,53 @@ fn a_standby_taking_a_site_lease_over_is_a_failover_on_the_datacenter_view() {
         .is_some_and(|l| l["status"] == "ok")),
         "{:?}",
         link(&bgo_b, "bgo1", "osl1", "nats-cluster-route")
+    );
+}
+
+#[test]
+fn nats_route_state_from_the_monitoring_port_is_shown_on_the_route_link() {
+    let repo = ops_git();
+    let monitor = vakt_tests::nats::port();
+    let n = NatsServer::start_with(vec!["-m".into(), monitor.to_string()]);
+    let url = format!("http://127.0.0.1:{monitor}");
+    let mut a = args("osl1");
+    a.extend(["--nats-monitor", url.as_str()]);
+    let osl = Daemon::start(repo.path(), &n, "dev", "osl1-a", &a);
+    let _bgo = Daemon::start(repo.path(), &n, "dev", "bgo1-a", &args("bgo1"));
+    // A single server has no routes: the route link says so; other kinds carry no route state.
+    assert!(
+        wait_until(Duration::from_secs(30), || link(
+            &osl,
+            "osl1",
+            "bgo1",
+            "nats-cluster-route"
+        )
+        .is_some_and(|l| l["status"] == "ok"
+            && l["detail"] == "nats-server: no route connected")),
+        "{:?}",
+        link(&osl, "osl1", "bgo1", "nats-cluster-route")
+    );
+    assert!(
+        link(&osl, "osl1", "bgo1", "postgres-replication").unwrap()["detail"].is_null(),
+        "{:?}",
+        link(&osl, "osl1", "bgo1", "postgres-replication")
+    );
+    // A monitoring URL that does not answer is said, not hidden.
+    let dead = format!("http://127.0.0.1:{}", vakt_tests::nats::port());
+    let mut b = args("osl1");
+    b.extend(["--nats-monitor", dead.as_str()]);
+    drop(osl);
+    let osl = Daemon::start(repo.path(), &n, "dev", "osl1-b", &b);
+    assert!(
+        wait_until(Duration::from_secs(30), || link(
+            &osl,
+            "osl1",
+            "bgo1",
+            "nats-cluster-route"
+        )
+        .and_then(|l| l["detail"].as_str().map(str::to_owned))
+        .is_some_and(|d| d.contains("nats-server monitoring unreadable"))),
+        "{:?}",
+        link(&osl, "osl1", "bgo1", "nats-cluster-route")
     );
 }
