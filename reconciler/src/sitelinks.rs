@@ -47,8 +47,11 @@ const MAX_MONITOR_BODY: usize = 4 << 20;
 pub const MAX_FAILOVERS: usize = 20;
 /// Audit action of a lease takeover.
 pub const TAKEOVER_ACTION: &str = "leader.takeover";
-/// Without a status change, the snippets are refreshed at most this often for new RTTs.
-const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// Without a verdict change, the snippets are refreshed this often (two intervals, within
+/// these bounds) for fresh RTTs, and in case a refresh could not run when a verdict changed
+/// (before the first apply, say).
+const REFRESH_MIN: Duration = Duration::from_secs(5);
+const REFRESH_MAX: Duration = Duration::from_secs(30);
 
 type Labels = Vec<(String, String)>;
 
@@ -249,7 +252,8 @@ struct Inner {
     /// When this replica became leader (measurements start then).
     leading_since: Option<Instant>,
     server: ServerLinks,
-    last_statuses: Vec<Status>,
+    /// Verdicts at the last round (own links, reported links, silent sites).
+    last_statuses: Vec<(String, Status)>,
     last_notify: Option<Instant>,
 }
 
@@ -572,7 +576,23 @@ impl Monitor {
                 }
             }
         }
-        let statuses: Vec<Status> = view.links.iter().map(|m| m.status).collect();
+        // Own verdicts, the other sites' reported ones and who fell silent: a change in any of
+        // them is a change on the page.
+        let statuses: Vec<(String, Status)> = view
+            .links
+            .iter()
+            .map(|m| (format!("{}>{}:{}", m.from, m.to, m.kind), m.status))
+            .chain(view.reported.iter().flat_map(|(site, links)| {
+                links
+                    .iter()
+                    .map(move |l| (format!("{site}>{}:{}", l.to, l.kind), l.status))
+            }))
+            .chain(
+                view.silent
+                    .iter()
+                    .map(|s| (format!("{s} silent"), Status::Unknown)),
+            )
+            .collect();
         let mut g = self.lock();
         for m in &view.links {
             if let Some(p) = g.peers.get_mut(&m.to) {
@@ -589,9 +609,10 @@ impl Monitor {
             }
         }
         let changed = statuses != g.last_statuses;
-        let due = g
-            .last_notify
-            .is_none_or(|t| now.saturating_duration_since(t) >= REFRESH_EVERY);
+        let due = g.last_notify.is_none_or(|t| {
+            now.saturating_duration_since(t)
+                >= (self.opts.interval * 2).clamp(REFRESH_MIN, REFRESH_MAX)
+        });
         g.last_statuses = statuses;
         if changed || due {
             g.last_notify = Some(now);

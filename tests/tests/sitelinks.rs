@@ -282,8 +282,9 @@ fn nats_route_state_from_the_monitoring_port_is_shown_on_the_route_link() {
             "bgo1",
             "nats-cluster-route"
         )
-        .is_some_and(|l| l["status"] == "ok"
-            && l["detail"] == "nats-server: no route connected")),
+        .is_some_and(
+            |l| l["status"] == "ok" && l["detail"] == "nats-server: no route connected"
+        )),
         "{:?}",
         link(&osl, "osl1", "bgo1", "nats-cluster-route")
     );
