@@ -632,8 +632,16 @@ pub struct LinkStatus {
     pub status: Status,
     /// Declared degradation threshold (`15ms`).
     pub max_rtt: String,
+    /// Measured round trip (median of the last probes), milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<f64>,
+    /// Last probe answer or heartbeat from the other site's leader, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<String>,
+    /// Why the link is down or degraded, who measured it, and nats-server's route and gateway
+    /// state for `nats-cluster-route` links (plain text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -647,6 +655,9 @@ pub struct Failover {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// Site whose leader changed (a `control-plane` failover of `vakt reconcile --site`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 /// `dr.json`: disaster-recovery posture per protected store.
@@ -834,6 +845,8 @@ pub fn snapshot(model: &Model, generated_at: &str) -> Snapshot {
                     status: Status::Unknown,
                     max_rtt: l.max_rtt.to_string(),
                     rtt_ms: None,
+                    last_seen_at: None,
+                    detail: None,
                 })
                 .collect(),
         })

@@ -258,8 +258,12 @@
       add(sec, add(el('h3'), str(s.name) + ' ', el('small', null, str(s.id) + ' · ' + str(s.role)), ' ', badge('status', s.status)));
       var ul = el('ul', 'links');
       s.links.forEach(function (l) {
-        add(ul, add(el('li'), '→ ' + str(l.to) + ' · ' + str(l.kind) + ' · ', badge('status', l.status),
-          ' · max ' + str(l.max_rtt) + (typeof l.rtt_ms === 'number' ? ' · rtt ' + l.rtt_ms + ' ms' : '')));
+        var li = add(el('li'), '→ ' + str(l.to) + ' · ' + str(l.kind) + ' · ', badge('status', l.status),
+          ' · ' + (typeof l.rtt_ms === 'number' ? 'rtt ' + l.rtt_ms + ' ms of ' : '') + 'max ' + str(l.max_rtt) +
+          (l.last_seen_at ? ' · last answer ' + str(l.last_seen_at) : ''));
+        li.setAttribute('data-link', str(s.id) + ':' + str(l.to) + ':' + str(l.kind));
+        if (l.detail) add(li, ' ', el('small', 'link-detail', str(l.detail)));
+        add(ul, li);
       });
       wrap.appendChild(add(sec, ul));
     });
@@ -267,8 +271,8 @@
   }
   function renderFailovers(list) {
     if (!list.length) return empty('No recent failovers.');
-    return table('failovers', ['At', 'Scope', 'From', 'To', 'Reason', 'Correlation'], list.map(function (f) {
-      return row([f.at, f.scope, f.from, f.to, f.reason, f.correlation_id]);
+    return table('failovers', ['At', 'Site', 'Scope', 'From', 'To', 'Reason', 'Correlation'], list.map(function (f) {
+      return row([f.at, f.site, f.scope, f.from, f.to, f.reason, f.correlation_id]);
     }));
   }
   function renderDr(list) {

@@ -38,19 +38,43 @@ use crate::fail::{Exit, Fail};
 /// governance gap. A source that cannot be read is an urgent condition and its last alerts are
 /// kept, marked stale.
 ///
+/// Cross-site links: with --site, the site's leader publishes a heartbeat on
+/// vakt.site.<env>.<site>.heartbeat every --site-heartbeat, answers round-trip probes on
+/// vakt.site.<env>.<site>.probe, and probes every site its declared links
+/// (inventory/sites/<site>.toml) name. A link is up, degraded (median round trip above its
+/// max_rtt) or down (no answer for 3 heartbeats): vakt_site_link_up{env,from,to,kind} and
+/// vakt_site_link_rtt_seconds on /metrics, the sites snippet, and a vakt_site_link_degraded
+/// condition with its runbook. Run one daemon per site. With --nats-monitor, nats-server's
+/// /routez and /gatewayz are shown on the nats-cluster-route links. A replica that takes a
+/// lease over from another holder records a leader.takeover audit event (a failover on the
+/// datacenter view).
+///
+/// Exit codes: 0 stopped by SIGTERM or Ctrl-C, 2 usage (e.g. an invalid --site), 3 could not
+/// run (NATS unreachable, listener address in use, unreadable token file).
+///
 /// Examples:
 ///   vakt reconcile --env prod --repo /srv/ops --watch /srv/ops/.git --listen 0.0.0.0:9464
 ///   vakt reconcile --env dev --remote https://git.example/ops.git --interval 1m
 ///   vakt reconcile --env prod --snippets /var/lib/vakt/snippets \
 ///       --alertmanager http://am-osl1:9093 --alertmanager http://am-bgo1:9093 --change-window 4h
+///   vakt reconcile --env prod --site osl1 --site-heartbeat 5s --nats-monitor http://nats-osl1:8222
+///   vakt reconcile --env prod --site bgo1 --nats https://nats-bgo1:4222
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ReconcileOpts {
     #[command(flatten)]
     pub target: EnvArgs,
-    /// Site this replica serves (one leader per environment and site).
-    #[arg(long, value_name = "SITE")]
+    /// Site this replica serves (one leader per environment and site); its leader measures
+    /// the site's declared cross-site links.
+    #[arg(long, value_name = "SITE", value_parser = parse_site)]
     pub site: Option<String>,
+    /// With --site: heartbeat and probe interval; a link is down after 3 without an answer.
+    #[arg(long, default_value = "5s", value_parser = parse_heartbeat, value_name = "DURATION")]
+    pub site_heartbeat: Duration,
+    /// With --site: nats-server's monitoring URL (e.g. http://127.0.0.1:8222); /routez and
+    /// /gatewayz are read every --site-heartbeat (2 s connect, 5 s total, 4 MiB body).
+    #[arg(long, value_name = "URL", value_parser = parse_http_url, requires = "site")]
+    pub nats_monitor: Option<String>,
     /// Poll interval, e.g. 30s, 1m.
     #[arg(long, default_value = "30s", value_parser = parse_dur, value_name = "DURATION")]
     pub interval: Duration,
@@ -129,6 +153,29 @@ fn parse_http_url(s: &str) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_owned())
 }
 
+fn parse_site(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}` is not a site id: use the `id` of an inventory/sites/*.toml file \
+             (lowercase letters, digits and `-`)"
+        ))
+    }
+}
+
+fn parse_heartbeat(s: &str) -> Result<Duration, String> {
+    let d = parse_dur(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("`{s}` is outside 100ms..1h"));
+    }
+    Ok(d)
+}
+
 fn parse_dur(s: &str) -> Result<Duration, String> {
     s.parse::<opsrepo::model::Duration>().map(|d| d.get())
 }
@@ -186,6 +233,8 @@ pub fn run(o: ReconcileOpts) -> Exit {
         alertmanagers: o.alertmanagers.clone(),
         alert_poll: o.alert_poll,
         change_window: o.change_window,
+        site_heartbeat: o.site_heartbeat,
+        nats_monitor: o.nats_monitor.clone(),
     };
     env::runtime().block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);

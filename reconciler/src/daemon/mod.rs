@@ -19,6 +19,7 @@ pub mod alerts;
 pub mod api;
 pub mod client;
 pub mod shared;
+pub mod sitelinks;
 pub mod snippets;
 
 use shared::{Labels, Shared};
@@ -76,6 +77,12 @@ pub struct DaemonOpts {
     pub alert_poll: Duration,
     /// How far before a condition started its related vakt changes are looked for.
     pub change_window: Duration,
+    /// With `site`: how often the site leader publishes its heartbeat and probes the sites its
+    /// declared links name (`sitelinks`).
+    pub site_heartbeat: Duration,
+    /// nats-server monitoring base URL: `/routez` and `/gatewayz` are shown on the
+    /// `nats-cluster-route` links.
+    pub nats_monitor: Option<String>,
 }
 
 /// `vakt reconcile --backup-dir DIR --backup-every D --backup-keep N`.
@@ -125,6 +132,52 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         });
     }
 
+    // Measured cross-site links (one monitor per site leader).
+    let (links_tx, mut links_rx) = mpsc::channel::<()>(1);
+    let site_links = match &opts.site {
+        Some(site) => {
+            let monitor = {
+                let mut reg = shared
+                    .registry
+                    .lock()
+                    .map_err(|_| Error::Other("metrics registry poisoned".into()))?;
+                crate::daemon::sitelinks::Monitor::new(
+                    crate::daemon::sitelinks::SiteLinkOpts {
+                        env: opts.target.env.clone(),
+                        site: site.clone(),
+                        id: opts.id.clone(),
+                        interval: opts.site_heartbeat,
+                        nats_monitor: opts.nats_monitor.clone(),
+                    },
+                    &mut reg,
+                )
+                .map_err(|e| Error::Other(e.to_string()))?
+            };
+            let monitor = Arc::new(monitor);
+            let (s1, s2) = (shared.clone(), shared.clone());
+            crate::daemon::sitelinks::start(
+                monitor.clone(),
+                store.client.clone(),
+                crate::daemon::sitelinks::Hooks {
+                    is_leader: Box::new(move || s1.is_leader.load(Ordering::SeqCst)),
+                    commit: Box::new(move || {
+                        s2.status.lock().ok().and_then(|v| {
+                            v.get("applied_commit")
+                                .and_then(|c| c.as_str())
+                                .map(str::to_owned)
+                        })
+                    }),
+                },
+                links_tx,
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?;
+            Some(monitor)
+        }
+        None => None,
+    };
+
     // Leader lease.
     let lock_key = match &opts.site {
         Some(s) => format!("leader.{s}"),
@@ -136,6 +189,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         lock.clone(),
         lock_key.clone(),
         opts.id.clone(),
+        (opts.site.clone(), opts.actor.clone()),
         opts.target.settings.lease,
         shared.clone(),
         tx.clone(),
@@ -201,6 +255,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         observations: Vec::new(),
         poll_pending: false,
         model: None,
+        site_links,
     };
     // The first step comes from acquiring the lease (the "leader" trigger), so the poll starts
     // one interval later instead of racing it.
@@ -230,6 +285,12 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
             _ = node_tick.tick() => {
                 if shared.is_leader.load(Ordering::SeqCst) {
                     ctx.poll_nodes().await;
+                    ctx.refresh_snippets().await;
+                }
+                continue;
+            }
+            Some(()) = links_rx.recv() => {
+                if shared.is_leader.load(Ordering::SeqCst) {
                     ctx.refresh_snippets().await;
                 }
                 continue;
@@ -300,6 +361,8 @@ struct Ctx {
     model: Option<(String, Arc<opsrepo::load::Model>)>,
     /// Alert sources as of their last poll.
     alert_sources: Arc<Vec<crate::daemon::alerts::Source>>,
+    /// The site-link monitor (with `--site`).
+    site_links: Option<Arc<crate::daemon::sitelinks::Monitor>>,
 }
 
 impl Ctx {
@@ -475,6 +538,10 @@ impl Ctx {
                 .ok()
                 .flatten()
                 .map(|(v, _)| v);
+        let links_view = self
+            .site_links
+            .as_ref()
+            .map(|m| m.view_at(std::time::Instant::now()));
         let snap = crate::daemon::snippets::live(&crate::daemon::snippets::Inputs {
             model,
             env: &self.opts.target.env,
@@ -492,6 +559,7 @@ impl Ctx {
             last_backup: last_backup.as_ref(),
             alert_sources: &self.alert_sources,
             change_window: self.opts.change_window,
+            site_links: links_view.as_ref(),
         });
         for st in &snap.dr.stores {
             if let Some(t) = st.last_success_at.as_deref().and_then(|t| {
@@ -627,6 +695,9 @@ impl Ctx {
                 }
                 if let Ok(mut g) = c.shared.desired.lock() {
                     *g = Some(Arc::new(d.clone()));
+                }
+                if let Some(m) = &c.site_links {
+                    m.set_desired(d);
                 }
                 c.prev_desired = Some(d.clone());
                 // First inventory: poll the nodes right after this step's apply, not before it
@@ -845,12 +916,16 @@ async fn lease_loop(
     mut lock: kv::Store,
     key: String,
     me: String,
+    (site, actor): (Option<String>, String),
     lease: Duration,
     shared: Arc<Shared>,
     tx: mpsc::Sender<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut rev: Option<u64> = None;
+    // The other replica seen holding the lease while this one stood by: taking over from it
+    // is a failover, recorded in the audit stream.
+    let mut other_holder: Option<String> = None;
     let every = (lease / 3).max(Duration::from_millis(100));
     let value = || {
         bytes::Bytes::from(
@@ -865,9 +940,47 @@ async fn lease_loop(
                     tracing::info!(holder = %me, "acquired leadership");
                     shared.is_leader.store(true, Ordering::SeqCst);
                     let _ = tx.try_send("leader".into());
+                    if let Some(prev) = other_holder.take() {
+                        let (store, site, actor, key, me) = (
+                            store.clone(),
+                            site.clone(),
+                            actor.clone(),
+                            key.clone(),
+                            me.clone(),
+                        );
+                        tokio::spawn(async move {
+                            let recorded = match Audit::open(&store).await {
+                                Ok(mut audit) => {
+                                    crate::daemon::sitelinks::record_takeover(
+                                        &mut audit,
+                                        site.as_deref(),
+                                        &key,
+                                        r,
+                                        &me,
+                                        &actor,
+                                        &prev,
+                                    )
+                                    .await
+                                }
+                                Err(e) => Err(e),
+                            };
+                            if let Err(e) = recorded {
+                                tracing::warn!(error = %e, "cannot record the lease takeover");
+                            }
+                        });
+                    }
                     Some(r)
                 }
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    if let Ok(Some(v)) = lock.get(&key).await
+                        && let Ok(h) = serde_json::from_slice::<serde_json::Value>(&v)
+                        && let Some(h) = h.get("holder").and_then(|h| h.as_str())
+                        && h != me
+                    {
+                        other_holder = Some(h.to_owned());
+                    }
+                    None
+                }
                 Err(e) => {
                     // The lock bucket itself may be gone (NATS lost its data): recreate it.
                     tracing::warn!(error = %e, "cannot take the lease; re-creating the lock bucket");

@@ -36,6 +36,8 @@ pub struct Inputs<'a> {
     pub alert_sources: &'a [crate::daemon::alerts::Source],
     /// How far before a condition started its related vakt changes are looked for.
     pub change_window: std::time::Duration,
+    /// Measured cross-site links (`--site`); `None` without a site.
+    pub site_links: Option<&'a crate::daemon::sitelinks::View>,
 }
 
 /// The catalog entry for a signal: (runbook id, escalation class, remediation mode).
@@ -338,6 +340,27 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
             sites_degraded += 1;
         }
     }
+
+    // Cross-site links measured by this site's leader; recent failovers from the audit stream.
+    if let Some(view) = i.site_links {
+        for p in crate::daemon::sitelinks::overlay(view, &mut s.sites) {
+            let mut c = condition(
+                i.model,
+                env,
+                format!("site-link.{env}.{}.{}", p.from, p.to),
+                ConditionKind::DegradedSiteLink,
+                "vakt_site_link_degraded",
+                p.title,
+            );
+            c.site = Some(p.from.clone());
+            c.resource = Some(format!("site-link:{}->{}", p.from, p.to));
+            c.since = p.since;
+            c.detail = Some(p.detail);
+            s.sites.conditions.push(c.clone());
+            conditions.push(c);
+        }
+    }
+    s.sites.failovers = crate::daemon::sitelinks::failovers(i.events);
 
     // Tasks: the migration jobs, with what an operator may do next; failed and dead-lettered
     // ones are conditions too.
