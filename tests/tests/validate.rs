@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use vakt_tests::{TODAY, copy_bundled, findings, outcome, vakt, workspace};
+use vakt_tests::{TODAY, copy_bundled, findings, outcome, vakt, vakt_env, workspace};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -366,4 +366,31 @@ fn list_rules_names_every_rule_once() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), n);
+}
+
+#[test]
+fn diagnostics_snapshot() {
+    // Two findings of different kinds, as an operator reads them: rule id, file:line:col, the
+    // offending line, what to do. The text is pinned; re-bless with INSTA_UPDATE=always.
+    let repo = copy_bundled();
+    for case in ["alert-promql", "unknown-field"] {
+        let c: Case = toml::from_str(
+            &std::fs::read_to_string(
+                workspace()
+                    .join("tests/fixtures/validate")
+                    .join(case)
+                    .join("case.toml"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        apply(&c, repo.path());
+    }
+    let root = repo.path().to_string_lossy().into_owned();
+    let (code, out, err) = outcome(&vakt_env(
+        &["validate", "--repo", &root, "--now", TODAY],
+        &[("NO_COLOR", "1")],
+    ));
+    assert_eq!(code, 1, "{out}{err}");
+    insta::assert_snapshot!("diagnostics_human", out.replace(&root, "<repo>"));
 }

@@ -111,6 +111,36 @@ impl ApiArgs {
 
 pub fn status(o: StatusOpts) -> Exit {
     let v = o.api.call(async |c| c.status().await)?;
+    match o.format {
+        Format::Json => Format::print_json(&v),
+        _ => output::print(&render_status(&v)),
+    }
+    Ok(if needs_human(&v) {
+        exit::FINDINGS
+    } else {
+        exit::OK
+    })
+}
+
+/// Something waits for a human: failed work, a pending approval, a condition that is not
+/// informational, a refused or failed environment, or an alert source that is not live.
+fn needs_human(v: &Value) -> bool {
+    let live = &v["live"];
+    let nonempty = |x: &Value| x.as_array().is_some_and(|a| !a.is_empty());
+    nonempty(&v["jobs"]["failed"])
+        || nonempty(&v["pending_approvals"])
+        || live["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["escalation_class"] != "informational"))
+        || v["state"] == "refused"
+        || v["state"] == "failed"
+        || live["alerts"]["sources"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x["state"] != "live"))
+}
+
+/// The decision header of `vakt status` from the API's status document.
+fn render_status(v: &Value) -> String {
     let live = &v["live"];
     let conditions = live["conditions"].as_array().cloned().unwrap_or_default();
     let failed = v["jobs"]["failed"].as_array().cloned().unwrap_or_default();
@@ -118,119 +148,99 @@ pub fn status(o: StatusOpts) -> Exit {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let needs_human = !failed.is_empty()
-        || !pending.is_empty()
-        || conditions
-            .iter()
-            .any(|c| c["escalation_class"] != "informational")
-        || v["state"] == "refused"
-        || v["state"] == "failed"
-        || live["alerts"]["sources"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|x| x["state"] != "live"));
-    match o.format {
-        Format::Json => Format::print_json(&v),
-        _ => {
-            let mut s = String::new();
-            s.push_str(&format!(
-                "{}: {}\n",
-                live["decision"]["level"]
-                    .as_str()
-                    .unwrap_or("unknown")
-                    .to_uppercase(),
-                live["decision"]["headline"]
-                    .as_str()
-                    .unwrap_or("(no live data yet)")
-            ));
-            s.push_str(&format!(
-                "env {} · state {} · applied {} · leader {}\n",
-                v["env"].as_str().unwrap_or("?"),
-                v["state"].as_str().unwrap_or("?"),
-                v["applied_commit"]
-                    .as_str()
-                    .map(|c| &c[..c.len().min(12)])
-                    .unwrap_or("-"),
-                v["leader"].as_str().unwrap_or("-")
-            ));
-            s.push_str(&alert_lines(&live["alerts"]));
-            let running = v["jobs"]["running"].as_array().cloned().unwrap_or_default();
-            s.push_str(&format!(
-                "\nRunning: {}\n",
-                if running.is_empty() {
-                    "nothing".into()
-                } else {
-                    list(&running)
-                }
-            ));
-            s.push_str(&format!(
-                "Failed: {}\n",
-                if failed.is_empty() {
-                    "nothing".into()
-                } else {
-                    list(&failed)
-                }
-            ));
-            if let Some(r) = v["refused"].as_object() {
-                s.push_str(&format!(
-                    "Refused commit: {}\n",
-                    r.get("reason").and_then(Value::as_str).unwrap_or("")
-                ));
-            }
-            s.push_str("\nWaits for a human:\n");
-            let mut any = false;
-            for a in &pending {
-                any = true;
-                s.push_str(&format!(
-                    "  approve or reject {} ({})\n",
-                    a["plan_id"].as_str().unwrap_or(""),
-                    a["actions"]
-                ));
-            }
-            for c in conditions
-                .iter()
-                .filter(|c| c["remediation_mode"] != "automatic")
-            {
-                any = true;
-                s.push_str(&format!(
-                    "  [{}] {} → runbook {}{}\n",
-                    c["escalation_class"].as_str().unwrap_or(""),
-                    c["title"].as_str().unwrap_or(""),
-                    c["runbook"].as_str().unwrap_or(""),
-                    if c["governance_gap"] == true {
-                        " (governance gap: not in the catalog)"
-                    } else {
-                        ""
-                    }
-                ));
-                s.push_str(&change_lines(c));
-            }
-            if !any {
-                s.push_str("  nothing\n");
-            }
-            s.push_str("Automatic (the platform is remediating):\n");
-            let auto: Vec<&Value> = conditions
-                .iter()
-                .filter(|c| c["remediation_mode"] == "automatic")
-                .collect();
-            if auto.is_empty() {
-                s.push_str("  nothing\n");
-            }
-            for c in auto {
-                s.push_str(&format!(
-                    "  {} → runbook {}\n",
-                    c["title"].as_str().unwrap_or(""),
-                    c["runbook"].as_str().unwrap_or("")
-                ));
-                s.push_str(&change_lines(c));
-            }
-            output::print(&s);
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{}: {}\n",
+        live["decision"]["level"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_uppercase(),
+        live["decision"]["headline"]
+            .as_str()
+            .unwrap_or("(no live data yet)")
+    ));
+    s.push_str(&format!(
+        "env {} · state {} · applied {} · leader {}\n",
+        v["env"].as_str().unwrap_or("?"),
+        v["state"].as_str().unwrap_or("?"),
+        v["applied_commit"]
+            .as_str()
+            .map(|c| &c[..c.len().min(12)])
+            .unwrap_or("-"),
+        v["leader"].as_str().unwrap_or("-")
+    ));
+    s.push_str(&alert_lines(&live["alerts"]));
+    let running = v["jobs"]["running"].as_array().cloned().unwrap_or_default();
+    s.push_str(&format!(
+        "\nRunning: {}\n",
+        if running.is_empty() {
+            "nothing".into()
+        } else {
+            list(&running)
         }
+    ));
+    s.push_str(&format!(
+        "Failed: {}\n",
+        if failed.is_empty() {
+            "nothing".into()
+        } else {
+            list(&failed)
+        }
+    ));
+    if let Some(r) = v["refused"].as_object() {
+        s.push_str(&format!(
+            "Refused commit: {}\n",
+            r.get("reason").and_then(Value::as_str).unwrap_or("")
+        ));
     }
-    Ok(if needs_human {
-        exit::FINDINGS
-    } else {
-        exit::OK
-    })
+    s.push_str("\nWaits for a human:\n");
+    let mut any = false;
+    for a in &pending {
+        any = true;
+        s.push_str(&format!(
+            "  approve or reject {} ({})\n",
+            a["plan_id"].as_str().unwrap_or(""),
+            a["actions"]
+        ));
+    }
+    for c in conditions
+        .iter()
+        .filter(|c| c["remediation_mode"] != "automatic")
+    {
+        any = true;
+        s.push_str(&format!(
+            "  [{}] {} → runbook {}{}\n",
+            c["escalation_class"].as_str().unwrap_or(""),
+            c["title"].as_str().unwrap_or(""),
+            c["runbook"].as_str().unwrap_or(""),
+            if c["governance_gap"] == true {
+                " (governance gap: not in the catalog)"
+            } else {
+                ""
+            }
+        ));
+        s.push_str(&change_lines(c));
+    }
+    if !any {
+        s.push_str("  nothing\n");
+    }
+    s.push_str("Automatic (the platform is remediating):\n");
+    let auto: Vec<&Value> = conditions
+        .iter()
+        .filter(|c| c["remediation_mode"] == "automatic")
+        .collect();
+    if auto.is_empty() {
+        s.push_str("  nothing\n");
+    }
+    for c in auto {
+        s.push_str(&format!(
+            "  {} → runbook {}\n",
+            c["title"].as_str().unwrap_or(""),
+            c["runbook"].as_str().unwrap_or("")
+        ));
+        s.push_str(&change_lines(c));
+    }
+    s
 }
 
 /// Alert sources, counts and the silenced list of the live `alerts` view.
@@ -369,4 +379,56 @@ pub fn events(o: EventsOpts) -> Exit {
         }
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc() -> Value {
+        json!({
+            "env": "prod",
+            "state": "waiting-approval",
+            "applied_commit": "0123456789abcdef0123456789abcdef01234567",
+            "leader": "osl1-a",
+            "jobs": {"running": ["job-aaaaaaaaaaaa"], "failed": []},
+            "pending_approvals": [{"plan_id": "plan-bbbbbbbbbbbb", "actions": ["access-change"]}],
+            "live": {
+                "decision": {"level": "action", "headline": "1 approval waits; 1 alert firing"},
+                "alerts": {"sources": [{"name": "am-1:9093", "state": "live"},
+                                       {"name": "am-2:9093", "state": "down", "error": "connection refused"}],
+                           "firing_total": 1, "silenced_total": 1,
+                           "silenced": [{"name": "DiskFillingUp", "state": "suppressed",
+                                         "silenced_by": [{"created_by": "ola", "ends_at": "2026-11-29T06:00:00Z",
+                                                          "comment": "disk swap in progress"}]}]},
+                "conditions": [
+                    {"escalation_class": "urgent", "remediation_mode": "manual",
+                     "title": "OutboxBacklogHigh on gw-osl1-1", "runbook": "ops.outbox.relay",
+                     "changes": [{"action": "kv.put", "commit": "fedcba9876543210", "actor": "user:kari",
+                                  "plan_id": "plan-cccccccccccc", "at": "2026-11-29T02:59:00Z",
+                                  "target": "vakt_prod_config/tenant.fjord-logistics.tenant",
+                                  "matched": "tenant fjord-logistics"}]},
+                    {"escalation_class": "informational", "remediation_mode": "automatic",
+                     "title": "Drift healed on config/global.platform", "runbook": "ops.vakt.drift"}
+                ]
+            }
+        })
+    }
+
+    #[test]
+    fn the_status_header_says_what_waits_for_a_human() {
+        let v = doc();
+        assert!(needs_human(&v));
+        insta::assert_snapshot!("status_human", render_status(&v));
+        let quiet = json!({"state": "in-sync", "jobs": {}, "live": {"conditions": [
+            {"escalation_class": "informational", "remediation_mode": "automatic"}]}});
+        assert!(!needs_human(&quiet));
+        let mut down = quiet.clone();
+        down["live"]["alerts"] = json!({"sources": [{"state": "down"}]});
+        assert!(
+            needs_human(&down),
+            "a source that is down is never all clear"
+        );
+    }
 }

@@ -886,3 +886,125 @@ pub fn render_markdown(p: &Plan) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    /// The bundled repo's dev state (the workspace root is the bundled ops repo).
+    fn desired() -> Desired {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let files = opsrepo::read_work_tree(&root).expect("read the bundled repo");
+        Desired::compile(&files, "dev", COMMIT).expect("compile")
+    }
+
+    /// The live state a fresh apply of `d` would leave: every key at revision 1, 2, …
+    fn live_of(d: &Desired) -> BTreeMap<KeyId, LiveEntry> {
+        d.entries
+            .iter()
+            .enumerate()
+            .map(|(i, (k, e))| {
+                (
+                    k.clone(),
+                    LiveEntry {
+                        revision: i as u64 + 1,
+                        value: bytes::Bytes::from(e.value(&d.env)),
+                        deleted: false,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn key(b: Bucket, k: &str) -> KeyId {
+        (b, k.to_owned())
+    }
+
+    /// A live state that differs from Git in one key of each kind: missing (add), edited by
+    /// hand (change), and an extra key (remove or orphan).
+    fn scenario() -> (Desired, BTreeMap<KeyId, LiveEntry>) {
+        let d = desired();
+        let mut live = live_of(&d);
+        live.remove(&key(Bucket::Config, "global.platform"));
+        let t = key(Bucket::Config, "tenant.fjord-logistics.tenant");
+        let mut v: Value = serde_json::from_slice(&live[&t].value).unwrap();
+        v["spec"]["status"] = "suspended".into();
+        live.get_mut(&t).unwrap().value = bytes::Bytes::from(serde_json::to_vec(&v).unwrap());
+        live.insert(
+            key(Bucket::Config, "tenant.gone.tenant"),
+            LiveEntry {
+                revision: 9_999,
+                value: bytes::Bytes::from_static(
+                    br#"{"spec":{"name":"gone"},"vakt":{"commit":"c","digest":"sha256:0","env":"dev","path":"config/tenants/gone/tenant.toml"}}"#,
+                ),
+                deleted: false,
+            },
+        );
+        (d, live)
+    }
+
+    #[test]
+    fn a_live_plan_adds_changes_and_removes_exactly_what_differs() {
+        let (d, live) = scenario();
+        let p = plan_live(&d, &live);
+        let got: Vec<(Action, &str, Option<u64>)> = p
+            .changes
+            .iter()
+            .map(|c| (c.action, c.key.as_str(), c.from_revision))
+            .collect();
+        let rev = |k: &str| live[&key(Bucket::Config, k)].revision;
+        let mut want = vec![
+            (Action::Add, "global.platform", Some(0)),
+            (
+                Action::Change,
+                "tenant.fjord-logistics.tenant",
+                Some(rev("tenant.fjord-logistics.tenant")),
+            ),
+        ];
+        if d.manifest.environments["dev"].policy.prune {
+            want.push((Action::Remove, "tenant.gone.tenant", Some(9_999)));
+        }
+        assert_eq!(got, want);
+        let change = &p.changes[1];
+        assert_eq!(change.fields.len(), 1, "{:?}", change.fields);
+        assert_eq!(change.fields[0].pointer, "/status");
+        assert_eq!(change.fields[0].old, Some("suspended".into()));
+        assert!(
+            change
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("edited outside vakt"),
+            "a hand edit is named as such: {:?}",
+            change.reason
+        );
+    }
+
+    #[test]
+    fn the_plan_id_binds_to_the_revisions_it_read() {
+        let (d, live) = scenario();
+        let a = plan_live(&d, &live);
+        assert_eq!(a.id, plan_live(&d, &live).id, "same inputs, same plan");
+        let mut moved = live.clone();
+        moved
+            .get_mut(&key(Bucket::Config, "tenant.fjord-logistics.tenant"))
+            .unwrap()
+            .revision += 1;
+        let b = plan_live(&d, &moved);
+        assert_ne!(a.id, b.id, "an approval of one never covers the other");
+        assert_ne!(a.digest, b.digest);
+        // Nothing differs: an empty plan.
+        let same = live_of(&d);
+        assert!(plan_live(&d, &same).is_empty());
+    }
+
+    #[test]
+    fn plan_renderers_snapshot() {
+        let (d, live) = scenario();
+        let p = plan_live(&d, &live);
+        insta::assert_snapshot!("plan_human", render_human(&p, false));
+        insta::assert_snapshot!("plan_markdown", render_markdown(&p));
+    }
+}

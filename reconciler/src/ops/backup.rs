@@ -1018,3 +1018,125 @@ async fn gate(store: &Store, plan: &RestorePlan, opts: &RestoreOpts) -> Result<(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a well-formed backup of env `dev` into `dir`: one key per bucket, no events.
+    fn write_backup_dir(dir: &Path) {
+        std::fs::create_dir_all(dir.join("buckets")).unwrap();
+        let mut files = Vec::new();
+        for b in bucket_names() {
+            let line = serde_json::to_string(&KeyRecord {
+                key: format!("k.{b}"),
+                revision: 3,
+                value: Some(format!("{{\"spec\":{{\"bucket\":\"{b}\"}}}}")),
+                value_base64: None,
+            })
+            .unwrap()
+                + "\n";
+            let path = format!("buckets/{b}.jsonl");
+            std::fs::write(dir.join(&path), &line).unwrap();
+            files.push(FileEntry {
+                path,
+                bucket: Some(b.to_owned()),
+                records: 1,
+                bytes: line.len() as u64,
+                sha256: sha256_hex(line.as_bytes()),
+            });
+        }
+        std::fs::write(dir.join(AUDIT_FILE), "").unwrap();
+        files.push(FileEntry {
+            path: AUDIT_FILE.into(),
+            bucket: None,
+            records: 0,
+            bytes: 0,
+            sha256: sha256_hex(b""),
+        });
+        let m = Manifest {
+            format: FORMAT,
+            id: "backup-test".into(),
+            env: "dev".into(),
+            prefix: "vakt_dev".into(),
+            created_at: "2026-11-29T00:00:00Z".into(),
+            created_by: "test".into(),
+            vakt_version: "0".into(),
+            applied_commit: None,
+            files,
+        };
+        let mb = serde_json::to_vec_pretty(&m).unwrap();
+        std::fs::write(dir.join(MANIFEST), &mb).unwrap();
+        let sum = sha256_hex(&mb);
+        std::fs::write(
+            dir.join(MANIFEST_SUM),
+            format!("{}  {MANIFEST}\n", sum.trim_start_matches("sha256:")),
+        )
+        .unwrap();
+    }
+
+    fn refusal(dir: &Path) -> String {
+        match verify_blocking(dir) {
+            Ok(_) => panic!("{} verified", dir.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_well_formed_backup_verifies_with_its_contents() {
+        let t = tempfile::tempdir().unwrap();
+        write_backup_dir(t.path());
+        let v = verify_blocking(t.path()).unwrap();
+        assert_eq!(v.manifest.env, "dev");
+        assert_eq!(v.buckets.len(), bucket_names().len());
+        assert_eq!(
+            v.buckets["config"]["k.config"],
+            Bytes::from_static(br#"{"spec":{"bucket":"config"}}"#)
+        );
+        assert!(v.events.is_empty());
+        assert!(v.digest.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn a_changed_data_file_is_named_with_what_differs() {
+        let t = tempfile::tempdir().unwrap();
+        write_backup_dir(t.path());
+        let f = t.path().join("buckets/placement.jsonl");
+        let s = std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("k.placement", "k.placemenx");
+        std::fs::write(&f, s).unwrap();
+        let e = refusal(t.path());
+        assert!(e.contains("buckets/placement.jsonl"), "{e}");
+        assert!(e.contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn an_edited_manifest_a_missing_file_and_an_empty_directory_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        write_backup_dir(t.path());
+        let m = t.path().join(MANIFEST);
+        let s = std::fs::read_to_string(&m)
+            .unwrap()
+            .replace("vakt_dev", "vakt_prod");
+        std::fs::write(&m, &s).unwrap();
+        let e = refusal(t.path());
+        assert!(
+            e.contains(MANIFEST_SUM),
+            "the manifest's own checksum catches it: {e}"
+        );
+
+        let t = tempfile::tempdir().unwrap();
+        write_backup_dir(t.path());
+        std::fs::remove_file(t.path().join("buckets/jobs.jsonl")).unwrap();
+        let e = refusal(t.path());
+        assert!(e.contains("buckets/jobs.jsonl"), "{e}");
+
+        let t = tempfile::tempdir().unwrap();
+        let e = refusal(t.path());
+        assert!(
+            e.contains("is") && e.contains("a vakt backup directory"),
+            "{e}"
+        );
+    }
+}
