@@ -57,8 +57,8 @@ pub fn read_manifest(repo: &Path) -> Result<opsrepo::model::Manifest, Error> {
     Ok(compile::manifest_of(b.as_deref())?)
 }
 
-/// Compiles `head` incrementally from an already compiled `base` (consumed): only the files the
-/// Git diff between the two commits names are read and recompiled. Falls back to a full
+/// Compiles `head_rev` incrementally from an already compiled `base` (consumed): only the files
+/// the Git diff between the two commits names are read and recompiled. Falls back to a full
 /// compile when vakt.toml changed (stats `None`).
 pub fn advance(
     repo: &Path,
@@ -66,19 +66,31 @@ pub fn advance(
     head_rev: &str,
 ) -> Result<(Desired, Option<compile::RecompileStats>), Error> {
     let r = git::Repo::open(repo)?;
-    let old = r.resolve(&base.commit)?;
     let new = r.resolve(head_rev)?;
-    let changed = r.changed_paths(old, new)?;
+    let new_s = new.to_string();
     let env = base.env.clone();
+    advance_in(&r, base, new, || compile_rev(repo, &new_s, &env))
+}
+
+/// The one incremental compile, on an open repository: `base` advanced to commit `new` by
+/// recompiling the paths the Git diff names; `full` compiles `new` from scratch when the diff
+/// touches what every key depends on (vakt.toml). Used by `plan_revs` and the reconcile pass.
+pub fn advance_in(
+    r: &git::Repo,
+    base: Desired,
+    new: gix::ObjectId,
+    full: impl FnOnce() -> Result<Desired, Error>,
+) -> Result<(Desired, Option<compile::RecompileStats>), Error> {
+    let old = r.resolve(&base.commit)?;
+    let changed = r.changed_paths(old, new)?;
     let mut next = base;
     let read = |p: &str| -> Result<Option<Vec<u8>>, CompileError> {
         r.read_at(new, p)
             .map_err(|e| CompileError::Git(e.to_string()))
     };
-    let new_s = new.to_string();
-    match next.recompile(&changed, &read, &new_s)? {
+    match next.recompile(&changed, &read, &new.to_string())? {
         Some(stats) => Ok((next, Some(stats))),
-        None => Ok((compile_rev(repo, &new_s, &env)?, None)),
+        None => Ok((full()?, None)),
     }
 }
 

@@ -115,17 +115,8 @@ pub fn prepare_with(
         None
     } else if let Some(p) = prev.filter(|p| p.env == env) {
         // Only the files the diff names are recompiled.
-        let old = r.resolve(&p.commit)?;
-        let changed = r.changed_paths(old, commit)?;
-        let mut next = p;
-        let read = |path: &str| -> Result<Option<Vec<u8>>, crate::CompileError> {
-            r.read_at(commit, path)
-                .map_err(|e| crate::CompileError::Git(e.to_string()))
-        };
-        match next.recompile(&changed, &read, &commit_s)? {
-            Some(_) => Some(next),
-            None => Some(Desired::compile(&files, env, &commit_s)?),
-        }
+        let full = || Ok(Desired::compile(&files, env, &commit_s)?);
+        Some(crate::desired::advance_in(&r, p, commit, full)?.0)
     } else {
         Some(Desired::compile(&files, env, &commit_s)?)
     };
