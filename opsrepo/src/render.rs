@@ -126,12 +126,7 @@ pub fn render_repo(
     if !manifest.environments.contains_key(&opts.env) {
         return Err(RenderError::UnknownEnv {
             env: opts.env.clone(),
-            declared: manifest
-                .environments
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
+            declared: manifest.env_names(),
         });
     }
     let report = validate_parsed(
@@ -163,13 +158,7 @@ pub fn render_model(model: &Model, opts: &RenderOptions) -> Result<Rendered, Ren
     if !manifest.spec.environments.contains_key(&opts.env) {
         return Err(RenderError::UnknownEnv {
             env: opts.env.clone(),
-            declared: manifest
-                .spec
-                .environments
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
+            declared: manifest.spec.env_names(),
         });
     }
     // The same checks `vakt validate` runs (`render.*`): what would make the output wrong.

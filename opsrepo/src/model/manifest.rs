@@ -23,6 +23,17 @@ pub struct Manifest {
     pub review: ReviewPolicy,
 }
 
+impl Manifest {
+    /// The declared environment names, comma separated (for "not declared" messages).
+    pub fn env_names(&self) -> String {
+        self.environments
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Project {

@@ -358,12 +358,7 @@ fn check_env(m: &Manifest, env: &str) -> Result<(), CompileError> {
     } else {
         Err(CompileError::UnknownEnv {
             env: env.to_owned(),
-            declared: m
-                .environments
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
+            declared: m.env_names(),
         })
     }
 }

@@ -136,6 +136,23 @@ pub struct Counts {
 }
 
 impl Plan {
+    /// A plan with no changes (what a refusal before planning carries).
+    pub fn empty(env: &str, head: &str) -> Plan {
+        Plan {
+            id: String::new(),
+            digest: String::new(),
+            env: env.to_owned(),
+            head: head.to_owned(),
+            against: Against::Live,
+            changes: Vec::new(),
+            orphans_kept: Vec::new(),
+            gates: Vec::new(),
+            impact: Impact::default(),
+            counts: Counts::default(),
+            keys: 0,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }

@@ -295,22 +295,12 @@ fn invalid(reason: String) -> ReadError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::plan::{Against, Plan};
+    use crate::desired::plan::Plan;
 
     fn sample() -> SavedPlan {
-        let plan = Plan {
-            id: "plan-0123456789ab".into(),
-            digest: "sha256:aa".into(),
-            env: "dev".into(),
-            head: "c".repeat(40),
-            against: Against::Live,
-            changes: Vec::new(),
-            orphans_kept: Vec::new(),
-            gates: Vec::new(),
-            impact: Default::default(),
-            counts: Default::default(),
-            keys: 0,
-        };
+        let mut plan = Plan::empty("dev", &"c".repeat(40));
+        plan.id = "plan-0123456789ab".into();
+        plan.digest = "sha256:aa".into();
         let origin = Origin {
             env: "dev",
             kv_prefix: "vakt_dev",

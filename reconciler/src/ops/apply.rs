@@ -220,8 +220,8 @@ pub async fn apply_planned(
 ) -> Result<ApplyReport, ApplyError> {
     audit.refresh_head().await?;
     let recovered = recover(store, audit, &opts.actor).await?;
-    if desired.commit != planned.plan.head || desired.env != planned.plan.env {
-        let r = Refused::new(
+    let stale = if desired.commit != planned.plan.head || desired.env != planned.plan.env {
+        Some(Refused::new(
             RefusalKind::PlanInvalid,
             format!(
                 "plan {} is for {} at {}, not {} at {}",
@@ -231,39 +231,23 @@ pub async fn apply_planned(
                 desired.env,
                 crate::desired::short(&desired.commit)
             ),
-        );
-        record_refusal(
-            store,
-            audit,
-            &desired.commit,
-            Some(&planned.plan),
-            opts,
-            &r,
-            &[],
-        )
-        .await?;
-        return Err(ApplyError::refused(r, planned.plan));
-    }
-    if let Some((n, keys)) = moved_since(store, &planned.read_seqs, 5).await? {
-        let r = Refused::new(
-            RefusalKind::PlanStale,
-            format!(
-                "plan {} is stale: {n} key(s) changed since it was made ({}{}); nothing was written. Make a new plan",
-                planned.plan.id,
-                keys.join(", "),
-                if n > keys.len() { ", …" } else { "" }
-            ),
-        );
-        record_refusal(
-            store,
-            audit,
-            &desired.commit,
-            Some(&planned.plan),
-            opts,
-            &r,
-            &[],
-        )
-        .await?;
+        ))
+    } else {
+        moved_since(store, &planned.read_seqs, 5).await?.map(|(n, keys)| {
+            Refused::new(
+                RefusalKind::PlanStale,
+                format!(
+                    "plan {} is stale: {n} key(s) changed since it was made ({}{}); nothing was written. Make a new plan",
+                    planned.plan.id,
+                    keys.join(", "),
+                    if n > keys.len() { ", …" } else { "" }
+                ),
+            )
+        })
+    };
+    if let Some(r) = stale {
+        let plan = Some(&planned.plan);
+        record_refusal(store, audit, &desired.commit, plan, opts, &r, &[]).await?;
         return Err(ApplyError::refused(r, planned.plan));
     }
     execute(store, audit, desired, planned.plan, opts, recovered).await

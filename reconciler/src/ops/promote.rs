@@ -36,11 +36,7 @@ fn branches(m: &Manifest, from: &str, to: &str) -> Result<(String, String), Erro
                 crate::outcome::RefusalKind::PromotionGuard,
                 format!(
                     "environment `{e}` is not declared in vakt.toml (declared: {})",
-                    m.environments
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    m.env_names()
                 ),
             )
         })

@@ -262,19 +262,7 @@ fn refused(r: Refused) -> ApplyError {
     ApplyError::Refused {
         kind: r.kind,
         reason: r.reason,
-        plan: Box::new(crate::desired::plan::Plan {
-            id: String::new(),
-            digest: String::new(),
-            env: String::new(),
-            head: String::new(),
-            against: crate::desired::plan::Against::Live,
-            changes: Vec::new(),
-            orphans_kept: Vec::new(),
-            gates: Vec::new(),
-            impact: Default::default(),
-            counts: Default::default(),
-            keys: 0,
-        }),
+        plan: Box::new(crate::desired::plan::Plan::empty("", "")),
     }
 }
 

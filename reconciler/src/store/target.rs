@@ -32,12 +32,7 @@ impl EnvTarget {
         let e = manifest.environments.get(env).ok_or_else(|| {
             Error::Compile(crate::desired::compile::CompileError::UnknownEnv {
                 env: env.to_owned(),
-                declared: manifest
-                    .environments
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                declared: manifest.env_names(),
             })
         })?;
         if nats.urls.is_empty() {
