@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::diag::{Finding, Severity};
 use crate::kinds::Kind;
-use crate::load::{Parsed0, build_view, parse_all};
+use crate::load::{Model, Parsed0, build_view, parse_all};
 use crate::rules::{self, RuleContext, secrets};
 use crate::source::RepoFiles;
 
@@ -52,6 +52,12 @@ pub fn validate(files: &RepoFiles, opts: &ValidateOptions) -> Report {
 
 /// Validates an already parsed repo (lets callers reuse the parse).
 pub fn validate_parsed(parsed: &Parsed0, opts: &ValidateOptions) -> Report {
+    validate_with_model(parsed, opts).0
+}
+
+/// [`validate_parsed`], also returning the typed model of `opts.env`'s view when it was built
+/// (the reconciler keeps it for the live snippets instead of parsing the commit again).
+pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report, Option<Model>) {
     let ctx = RuleContext { today: opts.today };
     let mut findings = parsed.findings.clone();
     // Raw-text secret scan over every decoded file, in parallel.
@@ -103,7 +109,8 @@ pub fn validate_parsed(parsed: &Parsed0, opts: &ValidateOptions) -> Report {
         }
         None => envs.extend(declared.iter().cloned().map(Some)),
     }
-    let per_view: Vec<(Vec<Finding>, usize, BTreeMap<Kind, usize>)> = envs
+    type View = (Vec<Finding>, usize, BTreeMap<Kind, usize>, Option<Model>);
+    let per_view: Vec<View> = envs
         .par_iter()
         .map(|env| {
             let (model, mut f) = build_view(parsed, env.as_deref());
@@ -113,22 +120,28 @@ pub fn validate_parsed(parsed: &Parsed0, opts: &ValidateOptions) -> Report {
                 *by_kind.entry(*k).or_default() += 1;
             }
             *by_kind.entry(Kind::Runbook).or_default() += model.runbooks.len();
-            (f, model.documents.len() + model.runbooks.len(), by_kind)
+            let n = model.documents.len() + model.runbooks.len();
+            let keep = (env.is_some() && *env == opts.env).then_some(model);
+            (f, n, by_kind, keep)
         })
         .collect();
     let mut documents = 0;
     let mut documents_by_kind = BTreeMap::new();
-    for (i, (f, n, k)) in per_view.into_iter().enumerate() {
+    let mut env_model = None;
+    for (i, (f, n, k, m)) in per_view.into_iter().enumerate() {
         findings.extend(f);
         if i == 0 {
             documents = n;
             documents_by_kind = k;
         }
+        if m.is_some() {
+            env_model = m;
+        }
     }
     let mut seen = HashSet::new();
     findings.retain(|f| seen.insert(f.clone()));
     findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-    Report {
+    let report = Report {
         files: parsed.files,
         documents,
         documents_by_kind,
@@ -139,5 +152,6 @@ pub fn validate_parsed(parsed: &Parsed0, opts: &ValidateOptions) -> Report {
             .filter_map(|f| Some((f.path.clone(), parsed.texts.get(&f.path)?.clone())))
             .collect(),
         findings,
-    }
+    };
+    (report, env_model)
 }

@@ -699,6 +699,10 @@ impl Ctx {
                 if let Some(m) = &c.site_links {
                     m.set_desired(d);
                 }
+                // The snippets use the model validation built from the same parse.
+                if let Some(m) = &prepared.model {
+                    c.model = Some((prepared.commit.clone(), m.clone()));
+                }
                 c.prev_desired = Some(d.clone());
                 // First inventory: poll the nodes right after this step's apply, not before it
                 // (a hanging node must not delay the apply).

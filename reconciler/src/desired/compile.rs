@@ -147,6 +147,64 @@ pub type ReadFn<'a> = dyn Fn(&str) -> Result<Option<Vec<u8>>, CompileError> + 'a
 
 impl Desired {
     /// Compiles every document of `files` for `env`.
+    /// Compiles `env` from the documents validation already parsed (`opsrepo::load::parse_all`):
+    /// one parse of a commit serves validation and compile. Equal to [`Desired::compile`] of
+    /// the same files.
+    pub fn compile_parsed(
+        parsed: &opsrepo::load::Parsed0,
+        env: &str,
+        commit: &str,
+    ) -> Result<Desired, CompileError> {
+        let manifest = parsed.manifest.clone().ok_or(CompileError::NoManifest)?;
+        check_env(&manifest, env)?;
+        let allow_orphan = manifest.environments[env].policy.allow_overlay_without_base;
+        let mut bases: BTreeMap<&str, &Value> = BTreeMap::new();
+        let mut overlays: BTreeMap<&str, &Value> = BTreeMap::new();
+        for d in &parsed.docs {
+            match d.env.as_deref() {
+                None => {
+                    bases.insert(&d.base_path, &d.value);
+                }
+                Some(e) if e == env => {
+                    overlays.insert(&d.base_path, &d.value);
+                }
+                Some(_) => {}
+            }
+        }
+        let mut work: Vec<(&str, Option<&Value>, Option<&Value>)> = Vec::new();
+        for (p, b) in &bases {
+            work.push((p, Some(*b), overlays.get(p).copied()));
+        }
+        if allow_orphan {
+            for (p, o) in &overlays {
+                if !bases.contains_key(p) {
+                    work.push((p, None, Some(*o)));
+                }
+            }
+        }
+        let bindings = &manifest.bindings;
+        let compiled: Vec<Result<Vec<(KeyId, Entry)>, CompileError>> = work
+            .par_iter()
+            .map(|(p, b, o)| match kind_of_base_path(p, bindings) {
+                Some(kind) if feeds_kv(kind) => {
+                    compile_values(kind, env, p, b.cloned(), *o, commit)
+                }
+                _ => Ok(Vec::new()),
+            })
+            .collect();
+        let mut d = Desired {
+            env: env.to_owned(),
+            commit: commit.to_owned(),
+            manifest: manifest.clone(),
+            entries: BTreeMap::new(),
+            by_base: HashMap::new(),
+        };
+        for (r, (p, _, _)) in compiled.into_iter().zip(&work) {
+            d.insert_doc(p, r?)?;
+        }
+        Ok(d)
+    }
+
     pub fn compile(files: &RepoFiles, env: &str, commit: &str) -> Result<Desired, CompileError> {
         let manifest = manifest_of(
             files
@@ -396,15 +454,28 @@ fn compile_doc(
         return Ok(Vec::new());
     }
     let overlay_path = format!("environments/{env}/{base_path}");
+    let base = base.map(|b| parse_value(base_path, b)).transpose()?;
+    let overlay = overlay.map(|o| parse_value(&overlay_path, o)).transpose()?;
+    compile_values(kind, env, base_path, base, overlay.as_ref(), commit)
+}
+
+/// Compiles one document from its parsed values: base ⊕ overlay (RFC 7386), its keys, their
+/// canonical specs and digests.
+fn compile_values(
+    kind: Kind,
+    env: &str,
+    base_path: &str,
+    base: Option<Value>,
+    overlay: Option<&Value>,
+    commit: &str,
+) -> Result<Vec<(KeyId, Entry)>, CompileError> {
     let (value, path) = match (base, overlay) {
-        (Some(b), Some(o)) => {
-            let mut v = parse_value(base_path, b)?;
-            let ov = parse_value(&overlay_path, o)?;
-            opsrepo::load::merge_patch(&mut v, &ov);
+        (Some(mut v), Some(ov)) => {
+            opsrepo::load::merge_patch(&mut v, ov);
             (v, base_path.to_owned())
         }
-        (Some(b), None) => (parse_value(base_path, b)?, base_path.to_owned()),
-        (None, Some(o)) => (parse_value(&overlay_path, o)?, overlay_path),
+        (Some(v), None) => (v, base_path.to_owned()),
+        (None, Some(ov)) => (ov.clone(), format!("environments/{env}/{base_path}")),
         (None, None) => return Ok(Vec::new()),
     };
     let specs = keys_for(kind, base_path, value).map_err(|message| CompileError::Key {
@@ -598,5 +669,27 @@ mod tests {
         );
         let parsed: Value = serde_json::from_slice(&v).unwrap();
         assert_eq!(canon::to_vec(&parsed), v);
+    }
+}
+
+#[cfg(test)]
+mod parsed_tests {
+    use super::*;
+
+    #[test]
+    fn compiling_the_parsed_documents_equals_compiling_the_files() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let files = opsrepo::read_work_tree(&root).unwrap();
+        let parsed = opsrepo::load::parse_all(&files);
+        for env in ["dev", "staging", "prod"] {
+            let a = Desired::compile(&files, env, "c1").unwrap();
+            let b = Desired::compile_parsed(&parsed, env, "c1").unwrap();
+            assert_eq!(a.entries.len(), b.entries.len(), "{env}");
+            for (k, e) in &a.entries {
+                let f = &b.entries[k];
+                assert_eq!((&e.digest, &e.path), (&f.digest, &f.path), "{env} {k:?}");
+            }
+            assert!(a.entries.len() > 50, "{env}: {}", a.entries.len());
+        }
     }
 }

@@ -39,6 +39,8 @@ pub struct Prepared {
     pub moved_backwards_from: Option<String>,
     /// Commit time (Unix seconds).
     pub commit_time: Option<i64>,
+    /// The typed model of the environment's view, from the same parse (for live snippets).
+    pub model: Option<std::sync::Arc<opsrepo::load::Model>>,
 }
 
 /// Reads, validates and compiles `rev` (default: the env branch head). Blocking.
@@ -87,9 +89,12 @@ pub fn prepare_with(
             _ => None,
         };
     let commit_s = commit.to_string();
+    // One parse of the commit: validation, compile and the daemon's snippets all use it.
     let files = opsrepo::read_commit(repo, &commit_s)?;
-    let report = opsrepo::validate(
-        &files,
+    let parsed = opsrepo::load::parse_all(&files);
+    drop(files);
+    let (report, model) = opsrepo::validate::validate_with_model(
+        &parsed,
         &opsrepo::ValidateOptions {
             env: Some(env.to_owned()),
             today,
@@ -115,11 +120,12 @@ pub fn prepare_with(
         None
     } else if let Some(p) = prev.filter(|p| p.env == env) {
         // Only the files the diff names are recompiled.
-        let full = || Ok(Desired::compile(&files, env, &commit_s)?);
+        let full = || Ok(Desired::compile_parsed(&parsed, env, &commit_s)?);
         Some(crate::desired::advance_in(&r, p, commit, full)?.0)
     } else {
-        Some(Desired::compile(&files, env, &commit_s)?)
+        Some(Desired::compile_parsed(&parsed, env, &commit_s)?)
     };
+    drop(parsed);
     Ok(Prepared {
         env: env.to_owned(),
         branch,
@@ -130,6 +136,7 @@ pub fn prepare_with(
         findings,
         moved_backwards_from,
         commit_time: r.commit_time(commit),
+        model: model.map(std::sync::Arc::new),
     })
 }
 
