@@ -14,7 +14,8 @@
 #
 # Usage: bash bench/b2_b7.sh
 # Environment: B2_DOCS (50000), B3_DOCS (22000 ≈ 50k keys), B2_RUNS (10), B4_RUNS (30),
-#   BENCH_OUT (bench/out/b2b7, git-ignored), BENCH_NO_BUILD=1.
+#   BENCH_OUT (bench/out/b2b7, git-ignored), BENCH_NO_BUILD=1, ONLY=b3b7 (skip B2 and B4:
+#   the apply/drift/memory figures alone).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${BENCH_OUT:-$ROOT/bench/out/b2b7}"
@@ -41,6 +42,7 @@ git_repo() { # DIR: init, commit everything, env branches, check out env/dev
 }
 commit() { git -C "$1" -c user.name=bench -c user.email=bench@vakt.invalid commit -qam "$2"; }
 
+if [[ "${ONLY:-}" != b3b7 ]]; then
 echo "b2_b7: generating $B2_DOCS documents" >&2
 python3 "$ROOT/bench/gen_repo.py" "$WORK/b2" "$B2_DOCS" >/dev/null
 git_repo "$WORK/b2"
@@ -48,6 +50,8 @@ sed -i 's/requests_per_second = 100/requests_per_second = 130/' "$WORK/b2/config
 commit "$WORK/b2" "one-file change"
 echo "b2_b7: B2" >&2
 "$BENCH" b2 "$WORK/b2" dev HEAD~1 HEAD "$B2_RUNS" | tee "$WORK/b2.json"
+
+fi
 
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 nats-server -js -a 127.0.0.1 -p "$PORT" -sd "$WORK/js" >"$WORK/nats.log" 2>&1 &
@@ -68,6 +72,7 @@ RSS_KB="$(awk -F: '/Maximum resident/ {gsub(/ /,"",$2); print $2}' "$WORK/b7.tim
 WALL="$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/b7.time")"
 echo "{\"bench\":\"B7\",\"command\":\"vakt apply --env dev --yes\",\"peak_rss_mb\":$((RSS_KB / 1024)),\"wall\":\"$WALL\"}" | tee "$WORK/b7.json"
 
+[[ "${ONLY:-}" == b3b7 ]] && exit 0
 echo "b2_b7: B4" >&2
 mkdir -p "$WORK/b4"
 for d in vakt.toml config environments inventory definitions access runbooks dashboards alerts dr; do
