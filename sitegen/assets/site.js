@@ -225,6 +225,7 @@
   }
   function renderDecision(s) {
     var d = el('div', 'decision level-' + token(s.decision.level));
+    d.appendChild(renderMetricsSource(s.metrics_source));
     add(d, el('p', 'decision-level', s.decision.level), el('p', 'decision-headline', s.decision.headline));
     var dl = el('dl', 'counts');
     Object.keys(s.counts).forEach(function (k) {
@@ -332,7 +333,6 @@
     conditions: function (d) { return renderConditions(d.conditions); },
     alerts: function (d) { return renderAlerts(d.alerts); },
     'alert-sources': function (d) { return renderAlertSources(d.alert_sources); },
-    'metrics-source': function (d) { return renderMetricsSource(d.metrics_source); },
     tasks: function (d, lim) { return renderTasks(d.tasks, lim); },
     events: function (d, lim, region) { return renderEvents(d.events, lim, region); },
     services: function (d) { return renderServices(d.services); },

@@ -157,6 +157,10 @@ fn backend_mode_degrades_to_in_memory_with_a_banner_when_victoria_metrics_dies_a
             .any(|c| c["id"] == "metrics-backend.dev")
     );
     validate("summary", &read(dir.path(), "summary").unwrap());
+    assert!(wait_until(
+        WAIT,
+        || api_status(&d)["live"]["metrics_source"]["mode"] == "backend"
+    ));
     let (_, out, _) = status_cli(&d);
     assert!(
         out.lines()
@@ -165,7 +169,6 @@ fn backend_mode_degrades_to_in_memory_with_a_banner_when_victoria_metrics_dies_a
             .starts_with(&format!("metrics: backend 127.0.0.1:{vm_port}")),
         "{out}"
     );
-    assert_eq!(api_status(&d)["live"]["metrics_source"]["mode"], "backend");
 
     // Kill VictoriaMetrics: within a bounded wait the header falls back to in-process counters,
     // degraded, with the last good backend totals marked stale and a condition.
@@ -205,7 +208,11 @@ fn backend_mode_degrades_to_in_memory_with_a_banner_when_victoria_metrics_dies_a
     validate("actions", &read(dir.path(), "actions").unwrap());
 
     // The API, the CLI and the built page show the mode first, with the banner and runbook.
-    assert_eq!(api_status(&d)["live"]["metrics_source"]["degraded"], true);
+    // (the files are written just before the served copy is swapped)
+    assert!(wait_until(
+        WAIT,
+        || api_status(&d)["live"]["metrics_source"]["degraded"] == true
+    ));
     let (code, out, err_out) = status_cli(&d);
     assert_eq!(code, 1, "{out}{err_out}");
     let first = out.lines().next().unwrap_or("");
@@ -227,8 +234,8 @@ fn backend_mode_degrades_to_in_memory_with_a_banner_when_victoria_metrics_dies_a
     let banner = page
         .find("metrics backend unreachable: showing in-process counters since the daemon started")
         .unwrap_or_else(|| panic!("no banner on /ops/"));
-    // The mode comes first in the decision section: before the decision level.
-    let decision = page.find("class=\"decision level-").unwrap();
+    // The mode comes first in the decision header: before the decision level.
+    let decision = page.find("class=\"decision-level\"").unwrap();
     assert!(banner < decision);
     assert!(page.contains("data-mode=\"in_memory\""));
     assert!(page.contains("runbooks/ops.vakt.metrics-backend-degraded/"));
