@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vakt_tests::browser::build_site;
+use vakt_tests::browser::{Driver, Server, build_site};
 use vakt_tests::nats::{self, Daemon, NatsServer, ops_git, wait_until};
 use vakt_tests::victoria::{Target, VictoriaMetrics};
 
@@ -229,7 +229,11 @@ fn backend_mode_degrades_to_in_memory_with_a_banner_when_victoria_metrics_dies_a
     let site = tempfile::tempdir().unwrap();
     let out_dir = site.path().join("public");
     let snip = dir.path().to_string_lossy().into_owned();
-    build_site(repo.path(), &out_dir, &["--snippets-dir", &snip]);
+    build_site(
+        repo.path(),
+        &out_dir,
+        &["--snippets-dir", &snip, "--refresh", "1"],
+    );
     let page = std::fs::read_to_string(out_dir.join("ops/index.html")).unwrap();
     let banner = page
         .find("metrics backend unreachable: showing in-process counters since the daemon started")
@@ -243,6 +247,25 @@ fn backend_mode_degrades_to_in_memory_with_a_banner_when_victoria_metrics_dies_a
         out_dir
             .join("runbooks/ops.vakt.metrics-backend-degraded/index.html")
             .exists()
+    );
+
+    // The live renderer (headless Chromium) shows the same banner first in the header.
+    vakt_tests::browser::require_chromium();
+    let server = Server::start(&out_dir, &["--snippets-dir", &snip]);
+    let driver = Driver::start();
+    let session = driver.session(true);
+    session.goto(&server.url("/ops/"));
+    let banner_js = "const r = document.querySelector('[data-live=\"decision\"]'); \
+         if (!r || r.dataset.source !== 'live') return null; \
+         const b = r.querySelector('.decision > .metrics-source:first-child .banner.metrics-degraded'); \
+         return b ? b.textContent + ' | ' + b.querySelector('a').getAttribute('href') : 'no banner'";
+    let text = session.wait_for(banner_js, WAIT, "live metrics banner");
+    let text = text.as_str().unwrap_or("").to_owned();
+    assert!(
+        text.starts_with(
+            "metrics backend unreachable: showing in-process counters since the daemon started"
+        ) && text.ends_with("runbooks/ops.vakt.metrics-backend-degraded/"),
+        "{text}"
     );
 
     // Restart it: back to backend mode, the condition and the banner gone.
@@ -268,6 +291,13 @@ fn backend_mode_degrades_to_in_memory_with_a_banner_when_victoria_metrics_dies_a
     assert!(
         figures(&ms, "backend").iter().all(|f| f["stale"].is_null()),
         "{ms}"
+    );
+    // The open page follows: backend mode, no banner.
+    session.wait_for(
+        "const m = document.querySelector('[data-live=\"decision\"] .metrics-source'); \
+         return m && m.dataset.mode === 'backend' && !m.querySelector('.banner') ? true : null",
+        WAIT,
+        "live page back in backend mode",
     );
 }
 
