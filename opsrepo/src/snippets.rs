@@ -367,7 +367,81 @@ pub struct SummarySnippet {
     /// Alert sources and whether each answered its last poll (empty without `--alertmanager`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alert_sources: Vec<AlertSourceStatus>,
+    /// Where the header's reconcile figures come from: the ops metrics source mode (absent in
+    /// a build-time snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_source: Option<MetricsSource>,
 }
+
+/// The ops metrics source modes of the operator surface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricsMode {
+    /// The daemon's own process counters (since it started): the local/dev fallback, good for
+    /// smoke checks, lost on restart and blind to other replicas.
+    InMemory,
+    /// Durable totals and trends queried from the observability backend (Prometheus query
+    /// API); required for staging and production incident response.
+    Backend,
+}
+
+/// The metrics source of the decision header: configured and effective mode, and the figures
+/// with the mode each came from. Bounded: at most [`MAX_METRIC_FIGURES`] figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSource {
+    /// `backend` with `vakt reconcile --metrics-backend`, else `in_memory`.
+    pub configured_mode: MetricsMode,
+    /// The mode of what the header shows now: `in_memory` when configured so, before the
+    /// backend answered, or while the backend's query path fails (then `degraded`).
+    pub mode: MetricsMode,
+    /// The backend's `host:port` (no scheme, path, query or credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_host: Option<String>,
+    /// Configured for the backend but it failed its last query: the header falls back to
+    /// in-process counters.
+    pub degraded: bool,
+    /// Why the last backend query failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Since when the backend has been failing (first failed query), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_since: Option<String>,
+    /// Last backend query, RFC 3339 (absent before the first or without a backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<String>,
+    /// Last successful backend query, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<String>,
+    /// When this daemon started counting: the in-process figures cover the time since then.
+    pub in_memory_since: String,
+    /// Runbook for this mode and its failure (catalog id).
+    pub runbook: String,
+    /// In-process counters and, once the backend answered, its totals (kept, marked stale,
+    /// while it fails).
+    pub figures: Vec<MetricFigure>,
+}
+
+/// One figure of the decision header and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricFigure {
+    /// What is counted: `reconcile_steps` (label `outcome`) or `refusals` (label `reason`).
+    pub metric: String,
+    /// The label value (`applied`, `noop`, `refused`, `failed`; a refusal reason).
+    pub label: String,
+    pub value: f64,
+    /// The mode the figure came from.
+    pub source: MetricsMode,
+    /// The window it covers: `since_start` (in-process) or the backend's query range (`24h`).
+    pub window: String,
+    /// A backend figure from the last good answer, shown while the backend fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+}
+
+/// Figures listed in `metrics_source` (per source, reconcile outcomes before refusals).
+pub const MAX_METRIC_FIGURES: usize = 64;
 
 /// The first thing on `/ops/`: is a human needed now?
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -885,6 +959,7 @@ pub fn snapshot(model: &Model, generated_at: &str) -> Snapshot {
             },
             counts: Counts::default(),
             alert_sources: Vec::new(),
+            metrics_source: None,
         },
         actions: ActionsSnippet {
             version: v,

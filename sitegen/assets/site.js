@@ -136,6 +136,49 @@
     });
     return ul;
   }
+  function renderMetricsSource(ms) {
+    if (!isObj(ms)) {
+      var u = el('p', 'metrics-mode', 'Metrics source: unknown (the daemon does not report its mode)');
+      u.setAttribute('data-mode', 'unknown');
+      return u;
+    }
+    var box = el('div', 'metrics-source mode-' + token(ms.mode) + (ms.degraded ? ' degraded' : ''));
+    box.setAttribute('data-mode', str(ms.mode));
+    box.setAttribute('data-configured-mode', str(ms.configured_mode));
+    if (ms.degraded) {
+      var b = add(el('p', 'banner metrics-degraded', 'metrics backend unreachable: showing in-process counters since the daemon started · runbook '), runbookLink(ms.runbook));
+      b.setAttribute('role', 'alert');
+      b.setAttribute('data-banner', 'metrics-degraded');
+      box.appendChild(b);
+    }
+    var line = add(el('p', 'metrics-mode'), 'Metrics source: ', badge('mode', ms.mode));
+    if (ms.configured_mode === 'backend') {
+      add(line, ' backend ' + str(ms.backend_host));
+      if (ms.degraded) {
+        add(line, ' failing since ' + str(ms.degraded_since || '?') + ': ' + str(ms.error) + (ms.last_success_at ? ' · last good answer ' + str(ms.last_success_at) : ''));
+      } else if (ms.mode === 'backend') {
+        add(line, ' · 24 h totals, checked ' + str(ms.checked_at));
+      } else {
+        add(line, ' · not queried yet');
+      }
+    } else {
+      add(line, ' in-process counters only (no metrics backend configured)');
+    }
+    add(line, ' · in-process since ' + str(ms.in_memory_since) + ' · runbook ', runbookLink(ms.runbook));
+    box.appendChild(line);
+    var figs = Array.isArray(ms.figures) ? ms.figures : [];
+    if (figs.length) {
+      box.appendChild(table('metric-figures', ['Figure', 'Label', 'Value', 'Source', 'Window'], figs.map(function (f) {
+        var src = add(el('span'), badge('mode', f.source));
+        if (f.stale) add(src, ' ', el('span', 'badge stale', 'stale'));
+        var r = row([str(f.metric).replace(/_/g, ' '), f.label, typeof f.value === 'number' ? String(Math.round(f.value)) : '', src, str(f.window).replace(/_/g, ' ')]);
+        r.setAttribute('data-source', str(f.source));
+        if (f.stale) r.className = 'stale';
+        return r;
+      })));
+    }
+    return box;
+  }
   function renderAlertCard(a) {
     var li = el('li', 'alert-card esc-' + token(a.escalation_class) + (a.stale ? ' stale' : ''));
     li.setAttribute('data-fingerprint', str(a.fingerprint));
@@ -182,6 +225,7 @@
   }
   function renderDecision(s) {
     var d = el('div', 'decision level-' + token(s.decision.level));
+    d.appendChild(renderMetricsSource(s.metrics_source));
     add(d, el('p', 'decision-level', s.decision.level), el('p', 'decision-headline', s.decision.headline));
     var dl = el('dl', 'counts');
     Object.keys(s.counts).forEach(function (k) {

@@ -32,18 +32,40 @@ impl VictoriaMetrics {
     /// Starts a server scraping `targets` (job `platform`) every `interval`, and waits until it
     /// answers `/health`.
     pub fn start(targets: &[Target], interval: Duration) -> VictoriaMetrics {
+        VictoriaMetrics::start_on(crate::nats::port(), targets, interval)
+    }
+
+    /// As [`VictoriaMetrics::start`], on a port chosen beforehand (a client configured before
+    /// the server exists).
+    pub fn start_on(port: u16, targets: &[Target], interval: Duration) -> VictoriaMetrics {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("scrape.yml");
         std::fs::write(&config, scrape_config(targets, interval)).expect("scrape config");
-        let port = crate::nats::port();
-        let log = std::fs::File::create(dir.path().join("victoria-metrics.log")).expect("log");
+        let mut vm = VictoriaMetrics {
+            child: None,
+            port,
+            dir,
+        };
+        vm.spawn();
+        vm
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("victoria-metrics.log"))
+            .expect("log");
         let child = Command::new("victoria-metrics")
             .arg(format!(
                 "-storageDataPath={}",
-                dir.path().join("data").display()
+                self.dir.path().join("data").display()
             ))
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .arg(format!("-promscrape.config={}", config.display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
+            .arg(format!(
+                "-promscrape.config={}",
+                self.dir.path().join("scrape.yml").display()
+            ))
             // Samples are visible to queries as soon as they are stored (default: 30 s later).
             .arg("-search.latencyOffset=0s")
             .arg("-search.disableCache")
@@ -52,16 +74,25 @@ impl VictoriaMetrics {
             .stderr(log)
             .spawn()
             .expect("start victoria-metrics (apt-get install victoria-metrics)");
-        let vm = VictoriaMetrics {
-            child: Some(child),
-            port,
-            dir,
-        };
+        self.child = Some(child);
         let up = crate::nats::wait_until(Duration::from_secs(20), || {
-            crate::nats::http_get(&vm.url(), "/health").is_some_and(|(c, _)| c == 200)
+            crate::nats::http_get(&self.url(), "/health").is_some_and(|(c, _)| c == 200)
         });
-        assert!(up, "victoria-metrics did not start:\n{}", vm.log());
-        vm
+        assert!(up, "victoria-metrics did not start:\n{}", self.log());
+    }
+
+    /// Kills the server (SIGKILL); its data directory stays.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the killed server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
     }
 
     pub fn url(&self) -> String {

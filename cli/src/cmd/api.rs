@@ -27,8 +27,12 @@ pub struct ApiArgs {
 /// every firing alert with its runbook and the vakt changes that preceded it ("changed before"),
 /// and the silenced or inhibited alerts with who silenced them, until when and why.
 ///
+/// The first line is the ops metrics source mode: `backend` (durable 24 h totals from
+/// `vakt reconcile --metrics-backend`) or `in_memory` (the daemon's own counters since it
+/// started), with a banner, the error and the runbook when the backend fails.
+///
 /// Exit status: 0 nothing needs a human, 1 something does (failed work, pending approvals,
-/// action-required or urgent conditions, an alert source down), 3 could not reach the API,
+/// action-required or urgent conditions, an alert source down, a degraded metrics backend), 3 could not reach the API,
 /// 4 refused (token/role).
 ///
 /// Examples:
@@ -148,7 +152,7 @@ fn render_status(v: &Value) -> String {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let mut s = String::new();
+    let mut s = metrics_line(&live["metrics_source"]);
     s.push_str(&format!(
         "{}: {}\n",
         live["decision"]["level"]
@@ -239,6 +243,65 @@ fn render_status(v: &Value) -> String {
             c["runbook"].as_str().unwrap_or("")
         ));
         s.push_str(&change_lines(c));
+    }
+    s
+}
+
+/// The ops metrics source mode, first: where the figures come from, and the fallback banner
+/// when the backend fails.
+fn metrics_line(m: &Value) -> String {
+    let Some(mode) = m["mode"].as_str() else {
+        return String::new();
+    };
+    let host = m["backend_host"].as_str().unwrap_or("");
+    let figures = |source: &str| -> String {
+        let parts: Vec<String> = m["figures"]
+            .as_array()
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|f| f["source"] == source && f["metric"] == "reconcile_steps")
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    f["label"].as_str().unwrap_or("?"),
+                    f["value"].as_f64().unwrap_or(0.0).round()
+                )
+            })
+            .collect();
+        parts.join(", ")
+    };
+    let local = format!(
+        "in-process since {}: {}",
+        m["in_memory_since"].as_str().unwrap_or("start"),
+        figures("in_memory")
+    );
+    let mut s = if m["degraded"] == true {
+        format!(
+            "metrics: IN_MEMORY (DEGRADED) · metrics backend unreachable: showing in-process counters since the daemon started\n  backend {host} failing since {}: {}\n  {local}\n  runbook {}\n",
+            m["degraded_since"].as_str().unwrap_or("?"),
+            m["error"].as_str().unwrap_or("?"),
+            m["runbook"].as_str().unwrap_or("")
+        )
+    } else if mode == "backend" {
+        format!(
+            "metrics: backend {host} · 24h: {} · checked {}\n  {local}\n",
+            figures("backend"),
+            m["checked_at"].as_str().unwrap_or("?")
+        )
+    } else if m["configured_mode"] == "backend" {
+        format!("metrics: in_memory (backend {host} not queried yet) · {local}\n")
+    } else {
+        format!("metrics: in_memory (no --metrics-backend) · {local}\n")
+    };
+    if m["degraded"] == true {
+        let stale = figures("backend");
+        if !stale.is_empty() {
+            s.push_str(&format!(
+                "  last good 24h totals (stale, from {}): {stale}\n",
+                m["last_success_at"].as_str().unwrap_or("?")
+            ));
+        }
     }
     s
 }

@@ -49,6 +49,16 @@ use crate::fail::{Exit, Fail};
 /// lease over from another holder records a leader.takeover audit event (a failover on the
 /// datacenter view).
 ///
+/// Ops metrics source: without --metrics-backend the decision header's figures are this
+/// process's own counters since it started (mode in_memory: fine for dev and smoke checks).
+/// With --metrics-backend URL (a Prometheus-compatible query API, e.g. VictoriaMetrics at
+/// http://vm:8428) the leader runs a small query pack against URL/api/v1/query every
+/// --metrics-poll (24 h totals of this environment's reconcile outcomes and refusals; 2 s
+/// connect, 5 s total, 4 MiB body) and the mode is backend. When the query path fails
+/// (refused, timeout, 5xx, not JSON, status error) the header falls back to in_memory with a
+/// banner, the last backend totals are kept marked stale, and a vakt_metrics_backend_degraded
+/// condition (action required; runbook ops.vakt.metrics-backend-degraded) says since when.
+///
 /// Exit codes: 0 stopped by SIGTERM or Ctrl-C, 2 usage (e.g. an invalid --site), 3 could not
 /// run (NATS unreachable, listener address in use, unreadable token file).
 ///
@@ -57,6 +67,7 @@ use crate::fail::{Exit, Fail};
 ///   vakt reconcile --env dev --remote https://git.example/ops.git --interval 1m
 ///   vakt reconcile --env prod --snippets /var/lib/vakt/snippets \
 ///       --alertmanager http://am-osl1:9093 --alertmanager http://am-bgo1:9093 --change-window 4h
+///   vakt reconcile --env staging --metrics-backend http://victoria-metrics:8428 --metrics-poll 1m
 ///   vakt reconcile --env prod --site osl1 --site-heartbeat 5s --nats-monitor http://nats-osl1:8222
 ///   vakt reconcile --env prod --site bgo1 --nats https://nats-bgo1:4222
 #[derive(Debug, clap::Args)]
@@ -139,6 +150,15 @@ pub struct ReconcileOpts {
     /// restores) this long before an alert or condition started are listed with it.
     #[arg(long, default_value = "2h", value_parser = parse_dur, value_name = "DURATION")]
     pub change_window: Duration,
+    /// Prometheus-compatible query API for the decision header's durable totals (e.g.
+    /// http://victoria-metrics:8428; a path prefix such as /select/0/prometheus is kept).
+    /// Without it the header shows in-process counters only (mode in_memory).
+    #[arg(long, value_name = "URL", value_parser = parse_http_url)]
+    pub metrics_backend: Option<String>,
+    /// How often the --metrics-backend query pack runs (each query: 2 s connect, 5 s total,
+    /// 4 MiB body).
+    #[arg(long, default_value = "30s", value_parser = parse_poll, value_name = "DURATION", requires = "metrics_backend")]
+    pub metrics_poll: Duration,
 }
 
 fn parse_http_url(s: &str) -> Result<String, String> {
@@ -172,6 +192,14 @@ fn parse_heartbeat(s: &str) -> Result<Duration, String> {
     let d = parse_dur(s)?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
         return Err(format!("`{s}` is outside 100ms..1h"));
+    }
+    Ok(d)
+}
+
+fn parse_poll(s: &str) -> Result<Duration, String> {
+    let d = parse_dur(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(86_400) {
+        return Err(format!("`{s}` is outside 100ms..24h"));
     }
     Ok(d)
 }
@@ -235,6 +263,8 @@ pub fn run(o: ReconcileOpts) -> Exit {
         change_window: o.change_window,
         site_heartbeat: o.site_heartbeat,
         nats_monitor: o.nats_monitor.clone(),
+        metrics_backend: o.metrics_backend.clone(),
+        metrics_poll: o.metrics_poll,
     };
     env::runtime().block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);

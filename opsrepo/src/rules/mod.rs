@@ -34,6 +34,7 @@ pub const BUILTIN_SIGNALS: &[&str] = &[
     "vakt_site_link_degraded",
     "vakt_backup_stale",
     "vakt_alert_source_down",
+    "vakt_metrics_backend_degraded",
     "inventory_trust_conflict",
     "tenant_drain_not_converging",
 ];

@@ -192,7 +192,7 @@ async fn status(State(st): S, h: HeaderMap) -> Response {
     let approvals = crate::ops::approvals::list(&st.store)
         .await
         .unwrap_or_default();
-    let summary = st.shared.snapshot.lock().ok().and_then(|s| s.as_ref().map(|s| json!({"decision": s.summary.decision, "counts": s.summary.counts, "conditions": s.actions.conditions, "alerts": s.actions.alerts})));
+    let summary = st.shared.snapshot.lock().ok().and_then(|s| s.as_ref().map(|s| json!({"decision": s.summary.decision, "counts": s.summary.counts, "conditions": s.actions.conditions, "alerts": s.actions.alerts, "metrics_source": s.summary.metrics_source})));
     v["jobs"] = json!({
         "running": jobs.iter().filter(|j| j.state == crate::ops::jobs::JobState::Running).map(|j| &j.id).collect::<Vec<_>>(),
         "failed": jobs.iter().filter(|j| matches!(j.state, crate::ops::jobs::JobState::Failed | crate::ops::jobs::JobState::DeadLettered | crate::ops::jobs::JobState::Retrying)).map(|j| &j.id).collect::<Vec<_>>(),

@@ -18,6 +18,7 @@ pub mod access;
 pub mod alerts;
 pub mod api;
 pub mod client;
+pub mod metrics_source;
 pub mod shared;
 pub mod sitelinks;
 pub mod snippets;
@@ -83,6 +84,11 @@ pub struct DaemonOpts {
     /// nats-server monitoring base URL: `/routez` and `/gatewayz` are shown on the
     /// `nats-cluster-route` links.
     pub nats_monitor: Option<String>,
+    /// Prometheus-compatible query API (`--metrics-backend`): the decision header's ops
+    /// metrics source. Without it the mode is `in_memory`.
+    pub metrics_backend: Option<String>,
+    /// How often the backend's query pack runs.
+    pub metrics_poll: Duration,
 }
 
 /// `vakt reconcile --backup-dir DIR --backup-every D --backup-keep N`.
@@ -241,7 +247,27 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
             shutdown.clone(),
         ));
     }
+    // Ops metrics source: the backend's query pack, polled in its own task like the alerts.
+    let (metrics_tx, mut metrics_rx) =
+        mpsc::channel::<Arc<crate::daemon::metrics_source::Backend>>(1);
+    let metrics_backend = opts
+        .metrics_backend
+        .as_deref()
+        .map(crate::daemon::metrics_source::Backend::new);
+    if let Some(b) = &metrics_backend {
+        let sh = shared.clone();
+        tokio::spawn(crate::daemon::metrics_source::poll_loop(
+            b.clone(),
+            opts.target.env.clone(),
+            opts.metrics_poll,
+            move || sh.is_leader.load(Ordering::SeqCst),
+            metrics_tx,
+            shutdown.clone(),
+        ));
+    }
     let mut ctx = Ctx {
+        metrics_backend: metrics_backend.map(Arc::new),
+        started_at: crate::store::audit::now_rfc3339(),
         alert_sources: Arc::new(crate::daemon::alerts::Source::from_urls(
             &opts.alertmanagers,
         )),
@@ -290,6 +316,13 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
                 continue;
             }
             Some(()) = links_rx.recv() => {
+                if shared.is_leader.load(Ordering::SeqCst) {
+                    ctx.refresh_snippets().await;
+                }
+                continue;
+            }
+            Some(backend) = metrics_rx.recv() => {
+                ctx.metrics_backend = Some(backend);
                 if shared.is_leader.load(Ordering::SeqCst) {
                     ctx.refresh_snippets().await;
                 }
@@ -363,6 +396,10 @@ struct Ctx {
     alert_sources: Arc<Vec<crate::daemon::alerts::Source>>,
     /// The site-link monitor (with `--site`).
     site_links: Option<Arc<crate::daemon::sitelinks::Monitor>>,
+    /// The metrics backend as of its last query (with `--metrics-backend`).
+    metrics_backend: Option<Arc<crate::daemon::metrics_source::Backend>>,
+    /// When this process started counting (the in-process figures' window).
+    started_at: String,
 }
 
 impl Ctx {
@@ -560,6 +597,9 @@ impl Ctx {
             alert_sources: &self.alert_sources,
             change_window: self.opts.change_window,
             site_links: links_view.as_ref(),
+            metrics_backend: self.metrics_backend.as_deref(),
+            in_process: &crate::daemon::metrics_source::in_process(&self.shared),
+            started_at: &self.started_at,
         });
         for st in &snap.dr.stores {
             if let Some(t) = st.last_success_at.as_deref().and_then(|t| {

@@ -38,6 +38,12 @@ pub struct Inputs<'a> {
     pub change_window: std::time::Duration,
     /// Measured cross-site links (`--site`); `None` without a site.
     pub site_links: Option<&'a crate::daemon::sitelinks::View>,
+    /// The metrics backend and its last answer (`--metrics-backend`); `None` without one.
+    pub metrics_backend: Option<&'a crate::daemon::metrics_source::Backend>,
+    /// The daemon's own counters as figures (the `in_memory` mode).
+    pub in_process: &'a [opsrepo::snippets::MetricFigure],
+    /// When the daemon started (the in-process figures' window).
+    pub started_at: &'a str,
 }
 
 /// The catalog entry for a signal: (runbook id, escalation class, remediation mode).
@@ -528,6 +534,41 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
     }
     s.dr.conditions.extend(dr_conditions.iter().cloned());
     conditions.extend(dr_conditions);
+
+    // Ops metrics source: a backend whose query path fails is a condition (alerts still flow,
+    // so it needs an operator, not a page).
+    let metrics_source = crate::daemon::metrics_source::view(
+        i.metrics_backend,
+        i.in_process,
+        i.started_at,
+        &runbook_for(i.model, crate::daemon::metrics_source::DEGRADED_SIGNAL).0,
+    );
+    if metrics_source.degraded {
+        let host = metrics_source.backend_host.clone().unwrap_or_default();
+        let mut c = condition(
+            i.model,
+            env,
+            format!("metrics-backend.{env}"),
+            ConditionKind::Alert,
+            crate::daemon::metrics_source::DEGRADED_SIGNAL,
+            format!(
+                "Metrics backend {host} unreachable: the header shows in-process counters since the daemon started"
+            ),
+        );
+        c.since = metrics_source.degraded_since.clone();
+        c.resource = Some(format!("metrics-backend:{host}"));
+        c.detail = Some(format!(
+            "{} (24 h totals from the last good answer are shown stale{})",
+            metrics_source.error.as_deref().unwrap_or("query failed"),
+            metrics_source
+                .last_success_at
+                .as_deref()
+                .map(|t| format!(", from {t}"))
+                .unwrap_or_default()
+        ));
+        conditions.push(c);
+    }
+    s.summary.metrics_source = Some(metrics_source);
 
     // "What changed?": every condition about a tenant, site or node lists the vakt changes that
     // touched it before it started.
