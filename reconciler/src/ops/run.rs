@@ -51,11 +51,12 @@ pub fn prepare(
     prev_branch_head: Option<&str>,
     today: time::Date,
 ) -> Result<Prepared, Error> {
-    prepare_with(repo, env, rev, prev_branch_head, today, None, None)
+    prepare_inner(repo, env, rev, prev_branch_head, today, None, None, false)
 }
 
-/// [`prepare`], reading the branch from `branch_override` (e.g. `origin/env/dev` after a
-/// fetch) and compiling incrementally from `prev` when given.
+/// [`prepare`] for the daemon: reads the branch from `branch_override` (e.g. `origin/env/dev`
+/// after a fetch), compiles incrementally from `prev` when given, and keeps the environment's
+/// typed model for the live snippets.
 pub fn prepare_with(
     repo: &Path,
     env: &str,
@@ -64,6 +65,29 @@ pub fn prepare_with(
     today: time::Date,
     branch_override: Option<&str>,
     prev: Option<Desired>,
+) -> Result<Prepared, Error> {
+    prepare_inner(
+        repo,
+        env,
+        rev,
+        prev_branch_head,
+        today,
+        branch_override,
+        prev,
+        true,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prepare_inner(
+    repo: &Path,
+    env: &str,
+    rev: Option<&str>,
+    prev_branch_head: Option<&str>,
+    today: time::Date,
+    branch_override: Option<&str>,
+    prev: Option<Desired>,
+    keep_model: bool,
 ) -> Result<Prepared, Error> {
     let r = Repo::open(repo)?;
     let branch = branch_override.map_or_else(|| env_branch(repo, env), str::to_owned);
@@ -100,6 +124,8 @@ pub fn prepare_with(
             today,
         },
     );
+    // A one-off apply has no use for the model: free it before compiling (peak memory).
+    let model = if keep_model { model } else { None };
     // Input and schema errors first: they are the cause; reference errors often follow from them.
     let mut errors: Vec<&opsrepo::Finding> = report
         .findings
