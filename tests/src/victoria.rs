@@ -32,9 +32,15 @@ impl VictoriaMetrics {
     /// Starts a server scraping `targets` (job `platform`) every `interval`, and waits until it
     /// answers `/health`.
     pub fn start(targets: &[Target], interval: Duration) -> VictoriaMetrics {
+        VictoriaMetrics::start_with_config(&scrape_config(targets, interval))
+    }
+
+    /// Starts a server with `config` as its `-promscrape.config` (e.g. what `vakt render`
+    /// wrote), and waits until it answers `/health`.
+    pub fn start_with_config(config_text: &str) -> VictoriaMetrics {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("scrape.yml");
-        std::fs::write(&config, scrape_config(targets, interval)).expect("scrape config");
+        std::fs::write(&config, config_text).expect("scrape config");
         let port = crate::nats::port();
         let log = std::fs::File::create(dir.path().join("victoria-metrics.log")).expect("log");
         let child = Command::new("victoria-metrics")
