@@ -192,4 +192,8 @@ cat <<TXT
 ==> serving the operator site (Ctrl-C stops the demo)
     try: edit $WORK/ops/config/tenants/polar-retail/tenant.toml, commit on env/dev, watch /ops/
 TXT
-"$VAKT" site serve --out "$WORK/site" --snippets-dir "$WORK/snippets" --addr 127.0.0.1:0
+# In the background and waited for, so a TERM to the script alone also stops everything.
+"$VAKT" site serve --out "$WORK/site" --snippets-dir "$WORK/snippets" --addr 127.0.0.1:0 &
+SERVE_PID=$!
+pids+=($SERVE_PID)
+wait "$SERVE_PID"

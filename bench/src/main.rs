@@ -325,6 +325,24 @@ async fn b9(repo: &Path, nats: &str, am: &str, runs: usize, peer_runs: usize) {
     let out = std::env::temp_dir().join(format!("vakt-b9-{}", std::process::id()));
     std::fs::create_dir_all(&out).expect("snippets dir");
     let client = reconciler::alerts::client();
+    let rss_before = peak_rss_mb();
+    // Alertmanager's own share: the same GET, body read, nothing parsed.
+    let mut raw = Vec::new();
+    let mut body_bytes = 0;
+    for _ in 0..=runs {
+        let t = Instant::now();
+        let body = client
+            .get(format!("{am}/api/v2/alerts"))
+            .send()
+            .await
+            .expect("GET /api/v2/alerts")
+            .bytes()
+            .await
+            .expect("body");
+        raw.push(ms(t.elapsed()));
+        body_bytes = body.len();
+    }
+    raw.remove(0);
     let mut sources = reconciler::alerts::Source::from_urls(&[am.to_owned()]);
     let (mut fetch, mut build, mut write, mut total) = (vec![], vec![], vec![], vec![]);
     let mut view = serde_json::Value::Null;
@@ -406,7 +424,8 @@ async fn b9(repo: &Path, nats: &str, am: &str, runs: usize, peer_runs: usize) {
             "poll_ms_max": pct(&total, 1.0),
             "fetch_ms_median": median(fetch), "build_ms_median": median(build),
             "write_ms_median": median(write), "actions_json_bytes": actions_bytes,
-            "peak_rss_mb": rss, "view": view,
+            "peak_rss_mb": rss, "rss_before_polls_mb": rss_before, "view": view,
+            "raw_get_ms_median": median(raw), "body_bytes": body_bytes,
             "amtool_query_ms_median": median(peer.clone()), "amtool_runs": peer_runs,
             "poll_vs_amtool": median(total) / median(peer),
         })

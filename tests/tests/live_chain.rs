@@ -146,6 +146,7 @@ fn speed_up(render: &Path) {
         panic!("unexpected rendered rule layout after {head}: {after}")
     };
     std::fs::write(&rules, format!("{before}{after}")).unwrap();
+    let mut intervals = 0;
     for e in std::fs::read_dir(render.join("rules")).unwrap() {
         let p = e.unwrap().path();
         let t = std::fs::read_to_string(&p).unwrap();
@@ -153,6 +154,7 @@ fn speed_up(render: &Path) {
             .lines()
             .map(|l| {
                 if l.trim_start().starts_with("interval: ") {
+                    intervals += 1;
                     let indent = &l[..l.find("interval:").unwrap()];
                     format!("{indent}interval: \"1s\"")
                 } else {
@@ -162,6 +164,13 @@ fn speed_up(render: &Path) {
             .collect();
         std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     }
+    // The chosen alert's group has its own interval (30s as rendered).
+    assert!(
+        std::fs::read_to_string(&rules)
+            .unwrap()
+            .contains("interval: \"1s\""),
+        "{intervals} group intervals rewritten"
+    );
     let scrape = render.join("scrape.yaml");
     let t = std::fs::read_to_string(&scrape).unwrap();
     assert!(!t.contains("global:"), "the render now sets global: {t}");
@@ -317,6 +326,22 @@ fn a_fault_on_a_node_reaches_action_required_with_its_runbook_and_the_preceding_
     // vmalert the generated runbook_url (Alertmanager keeps annotations, not labels).
     assert_eq!(c["labels"]["env"], "dev");
     assert_eq!(c["labels"]["shard"], "gw-osl1");
+    // vmalert sent the rendered runbook_url (an annotation, which the card does not copy).
+    let (code, body) =
+        vakt_tests::browser::http("GET", &format!("{}/api/v2/alerts", am.url()), None);
+    assert_eq!(code, 200, "{body}");
+    let sent: Value = serde_json::from_str(&body).unwrap();
+    let ours = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == ALERT && a["labels"]["node"] == NODE)
+        .unwrap_or_else(|| panic!("{ALERT} not in Alertmanager: {sent}"));
+    assert_eq!(
+        ours["annotations"]["runbook_url"],
+        format!("https://ops.dataverket.internal/runbooks/{RUNBOOK}/")
+    );
+    assert_eq!(ours["annotations"]["runbook_id"], RUNBOOK);
     // "What changed?": the apply above, with its commit, actor and plan.
     let changes = c["changes"].as_array().expect("changes").clone();
     let apply = changes
