@@ -130,21 +130,22 @@ fn catalog_entry(id: &str) -> Value {
 fn speed_up(render: &Path) {
     let rules = render.join(RULE_FILE);
     let text = std::fs::read_to_string(&rules).unwrap();
+    // As rendered: `- alert: "NAME"`, then `expr: "…"` on one line, then `for: "…"`.
     let head = format!("- alert: \"{ALERT}\"\n");
     let at = text.find(&head).expect("the alert in the rendered rules") + head.len();
-    let (before, after) = text.split_at(at);
-    let line_end = after.find('\n').unwrap();
-    let for_line = &after[..line_end + 1];
-    let after = if for_line.trim_start().starts_with("expr:") {
-        // `for` follows `expr`.
-        let rest = &after[line_end + 1..];
-        let end = rest.find('\n').unwrap();
-        assert!(rest[..end].trim_start().starts_with("for: "), "{rest}");
-        let indent = &rest[..rest.find("for:").unwrap()];
-        format!("{for_line}{indent}for: \"0s\"{}", &rest[end..])
-    } else {
-        panic!("unexpected rendered rule layout after {head}: {after}")
-    };
+    let (before, rest) = text.split_at(at);
+    let mut lines = rest.splitn(3, '\n');
+    let (expr, for_line, tail) = (
+        lines.next().unwrap(),
+        lines.next().unwrap(),
+        lines.next().unwrap(),
+    );
+    assert!(
+        expr.trim_start().starts_with("expr: ") && for_line.trim_start().starts_with("for: "),
+        "unexpected rendered rule layout after {head}{expr}\n{for_line}"
+    );
+    let indent = &for_line[..for_line.find("for:").unwrap()];
+    let after = format!("{expr}\n{indent}for: \"0s\"\n{tail}");
     std::fs::write(&rules, format!("{before}{after}")).unwrap();
     let mut intervals = 0;
     for e in std::fs::read_dir(render.join("rules")).unwrap() {
