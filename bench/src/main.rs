@@ -6,6 +6,10 @@
 //!   vakt-bench b3 REPO ENV NATS_URL             apply vs raw JetStream publish; drift (B6)
 //!                                               vs read-back; peak RSS (B7)
 //!   vakt-bench b4 REPO NATS_URL VAKT_BIN N      merge → visible latency with a NATS trigger
+//!   vakt-bench b9 REPO NATS_URL AM_URL RUNS PEER_RUNS
+//!                                               one alert poll of the daemon (fetch, dedupe,
+//!                                               catalog join, change correlation, snippets)
+//!                                               vs `amtool alert query -o json`; peak RSS
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -31,13 +35,21 @@ fn main() {
             &a(4),
             a(5).parse().unwrap_or(30),
         )),
+        Some("b9") => rt().block_on(b9(
+            Path::new(&a(2)),
+            &a(3),
+            &a(4),
+            a(5).parse().unwrap_or(20),
+            a(6).parse().unwrap_or(10),
+        )),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vakt-bench b2 REPO ENV BASE HEAD RUNS | b3 REPO ENV NATS_URL | b4 REPO NATS_URL VAKT_BIN N"
+        "usage: vakt-bench b2 REPO ENV BASE HEAD RUNS | b3 REPO ENV NATS_URL | b4 REPO NATS_URL VAKT_BIN N \
+         | b9 REPO NATS_URL AM_URL RUNS PEER_RUNS"
     );
     std::process::exit(2)
 }
@@ -266,6 +278,168 @@ async fn b4(repo: &Path, url: &str, vakt: &str, n: usize) {
         serde_json::json!({
             "bench": "B4", "runs": n, "trigger_p50_ms": pct(&lat, 0.5), "trigger_p99_ms": pct(&lat, 0.99),
             "trigger_max_ms": pct(&lat, 1.0),
+        })
+    );
+}
+
+/// B9: what the daemon does on every alert poll, over the alerts already posted to a real
+/// Alertmanager at `am` (10,000 in `bench/b9_alerts.sh`), with the audit events and status of
+/// a real `vakt apply` of `repo`'s env/dev on `nats`: read `/api/v2/alerts` (and the silences),
+/// deduplicate, join every alert to its catalog entry, correlate with the last 2,000 audit
+/// events, build every snippet and write them to a directory, exactly as
+/// `Daemon::refresh_snippets` does. Peer: `amtool alert query -o json` on the same
+/// Alertmanager, which only fetches and prints.
+async fn b9(repo: &Path, nats: &str, am: &str, runs: usize, peer_runs: usize) {
+    let env = "dev";
+    let target = reconciler::EnvTarget::resolve(
+        repo,
+        env,
+        reconciler::store::NatsOpts {
+            urls: nats.to_owned(),
+            ..Default::default()
+        },
+        None,
+        Default::default(),
+    )
+    .expect("target");
+    let store = target.open_existing().await.expect("open buckets");
+    let audit = reconciler::store::audit::Audit::open(&store)
+        .await
+        .expect("audit");
+    let (status, _) = reconciler::store::state::get::<reconciler::store::state::Status>(
+        &store.state,
+        reconciler::store::state::STATUS,
+    )
+    .await
+    .expect("status")
+    .expect("a status record: run `vakt apply --env dev` first");
+    let commit = status.applied_commit.clone().expect("an applied commit");
+    let files = opsrepo::read_commit(repo, &commit).expect("read the applied commit");
+    let model = opsrepo::load::build_view(&opsrepo::load::parse_all(&files), Some(env)).0;
+    let from = audit.last_seq().await.unwrap_or(0).saturating_sub(2000);
+    let events: Vec<reconciler::store::audit::AuditEvent> = audit
+        .read(from)
+        .await
+        .expect("audit events")
+        .into_iter()
+        .map(|s| s.event)
+        .collect();
+    let out = std::env::temp_dir().join(format!("vakt-b9-{}", std::process::id()));
+    std::fs::create_dir_all(&out).expect("snippets dir");
+    let client = reconciler::daemon::alerts::client();
+    let rss_before = peak_rss_mb();
+    // Alertmanager's own share: the same GET, body read, nothing parsed.
+    let mut raw = Vec::new();
+    let mut body_bytes = 0;
+    for _ in 0..=runs {
+        let t = Instant::now();
+        let body = client
+            .get(format!("{am}/api/v2/alerts"))
+            .send()
+            .await
+            .expect("GET /api/v2/alerts")
+            .bytes()
+            .await
+            .expect("body");
+        raw.push(ms(t.elapsed()));
+        body_bytes = body.len();
+    }
+    raw.remove(0);
+    let mut sources = reconciler::daemon::alerts::Source::from_urls(&[am.to_owned()]);
+    let (mut fetch, mut build, mut write, mut total) = (vec![], vec![], vec![], vec![]);
+    let mut view = serde_json::Value::Null;
+    let mut actions_bytes = 0;
+    // One unmeasured poll first (connection set-up, page cache), as in a running daemon.
+    for i in 0..=runs {
+        let t0 = Instant::now();
+        let now = time::OffsetDateTime::now_utc();
+        reconciler::daemon::alerts::poll(
+            &client,
+            &mut sources[0],
+            now,
+            reconciler::daemon::alerts::MAX_BODY,
+        )
+        .await;
+        let t1 = Instant::now();
+        let at = reconciler::store::audit::now_rfc3339();
+        let snap = reconciler::daemon::snippets::live(&reconciler::daemon::snippets::Inputs {
+            model: &model,
+            env,
+            status: &status,
+            observations: &[],
+            events: &events,
+            approvals: &[],
+            jobs: &[],
+            discovered: &[],
+            generated_at: &at,
+            last_backup: None,
+            alert_sources: &sources,
+            change_window: Duration::from_secs(2 * 3600),
+            site_links: None,
+            metrics_backend: None,
+            in_process: &[],
+            started_at: &at,
+        });
+        let t2 = Instant::now();
+        reconciler::daemon::snippets::write_dir(&out, &snap).expect("write snippets");
+        let t3 = Instant::now();
+        assert_eq!(
+            sources[0].state,
+            opsrepo::snippets::SourceState::Live,
+            "{:?}",
+            sources[0].error
+        );
+        if i == 0 {
+            continue;
+        }
+        fetch.push(ms(t1 - t0));
+        build.push(ms(t2 - t1));
+        write.push(ms(t3 - t2));
+        total.push(ms(t3 - t0));
+        if i == runs {
+            let text = std::fs::read(out.join("actions.json")).expect("actions.json");
+            actions_bytes = text.len();
+            let v: serde_json::Value = serde_json::from_slice(&text).expect("actions JSON");
+            let a = &v["alerts"];
+            view = serde_json::json!({
+                "firing_total": a["firing_total"], "silenced_total": a["silenced_total"],
+                "cards": a["firing"].as_array().map_or(0, Vec::len),
+                "silenced_cards": a["silenced"].as_array().map_or(0, Vec::len),
+                "groups": a["groups"].as_array().map_or(0, Vec::len),
+                "cards_with_changes": a["firing"].as_array().map_or(0, |c| c.iter()
+                    .filter(|c| c["changes"].as_array().is_some_and(|x| !x.is_empty())).count()),
+                "conditions": v["conditions"].as_array().map_or(0, Vec::len),
+            });
+        }
+    }
+    let rss = peak_rss_mb();
+    let _ = std::fs::remove_dir_all(&out);
+    let alerts_fetched = sources[0].alerts.len();
+    // Peer: amtool, as an operator runs it, output discarded.
+    let mut peer = Vec::new();
+    for _ in 0..=peer_runs {
+        let t = Instant::now();
+        let st = std::process::Command::new("amtool")
+            .args(["alert", "query", "-o", "json", "--alertmanager.url", am])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run amtool (Debian package prometheus-alertmanager)");
+        assert!(st.success(), "amtool failed: {st}");
+        peer.push(ms(t.elapsed()));
+    }
+    peer.remove(0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "B9", "alerts_fetched": alerts_fetched, "audit_events": events.len(),
+            "runs": runs, "poll_ms_median": median(total.clone()), "poll_ms_p95": pct(&total, 0.95),
+            "poll_ms_max": pct(&total, 1.0),
+            "fetch_ms_median": median(fetch), "build_ms_median": median(build),
+            "write_ms_median": median(write), "actions_json_bytes": actions_bytes,
+            "peak_rss_mb": rss, "rss_before_polls_mb": rss_before, "view": view,
+            "raw_get_ms_median": median(raw), "body_bytes": body_bytes,
+            "amtool_query_ms_median": median(peer.clone()), "amtool_runs": peer_runs,
+            "poll_vs_amtool": median(total) / median(peer),
         })
     );
 }

@@ -1,9 +1,11 @@
 //! End-to-end harness: the `vakt` binary, copies of the bundled ops repo, real Git repositories,
-//! real NATS servers ([`nats`]) and VictoriaMetrics ([`victoria`]).
+//! real NATS servers ([`nats`]), VictoriaMetrics ([`victoria`]), vmalert ([`vmalert`]) and
+//! Alertmanager ([`alertmanager`]).
 
 pub mod alertmanager;
 pub mod nats;
 pub mod victoria;
+pub mod vmalert;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

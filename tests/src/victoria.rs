@@ -38,9 +38,19 @@ impl VictoriaMetrics {
     /// As [`VictoriaMetrics::start`], on a port chosen beforehand (a client configured before
     /// the server exists).
     pub fn start_on(port: u16, targets: &[Target], interval: Duration) -> VictoriaMetrics {
+        VictoriaMetrics::start_with_config_on(port, &scrape_config(targets, interval))
+    }
+
+    /// Starts a server with `config_text` as its `-promscrape.config` (e.g. what `vakt render`
+    /// wrote), and waits until it answers `/health`.
+    pub fn start_with_config(config_text: &str) -> VictoriaMetrics {
+        VictoriaMetrics::start_with_config_on(crate::nats::port(), config_text)
+    }
+
+    fn start_with_config_on(port: u16, config_text: &str) -> VictoriaMetrics {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("scrape.yml");
-        std::fs::write(&config, scrape_config(targets, interval)).expect("scrape config");
+        std::fs::write(&config, config_text).expect("scrape config");
         let mut vm = VictoriaMetrics {
             child: None,
             port,
