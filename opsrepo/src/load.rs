@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::diag::{Finding, Pos};
 use crate::kinds::{Kind, kind_of_base_path, split_overlay};
 use crate::model::*;
-use crate::parse::{self, Format, Spans};
+use crate::parse::{self, Format, LazySpans};
 use crate::source::RepoFiles;
 
 /// One parsed file.
@@ -26,7 +26,8 @@ pub struct SourceDoc {
     pub base_path: String,
     pub text: Arc<str>,
     pub value: Arc<Value>,
-    pub spans: Arc<Spans>,
+    /// Source positions, computed when a finding first needs one.
+    pub spans: Arc<LazySpans>,
     /// The typed document built from this file alone, shared by every view that does not
     /// overlay it (views are built in parallel; the first one to need it builds it).
     shared: OnceLock<Arc<dyn Any + Send + Sync>>,
@@ -53,8 +54,8 @@ impl SourceDoc {
 /// Where the values of a (possibly merged) document come from.
 #[derive(Debug, Clone)]
 pub struct DocSpans {
-    pub base: Option<(String, Arc<Spans>)>,
-    pub overlay: Option<(String, Arc<Spans>)>,
+    pub base: Option<(String, Arc<LazySpans>)>,
+    pub overlay: Option<(String, Arc<LazySpans>)>,
 }
 
 impl DocSpans {
@@ -69,7 +70,8 @@ impl DocSpans {
     }
 
     fn locate_with(&self, pointer: &str, key: bool) -> (&str, Pos) {
-        let pick = |(_, s): &(String, Arc<Spans>)| -> (usize, Pos) {
+        let pick = |(_, s): &(String, Arc<LazySpans>)| -> (usize, Pos) {
+            let s = s.get();
             // depth of the longest recorded ancestor, to prefer the more specific file
             let mut q = pointer;
             loop {
@@ -314,15 +316,17 @@ fn parse_one(
             }
             let text = parse::decode(&raw.path, bytes).map_err(|f| vec![f])?;
             let format = Format::from_path(&raw.path).unwrap_or(Format::Toml);
-            let parsed = parse::parse(&raw.path, format, text).map_err(|f| vec![f])?;
+            // The value alone: positions are computed only for a file a finding names.
+            let value = parse::parse_value(&raw.path, format, text).map_err(|f| vec![f])?;
+            let text: Arc<str> = text_arc.unwrap_or_else(|| Arc::from(text));
             let doc = SourceDoc {
                 path: raw.path.clone(),
                 kind,
                 env,
                 base_path,
-                text: text_arc.unwrap_or_else(|| Arc::from(text)),
-                value: Arc::new(parsed.value),
-                spans: Arc::new(parsed.spans),
+                spans: Arc::new(LazySpans::new(&raw.path, format, text.clone())),
+                text,
+                value: Arc::new(value),
                 shared: OnceLock::new(),
             };
             // Base documents are checked against their schema on their own; overlays are

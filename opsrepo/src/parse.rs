@@ -45,9 +45,23 @@ impl Format {
 pub struct Spans {
     values: HashMap<String, Pos>,
     keys: HashMap<String, Pos>,
+    /// Positions are not recorded (a parse for the value alone).
+    off: bool,
 }
 
 impl Spans {
+    fn put_value(&mut self, pointer: &str, pos: Pos) {
+        if !self.off {
+            self.values.insert(pointer.to_owned(), pos);
+        }
+    }
+
+    fn put_key(&mut self, pointer: &str, pos: Pos) {
+        if !self.off {
+            self.keys.insert(pointer.to_owned(), pos);
+        }
+    }
+
     /// Position of the value at `pointer`, or of its closest ancestor that has one.
     pub fn value(&self, pointer: &str) -> Pos {
         self.lookup(&self.values, pointer)
@@ -160,12 +174,28 @@ pub fn decode<'a>(path: &str, bytes: &'a [u8]) -> Result<&'a str, Finding> {
     })
 }
 
-/// Parses a structured document of the given format.
+/// Parses a structured document of the given format, with the source position of every value
+/// and key.
 pub fn parse(path: &str, format: Format, text: &str) -> Result<Parsed, Finding> {
+    parse_with(path, format, text, Spans::default())
+}
+
+/// Parses a document for its value alone: the same checks and errors as [`parse`], no
+/// positions recorded. Positions are computed later, only for a document a finding names
+/// ([`LazySpans`]).
+pub fn parse_value(path: &str, format: Format, text: &str) -> Result<Value, Finding> {
+    let off = Spans {
+        off: true,
+        ..Spans::default()
+    };
+    parse_with(path, format, text, off).map(|p| p.value)
+}
+
+fn parse_with(path: &str, format: Format, text: &str, spans: Spans) -> Result<Parsed, Finding> {
     check_depth(path, format, text)?;
     match format {
-        Format::Toml => parse_toml(path, text),
-        Format::Yaml | Format::Json => parse_yaml(path, text, format),
+        Format::Toml => parse_toml(path, text, spans),
+        Format::Yaml | Format::Json => parse_yaml(path, text, format, spans),
         Format::Markdown => Ok(Parsed {
             value: Value::String(text.to_owned()),
             spans: Spans::default(),
@@ -252,7 +282,7 @@ fn check_depth(path: &str, format: Format, text: &str) -> Result<(), Finding> {
     Ok(())
 }
 
-fn parse_toml(path: &str, text: &str) -> Result<Parsed, Finding> {
+fn parse_toml(path: &str, text: &str, mut spans: Spans) -> Result<Parsed, Finding> {
     let table = toml::de::DeTable::parse(text).map_err(|e| {
         let pos = e
             .span()
@@ -266,14 +296,13 @@ fn parse_toml(path: &str, text: &str) -> Result<Parsed, Finding> {
         .help("fix the TOML syntax at this position")
     })?;
     let idx = LineIndex::new(text);
-    let mut spans = Spans::default();
     let mut conv = TomlConv {
         idx: &idx,
         spans: &mut spans,
         path,
     };
     let pos = idx.pos(table.span().start);
-    conv.spans.values.insert(String::new(), pos);
+    conv.spans.put_value("", pos);
     let value = conv.table(table.get_ref(), "")?;
     Ok(Parsed { value, spans })
 }
@@ -290,9 +319,7 @@ impl TomlConv<'_, '_> {
         for (k, v) in t.iter() {
             let key = k.get_ref().to_string();
             let child = format!("{ptr}/{}", escape_segment(&key));
-            self.spans
-                .keys
-                .insert(child.clone(), self.idx.pos(k.span().start));
+            self.spans.put_key(&child, self.idx.pos(k.span().start));
             let value = self.value(v, &child)?;
             map.insert(key, value);
         }
@@ -306,7 +333,7 @@ impl TomlConv<'_, '_> {
     ) -> Result<Value, Finding> {
         use toml::de::DeValue;
         let pos = self.idx.pos(v.span().start);
-        self.spans.values.insert(ptr.to_owned(), pos);
+        self.spans.put_value(ptr, pos);
         let bad_number = |raw: &str| {
             Finding::new(
                 "input.syntax",
@@ -358,7 +385,7 @@ impl TomlConv<'_, '_> {
     }
 }
 
-fn parse_yaml(path: &str, text: &str, format: Format) -> Result<Parsed, Finding> {
+fn parse_yaml(path: &str, text: &str, format: Format, mut spans: Spans) -> Result<Parsed, Finding> {
     let lang = if format == Format::Json {
         "JSON"
     } else {
@@ -398,7 +425,6 @@ fn parse_yaml(path: &str, text: &str, format: Format) -> Result<Parsed, Finding>
         )
         .help("split the file, one document per file"));
     }
-    let mut spans = Spans::default();
     let mut conv = YamlConv {
         spans: &mut spans,
         path,
@@ -446,7 +472,7 @@ impl YamlConv<'_> {
             )
             .help("flatten the document"));
         }
-        self.spans.values.insert(ptr.to_owned(), pos);
+        self.spans.put_value(ptr, pos);
         Ok(match &n.data {
             YamlData::Value(s) => scalar(s).ok_or_else(|| {
                 Finding::new(
@@ -486,7 +512,7 @@ impl YamlConv<'_> {
                         }
                     };
                     let child = format!("{ptr}/{}", escape_segment(&key));
-                    self.spans.keys.insert(child.clone(), ypos(k));
+                    self.spans.put_key(&child, ypos(k));
                     let value = self.node(v, &child, depth + 1)?;
                     map.insert(key, value);
                 }
@@ -594,5 +620,36 @@ mod tests {
     fn invalid_utf8_is_located() {
         let e = decode("a.toml", b"x = 1\ny = \"\xff\"\n").unwrap_err();
         assert_eq!((e.rule, e.line), ("input.encoding", 2));
+    }
+}
+
+/// The source positions of one file, computed the first time a finding asks for one: parsing
+/// every document of a large repo with its positions doubles what validation holds in memory,
+/// and a clean document never needs them.
+#[derive(Debug)]
+pub struct LazySpans {
+    path: String,
+    format: Format,
+    text: std::sync::Arc<str>,
+    cell: std::sync::OnceLock<Spans>,
+}
+
+impl LazySpans {
+    pub fn new(path: &str, format: Format, text: std::sync::Arc<str>) -> LazySpans {
+        LazySpans {
+            path: path.to_owned(),
+            format,
+            text,
+            cell: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The positions (parsed again, once, with positions recorded).
+    pub fn get(&self) -> &Spans {
+        self.cell.get_or_init(|| {
+            parse(&self.path, self.format, &self.text)
+                .map(|p| p.spans)
+                .unwrap_or_default()
+        })
     }
 }
