@@ -171,17 +171,7 @@ impl Desired {
                 Some(_) => {}
             }
         }
-        let mut work: Vec<(&str, Option<&Value>, Option<&Value>)> = Vec::new();
-        for (p, b) in &bases {
-            work.push((p, Some(*b), overlays.get(p).copied()));
-        }
-        if allow_orphan {
-            for (p, o) in &overlays {
-                if !bases.contains_key(p) {
-                    work.push((p, None, Some(*o)));
-                }
-            }
-        }
+        let work = pair_documents(&bases, &overlays, allow_orphan);
         let bindings = &manifest.bindings;
         let compiled: Vec<Result<Vec<(KeyId, Entry)>, CompileError>> = work
             .par_iter()
@@ -192,17 +182,7 @@ impl Desired {
                 _ => Ok(Vec::new()),
             })
             .collect();
-        let mut d = Desired {
-            env: env.to_owned(),
-            commit: commit.to_owned(),
-            manifest: manifest.clone(),
-            entries: BTreeMap::new(),
-            by_base: HashMap::new(),
-        };
-        for (r, (p, _, _)) in compiled.into_iter().zip(&work) {
-            d.insert_doc(p, r?)?;
-        }
-        Ok(d)
+        assemble(env, commit, manifest, &work, compiled)
     }
 
     pub fn compile(files: &RepoFiles, env: &str, commit: &str) -> Result<Desired, CompileError> {
@@ -241,33 +221,12 @@ impl Desired {
                 }
             }
         }
-        let mut work: Vec<DocInput<'_>> = Vec::new();
-        for (p, b) in &bases {
-            work.push((p, Some(*b), overlays.get(p).copied()));
-        }
-        if allow_orphan {
-            for (p, o) in &overlays {
-                if !bases.contains_key(p) {
-                    work.push((p, None, Some(*o)));
-                }
-            }
-        }
+        let work: Vec<DocInput<'_>> = pair_documents(&bases, &overlays, allow_orphan);
         let compiled: Vec<Result<Vec<(KeyId, Entry)>, CompileError>> = work
             .par_iter()
             .map(|(p, b, o)| compile_doc(&bindings, env, p, *b, *o, commit))
             .collect();
-        let mut d = Desired {
-            env: env.to_owned(),
-            commit: commit.to_owned(),
-            manifest,
-            entries: BTreeMap::new(),
-            by_base: HashMap::new(),
-        };
-        for (r, (p, _, _)) in compiled.into_iter().zip(&work) {
-            let items = r?;
-            d.insert_doc(p, items)?;
-        }
-        Ok(d)
+        assemble(env, commit, manifest, &work, compiled)
     }
 
     fn insert_doc(&mut self, base: &str, items: Vec<(KeyId, Entry)>) -> Result<(), CompileError> {
@@ -419,6 +378,49 @@ fn check_env(m: &Manifest, env: &str) -> Result<(), CompileError> {
             declared: m.env_names(),
         })
     }
+}
+
+/// The documents of one environment's view, by base path: every base with its overlay, and
+/// overlays without a base where the policy allows them.
+fn pair_documents<'a, T: Copy>(
+    bases: &BTreeMap<&'a str, T>,
+    overlays: &BTreeMap<&'a str, T>,
+    allow_orphan: bool,
+) -> Vec<(&'a str, Option<T>, Option<T>)> {
+    let mut work: Vec<(&'a str, Option<T>, Option<T>)> = bases
+        .iter()
+        .map(|(p, b)| (*p, Some(*b), overlays.get(p).copied()))
+        .collect();
+    if allow_orphan {
+        for (p, o) in overlays {
+            if !bases.contains_key(p) {
+                work.push((p, None, Some(*o)));
+            }
+        }
+    }
+    work
+}
+
+/// The desired state from the keys each document compiled to (in the order of `work`); a key
+/// two documents declare is an error naming both.
+fn assemble<T>(
+    env: &str,
+    commit: &str,
+    manifest: Manifest,
+    work: &[(&str, T, T)],
+    compiled: Vec<Result<Vec<(KeyId, Entry)>, CompileError>>,
+) -> Result<Desired, CompileError> {
+    let mut d = Desired {
+        env: env.to_owned(),
+        commit: commit.to_owned(),
+        manifest,
+        entries: BTreeMap::new(),
+        by_base: HashMap::new(),
+    };
+    for (r, (p, _, _)) in compiled.into_iter().zip(work) {
+        d.insert_doc(p, r?)?;
+    }
+    Ok(d)
 }
 
 /// Parses `vakt.toml`.
