@@ -20,8 +20,9 @@ pub struct ApiArgs {
     pub token: String,
 }
 
-/// The decision header of one environment: what runs, what failed, what waits for a human, what
-/// is being remediated automatically.
+/// The decision header of one environment: what runs, what failed, what waits for a human.
+///
+/// It also says what the platform is remediating automatically.
 ///
 /// With alert sources (`vakt reconcile --alertmanager`), it also lists which sources are live,
 /// every firing alert with its runbook and the vakt changes that preceded it ("changed before"),
@@ -47,8 +48,9 @@ pub struct StatusOpts {
     pub format: Format,
 }
 
-/// Audit events of the environment, filtered by correlation id, causation id, resource, task
-/// (job) id or site, oldest first.
+/// Audit events of the environment, oldest first.
+///
+/// Filter them by correlation id, causation id, resource, task (job) id or site.
 ///
 /// Examples:
 ///   vakt events --correlation-id plan-54e85d52b4f5

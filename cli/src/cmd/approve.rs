@@ -4,8 +4,9 @@ use super::env::{self, EnvArgs};
 use crate::fail::Exit;
 use crate::{exit, output};
 
-/// Approve a plan that waits on a gated action (placement move, deletion, definition or access
-/// change, failover, restore).
+/// Approve a plan that waits on a gated action.
+///
+/// Gated actions: placement move, deletion, definition or access change, failover, restore.
 ///
 /// The approval binds to the plan's content digest: if the commit or the live state changes,
 /// the plan gets a new id and needs a new approval. Audited with who, why and when. Approvals

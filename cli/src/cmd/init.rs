@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::fail::{Exit, Fail};
 use crate::{exit, output};
 
-/// Create a new ops repo: the manifest, the schemas and a minimal example that validates clean.
+/// Create a new ops repo: manifest, schemas and a minimal example that validates clean.
 ///
 /// DIR must not exist or must be empty. Files are written to a temporary directory beside DIR
 /// and moved into place at the end, so a failure leaves nothing half-written.

@@ -6,8 +6,10 @@ use super::env::{self, EnvArgs};
 use crate::fail::Exit;
 use crate::{exit, output};
 
-/// Discovered inventory: nodes that report an id, version, site or service kind Git does not
-/// declare (the daemon polls every declared admin URL).
+/// Discovered inventory: adopt or reject nodes that answer differently from Git.
+///
+/// These are nodes that report an id, version, site or service kind Git does not declare (the
+/// daemon polls every declared admin URL).
 ///
 /// `adopt` writes the declaration into the work tree of --repo (review it, commit it, open a
 /// pull request); `reject` records the item as untrusted (audited, shown on the site).

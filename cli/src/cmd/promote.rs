@@ -6,7 +6,7 @@ use crate::fail::Exit;
 use crate::output::Format;
 use crate::{exit, output};
 
-/// Promote from one environment to the next (dev → staging → prod), or check that a change may.
+/// Promote one environment to the next (dev → staging → prod), or check that it may.
 ///
 /// --check is the guard CI runs on a pull request into an env branch: every commit that would
 /// reach the target (from --head, default the source branch) must already be in the source

@@ -10,8 +10,10 @@ use super::env::{self, EnvArgs};
 use crate::exit;
 use crate::fail::{Exit, Fail};
 
-/// Run the reconciler for one environment: apply what is merged into its branch, keep NATS KV
-/// in sync, report drift.
+/// Run the reconciler for one environment: apply what merges, keep NATS KV in sync.
+///
+/// It applies what is merged into the environment's branch, heals or reports drift, and serves
+/// the operator API, metrics and live snippets.
 ///
 /// One replica per environment (and --site) leads; it holds a lease in the `<prefix>_lock`
 /// bucket (max age = --lease, renewed every third of it). Start two or three replicas: when the

@@ -10,8 +10,10 @@ use crate::fail::{Exit, Fail};
 use crate::output::Format;
 use crate::{exit, output};
 
-/// Build or serve the operator site: a static, read-only site built from the ops repo and
-/// hydrated in the browser from the daemon's live JSON snippets.
+/// Build or serve the operator site.
+///
+/// A static, read-only site built from the ops repo and hydrated in the browser from the
+/// daemon's live JSON snippets.
 ///
 /// Run `vakt site build --help` and `vakt site serve --help` for the flags.
 ///
