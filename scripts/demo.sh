@@ -135,10 +135,20 @@ AM="http://127.0.0.1:$AM_PORT"
 wait_http Alertmanager "$AM/-/ready" "$WORK/alertmanager.log"
 
 VM_PORT="$(free_port)"
-# The scrape configuration exactly as rendered (Prometheus' default interval, 1m, applies);
-# -search.latencyOffset=0s makes fresh samples visible to vmalert at once (default 30 s).
+DAEMON_PORT="$(free_port)"
+# The scrape configuration as rendered (Prometheus' default interval, 1m, applies), plus one job
+# for the reconcile daemon's own /metrics, so its metrics backend (--metrics-backend) has
+# durable totals to show; -search.latencyOffset=0s makes fresh samples visible to vmalert at
+# once (default 30 s).
+cp "$WORK/render/scrape.yaml" "$WORK/scrape-demo.yaml"
+cat >>"$WORK/scrape-demo.yaml" <<YML
+  - job_name: "vakt"
+    static_configs:
+      - targets:
+          - "127.0.0.1:$DAEMON_PORT"
+YML
 victoria-metrics -storageDataPath="$WORK/victoria-metrics/data" -httpListenAddr="127.0.0.1:$VM_PORT" \
-  -promscrape.config="$WORK/render/scrape.yaml" -search.latencyOffset=0s \
+  -promscrape.config="$WORK/scrape-demo.yaml" -search.latencyOffset=0s \
   -loggerOutput=stderr >"$WORK/victoria-metrics.log" 2>&1 &
 pids+=($!)
 VM="http://127.0.0.1:$VM_PORT"
@@ -158,8 +168,8 @@ echo "    Alertmanager $AM · VictoriaMetrics $VM (targets: $VM/targets) · vmal
 
 mkdir -p "$WORK/snippets"
 "$VAKT" reconcile --env dev --repo "$WORK/ops" --nats "$NATS" --watch "$WORK/ops/.git" \
-  --listen 127.0.0.1:0 --snippets "$WORK/snippets" --node-poll 5s --interval 1m \
-  --alertmanager "$AM" --alert-poll 5s \
+  --listen "127.0.0.1:$DAEMON_PORT" --snippets "$WORK/snippets" --node-poll 5s --interval 1m \
+  --alertmanager "$AM" --alert-poll 5s --metrics-backend "$VM" --metrics-poll 15s \
   >"$WORK/daemon.out" 2>"$WORK/daemon.log" &
 DAEMON_PID=$!
 pids+=($DAEMON_PID)
