@@ -1095,3 +1095,30 @@ fn a_saved_gated_plan_waits_for_its_approval_and_is_refused_once_it_expired() {
     assert!(read_bucket(&n.url(), "vakt_staging_access").is_empty());
     assert!(!refusals(&n, "staging", "approval_expired").is_empty());
 }
+
+#[test]
+fn uncommitted_edits_to_vakt_toml_never_choose_what_is_applied() {
+    // Settings come from the vakt.toml merged into the env branch, like the policy comes from
+    // the commit applied: an edit in the work tree that nobody committed changes nothing.
+    let repo = ops_git();
+    let n = NatsServer::start();
+    edit(
+        repo.path(),
+        "vakt.toml",
+        "[environments.dev]\n",
+        "[environments.dev]\nkv_prefix = \"worktree_only\"\n",
+    );
+    let out = apply_ok(repo.path(), &n, "dev");
+    assert!(out.contains("add"), "{out}");
+    assert!(!read_bucket(&n.url(), "vakt_dev_config").is_empty());
+    let (code, _, err) = run(
+        repo.path(),
+        &n,
+        &["drift", "--env", "dev", "--kv-prefix", "worktree_only"],
+    );
+    assert_ne!(code, 0, "nothing was written under the uncommitted prefix: {err}");
+    // Once committed on the branch, it is the setting.
+    commit_all(repo.path(), "dev: own prefix");
+    apply_ok(repo.path(), &n, "dev");
+    assert!(!read_bucket(&n.url(), "worktree_only_config").is_empty());
+}

@@ -144,7 +144,7 @@ pub fn backup(o: BackupOpts) -> Exit {
 
 pub fn restore(o: RestoreCmd) -> Exit {
     let target = o.target.target(None)?;
-    let ttl = reconciler::read_manifest(&o.target.repo)
+    let ttl = reconciler::desired::env_manifest(&o.target.repo, &o.target.env)
         .ok()
         .and_then(|m| {
             let p = &m.environments.get(&o.target.env)?.policy;

@@ -24,37 +24,56 @@ pub fn compile_rev(repo: &Path, rev: &str, env: &str) -> Result<Desired, Error> 
     Ok(Desired::compile(&files, env, &id)?)
 }
 
-/// The branch of `env`, from `vakt.toml` at `HEAD` of the repo (or its work tree); `env/<env>`
-/// if neither says.
+/// The branch of `env`, from `vakt.toml` at the repository's `HEAD` commit (the work tree only
+/// when the directory is not a Git repository); `env/<env>` if neither says. Uncommitted edits
+/// never choose what is applied.
 pub fn env_branch(repo: &Path, env: &str) -> String {
     let from_bytes = |b: &[u8]| -> Option<String> {
         let m = compile::manifest_of(Some(b)).ok()?;
         Some(m.environments.get(env)?.branch.clone())
     };
-    if let Ok(b) = std::fs::read(repo.join("vakt.toml"))
-        && let Some(br) = from_bytes(&b)
-    {
-        return br;
+    match git::Repo::open(repo) {
+        Ok(r) => r
+            .try_resolve("HEAD")
+            .and_then(|head| r.read_at(head, "vakt.toml").ok().flatten())
+            .and_then(|b| from_bytes(&b)),
+        Err(_) => std::fs::read(repo.join("vakt.toml"))
+            .ok()
+            .and_then(|b| from_bytes(&b)),
     }
-    if let Ok(r) = git::Repo::open(repo)
-        && let Some(head) = r.try_resolve("HEAD")
-        && let Ok(Some(b)) = r.read_at(head, "vakt.toml")
-        && let Some(br) = from_bytes(&b)
-    {
-        return br;
-    }
-    format!("env/{env}")
+    .unwrap_or_else(|| format!("env/{env}"))
 }
 
-/// `vakt.toml` from the work tree, else from `HEAD`.
-pub fn read_manifest(repo: &Path) -> Result<opsrepo::model::Manifest, Error> {
-    if let Ok(b) = std::fs::read(repo.join("vakt.toml")) {
-        return Ok(compile::manifest_of(Some(&b))?);
+/// The manifest that governs `env` now: `vakt.toml` at the head of the environment's branch (so
+/// NATS settings, bucket prefix and replicas come from what is merged there, like the policy
+/// an apply reads from the commit it applies), else at `HEAD`, else the work tree when the
+/// directory is not a Git repository.
+pub fn env_manifest(repo: &Path, env: &str) -> Result<opsrepo::model::Manifest, Error> {
+    let Ok(r) = git::Repo::open(repo) else {
+        return read_manifest(repo);
+    };
+    let at = r
+        .try_resolve(&env_branch(repo, env))
+        .or_else(|| r.try_resolve("HEAD"));
+    match at {
+        Some(c) => Ok(compile::manifest_of(r.read_at(c, "vakt.toml")?.as_deref())?),
+        None => read_manifest(repo),
     }
-    let r = git::Repo::open(repo)?;
-    let head = r.resolve("HEAD")?;
-    let b = r.read_at(head, "vakt.toml")?;
-    Ok(compile::manifest_of(b.as_deref())?)
+}
+
+/// `vakt.toml` at `HEAD` of the repository, or in the work tree when the directory is not a Git
+/// repository.
+pub fn read_manifest(repo: &Path) -> Result<opsrepo::model::Manifest, Error> {
+    match git::Repo::open(repo) {
+        Ok(r) => {
+            let head = r.resolve("HEAD")?;
+            Ok(compile::manifest_of(r.read_at(head, "vakt.toml")?.as_deref())?)
+        }
+        Err(_) => {
+            let b = std::fs::read(repo.join("vakt.toml")).ok();
+            Ok(compile::manifest_of(b.as_deref())?)
+        }
+    }
 }
 
 /// Compiles `head_rev` incrementally from an already compiled `base` (consumed): only the files

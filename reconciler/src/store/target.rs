@@ -6,7 +6,7 @@ use std::path::Path;
 use super::audit::Audit;
 use super::{BucketSettings, NatsOpts, Store, connect};
 use crate::Error;
-use crate::desired::read_manifest;
+use crate::desired::env_manifest;
 
 /// Everything needed to reach an environment's buckets.
 #[derive(Debug, Clone)]
@@ -20,7 +20,8 @@ pub struct EnvTarget {
 
 impl EnvTarget {
     /// Resolves the NATS URLs (`--nats`, else `NATS_URL`, else the environment's `nats_url` in
-    /// vakt.toml) and the bucket prefix.
+    /// vakt.toml) and the bucket prefix, from the `vakt.toml` merged into the environment's
+    /// branch (never the work tree of a Git repository).
     pub fn resolve(
         repo: &Path,
         env: &str,
@@ -28,7 +29,7 @@ impl EnvTarget {
         prefix: Option<String>,
         mut settings: BucketSettings,
     ) -> Result<EnvTarget, Error> {
-        let manifest = read_manifest(repo)?;
+        let manifest = env_manifest(repo, env)?;
         let e = manifest.environments.get(env).ok_or_else(|| {
             Error::Compile(crate::desired::compile::CompileError::UnknownEnv {
                 env: env.to_owned(),
