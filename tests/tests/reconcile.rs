@@ -1116,7 +1116,10 @@ fn uncommitted_edits_to_vakt_toml_never_choose_what_is_applied() {
         &n,
         &["drift", "--env", "dev", "--kv-prefix", "worktree_only"],
     );
-    assert_ne!(code, 0, "nothing was written under the uncommitted prefix: {err}");
+    assert_ne!(
+        code, 0,
+        "nothing was written under the uncommitted prefix: {err}"
+    );
     // Once committed on the branch, it is the setting.
     commit_all(repo.path(), "dev: own prefix");
     apply_ok(repo.path(), &n, "dev");

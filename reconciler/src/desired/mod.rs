@@ -67,7 +67,9 @@ pub fn read_manifest(repo: &Path) -> Result<opsrepo::model::Manifest, Error> {
     match git::Repo::open(repo) {
         Ok(r) => {
             let head = r.resolve("HEAD")?;
-            Ok(compile::manifest_of(r.read_at(head, "vakt.toml")?.as_deref())?)
+            Ok(compile::manifest_of(
+                r.read_at(head, "vakt.toml")?.as_deref(),
+            )?)
         }
         Err(_) => {
             let b = std::fs::read(repo.join("vakt.toml")).ok();
