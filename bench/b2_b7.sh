@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks B2, B3, B4, B6 and B7 (DESIGN §12), each against its peer in the same run:
+# Benchmarks B2, B3, B4, B6 and B7 (goals and peers in BENCHMARKS.md), each against its peer in the same run:
 #   B2  compile + plan after a one-file commit in a repo of 50,000 documents
 #       vs the same repo's full compile                              (vakt-bench b2)
 #   B3  apply ~50,000 keys to NATS KV (CAS writes + one audit event per key)

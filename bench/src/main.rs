@@ -326,7 +326,7 @@ async fn b9(repo: &Path, nats: &str, am: &str, runs: usize, peer_runs: usize) {
         .collect();
     let out = std::env::temp_dir().join(format!("vakt-b9-{}", std::process::id()));
     std::fs::create_dir_all(&out).expect("snippets dir");
-    let client = reconciler::daemon::alerts::client();
+    let client = reconciler::daemon::fetch::client();
     let rss_before = peak_rss_mb();
     // Alertmanager's own share: the same GET, body read, nothing parsed.
     let mut raw = Vec::new();

@@ -110,7 +110,7 @@ impl ApiArgs {
         &self,
         f: impl AsyncFnOnce(&ApiClient) -> Result<T, ClientError>,
     ) -> Result<T, Fail> {
-        let client = ApiClient::new(&self.api, &self.token)?;
+        let client = ApiClient::new(&self.api, &self.token);
         Ok(env::runtime().block_on(f(&client))?)
     }
 }

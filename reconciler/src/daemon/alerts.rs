@@ -20,15 +20,12 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::daemon::fetch::{self, fetch_json};
 use crate::store::audit::AuditEvent;
 
 /// Largest body read from a source; a bigger one is an error for that source (read as a stream
 /// and stopped at the limit, never buffered whole).
 pub const MAX_BODY: usize = 16 << 20;
-/// Connect timeout per request.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Total time per request, body included.
-pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Changes listed per card or condition.
 pub const MAX_CHANGES: usize = 10;
 /// Signal of an alert source that cannot be read.
@@ -39,23 +36,6 @@ const MAX_LABEL_KEY: usize = 128;
 const MAX_LABEL_VALUE: usize = 256;
 const MAX_SUMMARY: usize = 1024;
 const MAX_SILENCE_TEXT: usize = 512;
-
-/// Why a source could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FetchError {
-    #[error("failed to connect to {url}: {detail}")]
-    Connect { url: String, detail: String },
-    #[error("{url} did not answer within {secs} s")]
-    Timeout { url: String, secs: u64 },
-    #[error("{url} answered HTTP {status}")]
-    Status { url: String, status: u16 },
-    #[error("{url} sent more than {limit} bytes; the answer was refused")]
-    TooLarge { url: String, limit: usize },
-    #[error("{url} did not answer with an Alertmanager API v2 list: {detail}")]
-    InvalidBody { url: String, detail: String },
-    #[error("failed to read {url}: {detail}")]
-    Transport { url: String, detail: String },
-}
 
 /// An alert as Alertmanager's `GET /api/v2/alerts` reports it (fields vakt uses; others are
 /// ignored so newer Alertmanagers keep working).
@@ -158,85 +138,6 @@ impl Source {
     }
 }
 
-/// The HTTP client for alert sources: 2 s connect, 5 s in total, no redirects.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(TOTAL_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default()
-}
-
-fn classify(url: &str, e: &reqwest::Error) -> FetchError {
-    if e.is_timeout() {
-        FetchError::Timeout {
-            url: url.to_owned(),
-            secs: TOTAL_TIMEOUT.as_secs(),
-        }
-    } else if e.is_connect() {
-        FetchError::Connect {
-            url: url.to_owned(),
-            detail: source_chain(e),
-        }
-    } else {
-        FetchError::Transport {
-            url: url.to_owned(),
-            detail: source_chain(e),
-        }
-    }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// GETs `url` and parses its JSON body, reading at most `limit` bytes.
-pub async fn fetch_json<T: serde::de::DeserializeOwned>(
-    client: &reqwest::Client,
-    url: &str,
-    limit: usize,
-) -> Result<T, FetchError> {
-    let mut resp = client
-        .get(url)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|e| classify(url, &e))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(FetchError::Status {
-            url: url.to_owned(),
-            status: status.as_u16(),
-        });
-    }
-    let too_large = || FetchError::TooLarge {
-        url: url.to_owned(),
-        limit,
-    };
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| classify(url, &e))? {
-        if buf.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    serde_json::from_slice(&buf).map_err(|e| FetchError::InvalidBody {
-        url: url.to_owned(),
-        detail: e.to_string(),
-    })
-}
-
 /// Reads one source's alerts (and, when some are silenced, its silences). On failure the last
 /// good answer is kept and the source is marked down.
 pub async fn poll(client: &reqwest::Client, src: &mut Source, now: OffsetDateTime, limit: usize) {
@@ -281,23 +182,19 @@ pub async fn poll_loop(
     every: Duration,
     active: impl Fn() -> bool,
     tx: tokio::sync::mpsc::Sender<Arc<Vec<Source>>>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let client = client();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|v| *v) => break,
-            _ = tick.tick() => {}
-        }
-        if !active() {
-            continue;
-        }
+    let client = fetch::client();
+    let mut ticker = fetch::Ticker::new(every, shutdown);
+    while ticker.next(&active).await {
         let now = OffsetDateTime::now_utc();
-        futures_util::future::join_all(sources.iter_mut().map(|s| poll(&client, s, now, MAX_BODY)))
-            .await;
-        if tx.send(Arc::new(sources.clone())).await.is_err() {
+        let polls = sources.iter_mut().map(|s| poll(&client, s, now, MAX_BODY));
+        if ticker
+            .unless_shutdown(futures_util::future::join_all(polls))
+            .await
+            .is_none()
+            || tx.send(Arc::new(sources.clone())).await.is_err()
+        {
             break;
         }
     }

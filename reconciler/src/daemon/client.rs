@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::daemon::fetch;
 use crate::ops::jobs::Job;
 use crate::outcome::exit;
 use crate::store::state::Approval;
@@ -48,21 +49,12 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(base: &str, token: &str) -> Result<ApiClient, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ClientError::Unreachable {
-                url: base.to_owned(),
-                message: e.to_string(),
-            })?;
-        Ok(ApiClient {
+    pub fn new(base: &str, token: &str) -> ApiClient {
+        ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
-            http,
-        })
+            http: fetch::client_with(Duration::from_secs(10)),
+        }
     }
 
     /// `GET /api/v1/status`: the decision header, live conditions, jobs and approvals.
@@ -150,16 +142,16 @@ impl ApiClient {
             .await
             .map_err(|e| unreachable(&e))?;
         let status = r.status().as_u16();
-        let mut body = Vec::new();
-        while let Some(chunk) = r.chunk().await.map_err(|e| unreachable(&e))? {
-            if body.len() + chunk.len() > MAX_BODY {
+        let body = match fetch::read_body(&mut r, MAX_BODY).await {
+            Ok(b) => b,
+            Err(fetch::BodyError::TooLarge) => {
                 return Err(ClientError::Failed {
                     status,
                     message: format!("the answer of {url} is larger than {MAX_BODY} bytes"),
                 });
             }
-            body.extend_from_slice(&chunk);
-        }
+            Err(fetch::BodyError::Transport(e)) => return Err(unreachable(&e)),
+        };
         if (200..300).contains(&status) {
             return serde_json::from_slice(&body).map_err(|e| ClientError::Failed {
                 status,

@@ -7,7 +7,7 @@
 //! vector) degrades the header to `in_memory`, keeps the last good backend figures marked stale,
 //! and becomes a `vakt_metrics_backend_degraded` condition.
 //!
-//! Fetches reuse the alert sources' bounded helper ([`crate::daemon::alerts::fetch_json`]: 2 s
+//! Fetches reuse the alert sources' bounded helper ([`crate::daemon::fetch::fetch_json`]: 2 s
 //! connect, 5 s total, no redirects, body read as a stream up to [`MAX_BODY`]). Everything but
 //! [`poll`] and [`poll_loop`] is a pure function of its inputs.
 
@@ -22,7 +22,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::daemon::alerts::{FetchError, fetch_json};
+use crate::daemon::fetch::{self, FetchError, fetch_json};
 use crate::daemon::shared::Shared;
 use crate::outcome::{RefusalKind, StepOutcome};
 
@@ -337,24 +337,17 @@ pub async fn poll_loop(
     every: Duration,
     active: impl Fn() -> bool,
     tx: tokio::sync::mpsc::Sender<Arc<Backend>>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let client = crate::daemon::alerts::client();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|v| *v) => break,
-            _ = tick.tick() => {}
-        }
-        if !active() {
-            continue;
-        }
-        tokio::select! {
-            _ = shutdown.wait_for(|v| *v) => break,
-            _ = poll(&client, &mut backend, &env, MAX_BODY) => {}
-        }
-        if tx.send(Arc::new(backend.clone())).await.is_err() {
+    let client = fetch::client();
+    let mut ticker = fetch::Ticker::new(every, shutdown);
+    while ticker.next(&active).await {
+        if ticker
+            .unless_shutdown(poll(&client, &mut backend, &env, MAX_BODY))
+            .await
+            .is_none()
+            || tx.send(Arc::new(backend.clone())).await.is_err()
+        {
             break;
         }
     }

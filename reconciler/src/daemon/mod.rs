@@ -18,6 +18,7 @@ pub mod access;
 pub mod alerts;
 pub mod api;
 pub mod client;
+pub mod fetch;
 pub mod metrics_source;
 pub mod shared;
 pub mod sitelinks;

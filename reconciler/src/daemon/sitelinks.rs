@@ -757,7 +757,7 @@ pub async fn start(
             .opts
             .nats_monitor
             .as_ref()
-            .map(|_| crate::daemon::alerts::client());
+            .map(|_| crate::daemon::fetch::client());
         let mut tick = tokio::time::interval(m.opts.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -828,12 +828,12 @@ pub async fn start(
 async fn read_server_links(http: &reqwest::Client, base: &str) -> Result<RouteGateway, String> {
     let base = base.trim_end_matches('/');
     let routez: Routez =
-        crate::daemon::alerts::fetch_json(http, &format!("{base}/routez"), MAX_MONITOR_BODY)
+        crate::daemon::fetch::fetch_json(http, &format!("{base}/routez"), MAX_MONITOR_BODY)
             .await
             .map_err(|e| e.to_string())?;
     // A server without gateways answers /gatewayz with an empty object.
     let gatewayz: Gatewayz =
-        crate::daemon::alerts::fetch_json(http, &format!("{base}/gatewayz"), MAX_MONITOR_BODY)
+        crate::daemon::fetch::fetch_json(http, &format!("{base}/gatewayz"), MAX_MONITOR_BODY)
             .await
             .map_err(|e| e.to_string())?;
     let cut = |s: String| s.chars().take(128).collect::<String>();

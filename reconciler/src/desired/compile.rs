@@ -1,5 +1,5 @@
 //! `compile(commit, env)`: the desired state of one environment, bucket → key → value, per the KV
-//! contract (DESIGN §5). Values are canonical JSON `{"spec": …, "vakt": {commit, digest, env,
+//! contract (README "The NATS KV contract", ARCHITECTURE "Keys come from paths"). Values are canonical JSON `{"spec": …, "vakt": {commit, digest, env,
 //! path}}`; `digest` is over the canonical spec, so an unchanged document gives an unchanged
 //! digest and the plan never touches its key.
 //!
