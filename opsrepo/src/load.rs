@@ -207,6 +207,44 @@ pub struct Parsed0 {
     pub broken_ids: BTreeSet<String>,
 }
 
+/// The parsed values of a commit alone, for compiling once validation has run.
+#[derive(Debug, Clone, Default)]
+pub struct Values {
+    pub manifest: Option<Manifest>,
+    pub docs: Vec<ValueDoc>,
+}
+
+/// One parsed document's value, where it came from, and which base it overlays.
+#[derive(Debug, Clone)]
+pub struct ValueDoc {
+    pub path: String,
+    /// `Some(env)` for files under `environments/<env>/`.
+    pub env: Option<String>,
+    pub base_path: String,
+    pub value: Arc<Value>,
+}
+
+impl Parsed0 {
+    /// Keeps the values and drops the rest: texts, source positions and the typed documents
+    /// cached for views. A compile needs none of them, and on a large repo they are about half
+    /// of what the parse holds (the peak memory of a one-off apply).
+    pub fn into_values(self) -> Values {
+        Values {
+            manifest: self.manifest,
+            docs: self
+                .docs
+                .into_iter()
+                .map(|d| ValueDoc {
+                    path: d.path,
+                    env: d.env,
+                    base_path: d.base_path,
+                    value: d.value,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Parses and schema-checks every file. Findings on one file never stop the others.
 pub fn parse_all(files: &RepoFiles) -> Parsed0 {
     let mut out = Parsed0 {
@@ -471,7 +509,7 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
     };
     // Base documents that failed their schema in parse_all never reach a view.
     model.broken_ids.extend(p.broken_ids.iter().cloned());
-    let mut entries: Vec<(Kind, Entry)> = Vec::new();
+    let mut entries: Vec<(Kind, Entry)> = Vec::with_capacity(bases.len());
     for (path, base) in &bases {
         if base.kind == Kind::Runbook {
             model.runbooks.push(RunbookDoc {
@@ -503,11 +541,11 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
                 if f.is_empty() {
                     entries.push((
                         base.kind,
-                        Entry::Merged {
+                        Entry::Merged(Box::new(MergedDoc {
                             path: base.path.clone(),
                             spans,
                             value: v,
-                        },
+                        })),
                     ));
                 } else {
                     model.broken_ids.extend(declared_id(&v));
@@ -594,11 +632,14 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
 /// uses it unchanged) or a base document merged with this view's overlay.
 enum Entry<'a> {
     Shared(&'a SourceDoc),
-    Merged {
-        path: String,
-        spans: DocSpans,
-        value: Value,
-    },
+    /// Boxed: a view holds one entry per document, most of them shared.
+    Merged(Box<MergedDoc>),
+}
+
+struct MergedDoc {
+    path: String,
+    spans: DocSpans,
+    value: Value,
 }
 
 /// A typed document and its untyped twin (same value and spans), or why it could not be typed.
@@ -629,7 +670,8 @@ impl Entry<'_> {
                     None => build(),
                 }
             }
-            Entry::Merged { path, spans, value } => {
+            Entry::Merged(m) => {
+                let MergedDoc { path, spans, value } = *m;
                 type_doc::<T>(path, Arc::new(spans), Arc::new(value))
             }
         };

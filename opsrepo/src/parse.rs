@@ -50,6 +50,15 @@ pub struct Spans {
 }
 
 impl Spans {
+    /// The pointer of a child of `ptr`; empty when positions are off (nothing records it).
+    fn child(&self, ptr: &str, segment: &str) -> String {
+        if self.off {
+            String::new()
+        } else {
+            format!("{ptr}/{}", escape_segment(segment))
+        }
+    }
+
     fn put_value(&mut self, pointer: &str, pos: Pos) {
         if !self.off {
             self.values.insert(pointer.to_owned(), pos);
@@ -315,10 +324,11 @@ struct TomlConv<'a, 'b> {
 
 impl TomlConv<'_, '_> {
     fn table(&mut self, t: &toml::de::DeTable<'_>, ptr: &str) -> Result<Value, Finding> {
-        let mut map = Map::new();
+        // Sized once: a parsed repo holds tens of thousands of these maps.
+        let mut map = Map::with_capacity(t.len());
         for (k, v) in t.iter() {
             let key = k.get_ref().to_string();
-            let child = format!("{ptr}/{}", escape_segment(&key));
+            let child = self.spans.child(ptr, &key);
             self.spans.put_key(&child, self.idx.pos(k.span().start));
             let value = self.value(v, &child)?;
             map.insert(key, value);
@@ -376,7 +386,7 @@ impl TomlConv<'_, '_> {
             DeValue::Array(a) => {
                 let mut out = Vec::with_capacity(a.len());
                 for (i, item) in a.iter().enumerate() {
-                    out.push(self.value(item, &format!("{ptr}/{i}"))?);
+                    out.push(self.value(item, &self.spans.child(ptr, &i.to_string()))?);
                 }
                 Value::Array(out)
             }
@@ -487,12 +497,12 @@ impl YamlConv<'_> {
             YamlData::Sequence(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
-                    out.push(self.node(item, &format!("{ptr}/{i}"), depth + 1)?);
+                    out.push(self.node(item, &self.spans.child(ptr, &i.to_string()), depth + 1)?);
                 }
                 Value::Array(out)
             }
             YamlData::Mapping(m) => {
-                let mut map = Map::new();
+                let mut map = Map::with_capacity(m.len());
                 for (k, v) in m.iter() {
                     let key = match &k.data {
                         YamlData::Value(Scalar::String(s)) => s.to_string(),
@@ -511,7 +521,7 @@ impl YamlConv<'_> {
                             .help("use a string key"));
                         }
                     };
-                    let child = format!("{ptr}/{}", escape_segment(&key));
+                    let child = self.spans.child(ptr, &key);
                     self.spans.put_key(&child, ypos(k));
                     let value = self.node(v, &child, depth + 1)?;
                     map.insert(key, value);

@@ -147,41 +147,53 @@ pub type ReadFn<'a> = dyn Fn(&str) -> Result<Option<Vec<u8>>, CompileError> + 'a
 
 impl Desired {
     /// Compiles every document of `files` for `env`.
-    /// Compiles `env` from the documents validation already parsed (`opsrepo::load::parse_all`):
-    /// one parse of a commit serves validation and compile. Equal to [`Desired::compile`] of
-    /// the same files.
+    /// Compiles `env` from the documents validation already parsed (`opsrepo::load::parse_all`,
+    /// then `Parsed0::into_values`): one parse of a commit serves validation and compile. Equal
+    /// to [`Desired::compile`] of the same files. Consumes the values: each document's value is
+    /// freed as soon as its keys are compiled (when nothing else shares it), so the parse and
+    /// the compiled state are not both whole in memory.
     pub fn compile_parsed(
-        parsed: &opsrepo::load::Parsed0,
+        values: opsrepo::load::Values,
         env: &str,
         commit: &str,
     ) -> Result<Desired, CompileError> {
-        let manifest = parsed.manifest.clone().ok_or(CompileError::NoManifest)?;
+        let manifest = values.manifest.ok_or(CompileError::NoManifest)?;
         check_env(&manifest, env)?;
         let allow_orphan = manifest.environments[env].policy.allow_overlay_without_base;
-        let mut bases: BTreeMap<&str, &Value> = BTreeMap::new();
-        let mut overlays: BTreeMap<&str, &Value> = BTreeMap::new();
-        for d in &parsed.docs {
+        let mut bases: BTreeMap<String, Arc<Value>> = BTreeMap::new();
+        let mut overlays: BTreeMap<String, Arc<Value>> = BTreeMap::new();
+        for d in values.docs {
             match d.env.as_deref() {
                 None => {
-                    bases.insert(&d.base_path, &d.value);
+                    bases.insert(d.base_path, d.value);
                 }
                 Some(e) if e == env => {
-                    overlays.insert(&d.base_path, &d.value);
+                    overlays.insert(d.base_path, d.value);
                 }
                 Some(_) => {}
             }
         }
-        let work = pair_documents(&bases, &overlays, allow_orphan);
+        let mut work: Vec<(String, Option<Arc<Value>>, Option<Arc<Value>>)> = Vec::new();
+        for (p, b) in bases {
+            let o = overlays.remove(&p);
+            work.push((p, Some(b), o));
+        }
+        if allow_orphan {
+            work.extend(overlays.into_iter().map(|(p, o)| (p, None, Some(o))));
+        }
         let bindings = &manifest.bindings;
+        let owned = |v: Arc<Value>| Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone());
+        let paths: Vec<String> = work.iter().map(|w| w.0.clone()).collect();
         let compiled: Vec<Result<Vec<(KeyId, Entry)>, CompileError>> = work
-            .par_iter()
-            .map(|(p, b, o)| match kind_of_base_path(p, bindings) {
+            .into_par_iter()
+            .map(|(p, b, o)| match kind_of_base_path(&p, bindings) {
                 Some(kind) if feeds_kv(kind) => {
-                    compile_values(kind, env, p, b.cloned(), *o, commit)
+                    compile_values(kind, env, &p, b.map(owned), o.as_deref(), commit)
                 }
                 _ => Ok(Vec::new()),
             })
             .collect();
+        let work: Vec<(&str, (), ())> = paths.iter().map(|p| (p.as_str(), (), ())).collect();
         assemble(env, commit, manifest, &work, compiled)
     }
 
@@ -685,7 +697,7 @@ mod parsed_tests {
         let parsed = opsrepo::load::parse_all(&files);
         for env in ["dev", "staging", "prod"] {
             let a = Desired::compile(&files, env, "c1").unwrap();
-            let b = Desired::compile_parsed(&parsed, env, "c1").unwrap();
+            let b = Desired::compile_parsed(parsed.clone().into_values(), env, "c1").unwrap();
             assert_eq!(a.entries.len(), b.entries.len(), "{env}");
             for (k, e) in &a.entries {
                 let f = &b.entries[k];

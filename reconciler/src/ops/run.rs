@@ -125,7 +125,13 @@ fn prepare_inner(
         },
     );
     // A one-off apply has no use for the model: free it before compiling (peak memory).
-    let model = if keep_model { model } else { None };
+    // (An explicit drop: a binding shadowed by `None` would live to the end of the function.)
+    let model = if keep_model {
+        model
+    } else {
+        drop(model);
+        None
+    };
     // Input and schema errors first: they are the cause; reference errors often follow from them.
     let mut errors: Vec<&opsrepo::Finding> = report
         .findings
@@ -142,16 +148,18 @@ fn prepare_inner(
             )
         })
         .collect();
+    drop(report);
+    // Compile from the values alone: texts, positions and cached typed documents go first.
+    let values = parsed.into_values();
     let desired = if !findings.is_empty() {
         None
     } else if let Some(p) = prev.filter(|p| p.env == env) {
         // Only the files the diff names are recompiled.
-        let full = || Ok(Desired::compile_parsed(&parsed, env, &commit_s)?);
+        let full = || Ok(Desired::compile_parsed(values, env, &commit_s)?);
         Some(crate::desired::advance_in(&r, p, commit, full)?.0)
     } else {
-        Some(Desired::compile_parsed(&parsed, env, &commit_s)?)
+        Some(Desired::compile_parsed(values, env, &commit_s)?)
     };
-    drop(parsed);
     Ok(Prepared {
         env: env.to_owned(),
         branch,
