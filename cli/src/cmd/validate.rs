@@ -48,7 +48,9 @@ pub fn run(o: ValidateOpts) -> Exit {
         env: o.env,
         today: o.now.unwrap_or_else(super::today),
     };
-    let commands = ClapCommands(<crate::Cli as clap::CommandFactory>::command());
+    let commands = ClapCommands(env_backed_optional(
+        <crate::Cli as clap::CommandFactory>::command(),
+    ));
     let report = opsrepo::validate::validate_with_commands(&files, &opts, &commands);
     let format = match o.format {
         Format::Json => report::Format::Json,
@@ -66,6 +68,28 @@ pub fn run(o: ValidateOpts) -> Exit {
 
 /// Parses runbook command lines with the binary's own argument definitions.
 struct ClapCommands(clap::Command);
+
+/// An argument clap can read from the environment (`--api`: `$VAKT_API`) is set in an
+/// operator's shell, so a runbook line may leave it out; every other required argument must be
+/// written (or a placeholder like `E` or `<env>` given).
+fn env_backed_optional(cmd: clap::Command) -> clap::Command {
+    let ids: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| a.get_env().is_some())
+        .map(|a| a.get_id().clone())
+        .collect();
+    let mut cmd = ids
+        .into_iter()
+        .fold(cmd, |c, id| c.mut_arg(id, |a| a.required(false)));
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for s in subs {
+        cmd = cmd.mut_subcommand(s, env_backed_optional);
+    }
+    cmd
+}
 
 impl opsrepo::rules::commands::CommandChecker for ClapCommands {
     fn check(&self, args: &[String]) -> Result<(), String> {
@@ -101,6 +125,13 @@ impl opsrepo::rules::commands::CommandChecker for ClapCommands {
                 if matches!(e.get(ContextKind::InvalidValue), Some(ContextValue::String(v)) if placeholder(v)) =>
             {
                 Ok(())
+            }
+            ErrorKind::MissingRequiredArgument => {
+                let missing = match e.get(ContextKind::InvalidArg) {
+                    Some(ContextValue::Strings(v)) => v.join(", "),
+                    _ => "an argument".to_string(),
+                };
+                Err(format!("missing required {missing}"))
             }
             _ => {
                 let text = e.render().to_string();
