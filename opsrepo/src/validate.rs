@@ -60,7 +60,11 @@ pub fn validate_with_commands(
     let parsed = parse_all(files);
     let mut report = validate_parsed(&parsed, opts);
     let mut extra = Vec::new();
-    for d in parsed.docs.iter().filter(|d| d.kind == Kind::Runbook && d.env.is_none()) {
+    for d in parsed
+        .docs
+        .iter()
+        .filter(|d| d.kind == Kind::Runbook && d.env.is_none())
+    {
         rules::commands::check(&d.path, &d.text, commands, &mut extra);
     }
     for f in &extra {
@@ -71,7 +75,9 @@ pub fn validate_with_commands(
     report.findings.extend(extra);
     let mut seen = HashSet::new();
     report.findings.retain(|f| seen.insert(f.clone()));
-    report.findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    report
+        .findings
+        .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     report
 }
 

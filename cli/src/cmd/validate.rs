@@ -121,9 +121,7 @@ impl opsrepo::rules::commands::CommandChecker for ClapCommands {
         };
         match e.kind() {
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(()),
-            ErrorKind::InvalidValue | ErrorKind::ValueValidation
-                if matches!(e.get(ContextKind::InvalidValue), Some(ContextValue::String(v)) if placeholder(v)) =>
-            {
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation if matches!(e.get(ContextKind::InvalidValue), Some(ContextValue::String(v)) if placeholder(v)) => {
                 Ok(())
             }
             ErrorKind::MissingRequiredArgument => {

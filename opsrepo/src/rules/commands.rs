@@ -64,7 +64,9 @@ pub fn extract(text: &str) -> Vec<RunbookCommand> {
                     let content_start = text[start..]
                         .find('\n')
                         .map(|i| start + i + 1)
-                        .filter(|_| text[start..].starts_with("```") || text[start..].starts_with("~~~"))
+                        .filter(|_| {
+                            text[start..].starts_with("```") || text[start..].starts_with("~~~")
+                        })
                         .unwrap_or(start);
                     block_commands(&block_text, content_start, text, &idx, &mut out);
                 }
@@ -154,7 +156,9 @@ fn command(line: &str, pos: Pos) -> RunbookCommand {
         return RunbookCommand {
             pos,
             text,
-            args: Err(format!("the command is longer than {MAX_COMMAND_LEN} bytes")),
+            args: Err(format!(
+                "the command is longer than {MAX_COMMAND_LEN} bytes"
+            )),
         };
     }
     let args = split_words(line).map(|mut w| {
@@ -293,7 +297,12 @@ mod tests {
             args,
             vec![
                 vec!["status".to_string()],
-                vec!["plan".into(), "--env".into(), "prod".into(), "--live".into()],
+                vec![
+                    "plan".into(),
+                    "--env".into(),
+                    "prod".into(),
+                    "--live".into()
+                ],
                 vec!["drift".into(), "--env".into(), "<env>".into()],
             ]
         );

@@ -215,7 +215,10 @@ mod tests {
             r#"max by (tenant_id) (runner_outbox_depth{site="osl1"}) > 1000 and rate(x[5m] offset 1d) > 0"#,
         )
         .unwrap();
-        assert_eq!(f.metrics().collect::<Vec<_>>(), ["runner_outbox_depth", "x"]);
+        assert_eq!(
+            f.metrics().collect::<Vec<_>>(),
+            ["runner_outbox_depth", "x"]
+        );
         assert_eq!(f.numbers, [1000.0, 0.0]);
         assert_eq!(
             f.durations,

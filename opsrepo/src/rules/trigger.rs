@@ -30,7 +30,7 @@ struct RuleFacts {
 pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
     // Recording rules: a runbook may quote the raw metrics a recorded series is made of.
     let mut recorded: HashMap<&str, promql::ExprFacts> = HashMap::new();
-    let mut alerts: HashMap<&str, Vec<&Rule>> = HashMap::new();
+    let mut alerts: Vec<&Rule> = Vec::new();
     for f in &m.alert_rules {
         for g in &f.spec.groups {
             for r in &g.rules {
@@ -38,8 +38,8 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                     if let Some(fx) = promql::facts(&r.expr) {
                         recorded.insert(name, fx);
                     }
-                } else if let Some(id) = r.annotations.get("runbook_id") {
-                    alerts.entry(id.as_str()).or_default().push(r);
+                } else {
+                    alerts.push(r);
                 }
             }
         }
@@ -51,22 +51,28 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
         .map(|e| (e.url.as_str(), e.id.as_str()))
         .collect();
     for rb in &m.runbooks {
-        let Some(id) = url_to_id.get(rb.path.as_str()) else {
+        let Some(id) = url_to_id.get(rb.path.as_str()).copied() else {
             continue;
         };
-        let Some(rules) = alerts.get(id) else {
+        let names_rb = |r: &Rule| r.annotations.get("runbook_id").map(String::as_str) == Some(id);
+        if !alerts.iter().any(|r| names_rb(r)) {
             continue;
-        };
+        }
+        // The rules a Trigger item about `signal` may quote: those that name this runbook and
+        // those that raise the signal. A label or annotation that is wrong is its own rule's
+        // finding (`alert.signal-mismatch`, `alert.runbook-missing`), not a trigger mismatch.
         let by_signal = |signal: &str| -> Option<RuleFacts> {
+            if !alerts.iter().any(|r| label(r, "signal") == Some(signal)) {
+                return None;
+            }
             let mut f = RuleFacts::default();
-            for r in rules
+            for r in alerts
                 .iter()
-                .filter(|r| r.labels.get("signal").map(String::as_str) == Some(signal))
+                .filter(|r| names_rb(r) || label(r, "signal") == Some(signal))
             {
-                // An expression that does not parse is `alert.promql`'s finding, not this one.
-                let Some(fx) = promql::facts(&r.expr) else {
-                    continue;
-                };
+                // A rule that does not parse is `alert.promql`'s finding; without its facts the
+                // prose cannot be judged, so the item is skipped rather than reported twice.
+                let fx = promql::facts(&r.expr)?;
                 f.names.push(r.alert.clone().unwrap_or_default());
                 for name in fx.metrics() {
                     f.metrics.insert(name.to_string());
@@ -85,7 +91,7 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                     f.fors.insert(Duration::ZERO);
                 }
             }
-            (!f.names.is_empty()).then_some(f)
+            Some(f)
         };
         section(&rb.path, &rb.text, &by_signal, out);
     }
@@ -180,6 +186,10 @@ fn prose_fors(s: &str) -> Vec<(Duration, usize)> {
     out
 }
 
+fn label<'a>(r: &'a Rule, k: &str) -> Option<&'a str> {
+    r.labels.get(k).map(String::as_str)
+}
+
 fn fmt_num(n: f64) -> String {
     if n.fract() == 0.0 && n.abs() < 1e15 {
         format!("{}", n as i64)
@@ -215,10 +225,16 @@ fn section(
                     o + t.len() <= *off && t.trim_end().to_ascii_lowercase().ends_with("for")
                 });
                 if after_for && !facts.fors.contains(&d) {
-                    out.push(mismatch(path, idx.pos(*off), signal, &rules, format!(
-                        "says `for {code}`, the rule's `for` is {}",
-                        show_fors(&facts)
-                    )));
+                    out.push(mismatch(
+                        path,
+                        idx.pos(*off),
+                        signal,
+                        &rules,
+                        format!(
+                            "says `for {code}`, the rule's `for` is {}",
+                            show_fors(&facts)
+                        ),
+                    ));
                 }
                 continue;
             }
@@ -235,7 +251,11 @@ fn section(
                 }
             }
             for n in &fx.numbers {
-                if !facts.numbers.iter().any(|x| (x - n).abs() <= f64::EPSILON * n.abs().max(1.0)) {
+                if !facts
+                    .numbers
+                    .iter()
+                    .any(|x| (x - n).abs() <= f64::EPSILON * n.abs().max(1.0))
+                {
                     problems.push(format!("number {} is not in the rule", fmt_num(*n)));
                 }
             }
@@ -297,13 +317,7 @@ fn trunc(s: &str) -> String {
     }
 }
 
-fn mismatch(
-    path: &str,
-    pos: crate::diag::Pos,
-    signal: &str,
-    rules: &str,
-    what: String,
-) -> Finding {
+fn mismatch(path: &str, pos: crate::diag::Pos, signal: &str, rules: &str, what: String) -> Finding {
     Finding::new(
         "runbook.trigger-mismatch",
         path,
