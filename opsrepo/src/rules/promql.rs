@@ -74,14 +74,34 @@ fn threshold(e: &Expr) -> Option<(String, f64)> {
         Expr::Paren(p) => threshold(&p.expr),
         Expr::Binary(b) if b.op.is_comparison_operator() => {
             let op = b.op.to_string();
-            match (&*b.rhs, &*b.lhs) {
-                (Expr::NumberLiteral(n), _) => Some((op, n.val)),
-                (_, Expr::NumberLiteral(n)) => Some((op, n.val)),
-                _ => None,
-            }
+            constant(&b.rhs, 0)
+                .or_else(|| constant(&b.lhs, 0))
+                .map(|n| (op, n))
         }
         // `a > 1 and b > 2`: the left side's threshold.
         Expr::Binary(b) => threshold(&b.lhs),
+        _ => None,
+    }
+}
+
+/// The value of a constant expression (`14 * 86400`, `(6 * 0.005)`), if it is one.
+fn constant(e: &Expr, depth: usize) -> Option<f64> {
+    if depth > 16 {
+        return None;
+    }
+    match e {
+        Expr::NumberLiteral(n) => Some(n.val),
+        Expr::Paren(p) => constant(&p.expr, depth + 1),
+        Expr::Binary(b) => {
+            let (l, r) = (constant(&b.lhs, depth + 1)?, constant(&b.rhs, depth + 1)?);
+            match b.op.to_string().as_str() {
+                "+" => Some(l + r),
+                "-" => Some(l - r),
+                "*" => Some(l * r),
+                "/" => Some(l / r),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -198,7 +218,7 @@ pub fn show_duration(d: Duration) -> String {
         return format!("{}ms", d.as_millis());
     }
     for (unit, secs) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if s % secs == 0 {
+        if s.is_multiple_of(secs) {
             return format!("{}{unit}", s / secs);
         }
     }
@@ -226,6 +246,8 @@ mod tests {
         );
         assert_eq!(f.threshold, Some((">".into(), 1000.0)));
         assert_eq!(f.selectors[0].matchers[0].value, "osl1");
+        let f = facts("(min by (instance) (x) - time()) < 14 * 86400").unwrap();
+        assert_eq!(f.threshold, Some(("<".into(), 1_209_600.0)));
     }
 
     #[test]
