@@ -4,7 +4,7 @@
 //! Every family is named and labelled as `alerts/*.yaml` and `dashboards/` query it. The node
 //! double also plays, for its own host only, the exporters that run beside a real service:
 //! node_exporter (`node_*`), the Swarm task exporter (`swarm_*`) and prometheus-nats-exporter
-//! for the JetStream consumers the service owns (`nats_consumer_*`). Target labels (`env`,
+//! for the JetStream consumers the service owns (`jetstream_consumer_*`). Target labels (`env`,
 //! `site`, `service`, `node`, `shard`, `instance`) are not exported: the scrape configuration
 //! attaches them, as it does for the real services.
 //!
@@ -191,7 +191,7 @@ pub const FAULTS: &[FaultInfo] = &[
         name: "consumer-lag",
         kinds: &[Projection, Runner],
         effect: "the service's JetStream consumers fall 12000+ messages behind, growing 50/s",
-        metrics: &["nats_consumer_num_pending"],
+        metrics: &["jetstream_consumer_num_pending"],
         alerts: &["JetStreamConsumerLagHigh", "JetStreamConsumerLagGrowing"],
     },
     FaultInfo {
@@ -199,7 +199,7 @@ pub const FAULTS: &[FaultInfo] = &[
         name: "redeliveries",
         kinds: &[Projection, Runner],
         effect: "1500 messages stay unacknowledged and 100/s are redelivered",
-        metrics: &["nats_consumer_ack_pending", "nats_consumer_num_redelivered"],
+        metrics: &["jetstream_consumer_num_ack_pending", "jetstream_consumer_num_redelivered"],
         alerts: &[
             "JetStreamConsumerAckPendingHigh",
             "JetStreamRedeliveriesHigh",
@@ -823,17 +823,17 @@ impl Platform {
                 names,
             };
             r.register(
-                "nats_consumer_num_pending",
+                "jetstream_consumer_num_pending",
                 "prometheus-nats-exporter: messages not yet delivered to the consumer",
                 c.pending.clone(),
             );
             r.register(
-                "nats_consumer_ack_pending",
+                "jetstream_consumer_num_ack_pending",
                 "prometheus-nats-exporter: delivered messages not yet acknowledged",
                 c.ack_pending.clone(),
             );
             r.register(
-                "nats_consumer_num_redelivered",
+                "jetstream_consumer_num_redelivered",
                 "prometheus-nats-exporter: messages redelivered so far",
                 c.redelivered.clone(),
             );
@@ -1081,7 +1081,12 @@ impl Platform {
         }
         if let Some(c) = &self.consumers {
             for (i, (stream, consumer)) in c.names.iter().enumerate() {
-                let lc = l(&[("stream", stream), ("consumer", consumer)]);
+                // prometheus-nats-exporter labels; a double is the consumer leader of what it owns.
+                let lc = l(&[
+                    ("stream_name", stream),
+                    ("consumer_name", consumer),
+                    ("is_consumer_leader", "true"),
+                ]);
                 let base = 30.0 + 25.0 * ((t / 3.0) + i as f64).sin();
                 let pending = if on(Fault::ConsumerLag) {
                     12_000.0 + self.lag
