@@ -221,9 +221,13 @@ fn section(
         for (code, off) in item.code.iter().skip(1) {
             // `for `10m``: a duration in code right after "for".
             if let Some(d) = promql::duration(code) {
-                let after_for = item.prose.iter().any(|(t, o)| {
-                    o + t.len() <= *off && t.trim_end().to_ascii_lowercase().ends_with("for")
-                });
+                // The prose run right before the code span ends with "for".
+                let after_for = item
+                    .prose
+                    .iter()
+                    .filter(|(t, o)| o + t.len() <= *off)
+                    .max_by_key(|(_, o)| *o)
+                    .is_some_and(|(t, _)| t.trim_end().to_ascii_lowercase().ends_with(" for"));
                 if after_for && !facts.fors.contains(&d) {
                     out.push(mismatch(
                         path,
@@ -333,6 +337,41 @@ fn mismatch(path: &str, pos: crate::diag::Pos, signal: &str, rules: &str, what: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn facts(signal: &str) -> Option<RuleFacts> {
+        (signal == "s").then(|| RuleFacts {
+            names: vec!["A".into()],
+            metrics: ["x".to_string()].into(),
+            numbers: vec![5.0],
+            durations: [Duration::from_secs(300), Duration::from_secs(600)].into(),
+            fors: [Duration::from_secs(600)].into(),
+        })
+    }
+
+    fn run(trigger: &str) -> Vec<Finding> {
+        let md = format!(
+            "# T\n\n## Trigger\n\n{trigger}\n## Other\n\n- Signal `s`: `x > 99` for 1 minutes.\n"
+        );
+        let mut out = Vec::new();
+        section("r.md", &md, &facts, &mut out);
+        out
+    }
+
+    #[test]
+    fn agreeing_prose_is_quiet_and_each_disagreement_is_one_finding() {
+        assert!(run("- Signal `s`: `max(rate(x[5m])) > 5` for 10 minutes.\n").is_empty());
+        assert!(run("- Signal `s`: `x > 5` for `10m`.\n").is_empty());
+        // Another signal, a supporting line, prose outside the Trigger section: not judged.
+        assert!(run("- Signal `t`: `y > 1` for 3 minutes.\n- Supporting: `z > 7`.\n").is_empty());
+        let f = run("- Signal `s`: `x > 6` for 10 minutes.\n");
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].rule, f[0].line), ("runbook.trigger-mismatch", 5));
+        assert!(f[0].message.contains("number 6"), "{}", f[0].message);
+        assert_eq!(run("- Signal `s`: `y > 5`.\n").len(), 1);
+        assert_eq!(run("- Signal `s`: `x > 5` for 5 minutes.\n").len(), 1);
+        assert_eq!(run("- Signal `s`: `x > 5` for `15m`.\n").len(), 1);
+        assert_eq!(run("- Signal `s`: `rate(x[1h]) > 5`.\n").len(), 1);
+    }
 
     #[test]
     fn prose_durations() {
