@@ -133,9 +133,12 @@ rules! {
     "runbook.review-due", Warning, "a runbook's review window closes soon";
     "runbook.review-expired", Error, "a runbook has not been reviewed within the review window";
     "runbook.active-content", Error, "runbook markdown carries raw HTML, scripts or script links";
+    "runbook.trigger-mismatch", Error, "a runbook's Trigger section quotes a metric, number or duration its alert rule does not use";
+    "runbook.command", Error, "a `vakt …` command in a runbook does not parse against the CLI (unknown flag, missing required option)";
     "query.template", Error, "a saved query uses an undeclared variable or does not parse";
     "query.unused", Warning, "a saved query is used by no runbook and no dashboard";
     "dashboard.query", Error, "a dashboard panel query is not valid PromQL or LogQL";
+    "dashboard.label-value", Error, "a dashboard query matches a label of vakt's own metrics on a value vakt never emits";
     "dashboard.saved-query", Error, "a panel's saved query reference does not match the saved query (datasource, variables, expression)";
     "secret.value", Error, "a secret value appears in the repository";
     "render.runbook-url", Error, "an alert's runbook_url cannot be built: project.site_url is not an absolute http(s) URL";

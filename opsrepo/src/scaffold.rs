@@ -201,7 +201,7 @@ an operator.
 
 - `vakt status` and `vakt drift --env dev` to see what is wrong.
 - `vakt plan --env dev` before any `vakt apply --env dev`.
-- `vakt jobs retry JOB_ID --reason "…"` for a dead-lettered job once its cause is fixed.
+- `vakt jobs retry JOB_ID --env dev --reason "…"` for a dead-lettered job once its cause is fixed.
 
 ## Evidence to review first
 

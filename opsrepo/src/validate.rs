@@ -50,6 +50,37 @@ pub fn validate(files: &RepoFiles, opts: &ValidateOptions) -> Report {
     validate_parsed(&parsed, opts)
 }
 
+/// [`validate`], also parsing every `vakt …` command in the runbooks with `commands` (the
+/// `vakt` binary hands in its own argument parser; rule `runbook.command`).
+pub fn validate_with_commands(
+    files: &RepoFiles,
+    opts: &ValidateOptions,
+    commands: &dyn rules::commands::CommandChecker,
+) -> Report {
+    let parsed = parse_all(files);
+    let mut report = validate_parsed(&parsed, opts);
+    let mut extra = Vec::new();
+    for d in parsed
+        .docs
+        .iter()
+        .filter(|d| d.kind == Kind::Runbook && d.env.is_none())
+    {
+        rules::commands::check(&d.path, &d.text, commands, &mut extra);
+    }
+    for f in &extra {
+        if let Some(t) = parsed.texts.get(&f.path) {
+            report.texts.insert(f.path.clone(), t.clone());
+        }
+    }
+    report.findings.extend(extra);
+    let mut seen = HashSet::new();
+    report.findings.retain(|f| seen.insert(f.clone()));
+    report
+        .findings
+        .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    report
+}
+
 /// Validates an already parsed repo (lets callers reuse the parse).
 pub fn validate_parsed(parsed: &Parsed0, opts: &ValidateOptions) -> Report {
     validate_with_model(parsed, opts).0

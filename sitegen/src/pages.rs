@@ -324,6 +324,11 @@ impl<'a> Site<'a> {
                         "signal": rule.labels.get("signal"),
                         "summary": rule.annotations.get("summary"),
                         "runbook": runbook,
+                        "expr": rule.expr,
+                        "for": rule.for_,
+                        "threshold": opsrepo::rules::promql::facts(&rule.expr)
+                            .and_then(|f| f.threshold)
+                            .map(|(op, n)| format!("{op} {n}")),
                     }));
                 }
             }

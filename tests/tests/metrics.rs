@@ -403,7 +403,7 @@ fn every_metric_name_the_bundled_queries_use_is_exported_or_declared_external() 
         "http_server_requests_total",
         "runner_outbox_depth",
         "node_filesystem_avail_bytes",
-        "nats_consumer_num_pending",
+        "jetstream_consumer_num_pending",
         "vakt_drifted_keys",
     ] {
         assert!(uses.contains_key(n), "{n} is not used any more?");

@@ -398,3 +398,99 @@ fn diagnostics_snapshot() {
     let text = counts.replace_all(&out, "N documents in M files");
     insta::assert_snapshot!("diagnostics_human", text);
 }
+
+#[test]
+fn every_vakt_command_in_every_bundled_runbook_parses() {
+    // The commands are found the way `vakt validate` finds them...
+    let dir = workspace().join("runbooks");
+    let mut total = 0;
+    let mut approvals = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "md") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        for c in opsrepo::rules::commands::extract(&text) {
+            let args = c
+                .args
+                .unwrap_or_else(|e| panic!("{}:{}: {e}", p.display(), c.pos.line));
+            total += 1;
+            if args.first().is_some_and(|a| a == "approve") && args.len() > 1 {
+                approvals += 1;
+                assert!(
+                    args.iter().any(|a| a == "--env"),
+                    "{}:{}: {}",
+                    p.display(),
+                    c.pos.line,
+                    c.text
+                );
+            }
+        }
+    }
+    assert!(total > 150, "only {total} commands found");
+    assert!(approvals > 10, "only {approvals} `vakt approve` lines");
+    // ...and each of them parses against the real CLI: no `runbook.command` finding.
+    let (code, f) = findings(&workspace(), &[]);
+    let bad: Vec<_> = f
+        .iter()
+        .filter(|x| x["rule"] == "runbook.command")
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+    assert_eq!(code, 0, "{f:#?}");
+}
+
+#[test]
+fn a_runbook_command_is_checked_flag_by_flag() {
+    let repo = copy_bundled();
+    let p = repo.path().join("runbooks/ops.vakt.drift.md");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let extra = "\n```sh\nvakt approve PLAN --reason \"ok\"\nvakt jobs list --env prod --site bgo1\nvakt drift --env <env> --format json | jq .\nvakt nosuch --env prod\nnats kv ls --bogus\n```\n";
+    std::fs::write(&p, format!("{text}{extra}")).unwrap();
+    let (code, f) = findings(repo.path(), &[]);
+    assert_eq!(code, 1);
+    let msgs: Vec<String> = f
+        .iter()
+        .filter(|x| x["rule"] == "runbook.command")
+        .map(|x| x["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(msgs.len(), 3, "{msgs:#?}");
+    assert!(msgs[0].contains("--env"), "{msgs:#?}");
+    assert!(msgs[1].contains("--site"), "{msgs:#?}");
+    assert!(msgs[2].contains("nosuch"), "{msgs:#?}");
+}
+
+#[test]
+fn closed_label_values_match_the_reconciler_enums() {
+    use reconciler::outcome::{RefusalKind, StepOutcome};
+    let steps = [
+        StepOutcome::Applied,
+        StepOutcome::Noop,
+        StepOutcome::Refused(RefusalKind::Other),
+        StepOutcome::Failed,
+    ];
+    // A new variant fails to compile here: add it to the list above and to opsrepo's list.
+    for s in steps {
+        match s {
+            StepOutcome::Applied
+            | StepOutcome::Noop
+            | StepOutcome::Refused(_)
+            | StepOutcome::Failed => {}
+        }
+    }
+    let mut emitted: Vec<&str> = steps.iter().map(|s| s.metric_label()).collect();
+    let mut listed = opsrepo::rules::labels::APPLY_OUTCOMES.to_vec();
+    emitted.sort();
+    listed.sort();
+    assert_eq!(emitted, listed, "vakt_apply_total outcome values");
+
+    let mut emitted: Vec<&str> = RefusalKind::ALL.iter().map(|k| k.metric_label()).collect();
+    emitted.sort();
+    emitted.dedup();
+    let mut listed = opsrepo::rules::labels::REFUSAL_REASONS.to_vec();
+    listed.sort();
+    assert_eq!(
+        emitted, listed,
+        "vakt_reconcile_refused_total reason values"
+    );
+}

@@ -48,7 +48,10 @@ pub fn run(o: ValidateOpts) -> Exit {
         env: o.env,
         today: o.now.unwrap_or_else(super::today),
     };
-    let report = opsrepo::validate(&files, &opts);
+    let commands = ClapCommands(env_backed_optional(
+        <crate::Cli as clap::CommandFactory>::command(),
+    ));
+    let report = opsrepo::validate::validate_with_commands(&files, &opts, &commands);
     let format = match o.format {
         Format::Json => report::Format::Json,
         Format::Github => report::Format::Github,
@@ -61,6 +64,80 @@ pub fn run(o: ValidateOpts) -> Exit {
     } else {
         exit::OK
     })
+}
+
+/// Parses runbook command lines with the binary's own argument definitions.
+struct ClapCommands(clap::Command);
+
+/// An argument clap can read from the environment (`--api`: `$VAKT_API`) is set in an
+/// operator's shell, so a runbook line may leave it out; every other required argument must be
+/// written (or a placeholder like `E` or `<env>` given).
+fn env_backed_optional(cmd: clap::Command) -> clap::Command {
+    let ids: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| a.get_env().is_some())
+        .map(|a| a.get_id().clone())
+        .collect();
+    let mut cmd = ids
+        .into_iter()
+        .fold(cmd, |c, id| c.mut_arg(id, |a| a.required(false)));
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for s in subs {
+        cmd = cmd.mut_subcommand(s, env_backed_optional);
+    }
+    cmd
+}
+
+impl opsrepo::rules::commands::CommandChecker for ClapCommands {
+    fn check(&self, args: &[String]) -> Result<(), String> {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        // A bare reference in prose (`vakt approve`, `vakt jobs retry`): the command must exist.
+        let mut cmd = &self.0;
+        let mut only_commands = true;
+        for a in args {
+            match cmd.find_subcommand(a) {
+                Some(c) => cmd = c,
+                None => {
+                    only_commands = false;
+                    break;
+                }
+            }
+        }
+        if only_commands {
+            return Ok(());
+        }
+        let argv = std::iter::once("vakt").chain(args.iter().map(String::as_str));
+        let Err(e) = self.0.clone().try_get_matches_from(argv) else {
+            return Ok(());
+        };
+        let placeholder = |v: &str| {
+            (v.starts_with('<') && v.ends_with('>'))
+                || (v.chars().any(|c| c.is_ascii_uppercase())
+                    && v.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        };
+        match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(()),
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation if matches!(e.get(ContextKind::InvalidValue), Some(ContextValue::String(v)) if placeholder(v)) => {
+                Ok(())
+            }
+            ErrorKind::MissingRequiredArgument => {
+                let missing = match e.get(ContextKind::InvalidArg) {
+                    Some(ContextValue::Strings(v)) => v.join(", "),
+                    _ => "an argument".to_string(),
+                };
+                Err(format!("missing required {missing}"))
+            }
+            _ => {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or("").trim();
+                Err(first.strip_prefix("error: ").unwrap_or(first).to_string())
+            }
+        }
+    }
 }
 
 fn list_rules(format: Format) -> u8 {

@@ -2,13 +2,17 @@
 //! what to do.
 
 mod alerts;
+pub mod commands;
 mod definitions;
 mod inventory;
+pub mod labels;
 pub mod logql;
 pub mod observability;
+pub mod promql;
 pub(crate) mod render;
 mod runbooks;
 pub mod secrets;
+mod trigger;
 
 use crate::diag::Finding;
 use crate::load::Model;
@@ -48,6 +52,8 @@ pub fn check(model: &Model, ctx: &RuleContext) -> Vec<Finding> {
     alerts::check(model, &mut out);
     observability::check(model, &mut out);
     render::check(model, &mut out);
+    trigger::check(model, &mut out);
+    labels::check(model, &mut out);
     // A reference to a document that failed its own schema is not a second problem.
     if !model.broken_ids.is_empty() {
         out.retain(|f| {

@@ -4,7 +4,7 @@
 //! Every family is named and labelled as `alerts/*.yaml` and `dashboards/` query it. The node
 //! double also plays, for its own host only, the exporters that run beside a real service:
 //! node_exporter (`node_*`), the Swarm task exporter (`swarm_*`) and prometheus-nats-exporter
-//! for the JetStream consumers the service owns (`nats_consumer_*`). Target labels (`env`,
+//! for the JetStream consumers the service owns (`jetstream_consumer_*`). Target labels (`env`,
 //! `site`, `service`, `node`, `shard`, `instance`) are not exported: the scrape configuration
 //! attaches them, as it does for the real services.
 //!
@@ -167,7 +167,10 @@ pub const FAULTS: &[FaultInfo] = &[
         name: "slow-db",
         kinds: &[Gateway],
         effect: "Postgres metadata queries take 0.4-1 s",
-        metrics: &["pg_query_duration_seconds"],
+        metrics: &[
+            "pg_stat_statements_seconds_total",
+            "pg_stat_statements_calls_total",
+        ],
         alerts: &["PostgresQueryLatencyHigh"],
     },
     FaultInfo {
@@ -191,7 +194,7 @@ pub const FAULTS: &[FaultInfo] = &[
         name: "consumer-lag",
         kinds: &[Projection, Runner],
         effect: "the service's JetStream consumers fall 12000+ messages behind, growing 50/s",
-        metrics: &["nats_consumer_num_pending"],
+        metrics: &["jetstream_consumer_num_pending"],
         alerts: &["JetStreamConsumerLagHigh", "JetStreamConsumerLagGrowing"],
     },
     FaultInfo {
@@ -199,7 +202,10 @@ pub const FAULTS: &[FaultInfo] = &[
         name: "redeliveries",
         kinds: &[Projection, Runner],
         effect: "1500 messages stay unacknowledged and 100/s are redelivered",
-        metrics: &["nats_consumer_ack_pending", "nats_consumer_num_redelivered"],
+        metrics: &[
+            "jetstream_consumer_num_ack_pending",
+            "jetstream_consumer_num_redelivered",
+        ],
         alerts: &[
             "JetStreamConsumerAckPendingHigh",
             "JetStreamRedeliveriesHigh",
@@ -400,7 +406,9 @@ struct GatewayM {
     login_anomalies: Family<L, Counter>,
     revocations: Family<L, Counter>,
     mfa_failures: Family<L, Counter>,
-    pg_query: Family<L, Histogram>,
+    /// postgres_exporter's pg_stat_statements collector: calls and time spent, per database.
+    pg_calls: Family<L, Counter>,
+    pg_seconds: Family<L, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 struct AggregateM {
@@ -588,7 +596,8 @@ impl Platform {
                 login_anomalies: Family::default(),
                 revocations: Family::default(),
                 mfa_failures: Family::default(),
-                pg_query: Family::new_with_constructor(latency),
+                pg_calls: Family::default(),
+                pg_seconds: Family::default(),
             };
             r.register(
                 "gateway_tenant_requests",
@@ -621,9 +630,14 @@ impl Platform {
                 g.mfa_failures.clone(),
             );
             r.register(
-                "pg_query_duration_seconds",
-                "Client-side duration of control-plane metadata queries, by database",
-                g.pg_query.clone(),
+                "pg_stat_statements_calls",
+                "postgres_exporter: number of times statements were executed, by database",
+                g.pg_calls.clone(),
+            );
+            r.register(
+                "pg_stat_statements_seconds",
+                "postgres_exporter: total time spent in statements, by database",
+                g.pg_seconds.clone(),
             );
             for reason in ["bad_password", "unknown_user", "locked"] {
                 g.login_failures
@@ -823,17 +837,17 @@ impl Platform {
                 names,
             };
             r.register(
-                "nats_consumer_num_pending",
+                "jetstream_consumer_num_pending",
                 "prometheus-nats-exporter: messages not yet delivered to the consumer",
                 c.pending.clone(),
             );
             r.register(
-                "nats_consumer_ack_pending",
+                "jetstream_consumer_num_ack_pending",
                 "prometheus-nats-exporter: delivered messages not yet acknowledged",
                 c.ack_pending.clone(),
             );
             r.register(
-                "nats_consumer_num_redelivered",
+                "jetstream_consumer_num_redelivered",
                 "prometheus-nats-exporter: messages redelivered so far",
                 c.redelivered.clone(),
             );
@@ -913,9 +927,9 @@ impl Platform {
                 } else {
                     self.rng.between(0.002, 0.04)
                 };
-                g.pg_query
-                    .get_or_create(&l(&[("datname", "dataverket_meta")]))
-                    .observe(v);
+                let db = l(&[("datname", "dataverket_meta")]);
+                g.pg_calls.get_or_create(&db).inc();
+                g.pg_seconds.get_or_create(&db).inc_by(v);
             }
             // A bad password now and then; a clean baseline otherwise.
             if self.rng.next() < dt * 0.2 {
@@ -1081,7 +1095,12 @@ impl Platform {
         }
         if let Some(c) = &self.consumers {
             for (i, (stream, consumer)) in c.names.iter().enumerate() {
-                let lc = l(&[("stream", stream), ("consumer", consumer)]);
+                // prometheus-nats-exporter labels; a double is the consumer leader of what it owns.
+                let lc = l(&[
+                    ("stream_name", stream),
+                    ("consumer_name", consumer),
+                    ("is_consumer_leader", "true"),
+                ]);
                 let base = 30.0 + 25.0 * ((t / 3.0) + i as f64).sin();
                 let pending = if on(Fault::ConsumerLag) {
                     12_000.0 + self.lag

@@ -1,0 +1,262 @@
+//! Facts read from a PromQL expression's syntax tree: metric names, selectors with their label
+//! matchers, number literals and durations. Shared by the trigger, label and site rules.
+
+use std::time::Duration;
+
+use promql_parser::label::MatchOp;
+use promql_parser::parser::{Expr, Offset, VectorSelector};
+
+/// One label matcher on a selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelMatch {
+    pub label: String,
+    /// `=`, `!=`, `=~` or `!~`.
+    pub op: &'static str,
+    pub value: String,
+}
+
+/// One selector: its metric name (when it has one) and its label matchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub metric: Option<String>,
+    pub matchers: Vec<LabelMatch>,
+}
+
+/// What an expression contains.
+#[derive(Debug, Clone, Default)]
+pub struct ExprFacts {
+    pub selectors: Vec<Selector>,
+    pub numbers: Vec<f64>,
+    pub durations: Vec<Duration>,
+    /// The number a top-level comparison compares against (`expr > 1000` gives 1000).
+    pub threshold: Option<(String, f64)>,
+}
+
+impl ExprFacts {
+    /// Every metric name the expression selects.
+    pub fn metrics(&self) -> impl Iterator<Item = &str> {
+        self.selectors.iter().filter_map(|s| s.metric.as_deref())
+    }
+}
+
+/// Parses `expr` and collects its facts; `None` when it is not PromQL.
+pub fn facts(expr: &str) -> Option<ExprFacts> {
+    let e = promql_parser::parser::parse(expr).ok()?;
+    let mut f = ExprFacts::default();
+    walk(&e, &mut f, 0);
+    f.threshold = threshold(&e);
+    Some(f)
+}
+
+/// Whether the expression compares something (has a comparison operator anywhere).
+pub fn has_comparison(expr: &str) -> bool {
+    fn any(e: &Expr, depth: usize) -> bool {
+        if depth > 64 {
+            return false;
+        }
+        match e {
+            Expr::Binary(b) => {
+                b.op.is_comparison_operator() || any(&b.lhs, depth + 1) || any(&b.rhs, depth + 1)
+            }
+            Expr::Aggregate(a) => any(&a.expr, depth + 1),
+            Expr::Unary(u) => any(&u.expr, depth + 1),
+            Expr::Paren(p) => any(&p.expr, depth + 1),
+            Expr::Subquery(s) => any(&s.expr, depth + 1),
+            Expr::Call(c) => c.args.args.iter().any(|a| any(a, depth + 1)),
+            _ => false,
+        }
+    }
+    promql_parser::parser::parse(expr).is_ok_and(|e| any(&e, 0))
+}
+
+fn threshold(e: &Expr) -> Option<(String, f64)> {
+    match e {
+        Expr::Paren(p) => threshold(&p.expr),
+        Expr::Binary(b) if b.op.is_comparison_operator() => {
+            let op = b.op.to_string();
+            constant(&b.rhs, 0)
+                .or_else(|| constant(&b.lhs, 0))
+                .map(|n| (op, n))
+        }
+        // `a > 1 and b > 2`: the left side's threshold.
+        Expr::Binary(b) => threshold(&b.lhs),
+        _ => None,
+    }
+}
+
+/// The value of a constant expression (`14 * 86400`, `(6 * 0.005)`), if it is one.
+fn constant(e: &Expr, depth: usize) -> Option<f64> {
+    if depth > 16 {
+        return None;
+    }
+    match e {
+        Expr::NumberLiteral(n) => Some(n.val),
+        Expr::Paren(p) => constant(&p.expr, depth + 1),
+        Expr::Binary(b) => {
+            let (l, r) = (constant(&b.lhs, depth + 1)?, constant(&b.rhs, depth + 1)?);
+            match b.op.to_string().as_str() {
+                "+" => Some(l + r),
+                "-" => Some(l - r),
+                "*" => Some(l * r),
+                "/" => Some(l / r),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn selector(vs: &VectorSelector, f: &mut ExprFacts) {
+    let mut matchers = Vec::new();
+    let mut name = vs.name.clone();
+    for m in &vs.matchers.matchers {
+        let op = match m.op {
+            MatchOp::Equal => "=",
+            MatchOp::NotEqual => "!=",
+            MatchOp::Re(_) => "=~",
+            MatchOp::NotRe(_) => "!~",
+        };
+        if m.name == "__name__" && op == "=" && name.is_none() {
+            name = Some(m.value.clone());
+            continue;
+        }
+        matchers.push(LabelMatch {
+            label: m.name.clone(),
+            op,
+            value: m.value.clone(),
+        });
+    }
+    if let Some(Offset::Pos(d) | Offset::Neg(d)) = &vs.offset {
+        f.durations.push(*d);
+    }
+    f.selectors.push(Selector {
+        metric: name,
+        matchers,
+    });
+}
+
+fn walk(e: &Expr, f: &mut ExprFacts, depth: usize) {
+    if depth > 64 {
+        return;
+    }
+    match e {
+        Expr::Aggregate(a) => {
+            walk(&a.expr, f, depth + 1);
+            if let Some(p) = &a.param {
+                walk(p, f, depth + 1);
+            }
+        }
+        Expr::Unary(u) => walk(&u.expr, f, depth + 1),
+        Expr::Binary(b) => {
+            walk(&b.lhs, f, depth + 1);
+            walk(&b.rhs, f, depth + 1);
+        }
+        Expr::Paren(p) => walk(&p.expr, f, depth + 1),
+        Expr::Subquery(s) => {
+            f.durations.push(s.range);
+            if let Some(Offset::Pos(d) | Offset::Neg(d)) = &s.offset {
+                f.durations.push(*d);
+            }
+            walk(&s.expr, f, depth + 1);
+        }
+        Expr::VectorSelector(vs) => selector(vs, f),
+        Expr::MatrixSelector(ms) => {
+            f.durations.push(ms.range);
+            selector(&ms.vs, f);
+        }
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                walk(a, f, depth + 1);
+            }
+        }
+        Expr::NumberLiteral(n) => f.numbers.push(n.val),
+        Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+/// Parses a Prometheus duration (`90s`, `10m`, `1h30m`, `2d`); `None` when malformed.
+pub fn duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 32 {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        let unit_ms: u64 = match c {
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                1
+            }
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            'w' => 7 * 86_400_000,
+            'y' => 365 * 86_400_000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit_ms)?)?;
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    Some(Duration::from_millis(total))
+}
+
+/// `600s` → `10m`: the shortest way Prometheus would write a duration.
+pub fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    for (unit, secs) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s.is_multiple_of(secs) {
+            return format!("{}{unit}", s / secs);
+        }
+    }
+    format!("{s}s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_of_an_alert_expression() {
+        let f = facts(
+            r#"max by (tenant_id) (runner_outbox_depth{site="osl1"}) > 1000 and rate(x[5m] offset 1d) > 0"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f.metrics().collect::<Vec<_>>(),
+            ["runner_outbox_depth", "x"]
+        );
+        assert_eq!(f.numbers, [1000.0, 0.0]);
+        assert_eq!(
+            f.durations,
+            [Duration::from_secs(300), Duration::from_secs(86_400)]
+        );
+        assert_eq!(f.threshold, Some((">".into(), 1000.0)));
+        assert_eq!(f.selectors[0].matchers[0].value, "osl1");
+        let f = facts("(min by (instance) (x) - time()) < 14 * 86400").unwrap();
+        assert_eq!(f.threshold, Some(("<".into(), 1_209_600.0)));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(duration("10"), None);
+        assert_eq!(duration("x"), None);
+        assert_eq!(show_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(show_duration(Duration::from_secs(93_600)), "26h");
+    }
+}
