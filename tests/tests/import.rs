@@ -98,17 +98,16 @@ fn estate_imports_as_announced_and_again_changes_nothing() {
 
     // --dry-run writes nothing but lists the files.
     let before = snapshot(&repo);
-    let (_, dry) = import(&repo, "runbooks", &[runbooks.to_str().unwrap(), "--dry-run"]);
+    let (_, dry) = import(
+        &repo,
+        "runbooks",
+        &[runbooks.to_str().unwrap(), "--dry-run"],
+    );
     assert_eq!(snapshot(&repo), before, "--dry-run wrote files");
     assert!(dry["dry_run"].as_bool().unwrap());
-    assert!(
-        dry["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["path"] == "runbooks/kubernetes.kubepodcrashlooping.md"
-                && f["action"] == "create")
-    );
+    assert!(dry["files"].as_array().unwrap().iter().any(|f| f["path"]
+        == "runbooks/kubernetes.kubepodcrashlooping.md"
+        && f["action"] == "create"));
 
     // Runbooks.
     let (code, rb) = import(&repo, "runbooks", &[runbooks.to_str().unwrap()]);
@@ -135,7 +134,10 @@ fn estate_imports_as_announced_and_again_changes_nothing() {
     let md =
         std::fs::read_to_string(repo.join("runbooks/kubernetes.kubepodcrashlooping.md")).unwrap();
     assert!(!md.contains('<'), "HTML passed through:\n{md}");
-    assert!(md.contains("**Debugging a container that exits at once**"), "{md}");
+    assert!(
+        md.contains("**Debugging a container that exits at once**"),
+        "{md}"
+    );
     assert!(md.contains("## Trigger\n\n### Meaning"), "{md}");
     let cat: Value = serde_json::from_str(
         &std::fs::read_to_string(repo.join("runbooks/runbooks.catalog.json")).unwrap(),
@@ -150,8 +152,14 @@ fn estate_imports_as_announced_and_again_changes_nothing() {
             .cloned()
             .unwrap()
     };
-    assert_eq!(entry("kubernetes.kubepodcrashlooping")["last_reviewed_at"], "2026-11-01");
-    assert_eq!(entry("kubernetes.kubepodcrashlooping")["owner_team"], "platform-k8s");
+    assert_eq!(
+        entry("kubernetes.kubepodcrashlooping")["last_reviewed_at"],
+        "2026-11-01"
+    );
+    assert_eq!(
+        entry("kubernetes.kubepodcrashlooping")["owner_team"],
+        "platform-k8s"
+    );
     // No review date in the source: never reviewed, never an invented date.
     assert_eq!(
         entry("kubernetes.kubedeploymentreplicasmismatch")["last_reviewed_at"],
@@ -196,7 +204,10 @@ fn estate_imports_as_announced_and_again_changes_nothing() {
         .iter()
         .map(|a| (a["alert"].as_str().unwrap(), a["runbook_id"].as_str()))
         .collect();
-    assert_eq!(alert_rb["KubePodCrashLooping"], Some("kubernetes.kubepodcrashlooping"));
+    assert_eq!(
+        alert_rb["KubePodCrashLooping"],
+        Some("kubernetes.kubepodcrashlooping")
+    );
     assert_eq!(
         alert_rb["NodeFilesystemAlmostOutOfSpace"],
         Some("node.nodefilesystemalmostoutofspace")
@@ -210,19 +221,37 @@ fn estate_imports_as_announced_and_again_changes_nothing() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| format!("{}: {}", p["file"].as_str().unwrap(), p["message"].as_str().unwrap()))
+        .map(|p| {
+            format!(
+                "{}: {}",
+                p["file"].as_str().unwrap(),
+                p["message"].as_str().unwrap()
+            )
+        })
         .collect();
     let has = |s: &str| msgs.iter().any(|m| m.contains(s));
-    assert!(has("PrometheusRule `broken-rules` has no spec"), "{msgs:#?}");
+    assert!(
+        has("PrometheusRule `broken-rules` has no spec"),
+        "{msgs:#?}"
+    );
     assert!(has("a `ConfigMap` is neither"), "{msgs:#?}");
-    assert!(has("group `kubernetes-apps` is already defined"), "{msgs:#?}");
+    assert!(
+        has("group `kubernetes-apps` is already defined"),
+        "{msgs:#?}"
+    );
     assert!(has("field `limit` is not part"), "{msgs:#?}");
     let rules_text =
         std::fs::read_to_string(repo.join("alerts/kubernetes-monitoring-rules.yaml")).unwrap();
     assert!(!rules_text.contains("runbook_url"), "{rules_text}");
-    assert!(rules_text.contains("runbook_id: \"kubernetes.kubepodcrashlooping\""), "{rules_text}");
+    assert!(
+        rules_text.contains("runbook_id: \"kubernetes.kubepodcrashlooping\""),
+        "{rules_text}"
+    );
     let node_text = std::fs::read_to_string(repo.join("alerts/node-exporter-rules.yaml")).unwrap();
-    assert!(node_text.contains("record: \"instance:node_num_cpu:sum\""), "{node_text}");
+    assert!(
+        node_text.contains("record: \"instance:node_num_cpu:sum\""),
+        "{node_text}"
+    );
 
     // Dashboards.
     let (code, dr) = import(&repo, "dashboards", &[dashboards.to_str().unwrap()]);
@@ -233,7 +262,10 @@ fn estate_imports_as_announced_and_again_changes_nothing() {
     )
     .unwrap();
     let text = dash.to_string();
-    assert!(!text.contains("DS_PROMETHEUS") && !text.contains("$datasource"), "{text}");
+    assert!(
+        !text.contains("DS_PROMETHEUS") && !text.contains("$datasource"),
+        "{text}"
+    );
     assert!(dash.get("__inputs").is_none() && dash.get("__requires").is_none());
     assert_eq!(dash["panels"][1]["datasource"]["uid"], "vm");
     assert_eq!(dash["panels"][2]["targets"][0]["datasource"]["uid"], "vm");
@@ -241,20 +273,28 @@ fn estate_imports_as_announced_and_again_changes_nothing() {
     // The repo fails validate with exactly the findings the last report announced.
     let (code, after) = findings(&repo, &[]);
     let mut got: Vec<_> = after.iter().map(key).collect();
-    let mut announced: Vec<_> = dr["findings_after"].as_array().unwrap().iter().map(key).collect();
+    let mut announced: Vec<_> = dr["findings_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(key)
+        .collect();
     got.sort();
     announced.sort();
     assert_eq!(got, announced);
     assert_eq!(code, 1);
-    let rules: Vec<&str> = after.iter().map(|f| f["rule"].as_str().unwrap()).collect();
-    assert!(rules.contains(&"runbook.review-expired"), "{rules:?}");
-    assert!(rules.contains(&"alert.runbook-missing"), "{rules:?}");
+    let rule_ids: Vec<&str> = after.iter().map(|f| f["rule"].as_str().unwrap()).collect();
+    assert!(rule_ids.contains(&"runbook.review-expired"), "{rule_ids:?}");
+    assert!(rule_ids.contains(&"alert.runbook-missing"), "{rule_ids:?}");
 
     // Re-import: nothing changes, every file is reported unchanged.
     let before = snapshot(&repo);
     for (what, args) in [
         ("runbooks", vec![runbooks.to_str().unwrap()]),
-        ("rules", vec![rules.to_str().unwrap(), "--runbook-url-base", url_base]),
+        (
+            "rules",
+            vec![rules.to_str().unwrap(), "--runbook-url-base", url_base],
+        ),
         ("dashboards", vec![dashboards.to_str().unwrap()]),
     ] {
         let (_, r) = import(&repo, what, &args);
@@ -274,11 +314,34 @@ fn existing_files_are_not_overwritten_without_force() {
     std::fs::write(&path, "{\"edited\": true}\n").unwrap();
     let (code, r) = import(&repo, "dashboards", &[dashboards.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"edited\": true}\n");
-    assert!(r["files"].as_array().unwrap().iter().any(|f| f["action"] == "conflict"));
-    let (_, r) = import(&repo, "dashboards", &[dashboards.to_str().unwrap(), "--force"]);
-    assert!(r["files"].as_array().unwrap().iter().any(|f| f["action"] == "overwrite"));
-    assert!(std::fs::read_to_string(&path).unwrap().contains("Node Exporter Full"));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "{\"edited\": true}\n"
+    );
+    assert!(
+        r["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["action"] == "conflict")
+    );
+    let (_, r) = import(
+        &repo,
+        "dashboards",
+        &[dashboards.to_str().unwrap(), "--force"],
+    );
+    assert!(
+        r["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["action"] == "overwrite")
+    );
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("Node Exporter Full")
+    );
 }
 
 #[cfg(unix)]
@@ -295,10 +358,11 @@ fn symlink_loops_and_too_many_files_are_report_lines() {
     .unwrap();
     let (_, r) = import(&repo, "runbooks", &[src.to_str().unwrap()]);
     assert!(
-        r["problems"].as_array().unwrap().iter().any(|p| p["message"]
-            .as_str()
+        r["problems"]
+            .as_array()
             .unwrap()
-            .contains("symlink loops")),
+            .iter()
+            .any(|p| p["message"].as_str().unwrap().contains("symlink loops")),
         "{r:#}"
     );
     assert_eq!(r["runbooks"].as_array().unwrap().len(), 1, "{r:#}");
@@ -316,7 +380,10 @@ fn symlink_loops_and_too_many_files_are_report_lines() {
         .iter()
         .map(|p| p["message"].as_str().unwrap())
         .collect();
-    assert!(msgs.iter().any(|m| m.contains("more than 5000 files")), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("more than 5000 files")),
+        "{msgs:?}"
+    );
 }
 
 #[test]
@@ -341,12 +408,24 @@ fn validate_checks_subfolders_datasource_variables_and_names_import_for_crs() {
             .collect::<Vec<_>>()
     };
     // The rule file in a subfolder is parsed and its PromQL checked; `rules: null` is fine.
-    assert_eq!(at("alert.promql", "alerts/team-a/broken.yaml").len(), 1, "{f:#?}");
-    assert!(f.iter().all(|x| x["rule"] != "input.unknown-file"), "{f:#?}");
+    assert_eq!(
+        at("alert.promql", "alerts/team-a/broken.yaml").len(),
+        1,
+        "{f:#?}"
+    );
+    assert!(
+        f.iter().all(|x| x["rule"] != "input.unknown-file"),
+        "{f:#?}"
+    );
     // The PrometheusRule manifest names the command that converts it.
     let cr = at("schema.invalid", "alerts/kube-cr.yaml");
     assert_eq!(cr.len(), 1, "{f:#?}");
-    assert!(cr[0]["help"].as_str().unwrap().contains("vakt import rules"));
+    assert!(
+        cr[0]["help"]
+            .as_str()
+            .unwrap()
+            .contains("vakt import rules")
+    );
     // `$datasource` resolves to the declared prometheus datasource and its query is checked;
     // `${DS_LOKI}` has no declared loki datasource: a finding, not silence.
     let d = "dashboards/team-a/vars.json";

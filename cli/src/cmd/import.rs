@@ -43,7 +43,13 @@ pub struct ImportOpts {
     #[command(subcommand)]
     pub what: What,
     /// The ops repo (a work tree) to import into.
-    #[arg(long, env = "VAKT_REPO", default_value = ".", value_name = "DIR", global = true)]
+    #[arg(
+        long,
+        env = "VAKT_REPO",
+        default_value = ".",
+        value_name = "DIR",
+        global = true
+    )]
     pub repo: PathBuf,
     /// Overrides of the defaults (TOML: [escalation], [signals], [headings], [runbook_ids],
     /// [runbook_urls], [datasources], owner_team).
@@ -155,7 +161,11 @@ fn human(r: &ImportReport, written: usize) -> String {
     if !r.dead_links.is_empty() {
         s.push_str("\nDead runbook links (no imported page)\n");
         for d in &r.dead_links {
-            s.push_str(&format!("  {}\n    used by: {}\n", d.url, d.alerts.join(", ")));
+            s.push_str(&format!(
+                "  {}\n    used by: {}\n",
+                d.url,
+                d.alerts.join(", ")
+            ));
         }
     }
     if !r.unreferenced_runbooks.is_empty() {
@@ -223,7 +233,12 @@ fn human(r: &ImportReport, written: usize) -> String {
     let n = r
         .files
         .iter()
-        .filter(|f| matches!(f.action, Action::Create | Action::Overwrite | Action::Update))
+        .filter(|f| {
+            matches!(
+                f.action,
+                Action::Create | Action::Overwrite | Action::Update
+            )
+        })
         .count();
     s.push_str(&format!(
         "\n{verb} {} file(s); {} problem(s)\n",

@@ -12,7 +12,14 @@ use super::{DashboardLine, Defaulted, ImportOptions, MAX_FILE_BYTES, Plan, Probl
 use crate::source::RepoFiles;
 
 /// Export-only keys removed from the dashboard.
-const EXPORT_KEYS: &[&str] = &["__inputs", "__requires", "__elements", "id", "version", "iteration"];
+const EXPORT_KEYS: &[&str] = &[
+    "__inputs",
+    "__requires",
+    "__elements",
+    "id",
+    "version",
+    "iteration",
+];
 
 /// Plans the import of the Grafana exports under `dir`.
 pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
@@ -31,46 +38,85 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
                     file: f.shown.clone(),
                     line: e.line,
                     message: format!("is not JSON: {}; not imported", e.message),
-                    help: "export the dashboard again from Grafana (Share > Export > Save to file)".into(),
+                    help: "export the dashboard again from Grafana (Share > Export > Save to file)"
+                        .into(),
                 });
                 continue;
             }
         };
         // The API format wraps the model: {"dashboard": {...}, "meta": {...}}.
         let mut d = match v {
-            Value::Object(mut o) if o.get("dashboard").is_some_and(Value::is_object) && !o.contains_key("panels") => {
+            Value::Object(mut o)
+                if o.get("dashboard").is_some_and(Value::is_object)
+                    && !o.contains_key("panels") =>
+            {
                 o.remove("dashboard").unwrap_or_default()
             }
             other => other,
         };
         let Some(obj) = d.as_object_mut() else {
-            problems.push(Problem::new(&f.shown, "is not a dashboard object; not imported", "import Grafana dashboard JSON only"));
+            problems.push(Problem::new(
+                &f.shown,
+                "is not a dashboard object; not imported",
+                "import Grafana dashboard JSON only",
+            ));
             continue;
         };
         if !obj.contains_key("panels") && obj.contains_key("rows") {
-            problems.push(Problem::new(&f.shown, "uses the pre-5.0 `rows` layout; not imported", "open it in a current Grafana, save, and export it again"));
+            problems.push(Problem::new(
+                &f.shown,
+                "uses the pre-5.0 `rows` layout; not imported",
+                "open it in a current Grafana, save, and export it again",
+            ));
             continue;
         }
         if !obj.get("panels").is_some_and(Value::is_array) {
-            problems.push(Problem::new(&f.shown, "has no `panels` list; not a dashboard, not imported", "import Grafana dashboard JSON only"));
+            problems.push(Problem::new(
+                &f.shown,
+                "has no `panels` list; not a dashboard, not imported",
+                "import Grafana dashboard JSON only",
+            ));
             continue;
         }
-        let title = obj.get("title").and_then(Value::as_str).unwrap_or("").to_owned();
-        let title = if title.is_empty() { f.rel.trim_end_matches(".json").to_owned() } else { title };
+        let title = obj
+            .get("title")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let title = if title.is_empty() {
+            f.rel.trim_end_matches(".json").to_owned()
+        } else {
+            title
+        };
         obj.insert("title".into(), Value::String(title.clone()));
         // Variables of type datasource, and export inputs: name -> datasource type.
         let mut vars: BTreeMap<String, String> = BTreeMap::new();
-        for i in obj.get("__inputs").and_then(Value::as_array).into_iter().flatten() {
+        for i in obj
+            .get("__inputs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if i.get("type").and_then(Value::as_str) == Some("datasource")
-                && let (Some(n), Some(t)) = (i.get("name").and_then(Value::as_str), i.get("pluginId").and_then(Value::as_str))
+                && let (Some(n), Some(t)) = (
+                    i.get("name").and_then(Value::as_str),
+                    i.get("pluginId").and_then(Value::as_str),
+                )
             {
                 vars.insert(n.to_owned(), t.to_owned());
             }
         }
-        if let Some(list) = obj.get_mut("templating").and_then(|t| t.get_mut("list")).and_then(Value::as_array_mut) {
+        if let Some(list) = obj
+            .get_mut("templating")
+            .and_then(|t| t.get_mut("list"))
+            .and_then(Value::as_array_mut)
+        {
             list.retain(|v| {
                 if v.get("type").and_then(Value::as_str) == Some("datasource") {
-                    if let (Some(n), Some(t)) = (v.get("name").and_then(Value::as_str), v.get("query").and_then(Value::as_str)) {
+                    if let (Some(n), Some(t)) = (
+                        v.get("name").and_then(Value::as_str),
+                        v.get("query").and_then(Value::as_str),
+                    ) {
                         vars.insert(n.to_owned(), t.to_owned());
                     }
                     false
@@ -98,10 +144,19 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
         obj.insert("uid".into(), Value::String(uid.clone()));
         if !obj.get("schemaVersion").is_some_and(Value::is_u64) {
             obj.insert("schemaVersion".into(), json!(39));
-            plan.report.defaulted.push(Defaulted { subject: uid.clone(), field: "schemaVersion".into(), value: "39".into(), why: "the export has none".into() });
+            plan.report.defaulted.push(Defaulted {
+                subject: uid.clone(),
+                field: "schemaVersion".into(),
+                value: "39".into(),
+                why: "the export has none".into(),
+            });
         }
         if let Some(first) = uids.get(&uid) {
-            problems.push(Problem::new(&f.shown, format!("dashboard uid `{uid}` is also the uid of {first}; not imported"), "give one of them another uid in Grafana and export again"));
+            problems.push(Problem::new(
+                &f.shown,
+                format!("dashboard uid `{uid}` is also the uid of {first}; not imported"),
+                "give one of them another uid in Grafana and export again",
+            ));
             continue;
         }
         uids.insert(uid.clone(), f.shown.clone());
@@ -109,7 +164,11 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
         // Rewrite datasource references.
         let mut rewritten: BTreeSet<(String, String)> = BTreeSet::new();
         let mut unresolved: BTreeSet<String> = BTreeSet::new();
-        let ctx = Resolve { vars: &vars, repo: &repo_ds, mapping: &opts.mapping.datasources };
+        let ctx = Resolve {
+            vars: &vars,
+            repo: &repo_ds,
+            mapping: &opts.mapping.datasources,
+        };
         rewrite(&mut d, &ctx, &mut rewritten, &mut unresolved, 0);
         for u in &unresolved {
             plan.report.problems.push(Problem::new(
@@ -141,10 +200,19 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
 
 /// Declared datasources: (uid, type, name).
 fn repo_datasources(current: &RepoFiles) -> Vec<(String, String, String)> {
-    let Some(f) = current.files.iter().find(|f| f.path == "dashboards/datasources.toml") else {
+    let Some(f) = current
+        .files
+        .iter()
+        .find(|f| f.path == "dashboards/datasources.toml")
+    else {
         return Vec::new();
     };
-    let Some(text) = f.content.as_ref().ok().and_then(|b| std::str::from_utf8(b).ok()) else {
+    let Some(text) = f
+        .content
+        .as_ref()
+        .ok()
+        .and_then(|b| std::str::from_utf8(b).ok())
+    else {
         return Vec::new();
     };
     let Ok(t) = toml::from_str::<crate::model::Datasources>(text) else {
@@ -153,7 +221,10 @@ fn repo_datasources(current: &RepoFiles) -> Vec<(String, String, String)> {
     t.datasources
         .into_iter()
         .map(|d| {
-            let kind = serde_json::to_value(d.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let kind = serde_json::to_value(d.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
             (d.uid, kind, d.name)
         })
         .collect()
@@ -172,17 +243,30 @@ impl Resolve<'_> {
         let kind = match var {
             Some(v) => self.vars.get(v).map(String::as_str).or(kind_hint),
             None => {
-                if let Some((u, k, _)) = self.repo.iter().find(|(u, _, n)| u == reference || n == reference) {
+                if let Some((u, k, _)) = self
+                    .repo
+                    .iter()
+                    .find(|(u, _, n)| u == reference || n == reference)
+                {
                     return Some((u.clone(), k.clone()));
                 }
                 kind_hint
             }
         }?;
-        let kind = if kind == "victoriametrics-datasource" || kind == "victoriametrics-metrics-datasource" { "prometheus" } else { kind };
+        let kind = if kind == "victoriametrics-datasource"
+            || kind == "victoriametrics-metrics-datasource"
+        {
+            "prometheus"
+        } else {
+            kind
+        };
         if let Some(u) = self.mapping.get(kind) {
             return Some((u.clone(), kind.to_owned()));
         }
-        self.repo.iter().find(|(_, k, _)| k == kind).map(|(u, k, _)| (u.clone(), k.clone()))
+        self.repo
+            .iter()
+            .find(|(_, k, _)| k == kind)
+            .map(|(u, k, _)| (u.clone(), k.clone()))
     }
 }
 
@@ -190,7 +274,9 @@ impl Resolve<'_> {
 pub fn variable_name(s: &str) -> Option<&str> {
     let s = s.trim();
     if let Some(r) = s.strip_prefix("${") {
-        return r.strip_suffix('}').map(|n| n.split(':').next().unwrap_or(n));
+        return r
+            .strip_suffix('}')
+            .map(|n| n.split(':').next().unwrap_or(n));
     }
     if let Some(r) = s.strip_prefix("[[") {
         return r.strip_suffix("]]");
@@ -198,7 +284,13 @@ pub fn variable_name(s: &str) -> Option<&str> {
     s.strip_prefix('$')
 }
 
-fn rewrite(v: &mut Value, ctx: &Resolve, done: &mut BTreeSet<(String, String)>, unresolved: &mut BTreeSet<String>, depth: usize) {
+fn rewrite(
+    v: &mut Value,
+    ctx: &Resolve,
+    done: &mut BTreeSet<(String, String)>,
+    unresolved: &mut BTreeSet<String>,
+    depth: usize,
+) {
     if depth > crate::parse::MAX_DEPTH {
         return;
     }
@@ -222,16 +314,30 @@ fn rewrite(v: &mut Value, ctx: &Resolve, done: &mut BTreeSet<(String, String)>, 
     }
 }
 
-fn resolve_ref(ds: &mut Value, ctx: &Resolve, done: &mut BTreeSet<(String, String)>, unresolved: &mut BTreeSet<String>) {
+fn resolve_ref(
+    ds: &mut Value,
+    ctx: &Resolve,
+    done: &mut BTreeSet<(String, String)>,
+    unresolved: &mut BTreeSet<String>,
+) {
     let (reference, hint) = match ds {
         Value::String(s) => (s.clone(), None),
         Value::Object(o) => match o.get("uid").and_then(Value::as_str) {
-            Some(u) => (u.to_owned(), o.get("type").and_then(Value::as_str).map(str::to_owned)),
+            Some(u) => (
+                u.to_owned(),
+                o.get("type").and_then(Value::as_str).map(str::to_owned),
+            ),
             None => return,
         },
         _ => return,
     };
-    if reference.starts_with("-- ") || reference.is_empty() || matches!(hint.as_deref(), Some("grafana" | "datasource" | "dashboard")) {
+    if reference.starts_with("-- ")
+        || reference.is_empty()
+        || matches!(
+            hint.as_deref(),
+            Some("grafana" | "datasource" | "dashboard")
+        )
+    {
         return;
     }
     match ctx.target(&reference, hint.as_deref()) {
@@ -280,7 +386,10 @@ fn assign_ids(panels: &mut [Value], used: &mut BTreeSet<u64>, next: &mut u64) {
 }
 
 fn valid_uid(u: &str) -> bool {
-    !u.is_empty() && u.len() <= 40 && u.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !u.is_empty()
+        && u.len() <= 40
+        && u.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn slug(title: &str) -> String {

@@ -65,7 +65,11 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(file: impl Into<String>, message: impl Into<String>, help: impl Into<String>) -> Self {
+    pub fn new(
+        file: impl Into<String>,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) -> Self {
         Problem {
             file: file.into(),
             line: 0,
@@ -255,7 +259,9 @@ pub fn finish(plan: &mut Plan, current: &RepoFiles, opts: &ImportOptions) {
     );
     plan.report.findings_after = report.findings;
     plan.report.dry_run = opts.dry_run;
-    plan.report.problems.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    plan.report
+        .problems
+        .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     plan.report.problems.dedup();
 }
 
@@ -343,7 +349,10 @@ mod tests {
     fn signal_keys_from_names() {
         assert_eq!(snake_case("KubePodCrashLooping"), "kube_pod_crash_looping");
         assert_eq!(snake_case("KubeAPIDown"), "kube_api_down");
-        assert_eq!(snake_case("NodeFilesystemAlmostOutOfSpace"), "node_filesystem_almost_out_of_space");
+        assert_eq!(
+            snake_case("NodeFilesystemAlmostOutOfSpace"),
+            "node_filesystem_almost_out_of_space"
+        );
         assert_eq!(snake_case("etcd-members-down"), "etcd_members_down");
         assert_eq!(snake_case("Watchdog"), "watchdog");
     }

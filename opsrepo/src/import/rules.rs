@@ -112,11 +112,21 @@ pub fn plan(
         let Ok(v) = crate::parse::parse_value(&f.path, crate::parse::Format::Yaml, text) else {
             continue;
         };
-        for g in v.get("groups").and_then(Value::as_array).into_iter().flatten() {
+        for g in v
+            .get("groups")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(n) = g.get("name").and_then(Value::as_str) {
                 group_owner.insert(n.to_owned(), f.path.clone());
             }
-            for r in g.get("rules").and_then(Value::as_array).into_iter().flatten() {
+            for r in g
+                .get("rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(id) = r.pointer("/annotations/runbook_id").and_then(Value::as_str) {
                     existing_runbook_refs.insert(id.to_owned());
                 }
@@ -150,7 +160,9 @@ pub fn plan(
             if let Some(first) = group_owner.get(&name) {
                 problems.push(Problem::new(
                     &shown,
-                    format!("group `{name}` is already defined in {first}; this one was not imported"),
+                    format!(
+                        "group `{name}` is already defined in {first}; this one was not imported"
+                    ),
                     "group names are unique across alerts/: rename one of them and import again",
                 ));
                 continue;
@@ -235,7 +247,9 @@ pub fn plan(
             }
             _ => problems.push(Problem::new(
                 &shown,
-                format!("could not be written as YAML that reads back the same ({out}); not imported"),
+                format!(
+                    "could not be written as YAML that reads back the same ({out}); not imported"
+                ),
                 "report this as a bug in vakt, with the file",
             )),
         }
@@ -290,27 +304,25 @@ fn classify(
                 "write groups as a list of `- name: ...` entries",
             )),
         },
-        Value::Object(_) if kind == "PrometheusRule" => {
-            match d.pointer("/spec/groups") {
-                Some(Value::Array(g)) => out.push(Source {
-                    shown: shown.to_owned(),
-                    name,
-                    groups: g.clone(),
-                }),
-                Some(Value::Null) | None if d.get("spec").is_none_or(Value::is_null) => {
-                    problems.push(Problem::new(
-                        shown,
-                        format!("PrometheusRule `{name}` has no spec; nothing to import"),
-                        "add spec.groups to the CR, or leave the document out",
-                    ))
-                }
-                _ => problems.push(Problem::new(
+        Value::Object(_) if kind == "PrometheusRule" => match d.pointer("/spec/groups") {
+            Some(Value::Array(g)) => out.push(Source {
+                shown: shown.to_owned(),
+                name,
+                groups: g.clone(),
+            }),
+            Some(Value::Null) | None if d.get("spec").is_none_or(Value::is_null) => {
+                problems.push(Problem::new(
                     shown,
-                    format!("PrometheusRule `{name}`: spec.groups is missing or not a list"),
-                    "write spec.groups as a list of rule groups",
-                )),
+                    format!("PrometheusRule `{name}` has no spec; nothing to import"),
+                    "add spec.groups to the CR, or leave the document out",
+                ))
             }
-        }
+            _ => problems.push(Problem::new(
+                shown,
+                format!("PrometheusRule `{name}`: spec.groups is missing or not a list"),
+                "write spec.groups as a list of rule groups",
+            )),
+        },
         Value::Object(o) if kind.ends_with("List") && depth < 4 => match o.get("items") {
             Some(Value::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
@@ -410,7 +422,10 @@ fn rule(
     let Some(expr) = o.get("expr").and_then(str_value) else {
         problems.push(Problem::new(
             ctx.shown,
-            format!("group `{}`: rule `{subject}` has no expr; skipped", ctx.group),
+            format!(
+                "group `{}`: rule `{subject}` has no expr; skipped",
+                ctx.group
+            ),
             "give the rule an expression",
         ));
         return None;
@@ -654,19 +669,32 @@ mod tests {
             Some("kubernetes.kubepodcrashlooping")
         );
         assert_eq!(
-            resolve_url(u, Some("https://runbooks.prometheus-operator.dev/runbooks/"), &ids, &none)
-                .as_deref(),
+            resolve_url(
+                u,
+                Some("https://runbooks.prometheus-operator.dev/runbooks/"),
+                &ids,
+                &none
+            )
+            .as_deref(),
             Some("kubernetes.kubepodcrashlooping")
         );
         assert_eq!(
-            resolve_url("https://x.dev/runbooks/general/watchdog/", None, &ids, &none),
+            resolve_url(
+                "https://x.dev/runbooks/general/watchdog/",
+                None,
+                &ids,
+                &none
+            ),
             None
         );
         assert_eq!(
             resolve_url("https://x.dev/watchdog", None, &ids, &none).as_deref(),
             Some("runbooks.watchdog")
         );
-        assert_eq!(path_id("kubernetes/KubePodCrashLooping.md"), "kubernetes.kubepodcrashlooping");
+        assert_eq!(
+            path_id("kubernetes/KubePodCrashLooping.md"),
+            "kubernetes.kubepodcrashlooping"
+        );
         assert_eq!(path_id("general/_index.md"), "runbooks.general");
     }
 }

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use super::mapping::crate_sections;
 use super::rules::{CATALOG, path_id, read_json};
 use super::walk::{read_text, walk};
-use super::{Defaulted, ImportOptions, MAX_PAGE_BYTES, Plan, Problem, RunbookLine, id_segment, snake_case};
+use super::{
+    Defaulted, ImportOptions, MAX_PAGE_BYTES, Plan, Problem, RunbookLine, id_segment, snake_case,
+};
 use crate::source::RepoFiles;
 
 /// `last_reviewed_at` of a page whose source names no review date: it reads as "never
@@ -19,7 +21,9 @@ use crate::source::RepoFiles;
 pub const NEVER_REVIEWED: &str = "0000-01-01";
 
 /// HTML elements dropped with their content (they run or restyle code).
-const ACTIVE: &[&str] = &["script", "style", "iframe", "object", "embed", "form", "svg", "math"];
+const ACTIVE: &[&str] = &[
+    "script", "style", "iframe", "object", "embed", "form", "svg", "math",
+];
 
 struct Page {
     title: String,
@@ -33,9 +37,11 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
     let mut plan = Plan::default();
     let mut entries: Vec<Value> = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    let owner_default = opts.mapping.owner_team.clone().or_else(|| {
-        read_manifest_owner(current)
-    });
+    let owner_default = opts
+        .mapping
+        .owner_team
+        .clone()
+        .or_else(|| read_manifest_owner(current));
     let found = walk(dir, &["md", "markdown"], &mut plan.report.problems);
     for f in found {
         let problems = &mut plan.report.problems;
@@ -103,7 +109,10 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
         }
         let stem = f.rel.rsplit('/').next().unwrap_or(&f.rel);
         let stem = stem.rsplit_once('.').map_or(stem, |(s, _)| s);
-        let folder = f.rel.rsplit_once('/').map(|(d, _)| d.rsplit('/').next().unwrap_or(d));
+        let folder = f
+            .rel
+            .rsplit_once('/')
+            .map(|(d, _)| d.rsplit('/').next().unwrap_or(d));
         let name = if stem.eq_ignore_ascii_case("_index") || stem.eq_ignore_ascii_case("index") {
             folder.unwrap_or("index")
         } else {
@@ -146,7 +155,11 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
             Some(o) => o,
             None => {
                 let o = owner_default.clone().unwrap_or_else(|| "unowned".into());
-                defaulted("owner_team", &o, "the page names no owner: the --mapping owner_team, else the repo's project.owner_team");
+                defaulted(
+                    "owner_team",
+                    &o,
+                    "the page names no owner: the --mapping owner_team, else the repo's project.owner_team",
+                );
                 o
             }
         };
@@ -187,7 +200,10 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
         for (h, c) in &page.sections {
             match opts.mapping.section(h) {
                 Some(s) => {
-                    let s = crate_sections().into_iter().find(|r| *r == s).unwrap_or("Trigger");
+                    let s = crate_sections()
+                        .into_iter()
+                        .find(|r| *r == s)
+                        .unwrap_or("Trigger");
                     landed.push((h.clone(), s.to_owned()));
                     mapped.entry(s).or_default().push((h.clone(), c.clone()));
                 }
@@ -225,7 +241,11 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
                         "Recording the outcome" => "- Incident record: what fired, what was done, the outcome.\n- Update `last_reviewed_at` in runbooks/runbooks.catalog.json after the review.".to_owned(),
                         _ => format!("_The imported page ({}) has no section for this: write it during the review._", f.rel),
                     };
-                    defaulted(&format!("section `{s}`"), "generated", "no source heading maps to it; see [headings] of --mapping");
+                    defaulted(
+                        &format!("section `{s}`"),
+                        "generated",
+                        "no source heading maps to it; see [headings] of --mapping",
+                    );
                     md.push_str(&text);
                     md.push_str("\n\n");
                 }
@@ -261,12 +281,16 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
     }
 
     // Merge the entries into the catalog.
-    let mut catalog = read_json(current, CATALOG).unwrap_or_else(|| json!({"version": 1, "runbooks": []}));
+    let mut catalog =
+        read_json(current, CATALOG).unwrap_or_else(|| json!({"version": 1, "runbooks": []}));
     let mut changed = !current.files.iter().any(|f| f.path == CATALOG);
     if let Some(list) = catalog.get_mut("runbooks").and_then(Value::as_array_mut) {
         for mut e in entries {
             let id = e["id"].as_str().unwrap_or_default().to_owned();
-            match list.iter_mut().find(|x| x["id"].as_str() == Some(id.as_str())) {
+            match list
+                .iter_mut()
+                .find(|x| x["id"].as_str() == Some(id.as_str()))
+            {
                 None => {
                     list.push(e);
                     changed = true;
@@ -275,7 +299,12 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
                     // Keep signals alerts added to the entry.
                     let mut sig: BTreeSet<String> = BTreeSet::new();
                     let mut merged = Vec::new();
-                    for s in old["signals"].as_array().into_iter().flatten().chain(e["signals"].as_array().into_iter().flatten()) {
+                    for s in old["signals"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .chain(e["signals"].as_array().into_iter().flatten())
+                    {
                         if let Some(s) = s.as_str()
                             && sig.insert(s.to_owned())
                         {
@@ -295,7 +324,9 @@ pub fn plan(dir: &Path, current: &RepoFiles, opts: &ImportOptions) -> Plan {
                         } else {
                             plan.report.problems.push(Problem::new(
                                 CATALOG,
-                                format!("catalog entry `{id}` exists with other values; left as it is"),
+                                format!(
+                                    "catalog entry `{id}` exists with other values; left as it is"
+                                ),
                                 "review the entry, then import again with --force to replace it",
                             ));
                         }
@@ -316,7 +347,10 @@ fn read_manifest_owner(current: &RepoFiles) -> Option<String> {
     let f = current.files.iter().find(|f| f.path == "vakt.toml")?;
     let text = std::str::from_utf8(f.content.as_ref().ok()?).ok()?;
     let v: toml::Table = toml::from_str(text).ok()?;
-    v.get("project")?.get("owner_team")?.as_str().map(str::to_owned)
+    v.get("project")?
+        .get("owner_team")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn valid_id(id: &str) -> bool {
@@ -340,7 +374,10 @@ fn date_prefix(s: &str) -> Option<String> {
 fn front_matter(text: &str) -> Result<(serde_json::Map<String, Value>, &str, u32), String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (fence, yaml) in [("---", true), ("+++", false)] {
-        let Some(rest) = text.strip_prefix(fence).and_then(|r| r.strip_prefix('\n').or_else(|| r.strip_prefix("\r\n"))) else {
+        let Some(rest) = text
+            .strip_prefix(fence)
+            .and_then(|r| r.strip_prefix('\n').or_else(|| r.strip_prefix("\r\n")))
+        else {
             continue;
         };
         let mut offset = 0;
@@ -379,7 +416,8 @@ fn convert_html(body: &str) -> (String, Vec<(u32, String, bool)>) {
     // A converted chunk can expose new HTML (`<<b>b>`): convert until none is left.
     for _ in 0..4 {
         let mut chunks = Vec::new();
-        for (ev, range) in Parser::new_ext(&text, pulldown_cmark::Options::all()).into_offset_iter() {
+        for (ev, range) in Parser::new_ext(&text, pulldown_cmark::Options::all()).into_offset_iter()
+        {
             if let Event::Html(_) | Event::InlineHtml(_) = ev {
                 chunks.push(range);
             }
@@ -421,7 +459,8 @@ fn convert_html(body: &str) -> (String, Vec<(u32, String, bool)>) {
 fn html_to_md(chunk: &str) -> (String, bool) {
     static TAG: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let tag = TAG.get_or_init(|| {
-        regex::Regex::new(r"(?s)<!--.*?(-->|$)|<(/?)([a-zA-Z][a-zA-Z0-9-]*)[^>]*>").expect("valid regex")
+        regex::Regex::new(r"(?s)<!--.*?(-->|$)|<(/?)([a-zA-Z][a-zA-Z0-9-]*)[^>]*>")
+            .expect("valid regex")
     });
     let mut out = String::new();
     let mut last = 0;
@@ -526,7 +565,9 @@ mod tests {
 
     #[test]
     fn details_become_markdown() {
-        let (t, notes) = convert_html("Intro\n\n<details>\n<summary>Fix it</summary>\n\nRun `x`.\n\n</details>\n\n<script>alert(1)</script>\n");
+        let (t, notes) = convert_html(
+            "Intro\n\n<details>\n<summary>Fix it</summary>\n\nRun `x`.\n\n</details>\n\n<script>alert(1)</script>\n",
+        );
         assert!(!t.contains('<'), "{t}");
         assert!(t.contains("**Fix it**"), "{t}");
         assert!(!t.contains("alert(1)"), "{t}");

@@ -145,10 +145,21 @@ fn rec(
         };
         if meta.is_dir() {
             rec(
-                &path, &child_rel, shown_root, exts, depth + 1, seen, out, problems, full,
+                &path,
+                &child_rel,
+                shown_root,
+                exts,
+                depth + 1,
+                seen,
+                out,
+                problems,
+                full,
             );
         } else if meta.is_file() {
-            let ext = name.rsplit_once('.').map_or("", |(_, x)| x).to_ascii_lowercase();
+            let ext = name
+                .rsplit_once('.')
+                .map_or("", |(_, x)| x)
+                .to_ascii_lowercase();
             if !exts.contains(&ext.as_str()) {
                 continue;
             }
@@ -176,13 +187,21 @@ pub(crate) fn read_text(f: &Found, max: u64, problems: &mut Vec<Problem>) -> Opt
     let file = match std::fs::File::open(&f.full) {
         Ok(file) => file,
         Err(e) => {
-            problems.push(Problem::new(&f.shown, format!("cannot be read: {e}"), "check the file"));
+            problems.push(Problem::new(
+                &f.shown,
+                format!("cannot be read: {e}"),
+                "check the file",
+            ));
             return None;
         }
     };
     let mut bytes = Vec::new();
     if let Err(e) = file.take(max + 1).read_to_end(&mut bytes) {
-        problems.push(Problem::new(&f.shown, format!("cannot be read: {e}"), "check the file"));
+        problems.push(Problem::new(
+            &f.shown,
+            format!("cannot be read: {e}"),
+            "check the file",
+        ));
         return None;
     }
     if bytes.len() as u64 > max {

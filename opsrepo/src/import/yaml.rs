@@ -19,11 +19,7 @@ fn key(k: &str) -> String {
             k.to_ascii_lowercase().as_str(),
             "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n"
         );
-    if plain {
-        k.to_owned()
-    } else {
-        quote(k)
-    }
+    if plain { k.to_owned() } else { quote(k) }
 }
 
 fn quote(s: &str) -> String {

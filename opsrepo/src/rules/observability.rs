@@ -483,7 +483,9 @@ mod tests {
 fn ds_variable(uid: &str) -> Option<&str> {
     let u = uid.trim();
     if let Some(r) = u.strip_prefix("${") {
-        return r.strip_suffix('}').map(|n| n.split(':').next().unwrap_or(n));
+        return r
+            .strip_suffix('}')
+            .map(|n| n.split(':').next().unwrap_or(n));
     }
     if let Some(r) = u.strip_prefix("[[") {
         return r.strip_suffix("]]");
@@ -495,17 +497,21 @@ fn ds_variable(uid: &str) -> Option<&str> {
 /// (its `query` is the type), an export input (`__inputs[].pluginId`), else the type the
 /// reference itself names.
 fn variable_type<'a>(d: &'a Dashboard, var: &str, ref_kind: &'a str) -> Option<&'a str> {
-    let from_templating = d.templating.iter().flat_map(|t| t.list.iter()).find_map(|v| {
-        (v.get("type")?.as_str()? == "datasource" && v.get("name")?.as_str()? == var)
-            .then(|| v.get("query")?.as_str())
-            .flatten()
-    });
+    let from_templating = d
+        .templating
+        .iter()
+        .flat_map(|t| t.list.iter())
+        .find_map(|v| {
+            (v.get("type")?.as_str()? == "datasource" && v.get("name")?.as_str()? == var)
+                .then(|| v.get("query")?.as_str())
+                .flatten()
+        });
     let from_inputs = || {
-        d.other
-            .get("__inputs")?
-            .as_array()?
-            .iter()
-            .find_map(|i| (i.get("name")?.as_str()? == var).then(|| i.get("pluginId")?.as_str()).flatten())
+        d.other.get("__inputs")?.as_array()?.iter().find_map(|i| {
+            (i.get("name")?.as_str()? == var)
+                .then(|| i.get("pluginId")?.as_str())
+                .flatten()
+        })
     };
     from_templating
         .or_else(from_inputs)
