@@ -465,19 +465,6 @@ pub fn grafana_fill(expr: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grafana_variables_become_parseable() {
-        let e = r#"sum by (service) (rate(http_server_requests_total{env="$env",service=~"${service:regex}"}[$__rate_interval]))"#;
-        let f = grafana_fill(e);
-        assert!(promql_parser::parser::parse(&f).is_ok(), "{f}");
-        assert!(promql_parser::parser::parse(&grafana_fill("topk($k, up)")).is_ok());
-    }
-}
-
 /// The variable name of a datasource reference: `${DS_PROMETHEUS}`, `${ds:raw}`, `$datasource`,
 /// `[[ds]]`.
 fn ds_variable(uid: &str) -> Option<&str> {
@@ -522,5 +509,18 @@ fn type_name(k: DatasourceType) -> &'static str {
     match k {
         DatasourceType::Prometheus => "prometheus",
         DatasourceType::Loki => "loki",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grafana_variables_become_parseable() {
+        let e = r#"sum by (service) (rate(http_server_requests_total{env="$env",service=~"${service:regex}"}[$__rate_interval]))"#;
+        let f = grafana_fill(e);
+        assert!(promql_parser::parser::parse(&f).is_ok(), "{f}");
+        assert!(promql_parser::parser::parse(&grafana_fill("topk($k, up)")).is_ok());
     }
 }
