@@ -30,6 +30,7 @@ struct Cli {
 enum Command {
     Validate(cmd::validate::ValidateOpts),
     Init(cmd::init::InitOpts),
+    Import(cmd::import::ImportOpts),
     Schemas(cmd::schemas::SchemasOpts),
     Plan(cmd::plan::PlanOpts),
     Apply(cmd::apply::ApplyCmd),
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(o) => cmd::validate::run(o),
         Command::Init(o) => cmd::init::run(o),
+        Command::Import(o) => cmd::import::run(o),
         Command::Schemas(o) => cmd::schemas::run(o),
         Command::Plan(o) => cmd::plan::run(o),
         Command::Apply(o) => cmd::apply::run(o),

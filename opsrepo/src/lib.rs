@@ -2,6 +2,7 @@
 //! with schema and governance validation that reports findings with source spans.
 
 pub mod diag;
+pub mod import;
 pub mod kinds;
 pub mod load;
 pub mod model;

@@ -332,7 +332,9 @@ fn parse_one(
                 Some((env, rest)) => (Some(env.to_owned()), rest.to_owned()),
                 None => (None, raw.path.clone()),
             };
-            let Some(kind) = kind_of_base_path(&base_path, bindings) else {
+            let Some(kind) =
+                kind_of_base_path(&base_path, bindings).or_else(|| subfolder_kind(&base_path))
+            else {
                 return Err(ParseFail::Findings(vec![Finding::new(
                     "input.unknown-file",
                     &raw.path,
@@ -355,7 +357,13 @@ fn parse_one(
             let text = parse::decode(&raw.path, bytes).map_err(|f| vec![f])?;
             let format = Format::from_path(&raw.path).unwrap_or(Format::Toml);
             // The value alone: positions are computed only for a file a finding names.
-            let value = parse::parse_value(&raw.path, format, text).map_err(|f| vec![f])?;
+            let mut value = parse::parse_value(&raw.path, format, text).map_err(|f| vec![f])?;
+            if kind == Kind::AlertRules {
+                if let Some(f) = prometheus_rule_cr(&raw.path, &value) {
+                    return Err(ParseFail::Schema(vec![f], None));
+                }
+                null_rules_to_empty(&mut value);
+            }
             let text: Arc<str> = text_arc.unwrap_or_else(|| Arc::from(text));
             let doc = SourceDoc {
                 path: raw.path.clone(),
@@ -380,6 +388,55 @@ fn parse_one(
                 }
             }
             Ok(Some(doc))
+        }
+    }
+}
+
+/// Rule files and dashboards in subfolders of `alerts/` and `dashboards/` are discovered and
+/// checked like the top-level ones (never skipped with a warning). `dashboards/queries/` keeps
+/// its own kind.
+fn subfolder_kind(path: &str) -> Option<Kind> {
+    let segs: Vec<&str> = path.split('/').collect();
+    let ext = path.rsplit_once('.').map_or("", |(_, e)| e);
+    match (segs.first().copied(), ext) {
+        (Some("alerts"), "yaml" | "yml") if segs.len() > 2 => Some(Kind::AlertRules),
+        (Some("dashboards"), "json") if segs.len() > 2 && segs[1] != "queries" => {
+            Some(Kind::Dashboard)
+        }
+        _ => None,
+    }
+}
+
+/// A Kubernetes `PrometheusRule` manifest where a rule file belongs: one finding that names
+/// the command that converts it (the schema's "unknown field `spec`" would suggest deleting
+/// every rule).
+fn prometheus_rule_cr(path: &str, v: &Value) -> Option<Finding> {
+    let kind = v.get("kind")?.as_str()?;
+    if kind != "PrometheusRule" && !(kind.ends_with("List") && v.get("items").is_some()) {
+        return None;
+    }
+    Some(
+        Finding::new(
+            "schema.invalid",
+            path,
+            Pos { line: 1, col: 1 },
+            format!("a Kubernetes `{kind}` manifest, not a rule file"),
+        )
+        .help(format!(
+            "convert it with `vakt import rules {path}` (the groups under spec.groups become a rule file), then remove this file"
+        )),
+    )
+}
+
+/// `rules: null` in a group means no rules, as promtool reads it.
+fn null_rules_to_empty(v: &mut Value) {
+    if let Some(groups) = v.get_mut("groups").and_then(Value::as_array_mut) {
+        for g in groups {
+            if let Some(r) = g.get_mut("rules")
+                && r.is_null()
+            {
+                *r = Value::Array(Vec::new());
+            }
         }
     }
 }

@@ -200,6 +200,36 @@ pub fn parse_value(path: &str, format: Format, text: &str) -> Result<Value, Find
     parse_with(path, format, text, off).map(|p| p.value)
 }
 
+/// Parses a YAML stream that may hold several documents (`---`), each bounded like
+/// [`parse_value`]. Used by `vakt import` for Kubernetes manifests; ops repo documents hold one.
+pub fn parse_yaml_documents(path: &str, text: &str) -> Result<Vec<Value>, Finding> {
+    check_depth(path, Format::Yaml, text)?;
+    let docs = MarkedYaml::load_from_str(text).map_err(|e| {
+        let m = e.marker();
+        Finding::new(
+            "input.syntax",
+            path,
+            Pos {
+                line: m.line() as u32,
+                col: m.col() as u32 + 1,
+            },
+            format!("YAML: {}", e.info()),
+        )
+        .help("fix the YAML syntax at this position")
+    })?;
+    let mut spans = Spans {
+        off: true,
+        ..Spans::default()
+    };
+    let mut conv = YamlConv {
+        spans: &mut spans,
+        path,
+        nodes: 0,
+        json: false,
+    };
+    docs.iter().map(|d| conv.node(d, "", 0)).collect()
+}
+
 fn parse_with(path: &str, format: Format, text: &str, spans: Spans) -> Result<Parsed, Finding> {
     check_depth(path, format, text)?;
     match format {
@@ -439,6 +469,7 @@ fn parse_yaml(path: &str, text: &str, format: Format, mut spans: Spans) -> Resul
         spans: &mut spans,
         path,
         nodes: 0,
+        json: format == Format::Json,
     };
     let value = match docs.first() {
         Some(doc) => conv.node(doc, "", 0)?,
@@ -451,6 +482,8 @@ struct YamlConv<'a> {
     spans: &'a mut Spans,
     path: &'a str,
     nodes: usize,
+    /// Plain JSON has no aliases: the budget message must not blame them.
+    json: bool,
 }
 
 fn ypos(n: &MarkedYaml<'_>) -> Pos {
@@ -465,6 +498,15 @@ impl YamlConv<'_> {
         let pos = ypos(n);
         self.nodes += 1;
         if self.nodes > MAX_NODES {
+            if self.json {
+                return Err(Finding::new(
+                    "input.too-large",
+                    self.path,
+                    pos,
+                    format!("document holds more than {MAX_NODES} values"),
+                )
+                .help("split the document (a dashboard: fewer panels per dashboard)"));
+            }
             return Err(Finding::new(
                 "input.too-large",
                 self.path,

@@ -6,6 +6,7 @@ pub mod approve;
 pub mod backup;
 pub mod drift;
 pub mod env;
+pub mod import;
 pub mod init;
 pub mod inventory;
 pub mod jobs;

@@ -129,10 +129,41 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                 let Some(dref) = t.datasource.as_ref().or(panel_ds) else {
                     continue;
                 };
-                if dref.uid.starts_with('$') || dref.uid.starts_with("-- ") {
+                if dref.uid.starts_with("-- ") {
                     continue;
                 }
-                let kind = ds.get(dref.uid.as_str()).copied();
+                // A datasource variable (`${DS_PROMETHEUS}`, `$datasource`) stands for the
+                // declared datasource of its type: the queries are checked against that type.
+                let kind = if let Some(var) = ds_variable(&dref.uid) {
+                    match variable_type(&d.spec, var, &dref.kind)
+                        .and_then(|t| ds.values().copied().find(|k| type_name(*k) == t))
+                    {
+                        Some(k) => Some(k),
+                        None => {
+                            let sub = if t.datasource.is_some() {
+                                format!("{tptr}/datasource/uid")
+                            } else {
+                                format!("{ptr}/datasource/uid")
+                            };
+                            let (p, pos) = d.at(&sub);
+                            out.push(
+                                Finding::new(
+                                    "ref.datasource",
+                                    p,
+                                    pos,
+                                    format!(
+                                        "panel `{}` uses datasource variable `{}`, which resolves to no datasource declared in dashboards/datasources.toml",
+                                        panel.title, dref.uid
+                                    ),
+                                )
+                                .help("declare a datasource of the variable's type (prometheus or loki), or run `vakt import dashboards` to pin the panel to a declared uid"),
+                            );
+                            continue;
+                        }
+                    }
+                } else {
+                    ds.get(dref.uid.as_str()).copied()
+                };
                 if kind.is_none() {
                     let sub = if t.datasource.is_some() {
                         format!("{tptr}/datasource/uid")
@@ -432,6 +463,53 @@ pub fn grafana_fill(expr: &str) -> String {
         i += 1;
     }
     out
+}
+
+/// The variable name of a datasource reference: `${DS_PROMETHEUS}`, `${ds:raw}`, `$datasource`,
+/// `[[ds]]`.
+fn ds_variable(uid: &str) -> Option<&str> {
+    let u = uid.trim();
+    if let Some(r) = u.strip_prefix("${") {
+        return r
+            .strip_suffix('}')
+            .map(|n| n.split(':').next().unwrap_or(n));
+    }
+    if let Some(r) = u.strip_prefix("[[") {
+        return r.strip_suffix("]]");
+    }
+    u.strip_prefix('$')
+}
+
+/// The datasource type a variable stands for: a templating variable of type `datasource`
+/// (its `query` is the type), an export input (`__inputs[].pluginId`), else the type the
+/// reference itself names.
+fn variable_type<'a>(d: &'a Dashboard, var: &str, ref_kind: &'a str) -> Option<&'a str> {
+    let from_templating = d
+        .templating
+        .iter()
+        .flat_map(|t| t.list.iter())
+        .find_map(|v| {
+            (v.get("type")?.as_str()? == "datasource" && v.get("name")?.as_str()? == var)
+                .then(|| v.get("query")?.as_str())
+                .flatten()
+        });
+    let from_inputs = || {
+        d.other.get("__inputs")?.as_array()?.iter().find_map(|i| {
+            (i.get("name")?.as_str()? == var)
+                .then(|| i.get("pluginId")?.as_str())
+                .flatten()
+        })
+    };
+    from_templating
+        .or_else(from_inputs)
+        .or((!ref_kind.is_empty()).then_some(ref_kind))
+}
+
+fn type_name(k: DatasourceType) -> &'static str {
+    match k {
+        DatasourceType::Prometheus => "prometheus",
+        DatasourceType::Loki => "loki",
+    }
 }
 
 #[cfg(test)]
