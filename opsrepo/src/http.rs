@@ -68,7 +68,7 @@ pub fn client_addr(headers_ext: &axum::http::Extensions) -> Option<SocketAddr> {
 /// (RFC 9110 §11.1). `None` when there is no such header or another scheme.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = v.split_once(|c: char| c == ' ' || c == '\t')?;
+    let (scheme, token) = v.split_once([' ', '\t'])?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
@@ -151,7 +151,10 @@ async fn guard(State(l): State<Arc<Limits>>, req: Request, next: Next) -> Respon
         Some(Some(n)) if n > l.max_body => {
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body of {n} bytes is over the limit of {}", l.max_body),
+                &format!(
+                    "request body of {n} bytes is over the limit of {}",
+                    l.max_body
+                ),
             );
         }
         _ => {}
@@ -299,15 +302,21 @@ pub async fn serve(
         let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let app = app.clone();
-                async move {
-                    use tower_service::Service;
-                    let mut app = app;
-                    Ok::<_, Infallible>(app.call(req.map(Body::new)).await.unwrap_or_else(|e| match e {}))
-                }
-            });
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    let app = app.clone();
+                    async move {
+                        use tower_service::Service;
+                        let mut app = app;
+                        Ok::<_, Infallible>(
+                            app.call(req.map(Body::new))
+                                .await
+                                .unwrap_or_else(|e| match e {}),
+                        )
+                    }
+                },
+            );
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read)
@@ -315,20 +324,24 @@ pub async fn serve(
                 .keep_alive(true);
             let conn = b.serve_connection(TokioIo::new(stream), svc);
             let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.wait_for(|v| *v) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(limits.header_read, conn).await;
-                }
+            let stopped = tokio::select! {
+                _ = conn.as_mut() => false,
+                r = stop.wait_for(|v| *v) => r.is_ok(),
+            };
+            if stopped {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(limits.header_read, conn).await;
             }
         });
     }
     let _ = stop_tx.send(true);
     // Wait for the connections to finish (each is bounded by its own deadlines).
     let all = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(limits.header_read + limits.body_read, slots.acquire_many(all))
-        .await;
+    let _ = tokio::time::timeout(
+        limits.header_read + limits.body_read,
+        slots.acquire_many(all),
+    )
+    .await;
     Ok(())
 }
 

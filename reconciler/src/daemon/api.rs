@@ -403,7 +403,10 @@ fn not_found(what: &str, id: &str) -> Response {
     if id.len() > 64 {
         return err(
             StatusCode::NOT_FOUND,
-            format!("no {what} with that id (ids are short; this one has {} bytes)", id.len()),
+            format!(
+                "no {what} with that id (ids are short; this one has {} bytes)",
+                id.len()
+            ),
         );
     }
     err(StatusCode::NOT_FOUND, format!("no {what} `{id}`"))
@@ -532,8 +535,7 @@ async fn jobs(
     }
 }
 
-async fn job(State(st): S, h: HeaderMap,
-    c: Client, UrlPath(id): UrlPath<String>) -> Response {
+async fn job(State(st): S, h: HeaderMap, c: Client, UrlPath(id): UrlPath<String>) -> Response {
     if !well_formed("job-", &id) {
         return not_found("job", &id);
     }
@@ -584,13 +586,23 @@ async fn job_action(
     }
 }
 
-async fn retry(State(st): S, h: HeaderMap,
-    c: Client, UrlPath(id): UrlPath<String>, body: Body) -> Response {
+async fn retry(
+    State(st): S,
+    h: HeaderMap,
+    c: Client,
+    UrlPath(id): UrlPath<String>,
+    body: Body,
+) -> Response {
     job_action(st, h, c, id, body, true).await
 }
 
-async fn cancel(State(st): S, h: HeaderMap,
-    c: Client, UrlPath(id): UrlPath<String>, body: Body) -> Response {
+async fn cancel(
+    State(st): S,
+    h: HeaderMap,
+    c: Client,
+    UrlPath(id): UrlPath<String>,
+    body: Body,
+) -> Response {
     job_action(st, h, c, id, body, false).await
 }
 
@@ -604,7 +616,15 @@ async fn drain_node(
     if !well_formed_name(&node) {
         return not_found("node", &node);
     }
-    let actor = match authorize(&st, &h, &c, "ops.nodes.drain", &format!("drain node {node}")).await {
+    let actor = match authorize(
+        &st,
+        &h,
+        &c,
+        "ops.nodes.drain",
+        &format!("drain node {node}"),
+    )
+    .await
+    {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -782,7 +802,9 @@ async fn events(
         ("task_id", &q.task_id),
         ("site", &q.site),
     ] {
-        if v.as_ref().is_some_and(|v| v.len() > audit::MAX_TARGET_CHARS) {
+        if v.as_ref()
+            .is_some_and(|v| v.len() > audit::MAX_TARGET_CHARS)
+        {
             return err(
                 StatusCode::BAD_REQUEST,
                 format!("`{name}` is longer than {} bytes", audit::MAX_TARGET_CHARS),
@@ -791,7 +813,12 @@ async fn events(
     }
     // The reader shares nothing with the writer: concurrent listings do not wait for each
     // other or for an action being audited.
-    let from = st.reader.last_seq().await.unwrap_or(0).saturating_sub(10_000);
+    let from = st
+        .reader
+        .last_seq()
+        .await
+        .unwrap_or(0)
+        .saturating_sub(10_000);
     let list = match st.reader.read(from).await {
         Ok(l) => l,
         Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

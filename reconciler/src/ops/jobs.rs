@@ -443,7 +443,10 @@ pub async fn enqueue(
                 // No job without its audit event: take the job back when the event fails.
                 if let Err(e) = try_audit_job(audit, actor, j, "job.created", "queued", None).await
                 {
-                    let _ = store.jobs.delete_expect_revision(key(&j.id), Some(rev)).await;
+                    let _ = store
+                        .jobs
+                        .delete_expect_revision(key(&j.id), Some(rev))
+                        .await;
                     return Err(e);
                 }
                 n += 1;
@@ -1007,8 +1010,15 @@ async fn change(
         let before = j.clone();
         if let Some(new_rev) = save(&store.jobs, &mut j, rev).await? {
             // No operator action without its audit event: undo the change when it fails.
-            if let Err(e) =
-                try_audit_job(audit, actor, &j, action, "accepted", Some(reason.to_owned())).await
+            if let Err(e) = try_audit_job(
+                audit,
+                actor,
+                &j,
+                action,
+                "accepted",
+                Some(reason.to_owned()),
+            )
+            .await
             {
                 let mut back = before;
                 let undone = save(&store.jobs, &mut back, new_rev).await;
