@@ -116,7 +116,12 @@ fn stream_state(url: &str) -> (u64, i64, i64) {
 fn an_anonymous_flood_is_aggregated_and_the_events_view_keeps_real_events() {
     let n = NatsServer::start();
     let (repo, secrets, _) = repo_with_role_tokens();
-    let d = start(repo.path(), &n, &secrets.path().join("tokens"), &[]);
+    let d = start(
+        repo.path(),
+        &n,
+        &secrets.path().join("tokens"),
+        &["--node-poll", "1s"],
+    );
     let real_before: Vec<_> = nats::audit_events(&n.url(), "dev")
         .into_iter()
         .filter(|e| e["action"] != "api.denied")
@@ -179,6 +184,29 @@ fn an_anonymous_flood_is_aggregated_and_the_events_view_keeps_real_events() {
     assert!(body.contains("api.denied"), "{body}");
     let (c, _, _) = get(&d.url, "/api/v1/events", Some(&format!("Bearer {RO}")));
     assert_eq!(c, 403, "read-only has no audit permission");
+
+    // The events view (the `events` snippet), rebuilt after the flood, shows real events only.
+    let flood_end = time_now();
+    let mut view = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let (c, _, b) = get(&d.url, "/snippets/events.json", None);
+            view = serde_json::from_str(&b).unwrap_or_default();
+            c == 200
+                && view["generated_at"]
+                    .as_str()
+                    .is_some_and(|g| g > flood_end.as_str())
+        }),
+        "the events snippet was not rebuilt after the flood"
+    );
+    let kinds: Vec<&str> = view["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"apply.completed"), "{kinds:?}");
+    assert!(!kinds.contains(&"api.denied"), "{kinds:?}");
 }
 
 #[test]
@@ -208,6 +236,22 @@ fn an_oversized_reason_is_refused_and_a_failing_audit_write_means_no_action() {
     assert!(jobs(&d).is_empty(), "nothing was queued");
     assert_eq!(drains(), 0, "nothing was audited as done");
 
+    // A drain that is audited: its event names the client address.
+    let (c, b) = post(&d.url, drain, OP, r#"{"reason":"kernel update"}"#);
+    assert_eq!(c, 202, "{b}");
+    let id = serde_json::from_str::<serde_json::Value>(&b).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        nats::audit_events(&n.url(), "dev")
+            .iter()
+            .any(|e| e["action"] == "job.created"
+                && e["job_id"] == id.as_str()
+                && e["client"] == "127.0.0.1")
+    );
+    assert_eq!(jobs(&d).len(), 1);
+
     // The audit stream is full (its limit lowered to what it holds, discard new): the drain
     // is refused with 5xx and no job exists.
     let url = n.url();
@@ -221,14 +265,17 @@ fn an_oversized_reason_is_refused_and_a_failing_audit_write_means_no_action() {
         cfg.discard = async_nats::jetstream::stream::DiscardPolicy::New;
         js.update_stream(&cfg).await.unwrap();
     });
-    let (c, b) = post(&d.url, drain, OP, r#"{"reason":"maintenance"}"#);
+    let (c, b) = post(
+        &d.url,
+        "/api/v1/nodes/agg-osl1-02/drain",
+        OP,
+        r#"{"reason":"maintenance"}"#,
+    );
     assert!((500..600).contains(&c), "{c} {b}");
     assert!(b.contains("not queued"), "{b}");
-    assert!(
-        jobs(&d).is_empty(),
-        "no job without its audit event: {:?}",
-        jobs(&d)
-    );
+    let after = jobs(&d);
+    assert_eq!(after.len(), 1, "no job without its audit event: {after:?}");
+    assert_eq!(after[0]["id"], id.as_str());
 }
 
 #[test]
@@ -444,6 +491,147 @@ fn site_serve_refuses_symlinks_out_of_its_root_and_redirects_safely() {
     assert_eq!(c, 308);
     assert!(head.contains("location: /ops/\r\n"), "{head}");
     assert!(head.contains("cache-control: no-store"), "{head}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn the_site_asks_for_the_read_token_with_a_banner_and_then_shows_live_data() {
+    use std::process::{Command, Stdio};
+    use vakt_tests::browser::{Driver, build_site};
+    let n = NatsServer::start();
+    let (repo, secrets, _) = repo_with_role_tokens();
+    let read = secrets.path().join("read-token");
+    std::fs::write(&read, "read-token-0123456789\n").unwrap();
+    let site_port = nats::port();
+    let origin = format!("http://127.0.0.1:{site_port}");
+    let rt = read.to_string_lossy().into_owned();
+    let d = start(
+        repo.path(),
+        &n,
+        &secrets.path().join("tokens"),
+        &["--snippets-token", &rt, "--cors-origin", &origin],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("site");
+    let snippets_url = format!("{}/snippets/", d.url.trim_end_matches('/'));
+    build_site(
+        &vakt_tests::workspace(),
+        &out,
+        &["--snippets-url", &snippets_url, "--refresh", "1"],
+    );
+    let mut site = Command::new(vakt_tests::vakt_bin())
+        .args([
+            "site",
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{site_port}"),
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(site.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let driver = Driver::start();
+    let s = driver.session(true);
+    s.goto(&format!("{origin}/ops/"));
+    let wait = Duration::from_secs(30);
+    let text = s.wait_for(
+        "const b = document.querySelector('#live-status [data-banner=\"token\"]'); \
+         return b && b.querySelector('form') ? b.textContent : null",
+        wait,
+        "the read-token banner with its form",
+    );
+    assert!(
+        text.as_str().unwrap().contains("--snippets-token"),
+        "{text}"
+    );
+    // The page is intact: its sections still show the build-time snapshot.
+    assert_eq!(
+        s.js("return document.querySelectorAll('main > section').length > 0"),
+        serde_json::json!(true)
+    );
+    s.js("const f = document.querySelector('#live-status form'); \
+          f.querySelector('input').value = 'read-token-0123456789'; \
+          f.requestSubmit(); return true");
+    s.wait_for(
+        "return document.querySelector('#live-status [data-banner=\"live\"]') ? true : null",
+        wait,
+        "live data once the token is entered",
+    );
+    assert_eq!(
+        s.js("return window.localStorage.getItem('vakt.snippets-token')"),
+        serde_json::json!("read-token-0123456789")
+    );
+    let _ = site.kill();
+    let _ = site.wait();
+}
+
+/// Now as RFC 3339 UTC with seconds, comparable as a string with the snippets' `generated_at`.
+fn time_now() -> String {
+    vakt_tests::browser::rfc3339_ago(0)
+}
+
+#[test]
+fn the_connection_cap_answers_503_and_frees_slots_when_connections_close() {
+    use std::process::{Command, Stdio};
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<p>site</p>").unwrap();
+    let mut child = Command::new(vakt_tests::vakt_bin())
+        .args([
+            "site",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--max-connections",
+            "2",
+        ])
+        .args(["--header-timeout", "30s", "--out"])
+        .arg(site.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    let host_end = url["http://".len()..]
+        .find('/')
+        .map_or(url.len(), |i| i + 7);
+    let url = url[..host_end].to_owned();
+    let addr = url.trim_start_matches("http://").to_owned();
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    // The two held connections are accepted before the third (one accept loop, in order).
+    assert!(
+        wait_until(Duration::from_secs(10), || get(&url, "/", None).0 == 503),
+        "a third connection is refused while two are held"
+    );
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(10), || get(&url, "/", None).0 == 200),
+        "slots are freed when connections close"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

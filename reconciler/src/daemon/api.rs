@@ -94,6 +94,12 @@ impl<S2: Send + Sync> FromRequestParts<S2> for Client {
     }
 }
 
+impl Client {
+    fn addr(&self) -> Option<String> {
+        self.0.map(|a| a.to_string())
+    }
+}
+
 /// One (client, actor, reason) in the current window.
 struct Folded {
     since: Instant,
@@ -226,6 +232,7 @@ fn denial_event(
         "refused",
     );
     ev.target = Some(f.last_target.clone());
+    ev.client = Some(client.clone());
     ev.reason = Some(format!("{}: {why}", f.perm));
     ev.detail = Some(json!({
         "client": client,
@@ -575,11 +582,13 @@ async fn job_action(
         Err(r) => return r,
     };
     let mut a = st.audit.lock().await;
+    a.client = c.addr();
     let r = if retry {
         crate::ops::jobs::retry(&st.store, &mut a, &id, &actor, &reason).await
     } else {
         crate::ops::jobs::cancel(&st.store, &mut a, &id, &actor, &reason).await
     };
+    a.client = None;
     match r {
         Ok(j) => Json(j).into_response(),
         Err(e) => refused(e),
@@ -645,7 +654,10 @@ async fn drain_node(
             Err(e) => return refused(e),
         };
     let mut a = st.audit.lock().await;
-    match crate::ops::jobs::enqueue(&st.store, &mut a, &actor, std::slice::from_ref(&job)).await {
+    a.client = c.addr();
+    let r = crate::ops::jobs::enqueue(&st.store, &mut a, &actor, std::slice::from_ref(&job)).await;
+    a.client = None;
+    match r {
         // 0: the same drain was queued before; that job exists and is the one answered.
         Ok(_) => (StatusCode::ACCEPTED, Json(job)).into_response(),
         Err(e) => err(
@@ -743,7 +755,10 @@ async fn decide(
         Err(r) => return r,
     };
     let mut a = st.audit.lock().await;
-    match crate::ops::approvals::decide(&st.store, &mut a, &plan, approve, &actor, &reason).await {
+    a.client = c.addr();
+    let r = crate::ops::approvals::decide(&st.store, &mut a, &plan, approve, &actor, &reason).await;
+    a.client = None;
+    match r {
         Ok(x) => Json(x).into_response(),
         Err(e) => refused(e),
     }

@@ -1133,6 +1133,11 @@ fn http_router(shared: Arc<Shared>, token: Option<String>) -> axum::Router {
                 header::HeaderValue::from_static("authorization"),
             );
             headers.insert(header::VARY, header::HeaderValue::from_static("origin"));
+            // The site's fetches include credentials (an authenticating proxy's cookie).
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                header::HeaderValue::from_static("true"),
+            );
         }
     };
     let unauthorized = move |s: &Shared| {

@@ -46,6 +46,9 @@ pub struct AuditEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
     pub actor: String,
+    /// The client address of the HTTP request that caused it (operator API), when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -77,6 +80,7 @@ impl AuditEvent {
             env: env.to_owned(),
             site: None,
             actor: actor.to_owned(),
+            client: None,
             action: action.to_owned(),
             target: None,
             commit: None,
@@ -173,6 +177,8 @@ pub struct Audit {
     pub env: String,
     /// Hash of the last event of this environment.
     pub head: String,
+    /// Recorded as `client` on events sent while set (the API sets it around an action).
+    pub client: Option<String>,
 }
 
 /// Subject of an event.
@@ -191,6 +197,7 @@ impl Audit {
             stream,
             env: env.to_owned(),
             head: GENESIS.to_owned(),
+            client: None,
         };
         a.refresh_head().await?;
         Ok(a)
@@ -222,6 +229,9 @@ impl Audit {
         ev: AuditEvent,
     ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
         let mut ev = ev.bounded();
+        if ev.client.is_none() {
+            ev.client.clone_from(&self.client);
+        }
         ev.env = self.env.clone();
         ev.prev_hash = self.head.clone();
         ev.hash = ev.compute_hash();
