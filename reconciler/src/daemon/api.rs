@@ -908,3 +908,57 @@ async fn alerts(State(st): S, h: HeaderMap, c: Client) -> Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_denials_fold_into_one_event_per_client_actor_and_reason() {
+        let mut d = Denials::default();
+        let mut events = 0;
+        for i in 0..1000 {
+            let target = format!("job {}", "x".repeat(i));
+            if d.note(
+                "dev",
+                "127.0.0.1",
+                "anonymous",
+                "no bearer token",
+                "ops.jobs.view",
+                &target,
+            )
+            .is_some()
+            {
+                events += 1;
+            }
+        }
+        assert_eq!(events, 1);
+        let f = &d.keys[&(
+            "127.0.0.1".to_owned(),
+            "anonymous".to_owned(),
+            "no bearer token".to_owned(),
+        )];
+        assert_eq!((f.count, f.unreported), (1000, 999));
+        assert!(f.last_target.chars().count() <= audit::MAX_TARGET_CHARS);
+    }
+
+    #[test]
+    fn many_sources_cannot_exceed_the_denial_budget() {
+        let mut d = Denials::default();
+        let emitted = (0..500)
+            .filter(|i| {
+                d.note(
+                    "dev",
+                    &format!("10.0.0.{i}"),
+                    "anonymous",
+                    "no bearer token",
+                    "p",
+                    "t",
+                )
+                .is_some()
+            })
+            .count();
+        assert_eq!(emitted, audit::DENIAL_BURST as usize);
+        assert_eq!(d.suppressed, 500 - u64::from(audit::DENIAL_BURST));
+    }
+}
