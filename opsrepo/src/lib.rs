@@ -2,6 +2,8 @@
 //! with schema and governance validation that reports findings with source spans.
 
 pub mod diag;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod import;
 pub mod kinds;
 pub mod load;

@@ -377,16 +377,56 @@
       box.appendChild(ok);
       return;
     }
+    var asked = false;
     problems.forEach(function (p) {
+      if (p.kind === 'token') {
+        // One banner for every snippet the token gates, with the form to enter it once.
+        if (asked) return;
+        asked = true;
+      }
       var b = el('p', 'banner ' + p.kind, p.text);
       b.setAttribute('data-banner', p.kind);
       b.setAttribute('data-snippet', p.name);
+      if (p.kind === 'token') b.appendChild(tokenForm());
       box.appendChild(b);
     });
   }
+  /* The daemon's read token (vakt reconcile --snippets-token): asked once, kept in this browser. */
+  var TOKEN_KEY = 'vakt.snippets-token';
+  function readToken() {
+    try { return window.localStorage.getItem(TOKEN_KEY) || ''; } catch (e) { return ''; }
+  }
+  function tokenForm() {
+    var f = document.createElement('form');
+    f.className = 'token-form';
+    var input = document.createElement('input');
+    input.type = 'password';
+    input.name = 'token';
+    input.autocomplete = 'off';
+    input.setAttribute('aria-label', 'read token');
+    input.placeholder = 'read token';
+    var btn = document.createElement('button');
+    btn.type = 'submit';
+    btn.textContent = 'Use token';
+    f.appendChild(input);
+    f.appendChild(btn);
+    f.addEventListener('submit', function (ev) {
+      ev.preventDefault();
+      try { window.localStorage.setItem(TOKEN_KEY, input.value.trim()); } catch (e) { /* private mode */ }
+      refresh();
+    });
+    return f;
+  }
   function fetchSnippet(name) {
-    return fetch(snippetsUrl + name + '.json', { cache: 'no-store', credentials: 'include' })
+    var opts = { cache: 'no-store', credentials: 'include' };
+    var token = readToken();
+    if (token) opts.headers = { 'Authorization': 'Bearer ' + token };
+    return fetch(snippetsUrl + name + '.json', opts)
       .then(function (r) {
+        if (r.status === 401) {
+          return { name: name, kind: 'token', text: (token ? 'The read token kept in this browser was refused' : 'The live data needs the read token')
+            + ' (the daemon runs with --snippets-token); showing the last known data. Ask an operator for the token and enter it here: ' };
+        }
         if (!r.ok) return { name: name, kind: 'missing', text: 'Snippet ' + name + ' is unavailable (HTTP ' + r.status + '); showing the last known data.' };
         return r.text().then(function (t) {
           var d;
@@ -407,13 +447,15 @@
         return { name: name, kind: 'missing', text: 'Snippet ' + name + ' could not be fetched; showing the last known data.' };
       });
   }
+  var timer = null;
   function refresh() {
     if (!wanted.length || !window.fetch) return;
+    if (timer) { window.clearTimeout(timer); timer = null; }
     Promise.all(wanted.map(fetchSnippet)).then(function (res) {
       setBanners(res.filter(Boolean));
     }).then(schedule, schedule);
   }
-  function schedule() { window.setTimeout(refresh, refreshMs); }
+  function schedule() { if (!timer) timer = window.setTimeout(function () { timer = null; refresh(); }, refreshMs); }
 
   /* ---------- event filter ---------- */
   var filterForm = document.getElementById('event-filter');

@@ -1,6 +1,8 @@
 //! `vakt site serve`: the built site and the live snippets over HTTP (no-store, nosniff, no
 //! framing), a reload version for `--watch`, and the watcher that rebuilds on every change.
-//! Paths are resolved under the site root only; nothing outside it is ever served.
+//! Paths are resolved under the site root only and canonicalised: nothing outside it is ever
+//! served, symlinks pointing out included. Redirects are built from the resolved path. The
+//! connection hygiene (timeouts, cap, security headers on every response) is `opsrepo::http`.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -124,15 +126,15 @@ fn ignored(p: &Path, out: &Path, skip_git: bool) -> bool {
     })
 }
 
-/// Serves `app` on `listener` until `shutdown` completes (in-flight requests finish first).
+/// Serves `app` on `listener` with `limits` until `shutdown` completes (in-flight requests
+/// finish first).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    limits: opsrepo::http::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    opsrepo::http::serve(listener, app, limits, shutdown).await
 }
 
 /// The routes of `vakt site serve`: `/__vakt/version`, `/snippets/<name>.json`, static files.
@@ -160,9 +162,12 @@ async fn snippet(State(s): State<Arc<ServeState>>, UrlPath(name): UrlPath<String
     if !ok {
         return not_found();
     }
-    match tokio::fs::read(s.snippets.join(&name)).await {
-        Ok(b) => with_headers(b, "application/json"),
-        Err(_) => not_found(),
+    match inside(&s.snippets, &s.snippets.join(&name)) {
+        Some(p) => match tokio::fs::read(p).await {
+            Ok(b) => with_headers(b, "application/json"),
+            Err(_) => not_found(),
+        },
+        None => not_found(),
     }
 }
 
@@ -200,24 +205,61 @@ fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     Some(p)
 }
 
+/// `p` canonicalised, when it exists and lies under `root` (canonicalised too): a symlink that
+/// leads out of the root, at any level, is refused.
+fn inside(root: &Path, p: &Path) -> Option<PathBuf> {
+    let root = std::fs::canonicalize(root).ok()?;
+    let real = std::fs::canonicalize(p).ok()?;
+    real.starts_with(&root).then_some(real)
+}
+
 async fn static_file(State(s): State<Arc<ServeState>>, uri: Uri) -> Response {
-    let Some(mut p) = resolve(&s.site, uri.path()) else {
+    let Some(p) = resolve(&s.site, uri.path()) else {
         return not_found();
     };
-    if p.is_dir() {
+    let Some(mut real) = inside(&s.site, &p) else {
+        return not_found();
+    };
+    if real.is_dir() {
         if !uri.path().ends_with('/') {
+            // Built from the resolved path, never from the request: `//ops` must not become a
+            // protocol-relative redirect to another host.
+            let rel = p.strip_prefix(&s.site).unwrap_or(Path::new(""));
+            let mut loc = String::from("/");
+            for c in rel.components() {
+                if let Component::Normal(n) = c {
+                    loc.push_str(&encode_segment(&n.to_string_lossy()));
+                    loc.push('/');
+                }
+            }
             let mut r = StatusCode::PERMANENT_REDIRECT.into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("{}/", uri.path())) {
+            if let Ok(v) = HeaderValue::from_str(&loc) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
             return r;
         }
-        p.push("index.html");
+        let Some(index) = inside(&s.site, &real.join("index.html")) else {
+            return not_found();
+        };
+        real = index;
     }
-    match tokio::fs::read(&p).await {
-        Ok(b) => with_headers(b, content_type(&p)),
+    match tokio::fs::read(&real).await {
+        Ok(b) => with_headers(b, content_type(&real)),
         Err(_) => not_found(),
     }
+}
+
+/// Percent-encodes what may not stand in a path segment of a `Location`.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn content_type(p: &Path) -> &'static str {

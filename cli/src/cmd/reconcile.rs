@@ -28,8 +28,18 @@ use crate::fail::{Exit, Fail};
 /// without --allow-rewind. With self_heal in the environment's policy, hand edits to KV are
 /// restored and audited; without it they are reported (vakt_drifted_keys).
 ///
-/// Serves /healthz, /metrics (Prometheus) and /status (JSON) on --listen. SIGTERM or Ctrl-C
-/// stop it between steps: an apply in progress completes, the lease is released.
+/// Serves /healthz, /metrics (Prometheus), /status (JSON), /snippets/* and the operator API
+/// (/api/v1) on --listen. SIGTERM or Ctrl-C stop it between steps: an apply in progress
+/// completes, the lease is released.
+///
+/// The port under hostile use: /healthz is always open (liveness probes); /snippets/*, /status
+/// and /metrics are open unless --snippets-token FILE is given, then they need
+/// `Authorization: Bearer <that token>` (the site asks for it once; Prometheus sends it with
+/// `authorization: { credentials_file: … }`); /api/v1 always needs an API token. With
+/// --allowed-host (repeatable) only those Host names are answered (421 otherwise). Every
+/// connection must send its request head within --header-timeout (also the idle keep-alive
+/// timeout) and its body within --body-timeout; at most --max-connections are served at once
+/// (503 beyond); bodies over 64 KiB are refused with 413 before they are read.
 ///
 /// Live alerts: with --alertmanager (repeatable) the leader reads each Alertmanager's
 /// /api/v2/alerts every --alert-poll. Firing alerts become conditions carrying their catalog
@@ -72,6 +82,8 @@ use crate::fail::{Exit, Fail};
 ///   vakt reconcile --env staging --metrics-backend http://victoria-metrics:8428 --metrics-poll 1m
 ///   vakt reconcile --env prod --site osl1 --site-heartbeat 5s --nats-monitor http://nats-osl1:8222
 ///   vakt reconcile --env prod --site bgo1 --nats https://nats-bgo1:4222
+///   vakt reconcile --env prod --listen 0.0.0.0:9464 --snippets-token /etc/vakt/read-token \
+///       --allowed-host vakt.ops.example --header-timeout 5s
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ReconcileOpts {
@@ -161,6 +173,94 @@ pub struct ReconcileOpts {
     /// 4 MiB body).
     #[arg(long, default_value = "30s", value_parser = parse_poll, value_name = "DURATION", requires = "metrics_backend")]
     pub metrics_poll: Duration,
+    /// Read token for /snippets/*, /status and /metrics: a file outside the repo holding one
+    /// token of 16 to 512 characters. Without it those endpoints are open to whoever reaches
+    /// --listen (bind it to loopback or a private network then).
+    #[arg(long, value_name = "FILE")]
+    pub snippets_token: Option<PathBuf>,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// The hardening flags of a port (`vakt reconcile --listen` and `vakt site serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Answer only requests whose Host header names this host (repeatable; port ignored).
+    /// Without it any Host is answered.
+    #[arg(long = "allowed-host", value_name = "HOST", value_parser = parse_host)]
+    pub allowed_hosts: Vec<String>,
+    /// A client must send a request's head within this time; idle keep-alive connections
+    /// are closed after it too.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this time.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub body_timeout: Duration,
+    /// Connections served at once; one more gets 503 and is closed.
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_connections: u32,
+}
+
+impl HttpArgs {
+    pub fn limits(&self) -> opsrepo::http::Limits {
+        opsrepo::http::Limits {
+            header_read: self.header_timeout,
+            body_read: self.body_timeout,
+            max_connections: self.max_connections as usize,
+            allowed_hosts: self.allowed_hosts.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn parse_host(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+    if ok {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "`{s}` is not a host name (e.g. vakt.ops.example, 127.0.0.1 or ::1; no port, no scheme)"
+        ))
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_dur(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+        return Err(format!("`{s}` is outside 100ms..10m"));
+    }
+    Ok(d)
+}
+
+/// Reads a read-token file: one token, 16 to 512 printable characters, kept out of the repo.
+pub fn read_token_file(path: &std::path::Path, repo: &std::path::Path) -> Result<String, String> {
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    if canon(path).starts_with(canon(repo)) {
+        return Err(format!(
+            "{} is inside the ops repo; tokens must never be kept in Git: move the file out",
+            path.display()
+        ));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > 4096 {
+        return Err(format!(
+            "{}: {} bytes; a token file holds one token (16 to 512 characters)",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let t = text.trim();
+    if t.len() < 16 || t.len() > 512 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{}:1: expected one token of 16 to 512 printable characters without spaces",
+            path.display()
+        ));
+    }
+    Ok(t.to_owned())
 }
 
 fn parse_http_url(s: &str) -> Result<String, String> {
@@ -233,6 +333,12 @@ pub fn run(o: ReconcileOpts) -> Exit {
             return Err(Fail::new(exit::COULD_NOT_RUN, e));
         }
     };
+    let snippets_token = match &o.snippets_token {
+        Some(p) => Some(
+            read_token_file(p, &o.target.repo).map_err(|e| Fail::new(exit::COULD_NOT_RUN, e))?,
+        ),
+        None => None,
+    };
     let opts = DaemonOpts {
         repo: o.target.repo.clone(),
         target,
@@ -252,6 +358,8 @@ pub fn run(o: ReconcileOpts) -> Exit {
         node_poll: o.node_poll,
         cors_origin: o.cors_origin.clone(),
         api_tokens,
+        snippets_token,
+        http_limits: o.http.limits(),
         backups: o
             .backup_dir
             .clone()

@@ -101,7 +101,10 @@ pub struct BuildOpts {
 /// templates change; open pages reload themselves. Prints the URL on the first line.
 ///
 /// The site is for operators only: bind to loopback and put it behind the authenticating
-/// proxy (see README, "Operator site").
+/// proxy (see README, "Operator site"). Only files under --out (and --snippets-dir) are served,
+/// after resolving symlinks; every response carries nosniff, no-store, no-referrer and
+/// DENY framing; --header-timeout, --body-timeout, --max-connections and --allowed-host work
+/// as for `vakt reconcile`.
 ///
 /// Examples:
 ///   vakt site serve --out public
@@ -121,6 +124,8 @@ pub struct ServeOpts {
     /// Directory of live snippet files served at /snippets/.
     #[arg(long, value_name = "DIR")]
     pub snippets_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub http: super::reconcile::HttpArgs,
 }
 
 fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -296,7 +301,7 @@ fn serve(o: ServeOpts) -> Exit {
                 let _ = tokio::signal::ctrl_c().await;
             }
         };
-        match sitegen::serve::serve(listener, app, shutdown).await {
+        match sitegen::serve::serve(listener, app, o.http.limits(), shutdown).await {
             Ok(()) => Ok(exit::OK),
             Err(e) => Err(Fail::could_not_run(format!("HTTP server failed: {e}"))),
         }

@@ -52,6 +52,23 @@ impl Tokens {
 }
 
 impl Tokens {
+    /// The subject of a presented token. Every known token is compared, in constant time, so
+    /// neither the answer's timing nor a map's ordering tells how close a guess was.
+    pub fn subject(&self, presented: &str) -> Option<&str> {
+        let mut found = None;
+        for (tok, subj) in &self.0 {
+            if opsrepo::http::ct_eq(tok.as_bytes(), presented.as_bytes()) {
+                found = Some(subj.as_str());
+            }
+        }
+        found
+    }
+
+    /// Whether no token is configured (every API call is then refused).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Tokens from the environment: `VAKT_API_TOKENS_DATA`, the file format with lines or `;`
     /// separating entries. Merged with the file's.
     pub fn from_env(mut self) -> Result<Tokens, String> {

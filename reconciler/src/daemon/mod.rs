@@ -9,7 +9,9 @@
 //! commit only measures drift. A rollback applied with `--rev` stays pinned until the branch
 //! head moves.
 //!
-//! Serves `/healthz`, `/metrics` (Prometheus text) and `/status` (JSON). SIGTERM ends the loop
+//! Serves `/healthz`, `/metrics` (Prometheus text), `/status` (JSON) and `/snippets/*` through the
+//! shared HTTP layer (`opsrepo::http`: timeouts, connection cap, security headers, `Host`
+//! allow-list); with `--snippets-token` all but `/healthz` need that read token. SIGTERM ends the loop
 //! between steps: an apply in progress finishes first, and the lease is released.
 //!
 //! Layer 4: may import from every layer below.
@@ -72,6 +74,11 @@ pub struct DaemonOpts {
     pub cors_origin: Option<String>,
     /// Bearer tokens of the operator API; without them `/api/v1` denies everything.
     pub api_tokens: access::Tokens,
+    /// Read token for `/snippets/*`, `/status` and `/metrics` (`--snippets-token`); without it
+    /// they are open to whoever reaches the port.
+    pub snippets_token: Option<String>,
+    /// Timeouts, connection cap, body limit and `Host` allow-list of the port.
+    pub http_limits: opsrepo::http::Limits,
     /// Scheduled backups, taken by the leader only.
     pub backups: Option<BackupSchedule>,
     /// Alertmanager base URLs (`--alertmanager`), read every `alert_poll` by the leader.
@@ -121,21 +128,22 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
             "vakt reconcile: env {} listening on http://{local}",
             opts.target.env
         );
-        let api = Arc::new(crate::daemon::api::ApiState {
-            store: store.clone(),
-            audit: tokio::sync::Mutex::new(Audit::open(&store).await?),
-            env: opts.target.env.clone(),
-            tokens: opts.api_tokens.clone(),
-            shared: shared.clone(),
-        });
-        let app = http_router(shared.clone()).merge(crate::daemon::api::router(api));
+        let api = Arc::new(crate::daemon::api::ApiState::new(
+            store.clone(),
+            Audit::open(&store).await?,
+            opts.target.env.clone(),
+            opts.api_tokens.clone(),
+            shared.clone(),
+        ));
+        let app = http_router(shared.clone(), opts.snippets_token.clone())
+            .merge(crate::daemon::api::router(api));
         let mut sd = shutdown.clone();
+        let limits = opts.http_limits.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = sd.wait_for(|v| *v).await;
-                })
-                .await;
+            let _ = opsrepo::http::serve(listener, app, limits, async move {
+                let _ = sd.wait_for(|v| *v).await;
+            })
+            .await;
         });
     }
 
@@ -1096,21 +1104,67 @@ struct Health {
     steps: u64,
 }
 
-fn http_router(shared: Arc<Shared>) -> axum::Router {
-    use axum::http::{StatusCode, header};
+/// Whether a request may read `/snippets/*`, `/status`, `/metrics`: always without a read token,
+/// else with `Authorization: Bearer <token>` (compared in constant time).
+fn read_allowed(token: Option<&str>, h: &axum::http::HeaderMap) -> bool {
+    token.is_none_or(|t| {
+        opsrepo::http::bearer(h).is_some_and(|p| opsrepo::http::ct_eq(p.as_bytes(), t.as_bytes()))
+    })
+}
+
+fn http_router(shared: Arc<Shared>, token: Option<String>) -> axum::Router {
+    use axum::http::{HeaderMap, StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::get;
     let s1 = shared.clone();
     let s2 = shared.clone();
     let s3 = shared.clone();
     let s4 = shared.clone();
+    let s5 = shared.clone();
+    let token = Arc::new(token);
+    let (t2, t3, t4) = (token.clone(), token.clone(), token.clone());
+    let cors = move |s: &Shared, headers: &mut HeaderMap| {
+        if let Some(o) = &s.cors_origin
+            && let Ok(v) = o.parse()
+        {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                header::HeaderValue::from_static("authorization"),
+            );
+            headers.insert(header::VARY, header::HeaderValue::from_static("origin"));
+            // The site's fetches include credentials (an authenticating proxy's cookie).
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                header::HeaderValue::from_static("true"),
+            );
+        }
+    };
+    let unauthorized = move |s: &Shared| {
+        let mut headers = HeaderMap::new();
+        cors(s, &mut headers);
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        (
+            StatusCode::UNAUTHORIZED,
+            headers,
+            axum::Json(serde_json::json!({"error": "this daemon was started with --snippets-token: send `Authorization: Bearer <read token>` (the site asks for it once and keeps it in this browser)"})),
+        )
+            .into_response()
+    };
     axum::Router::new()
         .route(
             "/snippets/{name}",
             get(
-                move |axum::extract::Path(name): axum::extract::Path<String>| {
+                move |axum::extract::Path(name): axum::extract::Path<String>, h: HeaderMap| {
                     let s = s4.clone();
+                    let t = t4.clone();
                     async move {
+                        if !read_allowed(t.as_deref(), &h) {
+                            return unauthorized(&s);
+                        }
                         let n = name
                             .strip_suffix(".json")
                             .and_then(opsrepo::snippets::SnippetName::from_name);
@@ -1122,11 +1176,7 @@ fn http_router(shared: Arc<Shared>) -> axum::Router {
                         });
                         let mut headers = axum::http::HeaderMap::new();
                         headers.insert(header::CACHE_CONTROL, "no-store".parse().expect("header"));
-                        if let Some(o) = &s.cors_origin
-                            && let Ok(v) = o.parse()
-                        {
-                            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-                        }
+                        cors(&s, &mut headers);
                         match body {
                             Some(b) => (StatusCode::OK, headers, axum::Json(b)).into_response(),
                             None => (StatusCode::NOT_FOUND, headers, "no such snippet (yet)")
@@ -1134,7 +1184,20 @@ fn http_router(shared: Arc<Shared>) -> axum::Router {
                         }
                     }
                 },
-            ),
+            )
+            .options(move || {
+                // The CORS preflight of a site on another origin sending the read token.
+                let s = s5.clone();
+                async move {
+                    let mut headers = HeaderMap::new();
+                    cors(&s, &mut headers);
+                    headers.insert(
+                        header::ACCESS_CONTROL_ALLOW_METHODS,
+                        header::HeaderValue::from_static("GET"),
+                    );
+                    (StatusCode::NO_CONTENT, headers).into_response()
+                }
+            }),
         )
         .route(
             "/healthz",
@@ -1160,9 +1223,13 @@ fn http_router(shared: Arc<Shared>) -> axum::Router {
         )
         .route(
             "/metrics",
-            get(move || {
+            get(move |h: HeaderMap| {
                 let s = s2.clone();
+                let t = t2.clone();
                 async move {
+                    if !read_allowed(t.as_deref(), &h) {
+                        return unauthorized(&s);
+                    }
                     (
                         [(
                             header::CONTENT_TYPE,
@@ -1176,9 +1243,16 @@ fn http_router(shared: Arc<Shared>) -> axum::Router {
         )
         .route(
             "/status",
-            get(move || {
+            get(move |h: HeaderMap| {
                 let s = s3.clone();
-                async move { axum::Json(s.status.lock().map(|v| v.clone()).unwrap_or_default()) }
+                let t = t3.clone();
+                async move {
+                    if !read_allowed(t.as_deref(), &h) {
+                        return unauthorized(&s);
+                    }
+                    axum::Json(s.status.lock().map(|v| v.clone()).unwrap_or_default())
+                        .into_response()
+                }
             }),
         )
 }

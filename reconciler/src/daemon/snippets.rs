@@ -447,11 +447,13 @@ pub fn live(i: &Inputs<'_>) -> Snapshot {
         conditions.push(c);
     }
 
-    // Events: newest first.
+    // Events: newest first; API denials are left out (aggregated noise next to real events;
+    // `GET /api/v1/events?include_denials=true` lists them).
     s.events.events = i
         .events
         .iter()
         .rev()
+        .filter(|e| e.action != "api.denied")
         .take(200)
         .map(|e| Event {
             id: e.id.clone(),

@@ -91,7 +91,10 @@ pub async fn decide(
     a.reason = Some(reason.to_owned());
     a.decided_at = Some(now_rfc3339());
     let b = serde_json::to_vec(&a).map_err(|e| Error::Other(e.to_string()))?;
-    store.state.update(&key, b.into(), rev).await.map_err(|e| {
+    let pending = state::get::<Approval>(&store.state, &key)
+        .await?
+        .map(|(p, _)| p);
+    let new_rev = store.state.update(&key, b.into(), rev).await.map_err(|e| {
         Error::refused(
             crate::outcome::RefusalKind::ActionNotAllowed,
             format!("{plan_id} changed while deciding ({e}); try again"),
@@ -113,7 +116,21 @@ pub async fn decide(
     ev.commit = Some(a.commit.clone());
     ev.reason = Some(reason.to_owned());
     ev.detail = Some(serde_json::json!({"digest": a.digest, "actions": a.actions}));
-    audit.record(ev).await?;
+    if let Err(e) = audit.record(ev).await {
+        // No decision without its audit event: the plan goes back to pending.
+        let undone = match pending.map(|p| serde_json::to_vec(&p)) {
+            Some(Ok(b)) => store.state.update(&key, b.into(), new_rev).await.is_ok(),
+            _ => false,
+        };
+        return Err(Error::Other(format!(
+            "the audit trail refused the event of this decision on {plan_id} ({e}); {}",
+            if undone {
+                "the plan is still pending, nothing was decided"
+            } else {
+                "the decision could not be undone: check the plan"
+            }
+        )));
+    }
     Ok(a)
 }
 

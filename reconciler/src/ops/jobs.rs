@@ -392,6 +392,20 @@ async fn audit_job(
     outcome: &str,
     reason: Option<String>,
 ) {
+    if let Err(e) = try_audit_job(audit, actor, j, action, outcome, reason).await {
+        tracing::warn!(job = %j.id, error = %e, "cannot audit job transition");
+    }
+}
+
+/// Records a job transition; an operator action whose event cannot be recorded is undone.
+async fn try_audit_job(
+    audit: &mut Audit,
+    actor: &str,
+    j: &Job,
+    action: &str,
+    outcome: &str,
+    reason: Option<String>,
+) -> Result<(), StoreError> {
     let mut ev = AuditEvent::new(
         format!("{}/{action}/{}/{}", j.id, j.attempts, now_rfc3339()),
         &j.env,
@@ -411,9 +425,7 @@ async fn audit_job(
         "state": j.state, "attempts": j.attempts,
     }));
     let _ = audit.refresh_head().await;
-    if let Err(e) = audit.record(ev).await {
-        tracing::warn!(job = %j.id, error = %e, "cannot audit job transition");
-    }
+    audit.record(ev).await.map(|_| ())
 }
 
 /// Stores new jobs (an existing id is left alone: re-planning the same move is idempotent).
@@ -426,9 +438,21 @@ pub async fn enqueue(
     let mut n = 0;
     for j in jobs {
         let b = serde_json::to_vec(j).map_err(|e| nats_err("encode job", e))?;
-        if store.jobs.create(key(&j.id), b.into()).await.is_ok() {
-            audit_job(audit, actor, j, "job.created", "queued", None).await;
-            n += 1;
+        match store.jobs.create(key(&j.id), b.into()).await {
+            Ok(rev) => {
+                // No job without its audit event: take the job back when the event fails.
+                if let Err(e) = try_audit_job(audit, actor, j, "job.created", "queued", None).await
+                {
+                    let _ = store
+                        .jobs
+                        .delete_expect_revision(key(&j.id), Some(rev))
+                        .await;
+                    return Err(e);
+                }
+                n += 1;
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(nats_err("create job", e)),
         }
     }
     Ok(n)
@@ -983,8 +1007,10 @@ async fn change(
                 why,
             ));
         }
-        if save(&store.jobs, &mut j, rev).await?.is_some() {
-            audit_job(
+        let before = j.clone();
+        if let Some(new_rev) = save(&store.jobs, &mut j, rev).await? {
+            // No operator action without its audit event: undo the change when it fails.
+            if let Err(e) = try_audit_job(
                 audit,
                 actor,
                 &j,
@@ -992,7 +1018,18 @@ async fn change(
                 "accepted",
                 Some(reason.to_owned()),
             )
-            .await;
+            .await
+            {
+                let mut back = before;
+                let undone = save(&store.jobs, &mut back, new_rev).await;
+                return Err(crate::Error::Other(format!(
+                    "the audit trail refused the event of {action} on {id} ({e}); {}",
+                    match undone {
+                        Ok(Some(_)) => "the change was undone, nothing happened",
+                        _ => "the change could not be undone: check the job",
+                    }
+                )));
+            }
             return Ok(j);
         }
     }

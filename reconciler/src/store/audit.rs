@@ -16,6 +16,23 @@ use crate::desired::canon;
 use crate::store::{StoreError, nats_err};
 
 pub const STREAM: &str = super::AUDIT_STREAM;
+
+/// The largest event stored (its JSON). [`Audit::send`] shortens longer fields to fit
+/// ([`AuditEvent::bounded`]), so an event is never refused for its size and never larger.
+pub const MAX_EVENT_BYTES: usize = 8 * 1024;
+/// The stream's byte limit. With discard-new, a full stream refuses new events (the caller's
+/// action is then refused too) instead of dropping old ones: nothing recorded is ever lost to
+/// noise. Sizing (ARCHITECTURE.md): denials are the only events a stranger can cause, and the API
+/// emits at most [`DENIAL_BURST`] plus one a minute of them, each under 1 KiB: over
+/// [`MAX_AGE`] that is under 600 MiB, so at least 400 MiB stay for real events.
+pub const MAX_BYTES: i64 = 1024 * 1024 * 1024;
+/// How long events are kept (13 months: a year of history plus a month to look back from).
+pub const MAX_AGE: Duration = Duration::from_secs(400 * 24 * 3600);
+/// The most denial events the API emits at once; after that, one a minute (see `daemon::api`).
+pub const DENIAL_BURST: u32 = 30;
+/// Longest `target`, `reason` (characters) kept in an event.
+pub const MAX_TARGET_CHARS: usize = 256;
+pub const MAX_REASON_CHARS: usize = 1024;
 /// Hash of "no previous event".
 pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -29,6 +46,9 @@ pub struct AuditEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
     pub actor: String,
+    /// The client address of the HTTP request that caused it (operator API), when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -60,6 +80,7 @@ impl AuditEvent {
             env: env.to_owned(),
             site: None,
             actor: actor.to_owned(),
+            client: None,
             action: action.to_owned(),
             target: None,
             commit: None,
@@ -73,6 +94,58 @@ impl AuditEvent {
             prev_hash: String::new(),
             hash: String::new(),
         }
+    }
+
+    /// This event cut to [`MAX_EVENT_BYTES`]: long strings are shortened (marked with `…`) and a
+    /// `detail` too large to keep is replaced by its size and digest.
+    pub fn bounded(mut self) -> Self {
+        fn cut(s: &mut String, max: usize) {
+            if s.chars().count() > max {
+                *s = s.chars().take(max.saturating_sub(1)).collect::<String>() + "…";
+            }
+        }
+        for f in [
+            &mut self.site,
+            &mut self.commit,
+            &mut self.plan_id,
+            &mut self.job_id,
+            &mut self.correlation_id,
+            &mut self.causation_id,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            cut(f, MAX_TARGET_CHARS);
+        }
+        cut(&mut self.id, MAX_TARGET_CHARS);
+        cut(&mut self.actor, MAX_TARGET_CHARS);
+        cut(&mut self.action, 64);
+        cut(&mut self.outcome, 64);
+        if let Some(t) = &mut self.target {
+            cut(t, MAX_TARGET_CHARS);
+        }
+        if let Some(r) = &mut self.reason {
+            cut(r, MAX_REASON_CHARS);
+        }
+        let size = |e: &AuditEvent| serde_json::to_vec(e).map_or(usize::MAX, |v| v.len());
+        // Room for the two hashes filled in later.
+        let room = MAX_EVENT_BYTES - 200;
+        if size(&self) > room
+            && let Some(d) = self.detail.take()
+        {
+            let b = canon::to_vec(&d);
+            self.detail = Some(serde_json::json!({
+                "omitted": "detail too large for the audit trail",
+                "bytes": b.len(),
+                "digest": canon::digest(&b),
+            }));
+        }
+        if size(&self) > room
+            && let Some(r) = &mut self.reason
+        {
+            cut(r, 256);
+        }
+        self
     }
 
     /// The hash this event must carry: SHA-256 over its canonical JSON with `hash` empty.
@@ -104,6 +177,8 @@ pub struct Audit {
     pub env: String,
     /// Hash of the last event of this environment.
     pub head: String,
+    /// Recorded as `client` on events sent while set (the API sets it around an action).
+    pub client: Option<String>,
 }
 
 /// Subject of an event.
@@ -122,6 +197,7 @@ impl Audit {
             stream,
             env: env.to_owned(),
             head: GENESIS.to_owned(),
+            client: None,
         };
         a.refresh_head().await?;
         Ok(a)
@@ -150,8 +226,12 @@ impl Audit {
     /// Chains `ev` to the head and publishes it without waiting for the acknowledgement.
     pub async fn send(
         &mut self,
-        mut ev: AuditEvent,
+        ev: AuditEvent,
     ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
+        let mut ev = ev.bounded();
+        if ev.client.is_none() {
+            ev.client.clone_from(&self.client);
+        }
         ev.env = self.env.clone();
         ev.prev_hash = self.head.clone();
         ev.hash = ev.compute_hash();
@@ -182,14 +262,18 @@ impl Audit {
         Ok(ack.sequence)
     }
 
+    /// A reader of this environment's events that shares nothing with the writer, so listing
+    /// events never waits for (or blocks) a write.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            stream: self.stream.clone(),
+            env: self.env.clone(),
+        }
+    }
+
     /// Last sequence of the stream (all environments).
     pub async fn last_seq(&self) -> Result<u64, StoreError> {
-        let mut s = self.stream.clone();
-        Ok(s.info()
-            .await
-            .map_err(|e| nats_err("audit info", e))?
-            .state
-            .last_sequence)
+        self.reader().last_seq().await
     }
 
     /// Events of `env` with sequence ≥ `from`, oldest first.
@@ -208,8 +292,34 @@ impl Audit {
     }
 }
 
+/// Reads one environment's events (see [`Audit::reader`]).
+#[derive(Clone)]
+pub struct Reader {
+    stream: stream::Stream,
+    env: String,
+}
+
+impl Reader {
+    /// Last sequence of the stream (all environments).
+    pub async fn last_seq(&self) -> Result<u64, StoreError> {
+        let mut s = self.stream.clone();
+        Ok(s.info()
+            .await
+            .map_err(|e| nats_err("audit info", e))?
+            .state
+            .last_sequence)
+    }
+
+    /// Events of the environment with sequence ≥ `from`, oldest first.
+    pub async fn read(&self, from: u64) -> Result<Vec<Stored>, StoreError> {
+        read_events(&self.stream, &self.env, from).await
+    }
+}
+
 /// Creates the audit stream if needed (deny delete and purge, 2-minute duplicate window,
-/// replicated like the buckets: in a cluster, losing one server must not lose the trail).
+/// replicated like the buckets: in a cluster, losing one server must not lose the trail), with
+/// the limits [`MAX_BYTES`], [`MAX_AGE`] and a message size bound, discard-new. A stream made
+/// before these limits existed gets them; limits an operator set (`nats stream edit`) are kept.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     replicas: usize,
@@ -223,16 +333,37 @@ pub async fn ensure_stream(
             deny_purge: true,
             num_replicas: replicas.max(1),
             storage: stream::StorageType::File,
+            max_bytes: MAX_BYTES,
+            max_age: MAX_AGE,
+            max_message_size: (2 * MAX_EVENT_BYTES) as i32,
+            discard: stream::DiscardPolicy::New,
             ..Default::default()
         })
         .await
         .map_err(|e| nats_err("create audit stream", e))?;
-    let have = s
+    let cfg = s
         .info()
         .await
         .map_err(|e| nats_err("audit stream info", e))?
         .config
-        .num_replicas;
+        .clone();
+    if cfg.max_bytes < 0 || cfg.max_age.is_zero() || cfg.max_message_size < 0 {
+        let mut c = cfg.clone();
+        if c.max_bytes < 0 {
+            c.max_bytes = MAX_BYTES;
+            c.discard = stream::DiscardPolicy::New;
+        }
+        if c.max_age.is_zero() {
+            c.max_age = MAX_AGE;
+        }
+        if c.max_message_size < 0 {
+            c.max_message_size = (2 * MAX_EVENT_BYTES) as i32;
+        }
+        js.update_stream(&c)
+            .await
+            .map_err(|e| nats_err("set the audit stream's limits", e))?;
+    }
+    let have = cfg.num_replicas;
     if have < replicas {
         return Err(StoreError::Nats {
             op: "audit stream".into(),
