@@ -173,7 +173,9 @@ impl Desired {
                 Some(_) => {}
             }
         }
-        let mut work: Vec<(String, Option<Arc<Value>>, Option<Arc<Value>>)> = Vec::new();
+        // (base path, base value, overlay value)
+        type Pair = (String, Option<Arc<Value>>, Option<Arc<Value>>);
+        let mut work: Vec<Pair> = Vec::new();
         for (p, b) in bases {
             let o = overlays.remove(&p);
             work.push((p, Some(b), o));
