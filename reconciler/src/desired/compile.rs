@@ -101,7 +101,7 @@ impl Entry {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CompileError {
     #[error("environment `{env}` is not declared in vakt.toml (declared: {declared})")]
     UnknownEnv { env: String, declared: String },
