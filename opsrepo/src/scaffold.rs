@@ -257,7 +257,13 @@ mod tests {
             assert!(!text.contains("cargo build"), "{path} builds vakt");
             for line in text.lines().filter(|l| l.contains("uses: ")) {
                 let r = line.split("uses: ").nth(1).unwrap();
-                let sha = r.split('@').nth(1).unwrap().split_whitespace().next().unwrap();
+                let sha = r
+                    .split('@')
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap();
                 assert!(
                     sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit()),
                     "{path}: {line}"
