@@ -328,3 +328,53 @@ fn sarif_result(f: &Finding) -> Value {
         }],
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::Pos;
+
+    fn report(rules: &[&'static str]) -> Report {
+        Report {
+            findings: rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    Finding::new(r, format!("f{i}.toml"), Pos { line: 1, col: 1 }, "m")
+                        .severity(Severity::Warning)
+                })
+                .collect(),
+            files: rules.len(),
+            documents: rules.len(),
+            documents_by_kind: Default::default(),
+            environments: vec![],
+            texts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn counts_are_by_count_then_rule_id() {
+        let r = report(&["b.x", "a.y", "b.x", "c.z", "a.y", "b.x"]);
+        let c: Vec<(&str, usize)> = counts_by_rule(&r)
+            .iter()
+            .map(|c| (c.rule, c.count))
+            .collect();
+        assert_eq!(c, [("b.x", 3), ("a.y", 2), ("c.z", 1)]);
+    }
+
+    #[test]
+    fn the_cap_keeps_the_first_n_of_each_rule_and_counts_the_rest() {
+        let r = report(&["b.x", "a.y", "b.x", "b.x", "b.x"]);
+        let opts = RenderOptions {
+            summary: false,
+            max_per_rule: Some(2),
+        };
+        let out = render_with(&r, Format::Human, opts, false);
+        assert_eq!(out.matches("warning[b.x]").count(), 2);
+        assert!(out.contains("--> f0.toml") && out.contains("--> f2.toml"));
+        assert!(!out.contains("--> f3.toml"));
+        assert!(out.contains("note: 2 more b.x findings not shown"));
+        assert!(!out.contains("more a.y"));
+        assert!(out.contains("0 errors, 5 warnings"));
+    }
+}
