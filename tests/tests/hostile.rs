@@ -189,6 +189,16 @@ fn an_anonymous_flood_is_aggregated_and_the_events_view_keeps_real_events() {
     );
     assert_eq!(c, 200);
     assert!(body.contains("api.denied"), "{body}");
+    // `vakt events` the same: denials only with --include-denials.
+    let cli = |extra: &[&str]| -> String {
+        let mut args = vec!["events", "--api", &d.url, "--token", OP, "--format", "json"];
+        args.extend_from_slice(extra);
+        let out = vakt_tests::vakt(&args);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!cli(&[]).contains("api.denied"));
+    assert!(cli(&["--include-denials"]).contains("api.denied"));
     let (c, _, _) = get(&d.url, "/api/v1/events", Some(&format!("Bearer {RO}")));
     assert_eq!(c, 403, "read-only has no audit permission");
 

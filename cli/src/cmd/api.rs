@@ -50,11 +50,14 @@ pub struct StatusOpts {
 
 /// Audit events of the environment, oldest first.
 ///
-/// Filter them by correlation id, causation id, resource, task (job) id or site.
+/// Filter them by correlation id, causation id, resource, task (job) id or site. Denied API
+/// requests (`api.denied`, aggregated per client and reason) are left out unless asked for:
+/// they are noise next to what operators and the reconciler did.
 ///
 /// Examples:
 ///   vakt events --correlation-id plan-54e85d52b4f5
 ///   vakt events --task-id job-3f2a9c1b7d4e --format json
+///   vakt events --include-denials --limit 50      # who is knocking
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct EventsOpts {
@@ -73,6 +76,9 @@ pub struct EventsOpts {
     pub site: Option<String>,
     #[arg(long, default_value_t = 200)]
     pub limit: usize,
+    /// Include denied API requests (`api.denied` events).
+    #[arg(long)]
+    pub include_denials: bool,
     #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
     pub format: Format,
 }
@@ -404,6 +410,9 @@ fn list(v: &[Value]) -> String {
 
 pub fn events(o: EventsOpts) -> Exit {
     let mut q: Vec<(&str, String)> = vec![("limit", o.limit.to_string())];
+    if o.include_denials {
+        q.push(("include_denials", "true".into()));
+    }
     for (k, v) in [
         ("correlation_id", &o.correlation_id),
         ("causation_id", &o.causation_id),

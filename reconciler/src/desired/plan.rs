@@ -106,6 +106,18 @@ pub enum Against {
     Live,
 }
 
+impl Against {
+    /// For people: `commit 3f2a9c1b7d4e` (`wrap` puts the id in markdown backticks),
+    /// `an empty state`, `live NATS KV`.
+    fn describe(&self, wrap: &str) -> String {
+        match self {
+            Against::Commit { commit } => format!("{wrap}{}{wrap}", super::short(commit)),
+            Against::Empty => "an empty state".into(),
+            Against::Live => "live NATS KV".into(),
+        }
+    }
+}
+
 /// A plan.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -682,16 +694,15 @@ pub fn render_human(p: &Plan, color: bool) -> String {
     };
     let mut s = String::new();
     let against = match &p.against {
-        Against::Commit { commit } => format!("commit {}", &commit[..commit.len().min(12)]),
-        Against::Empty => "an empty state".into(),
-        Against::Live => "live NATS KV".into(),
+        Against::Commit { .. } => format!("commit {}", p.against.describe("")),
+        other => other.describe(""),
     };
     let _ = writeln!(
         s,
         "{b}Plan {}{z} for env {b}{}{z}: commit {} against {against}",
         p.id,
         p.env,
-        &p.head[..p.head.len().min(12)]
+        super::short(&p.head)
     );
     if p.changes.is_empty() && p.orphans_kept.is_empty() {
         let _ = writeln!(s, "No changes. {} keys in sync.", p.keys);
@@ -786,16 +797,12 @@ fn md_escape(s: &str) -> String {
 pub fn render_markdown(p: &Plan) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let against = match &p.against {
-        Against::Commit { commit } => format!("`{}`", &commit[..commit.len().min(12)]),
-        Against::Empty => "an empty state".into(),
-        Against::Live => "live NATS KV".into(),
-    };
+    let against = p.against.describe("`");
     let _ = writeln!(
         s,
         "### vakt plan for `{}`: `{}` against {against}\n",
         p.env,
-        &p.head[..p.head.len().min(12)]
+        super::short(&p.head)
     );
     if p.changes.is_empty() && p.orphans_kept.is_empty() {
         let _ = writeln!(s, "No changes: {} keys in sync.", p.keys);
