@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod api;
 pub mod client;
 pub mod fetch;
+pub mod lease;
 pub mod metrics_source;
 pub mod shared;
 pub mod sitelinks;
@@ -198,7 +199,10 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         Some(s) => format!("leader.{s}"),
         None => "leader".to_owned(),
     };
+    let fence = Arc::new(lease::Fence::new(&lock_key, opts.target.settings.lease));
+    let _ = shared.fence.set(fence.clone());
     let lease_task = tokio::spawn(lease_loop(
+        fence.clone(),
         store.clone(),
         opts.target.settings.clone(),
         lock.clone(),
@@ -237,6 +241,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     };
 
     tokio::spawn(jobs_loop(
+        fence.clone(),
         store.clone(),
         opts.target.env.clone(),
         shared.clone(),
@@ -274,7 +279,10 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
             shutdown.clone(),
         ));
     }
+    let mut audit = audit;
+    audit.fence = Some(audit_fence(&fence));
     let mut ctx = Ctx {
+        fence: fence.clone(),
         metrics_backend: metrics_backend.map(Arc::new),
         started_at: crate::store::audit::now_rfc3339(),
         alert_sources: Arc::new(crate::daemon::alerts::Source::from_urls(
@@ -389,6 +397,8 @@ const STEPS: [(&str, StepFn); 5] = [
 ];
 
 struct Ctx {
+    /// This replica's lease fence: checked before every write.
+    fence: Arc<lease::Fence>,
     opts: DaemonOpts,
     store: Store,
     audit: Audit,
@@ -411,11 +421,39 @@ struct Ctx {
     started_at: String,
 }
 
+/// The audit hook of a leader's writers: the local lease deadline (see [`lease::Fence`]).
+fn audit_fence(fence: &Arc<lease::Fence>) -> crate::store::audit::AuditFence {
+    let f = fence.clone();
+    Arc::new(move || {
+        f.check_local().map(|_| ()).map_err(|e| {
+            f.refused("audit event", &e);
+            e.to_string()
+        })
+    })
+}
+
 impl Ctx {
+    /// Whether this replica still holds its lease at the revision it acquired (checked before a
+    /// write path). When not: logs and records the fencing, steps down and publishes the status.
+    async fn fenced_ok(&mut self, what: &str) -> bool {
+        match self.fence.check().await {
+            Ok(_) => true,
+            Err(f) => {
+                self.fence.refused(what, &f);
+                self.shared.is_leader.store(false, Ordering::SeqCst);
+                self.publish_status().await;
+                false
+            }
+        }
+    }
+
     /// One reconcile pass: the steps of [`STEPS`] in order, a rebuild when NATS lost its
     /// streams, then the `record` step, which always runs.
     async fn step(&mut self, source: &str) {
         let t0 = Instant::now();
+        if !self.fenced_ok("reconcile pass").await {
+            return;
+        }
         let mut outcome = self.run_steps(source).await;
         if outcome.is_err() {
             let missing = self.store.missing_streams().await;
@@ -424,7 +462,8 @@ impl Ctx {
                 // audit stream, then rebuild the desired state from Git in the same step.
                 tracing::warn!(env = %self.opts.target.env, missing = ?missing, "streams missing: re-creating them and rebuilding from Git");
                 match self.opts.target.open().await {
-                    Ok((store, audit)) => {
+                    Ok((store, mut audit)) => {
+                        audit.fence = Some(audit_fence(&self.fence));
                         self.store = store;
                         self.audit = audit;
                         self.prev_desired = None;
@@ -456,7 +495,9 @@ impl Ctx {
         self.shared
             .healthy
             .store(step != StepOutcome::Failed, Ordering::SeqCst);
-        if let Some(e) = &err {
+        if let Some(e) = &err
+            && self.fence.check_local().is_ok()
+        {
             tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile step failed");
             let e2 = e.clone();
             let _ = crate::ops::apply::set_status(&self.store, |s| {
@@ -474,6 +515,9 @@ impl Ctx {
         let Some(b) = self.opts.backups.clone() else {
             return;
         };
+        if !self.fenced_ok("scheduled backup").await {
+            return;
+        }
         let stamp = time::OffsetDateTime::now_utc()
             .format(time::macros::format_description!(
                 "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
@@ -498,6 +542,9 @@ impl Ctx {
         }
         let client = crate::ops::nodes::NodeClient::new(&self.declared);
         self.observations = crate::ops::nodes::observe(&client, &self.declared).await;
+        if !self.fenced_ok("inventory record").await {
+            return;
+        }
         if let Err(e) = crate::ops::inventory::record(&self.store, &self.observations).await {
             tracing::warn!(error = %e, "cannot record discovered inventory");
         }
@@ -645,6 +692,7 @@ impl Ctx {
             s["leader"] = serde_json::Value::String(self.opts.id.clone());
             s["is_leader"] = serde_json::Value::Bool(self.shared.is_leader.load(Ordering::SeqCst));
             s["steps"] = self.shared.steps.load(Ordering::SeqCst).into();
+            s["fenced"] = self.fence.status();
         }
     }
 
@@ -901,6 +949,7 @@ impl Ctx {
 
 /// Runs due jobs while this replica leads.
 async fn jobs_loop(
+    fence: Arc<lease::Fence>,
     store: Store,
     env: String,
     shared: Arc<Shared>,
@@ -915,12 +964,18 @@ async fn jobs_loop(
             return;
         }
     };
+    audit.fence = Some(audit_fence(&fence));
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|v| *v) => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         if !shared.is_leader.load(Ordering::SeqCst) {
+            continue;
+        }
+        if let Err(f) = fence.check().await {
+            fence.refused("job tick", &f);
+            shared.is_leader.store(false, Ordering::SeqCst);
             continue;
         }
         let declared = shared
@@ -964,6 +1019,7 @@ async fn jobs_loop(
 
 #[allow(clippy::too_many_arguments)]
 async fn lease_loop(
+    fence: Arc<lease::Fence>,
     store: Store,
     settings: crate::store::BucketSettings,
     mut lock: kv::Store,
@@ -987,10 +1043,12 @@ async fn lease_loop(
         )
     };
     loop {
+        let sent = Instant::now();
         rev = match rev {
             None => match lock.create(&key, value()).await {
                 Ok(r) => {
-                    tracing::info!(holder = %me, "acquired leadership");
+                    tracing::info!(holder = %me, revision = r, "acquired leadership");
+                    fence.held(&lock, r, sent);
                     shared.is_leader.store(true, Ordering::SeqCst);
                     let _ = tx.try_send("leader".into());
                     if let Some(prev) = other_holder.take() {
@@ -1044,9 +1102,34 @@ async fn lease_loop(
                 }
             },
             Some(r) => match lock.update(&key, value(), r).await {
-                Ok(r) => Some(r),
+                Ok(r) => {
+                    fence.held(&lock, r, sent);
+                    // Stepped down by a fence check that could not read the key: the renewal
+                    // proves the lease is still this replica's.
+                    if !shared.is_leader.swap(true, Ordering::SeqCst) {
+                        let _ = tx.try_send("leader".into());
+                    }
+                    Some(r)
+                }
                 Err(e) => {
-                    tracing::warn!(holder = %me, error = %e, "lost leadership");
+                    tracing::warn!(holder = %me, held_revision = r, error = %e, "lost leadership");
+                    // The renewal was a compare-and-set on the revision held: the server
+                    // refused it, so another replica may lead now. Say who, for the status.
+                    let now = lock.entry(&key).await.ok().flatten();
+                    fence.refused(
+                        "lease renewal",
+                        &lease::Fenced {
+                            held_revision: Some(r),
+                            current_revision: now.as_ref().map(|e| e.revision),
+                            current_holder: now.as_ref().and_then(|e| {
+                                serde_json::from_slice::<lease::Holder>(&e.value)
+                                    .ok()
+                                    .map(|h| h.holder)
+                            }),
+                            reason: format!("renewing the lease at revision {r} was refused: {e}"),
+                        },
+                    );
+                    fence.released();
                     shared.is_leader.store(false, Ordering::SeqCst);
                     None
                 }
@@ -1062,6 +1145,7 @@ async fn lease_loop(
         }
     }
     if let Some(r) = rev {
+        fence.released();
         let _ = lock.delete_expect_revision(&key, Some(r)).await;
         shared.is_leader.store(false, Ordering::SeqCst);
     }
@@ -1250,8 +1334,14 @@ fn http_router(shared: Arc<Shared>, token: Option<String>) -> axum::Router {
                     if !read_allowed(t.as_deref(), &h) {
                         return unauthorized(&s);
                     }
-                    axum::Json(s.status.lock().map(|v| v.clone()).unwrap_or_default())
-                        .into_response()
+                    let mut v = s.status.lock().map(|v| v.clone()).unwrap_or_default();
+                    if v.is_object() {
+                        v["is_leader"] = s.is_leader.load(Ordering::SeqCst).into();
+                        if let Some(f) = s.fence.get() {
+                            v["fenced"] = f.status();
+                        }
+                    }
+                    axum::Json(v).into_response()
                 }
             }),
         )

@@ -54,6 +54,9 @@ pub enum StoreError {
         key: String,
         expected: u64,
     },
+    /// A daemon that lost its lease tried to write (see `daemon::lease`).
+    #[error("{reason}")]
+    Fenced { reason: String },
 }
 
 /// What to try, from a connection error's text.
