@@ -5,6 +5,16 @@ use std::time::Duration;
 
 use vakt_tests::nats::{Daemon, NatsServer, audit_events, ops_git, read_bucket, wait_until};
 
+/// The buckets an apply writes.
+const DESIRED_BUCKETS: [&str; 6] = [
+    "config",
+    "definitions",
+    "placement",
+    "access",
+    "catalog",
+    "inventory",
+];
+
 /// Every event links to the one before it: one writer at a time extended the chain.
 fn assert_linear_chain(events: &[serde_json::Value]) {
     for w in events.windows(2) {
@@ -18,8 +28,9 @@ fn assert_linear_chain(events: &[serde_json::Value]) {
 
 /// The content of every bucket of `env` but the lock: (bucket, key) → (revision, value).
 fn buckets(url: &str, env: &str) -> Vec<(String, std::collections::BTreeMap<String, (u64, Vec<u8>)>)> {
-    ["config", "inventory", "placement", "state", "jobs"]
+    DESIRED_BUCKETS
         .iter()
+        .chain(&["state", "jobs"])
         .map(|b| {
             let name = format!("vakt_{env}_{b}");
             let content = read_bucket(url, &name);
@@ -32,19 +43,33 @@ fn buckets(url: &str, env: &str) -> Vec<(String, std::collections::BTreeMap<Stri
 fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
     let repo = ops_git();
     let n = NatsServer::start();
-    // a polls often: on waking, its overdue tick would run a pass (and write the status) at
-    // once if nothing fenced it.
-    let a = Daemon::start(
+    // a's first apply (every key, one write in flight) parks after 20 writes until `go`
+    // exists: SIGSTOP then lands in the middle of a pass, past every "am I leader" check, with
+    // writes still to send. Without fencing, a would send them on waking.
+    let go = n.dir.path().join("go");
+    let go_s = go.to_string_lossy().into_owned();
+    let a = Daemon::start_at(
         repo.path(),
-        &n,
+        &n.url(),
+        n.dir.path(),
         "dev",
         "a",
-        &["--interval", "200ms", "--lease", "2s", "--actor", "daemon:a"],
+        &["--interval", "1h", "--lease", "2s", "--actor", "daemon:a"],
+        &[
+            ("VAKT_TEST_PAUSE_AFTER_WRITES", "20"),
+            ("VAKT_TEST_PAUSE_UNTIL", &go_s),
+        ],
     );
+    let written = |url: &str| {
+        DESIRED_BUCKETS
+            .iter()
+            .map(|b| read_bucket(url, &format!("vakt_dev_{b}")).len())
+            .sum::<usize>()
+    };
     assert!(
-        wait_until(Duration::from_secs(10), || a.is_leader()
-            && a.health().is_some_and(|h| h["steps"].as_u64() >= Some(2))),
-        "a never led"
+        wait_until(Duration::from_secs(20), || a.is_leader() && written(&n.url()) == 20),
+        "a's first apply did not park after 20 writes ({} keys)",
+        written(&n.url())
     );
     let b = Daemon::start(
         repo.path(),
@@ -66,6 +91,10 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
             && b.health().is_some_and(|h| h["steps"].as_u64() >= Some(1))),
         "b did not take over from the paused leader"
     );
+    assert!(
+        written(&n.url()) > 20,
+        "b did not complete the interrupted apply"
+    );
     let events_before = audit_events(&n.url(), "dev");
     assert!(
         events_before
@@ -75,8 +104,17 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
     );
     let kv_before = buckets(&n.url(), "dev");
 
+    std::fs::write(&go, b"").expect("go");
     a.signal("-CONT");
-    // Positive signal: a noticed, on waking, that its lease is gone and refused to write.
+    // Positive signals: a's parked apply went on and ended at the fence, and a reports itself
+    // fenced.
+    let log = || std::fs::read_to_string(n.dir.path().join("daemon-a.log")).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(15), || log()
+            .contains("reconcile pass ended by the fence")),
+        "a's parked pass never ended; log:\n{}",
+        log()
+    );
     let mut fenced = serde_json::Value::Null;
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -95,8 +133,10 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
         fenced["current_revision"].as_u64() > fenced["held_revision"].as_u64(),
         "{fenced:#}"
     );
-    let log = std::fs::read_to_string(n.dir.path().join("daemon-a.log")).unwrap();
-    assert!(log.contains("fenced"), "a's log does not say it was fenced:\n{log}");
+    assert!(
+        fenced["writes_refused"].as_u64() >= Some(1),
+        "{fenced:#}"
+    );
     // Then the absence: a wrote no key and no audit event, and the chain is one writer's.
     assert!(!a.is_leader(), "a still claims to lead");
     assert!(b.is_leader(), "b lost the lease to the resumed leader");

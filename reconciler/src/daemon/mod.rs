@@ -114,7 +114,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     let mut sh = Shared::new(&opts.target.env);
     sh.cors_origin = opts.cors_origin.clone();
     let shared = Arc::new(sh);
-    let (store, audit) = opts.target.open().await?;
+    let (mut store, audit) = opts.target.open().await?;
     let lock = store.lock_bucket(&opts.target.settings).await?;
     let (tx, mut rx) = mpsc::channel::<String>(64);
 
@@ -201,6 +201,9 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     };
     let fence = Arc::new(lease::Fence::new(&lock_key, opts.target.settings.lease));
     let _ = shared.fence.set(fence.clone());
+    // The API (created above, with its own store) serves every replica; from here on the
+    // leader's writers check the fence.
+    store.fence = Some(audit_fence(&fence, "KV write"));
     let lease_task = tokio::spawn(lease_loop(
         fence.clone(),
         store.clone(),
@@ -280,7 +283,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         ));
     }
     let mut audit = audit;
-    audit.fence = Some(audit_fence(&fence));
+    audit.fence = Some(audit_fence(&fence, "audit event"));
     let mut ctx = Ctx {
         fence: fence.clone(),
         metrics_backend: metrics_backend.map(Arc::new),
@@ -422,11 +425,11 @@ struct Ctx {
 }
 
 /// The audit hook of a leader's writers: the local lease deadline (see [`lease::Fence`]).
-fn audit_fence(fence: &Arc<lease::Fence>) -> crate::store::audit::AuditFence {
+fn audit_fence(fence: &Arc<lease::Fence>, what: &'static str) -> crate::store::audit::AuditFence {
     let f = fence.clone();
     Arc::new(move || {
         f.check_local().map(|_| ()).map_err(|e| {
-            f.refused("audit event", &e);
+            f.refused(what, &e);
             e.to_string()
         })
     })
@@ -462,8 +465,9 @@ impl Ctx {
                 // audit stream, then rebuild the desired state from Git in the same step.
                 tracing::warn!(env = %self.opts.target.env, missing = ?missing, "streams missing: re-creating them and rebuilding from Git");
                 match self.opts.target.open().await {
-                    Ok((store, mut audit)) => {
-                        audit.fence = Some(audit_fence(&self.fence));
+                    Ok((mut store, mut audit)) => {
+                        audit.fence = Some(audit_fence(&self.fence, "audit event"));
+                        store.fence = Some(audit_fence(&self.fence, "KV write"));
                         self.store = store;
                         self.audit = audit;
                         self.prev_desired = None;
@@ -496,8 +500,13 @@ impl Ctx {
             .healthy
             .store(step != StepOutcome::Failed, Ordering::SeqCst);
         if let Some(e) = &err
-            && self.fence.check_local().is_ok()
+            && let Err(f) = self.fence.check_local()
         {
+            // The lease lapsed during the pass: its writes stopped at the fence; the status
+            // is the new leader's to write.
+            tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile pass ended by the fence: {f}");
+            self.shared.is_leader.store(false, Ordering::SeqCst);
+        } else if let Some(e) = &err {
             tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile step failed");
             let e2 = e.clone();
             let _ = crate::ops::apply::set_status(&self.store, |s| {
@@ -964,7 +973,7 @@ async fn jobs_loop(
             return;
         }
     };
-    audit.fence = Some(audit_fence(&fence));
+    audit.fence = Some(audit_fence(&fence, "audit event"));
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|v| *v) => break,

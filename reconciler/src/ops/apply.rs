@@ -378,6 +378,7 @@ fn event(
 
 /// Updates the status record.
 pub async fn set_status(store: &Store, f: impl FnOnce(&mut Status)) -> Result<Status, StoreError> {
+    store.fenced()?;
     let mut f = Some(f);
     let env = store.env.clone();
     state::update::<Status, _>(&store.state, state::STATUS, |s| {

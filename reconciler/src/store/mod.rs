@@ -173,6 +173,10 @@ pub struct Store {
     kvs: BTreeMap<Bucket, kv::Store>,
     pub state: kv::Store,
     pub jobs: kv::Store,
+    /// Checked before every compare-and-set write and status update: the daemon's lease fence
+    /// (`daemon::lease`), so a leader that lost its lease writes no key. `None` for one-off
+    /// commands.
+    pub fence: Option<audit::AuditFence>,
 }
 
 /// A historical revision of a key.
@@ -226,6 +230,7 @@ impl Store {
             kvs,
             state,
             jobs,
+            fence: None,
         })
     }
 
@@ -295,6 +300,7 @@ impl Store {
             kvs,
             state,
             jobs,
+            fence: None,
         })
     }
 
@@ -386,7 +392,16 @@ impl Store {
         value: Option<Bytes>,
         expected: u64,
     ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
+        self.fenced()?;
         send_cas_to(&self.js, self.kv(b), key, value, expected).await
+    }
+
+    /// `Err(Fenced)` when a fence is set and says this process may not write.
+    pub fn fenced(&self) -> Result<(), StoreError> {
+        match &self.fence {
+            Some(f) => f().map_err(|reason| StoreError::Fenced { reason }),
+            None => Ok(()),
+        }
     }
 
     /// Waits for a CAS acknowledgement; a wrong-last-sequence answer becomes
