@@ -110,8 +110,9 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
     // fenced.
     let log = || std::fs::read_to_string(n.dir.path().join("daemon-a.log")).unwrap_or_default();
     assert!(
-        wait_until(Duration::from_secs(15), || log()
-            .contains("reconcile pass ended by the fence")),
+        wait_until(Duration::from_secs(15), || a
+            .health()
+            .is_some_and(|h| h["steps"].as_u64() >= Some(1))),
         "a's parked pass never ended; log:\n{}",
         log()
     );
@@ -140,7 +141,19 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
     // Then the absence: a wrote no key and no audit event, and the chain is one writer's.
     assert!(!a.is_leader(), "a still claims to lead");
     assert!(b.is_leader(), "b lost the lease to the resumed leader");
-    assert_eq!(buckets(&n.url(), "dev"), kv_before, "the resumed leader wrote KV");
+    let kv_after = buckets(&n.url(), "dev");
+    for ((name, before), (_, after)) in kv_before.iter().zip(&kv_after) {
+        for (k, v) in after {
+            assert!(
+                before.get(k) == Some(v),
+                "the resumed leader wrote {name}/{k} (revision {:?} → {}): {}",
+                before.get(k).map(|b| b.0),
+                v.0,
+                String::from_utf8_lossy(&v.1)
+            );
+        }
+        assert_eq!(before.len(), after.len(), "the resumed leader deleted from {name}");
+    }
     let events_after = audit_events(&n.url(), "dev");
     assert_eq!(
         events_after.len(),
@@ -149,4 +162,9 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
         &events_after[events_before.len().min(events_after.len())..]
     );
     assert_linear_chain(&events_after);
+    assert!(
+        log().contains("reconcile pass ended by the fence"),
+        "a's log does not say its pass stopped at the fence:\n{}",
+        log()
+    );
 }
