@@ -27,7 +27,10 @@ fn assert_linear_chain(events: &[serde_json::Value]) {
 }
 
 /// The content of every bucket of `env` but the lock: (bucket, key) → (revision, value).
-fn buckets(url: &str, env: &str) -> Vec<(String, std::collections::BTreeMap<String, (u64, Vec<u8>)>)> {
+fn buckets(
+    url: &str,
+    env: &str,
+) -> Vec<(String, std::collections::BTreeMap<String, (u64, Vec<u8>)>)> {
     DESIRED_BUCKETS
         .iter()
         .chain(&["state", "jobs"])
@@ -67,7 +70,8 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
             .sum::<usize>()
     };
     assert!(
-        wait_until(Duration::from_secs(20), || a.is_leader() && written(&n.url()) == 20),
+        wait_until(Duration::from_secs(20), || a.is_leader()
+            && written(&n.url()) == 20),
         "a's first apply did not park after 20 writes ({} keys)",
         written(&n.url())
     );
@@ -134,10 +138,7 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
         fenced["current_revision"].as_u64() > fenced["held_revision"].as_u64(),
         "{fenced:#}"
     );
-    assert!(
-        fenced["writes_refused"].as_u64() >= Some(1),
-        "{fenced:#}"
-    );
+    assert!(fenced["writes_refused"].as_u64() >= Some(1), "{fenced:#}");
     // Then the absence: a wrote no key and no audit event, and the chain is one writer's.
     assert!(!a.is_leader(), "a still claims to lead");
     assert!(b.is_leader(), "b lost the lease to the resumed leader");
@@ -152,7 +153,11 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
                 String::from_utf8_lossy(&v.1)
             );
         }
-        assert_eq!(before.len(), after.len(), "the resumed leader deleted from {name}");
+        assert_eq!(
+            before.len(),
+            after.len(),
+            "the resumed leader deleted from {name}"
+        );
     }
     let events_after = audit_events(&n.url(), "dev");
     assert_eq!(
@@ -167,4 +172,118 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
         "a's log does not say its pass stopped at the fence:\n{}",
         log()
     );
+}
+
+fn edit(repo: &std::path::Path, path: &str, from: &str, to: &str) {
+    let p = repo.join(path);
+    let s = std::fs::read_to_string(&p).unwrap();
+    assert!(s.contains(from), "{path}: {from:?}");
+    std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
+}
+
+fn apply(repo: &std::path::Path, n: &NatsServer, extra: &[&str]) -> (i32, String, String) {
+    let repo_s = repo.to_string_lossy().into_owned();
+    let url = n.url();
+    let mut a = vec![
+        "apply", "--env", "dev", "--yes", "--repo", &repo_s, "--nats", &url,
+    ];
+    a.extend(extra);
+    vakt_tests::outcome(&vakt_tests::vakt_env(&a, &[("VAKT_ACTOR", "user:oncall")]))
+}
+
+#[test]
+fn a_hand_run_apply_is_refused_while_a_daemon_leads_or_handed_to_it() {
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let d = Daemon::start(
+        repo.path(),
+        &n,
+        "dev",
+        "leader-1",
+        &[
+            "--interval",
+            "1h",
+            "--lease",
+            "10s",
+            "--trigger-subject",
+            "-",
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || d.status()["applied_commit"]
+            .is_string()),
+        "initial apply"
+    );
+    let first = d.status()["applied_commit"].as_str().unwrap().to_owned();
+    // A new commit the daemon does not see by itself (no trigger, a poll an hour away).
+    edit(
+        repo.path(),
+        "config/tenants/nordlys-energi/tenant.toml",
+        "requests_per_second = ",
+        "requests_per_second = 1",
+    );
+    let c = vakt_tests::nats::commit_all(repo.path(), "nordlys: rate");
+    let config_before = read_bucket(&n.url(), "vakt_dev_config");
+
+    // Refused: exit 4, the leader and its lease named, nothing written, recorded by the leader.
+    let (code, out, err) = apply(repo.path(), &n, &[]);
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(err.contains("daemon `leader-1` leads dev"), "{err}");
+    assert!(err.contains("lapses in"), "{err}");
+    assert!(err.contains("--while-leader hand-off"), "{err}");
+    assert!(err.contains("audited by leader `leader-1`"), "{err}");
+    assert_eq!(
+        read_bucket(&n.url(), "vakt_dev_config"),
+        config_before,
+        "written while refused"
+    );
+    assert_eq!(d.status()["applied_commit"], first.as_str());
+    let ev = audit_events(&n.url(), "dev");
+    let refusal = ev
+        .iter()
+        .find(|e| e["action"] == "apply.refused" && e["actor"] == "user:oncall")
+        .unwrap_or_else(|| panic!("refusal not audited: {ev:#?}"));
+    assert_eq!(refusal["detail"]["kind"], "leader_active");
+    assert_linear_chain(&ev);
+
+    // A rollback is never handed off.
+    let (code, _, err) = apply(
+        repo.path(),
+        &n,
+        &["--while-leader", "hand-off", "--rev", &first],
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("branch head only"), "{err}");
+
+    // Handed off: the leader applies its branch head now and answers with its marker.
+    let (code, out, err) = apply(
+        repo.path(),
+        &n,
+        &["--while-leader", "hand-off", "--format", "json"],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(r["leader"], "leader-1", "{r}");
+    assert_eq!(r["outcome"], "applied", "{r}");
+    assert_eq!(r["applied_commit"], c.as_str(), "{r}");
+    assert_ne!(read_bucket(&n.url(), "vakt_dev_config"), config_before);
+    let ev = audit_events(&n.url(), "dev");
+    let at = ev
+        .iter()
+        .position(|e| e["action"] == "apply.handed-off" && e["actor"] == "user:oncall")
+        .unwrap_or_else(|| panic!("hand-off not audited: {ev:#?}"));
+    // Everything after the hand-off is the leader's pass, under the leader's actor.
+    assert!(
+        ev[at + 1..]
+            .iter()
+            .all(|e| e["causation_id"] == "trigger:hand-off" && e["actor"] != "user:oncall"),
+        "{:#?}",
+        &ev[at + 1..]
+    );
+    assert!(
+        ev[at + 1..]
+            .iter()
+            .any(|e| e["action"] == "apply.completed")
+    );
+    assert_linear_chain(&ev);
 }

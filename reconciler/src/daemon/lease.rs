@@ -241,11 +241,7 @@ pub async fn leaders(store: &crate::store::Store) -> Result<Vec<Leader>, crate::
         }
         Err(e) => return Err(crate::store::nats_err("open the lock bucket", e)),
     };
-    let max_age = lock
-        .status()
-        .await
-        .map(|s| s.max_age())
-        .unwrap_or_default();
+    let max_age = lock.status().await.map(|s| s.max_age()).unwrap_or_default();
     let mut keys = lock
         .keys()
         .await
@@ -280,4 +276,80 @@ pub async fn leaders(store: &crate::store::Store) -> Result<Vec<Leader>, crate::
         });
     }
     Ok(out)
+}
+
+/// Subject on which the leader of `env` (bucket prefix `prefix`) takes requests from hand-run
+/// commands (`vakt apply` while it leads); only the leader answers.
+pub fn writer_subject(prefix: &str, env: &str) -> String {
+    format!("vakt.writer.{prefix}.{env}")
+}
+
+/// The largest request the leader reads on [`writer_subject`].
+pub const MAX_WRITER_REQUEST: usize = 16 * 1024;
+
+/// What a hand-run command asks of the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "request")]
+pub enum WriterRequest {
+    /// Record (in the leader's own audit chain) that a hand-run apply was refused.
+    Refused {
+        actor: String,
+        reason: String,
+        causation_id: String,
+    },
+    /// Run a reconcile pass now (the branch head), record who asked, and answer with the
+    /// applied marker afterwards.
+    HandOff { actor: String, causation_id: String },
+}
+
+/// The leader's answer.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct WriterReply {
+    /// The leader's replica id.
+    pub leader: String,
+    /// The request was recorded in the audit stream.
+    pub recorded: bool,
+    /// After a hand-off: the pass's outcome (`applied`, `noop`, `refused`, `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// After a hand-off: the applied marker's commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_commit: Option<String>,
+    /// After a hand-off that did not apply: why (the status's refusal or error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Sends `req` to the leader and waits up to `wait` for its answer; `Ok(None)` when no leader
+/// answered in time.
+pub async fn ask_leader(
+    store: &crate::store::Store,
+    req: &WriterRequest,
+    wait: Duration,
+) -> Result<Option<WriterReply>, crate::store::StoreError> {
+    let body = serde_json::to_vec(req).map_err(|e| crate::store::nats_err("encode", e))?;
+    let subject = writer_subject(&store.prefix, &store.env);
+    let request = async_nats::Request::new()
+        .payload(body.into())
+        .timeout(Some(wait));
+    match tokio::time::timeout(
+        wait + Duration::from_secs(1),
+        store.client.send_request(subject, request),
+    )
+    .await
+    {
+        Err(_) => Ok(None),
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                async_nats::RequestErrorKind::NoResponders | async_nats::RequestErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Ok(Err(e)) => Err(crate::store::nats_err("ask the leader", e)),
+        Ok(Ok(m)) => serde_json::from_slice(&m.payload)
+            .map(Some)
+            .map_err(|e| crate::store::nats_err("decode the leader's answer", e)),
+    }
 }

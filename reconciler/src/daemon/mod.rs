@@ -218,6 +218,27 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         shutdown.clone(),
     ));
 
+    // Requests of hand-run commands (`vakt apply` while this replica leads): every replica
+    // listens, only the leader answers; they run on the main loop, between passes, so the
+    // leader stays the only writer of the audit chain.
+    let (writer_tx, mut writer_rx) = mpsc::channel::<async_nats::Message>(8);
+    {
+        let subject = lease::writer_subject(&store.prefix, &opts.target.env);
+        let mut sub = store
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| Error::Other(format!("subscribe {subject}: {e}")))?;
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if sh.is_leader.load(Ordering::SeqCst) && m.reply.is_some() {
+                    let _ = writer_tx.try_send(m);
+                }
+            }
+        });
+    }
+
     // NATS trigger.
     if let Some(subject) = &opts.trigger_subject {
         let mut sub = store
@@ -355,6 +376,12 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
                 }
                 continue;
             }
+            Some(m) = writer_rx.recv() => {
+                if shared.is_leader.load(Ordering::SeqCst) {
+                    ctx.writer_request(m).await;
+                }
+                continue;
+            }
             Some(s) = rx.recv() => s,
         };
         // Coalesce a burst of triggers into one step.
@@ -362,7 +389,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         if !shared.is_leader.load(Ordering::SeqCst) {
             continue;
         }
-        ctx.step(&source).await;
+        let _ = ctx.step(&source).await;
         shared.steps.fetch_add(1, Ordering::SeqCst);
     }
     let _ = lease_task.await;
@@ -450,12 +477,124 @@ impl Ctx {
         }
     }
 
+    /// A hand-run command's request (see [`lease::WriterRequest`]), answered on its reply
+    /// subject. Recorded through this leader's (fenced) audit writer.
+    async fn writer_request(&mut self, m: async_nats::Message) {
+        let Some(reply_to) = m.reply.clone() else {
+            return;
+        };
+        let mut reply = lease::WriterReply {
+            leader: self.opts.id.clone(),
+            recorded: false,
+            outcome: None,
+            applied_commit: None,
+            error: None,
+        };
+        let req = if m.payload.len() > lease::MAX_WRITER_REQUEST {
+            Err(format!(
+                "request of {} bytes; the most is {}",
+                m.payload.len(),
+                lease::MAX_WRITER_REQUEST
+            ))
+        } else {
+            serde_json::from_slice::<lease::WriterRequest>(&m.payload).map_err(|e| e.to_string())
+        };
+        match req {
+            Err(e) => reply.error = Some(format!("bad request: {e}")),
+            Ok(lease::WriterRequest::Refused {
+                actor,
+                reason,
+                causation_id,
+            }) => {
+                let mut opts = ApplyOpts::new(&actor);
+                opts.causation_id = Some(causation_id);
+                opts.site = self.opts.site.clone();
+                let r = crate::outcome::Refused::new(RefusalKind::LeaderActive, reason);
+                match crate::ops::apply::record_refusal(
+                    &self.store,
+                    &mut self.audit,
+                    "-",
+                    None,
+                    &opts,
+                    &r,
+                    &[],
+                )
+                .await
+                {
+                    Ok(()) => reply.recorded = true,
+                    Err(e) => reply.error = Some(e.to_string()),
+                }
+                self.shared
+                    .refused
+                    .get_or_create(
+                        &self
+                            .shared
+                            .l("reason", RefusalKind::LeaderActive.metric_label()),
+                    )
+                    .inc();
+            }
+            Ok(lease::WriterRequest::HandOff {
+                actor,
+                causation_id,
+            }) => {
+                let mut ev = crate::store::audit::AuditEvent::new(
+                    format!("{causation_id}/handed-off"),
+                    &self.opts.target.env,
+                    &actor,
+                    "apply.handed-off",
+                    "accepted",
+                );
+                ev.causation_id = Some(causation_id);
+                ev.site = self.opts.site.clone();
+                ev.reason = Some(format!(
+                    "a hand-run apply was handed to the leader `{}` (--while-leader hand-off)",
+                    self.opts.id
+                ));
+                let recorded = match self.audit.refresh_head().await {
+                    Ok(()) => self.audit.record(ev).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                match recorded {
+                    Err(e) => reply.error = Some(e.to_string()),
+                    Ok(()) => {
+                        reply.recorded = true;
+                        let outcome = self.step("hand-off").await;
+                        self.shared.steps.fetch_add(1, Ordering::SeqCst);
+                        reply.outcome = Some(
+                            outcome
+                                .map_or(StepOutcome::Failed, |o| o)
+                                .metric_label()
+                                .to_owned(),
+                        );
+                        if let Ok(Some((st, _))) =
+                            state::get::<Status>(&self.store.state, state::STATUS).await
+                        {
+                            reply.applied_commit = st.applied_commit.clone();
+                            reply.error = st
+                                .refused
+                                .as_ref()
+                                .filter(|_| reply.outcome.as_deref() == Some("refused"))
+                                .map(|r| r.reason.clone())
+                                .or_else(|| {
+                                    st.last_error
+                                        .clone()
+                                        .filter(|_| reply.outcome.as_deref() == Some("failed"))
+                                });
+                        }
+                    }
+                }
+            }
+        }
+        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        let _ = self.store.client.publish(reply_to, body.into()).await;
+    }
+
     /// One reconcile pass: the steps of [`STEPS`] in order, a rebuild when NATS lost its
     /// streams, then the `record` step, which always runs.
-    async fn step(&mut self, source: &str) {
+    async fn step(&mut self, source: &str) -> Result<StepOutcome, String> {
         let t0 = Instant::now();
         if !self.fenced_ok("reconcile pass").await {
-            return;
+            return Err("fenced: this replica no longer holds the lease".into());
         }
         let mut outcome = self.run_steps(source).await;
         if outcome.is_err() {
@@ -477,7 +616,9 @@ impl Ctx {
                 }
             }
         }
+        let ret = outcome.clone();
         self.record(t0, outcome).await;
+        ret
     }
 
     /// Step `record`, the last of every pass whatever happened before it: the first node poll,
