@@ -98,6 +98,8 @@ pub struct DaemonOpts {
     pub metrics_backend: Option<String>,
     /// How often the backend's query pack runs.
     pub metrics_poll: Duration,
+    /// TLS for node admin calls (`--node-ca`, `--node-cert`, `--node-key`).
+    pub node_tls: crate::ops::nodes::NodeTls,
 }
 
 /// `vakt reconcile --backup-dir DIR --backup-every D --backup-keep N`.
@@ -266,6 +268,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
 
     tokio::spawn(jobs_loop(
         fence.clone(),
+        opts.node_tls.clone(),
         store.clone(),
         opts.target.env.clone(),
         shared.clone(),
@@ -690,7 +693,7 @@ impl Ctx {
         if self.declared.is_empty() {
             return;
         }
-        let client = crate::ops::nodes::NodeClient::new(&self.declared);
+        let client = crate::ops::nodes::NodeClient::with_tls(&self.declared, &self.opts.node_tls);
         self.observations = crate::ops::nodes::observe(&client, &self.declared).await;
         if !self.fenced_ok("inventory record").await {
             return;
@@ -1098,8 +1101,10 @@ impl Ctx {
 }
 
 /// Runs due jobs while this replica leads.
+#[allow(clippy::too_many_arguments)]
 async fn jobs_loop(
     fence: Arc<lease::Fence>,
+    node_tls: crate::ops::nodes::NodeTls,
     store: Store,
     env: String,
     shared: Arc<Shared>,
@@ -1133,7 +1138,7 @@ async fn jobs_loop(
             .lock()
             .map(|g| g.clone())
             .unwrap_or_default();
-        let nodes = crate::ops::nodes::NodeClient::new(&declared);
+        let nodes = crate::ops::nodes::NodeClient::with_tls(&declared, &node_tls);
         // One listing per tick: it decides what runs and feeds the gauges (which therefore lag
         // the transitions of this tick by one tick).
         let jobs = match crate::ops::jobs::list(&store).await {
