@@ -1476,10 +1476,25 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, signed by the CA.
 fn node_pki(dir: &std::path::Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=node CA"]);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=node CA",
+    ]);
     openssl(dir, &ca);
     std::fs::write(
         dir.join("server.ext"),
@@ -1502,8 +1517,21 @@ fn node_pki(dir: &std::path::Path) {
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", &pem, "-days", "2", "-extfile", &ext,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
             ],
         );
     }
@@ -1535,7 +1563,14 @@ fn nodes_over_mutual_tls_need_the_ca_and_a_client_certificate_and_plain_http_is_
         &n,
         1,
         p1,
-        &["--tls-cert", &f("server.pem"), "--tls-key", &f("server.key"), "--tls-client-ca", &f("ca.pem")],
+        &[
+            "--tls-cert",
+            &f("server.pem"),
+            "--tls-key",
+            &f("server.key"),
+            "--tls-client-ca",
+            &f("ca.pem"),
+        ],
     );
     let plain = std::net::TcpListener::bind(("127.0.0.1", p2)).unwrap();
     plain.set_nonblocking(true).unwrap();
@@ -1549,20 +1584,14 @@ fn nodes_over_mutual_tls_need_the_ca_and_a_client_certificate_and_plain_http_is_
     let detail_of = |d: &Daemon, id: &str| -> Option<String> {
         let (_, b) = d.get("/snippets/inventory.json")?;
         let v: serde_json::Value = serde_json::from_str(&b).ok()?;
-        v["declared"]
-            .as_array()?
-            .iter()
-            .find(|x| x["id"] == id)?["detail"]
+        v["declared"].as_array()?.iter().find(|x| x["id"] == id)?["detail"]
             .as_str()
             .map(str::to_owned)
     };
     let status_of = |d: &Daemon, id: &str| -> Option<String> {
         let (_, b) = d.get("/snippets/health.json")?;
         let v: serde_json::Value = serde_json::from_str(&b).ok()?;
-        v["nodes"]
-            .as_array()?
-            .iter()
-            .find(|x| x["id"] == id)?["status"]
+        v["nodes"].as_array()?.iter().find(|x| x["id"] == id)?["status"]
             .as_str()
             .map(str::to_owned)
     };
@@ -1595,18 +1624,31 @@ fn nodes_over_mutual_tls_need_the_ca_and_a_client_certificate_and_plain_http_is_
 
     // CA, certificate and key: the node is up and confirmed.
     let (cert, key) = (f("client.pem"), f("client.key"));
-    let d = start("mtls", &["--node-ca", &ca, "--node-cert", &cert, "--node-key", &key]);
+    let d = start(
+        "mtls",
+        &["--node-ca", &ca, "--node-cert", &cert, "--node-key", &key],
+    );
     assert!(
-        wait_until(Duration::from_secs(20), || status_of(&d, "agg-osl1-01").as_deref()
+        wait_until(Duration::from_secs(20), || status_of(&d, "agg-osl1-01")
+            .as_deref()
             == Some("ok")),
         "agg-osl1-01 never up over mutual TLS: {:?}",
         detail_of(&d, "agg-osl1-01")
     );
     wait_detail(&d, "agg-osl1-02", "requires TLS");
     // agg-osl1-02 was polled by three daemons, and never over plain HTTP.
-    assert_eq!(plain_calls(), 0, "a node requiring TLS was called over http://");
+    assert_eq!(
+        plain_calls(),
+        0,
+        "a node requiring TLS was called over http://"
+    );
 
     // A certificate without its key is a usage error.
     let o = vakt_tests::vakt(&["reconcile", "--env", "dev", "--node-cert", &cert]);
-    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -125,13 +125,12 @@ impl NodeTls {
         let mut t = NodeTls::default();
         if let Some(ca) = ca {
             let pem = read_bounded("--node-ca", ca)?;
-            t.roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                NodeTlsError::Invalid {
+            t.roots =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| NodeTlsError::Invalid {
                     option: "--node-ca",
                     path: ca.to_owned(),
                     message: e.to_string(),
-                }
-            })?;
+                })?;
             if t.roots.is_empty() {
                 return Err(NodeTlsError::Invalid {
                     option: "--node-ca",
@@ -147,13 +146,14 @@ impl NodeTls {
                 let mut pem = read_bounded("--node-cert", c)?;
                 pem.push(b'\n');
                 pem.extend(read_bounded("--node-key", k)?);
-                t.identity = Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
-                    NodeTlsError::Invalid {
-                        option: "--node-cert/--node-key",
-                        path: c.to_owned(),
-                        message: e.to_string(),
-                    }
-                })?);
+                t.identity =
+                    Some(
+                        reqwest::Identity::from_pem(&pem).map_err(|e| NodeTlsError::Invalid {
+                            option: "--node-cert/--node-key",
+                            path: c.to_owned(),
+                            message: e.to_string(),
+                        })?,
+                    );
                 t.cert_file = Some(c.to_owned());
             }
             _ => return Err(NodeTlsError::Pair),
@@ -170,13 +170,21 @@ impl NodeTls {
                 Some(f) => format!("TLS handshake failed: the node's certificate is not valid for it or not signed by the CA in --node-ca {} ({err})", f.display()),
             });
         }
-        if e.contains("certificaterequired") || e.contains("certificate required") || e.contains("handshakefailure") || e.contains("unknownca") || e.contains("badcertificate") {
+        if e.contains("certificaterequired")
+            || e.contains("certificate required")
+            || e.contains("handshakefailure")
+            || e.contains("unknownca")
+            || e.contains("badcertificate")
+        {
             return Some(match &self.cert_file {
                 None => "TLS handshake failed: the node requires a client certificate (mutual TLS) and the daemon has none: pass --node-cert FILE --node-key FILE".into(),
                 Some(f) => format!("TLS handshake failed: the node refused the client certificate in --node-cert {} ({err})", f.display()),
             });
         }
-        if e.contains("invalidcontenttype") || e.contains("corrupt message") || e.contains("invalid content type") {
+        if e.contains("invalidcontenttype")
+            || e.contains("corrupt message")
+            || e.contains("invalid content type")
+        {
             return Some("TLS handshake failed: the node does not speak TLS on this port (is its admin_url meant to be http://?)".into());
         }
         None
@@ -388,9 +396,7 @@ impl NodeClient {
                 let full = chain(&e);
                 match self.tls.hint(&full) {
                     Some(h) => Err(fail(h)),
-                    None if e.is_connect() => {
-                        Err(fail("connection refused or unreachable".into()))
-                    }
+                    None if e.is_connect() => Err(fail("connection refused or unreachable".into())),
                     None => Err(fail(full)),
                 }
             }
