@@ -297,6 +297,7 @@ async fn execute(
         a.commit != desired.commit || a.pinned != pinned || a.branch_head != opts.branch_head
     });
     if written > 0 || changed_marker {
+        store.fenced()?;
         state::put(
             &store.state,
             state::APPLIED,
