@@ -185,7 +185,7 @@ pub struct Audit {
 }
 
 /// A check run before every event an [`Audit`] sends (see [`Audit::fence`]).
-pub type AuditFence = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type AuditFence = crate::store::WriteFence;
 
 /// Subject of an event.
 pub fn subject(env: &str, action: &str) -> String {

@@ -161,6 +161,10 @@ impl Default for BucketSettings {
     }
 }
 
+/// A check run before a write (see [`Store::fence`], `audit::Audit::fence`): `Err` carries why
+/// this process may not write.
+pub type WriteFence = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// The buckets of one environment.
 #[derive(Clone)]
 pub struct Store {
@@ -176,7 +180,7 @@ pub struct Store {
     /// Checked before every compare-and-set write and status update: the daemon's lease fence
     /// (`daemon::lease`), so a leader that lost its lease writes no key. `None` for one-off
     /// commands.
-    pub fence: Option<audit::AuditFence>,
+    pub fence: Option<WriteFence>,
 }
 
 /// A historical revision of a key.
