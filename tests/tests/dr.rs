@@ -429,7 +429,9 @@ fn a_reconciler_rebuilds_from_git_when_nats_loses_its_data_and_restore_waits_for
         &n,
         "dev",
         "r1",
-        &["--interval", "1s", "--lease", "2s"],
+        // A lease long enough that two busy CI cores never let it lapse between the leader
+        // check and the restore below (a lapsed lease showed the next refusal instead).
+        &["--interval", "1s", "--lease", "6s"],
     );
     let applied = |n: &NatsServer| {
         read_bucket(&n.url(), "vakt_dev_state")
@@ -509,7 +511,7 @@ fn a_reconciler_rebuilds_from_git_when_nats_loses_its_data_and_restore_waits_for
     drop(d);
     // …and, once it is stopped, refuses to fork the audit chain the rebuild started, unless
     // told to restore the buckets only.
-    let lease_gone = wait_until(Duration::from_secs(10), || {
+    let lease_gone = wait_until(Duration::from_secs(30), || {
         let (_, _, err) = run(
             repo.path(),
             &n,

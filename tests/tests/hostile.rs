@@ -122,11 +122,18 @@ fn an_anonymous_flood_is_aggregated_and_the_events_view_keeps_real_events() {
         &secrets.path().join("tokens"),
         &["--node-poll", "1s"],
     );
-    let real_before: Vec<_> = nats::audit_events(&n.url(), "dev")
-        .into_iter()
-        .filter(|e| e["action"] != "api.denied")
-        .collect();
-    assert!(!real_before.is_empty(), "the first apply is audited");
+    let real = || -> Vec<_> {
+        nats::audit_events(&n.url(), "dev")
+            .into_iter()
+            .filter(|e| e["action"] != "api.denied")
+            .collect()
+    };
+    // The roles load when the commit is prepared; its events follow when it is written.
+    assert!(
+        wait_until(Duration::from_secs(60), || !real().is_empty()),
+        "the first apply is audited"
+    );
+    let real_before = real();
     let (bytes_before, max_bytes, max_msg) = stream_state(&n.url());
     assert!(max_bytes > 0, "the audit stream has a byte limit");
     assert!(max_msg > 0, "the audit stream has a message size limit");
@@ -634,4 +641,67 @@ fn the_connection_cap_answers_503_and_frees_slots_when_connections_close() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Approving needs `ops.approvals.approve.<action>` for every gated action of the plan: the
+/// on-call operator cannot approve an access change, security-admin can (issue 13, access that
+/// matches the policy). The denial is audited and names the missing permission.
+#[test]
+fn each_gated_action_needs_its_own_approve_permission() {
+    let n = NatsServer::start();
+    let (repo, secrets, tokens) = repo_with_role_tokens();
+    let manifest = repo.path().join("vakt.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("require_approval = []"), "dev gates nothing");
+    std::fs::write(
+        &manifest,
+        text.replacen(
+            "require_approval = []",
+            "require_approval = [\"access-change\"]",
+            1,
+        ),
+    )
+    .unwrap();
+    nats::commit_all(repo.path(), "dev gates access changes");
+    let d = start(repo.path(), &n, &secrets.path().join("tokens"), &[]);
+    let token = |role: &str| tokens.iter().find(|(r, _)| r == role).unwrap().1.clone();
+
+    // The first apply adds the access bucket's keys: an access change, pending.
+    let mut plan = String::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let (c, _, b) = get(&d.url, "/api/v1/approvals", Some(&format!("Bearer {OP}")));
+            let v: serde_json::Value = serde_json::from_str(&b).unwrap_or_default();
+            match v.as_array().and_then(|a| a.first()) {
+                Some(a) if c == 200 && a["decision"] == "pending" => {
+                    assert_eq!(a["actions"], serde_json::json!(["access-change"]), "{a}");
+                    plan = a["plan_id"].as_str().unwrap().to_owned();
+                    true
+                }
+                _ => false,
+            }
+        }),
+        "the first apply waits for an approval of its access change"
+    );
+    let path = format!("/api/v1/approvals/{plan}/approve");
+    let body = r#"{"reason":"reviewed the bindings"}"#;
+
+    let (c, b) = post(&d.url, &path, &token("operator"), body);
+    assert_eq!(c, 403, "{b}");
+    assert!(b.contains("ops.approvals.approve.access-change"), "{b}");
+    let denied = nats::audit_events(&n.url(), "dev").into_iter().any(|e| {
+        e["action"] == "api.denied"
+            && e.to_string()
+                .contains("ops.approvals.approve.access-change")
+    });
+    assert!(denied, "the denial is audited with the missing permission");
+    let (_, _, b) = get(&d.url, "/api/v1/approvals", Some(&format!("Bearer {OP}")));
+    assert!(
+        b.contains("\"pending\""),
+        "still pending after the denial: {b}"
+    );
+
+    let (c, b) = post(&d.url, &path, &token("security-admin"), body);
+    assert_eq!(c, 200, "{b}");
+    assert!(b.contains("\"approved\""), "{b}");
 }

@@ -382,8 +382,7 @@ fn a_concurrent_writer_stops_the_apply_instead_of_being_overwritten() {
     let key = "tenant.fjord-logistics.tenant";
     nats::rt().block_on(async {
         let target = reconciler::EnvTarget::resolve(
-            repo.path(),
-            "dev",
+            &reconciler::desired::checkout::Checkout::open(repo.path(), "dev"),
             reconciler::store::NatsOpts {
                 urls: n.url(),
                 ..Default::default()

@@ -87,8 +87,8 @@ fn every_rule_fixture_reports_exactly_one_finding() {
         .collect();
     cases.sort();
     assert!(cases.len() >= 30, "fixtures missing");
-    let mut failures = Vec::new();
-    for c in cases {
+    // Each case is a `vakt validate` of its own copy of the repo: four at a time.
+    let check = |c: &Path| -> Option<String> {
         let name = c.file_name().unwrap().to_string_lossy().into_owned();
         let case: Case = toml::from_str(&std::fs::read_to_string(c.join("case.toml")).unwrap())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -104,12 +104,19 @@ fn every_rule_fixture_reports_exactly_one_finding() {
             && f[0]["path"] == case.expect.path.as_str()
             && f[0]["line"] == case.expect.line;
         let is_error = f.first().is_some_and(|x| x["severity"] == "error");
-        if !ok || (code == 1) != is_error {
-            failures.push(format!(
+        (!ok || (code == 1) != is_error).then(|| {
+            format!(
                 "{name} ({}): expected {} at {}:{}, exit {code}, got {summary:#?}",
                 case.description, case.expect.rule, case.expect.path, case.expect.line
-            ));
-        }
+            )
+        })
+    };
+    let mut failures = Vec::new();
+    for chunk in cases.chunks(4) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|c| s.spawn(|| check(c))).collect();
+            failures.extend(handles.into_iter().filter_map(|h| h.join().unwrap()));
+        });
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -493,4 +500,200 @@ fn closed_label_values_match_the_reconciler_enums() {
         emitted, listed,
         "vakt_reconcile_refused_total reason values"
     );
+}
+
+/// A copy of the bundled repo with 40 unreadable TOML files (`input.syntax`) and 7 runbook pages
+/// no catalog entry names, so several rules have many findings.
+fn repo_with_many_findings() -> tempfile::TempDir {
+    let repo = copy_bundled();
+    for i in 0..40 {
+        std::fs::write(
+            repo.path().join(format!("config/global/broken{i:02}.toml")),
+            "a = [\n",
+        )
+        .unwrap();
+    }
+    for i in 0..7 {
+        std::fs::write(repo.path().join(format!("runbooks/orphan{i}.md")), "# x\n").unwrap();
+    }
+    repo
+}
+
+/// Counts per rule id computed from the full JSON findings, most frequent first.
+fn counted(f: &[serde_json::Value]) -> Vec<(String, u64)> {
+    let mut by = std::collections::BTreeMap::<String, u64>::new();
+    for x in f {
+        *by.entry(x["rule"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let mut v: Vec<(String, u64)> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}
+
+#[test]
+fn summary_counts_findings_per_rule_in_json_and_human() {
+    let repo = repo_with_many_findings();
+    let root = repo.path().to_string_lossy().to_string();
+    let (code, all) = findings(repo.path(), &[]);
+    assert_eq!(code, 1);
+    let expected = counted(&all);
+    assert_eq!(
+        expected
+            .iter()
+            .find(|(r, _)| r == "input.syntax")
+            .map(|x| x.1),
+        Some(40),
+        "{expected:?}"
+    );
+    assert!(expected.len() >= 2, "{expected:?}");
+
+    // JSON: summary.by_rule, in order, with the findings kept.
+    let (code, out, _) = outcome(&vakt(&[
+        "validate",
+        "--repo",
+        &root,
+        "--now",
+        TODAY,
+        "--format",
+        "json",
+        "--summary",
+    ]));
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let by_rule: Vec<(String, u64)> = v["summary"]["by_rule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert!(["error", "warning", "note"].contains(&c["severity"].as_str().unwrap()));
+            (
+                c["rule"].as_str().unwrap().to_string(),
+                c["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(by_rule, expected);
+    assert_eq!(v["findings"].as_array().unwrap().len(), all.len());
+
+    // Without --summary the JSON keeps its old shape.
+    let (_, out, _) = outcome(&vakt(&[
+        "validate", "--repo", &root, "--now", TODAY, "--format", "json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["summary"].get("by_rule").is_none(), "{}", v["summary"]);
+
+    // Human: the table instead of the findings, same exit status.
+    let (code, out, _) = outcome(&vakt(&[
+        "validate",
+        "--repo",
+        &root,
+        "--now",
+        TODAY,
+        "--summary",
+    ]));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        !out.contains("error["),
+        "no findings with --summary alone:\n{out}"
+    );
+    assert!(out.contains("findings by rule:"), "{out}");
+    let rows: Vec<(String, u64)> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("findings by rule:"))
+        .skip(2)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(w.len(), 3, "{l}");
+            (w[2].to_string(), w[0].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows, expected, "{out}");
+    let errors = all.iter().filter(|f| f["severity"] == "error").count();
+    let last = out.trim_end().lines().last().unwrap();
+    assert!(last.starts_with("failed: "), "{out}");
+    assert!(last.contains(&format!(": {errors} errors,")), "{out}");
+}
+
+#[test]
+fn max_per_rule_caps_the_human_format_and_says_what_was_left_out() {
+    let repo = repo_with_many_findings();
+    let root = repo.path().to_string_lossy().to_string();
+    let (_, all) = findings(repo.path(), &[]);
+    let expected = counted(&all);
+    let (code, out, _) = outcome(&vakt(&[
+        "validate",
+        "--repo",
+        &root,
+        "--now",
+        TODAY,
+        "--max-per-rule",
+        "3",
+    ]));
+    assert_eq!(code, 1, "{out}");
+    for (rule, n) in &expected {
+        let shown = out
+            .lines()
+            .filter(|l| {
+                ["error", "warning", "note"]
+                    .iter()
+                    .any(|s| l.starts_with(&format!("{s}[{rule}]:")))
+            })
+            .count() as u64;
+        assert_eq!(shown, (*n).min(3), "{rule}:\n{out}");
+        let line = format!("note: {} more {rule} finding", n.saturating_sub(3));
+        assert_eq!(out.contains(&line), *n > 3, "{line}:\n{out}");
+    }
+    assert!(
+        out.contains("note: 37 more input.syntax findings not shown (raise --max-per-rule"),
+        "{out}"
+    );
+    assert!(!out.contains("findings by rule:"), "{out}");
+    // The final line still counts every finding.
+    let errors = all.iter().filter(|f| f["severity"] == "error").count();
+    assert!(out.contains(&format!(": {errors} errors,")), "{out}");
+
+    // With --summary: the capped findings, then the table.
+    let (code, out, _) = outcome(&vakt(&[
+        "validate",
+        "--repo",
+        &root,
+        "--now",
+        TODAY,
+        "--max-per-rule",
+        "1",
+        "--summary",
+    ]));
+    assert_eq!(code, 1);
+    assert_eq!(out.matches("error[input.syntax]").count(), 1, "{out}");
+    assert!(out.contains("note: 39 more input.syntax findings"), "{out}");
+    let table = out.find("findings by rule:").expect("table");
+    assert!(out.find("error[input.syntax]").unwrap() < table, "{out}");
+    assert!(
+        out[table..].contains("     40  error    input.syntax"),
+        "{out}"
+    );
+}
+
+#[test]
+fn summary_and_cap_refuse_formats_they_do_not_shape() {
+    let root = workspace().to_string_lossy().to_string();
+    for args in [
+        &["--summary", "--format", "sarif"][..],
+        &["--summary", "--format", "github"][..],
+        &["--max-per-rule", "5", "--format", "json"][..],
+        &["--max-per-rule", "0"][..],
+        &["--max-per-rule", "x"][..],
+    ] {
+        let mut a = vec!["validate", "--repo", &root, "--now", TODAY];
+        a.extend_from_slice(args);
+        let (code, out, err) = outcome(&vakt(&a));
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{args:?}: nothing on stdout: {out}");
+        assert!(
+            err.contains("--summary") || err.contains("--max-per-rule"),
+            "{err}"
+        );
+    }
 }

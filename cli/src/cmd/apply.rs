@@ -100,7 +100,10 @@ pub enum WhileLeader {
 }
 
 pub fn run(o: ApplyCmd) -> Exit {
-    let target = o.target.target(None)?;
+    // The repository and its vakt.toml are read once, here: the target, the branch and the
+    // commit to apply all come from this checkout.
+    let checkout = o.target.checkout();
+    let target = o.target.target_in(&checkout, None)?;
     // A saved plan is read and checked before anything else: a damaged file costs no NATS round
     // trip. Its refusals are audited once the store is open.
     let saved = o
@@ -108,7 +111,6 @@ pub fn run(o: ApplyCmd) -> Exit {
         .as_deref()
         .map(reconciler::desired::saved::SavedPlan::read);
     let repo = o.target.repo.clone();
-    let envname = o.target.env.clone();
     let mut opts = ApplyOpts::new(&env::actor(&o.actor));
     opts.break_glass = o.break_glass;
     opts.causation_id = Some(format!("cli:apply:{}", std::process::id()));
@@ -137,7 +139,7 @@ pub fn run(o: ApplyCmd) -> Exit {
             Some(s) => {
                 // Another environment's plan, or a commit this repository does not have (the
                 // plan is from another one): refused before anything is compiled.
-                let r = reconciler::desired::git::Repo::open(&repo).map_err(reconciler::Error::from)?;
+                let r = checkout.git()?;
                 let origin = s.check_origin(&target.env, &target.prefix).and_then(|()| {
                     match r.try_resolve(&s.commit) {
                         Some(_) => Ok(()),
@@ -163,11 +165,10 @@ pub fn run(o: ApplyCmd) -> Exit {
             }
             None => o.rev.clone(),
         };
-        let prepared = tokio::task::spawn_blocking(move || {
-            reconciler::ops::run::prepare(&repo, &envname, rev.as_deref(), prev_head.as_deref(), today)
-        })
-        .await
-        .map_err(|e| Fail::could_not_run(format!("compile task: {e}")))??;
+        // Compiling is CPU work: the runtime's other workers keep the NATS connection alive.
+        let prepared = tokio::task::block_in_place(|| {
+            reconciler::ops::run::prepare(&checkout, rev.as_deref(), prev_head.as_deref(), today)
+        })?;
         let (bar, progress) = output::progress("applying");
         let mut opts = opts;
         opts.progress = progress;

@@ -143,14 +143,10 @@ pub fn backup(o: BackupOpts) -> Exit {
 }
 
 pub fn restore(o: RestoreCmd) -> Exit {
-    let target = o.target.target(None)?;
-    let ttl = reconciler::desired::env_manifest(&o.target.repo, &o.target.env)
-        .ok()
-        .and_then(|m| {
-            let p = &m.environments.get(&o.target.env)?.policy;
-            Some(p.approval_ttl.get())
-        })
-        .unwrap_or(std::time::Duration::from_secs(86_400));
+    let checkout = o.target.checkout();
+    let target = o.target.target_in(&checkout, None)?;
+    // The approval lifetime of the environment's policy, from the same vakt.toml as the target.
+    let ttl = checkout.settings()?.policy.approval_ttl.get();
     let opts = RestoreOpts {
         buckets: o.buckets.clone(),
         skip_audit: o.skip_audit,

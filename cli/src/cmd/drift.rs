@@ -29,16 +29,17 @@ pub struct DriftOpts {
 }
 
 pub fn run(o: DriftOpts) -> Exit {
+    let checkout = o.target.checkout();
+    let branch = checkout.branch().to_owned();
     let target = o
         .target
-        .target(None)
+        .target_in(&checkout, None)
         .map_err(|e| Fail::from(e).with_code(exit::FINDINGS))?;
     let repo = o.target.repo.clone();
     let envname = o.target.env.clone();
     let r = env::runtime().block_on(async move {
         let store = target.open_existing().await?;
         let applied = reconciler::ops::run::applied(&store).await?;
-        let branch = reconciler::env_branch(&repo, &envname);
         let rev = o
             .rev
             .clone()

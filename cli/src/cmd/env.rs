@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use reconciler::desired::checkout::Checkout;
 use reconciler::store::{BucketSettings, NatsOpts};
 use reconciler::{EnvTarget, Error};
 
@@ -56,7 +57,22 @@ pub struct NatsArgs {
 }
 
 impl EnvArgs {
+    /// The environment's checkout of the repository (opened once; see `Checkout`).
+    pub fn checkout(&self) -> Checkout {
+        Checkout::open(&self.repo, &self.env)
+    }
+
+    /// How to reach the environment's store, from a fresh checkout.
     pub fn target(&self, lease: Option<std::time::Duration>) -> Result<EnvTarget, Error> {
+        self.target_in(&self.checkout(), lease)
+    }
+
+    /// How to reach the environment's store, from the flags and the checkout's vakt.toml.
+    pub fn target_in(
+        &self,
+        checkout: &Checkout,
+        lease: Option<std::time::Duration>,
+    ) -> Result<EnvTarget, Error> {
         let n = &self.nats;
         let mut settings = BucketSettings {
             history: n.history,
@@ -67,8 +83,7 @@ impl EnvArgs {
             settings.lease = l;
         }
         EnvTarget::resolve(
-            &self.repo,
-            &self.env,
+            checkout,
             NatsOpts {
                 urls: n.nats.clone().unwrap_or_default(),
                 creds: n.creds.clone(),

@@ -10,6 +10,12 @@ use crate::{exit, output};
 /// DIR must not exist or must be empty. Files are written to a temporary directory beside DIR
 /// and moved into place at the end, so a failure leaves nothing half-written.
 ///
+/// Also writes the repo's CI: .github/workflows/vakt-validate.yml (pull requests: annotations,
+/// promotion order, the plan as comments split below GitHub's size limit) and vakt-drift.yml
+/// (scheduled: one issue per drifted environment, closed when it is in sync again). Both install
+/// this version of vakt (VAKT_VERSION) instead of building it; add one drift matrix entry per
+/// environment and the NATS_URL / NATS_CREDS secrets per GitHub environment.
+///
 /// Example:
 ///   vakt init ops && cd ops && git init -b env/dev && vakt validate
 #[derive(Debug, clap::Args)]

@@ -111,9 +111,10 @@ pub fn run(o: PlanOpts) -> Exit {
 fn live(o: &PlanOpts) -> Result<plan::Plan, Fail> {
     let repo = &o.target.repo;
     let envname = &o.target.env;
-    let branch = reconciler::env_branch(repo, envname);
+    let checkout = o.target.checkout();
+    let branch = checkout.branch().to_owned();
     let rev = o.rev.clone().or(o.head.clone()).unwrap_or(branch.clone());
-    let target = o.target.target(None)?;
+    let target = o.target.target_in(&checkout, None)?;
     let desired = reconciler::compile_rev(repo, &rev, envname)?;
     let planned = env::runtime().block_on(async {
         // Nothing applied yet (no buckets): every key is an add, and nothing is created.

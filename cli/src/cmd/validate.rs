@@ -3,7 +3,7 @@
 use opsrepo::report;
 
 use super::RepoOpts;
-use crate::fail::Exit;
+use crate::fail::{Exit, Fail};
 use crate::output::Format;
 use crate::{exit, output};
 
@@ -13,11 +13,19 @@ use crate::{exit, output};
 /// environment's view (base documents with its overlays merged) is checked unless --env
 /// narrows it.
 ///
-/// Exit status: 0 no errors (warnings allowed), 1 error-level findings, 3 could not run.
+/// A large repo (or a first import) can have thousands of findings: --summary prints the count
+/// per rule id instead of the findings (JSON: adds `summary.by_rule`), and --max-per-rule N
+/// shows at most N findings of each rule, then one line per rule saying how many were left out.
+///
+/// Exit status: 0 no errors (warnings allowed), 1 error-level findings, 2 usage error,
+/// 3 could not run. --summary and --max-per-rule never change the exit status.
 ///
 /// Examples:
 ///   vakt validate
 ///   vakt validate --repo ops --rev origin/env/prod --env prod
+///   vakt validate --summary                    # counts per rule id only
+///   vakt validate --summary --max-per-rule 3   # three findings of each rule, then the counts
+///   vakt validate --summary --format json | jq '.summary.by_rule'
 ///   vakt validate --format github        # annotations in a GitHub Actions log
 ///   vakt validate --format sarif > vakt.sarif
 #[derive(Debug, clap::Args)]
@@ -37,11 +45,47 @@ pub struct ValidateOpts {
     /// List every rule with its id, default severity and summary, then exit.
     #[arg(long)]
     pub list_rules: bool,
+    /// Count the findings per rule id. Human: a table instead of the findings (add
+    /// --max-per-rule to see some of each); JSON: `summary.by_rule`, findings kept.
+    #[arg(long, conflicts_with = "list_rules")]
+    pub summary: bool,
+    /// Human format: show at most N findings of each rule (N >= 1) and say per rule how many
+    /// were left out.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "list_rules")]
+    pub max_per_rule: Option<u32>,
+}
+
+/// Exit 2, as clap's own usage errors: flags that do not go together.
+const USAGE: u8 = exit::CHANGES;
+
+fn format_name(f: Format) -> String {
+    use clap::ValueEnum as _;
+    f.to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
 }
 
 pub fn run(o: ValidateOpts) -> Exit {
     if o.list_rules {
         return Ok(list_rules(o.format));
+    }
+    if o.summary && !matches!(o.format, Format::Human | Format::Json) {
+        return Err(Fail::new(
+            USAGE,
+            format!(
+                "--summary works with --format human or json, not {}; drop --summary for annotations and SARIF",
+                format_name(o.format)
+            ),
+        ));
+    }
+    if o.max_per_rule.is_some() && o.format != Format::Human {
+        return Err(Fail::new(
+            USAGE,
+            format!(
+                "--max-per-rule caps the human format only, not {} (which always lists every finding); use --format human or drop the flag",
+                format_name(o.format)
+            ),
+        ));
     }
     let files = o.repo.read()?;
     let opts = opsrepo::ValidateOptions {
@@ -58,7 +102,16 @@ pub fn run(o: ValidateOpts) -> Exit {
         Format::Sarif => report::Format::Sarif,
         Format::Human | Format::Markdown => report::Format::Human,
     };
-    output::print(&report::render(&report, format, output::color_stdout()));
+    let render = report::RenderOptions {
+        summary: o.summary,
+        max_per_rule: o.max_per_rule.map(|n| n as usize),
+    };
+    output::print(&report::render_with(
+        &report,
+        format,
+        render,
+        output::color_stdout(),
+    ));
     Ok(if report.has_errors() {
         exit::FINDINGS
     } else {

@@ -141,15 +141,7 @@ impl Mapping {
     }
 }
 
-/// The sections every runbook has (the runbook rule's list, repeated here so the import does
-/// not reach into the rule modules).
+/// The sections every runbook has: the runbook rule's own list.
 pub(crate) fn crate_sections() -> [&'static str; 6] {
-    [
-        "Trigger",
-        "Severity and escalation",
-        "Remediation mode",
-        "Allowed actions",
-        "Evidence to review first",
-        "Recording the outcome",
-    ]
+    crate::rules::REQUIRED_SECTIONS
 }

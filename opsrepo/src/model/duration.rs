@@ -86,6 +86,17 @@ impl JsonSchema for Duration {
 
 /// The parser behind [`Duration`]; `None` for anything that is not a sum of `<n><unit>` terms.
 fn parse_std(s: &str) -> Option<std::time::Duration> {
+    terms(s, false)
+}
+
+/// A Prometheus duration (`90s`, `10m`, `1h30m`, `2d`, `1y`): the model's units plus `y`
+/// (365 days), as alert rules and PromQL range selectors write them.
+pub fn parse_prometheus(s: &str) -> Option<std::time::Duration> {
+    terms(s, true)
+}
+
+/// A sum of `<n><unit>` terms (ms, s, m, h, d, w, and y when `years`).
+fn terms(s: &str, years: bool) -> Option<std::time::Duration> {
     let mut total = 0u64;
     let mut num = String::new();
     let mut chars = s.chars().peekable();
@@ -107,6 +118,7 @@ fn parse_std(s: &str) -> Option<std::time::Duration> {
             'h' => 3_600_000,
             'd' => 86_400_000,
             'w' => 604_800_000,
+            'y' if years => 365 * 86_400_000,
             _ => return None,
         };
         total = total.checked_add(n.checked_mul(unit)?)?;

@@ -18,7 +18,7 @@ pub use catalog::*;
 pub use config::*;
 pub use definitions::*;
 pub use dr::*;
-pub use duration::Duration;
+pub use duration::{Duration, parse_prometheus};
 pub use inventory::*;
 pub use manifest::*;
 pub use observability::*;

@@ -11,6 +11,7 @@ pub mod observability;
 pub mod promql;
 pub(crate) mod render;
 mod runbooks;
+pub use runbooks::REQUIRED_SECTIONS;
 pub mod secrets;
 mod trigger;
 

@@ -134,35 +134,11 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                 }
                 // A datasource variable (`${DS_PROMETHEUS}`, `$datasource`) stands for the
                 // declared datasource of its type: the queries are checked against that type.
-                let kind = if let Some(var) = ds_variable(&dref.uid) {
-                    match variable_type(&d.spec, var, &dref.kind)
-                        .and_then(|t| ds.values().copied().find(|k| type_name(*k) == t))
-                    {
-                        Some(k) => Some(k),
-                        None => {
-                            let sub = if t.datasource.is_some() {
-                                format!("{tptr}/datasource/uid")
-                            } else {
-                                format!("{ptr}/datasource/uid")
-                            };
-                            let (p, pos) = d.at(&sub);
-                            out.push(
-                                Finding::new(
-                                    "ref.datasource",
-                                    p,
-                                    pos,
-                                    format!(
-                                        "panel `{}` uses datasource variable `{}`, which resolves to no datasource declared in dashboards/datasources.toml",
-                                        panel.title, dref.uid
-                                    ),
-                                )
-                                .help("declare a datasource of the variable's type (prometheus or loki), or run `vakt import dashboards` to pin the panel to a declared uid"),
-                            );
-                            continue;
-                        }
-                    }
-                } else {
-                    ds.get(dref.uid.as_str()).copied()
+                let variable = ds_variable(&dref.uid);
+                let kind = match variable {
+                    Some(var) => variable_type(&d.spec, var, &dref.kind)
+                        .and_then(|t| ds.values().copied().find(|k| type_name(*k) == t)),
+                    None => ds.get(dref.uid.as_str()).copied(),
                 };
                 if kind.is_none() {
                     let sub = if t.datasource.is_some() {
@@ -171,18 +147,24 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                         format!("{ptr}/datasource/uid")
                     };
                     let (p, pos) = d.at(&sub);
-                    out.push(
-                        Finding::new(
-                            "ref.datasource",
-                            p,
-                            pos,
+                    let (what, help) = if variable.is_some() {
+                        (
+                            format!(
+                                "panel `{}` uses datasource variable `{}`, which resolves to no datasource declared in dashboards/datasources.toml",
+                                panel.title, dref.uid
+                            ),
+                            "declare a datasource of the variable's type (prometheus or loki), or run `vakt import dashboards` to pin the panel to a declared uid",
+                        )
+                    } else {
+                        (
                             format!(
                                 "panel `{}` uses unknown datasource `{}`",
                                 panel.title, dref.uid
                             ),
+                            "declare it in dashboards/datasources.toml or use a declared uid",
                         )
-                        .help("declare it in dashboards/datasources.toml or use a declared uid"),
-                    );
+                    };
+                    out.push(Finding::new("ref.datasource", p, pos, what).help(help));
                     continue;
                 }
                 if let Some(expr) = &t.expr {

@@ -177,38 +177,10 @@ fn walk(e: &Expr, f: &mut ExprFacts, depth: usize) {
 /// Parses a Prometheus duration (`90s`, `10m`, `1h30m`, `2d`); `None` when malformed.
 pub fn duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    if s.is_empty() || s.len() > 32 {
+    if s.len() > 32 {
         return None;
     }
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().ok()?;
-        num.clear();
-        let unit_ms: u64 = match c {
-            'm' if chars.peek() == Some(&'s') => {
-                chars.next();
-                1
-            }
-            's' => 1_000,
-            'm' => 60_000,
-            'h' => 3_600_000,
-            'd' => 86_400_000,
-            'w' => 7 * 86_400_000,
-            'y' => 365 * 86_400_000,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(unit_ms)?)?;
-    }
-    if !num.is_empty() {
-        return None;
-    }
-    Some(Duration::from_millis(total))
+    crate::model::parse_prometheus(s)
 }
 
 /// `600s` → `10m`: the shortest way Prometheus would write a duration.

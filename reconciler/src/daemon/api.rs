@@ -750,6 +750,23 @@ async fn decide(
         Ok(a) => a,
         Err(r) => return r,
     };
+    // Approving also needs, for each gated action of the plan, its own permission
+    // (`ops.approvals.approve.<action>`): who may approve a failover is not who may approve an
+    // access change. Rejecting stops a change and needs no more than `ops.approvals.reject`.
+    if approve
+        && let Ok(Some((a, _))) = crate::store::state::get::<crate::store::state::Approval>(
+            &st.store.state,
+            &format!("approval.{plan}"),
+        )
+        .await
+    {
+        for action in &a.actions {
+            let perm = format!("ops.approvals.approve.{action}");
+            if let Err(r) = authorize(&st, &h, &c, &perm, &format!("plan {plan}")).await {
+                return r;
+            }
+        }
+    }
     let reason = match reason_of(body).await {
         Ok(r) => r,
         Err(r) => return r,

@@ -905,29 +905,17 @@ impl Ctx {
             let r2 = c.opts.repo.clone();
             let env2 = env.clone();
             let prepared: Prepared = tokio::task::spawn_blocking(move || {
-                let branch_override =
-                    remote.then(|| format!("origin/{}", crate::env_branch(&r2, &env2)));
-                let mut p = run::prepare_with(
-                    &r2,
-                    &env2,
-                    None,
-                    prev_head.as_deref(),
-                    today,
-                    branch_override.as_deref(),
-                    prev,
-                )?;
+                // One checkout per pass: the repository and vakt.toml are read once.
+                let co = if remote {
+                    crate::desired::checkout::Checkout::open_remote(&r2, &env2)
+                } else {
+                    crate::desired::checkout::Checkout::open(&r2, &env2)
+                };
+                let mut p = run::prepare_with(&co, None, prev_head.as_deref(), today, prev)?;
                 if let Some((commit, Some(head))) = pinned_rev
                     && head == p.branch_head
                 {
-                    p = run::prepare_with(
-                        &r2,
-                        &env2,
-                        Some(&commit),
-                        None,
-                        today,
-                        branch_override.as_deref(),
-                        None,
-                    )?;
+                    p = run::prepare_with(&co, Some(&commit), None, today, None)?;
                 }
                 Ok::<_, Error>(p)
             })

@@ -101,7 +101,7 @@ impl Entry {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CompileError {
     #[error("environment `{env}` is not declared in vakt.toml (declared: {declared})")]
     UnknownEnv { env: String, declared: String },
@@ -173,7 +173,9 @@ impl Desired {
                 Some(_) => {}
             }
         }
-        let mut work: Vec<(String, Option<Arc<Value>>, Option<Arc<Value>>)> = Vec::new();
+        // (base path, base value, overlay value)
+        type Pair = (String, Option<Arc<Value>>, Option<Arc<Value>>);
+        let mut work: Vec<Pair> = Vec::new();
         for (p, b) in bases {
             let o = overlays.remove(&p);
             work.push((p, Some(b), o));

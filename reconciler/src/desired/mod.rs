@@ -2,6 +2,7 @@
 //! canonical values, plan one state against another, seal a plan into a saved plan.
 
 pub mod canon;
+pub mod checkout;
 pub mod compile;
 pub mod git;
 pub mod plan;
@@ -26,39 +27,9 @@ pub fn compile_rev(repo: &Path, rev: &str, env: &str) -> Result<Desired, Error> 
 
 /// The branch of `env`, from `vakt.toml` at the repository's `HEAD` commit (the work tree only
 /// when the directory is not a Git repository); `env/<env>` if neither says. Uncommitted edits
-/// never choose what is applied.
+/// never choose what is applied. (A [`checkout::Checkout`] holds it with the rest.)
 pub fn env_branch(repo: &Path, env: &str) -> String {
-    let from_bytes = |b: &[u8]| -> Option<String> {
-        let m = compile::manifest_of(Some(b)).ok()?;
-        Some(m.environments.get(env)?.branch.clone())
-    };
-    match git::Repo::open(repo) {
-        Ok(r) => r
-            .try_resolve("HEAD")
-            .and_then(|head| r.read_at(head, "vakt.toml").ok().flatten())
-            .and_then(|b| from_bytes(&b)),
-        Err(_) => std::fs::read(repo.join("vakt.toml"))
-            .ok()
-            .and_then(|b| from_bytes(&b)),
-    }
-    .unwrap_or_else(|| format!("env/{env}"))
-}
-
-/// The manifest that governs `env` now: `vakt.toml` at the head of the environment's branch (so
-/// NATS settings, bucket prefix and replicas come from what is merged there, like the policy
-/// an apply reads from the commit it applies), else at `HEAD`, else the work tree when the
-/// directory is not a Git repository.
-pub fn env_manifest(repo: &Path, env: &str) -> Result<opsrepo::model::Manifest, Error> {
-    let Ok(r) = git::Repo::open(repo) else {
-        return read_manifest(repo);
-    };
-    let at = r
-        .try_resolve(&env_branch(repo, env))
-        .or_else(|| r.try_resolve("HEAD"));
-    match at {
-        Some(c) => Ok(compile::manifest_of(r.read_at(c, "vakt.toml")?.as_deref())?),
-        None => read_manifest(repo),
-    }
+    checkout::Checkout::open(repo, env).branch().to_owned()
 }
 
 /// `vakt.toml` at `HEAD` of the repository, or in the work tree when the directory is not a Git

@@ -2,13 +2,12 @@
 //! commit that is not on it, a branch that moved backwards, or a commit that fails validation,
 //! then compile and apply.
 
-use std::path::Path;
-
 use opsrepo::Severity;
 use serde::Serialize;
 
+use crate::Error;
+use crate::desired::checkout::Checkout;
 use crate::desired::compile::Desired;
-use crate::desired::git::Repo;
 use crate::desired::plan::LivePlan;
 use crate::desired::saved::SavedPlan;
 use crate::desired::short;
@@ -17,7 +16,6 @@ use crate::outcome::{RefusalKind, Refused};
 use crate::store::Store;
 use crate::store::audit::{Audit, AuditEvent};
 use crate::store::state::{self, Applied};
-use crate::{Error, env_branch};
 
 /// Rules whose outcome depends on the date, not on the commit: they gate pull requests in CI,
 /// but never stop the reconciler from applying a commit that was valid when it merged.
@@ -43,55 +41,45 @@ pub struct Prepared {
     pub model: Option<std::sync::Arc<opsrepo::load::Model>>,
 }
 
-/// Reads, validates and compiles `rev` (default: the env branch head). Blocking.
+/// Reads, validates and compiles `rev` (default: the env branch head) of the checkout.
+/// Blocking.
 pub fn prepare(
-    repo: &Path,
-    env: &str,
+    checkout: &Checkout,
     rev: Option<&str>,
     prev_branch_head: Option<&str>,
     today: time::Date,
 ) -> Result<Prepared, Error> {
-    prepare_inner(repo, env, rev, prev_branch_head, today, None, None, false)
+    prepare_inner(checkout, rev, prev_branch_head, today, None, false)
 }
 
-/// [`prepare`] for the daemon: reads the branch from `branch_override` (e.g. `origin/env/dev`
-/// after a fetch), compiles incrementally from `prev` when given, and keeps the environment's
-/// typed model for the live snippets.
+/// [`prepare`] for the daemon: compiles incrementally from `prev` when given, and keeps the
+/// environment's typed model for the live snippets.
 pub fn prepare_with(
-    repo: &Path,
-    env: &str,
+    checkout: &Checkout,
     rev: Option<&str>,
     prev_branch_head: Option<&str>,
     today: time::Date,
-    branch_override: Option<&str>,
     prev: Option<Desired>,
 ) -> Result<Prepared, Error> {
-    prepare_inner(
-        repo,
-        env,
-        rev,
-        prev_branch_head,
-        today,
-        branch_override,
-        prev,
-        true,
-    )
+    prepare_inner(checkout, rev, prev_branch_head, today, prev, true)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn prepare_inner(
-    repo: &Path,
-    env: &str,
+    checkout: &Checkout,
     rev: Option<&str>,
     prev_branch_head: Option<&str>,
     today: time::Date,
-    branch_override: Option<&str>,
     prev: Option<Desired>,
     keep_model: bool,
 ) -> Result<Prepared, Error> {
-    let r = Repo::open(repo)?;
-    let branch = branch_override.map_or_else(|| env_branch(repo, env), str::to_owned);
-    let head = r.resolve(&branch)?;
+    let r = checkout.git()?;
+    let env = checkout.env();
+    let branch = checkout.branch().to_owned();
+    // The branch must exist: resolving it names it in the error.
+    let head = match checkout.head() {
+        Some(h) => h,
+        None => r.resolve(&branch)?,
+    };
     let commit = match rev {
         Some(x) => r.resolve(x)?,
         None => head,
@@ -114,7 +102,7 @@ fn prepare_inner(
         };
     let commit_s = commit.to_string();
     // One parse of the commit: validation, compile and the daemon's snippets all use it.
-    let files = opsrepo::read_commit(repo, &commit_s)?;
+    let files = opsrepo::read_commit(checkout.path(), &commit_s)?;
     let parsed = opsrepo::load::parse_all(&files);
     drop(files);
     let (report, model) = opsrepo::validate::validate_with_model(
@@ -156,7 +144,7 @@ fn prepare_inner(
     } else if let Some(p) = prev.filter(|p| p.env == env) {
         // Only the files the diff names are recompiled.
         let full = || Ok(Desired::compile_parsed(values, env, &commit_s)?);
-        Some(crate::desired::advance_in(&r, p, commit, full)?.0)
+        Some(crate::desired::advance_in(r, p, commit, full)?.0)
     } else {
         Some(Desired::compile_parsed(values, env, &commit_s)?)
     };

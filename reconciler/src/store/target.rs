@@ -1,12 +1,10 @@
 //! How to reach an environment's store: NATS URLs, credentials, bucket prefix and settings,
 //! resolved from the flags and `vakt.toml`.
 
-use std::path::Path;
-
 use super::audit::Audit;
 use super::{BucketSettings, NatsOpts, Store, connect};
 use crate::Error;
-use crate::desired::env_manifest;
+use crate::desired::checkout::Checkout;
 
 /// Everything needed to reach an environment's buckets.
 #[derive(Debug, Clone)]
@@ -20,22 +18,16 @@ pub struct EnvTarget {
 
 impl EnvTarget {
     /// Resolves the NATS URLs (`--nats`, else `NATS_URL`, else the environment's `nats_url` in
-    /// vakt.toml) and the bucket prefix, from the `vakt.toml` merged into the environment's
-    /// branch (never the work tree of a Git repository).
+    /// vakt.toml) and the bucket prefix, from the `vakt.toml` of the checkout (the one merged
+    /// into the environment's branch; never the work tree of a Git repository).
     pub fn resolve(
-        repo: &Path,
-        env: &str,
+        checkout: &Checkout,
         mut nats: NatsOpts,
         prefix: Option<String>,
         mut settings: BucketSettings,
     ) -> Result<EnvTarget, Error> {
-        let manifest = env_manifest(repo, env)?;
-        let e = manifest.environments.get(env).ok_or_else(|| {
-            Error::Compile(crate::desired::compile::CompileError::UnknownEnv {
-                env: env.to_owned(),
-                declared: manifest.env_names(),
-            })
-        })?;
+        let env = checkout.env();
+        let e = checkout.settings()?;
         if nats.urls.is_empty() {
             nats.urls = std::env::var("NATS_URL")
                 .ok()
