@@ -26,11 +26,11 @@ fn assert_linear_chain(events: &[serde_json::Value]) {
     }
 }
 
+/// A bucket's keys: key → (revision, value).
+type Bucket = std::collections::BTreeMap<String, (u64, Vec<u8>)>;
+
 /// The content of every bucket of `env` but the lock: (bucket, key) → (revision, value).
-fn buckets(
-    url: &str,
-    env: &str,
-) -> Vec<(String, std::collections::BTreeMap<String, (u64, Vec<u8>)>)> {
+fn buckets(url: &str, env: &str) -> Vec<(String, Bucket)> {
     DESIRED_BUCKETS
         .iter()
         .chain(&["state", "jobs"])
