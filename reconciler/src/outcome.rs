@@ -54,6 +54,9 @@ pub enum RefusalKind {
     /// `vakt backup`/`vakt restore` guard: a damaged or foreign backup, a leader holding the
     /// lease, a diverged audit trail, a pending approval.
     RestoreGuard,
+    /// A daemon (`vakt reconcile`) holds the environment's lease: a hand-run apply would be a
+    /// second writer. The refusal names the leader and how long its lease runs.
+    LeaderActive,
     /// Anything else (records written by older versions of vakt read as this).
     #[default]
     #[serde(other)]
@@ -62,7 +65,7 @@ pub enum RefusalKind {
 
 impl RefusalKind {
     /// Every kind, for tables and tests.
-    pub const ALL: [RefusalKind; 15] = [
+    pub const ALL: [RefusalKind; 16] = [
         RefusalKind::InvalidCommit,
         RefusalKind::BranchRewound,
         RefusalKind::OffBranch,
@@ -77,6 +80,7 @@ impl RefusalKind {
         RefusalKind::NotFound,
         RefusalKind::PromotionGuard,
         RefusalKind::RestoreGuard,
+        RefusalKind::LeaderActive,
         RefusalKind::Other,
     ];
 
@@ -96,6 +100,7 @@ impl RefusalKind {
             RefusalKind::NotFound => "not_found",
             RefusalKind::PromotionGuard => "promotion_guard",
             RefusalKind::RestoreGuard => "restore_guard",
+            RefusalKind::LeaderActive => "leader_active",
             RefusalKind::Other => "other",
         }
     }

@@ -1459,3 +1459,196 @@ fn api_tokens_from_the_environment_authenticate_and_bad_entries_stop_the_daemon(
         403
     );
 }
+
+/// `openssl …` in `dir`, failing the test with its output.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let o = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, signed by the CA.
+fn node_pki(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=node CA",
+    ]);
+    openssl(dir, &ca);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for who in ["server", "client"] {
+        let (key, csr, pem, ext) = (
+            format!("{who}.key"),
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.ext"),
+        );
+        let subj = format!("/CN=node {who}");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+}
+
+#[test]
+fn nodes_over_mutual_tls_need_the_ca_and_a_client_certificate_and_plain_http_is_refused() {
+    let pki = tempfile::tempdir().unwrap();
+    node_pki(pki.path());
+    let f = |name: &str| pki.path().join(name).to_string_lossy().into_owned();
+    let repo = ops_git();
+    let n = NatsServer::start();
+    let (p1, p2) = (nats::port(), nats::port());
+    // agg-osl1-01 serves TLS and requires a client certificate; agg-osl1-02 requires TLS but
+    // declares a plain http:// URL, where a listener counts every connection it gets.
+    for (node, url) in [
+        ("agg-osl1-01", format!("https://127.0.0.1:{p1}")),
+        ("agg-osl1-02", format!("http://127.0.0.1:{p2}")),
+    ] {
+        edit(
+            repo.path(),
+            &format!("inventory/nodes/{node}.toml"),
+            &format!("admin_url = \"http://{node}.dataverket.internal:9090\""),
+            &format!("admin_url = \"{url}\"\ntls = \"required\""),
+        );
+    }
+    commit_all(repo.path(), "aggregate nodes on loopback, TLS required");
+    let _node = agg_node(
+        &n,
+        1,
+        p1,
+        &[
+            "--tls-cert",
+            &f("server.pem"),
+            "--tls-key",
+            &f("server.key"),
+            "--tls-client-ca",
+            &f("ca.pem"),
+        ],
+    );
+    let plain = std::net::TcpListener::bind(("127.0.0.1", p2)).unwrap();
+    plain.set_nonblocking(true).unwrap();
+    let plain_calls = || {
+        let mut k = 0;
+        while plain.accept().is_ok() {
+            k += 1;
+        }
+        k
+    };
+    let detail_of = |d: &Daemon, id: &str| -> Option<String> {
+        let (_, b) = d.get("/snippets/inventory.json")?;
+        let v: serde_json::Value = serde_json::from_str(&b).ok()?;
+        v["declared"].as_array()?.iter().find(|x| x["id"] == id)?["detail"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let status_of = |d: &Daemon, id: &str| -> Option<String> {
+        let (_, b) = d.get("/snippets/health.json")?;
+        let v: serde_json::Value = serde_json::from_str(&b).ok()?;
+        v["nodes"].as_array()?.iter().find(|x| x["id"] == id)?["status"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let start = |id: &str, tls: &[&str]| {
+        let mut args = vec!["--interval", "1h", "--lease", "2s", "--node-poll", "1s"];
+        args.extend(tls);
+        Daemon::start(repo.path(), &n, "dev", id, &args)
+    };
+    let wait_detail = |d: &Daemon, id: &str, want: &str| {
+        let mut last = None;
+        let ok = wait_until(Duration::from_secs(20), || {
+            last = detail_of(d, id);
+            last.as_deref().is_some_and(|s| s.contains(want))
+        });
+        assert!(ok, "{id}: wanted {want:?} in the detail, got {last:?}");
+    };
+
+    // No TLS options: the handshake fails and says --node-ca is missing.
+    let d = start("no-tls", &[]);
+    wait_detail(&d, "agg-osl1-01", "--node-ca");
+    wait_detail(&d, "agg-osl1-02", "requires TLS");
+    assert_eq!(status_of(&d, "agg-osl1-01").as_deref(), Some("down"));
+    drop(d);
+
+    // The CA only: the node asks for a client certificate.
+    let ca = f("ca.pem");
+    let d = start("ca-only", &["--node-ca", &ca]);
+    wait_detail(&d, "agg-osl1-01", "--node-cert");
+    drop(d);
+
+    // CA, certificate and key: the node is up and confirmed.
+    let (cert, key) = (f("client.pem"), f("client.key"));
+    let d = start(
+        "mtls",
+        &["--node-ca", &ca, "--node-cert", &cert, "--node-key", &key],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || status_of(&d, "agg-osl1-01")
+            .as_deref()
+            == Some("ok")),
+        "agg-osl1-01 never up over mutual TLS: {:?}",
+        detail_of(&d, "agg-osl1-01")
+    );
+    wait_detail(&d, "agg-osl1-02", "requires TLS");
+    // agg-osl1-02 was polled by three daemons, and never over plain HTTP.
+    assert_eq!(
+        plain_calls(),
+        0,
+        "a node requiring TLS was called over http://"
+    );
+
+    // A certificate without its key is a usage error.
+    let o = vakt_tests::vakt(&["reconcile", "--env", "dev", "--node-cert", &cert]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -33,6 +33,14 @@ use crate::{exit, output};
 /// Rollback: --rev <older commit of the branch> pins the environment behind its branch head;
 /// status and drift say so until the branch itself is reverted.
 ///
+/// One writer per environment: while a daemon (`vakt reconcile`) holds the environment's lease,
+/// a hand-run apply is refused (exit 4) naming the leader and how long its lease runs; the
+/// leader records the refusal in its own audit chain. `--while-leader hand-off` instead asks the
+/// leader to reconcile its branch head now, records who asked, and waits for the leader's
+/// applied marker (exit as the leader's pass: 0 applied or nothing to do, 4 refused, 1 failed).
+/// A rollback (--rev) or a saved plan is never handed off: stop the daemon, or revert on the
+/// branch. --dry-run writes nothing and is allowed.
+///
 /// Exit status: 0 applied (or nothing to do), 1 the apply failed part-way (see the error;
 /// re-run), 3 could not run, 4 refused by a guard or policy.
 ///
@@ -41,6 +49,7 @@ use crate::{exit, output};
 ///   vakt apply --env prod --dry-run
 ///   vakt plan --env prod --live --out prod.plan && vakt apply --env prod prod.plan
 ///   vakt apply --env prod --rev 3f2a9c1 --yes        # roll back, pinned
+///   vakt apply --env prod --while-leader hand-off    # a daemon leads: let it apply now
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ApplyCmd {
@@ -67,8 +76,27 @@ pub struct ApplyCmd {
     /// Who is applying, for the audit trail (default: $VAKT_ACTOR, else user:$USER).
     #[arg(long, value_name = "WHO")]
     pub actor: Option<String>,
+    /// While a daemon leads the environment: `hand-off` asks it to apply its branch head now
+    /// and waits for its applied marker (audited as apply.handed-off). Without it, the apply
+    /// is refused.
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub while_leader: Option<WhileLeader>,
+    /// With --while-leader hand-off: how long to wait for the leader's pass.
+    #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = parse_wait)]
+    pub leader_wait: std::time::Duration,
     #[arg(long, default_value = "human", value_parser = Format::only(output::HUMAN_JSON))]
     pub format: Format,
+}
+
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<opsrepo::model::Duration>().map(|d| d.get())
+}
+
+/// What `vakt apply` does while a daemon holds the environment's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WhileLeader {
+    /// Hand the apply to the leader: it reconciles its branch head now; wait for its marker.
+    HandOff,
 }
 
 pub fn run(o: ApplyCmd) -> Exit {
@@ -88,6 +116,11 @@ pub fn run(o: ApplyCmd) -> Exit {
     opts.causation_id = Some(format!("cli:apply:{}", std::process::id()));
     env::runtime().block_on(async move {
         let (store, mut audit) = target.open().await?;
+        if !o.dry_run
+            && let Some(code) = leader_check(&o, &store, &opts).await?
+        {
+            return Ok(code);
+        }
         let saved = match saved {
             None => None,
             Some(Ok(s)) => Some(s),
@@ -215,6 +248,112 @@ pub fn run(o: ApplyCmd) -> Exit {
         }
         Ok(exit::OK)
     })
+}
+
+/// One writer per environment: `None` when no daemon leads (apply by hand), else what the
+/// leader did with the refusal or the hand-off (see `reconciler::daemon::lease`).
+async fn leader_check(
+    o: &ApplyCmd,
+    store: &reconciler::store::Store,
+    opts: &ApplyOpts,
+) -> Result<Option<u8>, Fail> {
+    use reconciler::daemon::lease::{self, WriterRequest};
+    let leaders = lease::leaders(store)
+        .await
+        .map_err(reconciler::Error::from)?;
+    let Some(l) = leaders.first() else {
+        return Ok(None);
+    };
+    let env = &o.target.env;
+    let who = format!(
+        "daemon `{}` leads {env} (lease key `{}` at revision {}, held since {}; it lapses in {:.1} s unless renewed)",
+        l.holder, l.key, l.revision, l.since, l.expires_in_secs
+    );
+    let causation_id = opts
+        .causation_id
+        .clone()
+        .unwrap_or_else(|| format!("cli:apply:{}", std::process::id()));
+    let handing_off = o.while_leader == Some(WhileLeader::HandOff);
+    if handing_off && (o.rev.is_some() || o.plan.is_some()) {
+        let reason = format!(
+            "{who}; --while-leader hand-off applies the branch head only, not {}: stop the daemon to apply it by hand, or revert on the branch",
+            if o.plan.is_some() {
+                "a saved plan"
+            } else {
+                "--rev"
+            }
+        );
+        return Err(refuse_through(store, opts, reason, causation_id).await);
+    }
+    if !handing_off {
+        let reason = format!(
+            "{who}: a hand-run apply would be a second writer. Push to the env branch and let it apply, pass --while-leader hand-off to have it apply its branch head now, or stop the daemon first"
+        );
+        return Err(refuse_through(store, opts, reason, causation_id).await);
+    }
+    let req = WriterRequest::HandOff {
+        actor: opts.actor.clone(),
+        causation_id,
+    };
+    let Some(r) = lease::ask_leader(store, &req, o.leader_wait)
+        .await
+        .map_err(reconciler::Error::from)?
+    else {
+        return Err(Fail::refused(format!(
+            "refused: {who}, and it did not answer within {:.0} s: nothing was handed off or written (is it paused or cut off from NATS?)",
+            o.leader_wait.as_secs_f64()
+        )));
+    };
+    let outcome = r.outcome.clone().unwrap_or_default();
+    match o.format {
+        Format::Json => Format::print_json(&r),
+        _ => output::print(&format!(
+            "Handed to leader `{}`: its pass ended `{outcome}`; applied commit {}{}.\n",
+            r.leader,
+            r.applied_commit
+                .as_deref()
+                .map_or("(none)", reconciler::desired::short),
+            r.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        )),
+    }
+    Ok(Some(match outcome.as_str() {
+        "applied" | "noop" if r.recorded => exit::OK,
+        "refused" => reconciler::outcome::exit::REFUSED,
+        _ => reconciler::outcome::exit::FINDINGS,
+    }))
+}
+
+/// The refusal of a hand-run apply while a daemon leads, recorded by that leader (the only
+/// writer of the chain); when it does not answer, the refusal stands unrecorded and says so.
+async fn refuse_through(
+    store: &reconciler::store::Store,
+    opts: &ApplyOpts,
+    reason: String,
+    causation_id: String,
+) -> Fail {
+    use reconciler::daemon::lease::{self, WriterRequest};
+    let req = WriterRequest::Refused {
+        actor: opts.actor.clone(),
+        reason: reason.clone(),
+        causation_id,
+    };
+    let note = match lease::ask_leader(store, &req, std::time::Duration::from_secs(5)).await {
+        Ok(Some(r)) if r.recorded => format!(" (audited by leader `{}`)", r.leader),
+        Ok(Some(r)) => format!(
+            " (leader `{}` could not record it: {})",
+            r.leader,
+            r.error.unwrap_or_default()
+        ),
+        Ok(None) => " (not audited: the leader did not answer within 5 s)".to_owned(),
+        Err(e) => format!(" (not audited: {e})"),
+    };
+    Fail::new(
+        reconciler::outcome::RefusalKind::LeaderActive.exit_code(),
+        format!("refused: {reason}{note}"),
+    )
 }
 
 /// Asks on a terminal; false without one.

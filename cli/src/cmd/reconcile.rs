@@ -61,6 +61,19 @@ use crate::fail::{Exit, Fail};
 /// lease over from another holder records a leader.takeover audit event (a failover on the
 /// datacenter view).
 ///
+/// Node TLS: a node's admin_url may be https://; --node-ca FILE is the CA bundle trusted for
+/// it (no built-in roots), --node-cert FILE --node-key FILE the client certificate for nodes
+/// that require mutual TLS. A node with tls = "required" in its inventory file is never called
+/// over plain http://. A failed handshake says which option is missing (node status detail,
+/// job errors).
+///
+/// One writer per environment: a hand-run `vakt apply` is refused while this daemon leads
+/// (recorded by the leader), or handed to it with `--while-leader hand-off`. Every write path
+/// (a pass, a job step, a backup, the inventory record, each KV write and audit event) checks
+/// first that this replica still holds its lease at the revision it acquired; a replica paused
+/// past its lease (SIGSTOP, a VM freeze) writes nothing on waking, logs `fenced` and shows
+/// `fenced` in /status.
+///
 /// Ops metrics source: without --metrics-backend the decision header's figures are this
 /// process's own counters since it started (mode in_memory: fine for dev and smoke checks).
 /// With --metrics-backend URL (a Prometheus-compatible query API, e.g. VictoriaMetrics at
@@ -84,6 +97,8 @@ use crate::fail::{Exit, Fail};
 ///   vakt reconcile --env prod --site bgo1 --nats https://nats-bgo1:4222
 ///   vakt reconcile --env prod --listen 0.0.0.0:9464 --snippets-token /etc/vakt/read-token \
 ///       --allowed-host vakt.ops.example --header-timeout 5s
+///   vakt reconcile --env prod --node-ca /etc/vakt/nodes-ca.pem \
+///       --node-cert /etc/vakt/node-client.pem --node-key /etc/vakt/node-client.key
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ReconcileOpts {
@@ -178,6 +193,16 @@ pub struct ReconcileOpts {
     /// --listen (bind it to loopback or a private network then).
     #[arg(long, value_name = "FILE")]
     pub snippets_token: Option<PathBuf>,
+    /// CA bundle (PEM) trusted for https:// node admin URLs. There are no built-in roots: an
+    /// https:// node is called only with this.
+    #[arg(long, value_name = "FILE")]
+    pub node_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for nodes that require mutual TLS; needs --node-key.
+    #[arg(long, value_name = "FILE", requires = "node_key")]
+    pub node_cert: Option<PathBuf>,
+    /// Private key (PEM) of --node-cert.
+    #[arg(long, value_name = "FILE", requires = "node_cert")]
+    pub node_key: Option<PathBuf>,
     #[command(flatten)]
     pub http: HttpArgs,
 }
@@ -339,7 +364,14 @@ pub fn run(o: ReconcileOpts) -> Exit {
         ),
         None => None,
     };
+    let node_tls = reconciler::ops::nodes::NodeTls::load(
+        o.node_ca.as_deref(),
+        o.node_cert.as_deref(),
+        o.node_key.as_deref(),
+    )
+    .map_err(|e| Fail::new(exit::COULD_NOT_RUN, e.to_string()))?;
     let opts = DaemonOpts {
+        node_tls,
         repo: o.target.repo.clone(),
         target,
         site: o.site.clone(),

@@ -59,12 +59,34 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://[^\s/$.?#][^\s]*$"))]
     pub metrics_url: Option<String>,
+    /// `required`: vakt calls this node only over `https://` and refuses a plain `http://`
+    /// admin URL (the daemon's `--node-ca`, `--node-cert`, `--node-key` set the trust and the
+    /// client certificate). Default `optional`: the admin URL's scheme decides.
+    #[serde(default, skip_serializing_if = "NodeTls::is_optional")]
+    pub tls: NodeTls,
     /// Expected running version.
     #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$"))]
     pub version: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub capacity: Capacity,
+}
+
+/// Whether a node's admin API must be called over TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeTls {
+    /// The admin URL's scheme decides (`http://` or `https://`).
+    #[default]
+    Optional,
+    /// Only `https://`; a plain `http://` admin URL is never called.
+    Required,
+}
+
+impl NodeTls {
+    pub fn is_optional(&self) -> bool {
+        *self == NodeTls::Optional
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

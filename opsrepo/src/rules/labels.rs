@@ -29,6 +29,7 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "not_found",
     "promotion_guard",
     "restore_guard",
+    "leader_active",
     "other",
 ];
 

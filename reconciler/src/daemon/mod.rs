@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod api;
 pub mod client;
 pub mod fetch;
+pub mod lease;
 pub mod metrics_source;
 pub mod shared;
 pub mod sitelinks;
@@ -97,6 +98,8 @@ pub struct DaemonOpts {
     pub metrics_backend: Option<String>,
     /// How often the backend's query pack runs.
     pub metrics_poll: Duration,
+    /// TLS for node admin calls (`--node-ca`, `--node-cert`, `--node-key`).
+    pub node_tls: crate::ops::nodes::NodeTls,
 }
 
 /// `vakt reconcile --backup-dir DIR --backup-every D --backup-keep N`.
@@ -113,7 +116,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     let mut sh = Shared::new(&opts.target.env);
     sh.cors_origin = opts.cors_origin.clone();
     let shared = Arc::new(sh);
-    let (store, audit) = opts.target.open().await?;
+    let (mut store, audit) = opts.target.open().await?;
     let lock = store.lock_bucket(&opts.target.settings).await?;
     let (tx, mut rx) = mpsc::channel::<String>(64);
 
@@ -198,7 +201,13 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         Some(s) => format!("leader.{s}"),
         None => "leader".to_owned(),
     };
+    let fence = Arc::new(lease::Fence::new(&lock_key, opts.target.settings.lease));
+    let _ = shared.fence.set(fence.clone());
+    // The API (created above, with its own store) serves every replica; from here on the
+    // leader's writers check the fence.
+    store.fence = Some(audit_fence(&fence, "KV write"));
     let lease_task = tokio::spawn(lease_loop(
+        fence.clone(),
         store.clone(),
         opts.target.settings.clone(),
         lock.clone(),
@@ -210,6 +219,27 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         tx.clone(),
         shutdown.clone(),
     ));
+
+    // Requests of hand-run commands (`vakt apply` while this replica leads): every replica
+    // listens, only the leader answers; they run on the main loop, between passes, so the
+    // leader stays the only writer of the audit chain.
+    let (writer_tx, mut writer_rx) = mpsc::channel::<async_nats::Message>(8);
+    {
+        let subject = lease::writer_subject(&store.prefix, &opts.target.env);
+        let mut sub = store
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| Error::Other(format!("subscribe {subject}: {e}")))?;
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if sh.is_leader.load(Ordering::SeqCst) && m.reply.is_some() {
+                    let _ = writer_tx.try_send(m);
+                }
+            }
+        });
+    }
 
     // NATS trigger.
     if let Some(subject) = &opts.trigger_subject {
@@ -237,6 +267,8 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     };
 
     tokio::spawn(jobs_loop(
+        fence.clone(),
+        opts.node_tls.clone(),
         store.clone(),
         opts.target.env.clone(),
         shared.clone(),
@@ -274,7 +306,10 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
             shutdown.clone(),
         ));
     }
+    let mut audit = audit;
+    audit.fence = Some(audit_fence(&fence, "audit event"));
     let mut ctx = Ctx {
+        fence: fence.clone(),
         metrics_backend: metrics_backend.map(Arc::new),
         started_at: crate::store::audit::now_rfc3339(),
         alert_sources: Arc::new(crate::daemon::alerts::Source::from_urls(
@@ -344,6 +379,12 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
                 }
                 continue;
             }
+            Some(m) = writer_rx.recv() => {
+                if shared.is_leader.load(Ordering::SeqCst) {
+                    ctx.writer_request(m).await;
+                }
+                continue;
+            }
             Some(s) = rx.recv() => s,
         };
         // Coalesce a burst of triggers into one step.
@@ -351,7 +392,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         if !shared.is_leader.load(Ordering::SeqCst) {
             continue;
         }
-        ctx.step(&source).await;
+        let _ = ctx.step(&source).await;
         shared.steps.fetch_add(1, Ordering::SeqCst);
     }
     let _ = lease_task.await;
@@ -389,6 +430,8 @@ const STEPS: [(&str, StepFn); 5] = [
 ];
 
 struct Ctx {
+    /// This replica's lease fence: checked before every write.
+    fence: Arc<lease::Fence>,
     opts: DaemonOpts,
     store: Store,
     audit: Audit,
@@ -411,11 +454,151 @@ struct Ctx {
     started_at: String,
 }
 
+/// The audit hook of a leader's writers: the local lease deadline (see [`lease::Fence`]).
+fn audit_fence(fence: &Arc<lease::Fence>, what: &'static str) -> crate::store::audit::AuditFence {
+    let f = fence.clone();
+    Arc::new(move || {
+        f.check_local().map(|_| ()).map_err(|e| {
+            f.refused(what, &e);
+            e.to_string()
+        })
+    })
+}
+
 impl Ctx {
+    /// Whether this replica still holds its lease at the revision it acquired (checked before a
+    /// write path). When not: logs and records the fencing, steps down and publishes the status.
+    async fn fenced_ok(&mut self, what: &str) -> bool {
+        match self.fence.check().await {
+            Ok(_) => true,
+            Err(f) => {
+                self.fence.refused(what, &f);
+                self.shared.is_leader.store(false, Ordering::SeqCst);
+                self.publish_status().await;
+                false
+            }
+        }
+    }
+
+    /// A hand-run command's request (see [`lease::WriterRequest`]), answered on its reply
+    /// subject. Recorded through this leader's (fenced) audit writer.
+    async fn writer_request(&mut self, m: async_nats::Message) {
+        let Some(reply_to) = m.reply.clone() else {
+            return;
+        };
+        let mut reply = lease::WriterReply {
+            leader: self.opts.id.clone(),
+            recorded: false,
+            outcome: None,
+            applied_commit: None,
+            error: None,
+        };
+        let req = if m.payload.len() > lease::MAX_WRITER_REQUEST {
+            Err(format!(
+                "request of {} bytes; the most is {}",
+                m.payload.len(),
+                lease::MAX_WRITER_REQUEST
+            ))
+        } else {
+            serde_json::from_slice::<lease::WriterRequest>(&m.payload).map_err(|e| e.to_string())
+        };
+        match req {
+            Err(e) => reply.error = Some(format!("bad request: {e}")),
+            Ok(lease::WriterRequest::Refused {
+                actor,
+                reason,
+                causation_id,
+            }) => {
+                let mut opts = ApplyOpts::new(&actor);
+                opts.causation_id = Some(causation_id);
+                opts.site = self.opts.site.clone();
+                let r = crate::outcome::Refused::new(RefusalKind::LeaderActive, reason);
+                match crate::ops::apply::record_refusal(
+                    &self.store,
+                    &mut self.audit,
+                    "-",
+                    None,
+                    &opts,
+                    &r,
+                    &[],
+                )
+                .await
+                {
+                    Ok(()) => reply.recorded = true,
+                    Err(e) => reply.error = Some(e.to_string()),
+                }
+                self.shared
+                    .refused
+                    .get_or_create(
+                        &self
+                            .shared
+                            .l("reason", RefusalKind::LeaderActive.metric_label()),
+                    )
+                    .inc();
+            }
+            Ok(lease::WriterRequest::HandOff {
+                actor,
+                causation_id,
+            }) => {
+                let mut ev = crate::store::audit::AuditEvent::new(
+                    format!("{causation_id}/handed-off"),
+                    &self.opts.target.env,
+                    &actor,
+                    "apply.handed-off",
+                    "accepted",
+                );
+                ev.causation_id = Some(causation_id);
+                ev.site = self.opts.site.clone();
+                ev.reason = Some(format!(
+                    "a hand-run apply was handed to the leader `{}` (--while-leader hand-off)",
+                    self.opts.id
+                ));
+                let recorded = match self.audit.refresh_head().await {
+                    Ok(()) => self.audit.record(ev).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                match recorded {
+                    Err(e) => reply.error = Some(e.to_string()),
+                    Ok(()) => {
+                        reply.recorded = true;
+                        let outcome = self.step("hand-off").await;
+                        self.shared.steps.fetch_add(1, Ordering::SeqCst);
+                        reply.outcome = Some(
+                            outcome
+                                .map_or(StepOutcome::Failed, |o| o)
+                                .metric_label()
+                                .to_owned(),
+                        );
+                        if let Ok(Some((st, _))) =
+                            state::get::<Status>(&self.store.state, state::STATUS).await
+                        {
+                            reply.applied_commit = st.applied_commit.clone();
+                            reply.error = st
+                                .refused
+                                .as_ref()
+                                .filter(|_| reply.outcome.as_deref() == Some("refused"))
+                                .map(|r| r.reason.clone())
+                                .or_else(|| {
+                                    st.last_error
+                                        .clone()
+                                        .filter(|_| reply.outcome.as_deref() == Some("failed"))
+                                });
+                        }
+                    }
+                }
+            }
+        }
+        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        let _ = self.store.client.publish(reply_to, body.into()).await;
+    }
+
     /// One reconcile pass: the steps of [`STEPS`] in order, a rebuild when NATS lost its
     /// streams, then the `record` step, which always runs.
-    async fn step(&mut self, source: &str) {
+    async fn step(&mut self, source: &str) -> Result<StepOutcome, String> {
         let t0 = Instant::now();
+        if !self.fenced_ok("reconcile pass").await {
+            return Err("fenced: this replica no longer holds the lease".into());
+        }
         let mut outcome = self.run_steps(source).await;
         if outcome.is_err() {
             let missing = self.store.missing_streams().await;
@@ -424,7 +607,9 @@ impl Ctx {
                 // audit stream, then rebuild the desired state from Git in the same step.
                 tracing::warn!(env = %self.opts.target.env, missing = ?missing, "streams missing: re-creating them and rebuilding from Git");
                 match self.opts.target.open().await {
-                    Ok((store, audit)) => {
+                    Ok((mut store, mut audit)) => {
+                        audit.fence = Some(audit_fence(&self.fence, "audit event"));
+                        store.fence = Some(audit_fence(&self.fence, "KV write"));
                         self.store = store;
                         self.audit = audit;
                         self.prev_desired = None;
@@ -434,7 +619,9 @@ impl Ctx {
                 }
             }
         }
+        let ret = outcome.clone();
         self.record(t0, outcome).await;
+        ret
     }
 
     /// Step `record`, the last of every pass whatever happened before it: the first node poll,
@@ -456,7 +643,14 @@ impl Ctx {
         self.shared
             .healthy
             .store(step != StepOutcome::Failed, Ordering::SeqCst);
-        if let Some(e) = &err {
+        if let Some(e) = &err
+            && let Err(f) = self.fence.check_local()
+        {
+            // The lease lapsed during the pass: its writes stopped at the fence; the status
+            // is the new leader's to write.
+            tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile pass ended by the fence: {f}");
+            self.shared.is_leader.store(false, Ordering::SeqCst);
+        } else if let Some(e) = &err {
             tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile step failed");
             let e2 = e.clone();
             let _ = crate::ops::apply::set_status(&self.store, |s| {
@@ -474,6 +668,9 @@ impl Ctx {
         let Some(b) = self.opts.backups.clone() else {
             return;
         };
+        if !self.fenced_ok("scheduled backup").await {
+            return;
+        }
         let stamp = time::OffsetDateTime::now_utc()
             .format(time::macros::format_description!(
                 "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
@@ -496,8 +693,11 @@ impl Ctx {
         if self.declared.is_empty() {
             return;
         }
-        let client = crate::ops::nodes::NodeClient::new(&self.declared);
+        let client = crate::ops::nodes::NodeClient::with_tls(&self.declared, &self.opts.node_tls);
         self.observations = crate::ops::nodes::observe(&client, &self.declared).await;
+        if !self.fenced_ok("inventory record").await {
+            return;
+        }
         if let Err(e) = crate::ops::inventory::record(&self.store, &self.observations).await {
             tracing::warn!(error = %e, "cannot record discovered inventory");
         }
@@ -645,6 +845,7 @@ impl Ctx {
             s["leader"] = serde_json::Value::String(self.opts.id.clone());
             s["is_leader"] = serde_json::Value::Bool(self.shared.is_leader.load(Ordering::SeqCst));
             s["steps"] = self.shared.steps.load(Ordering::SeqCst).into();
+            s["fenced"] = self.fence.status();
         }
     }
 
@@ -888,7 +1089,10 @@ impl Ctx {
 }
 
 /// Runs due jobs while this replica leads.
+#[allow(clippy::too_many_arguments)]
 async fn jobs_loop(
+    fence: Arc<lease::Fence>,
+    node_tls: crate::ops::nodes::NodeTls,
     store: Store,
     env: String,
     shared: Arc<Shared>,
@@ -903,6 +1107,7 @@ async fn jobs_loop(
             return;
         }
     };
+    audit.fence = Some(audit_fence(&fence, "audit event"));
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|v| *v) => break,
@@ -911,12 +1116,17 @@ async fn jobs_loop(
         if !shared.is_leader.load(Ordering::SeqCst) {
             continue;
         }
+        if let Err(f) = fence.check().await {
+            fence.refused("job tick", &f);
+            shared.is_leader.store(false, Ordering::SeqCst);
+            continue;
+        }
         let declared = shared
             .declared
             .lock()
             .map(|g| g.clone())
             .unwrap_or_default();
-        let nodes = crate::ops::nodes::NodeClient::new(&declared);
+        let nodes = crate::ops::nodes::NodeClient::with_tls(&declared, &node_tls);
         // One listing per tick: it decides what runs and feeds the gauges (which therefore lag
         // the transitions of this tick by one tick).
         let jobs = match crate::ops::jobs::list(&store).await {
@@ -952,6 +1162,7 @@ async fn jobs_loop(
 
 #[allow(clippy::too_many_arguments)]
 async fn lease_loop(
+    fence: Arc<lease::Fence>,
     store: Store,
     settings: crate::store::BucketSettings,
     mut lock: kv::Store,
@@ -975,10 +1186,12 @@ async fn lease_loop(
         )
     };
     loop {
+        let sent = Instant::now();
         rev = match rev {
             None => match lock.create(&key, value()).await {
                 Ok(r) => {
-                    tracing::info!(holder = %me, "acquired leadership");
+                    tracing::info!(holder = %me, revision = r, "acquired leadership");
+                    fence.held(&lock, r, sent);
                     shared.is_leader.store(true, Ordering::SeqCst);
                     let _ = tx.try_send("leader".into());
                     if let Some(prev) = other_holder.take() {
@@ -1032,9 +1245,34 @@ async fn lease_loop(
                 }
             },
             Some(r) => match lock.update(&key, value(), r).await {
-                Ok(r) => Some(r),
+                Ok(r) => {
+                    fence.held(&lock, r, sent);
+                    // Stepped down by a fence check that could not read the key: the renewal
+                    // proves the lease is still this replica's.
+                    if !shared.is_leader.swap(true, Ordering::SeqCst) {
+                        let _ = tx.try_send("leader".into());
+                    }
+                    Some(r)
+                }
                 Err(e) => {
-                    tracing::warn!(holder = %me, error = %e, "lost leadership");
+                    tracing::warn!(holder = %me, held_revision = r, error = %e, "lost leadership");
+                    // The renewal was a compare-and-set on the revision held: the server
+                    // refused it, so another replica may lead now. Say who, for the status.
+                    let now = lock.entry(&key).await.ok().flatten();
+                    fence.refused(
+                        "lease renewal",
+                        &lease::Fenced {
+                            held_revision: Some(r),
+                            current_revision: now.as_ref().map(|e| e.revision),
+                            current_holder: now.as_ref().and_then(|e| {
+                                serde_json::from_slice::<lease::Holder>(&e.value)
+                                    .ok()
+                                    .map(|h| h.holder)
+                            }),
+                            reason: format!("renewing the lease at revision {r} was refused: {e}"),
+                        },
+                    );
+                    fence.released();
                     shared.is_leader.store(false, Ordering::SeqCst);
                     None
                 }
@@ -1050,6 +1288,7 @@ async fn lease_loop(
         }
     }
     if let Some(r) = rev {
+        fence.released();
         let _ = lock.delete_expect_revision(&key, Some(r)).await;
         shared.is_leader.store(false, Ordering::SeqCst);
     }
@@ -1238,8 +1477,14 @@ fn http_router(shared: Arc<Shared>, token: Option<String>) -> axum::Router {
                     if !read_allowed(t.as_deref(), &h) {
                         return unauthorized(&s);
                     }
-                    axum::Json(s.status.lock().map(|v| v.clone()).unwrap_or_default())
-                        .into_response()
+                    let mut v = s.status.lock().map(|v| v.clone()).unwrap_or_default();
+                    if v.is_object() {
+                        v["is_leader"] = s.is_leader.load(Ordering::SeqCst).into();
+                        if let Some(f) = s.fence.get() {
+                            v["fenced"] = f.status();
+                        }
+                    }
+                    axum::Json(v).into_response()
                 }
             }),
         )

@@ -36,6 +36,8 @@ pub struct Shared {
     /// The desired state last compiled (for API operations that need the inventory).
     pub desired: Mutex<Option<Arc<crate::Desired>>>,
     pub is_leader: AtomicBool,
+    /// This replica's lease fence (its `fenced` view is served live in `/status`).
+    pub fence: std::sync::OnceLock<Arc<super::lease::Fence>>,
     pub healthy: AtomicBool,
     pub steps: AtomicU64,
     pub(super) env: String,
@@ -123,6 +125,7 @@ impl Shared {
             access: Mutex::new(super::access::Access::default()),
             desired: Mutex::new(None),
             is_leader: AtomicBool::new(false),
+            fence: std::sync::OnceLock::new(),
             healthy: AtomicBool::new(true),
             steps: AtomicU64::new(0),
             env: env.to_owned(),

@@ -297,6 +297,7 @@ async fn execute(
         a.commit != desired.commit || a.pinned != pinned || a.branch_head != opts.branch_head
     });
     if written > 0 || changed_marker {
+        store.fenced()?;
         state::put(
             &store.state,
             state::APPLIED,
@@ -378,6 +379,7 @@ fn event(
 
 /// Updates the status record.
 pub async fn set_status(store: &Store, f: impl FnOnce(&mut Status)) -> Result<Status, StoreError> {
+    store.fenced()?;
     let mut f = Some(f);
     let env = store.env.clone();
     state::update::<Status, _>(&store.state, state::STATUS, |s| {

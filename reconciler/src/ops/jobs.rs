@@ -458,8 +458,11 @@ pub async fn enqueue(
     Ok(n)
 }
 
-/// CAS write of a job; `Ok(None)` when someone else changed it first.
-async fn save(kv: &kv::Store, j: &mut Job, rev: u64) -> Result<Option<u64>, StoreError> {
+/// CAS write of a job; `Ok(None)` when someone else changed it first. Fenced: a daemon that
+/// lost its lease neither writes the job nor goes on to its next step.
+async fn save(store: &Store, j: &mut Job, rev: u64) -> Result<Option<u64>, StoreError> {
+    store.fenced()?;
+    let kv = &store.jobs;
     j.updated_at = now_rfc3339();
     let b = serde_json::to_vec(j).map_err(|e| nats_err("encode job", e))?;
     match kv.update(key(&j.id), b.into(), rev).await {
@@ -523,7 +526,7 @@ pub async fn run_one(
         return Ok(());
     };
     let resumed = j.claim(me, time::OffsetDateTime::now_utc(), lease);
-    match save(&store.jobs, &mut j, rev).await? {
+    match save(store, &mut j, rev).await? {
         Some(r) => rev = r,
         None => return Ok(()), // another replica claimed it
     }
@@ -544,7 +547,7 @@ pub async fn run_one(
         if j.cancel_requested {
             j.state = JobState::Cancelled;
             j.owner = None;
-            let _ = save(&store.jobs, &mut j, rev).await?;
+            let _ = save(store, &mut j, rev).await?;
             audit_job(
                 audit,
                 me,
@@ -560,14 +563,14 @@ pub async fn run_one(
             j.state = JobState::Succeeded;
             j.error = None;
             j.owner = None;
-            let _ = save(&store.jobs, &mut j, rev).await?;
+            let _ = save(store, &mut j, rev).await?;
             audit_job(audit, me, &j, "job.succeeded", "succeeded", None).await;
             return Ok(());
         };
         j.steps[i].state = "running".into();
         j.steps[i].started_at.get_or_insert_with(now_rfc3339);
         j.lease_until = Some(rfc(time::OffsetDateTime::now_utc() + lease));
-        match save(&store.jobs, &mut j, rev).await? {
+        match save(store, &mut j, rev).await? {
             Some(r) => rev = r,
             None => return Ok(()),
         }
@@ -583,7 +586,7 @@ pub async fn run_one(
                 j.steps[i].state = state.into();
                 j.steps[i].detail = detail;
                 j.steps[i].finished_at = Some(now_rfc3339());
-                match save(&store.jobs, &mut j, rev).await? {
+                match save(store, &mut j, rev).await? {
                     Some(r) => rev = r,
                     None => return Ok(()),
                 }
@@ -600,7 +603,7 @@ pub async fn run_one(
             (_, _, Some((why, retryable))) => {
                 let (state, action) =
                     j.fail_attempt(i, &why, retryable, time::OffsetDateTime::now_utc());
-                let _ = save(&store.jobs, &mut j, rev).await?;
+                let _ = save(store, &mut j, rev).await?;
                 audit_job(audit, me, &j, action, state.as_str(), j.error.clone()).await;
                 return Ok(());
             }
@@ -1008,7 +1011,7 @@ async fn change(
             ));
         }
         let before = j.clone();
-        if let Some(new_rev) = save(&store.jobs, &mut j, rev).await? {
+        if let Some(new_rev) = save(store, &mut j, rev).await? {
             // No operator action without its audit event: undo the change when it fails.
             if let Err(e) = try_audit_job(
                 audit,
@@ -1021,7 +1024,7 @@ async fn change(
             .await
             {
                 let mut back = before;
-                let undone = save(&store.jobs, &mut back, new_rev).await;
+                let undone = save(store, &mut back, new_rev).await;
                 return Err(crate::Error::Other(format!(
                     "the audit trail refused the event of {action} on {id} ({e}); {}",
                     match undone {

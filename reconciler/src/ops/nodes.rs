@@ -44,6 +44,168 @@ pub enum NodeError {
     },
     #[error("node `{node}` does not serve tenant `{tenant}`")]
     UnknownTenant { node: String, tenant: String },
+    #[error(
+        "node `{node}` requires TLS (tls = \"required\" in inventory/nodes/{node}.toml) but its admin_url {url} is plain HTTP: it is not called; change admin_url to https://"
+    )]
+    TlsRequired { node: String, url: String },
+}
+
+/// The largest CA bundle, certificate or key file read for node TLS.
+pub const MAX_TLS_FILE: u64 = 1024 * 1024;
+
+/// Why the node TLS options cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeTlsError {
+    #[error("cannot read {option} {path}: {message}")]
+    Read {
+        option: &'static str,
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("{option} {path} is not a usable PEM file: {message}")]
+    Invalid {
+        option: &'static str,
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("--node-cert and --node-key go together: give both (mutual TLS) or neither")]
+    Pair,
+}
+
+/// TLS for node admin calls (`vakt reconcile --node-ca FILE [--node-cert FILE --node-key FILE]`):
+/// the CAs trusted for `https://` admin URLs (no built-in roots: node certificates come from
+/// the operator's CA) and the client certificate for nodes that require one.
+#[derive(Clone, Default)]
+pub struct NodeTls {
+    roots: Vec<reqwest::Certificate>,
+    identity: Option<reqwest::Identity>,
+    ca_file: Option<std::path::PathBuf>,
+    cert_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls")
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .finish()
+    }
+}
+
+fn read_bounded(option: &'static str, path: &std::path::Path) -> Result<Vec<u8>, NodeTlsError> {
+    use std::io::Read;
+    let err = |e: std::io::Error| NodeTlsError::Read {
+        option,
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .map_err(err)?
+        .take(MAX_TLS_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(err)?;
+    if buf.len() as u64 > MAX_TLS_FILE {
+        return Err(NodeTlsError::Invalid {
+            option,
+            path: path.to_owned(),
+            message: format!("larger than {MAX_TLS_FILE} bytes"),
+        });
+    }
+    Ok(buf)
+}
+
+impl NodeTls {
+    /// Reads the CA bundle and the client certificate and key (PEM).
+    pub fn load(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<NodeTls, NodeTlsError> {
+        let mut t = NodeTls::default();
+        if let Some(ca) = ca {
+            let pem = read_bounded("--node-ca", ca)?;
+            t.roots =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| NodeTlsError::Invalid {
+                    option: "--node-ca",
+                    path: ca.to_owned(),
+                    message: e.to_string(),
+                })?;
+            if t.roots.is_empty() {
+                return Err(NodeTlsError::Invalid {
+                    option: "--node-ca",
+                    path: ca.to_owned(),
+                    message: "no certificate in it".into(),
+                });
+            }
+            t.ca_file = Some(ca.to_owned());
+        }
+        match (cert, key) {
+            (None, None) => {}
+            (Some(c), Some(k)) => {
+                let mut pem = read_bounded("--node-cert", c)?;
+                pem.push(b'\n');
+                pem.extend(read_bounded("--node-key", k)?);
+                t.identity =
+                    Some(
+                        reqwest::Identity::from_pem(&pem).map_err(|e| NodeTlsError::Invalid {
+                            option: "--node-cert/--node-key",
+                            path: c.to_owned(),
+                            message: e.to_string(),
+                        })?,
+                    );
+                t.cert_file = Some(c.to_owned());
+            }
+            _ => return Err(NodeTlsError::Pair),
+        }
+        Ok(t)
+    }
+
+    /// What to do about a failed TLS handshake, from the error's text (rustls's wording).
+    fn hint(&self, err: &str) -> Option<String> {
+        let e = err.to_ascii_lowercase();
+        if e.contains("unknownissuer") || e.contains("invalid peer certificate") {
+            return Some(match &self.ca_file {
+                None => "TLS handshake failed: the node's certificate is not signed by a trusted CA and the daemon has no --node-ca: pass --node-ca FILE (the CA bundle that signed the node certificates)".into(),
+                Some(f) => format!("TLS handshake failed: the node's certificate is not valid for it or not signed by the CA in --node-ca {} ({err})", f.display()),
+            });
+        }
+        if e.contains("certificaterequired")
+            || e.contains("certificate required")
+            || e.contains("handshakefailure")
+            || e.contains("unknownca")
+            || e.contains("badcertificate")
+        {
+            return Some(match &self.cert_file {
+                None => "TLS handshake failed: the node requires a client certificate (mutual TLS) and the daemon has none: pass --node-cert FILE --node-key FILE".into(),
+                Some(f) => format!("TLS handshake failed: the node refused the client certificate in --node-cert {} ({err})", f.display()),
+            });
+        }
+        if e.contains("invalidcontenttype")
+            || e.contains("corrupt message")
+            || e.contains("invalid content type")
+        {
+            return Some("TLS handshake failed: the node does not speak TLS on this port (is its admin_url meant to be http://?)".into());
+        }
+        None
+    }
+}
+
+/// The error and its sources, joined (reqwest hides the TLS cause a few levels down).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    let mut n = 0;
+    while let Some(c) = src {
+        n += 1;
+        if n > 8 {
+            break;
+        }
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 /// A declared node: id → admin URL, service kind, site, version.
@@ -51,6 +213,9 @@ pub enum NodeError {
 pub struct Declared {
     pub id: String,
     pub admin_url: String,
+    /// `tls = "required"`: never called over plain HTTP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_required: bool,
     pub service_kind: String,
     pub site: String,
     pub version: String,
@@ -71,6 +236,7 @@ pub fn declared_nodes(d: &Desired) -> Vec<Declared> {
             Some(Declared {
                 id: v.get("id")?.as_str()?.to_owned(),
                 admin_url: s("admin_url"),
+                tls_required: v.get("tls").and_then(Value::as_str) == Some("required"),
                 service_kind: s("service_kind"),
                 site: s("site"),
                 version: s("version"),
@@ -84,19 +250,42 @@ pub fn declared_nodes(d: &Desired) -> Vec<Declared> {
 pub struct NodeClient {
     http: reqwest::Client,
     nodes: BTreeMap<String, String>,
+    /// Nodes marked `tls = "required"`.
+    tls_required: std::collections::BTreeSet<String>,
+    tls: NodeTls,
     attempts: u32,
 }
 
 impl NodeClient {
     /// A client for exactly the declared nodes.
     pub fn new(declared: &[Declared]) -> NodeClient {
-        let http = reqwest::Client::builder()
+        NodeClient::with_tls(declared, &NodeTls::default())
+    }
+
+    /// A client for exactly the declared nodes, with the daemon's node TLS settings.
+    pub fn with_tls(declared: &[Declared], tls: &NodeTls) -> NodeClient {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("HTTP client");
+            .redirect(reqwest::redirect::Policy::none());
+        for c in &tls.roots {
+            b = b.add_root_certificate(c.clone());
+        }
+        if let Some(id) = &tls.identity {
+            b = b.identity(id.clone());
+        }
+        // Building fails only when the TLS backend cannot start; the settings were checked by
+        // `NodeTls::load`.
+        let http = b.build().unwrap_or_else(|_| reqwest::Client::new());
         NodeClient {
+            tls_required: declared
+                .iter()
+                .filter(|d| d.tls_required)
+                .map(|d| d.id.clone())
+                .collect(),
+            tls: tls.clone(),
             http,
             nodes: declared
                 .iter()
@@ -111,6 +300,12 @@ impl NodeClient {
             .nodes
             .get(node)
             .ok_or_else(|| NodeError::Undeclared(node.to_owned()))?;
+        if self.tls_required.contains(node) && !base.starts_with("https://") {
+            return Err(NodeError::TlsRequired {
+                node: node.to_owned(),
+                url: base.clone(),
+            });
+        }
         Ok(format!("{base}{path}"))
     }
 
@@ -157,6 +352,15 @@ impl NodeClient {
                     });
                 }
                 Err(e) => {
+                    let full = chain(&e);
+                    if let Some(h) = self.tls.hint(&full) {
+                        // A handshake fails the same way every time: no retry.
+                        return Err(NodeError::Call {
+                            node: node.into(),
+                            url,
+                            message: h,
+                        });
+                    }
                     last = if e.is_timeout() {
                         "timed out".into()
                     } else {
@@ -188,8 +392,14 @@ impl NodeClient {
                 r.status().as_u16()
             ))),
             Err(e) if e.is_timeout() => Err(fail("health check timed out after 5 s".into())),
-            Err(e) if e.is_connect() => Err(fail("connection refused or unreachable".into())),
-            Err(e) => Err(fail(e.to_string())),
+            Err(e) => {
+                let full = chain(&e);
+                match self.tls.hint(&full) {
+                    Some(h) => Err(fail(h)),
+                    None if e.is_connect() => Err(fail("connection refused or unreachable".into())),
+                    None => Err(fail(full)),
+                }
+            }
         }
     }
 
@@ -260,21 +470,29 @@ pub struct Observation {
 /// Polls every declared node's health and info, and classifies each.
 pub async fn observe(client: &NodeClient, declared: &[Declared]) -> Vec<Observation> {
     let polls = declared.iter().map(|d| async move {
-        let up = client.health(&d.id).await.unwrap_or(false);
+        let health = client.health(&d.id).await;
+        let up = matches!(health, Ok(true));
         let info = if up {
             client.info(&d.id).await.ok()
         } else {
             None
         };
-        (d, up, info)
+        (d, up, info, health.err())
     });
     let results = futures_util::future::join_all(polls).await;
     let mut out = Vec::new();
-    for (d, up, info) in results {
+    for (d, up, info, error) in results {
         let (trust, detail) = match &info {
             None => (
                 Trust::DeclaredOnly,
-                (!up).then(|| "not answering its health check".to_owned()),
+                (!up).then(|| match &error {
+                    Some(e @ (NodeError::TlsRequired { .. } | NodeError::Call { .. }))
+                        if e.to_string().contains("TLS") =>
+                    {
+                        format!("not answering its health check: {e}")
+                    }
+                    _ => "not answering its health check".to_owned(),
+                }),
             ),
             Some(i) => {
                 let mut diffs = Vec::new();

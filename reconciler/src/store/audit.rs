@@ -179,7 +179,13 @@ pub struct Audit {
     pub head: String,
     /// Recorded as `client` on events sent while set (the API sets it around an action).
     pub client: Option<String>,
+    /// Checked before every event is sent: the daemon's lease fence (`daemon::lease`), so a
+    /// leader that lost its lease sends nothing. `Err` carries why.
+    pub fence: Option<AuditFence>,
 }
+
+/// A check run before every event an [`Audit`] sends (see [`Audit::fence`]).
+pub type AuditFence = crate::store::WriteFence;
 
 /// Subject of an event.
 pub fn subject(env: &str, action: &str) -> String {
@@ -198,6 +204,7 @@ impl Audit {
             env: env.to_owned(),
             head: GENESIS.to_owned(),
             client: None,
+            fence: None,
         };
         a.refresh_head().await?;
         Ok(a)
@@ -228,6 +235,9 @@ impl Audit {
         &mut self,
         ev: AuditEvent,
     ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
+        if let Some(f) = &self.fence {
+            f().map_err(|reason| StoreError::Fenced { reason })?;
+        }
         let mut ev = ev.bounded();
         if ev.client.is_none() {
             ev.client.clone_from(&self.client);

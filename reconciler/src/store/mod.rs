@@ -54,6 +54,9 @@ pub enum StoreError {
         key: String,
         expected: u64,
     },
+    /// A daemon that lost its lease tried to write (see `daemon::lease`).
+    #[error("{reason}")]
+    Fenced { reason: String },
 }
 
 /// What to try, from a connection error's text.
@@ -158,6 +161,10 @@ impl Default for BucketSettings {
     }
 }
 
+/// A check run before a write (see [`Store::fence`], `audit::Audit::fence`): `Err` carries why
+/// this process may not write.
+pub type WriteFence = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// The buckets of one environment.
 #[derive(Clone)]
 pub struct Store {
@@ -170,6 +177,10 @@ pub struct Store {
     kvs: BTreeMap<Bucket, kv::Store>,
     pub state: kv::Store,
     pub jobs: kv::Store,
+    /// Checked before every compare-and-set write and status update: the daemon's lease fence
+    /// (`daemon::lease`), so a leader that lost its lease writes no key. `None` for one-off
+    /// commands.
+    pub fence: Option<WriteFence>,
 }
 
 /// A historical revision of a key.
@@ -223,6 +234,7 @@ impl Store {
             kvs,
             state,
             jobs,
+            fence: None,
         })
     }
 
@@ -292,6 +304,7 @@ impl Store {
             kvs,
             state,
             jobs,
+            fence: None,
         })
     }
 
@@ -383,7 +396,16 @@ impl Store {
         value: Option<Bytes>,
         expected: u64,
     ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
+        self.fenced()?;
         send_cas_to(&self.js, self.kv(b), key, value, expected).await
+    }
+
+    /// `Err(Fenced)` when a fence is set and says this process may not write.
+    pub fn fenced(&self) -> Result<(), StoreError> {
+        match &self.fence {
+            Some(f) => f().map_err(|reason| StoreError::Fenced { reason }),
+            None => Ok(()),
+        }
     }
 
     /// Waits for a CAS acknowledgement; a wrong-last-sequence answer becomes

@@ -83,6 +83,7 @@ fn usage() -> String {
 
 Usage: vakt-node-double --id ID --service-kind gateway|aggregate|projection|runner --site SITE
          --shard SHARD --nats URL --prefix PREFIX [--listen ADDR] [--version V]
+         [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
          [--inflight N] [--drain-step-ms MS] [--fault NAME]...
 
 Serves the node admin contract (/healthz, /admin/...), GET /metrics (the platform's metrics)
@@ -266,12 +267,93 @@ async fn main() {
             eprintln!("vakt-node-double: cannot listen on {listen}: {e}");
             std::process::exit(1)
         });
-    println!(
-        "vakt-node-double {} listening on http://{}",
-        node.id,
-        l.local_addr().expect("addr")
-    );
-    let _ = axum::serve(l, app).await;
+    let addr = l.local_addr().expect("addr");
+    match arg(&args, "--tls-cert") {
+        Some(cert) => {
+            let key = arg(&args, "--tls-key")
+                .unwrap_or_else(|| usage_error("--tls-cert needs --tls-key"));
+            let acceptor = tls_acceptor(&cert, &key, arg(&args, "--tls-client-ca").as_deref());
+            println!("vakt-node-double {} listening on https://{addr}", node.id);
+            let _ = axum::serve(TlsListener { inner: l, acceptor }, app).await;
+        }
+        None => {
+            println!("vakt-node-double {} listening on http://{addr}", node.id);
+            let _ = axum::serve(l, app).await;
+        }
+    }
+}
+
+/// A TLS acceptor for `--tls-cert`/`--tls-key`; with `--tls-client-ca`, client certificates
+/// signed by that CA are required (mutual TLS).
+fn tls_acceptor(cert: &str, key: &str, client_ca: Option<&str>) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        eprintln!("vakt-node-double: {what}: {e}");
+        std::process::exit(2)
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap_or_else(|e| fail(cert, &e))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| fail(cert, &e));
+    let key = PrivateKeyDer::from_pem_file(key).unwrap_or_else(|e| fail(key, &e));
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| fail("TLS versions", &e));
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).unwrap_or_else(|e| fail(ca, &e)) {
+                roots
+                    .add(c.unwrap_or_else(|e| fail(ca, &e)))
+                    .unwrap_or_else(|e| fail(ca, &e));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap_or_else(|e| fail("client verifier", &e));
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .unwrap_or_else(|e| fail("certificate", &e));
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
+/// `axum::serve` over TLS: each accepted connection is handshaken (5 s at most) first; failed
+/// handshakes are logged and dropped.
+struct TlsListener {
+    inner: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((s, a)) = self.inner.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(s)).await {
+                Ok(Ok(t)) => return (t, a),
+                Ok(Err(e)) => eprintln!("vakt-node-double: TLS handshake from {a}: {e}"),
+                Err(_) => eprintln!("vakt-node-double: TLS handshake from {a} timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
 }
 
 /// The route template of a path, so tenant names and fault names do not become label values.
