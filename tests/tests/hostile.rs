@@ -1,4 +1,4 @@
-//! The daemon's port and `vakt site serve` under hostile use (issue 15): the audit trail cannot
+//! The daemon's port and `vakt site serve` under hostile use: the audit trail cannot
 //! be flooded by strangers, no operator action happens without its audit event, snippets,
 //! status and metrics can require a read token, the role × endpoint table of the README holds,
 //! slow-loris connections are closed while /healthz stays fast, and `site serve` never leaves
@@ -654,7 +654,7 @@ fn the_connection_cap_answers_503_and_frees_slots_when_connections_close() {
 }
 
 /// Approving needs `ops.approvals.approve.<action>` for every gated action of the plan: the
-/// on-call operator cannot approve an access change, security-admin can (issue 13, access that
+/// on-call operator cannot approve an access change, security-admin can (access that
 /// matches the policy). The denial is audited and names the missing permission.
 #[test]
 fn each_gated_action_needs_its_own_approve_permission() {
