@@ -15,6 +15,9 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # headless Chromium + ChromeDriver for the operator-site browser tests (tests/tests/site.rs)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# make and a C compiler build cargo-afl's AFL++ runtime (fuzz/, RELIABILITY.md "Fuzzing")
+command -v make >/dev/null || need_apt+=(make)
+command -v cc >/dev/null || need_apt+=(gcc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -33,6 +36,16 @@ if ! command -v st >/dev/null; then
   python3 -m pip install -q --disable-pip-version-check schemathesis==4.32.5
 fi
 
+# cargo-afl (with the AFL++ it builds for this toolchain) runs the fuzz targets in fuzz/.
+if ! cargo afl --version >/dev/null 2>&1; then
+  echo "==> installing cargo-afl 0.18.2"
+  cargo install --locked --quiet cargo-afl --version 0.18.2
+fi
+if ! afl_cfg=$(cargo afl config --build 2>&1) && ! grep -q "already built" <<<"$afl_cfg"; then
+  echo "$afl_cfg" >&2
+  exit 1
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
@@ -47,3 +60,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# Coverage-guided fuzzing: a bounded run of every target from its committed corpus (6 s each);
+# fails and prints the reproducer's path if any target crashes. Long runs: RELIABILITY.md.
+echo "==> fuzz (bounded)"
+fuzz/fuzz.sh check 6
