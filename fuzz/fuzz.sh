@@ -7,7 +7,7 @@
 #                                   execs_done, edges found and bitmap coverage per target
 #   fuzz/fuzz.sh stats              prints the figures of the last runs again
 #   fuzz/fuzz.sh seed               regenerates fuzz/corpus/<target>/ from the bundled repo and
-#                                   tests/fixtures (make_seeds), minimised with afl-cmin
+#                                   tests/fixtures (make_seeds), minimised with afl-cmin.bash
 #   fuzz/fuzz.sh repro TARGET FILE  runs one input through an instrumented target (a crash shows
 #                                   its panic message and backtrace)
 #
@@ -27,6 +27,11 @@ export RAYON_NUM_THREADS=1
 # Optimisation of the instrumented build (cargo-afl defaults to 3): 1 builds several times
 # faster on a small CI machine for a modest loss of executions per second.
 export AFL_OPT_LEVEL="${AFL_OPT_LEVEL:-1}"
+# cargo-afl's own AFL++ tools first: afl-cmin would otherwise pick up an older afl-showmap from
+# PATH (Debian's afl++ 4.04c lacks options the 4.40c afl-cmin passes, and afl-cmin then hangs).
+for d in "${XDG_DATA_HOME:-$HOME/.local/share}"/afl.rs/rustc-"$(rustc -V | cut -d' ' -f2)"-*/afl.rs-*/afl/bin; do
+  [ -d "$d" ] && { PATH="$d:$PATH"; export AFL_PATH="$d"; }
+done
 
 build() {
   echo "==> cargo afl build --release (fuzz targets)"
@@ -112,7 +117,10 @@ case "$cmd" in
     "target/release/make_seeds" "$REPO" out/seeds
     for t in "${TARGETS[@]}"; do
       rm -rf "corpus/$t.new"
-      cargo afl cmin -i "out/seeds/$t" -o "corpus/$t.new" -T 1 -- "target/release/$t" >"out/cmin-$t.log" 2>&1 ||
+      # afl-cmin.bash: the Python afl-cmin of AFL++ 4.40c records no tuples for these
+      # persistent-mode targets and keeps nothing.
+      timeout 600 afl-cmin.bash -i "out/seeds/$t" -o "corpus/$t.new" -- "target/release/$t" \
+        >"out/cmin-$t.log" 2>&1 ||
         { echo "!! afl-cmin failed for $t (see fuzz/out/cmin-$t.log)" >&2; exit 1; }
       rm -rf "corpus/$t"
       mv "corpus/$t.new" "corpus/$t"
