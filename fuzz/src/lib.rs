@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use opsrepo::Pos;
 use opsrepo::parse::{self, Format};
-use opsrepo::snippets::{self, SnippetName, Snapshot};
+use opsrepo::snippets::{self, Snapshot, SnippetName};
 use opsrepo::source::{Origin, RawFile, RepoFiles};
 use reconciler::desired::canon;
 use reconciler::desired::saved::SavedPlan;
@@ -47,7 +47,11 @@ pub fn sections(data: &[u8], default: &str) -> Vec<(String, Vec<u8>)> {
         if let Some(rest) = line.strip_prefix(b"=== ")
             && out.len() < MAX_SECTIONS
         {
-            let name = String::from_utf8_lossy(rest).trim().chars().take(200).collect();
+            let name = String::from_utf8_lossy(rest)
+                .trim()
+                .chars()
+                .take(200)
+                .collect();
             out.push((name, Vec::new()));
             continue;
         }
@@ -87,7 +91,14 @@ fn structured(data: &[u8], path: &str, format: Format) {
         (Ok(p), Ok(v)) => assert_eq!(&p.value, v, "parse and parse_value disagree"),
         (Err(a), Err(b)) => {
             assert_eq!(a.rule, b.rule, "parse and parse_value refuse differently");
-            check_pos("refusal", text, Pos { line: a.line, col: a.col });
+            check_pos(
+                "refusal",
+                text,
+                Pos {
+                    line: a.line,
+                    col: a.col,
+                },
+            );
         }
         _ => panic!(
             "parse and parse_value disagree: {:?} vs {:?}",
@@ -157,7 +168,14 @@ pub fn run_overlay(data: &[u8]) {
     }
     for f in all.iter().take(256) {
         if let Some(t) = parsed.texts.get(&f.path) {
-            check_pos(f.rule, t, Pos { line: f.line, col: f.col });
+            check_pos(
+                f.rule,
+                t,
+                Pos {
+                    line: f.line,
+                    col: f.col,
+                },
+            );
         }
     }
     let values: Vec<&Value> = parsed.docs.iter().map(|d| &*d.value).take(4).collect();
@@ -172,21 +190,32 @@ pub fn run_overlay(data: &[u8]) {
 
 /// The runbook markdown checks.
 pub fn run_markdown(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if text.len() > MAX_INPUT {
         return;
     }
     let mut out = Vec::new();
     opsrepo::rules::runbook_markdown("runbooks/fuzz.md", text, &mut out);
     for f in &out {
-        check_pos(f.rule, text, Pos { line: f.line, col: f.col });
+        check_pos(
+            f.rule,
+            text,
+            Pos {
+                line: f.line,
+                col: f.col,
+            },
+        );
     }
 }
 
 /// The LogQL checker, on the query as written and with Grafana variables filled in as the
 /// dashboard rule does.
 pub fn run_logql(data: &[u8]) {
-    let Ok(q) = std::str::from_utf8(data) else { return };
+    let Ok(q) = std::str::from_utf8(data) else {
+        return;
+    };
     if q.len() > MAX_INPUT {
         return;
     }
@@ -198,7 +227,9 @@ pub fn run_logql(data: &[u8]) {
 /// PromQL extraction: Grafana variable filling, then the facts the rules read.
 pub fn run_promql(data: &[u8]) {
     use opsrepo::rules::{observability, promql};
-    let Ok(q) = std::str::from_utf8(data) else { return };
+    let Ok(q) = std::str::from_utf8(data) else {
+        return;
+    };
     if q.len() > MAX_INPUT {
         return;
     }
@@ -229,19 +260,21 @@ pub fn run_promql(data: &[u8]) {
 
 fn base_snapshot() -> &'static Snapshot {
     static S: OnceLock<Snapshot> = OnceLock::new();
-    S.get_or_init(|| {
-        snippets::snapshot(&opsrepo::load::Model::default(), "2026-01-01T00:00:00Z")
-    })
+    S.get_or_init(|| snippets::snapshot(&opsrepo::load::Model::default(), "2026-01-01T00:00:00Z"))
 }
 
 /// A snippet file as the site and the daemon read it; a snippet that loads writes back and
 /// loads again to the same value.
 pub fn run_snippets(data: &[u8]) {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     if rest.len() > MAX_INPUT {
         return;
     }
-    let Ok(v) = serde_json::from_slice::<Value>(rest) else { return };
+    let Ok(v) = serde_json::from_slice::<Value>(rest) else {
+        return;
+    };
     // The first byte picks the snippet; the name a document carries is not trusted.
     let name = SnippetName::ALL[usize::from(sel) % SnippetName::ALL.len()];
     let mut s = base_snapshot().clone();
@@ -251,7 +284,11 @@ pub fn run_snippets(data: &[u8]) {
         again
             .set(name, written.clone())
             .expect("a snippet vakt wrote loads back");
-        assert_eq!(again.to_value(name), written, "snippet round trip changed it");
+        assert_eq!(
+            again.to_value(name),
+            written,
+            "snippet round trip changed it"
+        );
     }
 }
 
@@ -273,8 +310,8 @@ pub fn run_saved_plan(data: &[u8]) {
             continue;
         };
         let written = plan.to_bytes();
-        let back = SavedPlan::parse("fuzz.plan.json", &written)
-            .expect("a plan vakt wrote loads back");
+        let back =
+            SavedPlan::parse("fuzz.plan.json", &written).expect("a plan vakt wrote loads back");
         assert_eq!(back.to_bytes(), written, "saved plan round trip changed it");
         let _ = plan.check_origin("dev", "vakt_dev");
         let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
@@ -302,7 +339,10 @@ fn verify_backup(files: &HashMap<String, Vec<u8>>) {
     if let Ok(v) = reconciler::ops::backup::verify_files(dir, &read) {
         assert_eq!(v.manifest.format, reconciler::ops::backup::FORMAT);
         for b in reconciler::ops::backup::bucket_names() {
-            assert!(v.buckets.contains_key(b), "verified backup lacks bucket {b}");
+            assert!(
+                v.buckets.contains_key(b),
+                "verified backup lacks bucket {b}"
+            );
         }
     }
 }
@@ -317,14 +357,20 @@ pub fn run_backup(data: &[u8]) {
     }
     let mut files: HashMap<String, Vec<u8>> = sections(data, "manifest.json").into_iter().collect();
     verify_backup(&files);
-    let Some(m) = files.get("manifest.json") else { return };
-    let Ok(mut mv) = serde_json::from_slice::<Value>(m) else { return };
+    let Some(m) = files.get("manifest.json") else {
+        return;
+    };
+    let Ok(mut mv) = serde_json::from_slice::<Value>(m) else {
+        return;
+    };
     if let Some(list) = mv.get_mut("files").and_then(Value::as_array_mut) {
         for f in list.iter_mut() {
             let Some(path) = f.get("path").and_then(Value::as_str).map(str::to_owned) else {
                 continue;
             };
-            let Some(content) = files.get(&path) else { continue };
+            let Some(content) = files.get(&path) else {
+                continue;
+            };
             let (n, sha) = (content.len() as u64, sha256_hex(content));
             if let Some(o) = f.as_object_mut() {
                 o.insert("bytes".into(), n.into());

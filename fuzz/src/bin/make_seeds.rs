@@ -17,11 +17,16 @@ use sha2::{Digest, Sha256};
 const MAX_SEED: usize = 24 * 1024;
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.starts_with('.') || name == "target" || name == "fuzz" {
             continue;
         }
@@ -48,7 +53,10 @@ impl Out {
         }
         let d = self.dir.join(target);
         std::fs::create_dir_all(&d).expect("create the seed directory");
-        let name = format!("{:.16x}", Sha256::digest(&bytes)).chars().take(16).collect::<String>();
+        let name = format!("{:.16x}", Sha256::digest(&bytes))
+            .chars()
+            .take(16)
+            .collect::<String>();
         std::fs::write(d.join(format!("seed-{name}")), bytes).expect("write a seed");
     }
 }
@@ -88,17 +96,35 @@ fn main() {
     // (relative path, content) of every document: the repo's files and the fixtures' writes.
     let mut docs: Vec<(String, Vec<u8>)> = Vec::new();
     for p in &files {
-        let rel = p.strip_prefix(&root).unwrap_or(p).to_string_lossy().replace('\\', "/");
-        let skip = ["cli/", "opsrepo/", "reconciler/", "sitegen/", "bench/", "scripts/"];
+        let rel = p
+            .strip_prefix(&root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .replace('\\', "/");
+        let skip = [
+            "cli/",
+            "opsrepo/",
+            "reconciler/",
+            "sitegen/",
+            "bench/",
+            "scripts/",
+        ];
         if skip.iter().any(|s| rel.starts_with(s)) || rel.starts_with("tests/src") {
             continue;
         }
-        let Ok(bytes) = std::fs::read(p) else { continue };
+        let Ok(bytes) = std::fs::read(p) else {
+            continue;
+        };
         if rel.ends_with("case.toml")
             && let Ok(t) = std::str::from_utf8(&bytes)
             && let Ok(v) = toml::from_str::<toml::Table>(t)
         {
-            for w in v.get("write").and_then(|w| w.as_array()).into_iter().flatten() {
+            for w in v
+                .get("write")
+                .and_then(|w| w.as_array())
+                .into_iter()
+                .flatten()
+            {
                 if let (Some(path), Some(c)) = (
                     w.get("path").and_then(|x| x.as_str()),
                     w.get("content").and_then(|x| x.as_str()),
@@ -134,9 +160,15 @@ fn main() {
     // overlay: the manifest, a base document and an environment's overlay of it.
     let manifest = std::fs::read(root.join("vakt.toml")).expect("the repo root has vakt.toml");
     for (rel, bytes) in &docs {
-        let Some(rest) = rel.strip_prefix("environments/") else { continue };
-        let Some((_, base)) = rest.split_once('/') else { continue };
-        let Ok(base_bytes) = std::fs::read(root.join(base)) else { continue };
+        let Some(rest) = rel.strip_prefix("environments/") else {
+            continue;
+        };
+        let Some((_, base)) = rest.split_once('/') else {
+            continue;
+        };
+        let Ok(base_bytes) = std::fs::read(root.join(base)) else {
+            continue;
+        };
         let mut s = b"=== vakt.toml\n".to_vec();
         s.extend_from_slice(&manifest);
         for (p, c) in [(base, &base_bytes), (rel.as_str(), bytes)] {
@@ -213,12 +245,16 @@ fn main() {
                 "\n"
             )
             .to_owned(),
-            "state" => r#"{"key":"applied","revision":1,"value":"{\"commit\":\"cc\"}"}"#.to_owned() + "\n",
+            "state" => {
+                r#"{"key":"applied","revision":1,"value":"{\"commit\":\"cc\"}"}"#.to_owned() + "\n"
+            }
             _ => String::new(),
         };
         let path = format!("buckets/{b}.jsonl");
-        entries.push(json!({"path": path, "bucket": b, "records": lines.lines().count(),
-            "bytes": lines.len(), "sha256": sha256_hex(lines.as_bytes())}));
+        entries.push(
+            json!({"path": path, "bucket": b, "records": lines.lines().count(),
+            "bytes": lines.len(), "sha256": sha256_hex(lines.as_bytes())}),
+        );
         sections.push((path, lines.into_bytes()));
     }
     let mut prev = GENESIS.to_owned();
@@ -232,8 +268,10 @@ fn main() {
         audit.push_str(&serde_json::to_string(&json!({"seq": i + 1, "event": e})).expect("json"));
         audit.push('\n');
     }
-    entries.push(json!({"path": "audit.jsonl", "records": 2, "bytes": audit.len(),
-        "sha256": sha256_hex(audit.as_bytes())}));
+    entries.push(
+        json!({"path": "audit.jsonl", "records": 2, "bytes": audit.len(),
+        "sha256": sha256_hex(audit.as_bytes())}),
+    );
     sections.push(("audit.jsonl".into(), audit.into_bytes()));
     let m = json!({"format": reconciler::ops::backup::FORMAT, "id": "backup-dev-1", "env": "dev",
         "prefix": "vakt_dev", "created_at": "2026-01-01T00:00:00Z", "created_by": "user:fuzz",
@@ -242,7 +280,9 @@ fn main() {
     m.push(b'\n');
     let mut b = b"=== manifest.json\n".to_vec();
     b.extend_from_slice(&m);
-    b.extend_from_slice(format!("=== manifest.sha256\n{}  manifest.json\n", sha256_hex(&m)).as_bytes());
+    b.extend_from_slice(
+        format!("=== manifest.sha256\n{}  manifest.json\n", sha256_hex(&m)).as_bytes(),
+    );
     for (p, c) in &sections {
         b.extend_from_slice(format!("=== {p}\n").as_bytes());
         b.extend_from_slice(c);
