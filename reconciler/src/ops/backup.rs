@@ -1113,6 +1113,36 @@ mod tests {
     }
 
     #[test]
+    fn verify_files_asks_its_reader_only_for_paths_the_format_allows() {
+        let t = tempfile::tempdir().unwrap();
+        write_backup_dir(t.path());
+        let s = std::fs::read_to_string(t.path().join(MANIFEST))
+            .unwrap()
+            .replace("\"buckets/jobs.jsonl\"", "\"../../etc/passwd\"");
+        std::fs::write(t.path().join(MANIFEST), &s).unwrap();
+        let sum = sha256_hex(s.as_bytes());
+        std::fs::write(
+            t.path().join(MANIFEST_SUM),
+            format!("{}  {MANIFEST}\n", sum.trim_start_matches("sha256:")),
+        )
+        .unwrap();
+        let asked = std::sync::Mutex::new(Vec::<String>::new());
+        let dir = t.path();
+        let r = verify_files(dir, &|rel| {
+            asked.lock().unwrap().push(rel.to_owned());
+            std::fs::read(dir.join(rel))
+        });
+        let e = r
+            .err()
+            .expect("a manifest naming ../ is refused")
+            .to_string();
+        assert!(e.contains("should be `buckets/jobs.jsonl`"), "{e}");
+        let asked = asked.into_inner().unwrap();
+        assert!(asked.contains(&MANIFEST.to_owned()), "{asked:?}");
+        assert!(!asked.iter().any(|p| p.contains("..")), "{asked:?}");
+    }
+
+    #[test]
     fn a_changed_data_file_is_named_with_what_differs() {
         let t = tempfile::tempdir().unwrap();
         write_backup_dir(t.path());
