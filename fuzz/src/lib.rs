@@ -1,8 +1,8 @@
 //! Fuzz targets for every loader of untrusted bytes in vakt. Each `run_*` function takes one
 //! input, must never panic on it, and checks a cheap property where one exists (a round trip, or
 //! two entry points agreeing). The binaries in `src/bin/` hand AFL++'s inputs to these functions
-//! (`cargo afl build`); `tests/corpus.rs` replays every committed corpus file and every crash
-//! reproducer through them in a plain build.
+//! (`cargo afl build`); `fuzz.sh check` starts every run from the committed corpus, crash
+//! reproducers (`regress-*`) included, so AFL++'s dry run replays them all first.
 //!
 //! Multi-file targets (`overlay`, `backup`) read their input as sections: a line
 //! `=== <path>` starts the file `<path>`, and the lines after it are its content.
