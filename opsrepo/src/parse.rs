@@ -488,7 +488,9 @@ struct YamlConv<'a> {
 
 fn ypos(n: &MarkedYaml<'_>) -> Pos {
     Pos {
-        line: n.span.start.line() as u32,
+        // saphyr marks an empty tagged scalar (`a: !x`) at line 0; positions are 1-based
+        // (found by the `parse_json` fuzz target).
+        line: (n.span.start.line() as u32).max(1),
         col: n.span.start.col() as u32 + 1,
     }
 }
@@ -666,6 +668,19 @@ mod tests {
             matches!(e.rule, "input.too-large" | "input.syntax"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn an_empty_tagged_value_has_a_position_inside_the_file() {
+        // Fuzz regression (parse_json): `!false` is an empty scalar with a tag, which saphyr
+        // marks at line 0.
+        for (path, format) in [("a.json", Format::Json), ("a.yaml", Format::Yaml)] {
+            let text = "{\n  \"a\":!false,\n  \"b\": 1\n}\n";
+            let p = parse(path, format, text).unwrap();
+            let pos = p.spans.value("/a");
+            assert!(pos.line >= 1 && pos.col >= 1, "{path}: {pos:?}");
+            assert_eq!(p.spans.value("/b").line, 3);
+        }
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::diag::Finding;
 use crate::load::Model;
 
 pub use crate::diag::{RULES, RuleInfo};
+/// The markdown checks of one runbook (sections, raw HTML, script links), on its text alone:
+/// the entry point of the fuzz target `markdown`.
+pub use runbooks::markdown as runbook_markdown;
 
 /// Options for the rules that depend on the world outside the repo.
 #[derive(Debug, Clone)]

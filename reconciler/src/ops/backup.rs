@@ -418,8 +418,18 @@ pub async fn verify(dir: &Path) -> Result<Verified, Error> {
 }
 
 fn verify_blocking(dir: &Path) -> Result<Verified, Error> {
+    verify_files(dir, &|rel| std::fs::read(dir.join(rel)))
+}
+
+/// The checks of [`verify`] on files that `read` supplies by relative path (`manifest.json`,
+/// `manifest.sha256`, then the paths the manifest lists, each checked before it is read);
+/// `dir` only names them in messages. The byte-level entry point of the fuzz target `backup`.
+pub fn verify_files(
+    dir: &Path,
+    read: &dyn Fn(&str) -> std::io::Result<Vec<u8>>,
+) -> Result<Verified, Error> {
     let mpath = dir.join(MANIFEST);
-    let m = std::fs::read(&mpath).map_err(|e| {
+    let m = read(MANIFEST).map_err(|e| {
         Error::refused(
             crate::outcome::RefusalKind::RestoreGuard,
             format!(
@@ -430,7 +440,12 @@ fn verify_blocking(dir: &Path) -> Result<Verified, Error> {
         )
     })?;
     let spath = dir.join(MANIFEST_SUM);
-    let sum = std::fs::read_to_string(&spath).map_err(|e| damaged(&spath, e))?;
+    let sum = read(MANIFEST_SUM)
+        .and_then(|b| {
+            String::from_utf8(b)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })
+        .map_err(|e| damaged(&spath, e))?;
     let digest = sha256_hex(&m);
     let want = format!(
         "sha256:{}",
@@ -473,7 +488,7 @@ fn verify_blocking(dir: &Path) -> Result<Verified, Error> {
             ));
         }
         let path = dir.join(&f.path);
-        let bytes = std::fs::read(&path).map_err(|e| damaged(&path, e))?;
+        let bytes = read(&f.path).map_err(|e| damaged(&path, e))?;
         if bytes.len() as u64 != f.bytes {
             return Err(damaged(
                 &path,
@@ -1095,6 +1110,33 @@ mod tests {
         );
         assert!(v.events.is_empty());
         assert!(v.digest.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn verify_files_asks_its_reader_only_for_paths_the_format_allows() {
+        let t = tempfile::tempdir().unwrap();
+        write_backup_dir(t.path());
+        let s = std::fs::read_to_string(t.path().join(MANIFEST))
+            .unwrap()
+            .replace("\"buckets/jobs.jsonl\"", "\"../../etc/passwd\"");
+        std::fs::write(t.path().join(MANIFEST), &s).unwrap();
+        let sum = sha256_hex(s.as_bytes());
+        std::fs::write(
+            t.path().join(MANIFEST_SUM),
+            format!("{}  {MANIFEST}\n", sum.trim_start_matches("sha256:")),
+        )
+        .unwrap();
+        let asked = std::sync::Mutex::new(Vec::<String>::new());
+        let dir = t.path();
+        let r = verify_files(dir, &|rel| {
+            asked.lock().unwrap().push(rel.to_owned());
+            std::fs::read(dir.join(rel))
+        });
+        let e = r.expect_err("a manifest naming ../ is refused").to_string();
+        assert!(e.contains("should be `buckets/jobs.jsonl`"), "{e}");
+        let asked = asked.into_inner().unwrap();
+        assert!(asked.contains(&MANIFEST.to_owned()), "{asked:?}");
+        assert!(!asked.iter().any(|p| p.contains("..")), "{asked:?}");
     }
 
     #[test]
