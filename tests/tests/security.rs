@@ -1,91 +1,14 @@
 //! NATS transport security end to end: a real `nats-server` that requires TLS with client
 //! certificates (mutual TLS), certificates made by `openssl` for the test.
 
-use std::path::Path;
-use std::process::Command;
-
 use vakt_tests::nats::{NatsServer, ops_git};
 use vakt_tests::{outcome, vakt};
 
 /// `openssl …` in `dir`, failing the test with its output.
-fn openssl(dir: &Path, args: &[&str]) {
-    let o = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
-fn make_pki(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=vakt test CA",
-    ]);
-    openssl(dir, &ca);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for who in ["server", "client"] {
-        let key = format!("{who}.key");
-        let csr = format!("{who}.csr");
-        let pem = format!("{who}.pem");
-        let ext = format!("{who}.ext");
-        let subj = format!("/CN=vakt test {who}");
-        let mut req = vec!["req"];
-        req.extend(ec);
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        openssl(dir, &req);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-            ],
-        );
-    }
-}
-
 #[test]
 fn nats_with_mutual_tls_needs_the_ca_and_a_client_certificate() {
     let pki = tempfile::tempdir().expect("tempdir");
-    make_pki(pki.path());
+    vakt_tests::test_pki(pki.path());
     let f = |name: &str| pki.path().join(name).to_string_lossy().into_owned();
     let n = NatsServer::start_with(vec![
         "--tlsverify".into(),
