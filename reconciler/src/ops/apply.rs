@@ -956,6 +956,11 @@ mod tests {
         assert!(!in_window(&w, datetime!(2026-11-20 21:59 UTC)));
         let d = weekly(vec![], "09:00", "10:00");
         assert!(in_window(&d, datetime!(2026-11-22 09:30 UTC)));
+        // Ending at 00:00: until midnight, the last minute of the day included.
+        let e = weekly(vec![Weekday::Fri], "15:00", "00:00");
+        assert!(in_window(&e, datetime!(2026-11-20 23:59 UTC)));
+        assert!(!in_window(&e, datetime!(2026-11-21 00:00 UTC)));
+        assert!(!in_window(&e, datetime!(2026-11-20 14:59 UTC)));
     }
 
     #[test]
