@@ -458,24 +458,15 @@ fn slow_loris_connections_are_closed_while_healthz_stays_fast() {
     assert!(t1.elapsed() < Duration::from_secs(6), "{:?}", t1.elapsed());
 }
 
-#[test]
-fn site_serve_refuses_symlinks_out_of_its_root_and_redirects_safely() {
+/// `vakt site serve` of `out` on a free port; the child and its base URL
+/// (`http://127.0.0.1:PORT`, from the line it prints).
+fn site_serve(extra: &[&str], out: &Path) -> (std::process::Child, String) {
     use std::process::{Command, Stdio};
-    let site = tempfile::tempdir().unwrap();
-    let outside = tempfile::tempdir().unwrap();
-    std::fs::write(outside.path().join("secret.txt"), "do not serve").unwrap();
-    std::fs::write(site.path().join("index.html"), "<!doctype html><p>site</p>").unwrap();
-    std::fs::create_dir(site.path().join("ops")).unwrap();
-    std::fs::write(site.path().join("ops/index.html"), "<p>ops</p>").unwrap();
-    std::os::unix::fs::symlink(
-        outside.path().join("secret.txt"),
-        site.path().join("leak.txt"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(outside.path(), site.path().join("out")).unwrap();
     let mut child = Command::new(vakt_tests::vakt_bin())
-        .args(["site", "serve", "--addr", "127.0.0.1:0", "--out"])
-        .arg(site.path())
+        .args(["site", "serve", "--addr", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--out")
+        .arg(out)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -495,7 +486,24 @@ fn site_serve_refuses_symlinks_out_of_its_root_and_redirects_safely() {
     let host_end = url["http://".len()..]
         .find('/')
         .map_or(url.len(), |i| i + 7);
-    let url = url[..host_end].to_owned();
+    (child, url[..host_end].to_owned())
+}
+
+#[test]
+fn site_serve_refuses_symlinks_out_of_its_root_and_redirects_safely() {
+    let site = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "do not serve").unwrap();
+    std::fs::write(site.path().join("index.html"), "<!doctype html><p>site</p>").unwrap();
+    std::fs::create_dir(site.path().join("ops")).unwrap();
+    std::fs::write(site.path().join("ops/index.html"), "<p>ops</p>").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.txt"),
+        site.path().join("leak.txt"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(outside.path(), site.path().join("out")).unwrap();
+    let (mut child, url) = site_serve(&[], site.path());
     let (c, _, body) = get(&url, "/ops/", None);
     assert_eq!(c, 200, "{body}");
     for p in ["/leak.txt", "/out/secret.txt"] {
@@ -598,39 +606,12 @@ fn time_now() -> String {
 
 #[test]
 fn the_connection_cap_answers_503_and_frees_slots_when_connections_close() {
-    use std::process::{Command, Stdio};
     let site = tempfile::tempdir().unwrap();
     std::fs::write(site.path().join("index.html"), "<p>site</p>").unwrap();
-    let mut child = Command::new(vakt_tests::vakt_bin())
-        .args([
-            "site",
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--max-connections",
-            "2",
-        ])
-        .args(["--header-timeout", "30s", "--out"])
-        .arg(site.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_owned();
-    let host_end = url["http://".len()..]
-        .find('/')
-        .map_or(url.len(), |i| i + 7);
-    let url = url[..host_end].to_owned();
+    let (mut child, url) = site_serve(
+        &["--max-connections", "2", "--header-timeout", "30s"],
+        site.path(),
+    );
     let addr = url.trim_start_matches("http://").to_owned();
     let held: Vec<TcpStream> = (0..2)
         .map(|_| {
