@@ -33,23 +33,6 @@ fn new_repo() -> (tempfile::TempDir, PathBuf) {
     (tmp, repo)
 }
 
-/// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
 /// Runs `vakt import <what> <args> --format json` and returns (exit code, report).
 fn import(repo: &Path, what: &str, args: &[&str]) -> (i32, Value) {
     let mut a = vec![
@@ -97,13 +80,17 @@ fn estate_imports_as_announced_and_again_changes_nothing() {
     let url_base = "https://runbooks.prometheus-operator.dev/runbooks/";
 
     // --dry-run writes nothing but lists the files.
-    let before = snapshot(&repo);
+    let before = vakt_tests::files_under(&repo);
     let (_, dry) = import(
         &repo,
         "runbooks",
         &[runbooks.to_str().unwrap(), "--dry-run"],
     );
-    assert_eq!(snapshot(&repo), before, "--dry-run wrote files");
+    assert_eq!(
+        vakt_tests::files_under(&repo),
+        before,
+        "--dry-run wrote files"
+    );
     assert!(dry["dry_run"].as_bool().unwrap());
     assert!(dry["files"].as_array().unwrap().iter().any(|f| f["path"]
         == "runbooks/kubernetes.kubepodcrashlooping.md"
@@ -288,7 +275,7 @@ fn estate_imports_as_announced_and_again_changes_nothing() {
     assert!(rule_ids.contains(&"alert.runbook-missing"), "{rule_ids:?}");
 
     // Re-import: nothing changes, every file is reported unchanged.
-    let before = snapshot(&repo);
+    let before = vakt_tests::files_under(&repo);
     for (what, args) in [
         ("runbooks", vec![runbooks.to_str().unwrap()]),
         (
@@ -302,7 +289,11 @@ fn estate_imports_as_announced_and_again_changes_nothing() {
             assert_eq!(f["action"], "unchanged", "{what}: {f}");
         }
     }
-    assert_eq!(snapshot(&repo), before, "a re-import changed files");
+    assert_eq!(
+        vakt_tests::files_under(&repo),
+        before,
+        "a re-import changed files"
+    );
 }
 
 #[test]

@@ -38,28 +38,6 @@ fn render_ok(repo: &Path, out: &Path, extra: &[&str]) -> String {
     o
 }
 
-/// Every file under `dir` (relative path → bytes).
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p
-                    .strip_prefix(dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
 fn yaml(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap();
     opsrepo::parse::parse("x.yaml", opsrepo::parse::Format::Yaml, &text)
@@ -258,7 +236,7 @@ fn golden_output_is_pinned() {
     let out = out_dir.path().join("r");
     render_ok(repo.path(), &out, &["--env", "prod"]);
     // Dashboards are compared with their sources above; the golden copy holds the rest.
-    let got: BTreeMap<String, Vec<u8>> = tree(&out)
+    let got: BTreeMap<String, Vec<u8>> = vakt_tests::files_under(&out)
         .into_iter()
         .filter(|(p, _)| p != ".vakt-render" && !p.starts_with("grafana/dashboards/"))
         .collect();
@@ -275,7 +253,7 @@ fn golden_output_is_pinned() {
         fixture.is_dir(),
         "fixture missing (VAKT_BLESS=1 to write it)"
     );
-    let want = tree(&fixture);
+    let want = vakt_tests::files_under(&fixture);
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -297,13 +275,13 @@ fn rendering_twice_is_byte_identical_and_replaces_its_own_output() {
     let a = out_dir.path().join("a");
     let b = out_dir.path().join("b");
     render_ok(repo.path(), &a, &["--env", "prod"]);
-    let first = tree(&a);
+    let first = vakt_tests::files_under(&a);
     let o = render_ok(repo.path(), &a, &["--env", "prod", "--format", "json"]);
     let j: Value = serde_json::from_str(&o).unwrap();
     assert_eq!(j["replaced"], true);
-    assert_eq!(tree(&a), first);
+    assert_eq!(vakt_tests::files_under(&a), first);
     render_ok(repo.path(), &b, &["--env", "prod"]);
-    assert_eq!(tree(&b), first);
+    assert_eq!(vakt_tests::files_under(&b), first);
     // The marker names the commit rendered.
     let marker: Value = serde_json::from_slice(&first[".vakt-render"]).unwrap();
     assert_eq!(
@@ -411,7 +389,7 @@ fn a_broken_commit_is_refused_and_the_output_is_untouched() {
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("r");
     render_ok(p, &out, &["--env", "dev"]);
-    let before = tree(&out);
+    let before = vakt_tests::files_under(&out);
     let f = p.join("alerts/availability.yaml");
     let s = std::fs::read_to_string(&f).unwrap();
     std::fs::write(&f, s.replacen("expr: up == 0", "expr: sum(up", 1)).unwrap();
@@ -421,13 +399,13 @@ fn a_broken_commit_is_refused_and_the_output_is_untouched() {
     assert!(o.contains("alerts/availability.yaml:9:"), "{o}");
     assert!(o.contains("alert.promql"), "{o}");
     assert!(e.contains("refusing to render `dev`"), "{e}");
-    assert_eq!(tree(&out), before);
+    assert_eq!(vakt_tests::files_under(&out), before);
     // JSON findings for automation.
     let (code, o, _) = render(p, &out, &["--env", "dev", "--format", "json"]);
     assert_eq!(code, 1);
     let j: Value = serde_json::from_str(&o).unwrap();
     assert_eq!(j["findings"][0]["path"], "alerts/availability.yaml");
-    assert_eq!(tree(&out), before);
+    assert_eq!(vakt_tests::files_under(&out), before);
     let names = std::fs::read_dir(out_dir.path()).unwrap().count();
     assert_eq!(names, 1, "a temporary directory was left behind");
 
@@ -448,7 +426,7 @@ fn a_broken_commit_is_refused_and_the_output_is_untouched() {
     assert_eq!(code, 1);
     assert!(o.contains("vakt.toml:22:"), "{o}");
     assert!(o.contains("render.runbook-url"), "{o}");
-    assert_eq!(tree(&out), before);
+    assert_eq!(vakt_tests::files_under(&out), before);
 }
 
 #[test]

@@ -688,31 +688,12 @@ fn runbook_pages_and_the_catalog_api_use_stable_ids_and_review_ages() {
     assert!(page.contains("review overdue · 324 d"), "overdue badge");
 }
 
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().to_string_lossy().into_owned(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn a_template_syntax_error_fails_with_file_and_line_and_leaves_the_output_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("site");
     build_site(&workspace(), &out, &[]);
-    let before = tree(&out);
+    let before = vakt_tests::files_under(&out);
     let templates = tmp.path().join("templates");
     std::fs::create_dir_all(&templates).unwrap();
     std::fs::write(
@@ -734,7 +715,7 @@ fn a_template_syntax_error_fails_with_file_and_line_and_leaves_the_output_untouc
     let expected = format!("{}:3", templates.join("ops.html").display());
     assert!(stderr.contains(&expected), "no `{expected}` in: {stderr}");
     assert!(stderr.contains("syntax error"), "{stderr}");
-    assert_eq!(tree(&out), before, "output changed");
+    assert_eq!(vakt_tests::files_under(&out), before, "output changed");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
