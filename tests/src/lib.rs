@@ -228,3 +228,18 @@ pub fn files_under(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// The bundled runbook catalog's entry for runbook `id`.
+pub fn catalog_entry(id: &str) -> serde_json::Value {
+    let cat: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("runbooks/runbooks.catalog.json")).unwrap(),
+    )
+    .unwrap();
+    cat["runbooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .unwrap()
+        .clone()
+}

@@ -62,21 +62,6 @@ fn card<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
     list.as_array()?.iter().find(|c| c["name"] == name)
 }
 
-fn catalog_entry(id: &str) -> Value {
-    let cat: Value = serde_json::from_str(
-        &std::fs::read_to_string(vakt_tests::workspace().join("runbooks/runbooks.catalog.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    cat["runbooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == id)
-        .unwrap()
-        .clone()
-}
-
 fn firing(name: &str, tenant: &str, extra: Value) -> Value {
     let mut labels =
         json!({"alertname": name, "tenant": tenant, "site": "osl1", "severity": "critical"});
@@ -170,7 +155,7 @@ fn firing_alert_is_a_card_with_its_runbook_and_the_preceding_apply_then_silenced
     );
     let view = alerts(dir.path());
     let c = card(&view["firing"], "TenantErrorRate").unwrap();
-    let entry = catalog_entry("ops.api.error-rate");
+    let entry = vakt_tests::catalog_entry("ops.api.error-rate");
     assert_eq!(c["runbook"], "ops.api.error-rate");
     assert_eq!(c["escalation_class"], entry["escalation_class"]);
     assert_eq!(c["remediation_mode"], entry["remediation_mode"]);

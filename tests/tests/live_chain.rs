@@ -110,21 +110,6 @@ fn card(dir: &Path, list: &str) -> Option<Value> {
         .cloned()
 }
 
-fn catalog_entry(id: &str) -> Value {
-    let cat: Value = serde_json::from_str(
-        &std::fs::read_to_string(vakt_tests::workspace().join("runbooks/runbooks.catalog.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    cat["runbooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == id)
-        .unwrap()
-        .clone()
-}
-
 /// The test-only edits of the rendered copy (see the module comment). Each edit must change
 /// something, so a reworded render cannot silently leave the test waiting minutes.
 fn speed_up(render: &Path) {
@@ -310,7 +295,7 @@ fn a_fault_on_a_node_reaches_action_required_with_its_runbook_and_the_preceding_
         vm.query("up")
     );
     let c = card(&snippets, "firing").unwrap();
-    let entry = catalog_entry(RUNBOOK);
+    let entry = vakt_tests::catalog_entry(RUNBOOK);
     assert_eq!(c["runbook"], RUNBOOK);
     assert_eq!(c["governance_gap"], false);
     assert_eq!(c["escalation_class"], entry["escalation_class"]);
