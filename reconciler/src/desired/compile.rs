@@ -195,8 +195,13 @@ impl Desired {
                 _ => Ok(Vec::new()),
             })
             .collect();
-        let work: Vec<(&str, (), ())> = paths.iter().map(|p| (p.as_str(), (), ())).collect();
-        assemble(env, commit, manifest, &work, compiled)
+        assemble(
+            env,
+            commit,
+            manifest,
+            paths.iter().map(String::as_str),
+            compiled,
+        )
     }
 
     pub fn compile(files: &RepoFiles, env: &str, commit: &str) -> Result<Desired, CompileError> {
@@ -240,7 +245,7 @@ impl Desired {
             .par_iter()
             .map(|(p, b, o)| compile_doc(&bindings, env, p, *b, *o, commit))
             .collect();
-        assemble(env, commit, manifest, &work, compiled)
+        assemble(env, commit, manifest, work.iter().map(|w| w.0), compiled)
     }
 
     fn insert_doc(&mut self, base: &str, items: Vec<(KeyId, Entry)>) -> Result<(), CompileError> {
@@ -415,13 +420,13 @@ fn pair_documents<'a, T: Copy>(
     work
 }
 
-/// The desired state from the keys each document compiled to (in the order of `work`); a key
+/// The desired state from the keys each document compiled to (in the order of `paths`); a key
 /// two documents declare is an error naming both.
-fn assemble<T>(
+fn assemble<'a>(
     env: &str,
     commit: &str,
     manifest: Manifest,
-    work: &[(&str, T, T)],
+    paths: impl Iterator<Item = &'a str>,
     compiled: Vec<Result<Vec<(KeyId, Entry)>, CompileError>>,
 ) -> Result<Desired, CompileError> {
     let mut d = Desired {
@@ -431,7 +436,7 @@ fn assemble<T>(
         entries: BTreeMap::new(),
         by_base: HashMap::new(),
     };
-    for (r, (p, _, _)) in compiled.into_iter().zip(work) {
+    for (r, p) in compiled.into_iter().zip(paths) {
         d.insert_doc(p, r?)?;
     }
     Ok(d)
