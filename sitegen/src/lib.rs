@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use opsrepo::Severity;
 use opsrepo::snippets::{Snapshot, SnippetName};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 pub use templates::TEMPLATE_NAMES;
 
@@ -71,23 +72,30 @@ impl SiteOptions {
 }
 
 /// What a build produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildReport {
     pub out: PathBuf,
-    /// HTML pages written.
+    /// HTML pages in the site.
     pub pages: usize,
     pub runbooks: usize,
-    /// Every file written (pages, assets, JSON).
+    /// Every file of the site (pages, assets, JSON).
     pub files: usize,
+    /// Bytes of the whole site.
     pub bytes: u64,
+    /// Files this build wrote; the others were kept from the previous build unchanged.
+    #[serde(default)]
+    pub written: usize,
+    /// True when the inputs were the same as the previous build's and nothing was written.
+    #[serde(default)]
+    pub unchanged: bool,
     /// Where the no-JavaScript snapshot came from: `repo` or `snippets-dir`.
-    pub snapshot: &'static str,
+    pub snapshot: String,
     pub search: SearchSizes,
     /// Things worth knowing that did not stop the build.
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchSizes {
     /// Bytes fetched when the search page loads.
     pub first_download_bytes: usize,
@@ -183,14 +191,67 @@ fn check_snippets_url(url: &str) -> Result<(), SiteError> {
     Ok(())
 }
 
-/// Reads the repo view and the snippet snapshot the pages embed.
-fn load(opts: &SiteOptions) -> Result<(opsrepo::load::Model, Snapshot, &'static str), SiteError> {
-    check_snippets_url(&opts.snippets_url)?;
-    let files = match &opts.rev {
-        Some(rev) => opsrepo::read_commit(&opts.repo, rev)?,
-        None => opsrepo::read_work_tree(&opts.repo)?,
+/// Stands in for the build time in rendered pages until they are compared with the previous
+/// build (output.rs): letters and digits only, so escaping leaves it as it is.
+const BUILD_TIME_TOKEN: &str = "vakt0build0time0c5b1e7f09a3d4862";
+
+/// The digest of everything a build reads: the repo's files, the options that shape pages,
+/// the day (review ages), the template overrides, the snippet files and the built-in
+/// templates and assets. The same digest means the same site, so a rebuild can skip.
+fn input_digest(opts: &SiteOptions, files: &opsrepo::RepoFiles) -> String {
+    let mut h = Sha256::new();
+    let mut field = |name: &str, bytes: &[u8]| {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
     };
-    let parsed = opsrepo::load::parse_all(&files);
+    field("format", b"vakt-site-input-1");
+    field("version", env!("CARGO_PKG_VERSION").as_bytes());
+    if let opsrepo::source::Origin::Commit { id, .. } = &files.origin {
+        field("commit", id.as_bytes());
+    }
+    field("env", opts.env.as_deref().unwrap_or("").as_bytes());
+    field("snippets_url", opts.snippets_url.as_bytes());
+    field("refresh", &opts.refresh_seconds.to_le_bytes());
+    field("stale", &opts.stale_after_seconds.to_le_bytes());
+    field("live_reload", &[u8::from(opts.live_reload)]);
+    field("day", opts.now.date().to_string().as_bytes());
+    for (path, content) in assets::files() {
+        field(&path, content.as_bytes());
+    }
+    for name in TEMPLATE_NAMES {
+        field(name, templates::builtin(name).unwrap_or("").as_bytes());
+        if let Some(dir) = &opts.templates {
+            let over = std::fs::read(dir.join(name)).unwrap_or_else(|_| b"\0absent".to_vec());
+            field(&format!("override/{name}"), &over);
+        }
+    }
+    if let Some(dir) = &opts.snippets_dir {
+        for name in SnippetName::ALL {
+            let got =
+                std::fs::read(dir.join(name.file_name())).unwrap_or_else(|_| b"\0absent".to_vec());
+            field(&format!("snippet/{}", name.as_str()), &got);
+        }
+    }
+    for f in &files.files {
+        match &f.content {
+            Ok(b) => field(&f.path, b),
+            Err(finding) => field(
+                &f.path,
+                format!("\0unreadable {}", finding.message).as_bytes(),
+            ),
+        }
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// Reads the repo view and the snippet snapshot the pages embed.
+fn load(
+    opts: &SiteOptions,
+    files: &opsrepo::RepoFiles,
+) -> Result<(opsrepo::load::Model, Snapshot, &'static str), SiteError> {
+    let parsed = opsrepo::load::parse_all(files);
     if let Some(env) = &opts.env {
         let declared: Vec<String> = parsed
             .manifest
@@ -224,7 +285,7 @@ fn load(opts: &SiteOptions) -> Result<(opsrepo::load::Model, Snapshot, &'static 
     if !errors.is_empty() {
         return Err(SiteError::InvalidRepo { findings: errors });
     }
-    let mut snap = opsrepo::snippets::snapshot(&model, &rfc3339(opts.now));
+    let mut snap = opsrepo::snippets::snapshot(&model, BUILD_TIME_TOKEN);
     let mut source = "repo";
     if let Some(dir) = &opts.snippets_dir {
         if !dir.is_dir() {
@@ -263,11 +324,36 @@ fn load(opts: &SiteOptions) -> Result<(opsrepo::load::Model, Snapshot, &'static 
     Ok((model, snap, source))
 }
 
-/// Builds the site into `opts.out`. Pages are rendered into a temporary directory beside it,
-/// which replaces `out` only when everything succeeded.
+/// Builds the site into `opts.out`. Pages are rendered into a hidden directory beside it,
+/// which is exchanged with `out` only when everything succeeded. A file that the previous
+/// build wrote with the same content is kept (hard-linked), and when every input is the same
+/// as the previous build's, nothing is rendered or written (`unchanged` in the report).
 pub fn build(opts: &SiteOptions) -> Result<BuildReport, SiteError> {
     let t = std::time::Instant::now();
-    let (model, snap, snapshot_source) = load(opts)?;
+    check_snippets_url(&opts.snippets_url)?;
+    output::check_replaceable(&opts.out)?;
+    let files = match &opts.rev {
+        Some(rev) => opsrepo::read_commit(&opts.repo, rev)?,
+        None => opsrepo::read_work_tree(&opts.repo)?,
+    };
+    let input = input_digest(opts, &files);
+    let previous = output::Manifest::read(&opts.out);
+    if let Some(prev) = &previous
+        && prev.input == input
+        && let Ok(mut report) = serde_json::from_value::<BuildReport>(prev.report.clone())
+        && prev.intact(&opts.out)
+    {
+        tracing::debug!(
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "site: inputs unchanged, nothing to write"
+        );
+        report.out = opts.out.clone();
+        report.written = 0;
+        report.unchanged = true;
+        return Ok(report);
+    }
+    let (model, snap, snapshot_source) = load(opts, &files)?;
+    drop(files);
     tracing::debug!(
         elapsed_ms = t.elapsed().as_millis() as u64,
         "site: repo loaded"
@@ -285,19 +371,35 @@ pub fn build(opts: &SiteOptions) -> Result<BuildReport, SiteError> {
         files = files.len(),
         "site: pages rendered"
     );
-    let sizes = site.search_sizes();
-    let written = output::write_atomically(&opts.out, &files)?;
-    tracing::debug!(elapsed_ms = t.elapsed().as_millis() as u64, "site: written");
-    Ok(BuildReport {
+    let staged = output::stage(
+        &opts.out,
+        &files,
+        BUILD_TIME_TOKEN,
+        &rfc3339(opts.now),
+        input,
+        previous.as_ref(),
+    )?;
+    let w = staged.written;
+    let report = BuildReport {
         out: opts.out.clone(),
         pages: files.iter().filter(|f| f.0.ends_with(".html")).count(),
         runbooks: site.runbook_count(),
         files: files.len(),
-        bytes: written,
-        snapshot: snapshot_source,
-        search: sizes,
+        bytes: w.bytes,
+        written: w.written,
+        unchanged: false,
+        snapshot: snapshot_source.to_owned(),
+        search: site.search_sizes(),
         warnings: site.warnings(),
-    })
+    };
+    staged.publish(serde_json::to_value(&report).unwrap_or_default())?;
+    tracing::debug!(
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        written = w.written,
+        reused = w.reused,
+        "site: written"
+    );
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ macro_rules! builtin {
     ($($name:literal),* $(,)?) => {
         /// Names of the built-in templates (the files `--templates DIR` may override).
         pub const TEMPLATE_NAMES: &[&str] = &[$($name),*];
-        fn builtin(name: &str) -> Option<&'static str> {
+        pub(crate) fn builtin(name: &str) -> Option<&'static str> {
             match name {
                 $($name => Some(include_str!(concat!("../templates/", $name))),)*
                 _ => None,

@@ -1141,3 +1141,109 @@ fn query_templates_are_prefilled_by_tenant_service_and_correlation_id() {
     assert!(got[3].contains("corr-42"), "{}", got[3]);
     assert!(got[4].contains("var-correlation_id=corr-42"), "{}", got[4]);
 }
+
+/// Every file of a built site with its inode and modification time: a file that was not
+/// written again keeps both.
+fn identities(dir: &Path) -> BTreeMap<String, (u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    vakt_tests::files_under(dir)
+        .into_keys()
+        .filter(|rel| rel != ".vakt-site") // the manifest: rewritten by every build that writes
+        .map(|rel| {
+            let m = std::fs::metadata(dir.join(&rel)).unwrap();
+            (rel, (m.ino(), m.modified().unwrap()))
+        })
+        .collect()
+}
+
+fn build_json(repo: &Path, out: &Path, now: &str) -> Value {
+    let (repo, out) = (repo.to_string_lossy(), out.to_string_lossy());
+    let (code, stdout, stderr) = outcome(&vakt(&[
+        "site", "build", "--repo", &repo, "--out", &out, "--now", now, "--format", "json",
+    ]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn rebuilds_write_nothing_when_nothing_changed_and_only_what_one_runbook_edit_touches() {
+    let repo = copy_bundled();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("site");
+    let first = build_json(repo.path(), &out, "2026-11-22T08:00:00Z");
+    assert_eq!(first["unchanged"], false);
+    assert_eq!(first["written"], first["files"], "{first}");
+    let before = identities(&out);
+    let bytes_before = vakt_tests::files_under(&out);
+
+    // Same inputs, later the same day: nothing is rendered or written.
+    let again = build_json(repo.path(), &out, "2026-11-22T09:30:00Z");
+    assert_eq!(again["unchanged"], true, "{again}");
+    assert_eq!(again["written"], 0);
+    assert_eq!(again["files"], first["files"]);
+    assert_eq!(identities(&out), before, "a no-op rebuild touched files");
+    assert_eq!(vakt_tests::files_under(&out), bytes_before);
+
+    // One runbook edited: its page, its catalog entry and the search shards that index the
+    // new word are written; every other file is the same inode as before.
+    let rb = repo.path().join("runbooks/dr.control-plane.restore.md");
+    let text = std::fs::read_to_string(&rb).unwrap();
+    std::fs::write(
+        &rb,
+        text.replace(
+            "## Recording the outcome\n",
+            "## Recording the outcome\n\nNote the zanzibarquokka ticket in the hand-over.\n",
+        ),
+    )
+    .unwrap();
+    let edited = build_json(repo.path(), &out, "2026-11-22T10:00:00Z");
+    assert_eq!(edited["unchanged"], false);
+    let after = identities(&out);
+    let changed: Vec<&String> = after
+        .iter()
+        .filter(|(rel, id)| before.get(*rel) != Some(id))
+        .map(|(rel, _)| rel)
+        .collect();
+    assert_eq!(
+        edited["written"].as_u64().unwrap() as usize,
+        changed.len(),
+        "{edited}"
+    );
+    assert!(
+        changed
+            .iter()
+            .any(|p| p.contains("dr.control-plane.restore") && p.ends_with(".html")),
+        "{changed:?}"
+    );
+    for p in &changed {
+        let related = p.contains("dr.control-plane.restore") || p.starts_with("search/");
+        assert!(
+            related,
+            "{p} was rewritten by an edit that does not concern it"
+        );
+    }
+    assert!(changed.len() < 10, "{changed:?}");
+    let page = after
+        .keys()
+        .find(|p| p.contains("dr.control-plane.restore") && p.ends_with(".html"))
+        .unwrap();
+    let html = std::fs::read_to_string(out.join(page)).unwrap();
+    assert!(html.contains("zanzibarquokka"));
+    assert!(
+        html.contains("2026-11-22T10:00:00Z"),
+        "the rewritten page says when"
+    );
+    // an unchanged page keeps the time of the build that wrote it
+    let ops = std::fs::read_to_string(out.join("ops/index.html")).unwrap();
+    assert!(ops.contains("2026-11-22T08:00:00Z"));
+    // nothing is left beside the output
+    let beside: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(beside, vec!["site".to_owned()]);
+
+    // A new day changes review ages: every runbook page is rendered again.
+    let next_day = build_json(repo.path(), &out, "2026-11-23T08:00:00Z");
+    assert_eq!(next_day["unchanged"], false);
+}

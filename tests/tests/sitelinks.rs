@@ -60,6 +60,22 @@ fn site_link_condition(d: &Daemon, from: &str, to: &str) -> Option<Value> {
 #[test]
 fn site_leaders_measure_each_other_and_a_lost_site_raises_the_link_condition() {
     let repo = ops_git();
+    // Loopback round trips on a loaded 2-core runner can exceed the bundled 15 ms budget;
+    // this test is about a lost site, so the budgets are widened (the RTT budget itself is
+    // covered by the unit tests of `sitelinks`).
+    for site in ["osl1", "bgo1"] {
+        let p = repo.path().join(format!("inventory/sites/{site}.toml"));
+        let t = std::fs::read_to_string(&p).unwrap();
+        let t = t
+            .replace("max_rtt = \"15ms\"", "max_rtt = \"1500ms\"")
+            .replace("max_rtt = \"20ms\"", "max_rtt = \"2s\"")
+            .replace("max_rtt = \"40ms\"", "max_rtt = \"4s\"");
+        std::fs::write(&p, t).unwrap();
+    }
+    vakt_tests::nats::commit_all(repo.path(), "wide RTT budgets");
+    for b in ["env/staging", "env/prod"] {
+        vakt_tests::git(repo.path(), &["branch", "-f", b, "HEAD"]);
+    }
     let n = NatsServer::start();
     let osl = Daemon::start(repo.path(), &n, "dev", "osl1-a", &args("osl1"));
     let bgo = Daemon::start(repo.path(), &n, "dev", "bgo1-a", &args("bgo1"));
@@ -85,7 +101,7 @@ fn site_leaders_measure_each_other_and_a_lost_site_raises_the_link_condition() {
         );
     }
     let l = link(&osl, "osl1", "bgo1", "nats-cluster-route").unwrap();
-    assert_eq!(l["max_rtt"], "15ms");
+    assert_eq!(l["max_rtt"], "1500ms");
     assert!(l["last_seen_at"].is_string(), "{l}");
     let (_, m) = osl.get("/metrics").unwrap();
     assert!(

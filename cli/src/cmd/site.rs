@@ -71,6 +71,11 @@ pub struct BuildArgs {
 /// Without JavaScript pages show the snapshot embedded at build time: the snippet files of
 /// --snippets-dir when given, else what the repo alone declares.
 ///
+/// Rebuilds are incremental and atomic: the new site is assembled beside --out and exchanged
+/// with it in one rename, so a reader never sees a half-built site. A file whose content is
+/// the same as in the previous build is kept, not rewritten; when the repo, the options, the
+/// day and the template and snippet files are all as they were, nothing is written at all.
+///
 /// Exit status: 0 built, 1 bad input (repo, template, snippet), 3 could not run.
 ///
 /// Examples:
@@ -181,14 +186,22 @@ fn build(o: BuildOpts) -> Exit {
             v["elapsed_ms"] = serde_json::json!(ms);
             output::print(&(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"));
         }
+        _ if r.unchanged => output::print(&format!(
+            "{} is up to date: the inputs are those of its last build; nothing written ({} pages, {} files) in {ms} ms\n",
+            r.out.display(),
+            r.pages,
+            r.files,
+        )),
         _ => output::print(&format!(
-            "built {} pages ({} runbooks, {} files, {} KiB) into {} in {ms} ms\n\
+            "built {} pages ({} runbooks, {} files, {} KiB) into {} in {ms} ms; wrote {} file(s), kept {} unchanged\n\
                      snapshot: {}; search: {} B first download, {} KiB worst one-word query\n",
             r.pages,
             r.runbooks,
             r.files,
             r.bytes / 1024,
             r.out.display(),
+            r.written,
+            r.files - r.written,
             r.snapshot,
             r.search.first_download_bytes,
             r.search.worst_single_word_query_bytes / 1024,
