@@ -7,9 +7,12 @@
 #              the search index; ~10,100 files)
 #   hugo       hugo --quiet -s OUT/hugo -d public       (same markdown, one HTML page each)
 #   hugo-json  hugo --quiet -s OUT/hugo-json -d public  (same, plus one JSON file per runbook)
-# Two scenarios, each tool measured in the same hyperfine run:
-#   cold   the output directory is removed before every run (hyperfine --prepare, untimed)
-#   warm   rebuild over the previous output, nothing changed
+# Three scenarios, each tool measured in the same hyperfine run:
+#   cold     the output directory is removed before every run (hyperfine --prepare, untimed)
+#   no-op    rebuild over the previous output, nothing changed
+#   one-edit rebuild after one runbook's markdown changed (the same file edited for every
+#            tool by --prepare, untimed)
+# and, for each, how many files the rebuild wrote (files newer than a stamp taken before it).
 #
 # Usage: bash bench/b5_site.sh
 # Environment:
@@ -46,6 +49,10 @@ CMD_VAKT="$VAKT site build --repo $WORK/repo --out $WORK/site --now $NOW --forma
 CMD_HUGO="hugo --quiet -s $WORK/hugo -d public"
 CMD_HUGO_JSON="hugo --quiet -s $WORK/hugo-json -d public"
 CLEAN="rm -rf $WORK/site $WORK/hugo/public $WORK/hugo-json/public; sync"
+# the runbook edited by the one-edit scenario, in the vakt repo and in both Hugo sites
+EDIT_ID=$(cd "$WORK/repo/runbooks" && ls gen.*.r00001.md | head -n 1)
+EDIT_ID="${EDIT_ID%.md}"
+EDIT="for f in $WORK/repo/runbooks/$EDIT_ID.md $WORK/hugo/content/runbooks/$EDIT_ID.md $WORK/hugo-json/content/runbooks/$EDIT_ID.md; do printf '\\nEdited at %s.\\n' \$(date +%s%N) >> \$f; done"
 
 # every command once, unmeasured, must succeed
 "$VAKT" site build --repo "$WORK/repo" --out "$WORK/site" --now "$NOW" --format json \
@@ -56,28 +63,54 @@ FILES_VAKT=$(find "$WORK/site" -type f | wc -l)
 FILES_HUGO=$(find "$WORK/hugo/public" -type f | wc -l)
 FILES_HUGO_JSON=$(find "$WORK/hugo-json/public" -type f | wc -l)
 
+# files each tool writes in a scenario: run it once more after a stamp, count newer files
+written() { # scenario
+    local stamp="$WORK/results/stamp" out
+    if [[ "$1" == one-edit ]]; then bash -c "$EDIT"; fi
+    for tool in vakt hugo hugo-json; do
+        case $tool in
+            vakt) out="$WORK/site"; cmd="$CMD_VAKT" ;;
+            hugo) out="$WORK/hugo/public"; cmd="$CMD_HUGO" ;;
+            hugo-json) out="$WORK/hugo-json/public"; cmd="$CMD_HUGO_JSON" ;;
+        esac
+        touch "$stamp"; sleep 0.05
+        bash -c "$cmd" || die "$tool failed"
+        echo "$1 $tool $(find "$out" -type f -newer "$stamp" | wc -l)"
+    done
+}
+
 echo "b5: measuring cold builds ($(nproc) cores)" >&2
 hyperfine --style basic --runs "$RUNS" --prepare "$CLEAN" \
     -n vakt "$CMD_VAKT" -n hugo "$CMD_HUGO" -n hugo-json "$CMD_HUGO_JSON" \
     --export-json "$WORK/results/cold.json" >&2 || die "a measured command failed"
-echo "b5: measuring warm rebuilds" >&2
+echo "b5: measuring no-op rebuilds" >&2
 hyperfine --style basic --runs "$RUNS" --warmup 1 \
     -n vakt "$CMD_VAKT" -n hugo "$CMD_HUGO" -n hugo-json "$CMD_HUGO_JSON" \
-    --export-json "$WORK/results/warm.json" >&2 || die "a measured command failed"
+    --export-json "$WORK/results/no-op.json" >&2 || die "a measured command failed"
+echo "b5: measuring rebuilds after one runbook edit" >&2
+hyperfine --style basic --runs "$RUNS" --warmup 1 --prepare "$EDIT" \
+    -n vakt "$CMD_VAKT" -n hugo "$CMD_HUGO" -n hugo-json "$CMD_HUGO_JSON" \
+    --export-json "$WORK/results/one-edit.json" >&2 || die "a measured command failed"
+{ written no-op; written one-edit; } > "$WORK/results/written.txt"
 
 python3 - "$WORK/results" "$FILES_VAKT" "$FILES_HUGO" "$FILES_HUGO_JSON" <<'PY'
 import json, sys
 d, fv, fh, fhj = sys.argv[1], *map(int, sys.argv[2:5])
 rep = json.load(open(f"{d}/vakt-report.json"))
 files = {"vakt": fv, "hugo": fh, "hugo-json": fhj}
-print("| scenario | tool | files written | wall time (mean ± stddev) | user + sys CPU | runs | time / vakt |")
-print("|---|---|---|---|---|---|---|")
-for scen in ("cold", "warm"):
+written = {}
+for line in open(f"{d}/written.txt"):
+    scen, tool, n = line.split()
+    written[(scen, tool)] = int(n)
+print("| scenario | tool | files in output | files written | wall time (mean ± stddev) | user + sys CPU | runs | time / vakt |")
+print("|---|---|---|---|---|---|---|---|")
+for scen in ("cold", "no-op", "one-edit"):
     hf = {r["command"]: r for r in json.load(open(f"{d}/{scen}.json"))["results"]}
     v = hf["vakt"]["mean"]
     for name in ("vakt", "hugo", "hugo-json"):
         r = hf[name]
-        print(f"| {scen} | {name} | {files[name]} | {r['mean']:.3f} s ± {r['stddev']:.3f} s | "
+        w = files[name] if scen == "cold" else written[(scen, name)]
+        print(f"| {scen} | {name} | {files[name]} | {w} | {r['mean']:.3f} s ± {r['stddev']:.3f} s | "
               f"{r['user']:.2f} + {r['system']:.2f} s | {len(r['times'])} | {r['mean'] / v:.2f}× |")
 s = rep["search"]
 print()
