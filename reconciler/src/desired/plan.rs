@@ -246,6 +246,29 @@ pub fn view(value: &[u8]) -> LiveView {
     v
 }
 
+/// True when `live` is exactly what vakt writes for `e` (from any commit): `{"spec":` followed
+/// by `e`'s canonical spec bytes, then `,"vakt":` and a metadata object whose claimed digest is
+/// `e`'s, then `}`. The same verdict as [`view`] (digest equal, not tampered) for such values,
+/// found with one byte comparison and a parse of the small metadata object instead of parsing,
+/// canonicalising and hashing the spec; any other shape falls back to [`view`].
+fn written_by_vakt_for(live: &[u8], e: &crate::desired::compile::Entry) -> bool {
+    #[derive(Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow)]
+        digest: std::borrow::Cow<'a, str>,
+    }
+    let Some(rest) = live
+        .strip_prefix(b"{\"spec\":")
+        .and_then(|r| r.strip_prefix(&*e.spec))
+        .and_then(|r| r.strip_prefix(b",\"vakt\":"))
+        .and_then(|r| r.strip_suffix(b"}"))
+    else {
+        return false;
+    };
+    rest.first() == Some(&b'{')
+        && serde_json::from_slice::<Meta<'_>>(rest).is_ok_and(|m| m.digest == e.digest.as_str())
+}
+
 /// Plans `head` against another commit's desired state (`base`), or against nothing.
 pub fn plan_commits(base: Option<&Desired>, head: &Desired) -> Plan {
     let policy = &head.manifest.environments[&head.env].policy;
@@ -370,6 +393,7 @@ pub fn plan_live(head: &Desired, live: &BTreeMap<KeyId, LiveEntry>) -> Plan {
                 Some(e),
                 Some(l.revision),
             )),
+            Some(l) if written_by_vakt_for(&l.value, e) => {}
             Some(l) => {
                 let lv = view(&l.value);
                 if lv.digest.as_deref() == Some(e.digest.as_str()) && !lv.tampered {
@@ -944,6 +968,48 @@ mod tests {
 
     fn key(b: Bucket, k: &str) -> KeyId {
         (b, k.to_owned())
+    }
+
+    /// The byte-level shortcut agrees with the full parse on every shape of live value.
+    #[test]
+    fn the_fast_in_sync_check_agrees_with_the_full_view() {
+        let d = desired();
+        let agree = |value: &[u8], e: &crate::desired::compile::Entry| {
+            let lv = view(value);
+            let full = lv.digest.as_deref() == Some(e.digest.as_str()) && !lv.tampered;
+            let fast = written_by_vakt_for(value, e);
+            // the shortcut may only say "in sync" when the full view does
+            assert!(!fast || full, "{}", String::from_utf8_lossy(value));
+            fast
+        };
+        let mut checked = 0;
+        for e in d.entries.values().take(50) {
+            let mine = e.value("dev");
+            assert!(agree(&mine, e), "vakt's own value is in sync");
+            // written by another commit, for another env: the spec is what counts
+            let mut other = e.clone();
+            other.commit = "f".repeat(40);
+            assert!(agree(&other.value("staging"), e));
+            // a claimed digest that is not the spec's (tampered metadata)
+            let forged = String::from_utf8(mine.clone())
+                .unwrap()
+                .replace(&e.digest, "sha256:00");
+            assert!(!agree(forged.as_bytes(), e));
+            // trailing data, a second spec, whitespace, a truncated value
+            let mut trailing = mine.clone();
+            trailing.extend_from_slice(b" x");
+            assert!(!agree(&trailing, e));
+            let dup = [&mine[..mine.len() - 1], b",\"spec\":1}"].concat();
+            assert!(!agree(&dup, e));
+            let spaced = [b"{ ".as_slice(), &mine[1..]].concat();
+            assert!(
+                !written_by_vakt_for(&spaced, e),
+                "other shapes take the full path"
+            );
+            assert!(!agree(&mine[..mine.len() - 2], e));
+            checked += 1;
+        }
+        assert_eq!(checked, 50);
     }
 
     /// A live state that differs from Git in one key of each kind: missing (add), edited by
