@@ -149,7 +149,18 @@ async fn b3(repo: &Path, env: &str, url: &str) {
         .expect("apply");
     let apply_ms = ms(t.elapsed());
     assert_eq!(r.written, n);
-    // Peer: raw JetStream publish of the same bytes (same 512 window), acks awaited.
+    // Peer: raw JetStream publish of the same messages, the KV values and the audit events
+    // (the events' payloads as the apply published them), interleaved as the apply sends them,
+    // with the same in-flight window (512 writes + 512 events), every ack awaited.
+    let events: Vec<bytes::Bytes> = audit
+        .read(0)
+        .await
+        .expect("read audit events")
+        .into_iter()
+        .filter(|s| s.event.action == "kv.put")
+        .map(|s| bytes::Bytes::from(serde_json::to_vec(&s.event).expect("encode")))
+        .collect();
+    assert_eq!(events.len(), n, "one audit event per write");
     let js = async_nats::jetstream::new(store.client.clone());
     js.create_stream(async_nats::jetstream::stream::Config {
         name: format!("RAW{tag}"),
@@ -158,21 +169,18 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     })
     .await
     .expect("raw stream");
-    let payloads: Vec<(String, bytes::Bytes)> = desired
-        .entries
-        .iter()
-        .map(|((b, k), e)| {
-            (
-                format!("raw{tag}.{b}.{k}"),
-                bytes::Bytes::from(e.value(env)),
-            )
-        })
-        .collect();
+    let mut payloads: Vec<(String, bytes::Bytes)> = Vec::with_capacity(2 * n);
+    for (((b, k), e), ev) in desired.entries.iter().zip(events) {
+        payloads.push((format!("raw{tag}.{b}.{k}"), bytes::Bytes::from(e.value(env))));
+        payloads.push((format!("raw{tag}.audit.{env}.kv.put"), ev));
+    }
+    let raw_bytes: usize = payloads.iter().map(|p| p.1.len()).sum();
+    let raw_messages = payloads.len();
     let t = Instant::now();
     let mut pending = std::collections::VecDeque::new();
     for (s, p) in payloads {
         pending.push_back(js.publish(s, p).await.expect("publish"));
-        if pending.len() >= 512 {
+        if pending.len() >= 1024 {
             pending.pop_front().unwrap().await.expect("ack");
         }
     }
@@ -196,6 +204,7 @@ async fn b3(repo: &Path, env: &str, url: &str) {
         serde_json::json!({
             "bench": "B3/B6/B7", "keys": n, "value_bytes": bytes,
             "apply_ms": apply_ms, "raw_publish_ms": raw_ms, "apply_vs_raw": apply_ms / raw_ms,
+            "raw_messages": raw_messages, "raw_bytes": raw_bytes,
             "drift_ms": drift_ms, "readback_ms": readback_ms, "drift_vs_readback": drift_ms / readback_ms,
             "peak_rss_mb": peak_rss_mb(),
         })
