@@ -171,7 +171,10 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     .expect("raw stream");
     let mut payloads: Vec<(String, bytes::Bytes)> = Vec::with_capacity(2 * n);
     for (((b, k), e), ev) in desired.entries.iter().zip(events) {
-        payloads.push((format!("raw{tag}.{b}.{k}"), bytes::Bytes::from(e.value(env))));
+        payloads.push((
+            format!("raw{tag}.{b}.{k}"),
+            bytes::Bytes::from(e.value(env)),
+        ));
         payloads.push((format!("raw{tag}.audit.{env}.kv.put"), ev));
     }
     let raw_bytes: usize = payloads.iter().map(|p| p.1.len()).sum();

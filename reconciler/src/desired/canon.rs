@@ -39,16 +39,14 @@ fn write(v: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         Value::String(s) => write_str(s, out),
-        other => {
-            // null, bool and numbers have one serde_json rendering
-            out.extend_from_slice(other.to_string().as_bytes());
-        }
+        // null, bool and numbers have one serde_json rendering (writing to a Vec cannot fail)
+        other => serde_json::to_writer(&mut *out, other).unwrap_or_default(),
     }
 }
 
-fn write_str(s: &str, out: &mut Vec<u8>) {
-    // serde_json's string escaping is deterministic; reuse it.
-    out.extend_from_slice(Value::String(s.to_owned()).to_string().as_bytes());
+/// Appends `s` as a JSON string, escaped as serde_json escapes it (deterministic).
+pub fn write_str(s: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, s).unwrap_or_default();
 }
 
 /// Lowercase hex SHA-256 of `bytes`, prefixed `sha256:`.
@@ -69,6 +67,23 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn strings_and_numbers_are_written_as_serde_json_writes_them() {
+        for v in [
+            json!("plain"),
+            json!("quote \" backslash \\ nl \n tab \t ctl \u{1} é 😀 </script>"),
+            json!(0),
+            json!(-12),
+            json!(u64::MAX),
+            json!(1.5e300),
+            json!(0.1),
+            json!(true),
+            json!(null),
+        ] {
+            assert_eq!(to_vec(&v), v.to_string().into_bytes(), "{v}");
+        }
+    }
 
     #[test]
     fn sorts_keys_at_every_level_and_drops_whitespace() {

@@ -84,15 +84,28 @@ pub struct Entry {
 impl Entry {
     /// The KV value: canonical JSON `{"spec": …, "vakt": {"commit","digest","env","path"}}`.
     pub fn value(&self, env: &str) -> Vec<u8> {
-        let meta =
-            json!({"commit": self.commit, "digest": self.digest, "env": env, "path": self.path});
-        let meta = canon::to_vec(&meta);
-        let mut out = Vec::with_capacity(self.spec.len() + meta.len() + 20);
+        // Written directly (keys already in canonical order) rather than through a `Value`:
+        // this runs once per key on the apply path.
+        let mut out = Vec::with_capacity(
+            self.spec.len()
+                + self.commit.len()
+                + self.digest.len()
+                + env.len()
+                + self.path.len()
+                + 64,
+        );
         out.extend_from_slice(b"{\"spec\":");
         out.extend_from_slice(&self.spec);
-        out.extend_from_slice(b",\"vakt\":");
-        out.extend_from_slice(&meta);
-        out.push(b'}');
+        for (key, v) in [
+            (&b",\"vakt\":{\"commit\":"[..], self.commit.as_str()),
+            (b",\"digest\":", &self.digest),
+            (b",\"env\":", env),
+            (b",\"path\":", &self.path),
+        ] {
+            out.extend_from_slice(key);
+            canon::write_str(v, &mut out);
+        }
+        out.extend_from_slice(b"}}");
         out
     }
 
@@ -642,6 +655,24 @@ pub fn check_key(key: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kv_value_is_the_canonical_json_of_spec_and_metadata() {
+        let spec = canon::to_vec(&json!({"b": [1, "x\"y"], "a": {"z": null}}));
+        let e = Entry {
+            path: "config/tenants/ä \"q\"/tenant.toml".into(),
+            digest: canon::digest(&spec),
+            spec: spec.into(),
+            commit: "0123abc".into(),
+        };
+        let v: Value = serde_json::from_slice(&e.value("dev\n")).unwrap();
+        assert_eq!(canon::to_vec(&v), e.value("dev\n"), "canonical");
+        assert_eq!(
+            v["vakt"],
+            json!({"commit": "0123abc", "digest": e.digest, "env": "dev\n", "path": e.path})
+        );
+        assert_eq!(canon::to_vec(&v["spec"]), &*e.spec);
+    }
 
     #[test]
     fn placement_feeds_one_key_per_service_kind() {
