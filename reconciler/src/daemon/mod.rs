@@ -857,7 +857,10 @@ impl Ctx {
             prepared: None,
         };
         for (name, step) in STEPS {
-            match step(self, &mut pass).await {
+            let t = Instant::now();
+            let r = step(self, &mut pass).await;
+            tracing::debug!(step = name, elapsed_us = t.elapsed().as_micros() as u64, "step timing");
+            match r {
                 Ok(Flow::Next) => {}
                 Ok(Flow::Done(outcome)) => {
                     tracing::debug!(env = %self.opts.target.env, step = name, ?outcome, "pass ended");

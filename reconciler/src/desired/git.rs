@@ -29,10 +29,13 @@ pub struct Repo {
 
 impl Repo {
     pub fn open(path: &Path) -> Result<Repo, GitError> {
-        let repo = gix::open(path).map_err(|e| GitError::Open {
+        let mut repo = gix::open(path).map_err(|e| GitError::Open {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        // Decompressed objects are kept: an incremental compile diffs two trees and then looks
+        // paths up in the same (large) directory trees, which would otherwise be inflated again.
+        repo.object_cache_size_if_unset(32 << 20);
         Ok(Repo {
             path: path.to_owned(),
             repo,
