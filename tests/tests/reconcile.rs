@@ -1,7 +1,7 @@
 //! End-to-end: `vakt apply`, `plan`, `drift`, `promote` against a real `nats-server -js` and real
 //! Git repositories with env branches.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use reconciler::desired::compile::Bucket;
