@@ -585,6 +585,15 @@ fn kill_9_during_backup_never_lists_a_partial_backup_and_the_rerun_succeeds() {
     }
 }
 
+/// The plan id of the first `restore.start` in the trail (the killed run's).
+fn killed_plan(events: &[Value]) -> Value {
+    events
+        .iter()
+        .find(|e| e["action"] == "restore.start")
+        .map(|e| e["plan_id"].clone())
+        .unwrap_or(Value::Null)
+}
+
 #[test]
 fn kill_9_during_restore_then_the_rerun_converges_to_the_backup() {
     let (seed, mut rng) = seeded("restore");
@@ -696,9 +705,17 @@ fn kill_9_during_restore_then_the_rerun_converges_to_the_backup() {
             backed_up.iter().map(String::as_str).collect::<Vec<_>>()[..],
             "{ctx}: the backup's events are not the trail's beginning"
         );
+        // Killed after its `restore.start`: the rerun says it completes that restore, and
+        // records the interruption once, before its own start.
         let started = count(&events, |e| e["action"] == "restore.start");
-        let want_started = if *point == "restore.key" { 2 } else { 1 };
-        assert_eq!(started, want_started, "{ctx}");
+        let interrupted = count(&events, |e| e["action"] == "restore.interrupted");
+        if *point == "restore.key" {
+            assert_eq!(plan["resumes"], killed_plan(&events), "{ctx}: {plan}");
+            assert_eq!((started, interrupted), (2, 1), "{ctx}");
+        } else {
+            assert!(plan.get("resumes").is_none(), "{ctx}: {plan}");
+            assert_eq!((started, interrupted), (1, 0), "{ctx}");
+        }
         assert_eq!(
             count(&events, |e| e["action"] == "restore.done"),
             1,

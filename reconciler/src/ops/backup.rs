@@ -644,6 +644,15 @@ pub struct RestorePlan {
     pub destructive: bool,
     /// Why it cannot run at all.
     pub refusals: Vec<String>,
+    /// An earlier restore that started and never finished (killed, NATS lost): its plan id.
+    /// This one completes it, records `restore.interrupted` for it, and runs even when nothing
+    /// is left to write, so the trail ends in a `restore.done`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<String>,
+    /// `restore.interrupted` for `resumes` is already in the trail (an earlier rerun was
+    /// interrupted too).
+    #[serde(skip)]
+    resumes_recorded: bool,
     #[serde(skip)]
     events: Vec<AuditEvent>,
 }
@@ -787,7 +796,21 @@ pub async fn preflight(
             ));
         }
     }
+    // The last restore that started without finishing, if the trail ends inside one.
+    let mut resumes: Option<String> = None;
+    for e in live_events.iter().map(|s| &s.event) {
+        match e.action.as_str() {
+            "restore.start" => resumes = e.plan_id.clone(),
+            "restore.done" => resumes = None,
+            _ => {}
+        }
+    }
+    let resumes_recorded = resumes.as_ref().is_some_and(|p| {
+        let id = format!("{p}/interrupted");
+        live_events.iter().any(|s| s.event.id == id)
+    });
     hasher.update(format!("audit\0{}\n", audit_plan.to_publish).as_bytes());
+    hasher.update(format!("resumes\0{}\n", resumes.as_deref().unwrap_or("")).as_bytes());
     let digest = format!("sha256:{:x}", hasher.finalize());
     let id = format!("restore-{}", &digest[7..19]);
     let destructive = buckets
@@ -805,6 +828,8 @@ pub async fn preflight(
         audit: audit_plan,
         destructive,
         refusals,
+        resumes,
+        resumes_recorded,
         events,
     })
 }
@@ -873,6 +898,22 @@ pub async fn restore(
         fault::hold("restore.event", i + 1).await;
     }
     audit.refresh_head().await?;
+    if let Some(prev) = plan.resumes.as_ref().filter(|_| !plan.resumes_recorded) {
+        let mut ev = AuditEvent::new(
+            format!("{prev}/interrupted"),
+            &store.env,
+            &opts.actor,
+            "restore.interrupted",
+            "recovered",
+        );
+        ev.plan_id = Some(prev.clone());
+        ev.target = Some(plan.backup_id.clone());
+        ev.reason = Some(format!(
+            "restore {prev} started and did not finish; {} completes it",
+            plan.id
+        ));
+        audit.record(ev).await?;
+    }
     let mut start = AuditEvent::new(
         format!("{}/start", plan.id),
         &store.env,
