@@ -346,24 +346,19 @@ fn assert_recovery(
     }
 }
 
-#[test]
-fn kill_9_of_apply_at_seeded_points_converges_with_every_event_once() {
-    let (seed, mut rng) = seeded("apply");
+/// Kills `vakt apply` at each point (on a wiped server), reruns it and checks the result.
+/// Returns how many kills caught writes landed past the last processed acknowledgement.
+fn apply_matrix(
+    family: &str,
+    points: impl FnOnce(&mut Rng, usize) -> Vec<(&'static str, usize)>,
+) -> (u64, usize) {
+    let (seed, mut rng) = seeded(family);
     let repo = ops_git();
     let n = NatsServer::start();
     let desired = reconciler::compile_rev(repo.path(), "env/dev", "dev").expect("compile");
     let total = desired.len();
     assert!(total > 50, "{total} keys: too few to pipeline");
-    let sends = total.min(512);
-    let mut points: Vec<(&str, usize)> = vec![
-        ("apply.begin", 0),
-        ("apply.started", 0),
-        ("apply.written", 0),
-        ("apply.completed", 0),
-    ];
-    points.extend(rng.sample(sends, 7).into_iter().map(|k| ("apply.send", k)));
-    points.extend(rng.sample(total, 10).into_iter().map(|k| ("apply.ack", k)));
-    points.extend(rng.sample(total, 9).into_iter().map(|k| ("apply.write", k)));
+    let mut points = points(&mut rng, total);
     rng.shuffle(&mut points);
     eprintln!("{} apply kill points: {points:?}", points.len());
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -390,6 +385,42 @@ fn kill_9_of_apply_at_seeded_points_converges_with_every_event_once() {
             "{ctx}: the rerun left the in-flight marker"
         );
     }
+    (seed, pipelined)
+}
+
+#[test]
+fn kill_9_of_apply_around_its_writes_converges_with_every_event_once() {
+    // Before the marker, after `apply.started`, after N writes sent (none acknowledged yet),
+    // after all writes, after `apply.completed`.
+    apply_matrix("apply-around", |rng, total| {
+        let mut p = vec![
+            ("apply.begin", 0),
+            ("apply.started", 0),
+            ("apply.written", 0),
+            ("apply.completed", 0),
+        ];
+        p.extend(
+            rng.sample(total.min(512), 7)
+                .into_iter()
+                .map(|k| ("apply.send", k)),
+        );
+        p
+    });
+}
+
+#[test]
+fn kill_9_of_apply_between_writes_and_their_events_converges_with_every_event_once() {
+    // After the N-th acknowledgement (its event not sent) and after its event was sent, with
+    // the normal window: the writes sent after it land too.
+    let (seed, pipelined) = apply_matrix("apply-between", |rng, total| {
+        let mut p: Vec<_> = rng
+            .sample(total, 10)
+            .into_iter()
+            .map(|k| ("apply.ack", k))
+            .collect();
+        p.extend(rng.sample(total, 9).into_iter().map(|k| ("apply.write", k)));
+        p
+    });
     // The point of the normal window: some kill caught writes sent and landed past the last
     // acknowledgement the apply had processed.
     assert!(
