@@ -56,6 +56,10 @@ pub struct BackupOpts {
 /// restore instead of being overwritten. Every step is audited (restore.start,
 /// restore.bucket, restore.done) and `restore.last` records the outcome.
 ///
+/// A restore that was interrupted (killed, NATS lost) is completed by running it again: the
+/// rerun writes only what is still missing, records restore.interrupted for the earlier run
+/// and ends with restore.done, even when nothing was left to write.
+///
 /// After a restore, `vakt reconcile` (or `vakt apply`) brings the desired buckets to the
 /// branch head again; `vakt drift` shows the difference meanwhile.
 ///
@@ -176,7 +180,7 @@ pub fn restore(o: RestoreCmd) -> Exit {
     if o.preflight {
         return Ok(exit::OK);
     }
-    if plan.writes() == 0 && plan.audit.to_publish == 0 {
+    if plan.writes() == 0 && plan.audit.to_publish == 0 && plan.resumes.is_none() {
         output::print("Nothing to restore: the live state matches the backup.\n");
         return Ok(exit::OK);
     }
@@ -233,6 +237,11 @@ fn render_plan(p: &RestorePlan) -> String {
                 s.push_str(&format!("      … and {} more to {what}\n", keys.len() - 10));
             }
         }
+    }
+    if let Some(prev) = &p.resumes {
+        s.push_str(&format!(
+            "  completes the interrupted restore {prev} (started, never finished)\n"
+        ));
     }
     if p.audit.skipped {
         s.push_str("  audit trail: left as it is (--skip-audit)\n");

@@ -43,8 +43,6 @@ pub struct ApplyOpts {
     pub branch_head: Option<String>,
     /// Writes in flight at once.
     pub window: usize,
-    /// Test hook: abort the process (as kill -9 would) after this many acknowledged writes.
-    pub crash_after_writes: Option<usize>,
     /// Test hook: after this many acknowledged writes, wait until `pause_until` exists.
     pub pause_after_writes: Option<usize>,
     pub pause_until: Option<std::path::PathBuf>,
@@ -58,7 +56,31 @@ pub struct ApplyOpts {
 /// Fault-injection hooks for the end-to-end crash tests. They read `VAKT_TEST_*` variables only
 /// in builds with the `fault-injection` feature (the test suite's); a release build of `vakt`
 /// has no such hooks and ignores the variables.
-mod fault {
+pub(crate) mod fault {
+    /// Kill point: when `VAKT_TEST_HOLD` is `<point>:<n>`, the process stops here (creating the
+    /// file `VAKT_TEST_HOLD_READY` names) and waits to be killed from outside (SIGKILL), with
+    /// everything else it has in flight (pipelined writes, audit events) left to the server.
+    /// Aborts after two minutes so a test that never kills it leaves no process behind.
+    #[cfg(feature = "fault-injection")]
+    pub async fn hold(point: &str, n: usize) {
+        let Ok(spec) = std::env::var("VAKT_TEST_HOLD") else {
+            return;
+        };
+        if spec != format!("{point}:{n}") {
+            return;
+        }
+        if let Some(ready) = std::env::var_os("VAKT_TEST_HOLD_READY") {
+            let _ = std::fs::write(ready, format!("{spec}\n"));
+        }
+        tracing::debug!(point, n, "test hook: holding until killed");
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+        std::process::abort();
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    #[inline(always)]
+    pub async fn hold(_: &str, _: usize) {}
+
     #[cfg(feature = "fault-injection")]
     pub fn env_usize(name: &str) -> Option<usize> {
         std::env::var(name).ok().and_then(|s| s.parse().ok())
@@ -89,7 +111,6 @@ impl ApplyOpts {
             now: OffsetDateTime::now_utc(),
             branch_head: None,
             window: 512,
-            crash_after_writes: fault::env_usize("VAKT_TEST_CRASH_AFTER_WRITES"),
             pause_after_writes: fault::env_usize("VAKT_TEST_PAUSE_AFTER_WRITES"),
             pause_until: fault::env_path("VAKT_TEST_PAUSE_UNTIL"),
             causation_id: None,
@@ -337,6 +358,7 @@ async fn execute(
             "remove": plan.counts.remove, "pinned": pinned,
         }));
         audit.record(ev).await?;
+        fault::hold("apply.completed", 0).await;
         state::delete(&store.state, state::INFLIGHT).await?;
     }
     set_status(store, |s| {
@@ -598,6 +620,7 @@ pub async fn write_plan(
     plan: &Plan,
     opts: &ApplyOpts,
 ) -> Result<usize, ApplyError> {
+    fault::hold("apply.begin", 0).await;
     let inflight = Inflight {
         plan_id: plan.id.clone(),
         commit: desired.commit.clone(),
@@ -620,10 +643,11 @@ pub async fn write_plan(
         "against": plan.against, "break_glass": opts.break_glass,
     }));
     audit.record(ev).await?;
+    fault::hold("apply.started", 0).await;
 
     let total = plan.changes.len();
-    // With the crash hook, one write in flight at a time: exactly N writes land before the abort.
-    let window = if opts.crash_after_writes.is_some() || opts.pause_after_writes.is_some() {
+    // With the pause hook, one write in flight at a time: exactly N writes land before it.
+    let window = if opts.pause_after_writes.is_some() {
         1
     } else {
         opts.window.max(1)
@@ -632,6 +656,7 @@ pub async fn write_plan(
         VecDeque::new();
     let mut audits: VecDeque<async_nats::jetstream::context::PublishAckFuture> = VecDeque::new();
     let mut written = 0usize;
+    let mut sent = 0usize;
     let mut failure: Option<StoreError> = None;
 
     let mut idx = 0;
@@ -652,7 +677,11 @@ pub async fn write_plan(
             )
             .await
             {
-                Ok(f) => pending.push_back((idx, f)),
+                Ok(f) => {
+                    pending.push_back((idx, f));
+                    sent += 1;
+                    fault::hold("apply.send", sent).await;
+                }
                 Err(e) => failure = Some(e),
             }
             idx += 1;
@@ -675,6 +704,7 @@ pub async fn write_plan(
                 if let Some(p) = &opts.progress {
                     p.report(written as u64, total as u64);
                 }
+                fault::hold("apply.ack", written).await;
                 let ev = change_event(store, plan, opts, c, seq);
                 match bounded("publish audit event", audit.send(ev)).await {
                     Ok(a) => audits.push_back(a),
@@ -682,10 +712,7 @@ pub async fn write_plan(
                         failure.get_or_insert(e);
                     }
                 }
-                if opts.crash_after_writes == Some(written) {
-                    // Test hook: die like kill -9 between a write and the rest of the apply.
-                    std::process::abort();
-                }
+                fault::hold("apply.write", written).await;
                 if opts.pause_after_writes == Some(written)
                     && let Some(until) = &opts.pause_until
                 {
@@ -755,6 +782,7 @@ pub async fn write_plan(
             source,
         });
     }
+    fault::hold("apply.written", 0).await;
     Ok(written)
 }
 
@@ -815,6 +843,12 @@ pub async fn recover(store: &Store, audit: &mut Audit, actor: &str) -> Result<us
         return Ok(0);
     };
     let recorded = audit.recorded_ids(inf.audit_seq + 1).await?;
+    if recorded.contains(&format!("{}/completed", inf.plan_id)) {
+        // Killed after `apply.completed` and before the marker went: every write and event is
+        // in, nothing was interrupted that needs recording.
+        state::delete(&store.state, state::INFLIGHT).await?;
+        return Ok(0);
+    }
     let live = store.snapshot().await?;
     let mut n = 0;
     let mut by_bucket: BTreeMap<Bucket, Vec<(&String, &plan::LiveEntry)>> = BTreeMap::new();

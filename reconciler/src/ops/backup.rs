@@ -41,6 +41,7 @@ use time::OffsetDateTime;
 use crate::Error;
 use crate::desired::compile::Bucket;
 use crate::desired::plan::LiveEntry;
+use crate::ops::apply::fault;
 use crate::ops::approvals::Gate;
 use crate::store::audit::{self, Audit, AuditEvent, now_rfc3339};
 use crate::store::state::{self, Approval};
@@ -248,10 +249,12 @@ pub async fn backup(
             return Err(e);
         }
     };
+    fault::hold("backup.written", 0).await;
     std::fs::rename(&tmp, out).map_err(|e| io_err(out, e))?;
     if let Ok(d) = std::fs::File::open(&parent) {
         let _ = d.sync_all();
     }
+    fault::hold("backup.renamed", 0).await;
     // Read back what is on disk: only a backup that verifies counts.
     let v = verify(out).await?;
     if v.manifest != manifest {
@@ -318,6 +321,7 @@ async fn write_backup(store: &Store, dir: &Path, actor: &str) -> Result<Manifest
             records += 1;
         }
         files.push(write_file(dir, &path, Some(name), records, &lines)?);
+        fault::hold("backup.file", files.len()).await;
     }
     let stream = audit::ensure_stream(&store.js, store.replicas).await?;
     let events = audit::read_events(&stream, &store.env, 1).await?;
@@ -334,9 +338,20 @@ async fn write_backup(store: &Store, dir: &Path, actor: &str) -> Result<Manifest
         lines.push(b'\n');
     }
     files.push(write_file(dir, AUDIT_FILE, None, events.len(), &lines)?);
+    fault::hold("backup.file", files.len()).await;
+    // Seconds are not unique (two backups in one second had one id, and the second's audit
+    // event was dropped as a duplicate): the id ends in a digest of the exact time, the process
+    // and the content.
+    let mut tag = Sha256::new();
+    tag.update(created.unix_timestamp_nanos().to_le_bytes());
+    tag.update(std::process::id().to_le_bytes());
+    for f in &files {
+        tag.update(f.sha256.as_bytes());
+    }
+    let tag = format!("{:x}", tag.finalize());
     let manifest = Manifest {
         format: FORMAT,
-        id: format!("backup-{}-{stamp}", store.env),
+        id: format!("backup-{}-{stamp}-{}", store.env, &tag[..8]),
         env: store.env.clone(),
         prefix: store.prefix.clone(),
         created_at,
@@ -629,6 +644,15 @@ pub struct RestorePlan {
     pub destructive: bool,
     /// Why it cannot run at all.
     pub refusals: Vec<String>,
+    /// An earlier restore that started and never finished (killed, NATS lost): its plan id.
+    /// This one completes it, records `restore.interrupted` for it, and runs even when nothing
+    /// is left to write, so the trail ends in a `restore.done`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<String>,
+    /// `restore.interrupted` for `resumes` is already in the trail (an earlier rerun was
+    /// interrupted too).
+    #[serde(skip)]
+    resumes_recorded: bool,
     #[serde(skip)]
     events: Vec<AuditEvent>,
 }
@@ -772,7 +796,21 @@ pub async fn preflight(
             ));
         }
     }
+    // The last restore that started without finishing, if the trail ends inside one.
+    let mut resumes: Option<String> = None;
+    for e in live_events.iter().map(|s| &s.event) {
+        match e.action.as_str() {
+            "restore.start" => resumes = e.plan_id.clone(),
+            "restore.done" => resumes = None,
+            _ => {}
+        }
+    }
+    let resumes_recorded = resumes.as_ref().is_some_and(|p| {
+        let id = format!("{p}/interrupted");
+        live_events.iter().any(|s| s.event.id == id)
+    });
     hasher.update(format!("audit\0{}\n", audit_plan.to_publish).as_bytes());
+    hasher.update(format!("resumes\0{}\n", resumes.as_deref().unwrap_or("")).as_bytes());
     let digest = format!("sha256:{:x}", hasher.finalize());
     let id = format!("restore-{}", &digest[7..19]);
     let destructive = buckets
@@ -790,6 +828,8 @@ pub async fn preflight(
         audit: audit_plan,
         destructive,
         refusals,
+        resumes,
+        resumes_recorded,
         events,
     })
 }
@@ -839,7 +879,7 @@ pub async fn restore(
         gate(store, &plan, opts).await?;
     }
     // The audit trail first: the restore's own events then chain after the restored ones.
-    for ev in &plan.events {
+    for (i, ev) in plan.events.iter().enumerate() {
         let payload = serde_json::to_vec(ev).map_err(|e| nats_err("encode audit event", e))?;
         let ack = store
             .js
@@ -855,8 +895,25 @@ pub async fn restore(
             .await
             .map_err(|_| nats_err("audit ack", "timed out after 10 s"))?
             .map_err(|e| nats_err("audit ack", e))?;
+        fault::hold("restore.event", i + 1).await;
     }
     audit.refresh_head().await?;
+    if let Some(prev) = plan.resumes.as_ref().filter(|_| !plan.resumes_recorded) {
+        let mut ev = AuditEvent::new(
+            format!("{prev}/interrupted"),
+            &store.env,
+            &opts.actor,
+            "restore.interrupted",
+            "recovered",
+        );
+        ev.plan_id = Some(prev.clone());
+        ev.target = Some(plan.backup_id.clone());
+        ev.reason = Some(format!(
+            "restore {prev} started and did not finish; {} completes it",
+            plan.id
+        ));
+        audit.record(ev).await?;
+    }
     let mut start = AuditEvent::new(
         format!("{}/start", plan.id),
         &store.env,
@@ -879,7 +936,7 @@ pub async fn restore(
         let Some(kv) = kv_of(store, &b.bucket) else {
             continue;
         };
-        written += write_bucket(store, kv, &b.bucket, &b.writes, |n| {
+        written += write_bucket(store, kv, &b.bucket, &b.writes, written, |n| {
             if let Some(p) = &opts.progress {
                 p.report((written + n) as u64, total);
             }
@@ -941,6 +998,7 @@ async fn write_bucket(
     kv: &kv::Store,
     bucket: &str,
     writes: &[Write1],
+    written_before: usize,
     progress: impl Fn(usize),
 ) -> Result<usize, Error> {
     let name = format!("{}_{bucket}", store.prefix);
@@ -971,6 +1029,7 @@ async fn write_bucket(
         r?;
         n += 1;
         progress(n);
+        fault::hold("restore.key", written_before + n).await;
     }
     Ok(n)
 }
