@@ -1576,3 +1576,101 @@ fn nodes_over_mutual_tls_need_the_ca_and_a_client_certificate_and_plain_http_is_
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A seeded kill -9 of the leader at a job transition (after the job record is saved, before
+/// or after its audit event is sent): the replica that takes over finishes the job, and every
+/// transition has exactly one event, in an intact chain. The seed is printed; replay with
+/// `VAKT_KILL_SEED=<seed>`.
+#[test]
+fn kill_9_of_the_leader_at_job_transitions_leaves_every_transition_audited_once() {
+    let seed: u64 = match std::env::var("VAKT_KILL_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .expect("VAKT_KILL_SEED is an unsigned integer"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    };
+    eprintln!("job kill points: seed {seed}; replay with VAKT_KILL_SEED={seed}");
+    // Transitions of a migration job: 1 started, 2..=7 its six steps, 8 succeeded. A kill
+    // after the save and before the event, and one after the event, each at a seeded
+    // transition; plus the terminal save (nobody resumes a finished job: the outbox is sent
+    // by the next pass).
+    let mut x = seed | 1;
+    let mut next = |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m
+    };
+    let points = [
+        ("job.saved", 1 + next(7)),
+        ("job.audited", 1 + next(7)),
+        ("job.saved", 8),
+    ];
+    for (point, k) in points {
+        let ctx = format!("seed {seed}, kill point {point}:{k}");
+        let (p1, p2) = (nats::port(), nats::port());
+        let repo = migration_repo(p1, p2, "drain_timeout = \"30s\"\npoll_interval = \"100ms\"");
+        let n = NatsServer::start();
+        let _old = agg_node(&n, 1, p1, &[]);
+        let _new = agg_node(&n, 2, p2, &[]);
+        let ready = n.dir.path().join("held");
+        let spec = format!("{point}:{k}");
+        let ready_s = ready.to_string_lossy().into_owned();
+        let mut a = Daemon::start_at(
+            repo.path(),
+            &n.url(),
+            n.dir.path(),
+            "dev",
+            "ka",
+            LONG,
+            &[
+                ("VAKT_TEST_HOLD", &spec),
+                ("VAKT_TEST_HOLD_READY", &ready_s),
+            ],
+        );
+        move_after_first_apply(repo.path(), &n);
+        assert!(
+            wait_until(Duration::from_secs(60), || ready.exists()),
+            "{ctx}: the leader never reached the kill point"
+        );
+        a.child.kill().expect("kill -9");
+        let _ = a.child.wait();
+        let _b = Daemon::start(repo.path(), &n, "dev", "kb", LONG);
+        let job = job_where(repo.path(), &n, 60, |j| {
+            j["state"] == "succeeded" && j.get("unaudited").is_none()
+        });
+        assert_eq!(shard_of_polar_retail(&n), "agg-osl1-b", "{ctx}");
+        let ev = audit_events(&n.url(), "dev");
+        let mine: Vec<&serde_json::Value> =
+            ev.iter().filter(|e| e["job_id"] == job["id"]).collect();
+        let mut ids = std::collections::BTreeSet::new();
+        for e in &mine {
+            assert!(
+                ids.insert(e["id"].to_string()),
+                "{ctx}: duplicate {}",
+                e["id"]
+            );
+        }
+        let of = |a: &str| mine.iter().filter(|e| e["action"] == a).count();
+        assert_eq!(of("job.created"), 1, "{ctx}");
+        assert_eq!(of("job.started"), 1, "{ctx}");
+        for s in job["steps"].as_array().unwrap() {
+            let action = format!("job.step.{}", s["name"].as_str().unwrap());
+            assert_eq!(of(&action), 1, "{ctx}: {action}");
+        }
+        assert_eq!(of("job.succeeded"), 1, "{ctx}");
+        // The replica resumed the job unless the kill came after its last transition.
+        let resumed = if k == 8 { 0 } else { 1 };
+        assert_eq!(of("job.resumed"), resumed, "{ctx}");
+        let parsed: Vec<reconciler::store::audit::AuditEvent> = ev
+            .iter()
+            .map(|e| serde_json::from_value(e.clone()).unwrap())
+            .collect();
+        reconciler::store::audit::verify_chain(&parsed, reconciler::store::audit::GENESIS)
+            .unwrap_or_else(|e| panic!("{ctx}: chain: {e:?}"));
+    }
+}

@@ -859,7 +859,11 @@ impl Ctx {
         for (name, step) in STEPS {
             let t = Instant::now();
             let r = step(self, &mut pass).await;
-            tracing::debug!(step = name, elapsed_us = t.elapsed().as_micros() as u64, "step timing");
+            tracing::debug!(
+                step = name,
+                elapsed_us = t.elapsed().as_micros() as u64,
+                "step timing"
+            );
             match r {
                 Ok(Flow::Next) => {}
                 Ok(Flow::Done(outcome)) => {

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::desired::compile::{Bucket, Desired};
 use crate::desired::plan::{Action, Plan};
+use crate::ops::apply::fault;
 use crate::ops::nodes::NodeClient;
 use crate::store::audit::{Audit, AuditEvent, now_rfc3339};
 use crate::store::{Store, StoreError, nats_err};
@@ -38,6 +39,14 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// No runner will pick the job up again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::DeadLettered
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
@@ -120,6 +129,32 @@ pub struct Job {
     pub drain_timeout_ms: u64,
     pub poll_interval_ms: u64,
     pub max_inflight_to_start: u64,
+    /// The runner's transitions saved with the job whose audit events are not yet confirmed
+    /// (an outbox): sent right after the save, and, when the runner died first, sent by the
+    /// replica that resumes the job (or found already recorded). So every saved transition has
+    /// exactly one event, whatever moment a kill -9 picks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unaudited: Vec<PendingEvent>,
+    /// Runner transitions so far: numbers their event ids (deterministic, so a resend is
+    /// recognised).
+    #[serde(default)]
+    pub transitions: u64,
+}
+
+/// A runner transition waiting for its audit event (see [`Job::unaudited`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingEvent {
+    pub id: String,
+    /// The replica that made the transition.
+    pub actor: String,
+    pub action: String,
+    pub outcome: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The audit stream's last sequence before the transition was saved: if the event was
+    /// recorded, it is after this.
+    pub after_seq: u64,
+    pub detail: Value,
 }
 
 impl Job {
@@ -174,6 +209,8 @@ impl Job {
                 .and_then(ms)
                 .unwrap_or(5_000),
             max_inflight_to_start: drain["max_inflight_to_start"].as_u64().unwrap_or(200),
+            unaudited: Vec::new(),
+            transitions: 0,
         }
     }
 }
@@ -384,19 +421,6 @@ pub async fn list(store: &Store) -> Result<Vec<Job>, StoreError> {
     Ok(out)
 }
 
-async fn audit_job(
-    audit: &mut Audit,
-    actor: &str,
-    j: &Job,
-    action: &str,
-    outcome: &str,
-    reason: Option<String>,
-) {
-    if let Err(e) = try_audit_job(audit, actor, j, action, outcome, reason).await {
-        tracing::warn!(job = %j.id, error = %e, "cannot audit job transition");
-    }
-}
-
 /// Records a job transition; an operator action whose event cannot be recorded is undone.
 async fn try_audit_job(
     audit: &mut Audit,
@@ -406,13 +430,30 @@ async fn try_audit_job(
     outcome: &str,
     reason: Option<String>,
 ) -> Result<(), StoreError> {
-    let mut ev = AuditEvent::new(
-        format!("{}/{action}/{}/{}", j.id, j.attempts, now_rfc3339()),
-        &j.env,
-        actor,
-        action,
-        outcome,
-    );
+    let id = format!("{}/{action}/{}/{}", j.id, j.attempts, now_rfc3339());
+    let ev = job_event(j, &id, actor, action, outcome, reason, job_detail(j));
+    let _ = audit.refresh_head().await;
+    audit.record(ev).await.map(|_| ())
+}
+
+/// What a job event says about the job's state after the transition.
+fn job_detail(j: &Job) -> Value {
+    serde_json::json!({
+        "tenant": j.migration.tenant, "from": j.migration.from_node, "to": j.migration.to_node,
+        "state": j.state, "attempts": j.attempts,
+    })
+}
+
+fn job_event(
+    j: &Job,
+    id: &str,
+    actor: &str,
+    action: &str,
+    outcome: &str,
+    reason: Option<String>,
+    detail: Value,
+) -> AuditEvent {
+    let mut ev = AuditEvent::new(id, &j.env, actor, action, outcome);
     ev.job_id = Some(j.id.clone());
     ev.correlation_id = Some(j.correlation_id.clone());
     ev.causation_id = j.causation_id.clone();
@@ -420,12 +461,66 @@ async fn try_audit_job(
     ev.commit = Some(j.migration.commit.clone());
     ev.target = Some(format!("placement/{}", j.migration.key));
     ev.reason = reason;
-    ev.detail = Some(serde_json::json!({
-        "tenant": j.migration.tenant, "from": j.migration.from_node, "to": j.migration.to_node,
-        "state": j.state, "attempts": j.attempts,
-    }));
-    let _ = audit.refresh_head().await;
-    audit.record(ev).await.map(|_| ())
+    ev.detail = Some(detail);
+    ev
+}
+
+/// Notes a runner transition of `j` in its outbox; the next [`save`] stores it with the job,
+/// and [`flush`] then sends its event.
+async fn note(
+    audit: &Audit,
+    me: &str,
+    j: &mut Job,
+    action: &str,
+    outcome: &str,
+    reason: Option<String>,
+) -> Result<(), StoreError> {
+    let after_seq = audit.last_seq().await?;
+    j.transitions += 1;
+    j.unaudited.push(PendingEvent {
+        id: format!("{}/{}/{action}", j.id, j.transitions),
+        actor: me.to_owned(),
+        action: action.to_owned(),
+        outcome: outcome.to_owned(),
+        reason,
+        after_seq,
+        detail: job_detail(j),
+    });
+    Ok(())
+}
+
+/// Sends the events of `j`'s saved transitions, oldest first; each one sent leaves the outbox
+/// (the next save stores that). With `check`, events a runner that died already sent are
+/// found in the stream and not sent again. Returns whether the outbox is now empty; a
+/// failure leaves the rest for the next save and flush.
+async fn flush(audit: &mut Audit, j: &mut Job, check: bool) -> bool {
+    if check && let Some(from) = j.unaudited.iter().map(|p| p.after_seq).min() {
+        match audit.recorded_ids(from + 1).await {
+            Ok(ids) => j.unaudited.retain(|p| !ids.contains(&p.id)),
+            Err(e) => {
+                tracing::warn!(job = %j.id, error = %e, "cannot check the job's unaudited transitions");
+                return false;
+            }
+        }
+    }
+    while let Some(p) = j.unaudited.first().cloned() {
+        let ev = job_event(
+            j, &p.id, &p.actor, &p.action, &p.outcome, p.reason, p.detail,
+        );
+        let _ = audit.refresh_head().await;
+        if let Err(e) = audit.record(ev).await {
+            tracing::warn!(job = %j.id, action = %p.action, error = %e, "cannot audit job transition (kept in the job's outbox)");
+            return false;
+        }
+        j.unaudited.remove(0);
+    }
+    true
+}
+
+/// Saves a job that reached a resting state with its outbox emptied by [`flush`].
+async fn save_flushed(store: &Store, j: &mut Job, rev: u64) -> Result<(), StoreError> {
+    let _ = save(store, j, rev).await?;
+    Ok(())
 }
 
 /// Stores new jobs (an existing id is left alone: re-planning the same move is idempotent).
@@ -502,6 +597,13 @@ pub async fn run_due(
         if due {
             run_one(store, audit, nodes, me, &j.id, lease).await?;
             n += 1;
+        } else if !j.unaudited.is_empty() && j.state.is_final() {
+            // Its runner died between the last save and its event.
+            if let Some((mut fresh, rev)) = get(store, &j.id).await?
+                && flush(audit, &mut fresh, true).await
+            {
+                save_flushed(store, &mut fresh, rev).await?;
+            }
         }
     }
     Ok(n)
@@ -526,14 +628,12 @@ pub async fn run_one(
         return Ok(());
     };
     let resumed = j.claim(me, time::OffsetDateTime::now_utc(), lease);
-    match save(store, &mut j, rev).await? {
-        Some(r) => rev = r,
-        None => return Ok(()), // another replica claimed it
-    }
-    audit_job(
+    // Events a previous runner saved but may not have sent are checked against the stream.
+    let inherited = !j.unaudited.is_empty();
+    note(
         audit,
         me,
-        &j,
+        &mut j,
         if resumed {
             "job.resumed"
         } else {
@@ -542,30 +642,35 @@ pub async fn run_one(
         "running",
         None,
     )
-    .await;
+    .await?;
+    match save(store, &mut j, rev).await? {
+        Some(r) => rev = r,
+        None => return Ok(()), // another replica claimed it
+    }
+    fault::hold("job.saved", j.transitions as usize).await;
+    flush(audit, &mut j, inherited).await;
+    fault::hold("job.audited", j.transitions as usize).await;
     loop {
         if j.cancel_requested {
             j.state = JobState::Cancelled;
             j.owner = None;
-            let _ = save(store, &mut j, rev).await?;
-            audit_job(
+            note(
                 audit,
                 me,
-                &j,
+                &mut j,
                 "job.cancelled",
                 "cancelled",
                 Some("cancel requested by an operator".into()),
             )
-            .await;
-            return Ok(());
+            .await?;
+            return finish(store, audit, &mut j, rev).await;
         }
         let Some(i) = j.next_step() else {
             j.state = JobState::Succeeded;
             j.error = None;
             j.owner = None;
-            let _ = save(store, &mut j, rev).await?;
-            audit_job(audit, me, &j, "job.succeeded", "succeeded", None).await;
-            return Ok(());
+            note(audit, me, &mut j, "job.succeeded", "succeeded", None).await?;
+            return finish(store, audit, &mut j, rev).await;
         };
         j.steps[i].state = "running".into();
         j.steps[i].started_at.get_or_insert_with(now_rfc3339);
@@ -584,31 +689,47 @@ pub async fn run_one(
         match outcome_to_state(outcome) {
             (state, detail, None) => {
                 j.steps[i].state = state.into();
-                j.steps[i].detail = detail;
+                j.steps[i].detail = detail.clone();
                 j.steps[i].finished_at = Some(now_rfc3339());
+                note(
+                    audit,
+                    me,
+                    &mut j,
+                    &format!("job.step.{name}"),
+                    state,
+                    detail,
+                )
+                .await?;
                 match save(store, &mut j, rev).await? {
                     Some(r) => rev = r,
                     None => return Ok(()),
                 }
-                audit_job(
-                    audit,
-                    me,
-                    &j,
-                    &format!("job.step.{name}"),
-                    state,
-                    j.steps[i].detail.clone(),
-                )
-                .await;
+                fault::hold("job.saved", j.transitions as usize).await;
+                flush(audit, &mut j, false).await;
+                fault::hold("job.audited", j.transitions as usize).await;
             }
             (_, _, Some((why, retryable))) => {
                 let (state, action) =
                     j.fail_attempt(i, &why, retryable, time::OffsetDateTime::now_utc());
-                let _ = save(store, &mut j, rev).await?;
-                audit_job(audit, me, &j, action, state.as_str(), j.error.clone()).await;
-                return Ok(());
+                let error = j.error.clone();
+                note(audit, me, &mut j, action, state.as_str(), error).await?;
+                return finish(store, audit, &mut j, rev).await;
             }
         }
     }
+}
+
+/// Saves a job at a resting state (succeeded, cancelled, retrying, failed, dead-lettered),
+/// sends its transition's event, and stores the emptied outbox.
+async fn finish(store: &Store, audit: &mut Audit, j: &mut Job, rev: u64) -> Result<(), StoreError> {
+    let Some(rev) = save(store, j, rev).await? else {
+        return Ok(());
+    };
+    fault::hold("job.saved", j.transitions as usize).await;
+    if flush(audit, j, false).await {
+        save_flushed(store, j, rev).await?;
+    }
+    Ok(())
 }
 
 impl Job {
