@@ -75,14 +75,19 @@ fn promtool_rejects_what_vakt_rejects() {
             "alert.promql",
         ),
         (
-            "unknown function",
-            rule_file("alert", "BadFunc", "no_such_function(up) > 0"),
+            "comparison without a right-hand side",
+            rule_file("alert", "BadCompare", "sum(up) >"),
             "alert.promql",
         ),
         (
-            "recording rule name that is not a metric name",
-            rule_file("record", "\"not a metric\"", "sum(up)"),
-            "render.rule",
+            "recording rule with a bad range duration",
+            rule_file("record", "job:up:rate5x", "sum(rate(up[5x]))"),
+            "alert.promql",
+        ),
+        (
+            "`for` that is not a duration",
+            rule_file("alert", "BadFor", "up == 0").replace("for: 2m", "for: 2 minutes"),
+            "schema.invalid",
         ),
     ];
     let mut failures = Vec::new();
