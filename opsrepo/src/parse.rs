@@ -411,8 +411,8 @@ impl TomlConv<'_, '_> {
                     .trim_start_matches("0x")
                     .trim_start_matches("0o")
                     .trim_start_matches("0b");
-                let n =
-                    i128::from_str_radix(digits, i.radix()).map_err(|_| out_of_range(i.as_str()))?;
+                let n = i128::from_str_radix(digits, i.radix())
+                    .map_err(|_| out_of_range(i.as_str()))?;
                 let n = if neg { -n } else { n };
                 // TOML integers are 64-bit signed; anything else is out of range, not a float.
                 match i64::try_from(n) {
@@ -620,7 +620,9 @@ impl YamlConv<'_> {
                         i64::MAX
                     ),
                 )
-                .help("use a smaller number, or quote it if it is an identifier rather than a number"));
+                .help(
+                    "use a smaller number, or quote it if it is an identifier rather than a number",
+                ));
             }
         }
         Ok(match &n.data {
@@ -792,7 +794,10 @@ mod tests {
             assert_eq!((e.rule, e.line), ("input.syntax", line), "{text:?}: {e:?}");
             assert!(e.message.starts_with("JSON: "), "{e:?}");
             // The value-only parse refuses it the same way.
-            assert_eq!(parse_value("a.json", Format::Json, text).unwrap_err().line, line);
+            assert_eq!(
+                parse_value("a.json", Format::Json, text).unwrap_err().line,
+                line
+            );
         }
         let p = parse("a.json", Format::Json, "{\n  \"a\": [1, \"x\"]\n}\n").unwrap();
         assert_eq!(p.value["a"][1], "x");
@@ -804,9 +809,21 @@ mod tests {
         for (path, format, text) in [
             ("a.yaml", Format::Yaml, "a: 1\nb: 9223372036854775808\n"),
             ("a.yaml", Format::Yaml, "a: 1\nb: -9223372036854775809\n"),
-            ("a.yaml", Format::Yaml, "a: 1\nb: [1, +99999999999999999999]\n"),
-            ("a.json", Format::Json, "{\"a\": 1,\n \"b\": 9223372036854775808}\n"),
-            ("a.json", Format::Json, "{\"a\": 1,\n \"b\": -9223372036854775809}\n"),
+            (
+                "a.yaml",
+                Format::Yaml,
+                "a: 1\nb: [1, +99999999999999999999]\n",
+            ),
+            (
+                "a.json",
+                Format::Json,
+                "{\"a\": 1,\n \"b\": 9223372036854775808}\n",
+            ),
+            (
+                "a.json",
+                Format::Json,
+                "{\"a\": 1,\n \"b\": -9223372036854775809}\n",
+            ),
             ("a.toml", Format::Toml, "a = 1\nb = 9223372036854775808\n"),
             ("a.toml", Format::Toml, "a = 1\nb = -9223372036854775809\n"),
             ("a.toml", Format::Toml, "a = 1\nb = 0xffffffffffffffff\n"),

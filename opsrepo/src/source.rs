@@ -340,7 +340,10 @@ fn dangling(rel: &str, to: &str, why: &str) -> Finding {
         "input.unreadable",
         rel,
         Pos::default(),
-        format!("symlink target `{}` does not exist ({why})", sanitize_path(to)),
+        format!(
+            "symlink target `{}` does not exist ({why})",
+            sanitize_path(to)
+        ),
     )
     .help("create the target file, or remove the dangling symlink")
 }
@@ -414,7 +417,10 @@ pub fn read_commit(repo_path: &Path, rev: &str) -> Result<RepoFiles, SourceError
                 }
             };
             let inside = resolve_link(path, &target);
-            match (inside.as_deref(), inside.as_deref().and_then(|p| by_path.get(p))) {
+            match (
+                inside.as_deref(),
+                inside.as_deref().and_then(|p| by_path.get(p)),
+            ) {
                 (_, Some(oid)) => *oid,
                 (Some(to), None) => {
                     files.push(RawFile {

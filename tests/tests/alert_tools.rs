@@ -53,7 +53,9 @@ fn vmalert_dry_run_accepts_every_rule_file() {
 /// A rule file with one rule in the style of the bundled files (the labels and the runbook
 /// vakt requires of an alert): `kind` is `alert` or `record`.
 fn rule_file(kind: &str, name: &str, expr: &str) -> String {
-    let mut s = format!("groups:\n  - name: bad\n    rules:\n      - {kind}: {name}\n        expr: {expr}\n");
+    let mut s = format!(
+        "groups:\n  - name: bad\n    rules:\n      - {kind}: {name}\n        expr: {expr}\n"
+    );
     if kind == "alert" {
         s.push_str("        for: 2m\n");
     }
@@ -135,7 +137,11 @@ fn promtool_rejects_what_vakt_rejects() {
         .filter(|x| x["path"] == "alerts/bad.yaml" && x["severity"] == "error")
         .collect();
     assert!(here.is_empty() && code == 0, "{findings:#?}");
-    let o = Command::new("promtool").args(["check", "rules"]).arg(&f).output().unwrap();
+    let o = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&f)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     let o = Command::new("vmalert")
         .arg("-dryRun")

@@ -164,8 +164,9 @@ fn invalid_commit_is_not_applied_and_status_names_file_and_line() {
     // The refused pass is fully recorded (its outcome counted) before the count is taken.
     assert!(wait_until(Duration::from_secs(15), || d
         .get("/metrics")
-        .is_some_and(|(_, m)| m
-            .contains("vakt_apply_total{env=\"dev\",outcome=\"refused\"} 1"))));
+        .is_some_and(|(_, m)| m.contains(
+            "vakt_apply_total{env=\"dev\",outcome=\"refused\"} 1"
+        ))));
     let before = passes();
     publish(&n.url(), "vakt.trigger.dev");
     assert!(
@@ -308,13 +309,18 @@ fn sigterm_stops_between_steps_and_releases_the_lease() {
         "the first apply did not park after 20 writes ({} keys)",
         written()
     );
-    assert_eq!(d.health().unwrap()["steps"], 0, "the step is still in progress");
+    assert_eq!(
+        d.health().unwrap()["steps"],
+        0,
+        "the step is still in progress"
+    );
     d.signal("-TERM");
     // Positive signal: the daemon logged the request. SIGTERM does not cut the step short:
     // it is still running, still holding the lease, with the apply parked.
     let log = || std::fs::read_to_string(n.dir.path().join("daemon-s.log")).unwrap_or_default();
     assert!(
-        wait_until(Duration::from_secs(10), || log().contains("shutdown requested")),
+        wait_until(Duration::from_secs(10), || log()
+            .contains("shutdown requested")),
         "SIGTERM not handled; log:\n{}",
         log()
     );
@@ -354,9 +360,9 @@ fn sigterm_stops_between_steps_and_releases_the_lease() {
     );
     assert!(wait_until(Duration::from_secs(5), || d2.is_leader()));
     assert!(
-        wait_until(Duration::from_secs(15), || d2
-            .get("/metrics")
-            .is_some_and(|(_, m)| m.contains("vakt_apply_total{env=\"dev\",outcome=\"noop\"} 1"))),
+        wait_until(Duration::from_secs(15), || d2.get("/metrics").is_some_and(
+            |(_, m)| m.contains("vakt_apply_total{env=\"dev\",outcome=\"noop\"} 1")
+        )),
         "the next leader had to finish the interrupted apply: {:?}",
         d2.get("/metrics").map(|(_, m)| m
             .lines()
@@ -549,8 +555,8 @@ fn live_snippets_follow_node_health_and_validate_against_their_schemas() {
         })
     };
     let switch = |method: &str| {
-        let (code, body) = nats::http_req(&node.url, method, "/faults/down", None, None)
-            .expect("fault switch");
+        let (code, body) =
+            nats::http_req(&node.url, method, "/faults/down", None, None).expect("fault switch");
         assert_eq!(code, 200, "{method} /faults/down: {body}");
     };
     assert!(!has_condition("node-down.agg-osl1-01"));
@@ -564,14 +570,17 @@ fn live_snippets_follow_node_health_and_validate_against_their_schemas() {
     );
     assert_eq!(status_of("agg-osl1-01").as_deref(), Some("down"));
     assert!(
-        wait_until(Duration::from_secs(10), || d
+        wait_until(Duration::from_secs(10), || {
+            d
             .get("/metrics")
-            .is_some_and(|(_, m)| m.contains("vakt_node_up{env=\"dev\",node=\"agg-osl1-01\",site=\"osl1\",service_kind=\"aggregate\"} 0"))),
+            .is_some_and(|(_, m)| m.contains("vakt_node_up{env=\"dev\",node=\"agg-osl1-01\",site=\"osl1\",service_kind=\"aggregate\"} 0"))
+        }),
         "vakt_node_up did not follow"
     );
     switch("DELETE");
     assert!(
-        wait_until(Duration::from_secs(20), || status_of("agg-osl1-01").as_deref()
+        wait_until(Duration::from_secs(20), || status_of("agg-osl1-01")
+            .as_deref()
             == Some("ok")
             && !has_condition("node-down.agg-osl1-01")),
         "the snippets did not follow the node coming back: {:?}",

@@ -298,7 +298,10 @@ fn restoring_over_live_state_waits_for_an_approval_bound_to_its_plan() {
     let live = |key: &str| read_bucket(&n.url(), "vakt_dev_config")[key].1.clone();
     let other_changed = live(other);
     let (code, out, err) = restore(&["--reason", "INC-7: undo the suspension"]);
-    assert_eq!(code, 4, "the approval of the old plan was honoured: {out}{err}");
+    assert_eq!(
+        code, 4,
+        "the approval of the old plan was honoured: {out}{err}"
+    );
     assert!(out.contains(&format!("overwrite {other}")), "{out}");
     let new_plan = err
         .split_whitespace()

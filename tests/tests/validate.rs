@@ -148,7 +148,10 @@ fn every_listed_rule_has_a_fixture_that_triggers_it() {
     );
     // A fixture expecting a rule the list does not know is a typo.
     for e in &expected {
-        assert!(rules.iter().any(|r| r["id"] == e.as_str()), "fixture expects unknown rule {e}");
+        assert!(
+            rules.iter().any(|r| r["id"] == e.as_str()),
+            "fixture expects unknown rule {e}"
+        );
     }
 }
 
@@ -289,6 +292,53 @@ fn symlink_out_of_the_repo_is_refused() {
     let f = one(repo.path());
     assert_eq!(f["rule"], "input.symlink-escape");
     assert_eq!(f["path"], "config/global/passwd.toml");
+}
+
+/// A FIFO in the layout is reported, not opened (reading it would block) and not skipped.
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_the_layout_is_unreadable_not_skipped() {
+    let repo = copy_bundled();
+    let p = repo.path().join("config/global/pipe.toml");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&p)
+        .status()
+        .expect("mkfifo");
+    assert!(st.success());
+    let f = one(repo.path());
+    assert_eq!(
+        (f["rule"].as_str(), f["path"].as_str()),
+        (Some("input.unreadable"), Some("config/global/pipe.toml"))
+    );
+    assert!(
+        f["message"].as_str().unwrap().contains("not a regular file"),
+        "{f}"
+    );
+}
+
+/// In a commit, a link to a path inside the tree that holds no file cannot be read; a link
+/// that leaves the tree stays an escape.
+#[cfg(unix)]
+#[test]
+fn a_committed_dangling_symlink_is_unreadable() {
+    let repo = copy_bundled();
+    let dir = repo.path();
+    vakt_tests::git(dir, &["init", "-q", "-b", "main"]);
+    std::os::unix::fs::symlink("removed.toml", dir.join("config/global/gone.toml")).unwrap();
+    vakt_tests::git(dir, &["add", "-A"]);
+    vakt_tests::git(dir, &["commit", "-q", "-m", "dangling link"]);
+    let (code, f) = findings(dir, &["--rev", "main"]);
+    assert_eq!(code, 1, "{f:#?}");
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0]["rule"], "input.unreadable");
+    assert_eq!(f[0]["path"], "config/global/gone.toml");
+    assert!(
+        f[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`config/global/removed.toml` does not exist"),
+        "{f:#?}"
+    );
 }
 
 #[test]
