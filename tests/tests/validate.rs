@@ -311,7 +311,10 @@ fn a_fifo_in_the_layout_is_unreadable_not_skipped() {
         (Some("input.unreadable"), Some("config/global/pipe.toml"))
     );
     assert!(
-        f["message"].as_str().unwrap().contains("not a regular file"),
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a regular file"),
         "{f}"
     );
 }
