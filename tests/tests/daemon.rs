@@ -1632,20 +1632,19 @@ fn nodes_over_mutual_tls_need_the_ca_and_a_client_certificate_and_plain_http_is_
     let repo = ops_git();
     let n = NatsServer::start();
     let (p1, p2) = (nats::port(), nats::port());
-    // agg-osl1-01 serves TLS and requires a client certificate; agg-osl1-02 requires TLS but
-    // declares a plain http:// URL, where a listener counts every connection it gets.
-    for (node, url) in [
-        ("agg-osl1-01", format!("https://127.0.0.1:{p1}")),
-        ("agg-osl1-02", format!("http://127.0.0.1:{p2}")),
-    ] {
+    // agg-osl1-01 serves TLS and requires a client certificate. agg-osl1-02 will require TLS
+    // but declare a plain http:// URL, where a listener counts every connection it gets:
+    // validation refuses that commit (`inventory.node-tls`), so it is committed last.
+    let require_tls = |node: &str, url: &str| {
         edit(
             repo.path(),
             &format!("inventory/nodes/{node}.toml"),
             &format!("admin_url = \"http://{node}.dataverket.internal:9090\""),
             &format!("admin_url = \"{url}\"\ntls = \"required\""),
         );
-    }
-    commit_all(repo.path(), "aggregate nodes on loopback, TLS required");
+    };
+    require_tls("agg-osl1-01", &format!("https://127.0.0.1:{p1}"));
+    commit_all(repo.path(), "agg-osl1-01 on loopback, TLS required");
     let _node = agg_node(
         &n,
         1,
@@ -1699,7 +1698,6 @@ fn nodes_over_mutual_tls_need_the_ca_and_a_client_certificate_and_plain_http_is_
     // No TLS options: the handshake fails and says --node-ca is missing.
     let d = start("no-tls", &[]);
     wait_detail(&d, "agg-osl1-01", "--node-ca");
-    wait_detail(&d, "agg-osl1-02", "requires TLS");
     assert_eq!(status_of(&d, "agg-osl1-01").as_deref(), Some("down"));
     drop(d);
 
@@ -1722,8 +1720,26 @@ fn nodes_over_mutual_tls_need_the_ca_and_a_client_certificate_and_plain_http_is_
         "agg-osl1-01 never up over mutual TLS: {:?}",
         detail_of(&d, "agg-osl1-01")
     );
-    wait_detail(&d, "agg-osl1-02", "requires TLS");
-    // agg-osl1-02 was polled by three daemons, and never over plain HTTP.
+    // A commit where agg-osl1-02 requires TLS on a plain http:// URL is refused before it is
+    // applied, naming the node file; the node is never called over plain HTTP.
+    let applied = d.status()["applied_commit"].clone();
+    assert!(applied.is_string(), "{}", d.status());
+    require_tls("agg-osl1-02", &format!("http://127.0.0.1:{p2}"));
+    let bad = commit_all(repo.path(), "agg-osl1-02 on plain http, TLS required");
+    publish(&n.url(), "vakt.trigger.dev");
+    assert!(
+        wait_until(Duration::from_secs(15), || d.status()["refused"]["commit"]
+            == bad.as_str()),
+        "{}",
+        d.status()
+    );
+    let s = d.status();
+    assert_eq!(s["applied_commit"], applied);
+    let f = s["refused"]["findings"][0].as_str().unwrap();
+    assert!(
+        f.starts_with("inventory/nodes/agg-osl1-02.toml:") && f.contains("requires TLS"),
+        "{f}"
+    );
     assert_eq!(
         plain_calls(),
         0,
