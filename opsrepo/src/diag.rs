@@ -88,13 +88,34 @@ pub struct RuleInfo {
     pub id: &'static str,
     pub severity: Severity,
     pub summary: &'static str,
+    /// The command that checks it: `validate` for all but a few rules that need more than the
+    /// documents of one commit (e.g. `promotion.order` needs the env branches' history, so
+    /// `vakt promote --check` checks it). `--list-rules` lists those apart, never as validate's.
+    pub command: &'static str,
 }
 
+impl RuleInfo {
+    /// Whether `vakt validate` can report this rule.
+    pub fn is_validate(&self) -> bool {
+        self.command == VALIDATE
+    }
+}
+
+/// [`RuleInfo::command`] of the rules `vakt validate` checks.
+pub const VALIDATE: &str = "validate";
+
 macro_rules! rules {
-    ($( $id:literal, $sev:ident, $summary:literal; )*) => {
-        /// Every rule vakt checks, with its default severity.
-        pub const RULES: &[RuleInfo] = &[ $( RuleInfo { id: $id, severity: Severity::$sev, summary: $summary }, )* ];
+    ($( $id:literal, $sev:ident, $summary:literal $(, by $cmd:literal)? ; )*) => {
+        /// Every rule vakt checks, with its default severity and the command that checks it.
+        pub const RULES: &[RuleInfo] = &[ $( RuleInfo {
+            id: $id,
+            severity: Severity::$sev,
+            summary: $summary,
+            command: rules!(@cmd $($cmd)?),
+        }, )* ];
     };
+    (@cmd) => { VALIDATE };
+    (@cmd $cmd:literal) => { $cmd };
 }
 
 rules! {
@@ -146,5 +167,8 @@ rules! {
     "render.rule", Error, "a rule Prometheus would reject once rendered (label names, recording rule fields, a hand-set `env` label)";
     "render.collision", Error, "two alert rule files render to the same rules/<name>.yaml";
     "render.datasource-url", Warning, "a datasource has no (valid) `url` for Grafana provisioning";
-    "promotion.order", Error, "a commit would reach an environment before the one it is promoted from";
+    // Tests, rule coverage and loader holes (tests/tests/validate.rs ties this list to the
+    // fixtures under tests/fixtures/validate/).
+    "inventory.node-tls", Error, "a node with `tls = \"required\"` has a plain `http://` admin URL";
+    "promotion.order", Error, "a commit would reach an environment before the one it is promoted from", by "promote --check";
 }

@@ -226,6 +226,7 @@ pub fn parse_yaml_documents(path: &str, text: &str) -> Result<Vec<Value>, Findin
         path,
         nodes: 0,
         json: false,
+        source: CharIndex::new(text),
     };
     docs.iter().map(|d| conv.node(d, "", 0)).collect()
 }
@@ -383,6 +384,19 @@ impl TomlConv<'_, '_> {
             )
             .help("use a finite number within the 64-bit range")
         };
+        let out_of_range = |raw: &str| {
+            Finding::new(
+                "input.syntax",
+                self.path,
+                pos,
+                format!(
+                    "integer out of range: `{raw}` is outside the 64-bit range ({}..={})",
+                    i64::MIN,
+                    i64::MAX
+                ),
+            )
+            .help("use a smaller number, or quote it if it is an identifier rather than a number")
+        };
         Ok(match v.get_ref() {
             DeValue::String(s) => Value::String(s.to_string()),
             DeValue::Boolean(b) => Value::Bool(*b),
@@ -397,15 +411,13 @@ impl TomlConv<'_, '_> {
                     .trim_start_matches("0x")
                     .trim_start_matches("0o")
                     .trim_start_matches("0b");
-                let n =
-                    i128::from_str_radix(digits, i.radix()).map_err(|_| bad_number(i.as_str()))?;
+                let n = i128::from_str_radix(digits, i.radix())
+                    .map_err(|_| out_of_range(i.as_str()))?;
                 let n = if neg { -n } else { n };
-                if let Ok(u) = u64::try_from(n) {
-                    Value::Number(u.into())
-                } else if let Ok(s) = i64::try_from(n) {
-                    Value::Number(s.into())
-                } else {
-                    return Err(bad_number(i.as_str()));
+                // TOML integers are 64-bit signed; anything else is out of range, not a float.
+                match i64::try_from(n) {
+                    Ok(s) => Value::Number(s.into()),
+                    Err(_) => return Err(out_of_range(i.as_str())),
                 }
             }
             DeValue::Float(f) => {
@@ -431,6 +443,9 @@ fn parse_yaml(path: &str, text: &str, format: Format, mut spans: Spans) -> Resul
     } else {
         "YAML"
     };
+    if format == Format::Json {
+        check_strict_json(path, text)?;
+    }
     let docs = MarkedYaml::load_from_str(text).map_err(|e| {
         let m = e.marker();
         let rule = if e.info().contains("alias") {
@@ -470,6 +485,7 @@ fn parse_yaml(path: &str, text: &str, format: Format, mut spans: Spans) -> Resul
         path,
         nodes: 0,
         json: format == Format::Json,
+        source: CharIndex::new(text),
     };
     let value = match docs.first() {
         Some(doc) => conv.node(doc, "", 0)?,
@@ -478,12 +494,72 @@ fn parse_yaml(path: &str, text: &str, format: Format, mut spans: Spans) -> Resul
     Ok(Parsed { value, spans })
 }
 
+/// A `.json` document is read by the YAML parser (for its positions), but YAML is a superset of
+/// JSON: tags (`!x`), anchors, comments and block style would load silently. A strict JSON
+/// syntax pass first refuses anything that is not JSON, at its line and column; it builds
+/// nothing (`IgnoredAny`) and its nesting is already bounded by [`check_depth`].
+fn check_strict_json(path: &str, text: &str) -> Result<(), Finding> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map(|_| ())
+        .map_err(|e| {
+            Finding::new(
+                "input.syntax",
+                path,
+                Pos {
+                    line: e.line() as u32,
+                    col: e.column() as u32,
+                },
+                format!("JSON: {e}"),
+            )
+            .help("a .json file must be plain JSON (no YAML tags, anchors or comments); fix it at this position")
+        })
+}
+
+/// An integer the YAML parser could not hold in an `i64` comes back as a float: the value
+/// would change silently (`9223372036854775808` → `9.223372036854776e18`). The source text of
+/// such a scalar tells an integer from a float written as one.
+fn is_integer_literal(raw: &str) -> bool {
+    let digits = raw.strip_prefix(['-', '+']).unwrap_or(raw);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Maps saphyr's character indices to byte offsets of the source text.
+struct CharIndex<'a> {
+    text: &'a str,
+    /// Byte offset of every character; built only for non-ASCII text, on first use.
+    offsets: Option<Vec<usize>>,
+}
+
+impl<'a> CharIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        CharIndex {
+            text,
+            offsets: None,
+        }
+    }
+
+    fn slice(&mut self, start: usize, end: usize) -> Option<&'a str> {
+        let text = self.text;
+        if text.is_ascii() {
+            return text.get(start..end);
+        }
+        let offsets = self.offsets.get_or_insert_with(|| {
+            let mut v: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+            v.push(text.len());
+            v
+        });
+        text.get(*offsets.get(start)?..*offsets.get(end)?)
+    }
+}
+
 struct YamlConv<'a> {
     spans: &'a mut Spans,
     path: &'a str,
     nodes: usize,
     /// Plain JSON has no aliases: the budget message must not blame them.
     json: bool,
+    /// The source, to read back the text of a scalar that loaded as a float.
+    source: CharIndex<'a>,
 }
 
 fn ypos(n: &MarkedYaml<'_>) -> Pos {
@@ -527,6 +603,28 @@ impl YamlConv<'_> {
             .help("flatten the document"));
         }
         self.spans.put_value(ptr, pos);
+        if let YamlData::Value(Scalar::FloatingPoint(_)) = &n.data {
+            let raw = self
+                .source
+                .slice(n.span.start.index(), n.span.end.index())
+                .unwrap_or_default()
+                .trim();
+            if is_integer_literal(raw) {
+                return Err(Finding::new(
+                    "input.syntax",
+                    self.path,
+                    pos,
+                    format!(
+                        "integer out of range: `{raw}` is outside the 64-bit range ({}..={})",
+                        i64::MIN,
+                        i64::MAX
+                    ),
+                )
+                .help(
+                    "use a smaller number, or quote it if it is an identifier rather than a number",
+                ));
+            }
+        }
         Ok(match &n.data {
             YamlData::Value(s) => scalar(s).ok_or_else(|| {
                 Finding::new(
@@ -673,14 +771,90 @@ mod tests {
     #[test]
     fn an_empty_tagged_value_has_a_position_inside_the_file() {
         // Fuzz regression (parse_json): `!false` is an empty scalar with a tag, which saphyr
-        // marks at line 0.
-        for (path, format) in [("a.json", Format::Json), ("a.yaml", Format::Yaml)] {
-            let text = "{\n  \"a\":!false,\n  \"b\": 1\n}\n";
-            let p = parse(path, format, text).unwrap();
-            let pos = p.spans.value("/a");
-            assert!(pos.line >= 1 && pos.col >= 1, "{path}: {pos:?}");
-            assert_eq!(p.spans.value("/b").line, 3);
+        // marks at line 0. YAML accepts it; JSON refuses it (below).
+        let text = "{\n  \"a\":!false,\n  \"b\": 1\n}\n";
+        let p = parse("a.yaml", Format::Yaml, text).unwrap();
+        let pos = p.spans.value("/a");
+        assert!(pos.line >= 1 && pos.col >= 1, "{pos:?}");
+        assert_eq!(p.spans.value("/b").line, 3);
+    }
+
+    #[test]
+    fn json_is_parsed_as_json_only() {
+        // YAML tags, anchors, comments and block style load under the YAML parser; a .json file
+        // must refuse each at its line.
+        for (text, line) in [
+            ("{\n  \"a\": !!str 1\n}\n", 2),
+            ("{\n  \"a\":!false,\n  \"b\": 1\n}\n", 2),
+            ("{\"a\": 1,\n \"b\": &x 2}\n", 2),
+            ("{\"a\": 1}\n# comment\n", 2),
+            ("a: 1\n", 1),
+        ] {
+            let e = parse("a.json", Format::Json, text).unwrap_err();
+            assert_eq!((e.rule, e.line), ("input.syntax", line), "{text:?}: {e:?}");
+            assert!(e.message.starts_with("JSON: "), "{e:?}");
+            // The value-only parse refuses it the same way.
+            assert_eq!(
+                parse_value("a.json", Format::Json, text).unwrap_err().line,
+                line
+            );
         }
+        let p = parse("a.json", Format::Json, "{\n  \"a\": [1, \"x\"]\n}\n").unwrap();
+        assert_eq!(p.value["a"][1], "x");
+        assert_eq!(p.spans.value("/a/0").line, 2);
+    }
+
+    #[test]
+    fn integers_outside_i64_are_refused_not_turned_into_floats() {
+        for (path, format, text) in [
+            ("a.yaml", Format::Yaml, "a: 1\nb: 9223372036854775808\n"),
+            ("a.yaml", Format::Yaml, "a: 1\nb: -9223372036854775809\n"),
+            (
+                "a.yaml",
+                Format::Yaml,
+                "a: 1\nb: [1, +99999999999999999999]\n",
+            ),
+            (
+                "a.json",
+                Format::Json,
+                "{\"a\": 1,\n \"b\": 9223372036854775808}\n",
+            ),
+            (
+                "a.json",
+                Format::Json,
+                "{\"a\": 1,\n \"b\": -9223372036854775809}\n",
+            ),
+            ("a.toml", Format::Toml, "a = 1\nb = 9223372036854775808\n"),
+            ("a.toml", Format::Toml, "a = 1\nb = -9223372036854775809\n"),
+            ("a.toml", Format::Toml, "a = 1\nb = 0xffffffffffffffff\n"),
+        ] {
+            let e = parse(path, format, text).unwrap_err();
+            assert_eq!((e.rule, e.line), ("input.syntax", 2), "{text:?}: {e:?}");
+            assert!(e.message.contains("integer out of range"), "{e:?}");
+            assert!(parse_value(path, format, text).is_err(), "{text:?}");
+        }
+        // The bounds themselves load as integers; floats stay floats, and so do quoted digits
+        // and non-ASCII text before a float (character indices, not bytes).
+        for (path, format, text) in [
+            ("a.yaml", Format::Yaml, "b: 9223372036854775807\n"),
+            ("a.json", Format::Json, "{\"b\": -9223372036854775808}"),
+            ("a.toml", Format::Toml, "b = -9223372036854775808\n"),
+        ] {
+            let v = parse(path, format, text).unwrap().value;
+            assert!(v["b"].is_i64(), "{text:?}: {v}");
+        }
+        let v = parse(
+            "a.yaml",
+            Format::Yaml,
+            "é: \"9223372036854775808\"\nf: 1.5e300\ng: 12.0\n",
+        )
+        .unwrap()
+        .value;
+        assert_eq!(v["é"], "9223372036854775808");
+        assert_eq!(v["f"], 1.5e300);
+        assert_eq!(v["g"], 12.0);
+        let e = parse("a.yaml", Format::Yaml, "é: ü\nb: 18446744073709551616\n").unwrap_err();
+        assert!(e.message.contains("`18446744073709551616`"), "{e:?}");
     }
 
     #[test]

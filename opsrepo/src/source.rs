@@ -252,16 +252,26 @@ fn walk(
                 }));
                 return Ok(());
             }
-            Err(_) => {
-                out.push(Found::Done(RawFile {
-                    path: rel.clone(),
-                    content: Err(Finding::new(
+            Err(e) => {
+                // A link whose target would stay inside the repository but does not exist is a
+                // file that cannot be read; one that would leave it is an escape either way.
+                let target = std::fs::read_link(&full)
+                    .ok()
+                    .and_then(|t| t.to_str().map(str::to_owned));
+                let inside = target.as_deref().and_then(|t| resolve_link(&rel, t));
+                let finding = match inside {
+                    Some(to) => dangling(&rel, &to, &e.to_string()),
+                    None => Finding::new(
                         "input.symlink-escape",
                         &rel,
                         Pos::default(),
                         "symlink target does not exist or cannot be resolved",
                     )
-                    .help("remove the dangling symlink")),
+                    .help("remove the dangling symlink"),
+                };
+                out.push(Found::Done(RawFile {
+                    path: rel.clone(),
+                    content: Err(finding),
                 }));
                 return Ok(());
             }
@@ -308,8 +318,34 @@ fn walk(
         }
     } else if is_file {
         out.push(Found::File(rel));
+    } else {
+        // A FIFO, socket or device: never opened (a FIFO would block the read), never skipped.
+        out.push(Found::Done(RawFile {
+            path: rel.clone(),
+            content: Err(Finding::new(
+                "input.unreadable",
+                &rel,
+                Pos::default(),
+                "not a regular file (a FIFO, socket or device): it is not read",
+            )
+            .help("replace it with a regular file, or remove it from the ops repo")),
+        }));
     }
     Ok(())
+}
+
+/// A symlink inside the repository whose target does not exist.
+fn dangling(rel: &str, to: &str, why: &str) -> Finding {
+    Finding::new(
+        "input.unreadable",
+        rel,
+        Pos::default(),
+        format!(
+            "symlink target `{}` does not exist ({why})",
+            sanitize_path(to)
+        ),
+    )
+    .help("create the target file, or remove the dangling symlink")
 }
 
 /// Reads the ops repo files of a commit, without a checkout. `rev` is a branch, tag or sha.
@@ -380,9 +416,20 @@ pub fn read_commit(repo_path: &Path, rev: &str) -> Result<RepoFiles, SourceError
                     continue;
                 }
             };
-            match resolve_link(path, &target).and_then(|p| by_path.get(&p).copied()) {
-                Some(oid) => oid,
-                None => {
+            let inside = resolve_link(path, &target);
+            match (
+                inside.as_deref(),
+                inside.as_deref().and_then(|p| by_path.get(p)),
+            ) {
+                (_, Some(oid)) => *oid,
+                (Some(to), None) => {
+                    files.push(RawFile {
+                        path: path.to_owned(),
+                        content: Err(dangling(path, to, "not in this commit")),
+                    });
+                    continue;
+                }
+                (None, None) => {
                     files.push(RawFile {
                         path: path.to_owned(),
                         content: Err(Finding::new(

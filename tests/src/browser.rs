@@ -240,6 +240,23 @@ impl Session<'_> {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    /// The positive signal before asserting that an injected payload did NOT run: a probe
+    /// image inserted now, with the same broken `src="x"` the payloads use, fails after any
+    /// payload image requested before it; its error listener (added by the test, so no page
+    /// policy blocks it) then queues a task behind every task already queued (a clicked
+    /// `javascript:` link, an `onload`). Once the probe has fired, a payload had every chance
+    /// to run. Panics after `timeout`.
+    pub fn settle(&self, timeout: Duration) {
+        self.js(
+            "window.__probeDone = false; const i = document.createElement('img');              i.addEventListener('error', () => setTimeout(() => { window.__probeDone = true; i.remove(); }, 0));              i.src = 'x'; document.body.appendChild(i); return true",
+        );
+        self.wait_for(
+            "return window.__probeDone === true",
+            timeout,
+            "the probe image's error handler (the page's pending events processed)",
+        );
+    }
 }
 
 impl Drop for Session<'_> {

@@ -50,22 +50,105 @@ fn vmalert_dry_run_accepts_every_rule_file() {
     }
 }
 
+/// A rule file with one rule in the style of the bundled files (the labels and the runbook
+/// vakt requires of an alert): `kind` is `alert` or `record`.
+fn rule_file(kind: &str, name: &str, expr: &str) -> String {
+    let mut s = format!(
+        "groups:\n  - name: bad\n    rules:\n      - {kind}: {name}\n        expr: {expr}\n"
+    );
+    if kind == "alert" {
+        s.push_str("        for: 2m\n");
+    }
+    s.push_str("        labels:\n          severity: critical\n          escalation: urgent\n          signal: service_down\n");
+    if kind == "alert" {
+        s.push_str("        annotations:\n          summary: bad\n          runbook_id: ops.service.down\n");
+    }
+    s
+}
+
 #[test]
 fn promtool_rejects_what_vakt_rejects() {
-    // The check is not a pushover: a broken expression fails both tools.
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("bad.yaml");
-    std::fs::write(
-        &f,
-        "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: sum(rate(up[5m])\n",
-    )
-    .unwrap();
+    // The checks are not pushovers: each broken rule file is refused by `vakt validate` (with
+    // the rule id that names the problem), by `promtool check rules` and by `vmalert -dryRun`.
+    let cases = [
+        (
+            "unbalanced parenthesis",
+            rule_file("alert", "BadExpr", "sum(rate(up[5m])"),
+            "alert.promql",
+        ),
+        (
+            "comparison without a right-hand side",
+            rule_file("alert", "BadCompare", "sum(up) >"),
+            "alert.promql",
+        ),
+        (
+            "recording rule with a bad range duration",
+            rule_file("record", "job:up:rate5x", "sum(rate(up[5x]))"),
+            "alert.promql",
+        ),
+        (
+            "`for` that is not a duration",
+            rule_file("alert", "BadFor", "up == 0").replace("for: 2m", "for: 2 minutes"),
+            "schema.invalid",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, content, rule) in &cases {
+        let repo = vakt_tests::copy_bundled();
+        let f = repo.path().join("alerts/bad.yaml");
+        std::fs::write(&f, content).unwrap();
+        let (code, findings) = vakt_tests::findings(repo.path(), &[]);
+        let here: Vec<_> = findings
+            .iter()
+            .filter(|x| x["path"] == "alerts/bad.yaml")
+            .map(|x| x["rule"].as_str().unwrap_or("").to_owned())
+            .collect();
+        if code != 1 || !here.iter().any(|r| r == rule) {
+            failures.push(format!(
+                "{what}: vakt exit {code}, expected {rule} on alerts/bad.yaml, got {here:?}"
+            ));
+        }
+        let promtool = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&f)
+            .output()
+            .expect("promtool");
+        if promtool.status.success() {
+            failures.push(format!("{what}: promtool accepted it"));
+        }
+        let vmalert = Command::new("vmalert")
+            .arg("-dryRun")
+            .arg(format!("-rule={}", f.display()))
+            .output()
+            .expect("vmalert");
+        if vmalert.status.success() {
+            failures.push(format!("{what}: vmalert -dryRun accepted it"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // And the same template with a good expression passes all three: the cases fail for
+    // their defect, not for the template.
+    let repo = vakt_tests::copy_bundled();
+    let f = repo.path().join("alerts/bad.yaml");
+    std::fs::write(&f, rule_file("alert", "GoodExpr", "sum(rate(up[5m])) == 0")).unwrap();
+    let (code, findings) = vakt_tests::findings(repo.path(), &[]);
+    let here: Vec<_> = findings
+        .iter()
+        .filter(|x| x["path"] == "alerts/bad.yaml" && x["severity"] == "error")
+        .collect();
+    assert!(here.is_empty() && code == 0, "{findings:#?}");
     let o = Command::new("promtool")
         .args(["check", "rules"])
         .arg(&f)
         .output()
         .unwrap();
-    assert!(!o.status.success());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = Command::new("vmalert")
+        .arg("-dryRun")
+        .arg(format!("-rule={}", f.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// The bundled repo's typed model (base view): rule files, DR stores.

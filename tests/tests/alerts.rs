@@ -550,7 +550,8 @@ fn html_in_alert_labels_and_annotations_never_runs_on_the_ops_page() {
             .contains("<script>window.__xss41=1</script>"),
         "{text}"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait for the page to have processed its pending events, then assert nothing ran.
+    s.settle(WAIT);
     assert_eq!(
         s.js("return Object.keys(window).filter(k => k.startsWith('__xss'))"),
         json!([]),

@@ -27,8 +27,32 @@ fn one_leader_and_a_standby_takes_over_within_two_leases() {
         "a never led"
     );
     let b = Daemon::start(repo.path(), &n, "dev", "b", LONG);
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(b.health().is_some(), "b is not serving");
+    // b's leader gauge appears once its lease loop has tried for the lease; then a renews
+    // the lease twice (every lease/3) while b keeps trying on the same period, so b has
+    // competed for the lease after it was up; only then is "no second leader" worth asserting.
+    assert!(
+        wait_until(Duration::from_secs(10), || b
+            .get("/metrics")
+            .is_some_and(|(_, m)| m.contains("vakt_leader{env=\"dev\"} 0"))),
+        "b never tried for the lease"
+    );
+    let lease_rev = || {
+        read_bucket(&n.url(), "vakt_dev_lock")
+            .values()
+            .map(|(rev, v)| {
+                let h: serde_json::Value = serde_json::from_slice(v).unwrap();
+                (*rev, h["holder"].as_str().unwrap_or("").to_owned())
+            })
+            .max()
+            .expect("a lease key")
+    };
+    let (r0, holder) = lease_rev();
+    assert_eq!(holder, "a");
+    assert!(
+        wait_until(Duration::from_secs(10), || lease_rev().0 >= r0 + 2),
+        "a stopped renewing its lease"
+    );
+    assert_eq!(lease_rev().1, "a", "the lease changed hands");
     assert!(!b.is_leader(), "two leaders");
     assert!(a.is_leader());
     // kill -9 the leader: b takes over once the lease (2 s) lapses; allow two leases + a poll.
@@ -128,9 +152,28 @@ fn invalid_commit_is_not_applied_and_status_names_file_and_line() {
         m.contains("vakt_reconcile_refused_total{env=\"dev\",reason=\"invalid_commit\"} 1"),
         "{m}"
     );
-    // Triggered again: refused once, not re-audited every step.
+    // Triggered again: refused once, not re-audited every step. The pass counter (every
+    // outcome of `vakt_apply_total`) moving on proves the second trigger was processed.
+    let passes = || {
+        let (_, m) = d.get("/metrics").unwrap();
+        m.lines()
+            .filter(|l| l.starts_with("vakt_apply_total{env=\"dev\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    // The refused pass is fully recorded (its outcome counted) before the count is taken.
+    assert!(wait_until(Duration::from_secs(15), || d
+        .get("/metrics")
+        .is_some_and(|(_, m)| m.contains(
+            "vakt_apply_total{env=\"dev\",outcome=\"refused\"} 1"
+        ))));
+    let before = passes();
     publish(&n.url(), "vakt.trigger.dev");
-    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        wait_until(Duration::from_secs(15), || passes() > before),
+        "the second trigger was never processed"
+    );
+    assert_eq!(d.status()["state"], "refused");
     let refusals = audit_events(&n.url(), "dev")
         .into_iter()
         .filter(|e| e["action"] == "apply.refused")
@@ -225,32 +268,89 @@ fn file_watch_triggers_a_step_on_commit() {
     );
 }
 
+/// The buckets an apply writes desired state to.
+const DESIRED_BUCKETS: [&str; 6] = [
+    "config",
+    "definitions",
+    "placement",
+    "access",
+    "catalog",
+    "inventory",
+];
+
 #[test]
 fn sigterm_stops_between_steps_and_releases_the_lease() {
     let repo = ops_git();
     let n = NatsServer::start();
-    let mut d = Daemon::start(
+    // The first apply (every key, one write in flight) parks after 20 writes until `go`
+    // exists: SIGTERM then lands in the middle of a step, not while the daemon idles.
+    let go = n.dir.path().join("go");
+    let go_s = go.to_string_lossy().into_owned();
+    let mut d = Daemon::start_at(
         repo.path(),
-        &n,
+        &n.url(),
+        n.dir.path(),
         "dev",
         "s",
         &["--interval", "1h", "--lease", "30s"],
+        &[
+            ("VAKT_TEST_PAUSE_AFTER_WRITES", "20"),
+            ("VAKT_TEST_PAUSE_UNTIL", &go_s),
+        ],
     );
-    assert!(wait_until(Duration::from_secs(15), || {
-        d.status()["applied_commit"].is_string()
-    }));
+    let written = || {
+        DESIRED_BUCKETS
+            .iter()
+            .map(|b| read_bucket(&n.url(), &format!("vakt_dev_{b}")).len())
+            .sum::<usize>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || d.is_leader() && written() == 20),
+        "the first apply did not park after 20 writes ({} keys)",
+        written()
+    );
+    assert_eq!(
+        d.health().unwrap()["steps"],
+        0,
+        "the step is still in progress"
+    );
     d.signal("-TERM");
+    // Positive signal: the daemon logged the request. SIGTERM does not cut the step short:
+    // it is still running, still holding the lease, with the apply parked.
+    let log = || std::fs::read_to_string(n.dir.path().join("daemon-s.log")).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(10), || log()
+            .contains("shutdown requested")),
+        "SIGTERM not handled; log:\n{}",
+        log()
+    );
+    assert!(d.child.try_wait().unwrap().is_none(), "exited mid-step");
+    assert!(
+        !read_bucket(&n.url(), "vakt_dev_lock").is_empty(),
+        "lease released mid-step"
+    );
+    assert_eq!(written(), 20, "the parked apply moved on");
+    std::fs::write(&go, b"").unwrap();
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = d.child.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "did not stop");
+        assert!(t0.elapsed() < Duration::from_secs(20), "did not stop");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
-    // The lease is released at once (not after 30 s): a new replica leads immediately.
+    // The step it was in finished: the apply completed and was audited; no further step ran.
+    assert!(written() > 20, "the apply stopped at the signal");
+    let completed: Vec<_> = audit_events(&n.url(), "dev")
+        .into_iter()
+        .filter(|e| e["action"] == "apply.completed")
+        .collect();
+    assert_eq!(completed.len(), 1, "{completed:#?}");
+    // The lease is released at once (not after 30 s): a new replica leads immediately, and
+    // its first pass finds nothing left to write.
     assert!(read_bucket(&n.url(), "vakt_dev_lock").is_empty());
+    let keys = written();
     let d2 = Daemon::start(
         repo.path(),
         &n,
@@ -259,6 +359,18 @@ fn sigterm_stops_between_steps_and_releases_the_lease() {
         &["--interval", "1h", "--lease", "30s"],
     );
     assert!(wait_until(Duration::from_secs(5), || d2.is_leader()));
+    assert!(
+        wait_until(Duration::from_secs(15), || d2.get("/metrics").is_some_and(
+            |(_, m)| m.contains("vakt_apply_total{env=\"dev\",outcome=\"noop\"} 1")
+        )),
+        "the next leader had to finish the interrupted apply: {:?}",
+        d2.get("/metrics").map(|(_, m)| m
+            .lines()
+            .filter(|l| l.starts_with("vakt_apply_total"))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    );
+    assert_eq!(written(), keys);
 }
 
 #[test]
@@ -425,6 +537,57 @@ fn live_snippets_follow_node_health_and_validate_against_their_schemas() {
     );
     let (_, m) = d.get("/metrics").unwrap();
     assert!(m.contains("vakt_node_up{env=\"dev\",node=\"agg-osl1-01\",site=\"osl1\",service_kind=\"aggregate\"} 1"), "{m}");
+
+    // The snippets follow the node's health: the double goes down (503 everywhere), health
+    // and actions say so on a later poll; it comes back, and they follow again.
+    let status_of = |id: &str| -> Option<String> {
+        read("health")?["nodes"]
+            .as_array()?
+            .iter()
+            .find(|x| x["id"] == id)
+            .and_then(|x| x["status"].as_str().map(str::to_owned))
+    };
+    let has_condition = |id: &str| {
+        read("actions").is_some_and(|a| {
+            a["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["id"] == id))
+        })
+    };
+    let switch = |method: &str| {
+        let (code, body) =
+            nats::http_req(&node.url, method, "/faults/down", None, None).expect("fault switch");
+        assert_eq!(code, 200, "{method} /faults/down: {body}");
+    };
+    assert!(!has_condition("node-down.agg-osl1-01"));
+    switch("POST");
+    assert!(
+        wait_until(Duration::from_secs(20), || status_of("agg-osl1-01")
+            .is_some_and(|s| s != "ok")
+            && has_condition("node-down.agg-osl1-01")),
+        "the snippets did not follow the node going down: {:?}",
+        status_of("agg-osl1-01")
+    );
+    assert_eq!(status_of("agg-osl1-01").as_deref(), Some("down"));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            d
+            .get("/metrics")
+            .is_some_and(|(_, m)| m.contains("vakt_node_up{env=\"dev\",node=\"agg-osl1-01\",site=\"osl1\",service_kind=\"aggregate\"} 0"))
+        }),
+        "vakt_node_up did not follow"
+    );
+    switch("DELETE");
+    assert!(
+        wait_until(Duration::from_secs(20), || status_of("agg-osl1-01")
+            .as_deref()
+            == Some("ok")
+            && !has_condition("node-down.agg-osl1-01")),
+        "the snippets did not follow the node coming back: {:?}",
+        status_of("agg-osl1-01")
+    );
+    // The unreachable node stayed down throughout.
+    assert_eq!(status_of("run-osl1-01").as_deref(), Some("down"));
 }
 
 /// A repo whose two Oslo aggregate nodes answer on loopback, with short drain limits in dev.
@@ -1469,20 +1632,19 @@ fn nodes_over_mutual_tls_need_the_ca_and_a_client_certificate_and_plain_http_is_
     let repo = ops_git();
     let n = NatsServer::start();
     let (p1, p2) = (nats::port(), nats::port());
-    // agg-osl1-01 serves TLS and requires a client certificate; agg-osl1-02 requires TLS but
-    // declares a plain http:// URL, where a listener counts every connection it gets.
-    for (node, url) in [
-        ("agg-osl1-01", format!("https://127.0.0.1:{p1}")),
-        ("agg-osl1-02", format!("http://127.0.0.1:{p2}")),
-    ] {
+    // agg-osl1-01 serves TLS and requires a client certificate. agg-osl1-02 will require TLS
+    // but declare a plain http:// URL, where a listener counts every connection it gets:
+    // validation refuses that commit (`inventory.node-tls`), so it is committed last.
+    let require_tls = |node: &str, url: &str| {
         edit(
             repo.path(),
             &format!("inventory/nodes/{node}.toml"),
             &format!("admin_url = \"http://{node}.dataverket.internal:9090\""),
             &format!("admin_url = \"{url}\"\ntls = \"required\""),
         );
-    }
-    commit_all(repo.path(), "aggregate nodes on loopback, TLS required");
+    };
+    require_tls("agg-osl1-01", &format!("https://127.0.0.1:{p1}"));
+    commit_all(repo.path(), "agg-osl1-01 on loopback, TLS required");
     let _node = agg_node(
         &n,
         1,
@@ -1536,7 +1698,6 @@ fn nodes_over_mutual_tls_need_the_ca_and_a_client_certificate_and_plain_http_is_
     // No TLS options: the handshake fails and says --node-ca is missing.
     let d = start("no-tls", &[]);
     wait_detail(&d, "agg-osl1-01", "--node-ca");
-    wait_detail(&d, "agg-osl1-02", "requires TLS");
     assert_eq!(status_of(&d, "agg-osl1-01").as_deref(), Some("down"));
     drop(d);
 
@@ -1559,8 +1720,26 @@ fn nodes_over_mutual_tls_need_the_ca_and_a_client_certificate_and_plain_http_is_
         "agg-osl1-01 never up over mutual TLS: {:?}",
         detail_of(&d, "agg-osl1-01")
     );
-    wait_detail(&d, "agg-osl1-02", "requires TLS");
-    // agg-osl1-02 was polled by three daemons, and never over plain HTTP.
+    // A commit where agg-osl1-02 requires TLS on a plain http:// URL is refused before it is
+    // applied, naming the node file; the node is never called over plain HTTP.
+    let applied = d.status()["applied_commit"].clone();
+    assert!(applied.is_string(), "{}", d.status());
+    require_tls("agg-osl1-02", &format!("http://127.0.0.1:{p2}"));
+    let bad = commit_all(repo.path(), "agg-osl1-02 on plain http, TLS required");
+    publish(&n.url(), "vakt.trigger.dev");
+    assert!(
+        wait_until(Duration::from_secs(15), || d.status()["refused"]["commit"]
+            == bad.as_str()),
+        "{}",
+        d.status()
+    );
+    let s = d.status();
+    assert_eq!(s["applied_commit"], applied);
+    let f = s["refused"]["findings"][0].as_str().unwrap();
+    assert!(
+        f.starts_with("inventory/nodes/agg-osl1-02.toml:") && f.contains("requires TLS"),
+        "{f}"
+    );
     assert_eq!(
         plain_calls(),
         0,

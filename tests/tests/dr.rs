@@ -281,24 +281,74 @@ fn restoring_over_live_state_waits_for_an_approval_bound_to_its_plan() {
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
+    // Live state changes after the approval: the approved plan is stale. The restore now
+    // overwrites a second key, so its plan differs; the old approval does not cover it.
+    let other = "tenant.nordlys-energi.tenant";
+    edit(
+        repo.path(),
+        "config/tenants/nordlys-energi/tenant.toml",
+        "requests_per_second = ",
+        "requests_per_second = 1",
+    );
+    commit_all(repo.path(), "nordlys: rate");
+    assert_eq!(
+        run(repo.path(), &n, &["apply", "--env", "dev", "--yes"]).0,
+        0
+    );
+    let live = |key: &str| read_bucket(&n.url(), "vakt_dev_config")[key].1.clone();
+    let other_changed = live(other);
+    let (code, out, err) = restore(&["--reason", "INC-7: undo the suspension"]);
+    assert_eq!(
+        code, 4,
+        "the approval of the old plan was honoured: {out}{err}"
+    );
+    assert!(out.contains(&format!("overwrite {other}")), "{out}");
+    let new_plan = err
+        .split_whitespace()
+        .find(|w| w.starts_with("restore-"))
+        .expect("plan id in the message")
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+        .to_owned();
+    assert_ne!(new_plan, plan_id, "the plan did not change with live state");
+    assert!(err.contains(&format!("vakt approve {new_plan}")), "{err}");
+    // Nothing was written under the stale approval.
+    assert_eq!(live("tenant.fjord-logistics.tenant"), changed);
+    assert_eq!(live(other), other_changed);
+    assert!(
+        !audit_events(&n.url(), "dev")
+            .iter()
+            .any(|e| e["action"] == "restore.start"),
+        "a restore started on a stale approval"
+    );
+    let (code, out, err) = run(
+        repo.path(),
+        &n,
+        &[
+            "approve",
+            &new_plan,
+            "--env",
+            "dev",
+            "--reason",
+            "IC re-approved in #inc-7",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = restore(&["--reason", "INC-7: undo the suspension"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(
-        read_bucket(&n.url(), "vakt_dev_config")["tenant.fjord-logistics.tenant"].1,
-        old
-    );
+    assert_eq!(live("tenant.fjord-logistics.tenant"), old);
+    assert_ne!(live(other), other_changed);
     let events = verify_chain(&n.url(), "dev");
     let start = events
         .iter()
         .find(|e| e["action"] == "restore.start")
         .expect("restore.start");
-    assert_eq!(start["plan_id"], plan_id.as_str());
+    assert_eq!(start["plan_id"], new_plan.as_str());
     assert_eq!(start["reason"], "INC-7: undo the suspension");
     let bucket_ev = events
         .iter()
         .find(|e| e["action"] == "restore.bucket" && e["target"] == "vakt_dev_config")
         .expect("restore.bucket for config");
-    assert_eq!(bucket_ev["detail"]["overwritten"], 1);
+    assert_eq!(bucket_ev["detail"]["overwritten"], 2);
     // The environment's branch is ahead of what the restore put back: drift says so.
     let (code, _, _) = run(
         repo.path(),

@@ -460,7 +460,7 @@ fn html_in_runbooks_and_snippets_never_runs() {
          return document.querySelectorAll('a[href^=\"javascript:\"], [onerror], [onload], iframe, main style').length",
     );
     assert_eq!(clicks, json!(0));
-    std::thread::sleep(Duration::from_millis(300));
+    s.settle(WAIT);
     assert_eq!(s.js(ran), json!([]), "a runbook payload ran");
     // the title is shown as text
     let h1 = s.js("return document.querySelector('main h1').textContent");
@@ -474,7 +474,7 @@ fn html_in_runbooks_and_snippets_never_runs() {
     for path in ["/runbooks/", "/search/?q=drift", "/maps/"] {
         s.goto(&server.url(path));
         s.wait_for("return document.readyState === 'complete'", WAIT, "load");
-        std::thread::sleep(Duration::from_millis(500));
+        s.settle(WAIT);
         assert_eq!(s.js(ran), json!([]), "a payload ran on {path}");
     }
 
@@ -502,7 +502,16 @@ fn html_in_runbooks_and_snippets_never_runs() {
     s.js(
         "document.querySelector('li.cond[data-id=\"xss.1\"] a.runbook-link').click(); return true",
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // The click leaves /ops/ for the runbook page: wait for that page, then let it settle.
+    s.wait_for(
+        &format!(
+            "return location.href !== {} && document.readyState === 'complete'",
+            json!(server.url("/ops/"))
+        ),
+        WAIT,
+        "the runbook page the link leads to",
+    );
+    s.settle(WAIT);
     assert_eq!(s.js(ran), json!([]), "a snippet payload ran");
     assert_eq!(
         s.js("return document.querySelectorAll('main img, main svg, main iframe, main script').length"),

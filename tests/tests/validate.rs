@@ -16,7 +16,17 @@ struct Case {
     write: Vec<Write>,
     #[serde(default)]
     remove: Vec<Remove>,
+    #[serde(default)]
+    symlink: Vec<Symlink>,
     expect: Expect,
+}
+
+/// A symbolic link `path` → `target` (as written: relative to the link's directory, or absolute).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Symlink {
+    path: String,
+    target: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,7 +41,11 @@ struct Edit {
 #[serde(deny_unknown_fields)]
 struct Write {
     path: String,
+    #[serde(default)]
     content: String,
+    /// Raw bytes written after `content` (text that is not UTF-8).
+    #[serde(default)]
+    bytes: Vec<u8>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,11 +72,107 @@ fn apply(case: &Case, root: &Path) {
     for w in &case.write {
         let p = root.join(&w.path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, &w.content).unwrap();
+        let mut data = w.content.clone().into_bytes();
+        data.extend_from_slice(&w.bytes);
+        std::fs::write(&p, data).unwrap();
     }
     for r in &case.remove {
         std::fs::remove_file(root.join(&r.path)).unwrap();
     }
+    for l in &case.symlink {
+        let p = root.join(&l.path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&l.target, &p).unwrap();
+        #[cfg(not(unix))]
+        panic!("{}: symlink fixtures need a unix file system", l.path);
+    }
+}
+
+fn read_case(dir: &Path) -> Case {
+    let name = dir.file_name().unwrap().to_string_lossy();
+    toml::from_str(&std::fs::read_to_string(dir.join("case.toml")).unwrap())
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn fixture_dirs() -> Vec<std::path::PathBuf> {
+    let dir = workspace().join("tests/fixtures/validate");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    cases
+}
+
+/// `--list-rules --format json`: every rule with the command that checks it.
+fn listed_rules() -> Vec<serde_json::Value> {
+    let (code, out, err) = outcome(&vakt(&["validate", "--list-rules", "--format", "json"]));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Every rule `vakt validate --list-rules` says validate checks has a fixture expecting exactly
+/// that rule; `every_rule_fixture_reports_exactly_one_finding` proves each fixture triggers
+/// its rule and nothing else, so together every listed rule is shown to fire. A rule another
+/// command checks is listed under its own heading and has no validate fixture.
+#[test]
+fn every_listed_rule_has_a_fixture_that_triggers_it() {
+    let rules = listed_rules();
+    assert!(rules.len() >= 40, "{rules:#?}");
+    let expected: std::collections::BTreeSet<String> = fixture_dirs()
+        .iter()
+        .map(|d| read_case(d).expect.rule)
+        .collect();
+    let mut missing = Vec::new();
+    let mut misplaced = Vec::new();
+    for r in &rules {
+        let id = r["id"].as_str().unwrap();
+        match r["command"].as_str() {
+            Some("validate") if !expected.contains(id) => missing.push(id.to_owned()),
+            Some("validate") => {}
+            Some(_) if expected.contains(id) => misplaced.push(id.to_owned()),
+            Some(_) => {}
+            None => panic!("rule {id} names no command: {r}"),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "rules validate lists with no fixture under tests/fixtures/validate/ that triggers them: {}",
+        missing.join(", ")
+    );
+    assert!(
+        misplaced.is_empty(),
+        "rules another command checks, yet a validate fixture expects them: {}",
+        misplaced.join(", ")
+    );
+    // A fixture expecting a rule the list does not know is a typo.
+    for e in &expected {
+        assert!(
+            rules.iter().any(|r| r["id"] == e.as_str()),
+            "fixture expects unknown rule {e}"
+        );
+    }
+}
+
+/// `promotion.order` needs the env branches' history: `vakt promote --check` reports it, and
+/// the human list says so instead of claiming validate checks it.
+#[test]
+fn rules_of_other_commands_are_listed_apart() {
+    let rules = listed_rules();
+    let promo = rules.iter().find(|r| r["id"] == "promotion.order").unwrap();
+    assert_eq!(promo["command"], "promote --check", "{promo}");
+    let (code, out, _) = outcome(&vakt(&["validate", "--list-rules"]));
+    assert_eq!(code, 0);
+    let (ours, others) = out
+        .split_once("Checked by other commands, not by validate:")
+        .unwrap_or_else(|| panic!("no heading for other commands' rules:\n{out}"));
+    assert!(!ours.contains("promotion.order"), "{out}");
+    assert!(ours.contains("inventory.node-tls"), "{out}");
+    assert!(
+        others.contains("promotion.order") && others.contains("(vakt promote --check)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -80,18 +190,12 @@ fn bundled_repo_is_clean() {
 
 #[test]
 fn every_rule_fixture_reports_exactly_one_finding() {
-    let dir = workspace().join("tests/fixtures/validate");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    cases.sort();
+    let cases = fixture_dirs();
     assert!(cases.len() >= 30, "fixtures missing");
     // Each case is a `vakt validate` of its own copy of the repo: four at a time.
     let check = |c: &Path| -> Option<String> {
         let name = c.file_name().unwrap().to_string_lossy().into_owned();
-        let case: Case = toml::from_str(&std::fs::read_to_string(c.join("case.toml")).unwrap())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let case = read_case(c);
         let repo = copy_bundled();
         apply(&case, repo.path());
         let (code, f) = findings(repo.path(), &[]);
@@ -188,6 +292,56 @@ fn symlink_out_of_the_repo_is_refused() {
     let f = one(repo.path());
     assert_eq!(f["rule"], "input.symlink-escape");
     assert_eq!(f["path"], "config/global/passwd.toml");
+}
+
+/// A FIFO in the layout is reported, not opened (reading it would block) and not skipped.
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_the_layout_is_unreadable_not_skipped() {
+    let repo = copy_bundled();
+    let p = repo.path().join("config/global/pipe.toml");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&p)
+        .status()
+        .expect("mkfifo");
+    assert!(st.success());
+    let f = one(repo.path());
+    assert_eq!(
+        (f["rule"].as_str(), f["path"].as_str()),
+        (Some("input.unreadable"), Some("config/global/pipe.toml"))
+    );
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a regular file"),
+        "{f}"
+    );
+}
+
+/// In a commit, a link to a path inside the tree that holds no file cannot be read; a link
+/// that leaves the tree stays an escape.
+#[cfg(unix)]
+#[test]
+fn a_committed_dangling_symlink_is_unreadable() {
+    let repo = copy_bundled();
+    let dir = repo.path();
+    vakt_tests::git(dir, &["init", "-q", "-b", "main"]);
+    std::os::unix::fs::symlink("removed.toml", dir.join("config/global/gone.toml")).unwrap();
+    vakt_tests::git(dir, &["add", "-A"]);
+    vakt_tests::git(dir, &["commit", "-q", "-m", "dangling link"]);
+    let (code, f) = findings(dir, &["--rev", "main"]);
+    assert_eq!(code, 1, "{f:#?}");
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0]["rule"], "input.unreadable");
+    assert_eq!(f[0]["path"], "config/global/gone.toml");
+    assert!(
+        f[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`config/global/removed.toml` does not exist"),
+        "{f:#?}"
+    );
 }
 
 #[test]

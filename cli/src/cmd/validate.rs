@@ -42,7 +42,9 @@ pub struct ValidateOpts {
     /// Output format.
     #[arg(long, default_value = "human", value_parser = Format::only(&[Format::Human, Format::Json, Format::Github, Format::Sarif]))]
     pub format: Format,
-    /// List every rule with its id, default severity and summary, then exit.
+    /// List every rule with its id, default severity and summary, then exit. Rules another
+    /// command checks (`promotion.order`: `vakt promote --check`) come last, under their own
+    /// heading; JSON gives each rule's `command`.
     #[arg(long)]
     pub list_rules: bool,
     /// Count the findings per rule id. Human: a table instead of the findings (add
@@ -201,14 +203,18 @@ fn list_rules(format: Format) -> u8 {
             );
         }
         _ => {
-            let mut s = String::new();
-            for r in opsrepo::rules::RULES {
-                s.push_str(&format!(
-                    "{:<26} {:<8} {}\n",
-                    r.id,
-                    r.severity.as_str(),
-                    r.summary
-                ));
+            let line = |r: &opsrepo::rules::RuleInfo| {
+                format!("{:<26} {:<8} {}\n", r.id, r.severity.as_str(), r.summary)
+            };
+            let (ours, others): (Vec<_>, Vec<_>) =
+                opsrepo::rules::RULES.iter().partition(|r| r.is_validate());
+            let mut s: String = ours.into_iter().map(line).collect();
+            if !others.is_empty() {
+                s.push_str("\nChecked by other commands, not by validate:\n");
+                for r in others {
+                    s.push_str(&format!("{}  (vakt {})", line(r).trim_end(), r.command));
+                    s.push('\n');
+                }
             }
             output::print(&s);
         }

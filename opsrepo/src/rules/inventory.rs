@@ -117,6 +117,21 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                 "declare the site under inventory/sites/ or fix the name",
             ));
         }
+        // The daemon refuses to call such a node at runtime (NodeError::TlsRequired); say so
+        // before it merges.
+        if n.spec.tls == crate::model::NodeTls::Required
+            && !n.spec.admin_url.starts_with("https://")
+        {
+            out.push(unresolved(
+                "inventory.node-tls",
+                n.at("/admin_url"),
+                format!(
+                    "node `{}` requires TLS (tls = \"required\") but its admin_url {} is plain HTTP: vakt would never call it",
+                    n.spec.id, n.spec.admin_url
+                ),
+                "change admin_url to https://, or drop `tls = \"required\"`",
+            ));
+        }
     }
     for sh in &m.shards {
         if !sites.contains_key(sh.spec.site.as_str()) {

@@ -203,6 +203,18 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     };
     let fence = Arc::new(lease::Fence::new(&lock_key, opts.target.settings.lease));
     let _ = shared.fence.set(fence.clone());
+    // The lease outlives a shutdown request until the main loop is between steps: released
+    // while a step still writes, the step's remaining writes would hit the fence.
+    let (lease_stop_tx, lease_stop) = watch::channel(false);
+    {
+        let mut sd = shutdown.clone();
+        let env = opts.target.env.clone();
+        tokio::spawn(async move {
+            if sd.wait_for(|v| *v).await.is_ok() {
+                tracing::info!(env = %env, "shutdown requested: the step in progress finishes, then the lease is released");
+            }
+        });
+    }
     // The API (created above, with its own store) serves every replica; from here on the
     // leader's writers check the fence.
     store.fence = Some(audit_fence(&fence, "KV write"));
@@ -217,7 +229,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         opts.target.settings.lease,
         shared.clone(),
         tx.clone(),
-        shutdown.clone(),
+        lease_stop,
     ));
 
     // Requests of hand-run commands (`vakt apply` while this replica leads): every replica
@@ -342,6 +354,11 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         tokio::time::interval_at(tokio::time::Instant::now() + backup_every, backup_every);
     backup_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // A shutdown requested during the last step wins over any trigger queued meanwhile
+        // (`select!` picks among ready branches at random).
+        if *shutdown.borrow() {
+            break;
+        }
         let source = tokio::select! {
             _ = shutdown.wait_for(|v| *v) => break,
             _ = tick.tick() => "poll".to_owned(),
@@ -395,6 +412,8 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         let _ = ctx.step(&source).await;
         shared.steps.fetch_add(1, Ordering::SeqCst);
     }
+    // Between steps: now the lease goes.
+    let _ = lease_stop_tx.send(true);
     let _ = lease_task.await;
     Ok(())
 }
