@@ -149,3 +149,77 @@ impl Shared {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Sample names of every family in an exposition, from its `# TYPE` lines (a fresh
+    /// registry has families without samples): counters as `_total`, histograms as `_bucket`,
+    /// `_sum` and `_count`, info metrics as `_info`.
+    fn sample_names(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for l in text.lines() {
+            let Some(rest) = l.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let mut it = rest.split_whitespace();
+            let (Some(name), Some(ty)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match ty {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "summary" => &["", "_sum", "_count"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            for s in suffixes {
+                out.insert(format!("{name}{s}"));
+            }
+        }
+        out
+    }
+
+    /// `inventory/exporters/vakt.toml` declares exactly the names the daemon's registry
+    /// exports, so `metric.provenance` can trust it.
+    #[test]
+    fn the_bundled_vakt_exporter_declaration_matches_the_registry() {
+        let shared = Shared::new("dev");
+        {
+            let mut reg = shared.registry.lock().expect("registry");
+            crate::daemon::sitelinks::Monitor::new(
+                crate::daemon::sitelinks::SiteLinkOpts {
+                    env: "dev".into(),
+                    site: "osl1".into(),
+                    id: "t".into(),
+                    interval: std::time::Duration::from_secs(1),
+                    nats_monitor: None,
+                },
+                &mut reg,
+            )
+            .expect("monitor");
+        }
+        let exported = sample_names(&shared.metrics_text());
+        assert!(exported.contains("vakt_apply_total"), "{exported:?}");
+        assert!(exported.contains("vakt_site_link_up"), "{exported:?}");
+
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../inventory/exporters/vakt.toml"
+        );
+        let text = std::fs::read_to_string(path).expect("read inventory/exporters/vakt.toml");
+        let v = opsrepo::parse::parse_value(path, opsrepo::parse::Format::Toml, &text)
+            .expect("parse vakt.toml");
+        let decl: opsrepo::model::Exporter = serde_json::from_value(v).expect("an exporter");
+        let declared: BTreeSet<String> = decl.metrics.into_iter().map(|m| m.0).collect();
+        let missing: Vec<&String> = exported.difference(&declared).collect();
+        let extra: Vec<&String> = declared.difference(&exported).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "inventory/exporters/vakt.toml is out of date: add {missing:?}, remove {extra:?}"
+        );
+    }
+}
