@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::observability::{fill, grafana_fill};
 use super::promql;
 use crate::diag::Finding;
-use crate::load::{Doc, Model};
+use crate::load::{Doc, Model, index_by};
 use crate::model::{DatasourceRef, DatasourceType, MetricName};
 
 /// The help line of every finding.
@@ -57,6 +57,7 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
         p.declared
             .push((format!("service {}", s.spec.kind), &s.spec.exports));
     }
+    index_by(&m.exporters, |e| &e.id, "/id", "exporter", out);
     for e in &m.exporters {
         p.declared
             .push((format!("exporter {}", e.spec.id), &e.spec.metrics));
