@@ -167,6 +167,11 @@ rules! {
     "render.rule", Error, "a rule Prometheus would reject once rendered (label names, recording rule fields, a hand-set `env` label)";
     "render.collision", Error, "two alert rule files render to the same rules/<name>.yaml";
     "render.datasource-url", Warning, "a datasource has no (valid) `url` for Grafana provisioning";
+    // Metric provenance and the two-datacenter topology (rules/provenance.rs, rules/topology.rs).
+    "metric.provenance", Error, "a metric an alert, recording rule, dashboard or saved query uses is recorded by no rule, exported by no service and declared by no external exporter";
+    "topology.capacity", Warning, "a site's shards cannot take its own tenants plus the other sites' tenants (tenant slots or in-flight commands)";
+    "topology.stateful-replicas", Warning, "a shard of a stateful service has fewer than two nodes";
+    "topology.quorum", Warning, "a quorum system (NATS, Vault) loses its majority when one site is lost";
     // Tests, rule coverage and loader holes (tests/tests/validate.rs ties this list to the
     // fixtures under tests/fixtures/validate/).
     "inventory.node-tls", Error, "a node with `tls = \"required\"` has a plain `http://` admin URL";

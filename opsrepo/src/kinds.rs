@@ -62,6 +62,7 @@ kinds! {
     Shard => "shard", Shard, "shard (inventory/shards/<id>.toml)";
     Service => "service", Service, "service (inventory/services/<kind>.toml)";
     Placement => "placement", Placement, "tenant placement (inventory/placement/<tenant>.toml)";
+    Exporter => "exporter", Exporter, "external metrics exporter (inventory/exporters/<id>.toml)";
     Role => "role", Role, "RBAC role (access/roles/<id>.toml)";
     RoleBinding => "role-binding", RoleBinding, "RBAC binding (access/bindings/<id>.toml)";
     RunbookCatalog => "runbook-catalog", RunbookCatalog, "runbook catalog (runbooks/runbooks.catalog.json)";
@@ -156,6 +157,7 @@ pub fn kind_of_base_path(path: &str, extra: &[Binding]) -> Option<Kind> {
         (["inventory", "shards", _], "toml") => Kind::Shard,
         (["inventory", "services", _], "toml") => Kind::Service,
         (["inventory", "placement", _], "toml") => Kind::Placement,
+        (["inventory", "exporters", _], "toml") => Kind::Exporter,
         (["access", "roles", _], "toml") => Kind::Role,
         (["access", "bindings", _], "toml") => Kind::RoleBinding,
         (["runbooks", "runbooks.catalog.json"], _) => Kind::RunbookCatalog,

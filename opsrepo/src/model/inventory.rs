@@ -22,6 +22,11 @@ pub struct Site {
     /// Cross-site links whose health vakt reports.
     #[serde(default)]
     pub links: Vec<SiteLink>,
+    /// Voting members this site holds per quorum system (`nats = 2`, `vault = 2`): the
+    /// `topology.quorum` rule checks that every system keeps a majority when any one site is
+    /// lost.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quorum: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -29,6 +34,10 @@ pub struct Site {
 pub enum SiteRole {
     Primary,
     Secondary,
+    /// Holds no tenant shards: a quorum tie-breaker (a NATS server without JetStream storage
+    /// for tenant streams, a Vault raft voter) so the quorum survives the loss of either
+    /// datacenter.
+    Witness,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -124,7 +133,50 @@ pub struct Service {
     pub version: String,
     /// Metric `service` label.
     pub metrics_service: String,
+    /// Keeps tenant data on its nodes (an event store, read models, an outbox): every shard of
+    /// a stateful service needs at least two nodes (rule `topology.stateful-replicas`).
+    #[serde(default)]
+    pub stateful: bool,
+    /// Metric names this service's nodes export on their metrics endpoint: exact names, or a
+    /// prefix ending in `*` (`aggregate_*`). Rule `metric.provenance` accepts a metric an
+    /// alert, recording rule or dashboard uses when a service exports it.
+    #[serde(default)]
+    pub exports: Vec<MetricName>,
     pub health_checks: Vec<HealthCheck>,
+}
+
+/// A metric name (`node_cpu_seconds_total`, `vakt:apply:ratio5m`) or a name prefix ending in
+/// `*` (`aggregate_*`).
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct MetricName(
+    #[schemars(regex(pattern = r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}\*?$"))] pub String,
+);
+
+impl MetricName {
+    /// Whether this name (or prefix) provides `metric`.
+    pub fn provides(&self, metric: &str) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => metric.starts_with(prefix),
+            None => self.0 == metric,
+        }
+    }
+}
+
+/// `inventory/exporters/<id>.toml`: an exporter outside the platform services (node_exporter,
+/// the NATS exporter, postgres_exporter, Vault, the scraper's self-metrics, vakt itself) and
+/// the metric names it provides.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Exporter {
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))]
+    pub id: String,
+    /// What runs it and where, e.g. `node_exporter on every host, :9100`.
+    pub description: String,
+    /// Metric names it provides: exact names, or a prefix ending in `*`.
+    pub metrics: Vec<MetricName>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -9,8 +9,10 @@ pub mod labels;
 pub mod logql;
 pub mod observability;
 pub mod promql;
+pub mod provenance;
 pub(crate) mod render;
 mod runbooks;
+mod topology;
 pub use runbooks::REQUIRED_SECTIONS;
 pub mod secrets;
 mod trigger;
@@ -58,6 +60,8 @@ pub fn check(model: &Model, ctx: &RuleContext) -> Vec<Finding> {
     render::check(model, &mut out);
     trigger::check(model, &mut out);
     labels::check(model, &mut out);
+    provenance::check(model, &mut out);
+    topology::check(model, &mut out);
     // A reference to a document that failed its own schema is not a second problem.
     if !model.broken_ids.is_empty() {
         out.retain(|f| {

@@ -149,3 +149,105 @@ impl Shared {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Sample names of every family in an exposition, from its `# TYPE` lines (a fresh
+    /// registry has families without samples): counters as `_total`, histograms as `_bucket`,
+    /// `_sum` and `_count`, info metrics as `_info`.
+    fn sample_names(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for l in text.lines() {
+            let Some(rest) = l.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let mut it = rest.split_whitespace();
+            let (Some(name), Some(ty)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match ty {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "summary" => &["", "_sum", "_count"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            for s in suffixes {
+                out.insert(format!("{name}{s}"));
+            }
+        }
+        out
+    }
+
+    /// `inventory/exporters/vakt.toml` declares exactly the names the daemon's registry
+    /// exports, so `metric.provenance` can trust it.
+    #[test]
+    fn the_bundled_vakt_exporter_declaration_matches_the_registry() {
+        let shared = Shared::new("dev");
+        // The encoder leaves families without a series out: give each one a series.
+        let l = shared.l("k", "v");
+        shared.applies.get_or_create(&l).inc();
+        shared.refused.get_or_create(&l).inc();
+        shared.drifted.get_or_create(&l).set(1);
+        shared.commit_age.get_or_create(&l).set(1.0);
+        shared.approvals_pending.get_or_create(&l).set(1);
+        shared.leader_gauge.get_or_create(&l).set(1);
+        shared.node_up.get_or_create(&l).set(1);
+        shared.backup_last.get_or_create(&l).set(1);
+        shared.jobs_gauge.get_or_create(&l).set(1);
+        {
+            let mut reg = shared.registry.lock().expect("registry");
+            let m = crate::daemon::sitelinks::Monitor::new(
+                crate::daemon::sitelinks::SiteLinkOpts {
+                    env: "dev".into(),
+                    site: "osl1".into(),
+                    id: "t".into(),
+                    interval: std::time::Duration::from_secs(1),
+                    nats_monitor: None,
+                },
+                &mut reg,
+            )
+            .expect("monitor");
+            m.up.get_or_create(&l).set(1);
+            m.rtt.get_or_create(&l).set(0.01);
+        }
+        let exported = sample_names(&shared.metrics_text());
+        // Every family the daemon's code registers got a series above (else the encoder left
+        // it out and the comparison below could not see it).
+        for src in [include_str!("shared.rs"), include_str!("sitelinks.rs")] {
+            let code = src.split("#[cfg(test)]").next().unwrap_or(src);
+            for piece in code.split(".register(").skip(1) {
+                let Some(name) = piece.trim_start().strip_prefix('"') else {
+                    continue;
+                };
+                let name = name.split('"').next().unwrap_or("");
+                assert!(
+                    exported.iter().any(|e| e.starts_with(name)),
+                    "family `{name}` has no series in this test: give it one"
+                );
+            }
+        }
+        assert!(exported.contains("vakt_apply_total"), "{exported:?}");
+        assert!(exported.contains("vakt_site_link_up"), "{exported:?}");
+
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../inventory/exporters/vakt.toml"
+        );
+        let text = std::fs::read_to_string(path).expect("read inventory/exporters/vakt.toml");
+        let v = opsrepo::parse::parse_value(path, opsrepo::parse::Format::Toml, &text)
+            .expect("parse vakt.toml");
+        let decl: opsrepo::model::Exporter = serde_json::from_value(v).expect("an exporter");
+        let declared: BTreeSet<String> = decl.metrics.into_iter().map(|m| m.0).collect();
+        let missing: Vec<&String> = exported.difference(&declared).collect();
+        let extra: Vec<&String> = declared.difference(&exported).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "inventory/exporters/vakt.toml is out of date: add {missing:?}, remove {extra:?}"
+        );
+    }
+}

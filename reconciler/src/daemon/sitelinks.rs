@@ -261,8 +261,8 @@ struct Inner {
 pub struct Monitor {
     opts: SiteLinkOpts,
     inner: Mutex<Inner>,
-    up: Family<Labels, Gauge>,
-    rtt: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub(super) up: Family<Labels, Gauge>,
+    pub(super) rtt: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 /// One declared link with its measured state.

@@ -549,6 +549,7 @@ pub fn feeds_kv(kind: Kind) -> bool {
             | Kind::SavedQuery
             | Kind::Dashboard
             | Kind::AlertRules
+            | Kind::Exporter
     )
 }
 
@@ -630,7 +631,8 @@ pub fn keys_for(
         | Kind::Datasources
         | Kind::SavedQuery
         | Kind::Dashboard
-        | Kind::AlertRules => Ok(Vec::new()),
+        | Kind::AlertRules
+        | Kind::Exporter => Ok(Vec::new()),
     }
 }
 

@@ -416,7 +416,15 @@ struct AggregateM {
     command_errors: Family<L, Counter>,
     conflicts: Family<L, Counter>,
     in_flight: Family<L, Gauge>,
+    /// The tenant's `quotas.max_inflight_commands` as the node enforces it.
+    max_inflight: Family<L, Gauge>,
 }
+
+/// The in-flight command quota the double reports for every tenant it serves (a real
+/// aggregate reports each tenant's `quotas.max_inflight_commands` from its config). With
+/// `TenantInFlightCommandsHigh` at 80% of it, the baseline (up to 30) stays below and
+/// `command-pileup` (250 more) goes above.
+const INFLIGHT_QUOTA: i64 = 200;
 
 struct ProjectionM {
     lag: Family<L, Gauge>,
@@ -664,7 +672,13 @@ impl Platform {
                 command_errors: Family::default(),
                 conflicts: Family::default(),
                 in_flight: Family::default(),
+                max_inflight: Family::default(),
             };
+            r.register(
+                "aggregate_tenant_max_inflight_commands",
+                "The tenant's in-flight command quota (quotas.max_inflight_commands), by tenant",
+                a.max_inflight.clone(),
+            );
             r.register(
                 "aggregate_command_duration_seconds",
                 "Command handling duration by aggregate type",
@@ -983,6 +997,9 @@ impl Platform {
                 a.in_flight
                     .get_or_create(&l(&[("tenant_id", &s.tenant)]))
                     .set(s.inflight as i64 + jitter + pile);
+                a.max_inflight
+                    .get_or_create(&l(&[("tenant_id", &s.tenant)]))
+                    .set(INFLIGHT_QUOTA);
                 // Every (aggregate, tenant) series exists from the start; errors are rare.
                 let failing = (s.active && self.rng.next() < dt * 0.05)
                     .then(|| self.rng.between(0.0, 4.0) as usize % 4);
