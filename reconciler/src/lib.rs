@@ -18,6 +18,7 @@
 
 pub mod daemon;
 pub mod desired;
+pub(crate) mod fault;
 pub mod ops;
 pub mod outcome;
 pub mod store;

@@ -41,7 +41,7 @@ use time::OffsetDateTime;
 use crate::Error;
 use crate::desired::compile::Bucket;
 use crate::desired::plan::LiveEntry;
-use crate::ops::apply::fault;
+use crate::fault;
 use crate::ops::approvals::Gate;
 use crate::store::audit::{self, Audit, AuditEvent, now_rfc3339};
 use crate::store::state::{self, Approval};

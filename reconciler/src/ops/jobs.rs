@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::desired::compile::{Bucket, Desired};
 use crate::desired::plan::{Action, Plan};
-use crate::ops::apply::fault;
+use crate::fault;
 use crate::ops::nodes::NodeClient;
 use crate::store::audit::{Audit, AuditEvent, now_rfc3339};
 use crate::store::{Store, StoreError, nats_err};
