@@ -260,6 +260,14 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         });
     }
 
+    // The NATS connection: losing it makes the daemon degraded at once (see `NatsLink`).
+    tokio::spawn(nats_watch(
+        store.client.clone(),
+        shared.clone(),
+        tx.clone(),
+        shutdown.clone(),
+    ));
+
     // File-system watch.
     let _watcher = match &opts.watch {
         Some(p) => Some(start_watch(p, tx.clone())?),
@@ -392,11 +400,63 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         if !shared.is_leader.load(Ordering::SeqCst) {
             continue;
         }
+        if let Ok(mut l) = shared.nats.lock()
+            && !l.is_up()
+        {
+            // Degraded: a pass against a NATS that is down would only fail (and each of its
+            // requests wait for a timeout). The watcher triggers a pass once it is back.
+            l.passes_skipped += 1;
+            tracing::debug!(env = %opts.target.env, trigger = %source, "NATS is down: pass not started");
+            continue;
+        }
         let _ = ctx.step(&source).await;
         shared.steps.fetch_add(1, Ordering::SeqCst);
     }
     let _ = lease_task.await;
     Ok(())
+}
+
+/// Watches the client's connection state every 200 ms: records it in [`Shared::nats`], logs
+/// the loss and the return once each, and triggers a pass when the connection is back.
+async fn nats_watch(
+    client: async_nats::Client,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use async_nats::connection::State;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_up = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => return,
+            _ = tick.tick() => {}
+        }
+        let state = client.connection_state();
+        let up = state == State::Connected;
+        let connects = client.statistics().connects.load(Ordering::Relaxed);
+        if let Ok(mut l) = shared.nats.lock() {
+            l.state = match state {
+                State::Connected => "connected",
+                State::Disconnected => "disconnected",
+                State::Pending => "pending",
+            };
+            l.connects = connects;
+            if up {
+                l.down_since = None;
+            } else if l.down_since.is_none() {
+                l.down_since = Some(crate::store::audit::now_rfc3339());
+            }
+        }
+        if was_up && !up {
+            tracing::warn!(env = %shared.env, "NATS connection lost: degraded, no pass runs until it is back (reconnecting with backoff)");
+        } else if !was_up && up {
+            tracing::info!(env = %shared.env, connects, "NATS connection back: reconciling");
+            let _ = tx.try_send("nats-reconnected".into());
+        }
+        was_up = up;
+    }
 }
 
 /// What one pass learns and hands from step to step.
@@ -600,7 +660,7 @@ impl Ctx {
             return Err("fenced: this replica no longer holds the lease".into());
         }
         let mut outcome = self.run_steps(source).await;
-        if outcome.is_err() {
+        if outcome.is_err() && self.nats_up() {
             let missing = self.store.missing_streams().await;
             if !missing.is_empty() {
                 // NATS lost its data (or someone deleted streams): recreate the buckets and the
@@ -650,6 +710,18 @@ impl Ctx {
             // is the new leader's to write.
             tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile pass ended by the fence: {f}");
             self.shared.is_leader.store(false, Ordering::SeqCst);
+        } else if let Some(e) = &err
+            && !self.nats_up()
+        {
+            // Degraded: every NATS read or write would only wait for its timeout. The status
+            // keeps the error locally; the pass the watcher triggers once NATS is back records it.
+            tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile step failed: NATS is down");
+            if let Ok(mut s) = self.shared.status.lock()
+                && s.is_object()
+            {
+                s["last_error"] = e.clone().into();
+            }
+            return;
         } else if let Some(e) = &err {
             tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile step failed");
             let e2 = e.clone();
@@ -659,8 +731,17 @@ impl Ctx {
             })
             .await;
         }
+        if !self.nats_up() {
+            // Both read NATS: the pass the watcher triggers once it is back refreshes them.
+            return;
+        }
         self.publish_status().await;
         self.refresh_snippets().await;
+    }
+
+    /// Whether the daemon's NATS connection is up (see [`shared::NatsLink`]).
+    fn nats_up(&self) -> bool {
+        self.store.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Takes a scheduled backup into the backup directory and deletes the oldest beyond `keep`.
@@ -1326,9 +1407,11 @@ fn start_watch(
 
 #[derive(Serialize)]
 struct Health {
+    /// `ok`, `failing` (the last pass failed) or `degraded` (NATS is down).
     status: &'static str,
     leader: bool,
     steps: u64,
+    nats: shared::NatsLink,
 }
 
 /// Whether a request may read `/snippets/*`, `/status`, `/metrics`: always without a read token,
@@ -1431,11 +1514,25 @@ fn http_router(shared: Arc<Shared>, token: Option<String>) -> axum::Router {
             get(move || {
                 let s = s1.clone();
                 async move {
-                    let ok = s.healthy.load(Ordering::SeqCst);
+                    let nats = s.nats.lock().map(|l| l.clone()).ok();
+                    let nats_up = nats.as_ref().is_some_and(shared::NatsLink::is_up);
+                    let ok = s.healthy.load(Ordering::SeqCst) && nats_up;
                     let body = axum::Json(Health {
-                        status: if ok { "ok" } else { "failing" },
+                        status: if !nats_up {
+                            "degraded"
+                        } else if ok {
+                            "ok"
+                        } else {
+                            "failing"
+                        },
                         leader: s.is_leader.load(Ordering::SeqCst),
                         steps: s.steps.load(Ordering::SeqCst),
+                        nats: nats.unwrap_or(shared::NatsLink {
+                            state: "unknown",
+                            down_since: None,
+                            passes_skipped: 0,
+                            connects: 0,
+                        }),
                     });
                     (
                         if ok {
@@ -1482,6 +1579,9 @@ fn http_router(shared: Arc<Shared>, token: Option<String>) -> axum::Router {
                         v["is_leader"] = s.is_leader.load(Ordering::SeqCst).into();
                         if let Some(f) = s.fence.get() {
                             v["fenced"] = f.status();
+                        }
+                        if let Ok(l) = s.nats.lock() {
+                            v["nats"] = serde_json::to_value(&*l).unwrap_or_default();
                         }
                     }
                     axum::Json(v).into_response()
