@@ -277,13 +277,3 @@ pub fn shard_of_polar_retail(url: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(&v).ok()?;
     v["spec"]["shard"].as_str().map(str::to_owned)
 }
-
-/// Peak resident memory of process `pid` in KiB (`VmHWM`).
-pub fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}

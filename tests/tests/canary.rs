@@ -236,15 +236,17 @@ fn canary_secrets_never_appear_in_kv_audit_logs_backups_snippets_rendered_files_
     let log = std::fs::read(n.dir.path().join("daemon-canary.log")).unwrap();
     hay.insert("daemon log".into(), log.clone());
 
-    // The search looks where the secret would be: the reference itself is in KV, in a backup
-    // and on the site; the log is at debug level; every kind of output is there.
+    // The search looks where the secret would be: the reference itself is in KV, in the
+    // backups and in the raw store files; the log is at debug level; every kind of output is there.
     assert!(
         !hits(&hay, &secret_ref).is_empty()
             && hits(&hay, &secret_ref).iter().any(|h| h.starts_with("kv "))
             && hits(&hay, &secret_ref)
                 .iter()
                 .any(|h| h.starts_with("backups/"))
-            && hits(&hay, &secret_ref).iter().any(|h| h.starts_with("site/")),
+            && hits(&hay, &secret_ref)
+                .iter()
+                .any(|h| h.starts_with("nats store/")),
         "the reference itself is written where expected: {:?}",
         hits(&hay, &secret_ref)
     );
