@@ -127,6 +127,13 @@ fn nats_down_for_30_s_mid_reconcile_is_degraded_then_converges_within_10_s_losin
         skipped <= most,
         "{skipped} passes tried in {OUTAGE:?} (at most one per interval: {most}): no backoff"
     );
+    // Reconnecting backs off: 100 ms doubling to 2 s between attempts, so about 20 in 30 s
+    // (a client retrying in a loop would make thousands).
+    let attempts = h["nats"]["reconnect_attempts"].as_u64().unwrap();
+    assert!(
+        (5..=40).contains(&attempts),
+        "{attempts} reconnect attempts in {OUTAGE:?}: no backoff, or no retrying"
+    );
     assert!(
         log().contains("NATS connection lost: degraded"),
         "the loss is not logged:\n{}",

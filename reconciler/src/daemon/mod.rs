@@ -443,6 +443,8 @@ async fn nats_watch(
                 State::Pending => "pending",
             };
             l.connects = connects;
+            l.reconnect_attempts =
+                crate::store::RECONNECT_ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed);
             if up {
                 l.down_since = None;
             } else if l.down_since.is_none() {
@@ -459,7 +461,45 @@ async fn nats_watch(
     }
 }
 
-/// What one pass learns and hands from step to step.
+/// Takes the lease key by creating it. When it exists and names another holder, that holder is
+/// noted in `other` (a later takeover is a failover). When it names this replica, it is this
+/// replica's own create whose answer was lost (sent while NATS was unreachable, stored when the
+/// connection came back): it is renewed by compare-and-set on its revision instead of being
+/// waited out for a whole lease. `Err(None)`: held by someone else (or renewed by someone else
+/// meanwhile); `Err(Some(e))`: the create failed for another reason.
+async fn take_lease(
+    lock: &kv::Store,
+    key: &str,
+    me: &str,
+    value: bytes::Bytes,
+    other: &mut Option<String>,
+) -> Result<u64, Option<kv::CreateError>> {
+    match lock.create(key, value.clone()).await {
+        Ok(r) => Ok(r),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let Ok(Some(entry)) = lock.entry(key).await else {
+                return Err(None);
+            };
+            let holder = serde_json::from_slice::<lease::Holder>(&entry.value)
+                .ok()
+                .map(|h| h.holder);
+            match holder {
+                Some(h) if h == me && entry.operation == kv::Operation::Put => {
+                    tracing::info!(holder = %me, revision = entry.revision, "the lease key is this replica's own (an answer lost to a NATS outage): renewing it");
+                    lock.update(key, value, entry.revision).await.map_err(|_| None)
+                }
+                Some(h) if h != me => {
+                    *other = Some(h);
+                    Err(None)
+                }
+                _ => Err(None),
+            }
+        }
+        Err(e) => Err(Some(e)),
+    }
+}
+
+/// What one pass learns and hands from step to step./// What one pass learns and hands from step to step.
 struct Pass {
     /// What triggered it (`poll`, `watch`, `nats`, …), the causation of its audit events.
     source: String,
@@ -1269,7 +1309,7 @@ async fn lease_loop(
     loop {
         let sent = Instant::now();
         rev = match rev {
-            None => match lock.create(&key, value()).await {
+            None => match take_lease(&lock, &key, &me, value(), &mut other_holder).await {
                 Ok(r) => {
                     tracing::info!(holder = %me, revision = r, "acquired leadership");
                     fence.held(&lock, r, sent);
@@ -1306,17 +1346,8 @@ async fn lease_loop(
                     }
                     Some(r)
                 }
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    if let Ok(Some(v)) = lock.get(&key).await
-                        && let Ok(h) = serde_json::from_slice::<serde_json::Value>(&v)
-                        && let Some(h) = h.get("holder").and_then(|h| h.as_str())
-                        && h != me
-                    {
-                        other_holder = Some(h.to_owned());
-                    }
-                    None
-                }
-                Err(e) => {
+                Err(None) => None,
+                Err(Some(e)) => {
                     // The lock bucket itself may be gone (NATS lost its data): recreate it.
                     tracing::warn!(error = %e, "cannot take the lease; re-creating the lock bucket");
                     if let Ok(l) = store.lock_bucket(&settings).await {
@@ -1532,6 +1563,7 @@ fn http_router(shared: Arc<Shared>, token: Option<String>) -> axum::Router {
                             down_since: None,
                             passes_skipped: 0,
                             connects: 0,
+                            reconnect_attempts: 0,
                         }),
                     });
                     (
@@ -1575,6 +1607,11 @@ fn http_router(shared: Arc<Shared>, token: Option<String>) -> axum::Router {
                         return unauthorized(&s);
                     }
                     let mut v = s.status.lock().map(|v| v.clone()).unwrap_or_default();
+                    if v.is_null() {
+                        // No pass recorded yet (or NATS went down before the first one): the
+                        // live fields below still say what this replica is doing.
+                        v = serde_json::json!({});
+                    }
                     if v.is_object() {
                         v["is_leader"] = s.is_leader.load(Ordering::SeqCst).into();
                         if let Some(f) = s.fence.get() {

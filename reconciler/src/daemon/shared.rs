@@ -48,7 +48,7 @@ pub struct Shared {
 /// The daemon's view of its NATS connection, kept by the watcher task of `daemon::run` (every
 /// 200 ms). While it is down the daemon is degraded: `/healthz` says so, no reconcile pass is
 /// started (each trigger is counted in `passes_skipped` instead), and the client reconnects with
-/// its own exponential backoff (capped at 4 s); the first pass runs as soon as it is back.
+/// `store::reconnect_delay` (doubling from 100 ms, capped at 2 s); the first pass runs as soon as it is back.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NatsLink {
     /// `connected`, `disconnected` or `pending` (connecting).
@@ -59,6 +59,9 @@ pub struct NatsLink {
     pub passes_skipped: u64,
     /// Connections made so far by the daemon's client (1 until the first reconnect).
     pub connects: u64,
+    /// Reconnect attempts so far (`store::RECONNECT_ATTEMPTS`): while NATS is down they come
+    /// 100 ms, 200 ms, … apart, then every 2 s.
+    pub reconnect_attempts: u64,
 }
 
 impl NatsLink {
@@ -157,6 +160,7 @@ impl Shared {
                 down_since: None,
                 passes_skipped: 0,
                 connects: 1,
+                reconnect_attempts: 0,
             }),
             env: env.to_owned(),
         }
