@@ -702,6 +702,17 @@ impl Ctx {
         let mut outcome = self.run_steps(source).await;
         if outcome.is_err() && self.nats_up() {
             let missing = self.store.missing_streams().await;
+            if missing.is_empty() && self.fence.check_local().is_ok() {
+                // A NATS cluster that lost a server answers "no responders" or times out while
+                // it elects new stream leaders. Passes are idempotent (compare-and-set writes,
+                // an interrupted apply is recovered): retry once before the pass counts as
+                // failed.
+                if let Err(e) = &outcome {
+                    tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile pass failed; retrying it once in 1 s");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                outcome = self.run_steps(source).await;
+            }
             if !missing.is_empty() {
                 // NATS lost its data (or someone deleted streams): recreate the buckets and the
                 // audit stream, then rebuild the desired state from Git in the same step.
@@ -1363,6 +1374,18 @@ async fn lease_loop(
                     // proves the lease is still this replica's.
                     if !shared.is_leader.swap(true, Ordering::SeqCst) {
                         let _ = tx.try_send("leader".into());
+                    }
+                    Some(r)
+                }
+                Err(e) if e.kind() != kv::UpdateErrorKind::WrongLastRevision => {
+                    // Not a refusal: NATS did not answer (a cluster electing the lock stream's
+                    // leader after losing a server answers "no stream found" for a few seconds;
+                    // NATS down times out). The lease may still be this replica's: keep its
+                    // revision and renew at the next tick. The fence stops every write once the
+                    // lease may have lapsed by this replica's own clock, and then it stands by.
+                    tracing::warn!(holder = %me, held_revision = r, error = %e, "cannot renew the lease; retrying");
+                    if fence.check_local().is_err() {
+                        shared.is_leader.store(false, Ordering::SeqCst);
                     }
                     Some(r)
                 }
