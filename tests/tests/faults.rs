@@ -214,7 +214,9 @@ impl ClusterRig {
             logs.path(),
             "dev",
             id,
-            &["--interval", "1s", "--lease", "3s"],
+            // The default lease (10 s): a stream leader election after losing a server takes
+            // a few seconds, and a renewal NATS does not answer keeps the lease that long.
+            &["--interval", "1s", "--lease", "10s"],
             &[],
         );
         let r = ClusterRig {

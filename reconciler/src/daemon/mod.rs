@@ -1377,16 +1377,16 @@ async fn lease_loop(
                     }
                     Some(r)
                 }
-                Err(e) if e.kind() != kv::UpdateErrorKind::WrongLastRevision => {
-                    // Not a refusal: NATS did not answer (a cluster electing the lock stream's
-                    // leader after losing a server answers "no stream found" for a few seconds;
-                    // NATS down times out). The lease may still be this replica's: keep its
-                    // revision and renew at the next tick. The fence stops every write once the
-                    // lease may have lapsed by this replica's own clock, and then it stands by.
+                Err(e)
+                    if e.kind() != kv::UpdateErrorKind::WrongLastRevision
+                        && fence.check_local().is_ok() =>
+                {
+                    // Not a refusal, and the lease has not lapsed by this replica's own clock:
+                    // NATS did not answer (a cluster electing the lock stream's leader after
+                    // losing a server answers "no stream found" for a few seconds). Keep the
+                    // revision and renew at the next tick. Once the lease may have lapsed, the
+                    // branch below gives it up (and the lock bucket is re-created if it is gone).
                     tracing::warn!(holder = %me, held_revision = r, error = %e, "cannot renew the lease; retrying");
-                    if fence.check_local().is_err() {
-                        shared.is_leader.store(false, Ordering::SeqCst);
-                    }
                     Some(r)
                 }
                 Err(e) => {
