@@ -75,11 +75,10 @@ fn serve_big(conn: std::net::TcpStream, seen: &Mutex<Seen>) {
         let path = first.split_whitespace().nth(1).unwrap_or("").to_owned();
         seen.lock().expect("lock").paths.push(path.clone());
         if path == "/healthz" {
-            if w
-                .write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
-                )
-                .is_err()
+            if w.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+            )
+            .is_err()
             {
                 return;
             }
@@ -210,7 +209,10 @@ pub fn migration_repo(p1: u16, p2: u16, drain: &str) -> tempfile::TempDir {
         "drain_timeout = \"2m\"\npoll_interval = \"2s\"",
         drain,
     );
-    nats::commit_all(repo.path(), "aggregate nodes on loopback; short drains in dev");
+    nats::commit_all(
+        repo.path(),
+        "aggregate nodes on loopback; short drains in dev",
+    );
     repo
 }
 
@@ -223,7 +225,15 @@ pub fn agg_node(n: &NatsServer, which: u8, port: u16, extra: &[&str]) -> nats::N
         ("agg-osl1-02", "agg-osl1-b")
     };
     nats::NodeDouble::start(
-        n, "vakt_dev", id, "aggregate", "osl1", shard, "2.14.0", port, extra,
+        n,
+        "vakt_dev",
+        id,
+        "aggregate",
+        "osl1",
+        shard,
+        "2.14.0",
+        port,
+        extra,
     )
 }
 

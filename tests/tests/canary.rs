@@ -77,9 +77,15 @@ fn canary_secrets_never_appear_in_kv_audit_logs_backups_snippets_rendered_files_
     let auth = repo.path().join("config/global/auth.toml");
     let text = std::fs::read_to_string(&auth).unwrap();
     let old_ref = "secret://vault/platform/gateway/session-signing#current";
-    assert!(text.contains(old_ref), "the bundled auth.toml has its reference");
+    assert!(
+        text.contains(old_ref),
+        "the bundled auth.toml has its reference"
+    );
     std::fs::write(&auth, text.replace(old_ref, &secret_ref)).unwrap();
-    commit_all(repo.path(), "the session signing key behind a canary reference");
+    commit_all(
+        repo.path(),
+        "the session signing key behind a canary reference",
+    );
 
     let n = NatsServer::start();
     let out = tempfile::tempdir().expect("tempdir");
@@ -251,7 +257,10 @@ fn canary_secrets_never_appear_in_kv_audit_logs_backups_snippets_rendered_files_
         hits(&hay, &secret_ref)
     );
     let log_s = String::from_utf8_lossy(&log);
-    assert!(log_s.contains("DEBUG"), "the daemon log is not at debug level");
+    assert!(
+        log_s.contains("DEBUG"),
+        "the daemon log is not at debug level"
+    );
     for kind in [
         "kv ",
         "audit event",

@@ -11,8 +11,8 @@ use vakt_tests::faults::{
     shard_of_polar_retail,
 };
 use vakt_tests::nats::{
-    self, Daemon, NatsCluster, NatsServer, audit_events, commit_all, ops_git, publish,
-    read_bucket, try_get, wait_until,
+    self, Daemon, NatsCluster, NatsServer, audit_events, commit_all, ops_git, publish, read_bucket,
+    try_get, wait_until,
 };
 
 /// `vakt ARGS --repo REPO --nats URLS`: (exit code, stdout, stderr).
@@ -110,7 +110,9 @@ fn nats_down_for_30_s_mid_reconcile_is_degraded_then_converges_within_10_s_losin
     let steps_down = d.health().unwrap()["steps"].as_u64().unwrap();
     let mut looks = 0;
     while down_at.elapsed() < OUTAGE {
-        let h = d.health().expect("the daemon serves /healthz while NATS is down");
+        let h = d
+            .health()
+            .expect("the daemon serves /healthz while NATS is down");
         assert_eq!(h["status"], "degraded", "{h:#}");
         looks += 1;
         std::thread::sleep(Duration::from_millis(500));
@@ -178,7 +180,10 @@ fn nats_down_for_30_s_mid_reconcile_is_degraded_then_converges_within_10_s_losin
     assert_eq!(puts.len(), desired.len(), "one event per key");
     let twice: Vec<_> = puts.iter().filter(|(_, c)| **c > 1).collect();
     assert!(
-        twice.len() <= 1 && twice.iter().all(|(k, c)| **c == 2 && k.contains("fjord-logistics")),
+        twice.len() <= 1
+            && twice
+                .iter()
+                .all(|(k, c)| **c == 2 && k.contains("fjord-logistics")),
         "duplicate events beyond the one changed key: {twice:?}"
     );
 }
@@ -206,7 +211,12 @@ impl ClusterRig {
         );
         commit_all(repo.path(), "dev runs on a three-server cluster");
         let logs = tempfile::tempdir().expect("tempdir");
-        let old = agg_node(&c.nodes[0], 1, p1, &["--inflight", "6", "--drain-step-ms", "700"]);
+        let old = agg_node(
+            &c.nodes[0],
+            1,
+            p1,
+            &["--inflight", "6", "--drain-step-ms", "700"],
+        );
         let new = agg_node(&c.nodes[0], 2, p2, &[]);
         let d = Daemon::start_at(
             repo.path(),
@@ -232,7 +242,12 @@ impl ClusterRig {
             "no first apply; log:\n{}",
             r.log()
         );
-        assert_eq!(r.failed(), 0.0, "a pass failed before any fault; log:\n{}", r.log());
+        assert_eq!(
+            r.failed(),
+            0.0,
+            "a pass failed before any fault; log:\n{}",
+            r.log()
+        );
         r
     }
 
@@ -373,7 +388,9 @@ fn a_full_or_read_only_backup_directory_fails_the_backup_cleanly_and_the_stale_c
     );
     assert_eq!(code, 0, "{out}{err}");
     let last = || {
-        let v = read_bucket(&n.url(), "vakt_dev_state")["backup.last"].1.clone();
+        let v = read_bucket(&n.url(), "vakt_dev_state")["backup.last"]
+            .1
+            .clone();
         serde_json::from_slice::<serde_json::Value>(&v).unwrap()
     };
     let recorded = last();
@@ -414,7 +431,11 @@ fn a_full_or_read_only_backup_directory_fails_the_backup_cleanly_and_the_stale_c
             "{case}: no failed backups; log:\n{}",
             log()
         );
-        assert!(log().contains(cause), "{case}: the cause is not named; log:\n{}", log());
+        assert!(
+            log().contains(cause),
+            "{case}: the cause is not named; log:\n{}",
+            log()
+        );
         assert!(
             !log().contains("backup taken and verified"),
             "{case}: a backup was reported taken; log:\n{}",
@@ -515,7 +536,10 @@ fn a_node_answering_10_mb_fails_within_the_timeout_reads_at_most_the_cap_and_the
             )),
         "{err}"
     );
-    assert_eq!((job["attempts"].as_u64(), job["max_attempts"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (job["attempts"].as_u64(), job["max_attempts"].as_u64()),
+        (Some(2), Some(2))
+    );
     // Bounded time: two attempts, each bounded by the 5 s call timeout, and one 1 s backoff.
     assert!(took < Duration::from_secs(30), "{took:?}");
     let seen = big.seen();
@@ -524,7 +548,11 @@ fn a_node_answering_10_mb_fails_within_the_timeout_reads_at_most_the_cap_and_the
         .iter()
         .filter(|p| p.starts_with("/admin/tenants/polar-retail"))
         .count();
-    assert_eq!(tenant_calls, 2, "one tenant call per attempt: {:?}", seen.paths);
+    assert_eq!(
+        tenant_calls, 2,
+        "one tenant call per attempt: {:?}",
+        seen.paths
+    );
     let ev = audit_events(&n.url(), "dev");
     let of = |a: &str| {
         ev.iter()
@@ -532,12 +560,22 @@ fn a_node_answering_10_mb_fails_within_the_timeout_reads_at_most_the_cap_and_the
             .count()
     };
     assert_eq!(
-        (of("job.started"), of("job.retrying"), of("job.dead-lettered")),
+        (
+            of("job.started"),
+            of("job.retrying"),
+            of("job.dead-lettered")
+        ),
         (2, 1, 1),
         "attempts in the audit trail"
     );
     // Each answer was cut off: the client hung up before 10 MB were sent (what was sent is
     // bounded by the cap plus the kernel's socket buffers, not by the client's memory).
-    eprintln!("body bytes sent per 10 MB answer: {:?}", seen.body_bytes_sent);
-    assert_eq!(shard_of_polar_retail(&n.url()).as_deref(), Some("agg-osl1-a"));
+    eprintln!(
+        "body bytes sent per 10 MB answer: {:?}",
+        seen.body_bytes_sent
+    );
+    assert_eq!(
+        shard_of_polar_retail(&n.url()).as_deref(),
+        Some("agg-osl1-a")
+    );
 }

@@ -486,7 +486,9 @@ async fn take_lease(
             match holder {
                 Some(h) if h == me && entry.operation == kv::Operation::Put => {
                     tracing::info!(holder = %me, revision = entry.revision, "the lease key is this replica's own (an answer lost to a NATS outage): renewing it");
-                    lock.update(key, value, entry.revision).await.map_err(|_| None)
+                    lock.update(key, value, entry.revision)
+                        .await
+                        .map_err(|_| None)
                 }
                 Some(h) if h != me => {
                     *other = Some(h);
