@@ -56,8 +56,8 @@ fn serve_big(conn: std::net::TcpStream, seen: &Mutex<Seen>) {
     let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
     let mut r = BufReader::new(conn.try_clone().expect("clone"));
     let mut w = conn;
-    // One request per connection is enough for the client's calls (it may reuse the
-    // connection: loop over requests).
+    // The client keeps connections alive: serve requests until it hangs up. Request bodies
+    // are not read (the calls are GETs and body-less POSTs).
     loop {
         let mut first = String::new();
         if r.read_line(&mut first).unwrap_or(0) == 0 {
