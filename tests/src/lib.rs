@@ -3,6 +3,7 @@
 //! Alertmanager ([`alertmanager`]).
 
 pub mod alertmanager;
+pub mod faults;
 pub mod nats;
 pub mod victoria;
 pub mod vmalert;

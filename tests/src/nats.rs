@@ -230,9 +230,10 @@ impl Daemon {
             .arg(repo)
             .args(["--nats", urls, "--listen", "127.0.0.1:0", "--id", id])
             .args(extra)
-            .envs(vars.iter().copied())
             .env("NO_COLOR", "1")
             .env("VAKT_LOG", "info")
+            // After the defaults, so a test can override them (`VAKT_LOG=debug`).
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::File::create(log_dir.join(format!("daemon-{id}.log"))).expect("log"),

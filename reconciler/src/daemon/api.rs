@@ -266,6 +266,19 @@ async fn flush_denials(st: std::sync::Weak<ApiState>) {
     }
 }
 
+/// Re-reads the audit chain's head before an action is audited: the API's writer was opened
+/// when the daemon started, and the leader's passes and jobs have appended events since, so its
+/// cached head is stale (an event chained to it breaks the chain). `Some` is the 503 answer
+/// when the head cannot be read; nothing has happened then.
+async fn chain_head(a: &mut Audit) -> Option<Response> {
+    a.refresh_head().await.err().map(|e| {
+        err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the audit trail's head: {e}; nothing changed, try again"),
+        )
+    })
+}
+
 fn err(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(json!({"error": msg.into()}))).into_response()
 }
@@ -582,6 +595,9 @@ async fn job_action(
         Err(r) => return r,
     };
     let mut a = st.audit.lock().await;
+    if let Some(r) = chain_head(&mut a).await {
+        return r;
+    }
     a.client = c.addr();
     let r = if retry {
         crate::ops::jobs::retry(&st.store, &mut a, &id, &actor, &reason).await
@@ -654,6 +670,9 @@ async fn drain_node(
             Err(e) => return refused(e),
         };
     let mut a = st.audit.lock().await;
+    if let Some(r) = chain_head(&mut a).await {
+        return r;
+    }
     a.client = c.addr();
     let r = crate::ops::jobs::enqueue(&st.store, &mut a, &actor, std::slice::from_ref(&job)).await;
     a.client = None;
@@ -772,6 +791,9 @@ async fn decide(
         Err(r) => return r,
     };
     let mut a = st.audit.lock().await;
+    if let Some(r) = chain_head(&mut a).await {
+        return r;
+    }
     a.client = c.addr();
     let r = crate::ops::approvals::decide(&st.store, &mut a, &plan, approve, &actor, &reason).await;
     a.client = None;

@@ -272,6 +272,14 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         });
     }
 
+    // The NATS connection: losing it makes the daemon degraded at once (see `NatsLink`).
+    tokio::spawn(nats_watch(
+        store.client.clone(),
+        shared.clone(),
+        tx.clone(),
+        shutdown.clone(),
+    ));
+
     // File-system watch.
     let _watcher = match &opts.watch {
         Some(p) => Some(start_watch(p, tx.clone())?),
@@ -409,6 +417,15 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         if !shared.is_leader.load(Ordering::SeqCst) {
             continue;
         }
+        if let Ok(mut l) = shared.nats.lock()
+            && !l.is_up()
+        {
+            // Degraded: a pass against a NATS that is down would only fail (and each of its
+            // requests wait for a timeout). The watcher triggers a pass once it is back.
+            l.passes_skipped += 1;
+            tracing::debug!(env = %opts.target.env, trigger = %source, "NATS is down: pass not started");
+            continue;
+        }
         let _ = ctx.step(&source).await;
         shared.steps.fetch_add(1, Ordering::SeqCst);
     }
@@ -418,7 +435,92 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     Ok(())
 }
 
-/// What one pass learns and hands from step to step.
+/// Watches the client's connection state every 200 ms: records it in [`Shared::nats`], logs
+/// the loss and the return once each, and triggers a pass when the connection is back.
+async fn nats_watch(
+    client: async_nats::Client,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use async_nats::connection::State;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_up = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => return,
+            _ = tick.tick() => {}
+        }
+        let state = client.connection_state();
+        let up = state == State::Connected;
+        let connects = client.statistics().connects.load(Ordering::Relaxed);
+        if let Ok(mut l) = shared.nats.lock() {
+            l.state = match state {
+                State::Connected => "connected",
+                State::Disconnected => "disconnected",
+                State::Pending => "pending",
+            };
+            l.connects = connects;
+            l.reconnect_attempts =
+                crate::store::RECONNECT_ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed);
+            if up {
+                l.down_since = None;
+            } else if l.down_since.is_none() {
+                l.down_since = Some(crate::store::audit::now_rfc3339());
+            }
+        }
+        if was_up && !up {
+            tracing::warn!(env = %shared.env, "NATS connection lost: degraded, no pass runs until it is back (reconnecting with backoff)");
+        } else if !was_up && up {
+            tracing::info!(env = %shared.env, connects, "NATS connection back: reconciling");
+            let _ = tx.try_send("nats-reconnected".into());
+        }
+        was_up = up;
+    }
+}
+
+/// Takes the lease key by creating it. When it exists and names another holder, that holder is
+/// noted in `other` (a later takeover is a failover). When it names this replica, it is this
+/// replica's own create whose answer was lost (sent while NATS was unreachable, stored when the
+/// connection came back): it is renewed by compare-and-set on its revision instead of being
+/// waited out for a whole lease. `Err(None)`: held by someone else (or renewed by someone else
+/// meanwhile); `Err(Some(e))`: the create failed for another reason.
+async fn take_lease(
+    lock: &kv::Store,
+    key: &str,
+    me: &str,
+    value: bytes::Bytes,
+    other: &mut Option<String>,
+) -> Result<u64, Option<kv::CreateError>> {
+    match lock.create(key, value.clone()).await {
+        Ok(r) => Ok(r),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let Ok(Some(entry)) = lock.entry(key).await else {
+                return Err(None);
+            };
+            let holder = serde_json::from_slice::<lease::Holder>(&entry.value)
+                .ok()
+                .map(|h| h.holder);
+            match holder {
+                Some(h) if h == me && entry.operation == kv::Operation::Put => {
+                    tracing::info!(holder = %me, revision = entry.revision, "the lease key is this replica's own (an answer lost to a NATS outage): renewing it");
+                    lock.update(key, value, entry.revision)
+                        .await
+                        .map_err(|_| None)
+                }
+                Some(h) if h != me => {
+                    *other = Some(h);
+                    Err(None)
+                }
+                _ => Err(None),
+            }
+        }
+        Err(e) => Err(Some(e)),
+    }
+}
+
+/// What one pass learns and hands from step to step./// What one pass learns and hands from step to step.
 struct Pass {
     /// What triggered it (`poll`, `watch`, `nats`, …), the causation of its audit events.
     source: String,
@@ -619,8 +721,19 @@ impl Ctx {
             return Err("fenced: this replica no longer holds the lease".into());
         }
         let mut outcome = self.run_steps(source).await;
-        if outcome.is_err() {
+        if outcome.is_err() && self.nats_up() {
             let missing = self.store.missing_streams().await;
+            if missing.is_empty() && self.fence.check_local().is_ok() {
+                // A NATS cluster that lost a server answers "no responders" or times out while
+                // it elects new stream leaders. Passes are idempotent (compare-and-set writes,
+                // an interrupted apply is recovered): retry once before the pass counts as
+                // failed.
+                if let Err(e) = &outcome {
+                    tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile pass failed; retrying it once in 1 s");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                outcome = self.run_steps(source).await;
+            }
             if !missing.is_empty() {
                 // NATS lost its data (or someone deleted streams): recreate the buckets and the
                 // audit stream, then rebuild the desired state from Git in the same step.
@@ -669,6 +782,18 @@ impl Ctx {
             // is the new leader's to write.
             tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile pass ended by the fence: {f}");
             self.shared.is_leader.store(false, Ordering::SeqCst);
+        } else if let Some(e) = &err
+            && !self.nats_up()
+        {
+            // Degraded: every NATS read or write would only wait for its timeout. The status
+            // keeps the error locally; the pass the watcher triggers once NATS is back records it.
+            tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile step failed: NATS is down");
+            if let Ok(mut s) = self.shared.status.lock()
+                && s.is_object()
+            {
+                s["last_error"] = e.clone().into();
+            }
+            return;
         } else if let Some(e) = &err {
             tracing::warn!(env = %self.opts.target.env, error = %e, "reconcile step failed");
             let e2 = e.clone();
@@ -678,8 +803,17 @@ impl Ctx {
             })
             .await;
         }
+        if !self.nats_up() {
+            // Both read NATS: the pass the watcher triggers once it is back refreshes them.
+            return;
+        }
         self.publish_status().await;
         self.refresh_snippets().await;
+    }
+
+    /// Whether the daemon's NATS connection is up (see [`shared::NatsLink`]).
+    fn nats_up(&self) -> bool {
+        self.store.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Takes a scheduled backup into the backup directory and deletes the oldest beyond `keep`.
@@ -1214,7 +1348,7 @@ async fn lease_loop(
     loop {
         let sent = Instant::now();
         rev = match rev {
-            None => match lock.create(&key, value()).await {
+            None => match take_lease(&lock, &key, &me, value(), &mut other_holder).await {
                 Ok(r) => {
                     tracing::info!(holder = %me, revision = r, "acquired leadership");
                     fence.held(&lock, r, sent);
@@ -1251,17 +1385,8 @@ async fn lease_loop(
                     }
                     Some(r)
                 }
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    if let Ok(Some(v)) = lock.get(&key).await
-                        && let Ok(h) = serde_json::from_slice::<serde_json::Value>(&v)
-                        && let Some(h) = h.get("holder").and_then(|h| h.as_str())
-                        && h != me
-                    {
-                        other_holder = Some(h.to_owned());
-                    }
-                    None
-                }
-                Err(e) => {
+                Err(None) => None,
+                Err(Some(e)) => {
                     // The lock bucket itself may be gone (NATS lost its data): recreate it.
                     tracing::warn!(error = %e, "cannot take the lease; re-creating the lock bucket");
                     if let Ok(l) = store.lock_bucket(&settings).await {
@@ -1278,6 +1403,18 @@ async fn lease_loop(
                     if !shared.is_leader.swap(true, Ordering::SeqCst) {
                         let _ = tx.try_send("leader".into());
                     }
+                    Some(r)
+                }
+                Err(e)
+                    if e.kind() != kv::UpdateErrorKind::WrongLastRevision
+                        && fence.check_local().is_ok() =>
+                {
+                    // Not a refusal, and the lease has not lapsed by this replica's own clock:
+                    // NATS did not answer (a cluster electing the lock stream's leader after
+                    // losing a server answers "no stream found" for a few seconds). Keep the
+                    // revision and renew at the next tick. Once the lease may have lapsed, the
+                    // branch below gives it up (and the lock bucket is re-created if it is gone).
+                    tracing::warn!(holder = %me, held_revision = r, error = %e, "cannot renew the lease; retrying");
                     Some(r)
                 }
                 Err(e) => {
@@ -1352,9 +1489,11 @@ fn start_watch(
 
 #[derive(Serialize)]
 struct Health {
+    /// `ok`, `failing` (the last pass failed) or `degraded` (NATS is down).
     status: &'static str,
     leader: bool,
     steps: u64,
+    nats: shared::NatsLink,
 }
 
 /// Whether a request may read `/snippets/*`, `/status`, `/metrics`: always without a read token,
@@ -1457,11 +1596,26 @@ fn http_router(shared: Arc<Shared>, token: Option<String>) -> axum::Router {
             get(move || {
                 let s = s1.clone();
                 async move {
-                    let ok = s.healthy.load(Ordering::SeqCst);
+                    let nats = s.nats.lock().map(|l| l.clone()).ok();
+                    let nats_up = nats.as_ref().is_some_and(shared::NatsLink::is_up);
+                    let ok = s.healthy.load(Ordering::SeqCst) && nats_up;
                     let body = axum::Json(Health {
-                        status: if ok { "ok" } else { "failing" },
+                        status: if !nats_up {
+                            "degraded"
+                        } else if ok {
+                            "ok"
+                        } else {
+                            "failing"
+                        },
                         leader: s.is_leader.load(Ordering::SeqCst),
                         steps: s.steps.load(Ordering::SeqCst),
+                        nats: nats.unwrap_or(shared::NatsLink {
+                            state: "unknown",
+                            down_since: None,
+                            passes_skipped: 0,
+                            connects: 0,
+                            reconnect_attempts: 0,
+                        }),
                     });
                     (
                         if ok {
@@ -1504,10 +1658,18 @@ fn http_router(shared: Arc<Shared>, token: Option<String>) -> axum::Router {
                         return unauthorized(&s);
                     }
                     let mut v = s.status.lock().map(|v| v.clone()).unwrap_or_default();
+                    if v.is_null() {
+                        // No pass recorded yet (or NATS went down before the first one): the
+                        // live fields below still say what this replica is doing.
+                        v = serde_json::json!({});
+                    }
                     if v.is_object() {
                         v["is_leader"] = s.is_leader.load(Ordering::SeqCst).into();
                         if let Some(f) = s.fence.get() {
                             v["fenced"] = f.status();
+                        }
+                        if let Ok(l) = s.nats.lock() {
+                            v["nats"] = serde_json::to_value(&*l).unwrap_or_default();
                         }
                     }
                     axum::Json(v).into_response()

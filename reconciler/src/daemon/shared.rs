@@ -40,7 +40,34 @@ pub struct Shared {
     pub fence: std::sync::OnceLock<Arc<super::lease::Fence>>,
     pub healthy: AtomicBool,
     pub steps: AtomicU64,
+    /// The connection to NATS as the watcher last saw it (served in `/healthz` and `/status`).
+    pub nats: Mutex<NatsLink>,
     pub(super) env: String,
+}
+
+/// The daemon's view of its NATS connection, kept by the watcher task of `daemon::run` (every
+/// 200 ms). While it is down the daemon is degraded: `/healthz` says so, no reconcile pass is
+/// started (each trigger is counted in `passes_skipped` instead), and the client reconnects with
+/// `store::reconnect_delay` (doubling from 100 ms, capped at 2 s); the first pass runs as soon as it is back.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NatsLink {
+    /// `connected`, `disconnected` or `pending` (connecting).
+    pub state: &'static str,
+    /// When the connection was lost (RFC 3339), while it is down.
+    pub down_since: Option<String>,
+    /// Reconcile passes not started because NATS was down.
+    pub passes_skipped: u64,
+    /// Connections made so far by the daemon's client (1 until the first reconnect).
+    pub connects: u64,
+    /// Reconnect attempts so far (`store::RECONNECT_ATTEMPTS`): while NATS is down they come
+    /// 100 ms, 200 ms, … apart, then every 2 s.
+    pub reconnect_attempts: u64,
+}
+
+impl NatsLink {
+    pub fn is_up(&self) -> bool {
+        self.state == "connected"
+    }
 }
 
 impl Shared {
@@ -128,6 +155,13 @@ impl Shared {
             fence: std::sync::OnceLock::new(),
             healthy: AtomicBool::new(true),
             steps: AtomicU64::new(0),
+            nats: Mutex::new(NatsLink {
+                state: "connected",
+                down_since: None,
+                passes_skipped: 0,
+                connects: 1,
+                reconnect_attempts: 0,
+            }),
             env: env.to_owned(),
         }
     }

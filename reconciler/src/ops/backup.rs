@@ -283,6 +283,9 @@ pub async fn backup(
     ev.target = Some(out.display().to_string());
     ev.commit = manifest.applied_commit.clone();
     ev.detail = Some(record);
+    // The daemon's other writers (jobs, the API) may have extended the chain since this
+    // writer last wrote.
+    audit.refresh_head().await?;
     audit.record(ev).await?;
     Ok(BackupReport {
         dir: out.to_path_buf(),

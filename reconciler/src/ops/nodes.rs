@@ -53,6 +53,34 @@ pub enum NodeError {
 /// The largest CA bundle, certificate or key file read for node TLS.
 pub const MAX_TLS_FILE: u64 = 1024 * 1024;
 
+/// The largest admin answer read from a node (its JSON answers are a few hundred bytes). A
+/// node that declares or streams more is cut off at this many bytes: the call fails, naming
+/// the limit, and nothing larger is ever held in memory.
+pub const MAX_ANSWER: usize = 1024 * 1024;
+
+/// Reads an answer's body, refusing more than [`MAX_ANSWER`] bytes (declared by
+/// `Content-Length` or streamed) without reading the rest.
+async fn read_capped(mut r: reqwest::Response) -> Result<Vec<u8>, String> {
+    let too_large = || format!("answer larger than {MAX_ANSWER} bytes: not read further");
+    if r.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(|e| {
+        if e.is_timeout() {
+            "timed out reading the answer".to_owned()
+        } else {
+            format!("cannot read the answer: {e}")
+        }
+    })? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Why the node TLS options cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeTlsError {
@@ -343,13 +371,18 @@ impl NodeClient {
                             message: format!("answered {code}"),
                         });
                     }
-                    return r.json::<T>().await.map(|v| (code, Some(v))).map_err(|e| {
-                        NodeError::Call {
+                    let body = read_capped(r).await.map_err(|message| NodeError::Call {
+                        node: node.into(),
+                        url: url.clone(),
+                        message,
+                    })?;
+                    return serde_json::from_slice::<T>(&body)
+                        .map(|v| (code, Some(v)))
+                        .map_err(|e| NodeError::Call {
                             node: node.into(),
                             url: url.clone(),
                             message: format!("invalid answer: {e}"),
-                        }
-                    });
+                        });
                 }
                 Err(e) => {
                     let full = chain(&e);

@@ -95,7 +95,23 @@ pub struct NatsOpts {
     pub name: String,
 }
 
-/// Connects, failing fast (5 s) instead of retrying forever.
+/// Connection attempts made by this process's clients after losing a connection (every call
+/// of the reconnect delay; the daemon shows it in its status).
+pub static RECONNECT_ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The wait before reconnect attempt `attempts` (1-based): none before the first, then 100 ms
+/// doubling up to 2 s. So a NATS that is down is tried about every 2 s, never in a loop, and a
+/// NATS that comes back is found within 2 s.
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(16);
+    Duration::from_millis(100u64 << exp).min(Duration::from_secs(2))
+}
+
+/// Connects, failing fast (5 s) instead of retrying forever; a connection lost later is
+/// retried with [`reconnect_delay`].
 pub async fn connect(o: &NatsOpts) -> Result<Client, StoreError> {
     let err = |m: String| StoreError::Connect {
         urls: o.urls.clone(),
@@ -104,7 +120,11 @@ pub async fn connect(o: &NatsOpts) -> Result<Client, StoreError> {
     let mut opts = ConnectOptions::new()
         .name(if o.name.is_empty() { "vakt" } else { &o.name })
         .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_secs(10)));
+        .request_timeout(Some(Duration::from_secs(10)))
+        .reconnect_delay_callback(|attempts| {
+            RECONNECT_ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            reconnect_delay(attempts)
+        });
     if let Some(c) = &o.creds {
         opts = opts
             .credentials_file(c)
@@ -582,4 +602,20 @@ pub async fn snapshot_bucket(kv: &kv::Store) -> Result<BTreeMap<String, LiveEntr
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reconnect_delay;
+    use std::time::Duration;
+
+    #[test]
+    fn reconnecting_backs_off_doubling_to_two_seconds() {
+        let ms = |a| reconnect_delay(a).as_millis();
+        assert_eq!(
+            (1..=8).map(ms).collect::<Vec<_>>(),
+            [0, 100, 200, 400, 800, 1600, 2000, 2000]
+        );
+        assert_eq!(reconnect_delay(usize::MAX), Duration::from_secs(2));
+    }
 }
