@@ -132,6 +132,22 @@ pub struct Tmpfs {
 }
 
 impl Tmpfs {
+    /// Whether this process may mount a file system (root with CAP_SYS_ADMIN). A machine that
+    /// may not (an unprivileged container) cannot run the full/read-only backup row; the test
+    /// says so on stderr instead of failing on the environment.
+    pub fn permitted() -> bool {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4k", "vakt-probe"])
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            let _ = Command::new("umount").arg(dir.path()).status();
+        }
+        ok
+    }
+
     /// Mounts `tmpfs -o <opts>`; panics naming why when mounting is not permitted.
     pub fn mount(opts: &str) -> Tmpfs {
         let dir = tempfile::tempdir().expect("tempdir");
