@@ -5,7 +5,7 @@
 //! both are killed when their guard drops.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,10 +30,7 @@ pub const CHROME_ARGS: &[&str] = &[
 ];
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    crate::nats::port()
 }
 
 /// A plain HTTP/1.1 request; returns status and body.

@@ -14,12 +14,30 @@ pub struct NatsServer {
     extra: Vec<String>,
 }
 
+/// A loopback port free now, for a server the test starts next (or writes into a repo first).
+/// Chosen outside Linux's ephemeral range (32768–60999): a port from `bind(0)` is handed out
+/// again to the next `bind(0)` or outgoing connection of any process, so with many servers
+/// started in parallel tests one could be taken between the choice and the server's bind.
+/// Each test process walks the range from its own random start.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let start = (std::process::id().wrapping_mul(7_919) ^ nanos) % SPAN;
+        let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..SPAN {
+        let p = (BASE + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free loopback port in {BASE}..{}", BASE + SPAN)
 }
 
 impl NatsServer {

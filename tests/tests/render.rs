@@ -474,11 +474,7 @@ struct VictoriaMetrics {
 impl VictoriaMetrics {
     fn start(scrape: &Path) -> VictoriaMetrics {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = vakt_tests::nats::port();
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new("victoria-metrics")
             .arg(format!(

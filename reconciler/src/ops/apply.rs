@@ -356,13 +356,18 @@ pub async fn set_status(store: &Store, f: impl FnOnce(&mut Status)) -> Result<St
     store.fenced()?;
     let mut f = Some(f);
     let env = store.env.clone();
-    state::update::<Status, _>(&store.state, state::STATUS, |s| {
-        if let Some(f) = f.take() {
-            f(s);
-        }
-        s.env = env.clone();
-        s.updated_at = now_rfc3339();
-    })
+    state::update_fenced::<Status, _>(
+        &store.state,
+        state::STATUS,
+        || store.fenced(),
+        |s| {
+            if let Some(f) = f.take() {
+                f(s);
+            }
+            s.env = env.clone();
+            s.updated_at = now_rfc3339();
+        },
+    )
     .await
 }
 

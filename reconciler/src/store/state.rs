@@ -172,7 +172,22 @@ pub async fn delete(kv: &kv::Store, key: &str) -> Result<(), StoreError> {
 }
 
 /// Reads, changes and writes back a record with compare-and-set, retrying on conflict.
-pub async fn update<T, F>(kv: &kv::Store, key: &str, mut f: F) -> Result<T, StoreError>
+pub async fn update<T, F>(kv: &kv::Store, key: &str, f: F) -> Result<T, StoreError>
+where
+    T: Serialize + DeserializeOwned + Default,
+    F: FnMut(&mut T),
+{
+    update_fenced(kv, key, || Ok(()), f).await
+}
+
+/// [`update`] with `fence` checked right before each write (after the read's round trip), so
+/// a writer paused during the read finds out before writing, not only before reading.
+pub async fn update_fenced<T, F>(
+    kv: &kv::Store,
+    key: &str,
+    fence: impl Fn() -> Result<(), StoreError>,
+    mut f: F,
+) -> Result<T, StoreError>
 where
     T: Serialize + DeserializeOwned + Default,
     F: FnMut(&mut T),
@@ -183,6 +198,7 @@ where
             None => (T::default(), None),
         };
         f(&mut v);
+        fence()?;
         let b: bytes::Bytes = serde_json::to_vec(&v)
             .map_err(|e| nats_err("encode state", e))?
             .into();
