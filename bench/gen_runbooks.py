@@ -37,6 +37,11 @@ MODES = ["automatic", "operator-approved", "manual"]
 ESC = ["informational", "action-required", "urgent"]
 
 
+# Real commands only: `vakt validate` checks every `vakt …` line of a runbook against the CLI.
+COMMANDS = ["drift --env prod", "plan --env prod", "jobs list --env prod", "validate",
+            "promote --check --from staging"]
+
+
 def vocabulary():
     words = set()
     for p in (ROOT / "runbooks").glob("*.md"):
@@ -55,7 +60,7 @@ def body(rng, vocab, title, signal, rid):
     para = lambda k=3: " ".join(s(rng.randint(8, 16)) for _ in range(k))
     steps = "\n".join(f"{i}. {s(10)} Run `vakt plan --env prod` if {rng.choice(vocab)} persists."
                       for i in range(1, 7))
-    rows = "\n".join(f"| `vakt {rng.choice(vocab)}` | {rng.choice(OWNERS)} | {rng.choice(['none', 'vakt approve', 'PR review'])} |"
+    rows = "\n".join(f"| `vakt {rng.choice(COMMANDS)}` | {rng.choice(OWNERS)} | {rng.choice(['none', 'vakt approve', 'PR review'])} |"
                      for _ in range(4))
     return f"""# {title}
 
