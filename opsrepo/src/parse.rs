@@ -384,19 +384,7 @@ impl TomlConv<'_, '_> {
             )
             .help("use a finite number within the 64-bit range")
         };
-        let out_of_range = |raw: &str| {
-            Finding::new(
-                "input.syntax",
-                self.path,
-                pos,
-                format!(
-                    "integer out of range: `{raw}` is outside the 64-bit range ({}..={})",
-                    i64::MIN,
-                    i64::MAX
-                ),
-            )
-            .help("use a smaller number, or quote it if it is an identifier rather than a number")
-        };
+        let out_of_range = |raw: &str| integer_out_of_range(self.path, pos, raw);
         Ok(match v.get_ref() {
             DeValue::String(s) => Value::String(s.to_string()),
             DeValue::Boolean(b) => Value::Bool(*b),
@@ -515,6 +503,22 @@ fn check_strict_json(path: &str, text: &str) -> Result<(), Finding> {
         })
 }
 
+/// An integer literal outside i64: refused rather than loaded as a float (which would lose
+/// digits silently).
+fn integer_out_of_range(path: &str, pos: Pos, raw: &str) -> Finding {
+    Finding::new(
+        "input.syntax",
+        path,
+        pos,
+        format!(
+            "integer out of range: `{raw}` is outside the 64-bit range ({}..={})",
+            i64::MIN,
+            i64::MAX
+        ),
+    )
+    .help("use a smaller number, or quote it if it is an identifier rather than a number")
+}
+
 /// An integer the YAML parser could not hold in an `i64` comes back as a float: the value
 /// would change silently (`9223372036854775808` → `9.223372036854776e18`). The source text of
 /// such a scalar tells an integer from a float written as one.
@@ -610,19 +614,7 @@ impl YamlConv<'_> {
                 .unwrap_or_default()
                 .trim();
             if is_integer_literal(raw) {
-                return Err(Finding::new(
-                    "input.syntax",
-                    self.path,
-                    pos,
-                    format!(
-                        "integer out of range: `{raw}` is outside the 64-bit range ({}..={})",
-                        i64::MIN,
-                        i64::MAX
-                    ),
-                )
-                .help(
-                    "use a smaller number, or quote it if it is an identifier rather than a number",
-                ));
+                return Err(integer_out_of_range(self.path, pos, raw));
             }
         }
         Ok(match &n.data {

@@ -160,6 +160,30 @@ pub fn put_key(url: &str, bucket: &str, key: &str, value: &[u8]) -> u64 {
     })
 }
 
+/// The audit events of `env`, after checking their hash chain from genesis (panics naming the
+/// first broken link).
+pub fn verified_events(url: &str, env: &str) -> Vec<serde_json::Value> {
+    let events = audit_events(url, env);
+    let parsed: Vec<reconciler::store::audit::AuditEvent> = events
+        .iter()
+        .map(|e| serde_json::from_value(e.clone()).expect("audit event"))
+        .collect();
+    if let Err(e) =
+        reconciler::store::audit::verify_chain(&parsed, reconciler::store::audit::GENESIS)
+    {
+        panic!("the audit chain of {env} does not verify: {e:?}");
+    }
+    events
+}
+
+/// Keys in dev's desired buckets, read leniently (a cluster may be electing leaders).
+pub fn desired_count(url: &str) -> usize {
+    reconciler::desired::compile::Bucket::ALL
+        .iter()
+        .map(|b| read_bucket(url, &format!("vakt_dev_{b}")).len())
+        .sum()
+}
+
 /// Every audit event of `env`, oldest first, read with an ordered consumer.
 pub fn audit_events(url: &str, env: &str) -> Vec<serde_json::Value> {
     use futures_util::StreamExt;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use reconciler::desired::compile::Bucket;
 use vakt_tests::nats::{
-    Daemon, NatsCluster, NatsServer, audit_events, commit_all, ops_git, read_bucket, try_get,
-    wait_until,
+    Daemon, NatsCluster, NatsServer, audit_events, commit_all, desired_count, ops_git, read_bucket,
+    try_get, wait_until,
 };
 use vakt_tests::{outcome, vakt_env};
 
@@ -47,25 +47,6 @@ fn desired(url: &str, env: &str) -> BTreeMap<(String, String), Vec<u8>> {
         .collect()
 }
 
-fn verify_chain(url: &str, env: &str) -> Vec<serde_json::Value> {
-    let events = audit_events(url, env);
-    let parsed: Vec<reconciler::store::audit::AuditEvent> = events
-        .iter()
-        .map(|e| serde_json::from_value(e.clone()).expect("audit event"))
-        .collect();
-    reconciler::store::audit::verify_chain(&parsed, reconciler::store::audit::GENESIS)
-        .expect("audit chain");
-    events
-}
-
-/// Keys in the desired buckets, read leniently (a cluster may be electing leaders).
-fn desired_count(url: &str) -> usize {
-    Bucket::ALL
-        .iter()
-        .map(|b| read_bucket(url, &format!("vakt_dev_{b}")).len())
-        .sum()
-}
-
 fn edit(repo: &Path, path: &str, from: &str, to: &str) {
     let p = repo.join(path);
     let s = std::fs::read_to_string(&p).expect("read");
@@ -89,7 +70,7 @@ fn backup_then_losing_the_data_directory_then_restore_gives_back_every_key_and_t
     let (code, out, err) = run(repo.path(), &n, &["apply", "--env", "dev", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
     let before = everything(&n.url(), "dev");
-    let events_before = verify_chain(&n.url(), "dev");
+    let events_before = vakt_tests::nats::verified_events(&n.url(), "dev");
     assert!(before.len() > 100, "{}", before.len());
 
     let bk = tempfile::tempdir().expect("tempdir");
@@ -174,7 +155,7 @@ fn backup_then_losing_the_data_directory_then_restore_gives_back_every_key_and_t
     got.retain(|(b, k), _| !(b == "state" && k == "restore.last"));
     assert_eq!(got, expected, "restored buckets differ from the backup");
     // The chain continues: old events republished, then the restore's own.
-    let events = verify_chain(&n.url(), "dev");
+    let events = vakt_tests::nats::verified_events(&n.url(), "dev");
     assert_eq!(
         events[..events_before.len()]
             .iter()
@@ -337,7 +318,7 @@ fn restoring_over_live_state_waits_for_an_approval_bound_to_its_plan() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(live("tenant.fjord-logistics.tenant"), old);
     assert_ne!(live(other), other_changed);
-    let events = verify_chain(&n.url(), "dev");
+    let events = vakt_tests::nats::verified_events(&n.url(), "dev");
     let start = events
         .iter()
         .find(|e| e["action"] == "restore.start")
@@ -543,7 +524,7 @@ fn a_reconciler_rebuilds_from_git_when_nats_loses_its_data_and_restore_waits_for
         std::fs::read_to_string(n.dir.path().join("daemon-r1.log")).unwrap_or_default()
     );
     assert_eq!(desired(&n.url(), "dev"), before);
-    verify_chain(&n.url(), "dev");
+    vakt_tests::nats::verified_events(&n.url(), "dev");
     assert!(
         wait_until(Duration::from_secs(20), || d.is_leader()),
         "not leader after the rebuild; log: {}",
@@ -704,7 +685,7 @@ fn three_server_cluster_losing_a_server_while_reconciling_converges() {
     let two = format!("{},{}", c.nodes[0].url(), c.nodes[1].url());
     let (code, out, err) = run_at(repo.path(), &two, &["drift", "--env", "dev"]);
     assert_eq!(code, 0, "{out}{err}");
-    verify_chain(&survivor, "dev");
+    vakt_tests::nats::verified_events(&survivor, "dev");
 }
 
 #[test]
@@ -853,5 +834,5 @@ fn a_pending_approval_survives_data_loss_through_backup_and_restore_and_still_wo
     let (code, out, err) = run(repo.path(), &n, &["apply", "--env", "staging", "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(!read_bucket(&n.url(), "vakt_staging_access").is_empty());
-    verify_chain(&n.url(), "staging");
+    vakt_tests::nats::verified_events(&n.url(), "staging");
 }

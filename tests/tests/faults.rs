@@ -11,8 +11,8 @@ use vakt_tests::faults::{
     shard_of_polar_retail,
 };
 use vakt_tests::nats::{
-    self, Daemon, NatsCluster, NatsServer, audit_events, commit_all, ops_git, publish, read_bucket,
-    try_get, wait_until,
+    self, Daemon, NatsCluster, NatsServer, audit_events, commit_all, desired_count, ops_git,
+    publish, read_bucket, try_get, wait_until,
 };
 
 /// `vakt ARGS --repo REPO --nats URLS`: (exit code, stdout, stderr).
@@ -25,24 +25,6 @@ fn run(repo: &Path, urls: &str, args: &[&str]) -> (i32, String, String) {
 
 fn log_of(dir: &Path, id: &str) -> String {
     std::fs::read_to_string(dir.join(format!("daemon-{id}.log"))).unwrap_or_default()
-}
-
-fn verify_chain(url: &str, env: &str) -> Vec<serde_json::Value> {
-    let events = audit_events(url, env);
-    let parsed: Vec<reconciler::store::audit::AuditEvent> = events
-        .iter()
-        .map(|e| serde_json::from_value(e.clone()).expect("audit event"))
-        .collect();
-    reconciler::store::audit::verify_chain(&parsed, reconciler::store::audit::GENESIS)
-        .expect("the audit chain verifies");
-    events
-}
-
-fn desired_count(url: &str) -> usize {
-    reconciler::desired::compile::Bucket::ALL
-        .iter()
-        .map(|b| read_bucket(url, &format!("vakt_dev_{b}")).len())
-        .sum()
 }
 
 /// NATS killed while the daemon's first apply is parked after 20 writes, kept down for a real
@@ -170,7 +152,7 @@ fn nats_down_for_30_s_mid_reconcile_is_degraded_then_converges_within_10_s_losin
     assert_eq!(code, 0, "drift after the outage: {out}{err}");
     let desired = reconciler::compile_rev(repo.path(), "env/dev", "dev").unwrap();
     assert_eq!(desired_count(&n.url()), desired.len());
-    let events = verify_chain(&n.url(), "dev");
+    let events = vakt_tests::nats::verified_events(&n.url(), "dev");
     let mut puts: std::collections::BTreeMap<String, usize> = Default::default();
     for e in events.iter().filter(|e| e["action"] == "kv.put") {
         *puts
