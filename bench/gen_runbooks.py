@@ -39,7 +39,7 @@ ESC = ["informational", "action-required", "urgent"]
 
 # Real commands only: `vakt validate` checks every `vakt …` line of a runbook against the CLI.
 COMMANDS = ["drift --env prod", "plan --env prod", "jobs list --env prod", "validate",
-            "promote --check --from staging"]
+            "promote --check --from staging --to prod"]
 
 
 def vocabulary():
