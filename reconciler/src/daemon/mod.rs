@@ -361,6 +361,8 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     let mut backup_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + backup_every, backup_every);
     backup_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (obs_tx, mut obs_rx) = mpsc::channel::<Vec<crate::ops::nodes::Observation>>(1);
+    let mut polling = false;
     loop {
         // A shutdown requested during the last step wins over any trigger queued meanwhile
         // (`select!` picks among ready branches at random).
@@ -378,8 +380,23 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
                 continue;
             }
             _ = node_tick.tick() => {
+                // The HTTP calls run beside the loop (a node that hangs must not hold a merge
+                // back); only recording what they saw happens here.
+                if shared.is_leader.load(Ordering::SeqCst) && !polling && !ctx.declared.is_empty() {
+                    polling = true;
+                    let client = crate::ops::nodes::NodeClient::with_tls(&ctx.declared, &ctx.opts.node_tls);
+                    let declared = ctx.declared.clone();
+                    let tx = obs_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(crate::ops::nodes::observe(&client, &declared).await).await;
+                    });
+                }
+                continue;
+            }
+            Some(observations) = obs_rx.recv() => {
+                polling = false;
                 if shared.is_leader.load(Ordering::SeqCst) {
-                    ctx.poll_nodes().await;
+                    ctx.record_observations(observations).await;
                     ctx.refresh_snippets().await;
                 }
                 continue;
@@ -847,7 +864,14 @@ impl Ctx {
             return;
         }
         let client = crate::ops::nodes::NodeClient::with_tls(&self.declared, &self.opts.node_tls);
-        self.observations = crate::ops::nodes::observe(&client, &self.declared).await;
+        let observations = crate::ops::nodes::observe(&client, &self.declared).await;
+        self.record_observations(observations).await;
+    }
+
+    /// Keeps what a node poll saw, records the discovered inventory (fenced) and sets the
+    /// per-node metrics.
+    async fn record_observations(&mut self, observations: Vec<crate::ops::nodes::Observation>) {
+        self.observations = observations;
         if !self.fenced_ok("inventory record").await {
             return;
         }
