@@ -230,7 +230,19 @@ async fn b4(repo: &Path, url: &str, vakt: &str, n: usize) {
             "bench",
         ])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(match std::env::var_os("B4_DAEMON_LOG") {
+            // The daemon's debug log (step timings), to see where a slow trigger went.
+            Some(p) => std::process::Stdio::from(std::fs::File::create(p).expect("daemon log")),
+            None => std::process::Stdio::null(),
+        })
+        .env(
+            "VAKT_LOG",
+            if std::env::var_os("B4_DAEMON_LOG").is_some() {
+                "vakt=debug,reconciler=debug"
+            } else {
+                "warn"
+            },
+        )
         .kill_on_drop(true)
         .spawn()
         .expect("start vakt reconcile");
@@ -288,7 +300,7 @@ async fn b4(repo: &Path, url: &str, vakt: &str, n: usize) {
         "{}",
         serde_json::json!({
             "bench": "B4", "runs": n, "trigger_p50_ms": pct(&lat, 0.5), "trigger_p99_ms": pct(&lat, 0.99),
-            "trigger_max_ms": pct(&lat, 1.0),
+            "trigger_max_ms": pct(&lat, 1.0), "samples_ms": lat,
         })
     );
 }

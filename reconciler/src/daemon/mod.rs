@@ -328,6 +328,7 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     }
     let mut audit = audit;
     audit.fence = Some(audit_fence(&fence, "audit event"));
+    let (obs_tx, mut obs_rx) = mpsc::channel::<Vec<crate::ops::nodes::Observation>>(1);
     let mut ctx = Ctx {
         fence: fence.clone(),
         metrics_backend: metrics_backend.map(Arc::new),
@@ -344,6 +345,8 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         declared: Vec::new(),
         observations: Vec::new(),
         poll_pending: false,
+        polling: false,
+        obs_tx,
         model: None,
         site_links,
     };
@@ -361,8 +364,6 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
     let mut backup_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + backup_every, backup_every);
     backup_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (obs_tx, mut obs_rx) = mpsc::channel::<Vec<crate::ops::nodes::Observation>>(1);
-    let mut polling = false;
     loop {
         // A shutdown requested during the last step wins over any trigger queued meanwhile
         // (`select!` picks among ready branches at random).
@@ -382,19 +383,13 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
             _ = node_tick.tick() => {
                 // The HTTP calls run beside the loop (a node that hangs must not hold a merge
                 // back); only recording what they saw happens here.
-                if shared.is_leader.load(Ordering::SeqCst) && !polling && !ctx.declared.is_empty() {
-                    polling = true;
-                    let client = crate::ops::nodes::NodeClient::with_tls(&ctx.declared, &ctx.opts.node_tls);
-                    let declared = ctx.declared.clone();
-                    let tx = obs_tx.clone();
-                    tokio::spawn(async move {
-                        let _ = tx.send(crate::ops::nodes::observe(&client, &declared).await).await;
-                    });
+                if shared.is_leader.load(Ordering::SeqCst) {
+                    ctx.start_node_poll();
                 }
                 continue;
             }
             Some(observations) = obs_rx.recv() => {
-                polling = false;
+                ctx.polling = false;
                 if shared.is_leader.load(Ordering::SeqCst) {
                     ctx.record_observations(observations).await;
                     ctx.refresh_snippets().await;
@@ -580,6 +575,9 @@ struct Ctx {
     declared: Vec<crate::ops::nodes::Declared>,
     observations: Vec<crate::ops::nodes::Observation>,
     poll_pending: bool,
+    /// A node poll is running beside the loop; its result arrives on `obs_tx`'s receiver.
+    polling: bool,
+    obs_tx: mpsc::Sender<Vec<crate::ops::nodes::Observation>>,
     /// Typed model of the applied commit (for snippets), with its commit.
     model: Option<(String, Arc<opsrepo::load::Model>)>,
     /// Alert sources as of their last poll.
@@ -773,12 +771,12 @@ impl Ctx {
         ret
     }
 
-    /// Step `record`, the last of every pass whatever happened before it: the first node poll,
+    /// Step `record`, the last of every pass whatever happened before it: starts the first node poll,
     /// the step metrics and health, a failure into the status, the status and the snippets.
     async fn record(&mut self, t0: Instant, outcome: Result<StepOutcome, String>) {
         if self.poll_pending {
             self.poll_pending = false;
-            self.poll_nodes().await;
+            self.start_node_poll();
         }
         self.shared.duration.observe(t0.elapsed().as_secs_f64());
         let (step, err) = match &outcome {
@@ -859,13 +857,22 @@ impl Ctx {
         }
     }
 
-    async fn poll_nodes(&mut self) {
-        if self.declared.is_empty() {
+    /// Starts a poll of the declared nodes beside the loop, unless one is running: the HTTP
+    /// calls (bounded by the node client's timeouts) never hold a trigger back; the result
+    /// comes back on the loop's observation channel and is recorded there.
+    fn start_node_poll(&mut self) {
+        if self.polling || self.declared.is_empty() {
             return;
         }
+        self.polling = true;
         let client = crate::ops::nodes::NodeClient::with_tls(&self.declared, &self.opts.node_tls);
-        let observations = crate::ops::nodes::observe(&client, &self.declared).await;
-        self.record_observations(observations).await;
+        let declared = self.declared.clone();
+        let tx = self.obs_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx
+                .send(crate::ops::nodes::observe(&client, &declared).await)
+                .await;
+        });
     }
 
     /// Keeps what a node poll saw, records the discovered inventory (fenced) and sets the
