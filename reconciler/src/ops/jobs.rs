@@ -891,31 +891,49 @@ async fn step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutco
             }
         }
         "write-placement" => {
-            let live = store.kv(Bucket::Placement).entry(&m.key).await;
-            let current = match live {
-                Ok(e) => e,
-                Err(e) => return StepOutcome::Fail(format!("read placement: {e}"), true),
-            };
-            if let Some(e) = &current
-                && e.operation == kv::Operation::Put
-                && crate::desired::plan::view(&e.value).digest.as_deref() == Some(m.digest.as_str())
-            {
-                return StepOutcome::Skipped("placement already holds the new shard".into());
-            }
-            match store
-                .cas(
-                    Bucket::Placement,
-                    &m.key,
-                    Some(m.value.clone().into()),
-                    m.expected_revision,
-                )
-                .await
-            {
-                Ok(r) => StepOutcome::Done(Some(format!(
-                    "placement {} → {} (revision {r})",
-                    m.key, m.to_shard
-                ))),
-                Err(e) => StepOutcome::Fail(e.to_string(), false),
+            // NATS errors here are often transient (a cluster electing a new stream leader
+            // answers "no stream found" for a few seconds): the read and the compare-and-set are
+            // tried again until a deadline. Each try first checks whether an earlier try's write
+            // landed (its acknowledgement lost), so the placement is written at most once.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let transient = match store.kv(Bucket::Placement).entry(&m.key).await {
+                    Ok(current) => {
+                        if let Some(e) = &current
+                            && e.operation == kv::Operation::Put
+                            && crate::desired::plan::view(&e.value).digest.as_deref()
+                                == Some(m.digest.as_str())
+                        {
+                            return StepOutcome::Skipped(
+                                "placement already holds the new shard".into(),
+                            );
+                        }
+                        match store
+                            .cas(
+                                Bucket::Placement,
+                                &m.key,
+                                Some(m.value.clone().into()),
+                                m.expected_revision,
+                            )
+                            .await
+                        {
+                            Ok(r) => {
+                                return StepOutcome::Done(Some(format!(
+                                    "placement {} → {} (revision {r})",
+                                    m.key, m.to_shard
+                                )));
+                            }
+                            Err(e @ StoreError::Nats { .. }) => format!("{e}"),
+                            Err(e) => return StepOutcome::Fail(e.to_string(), false),
+                        }
+                    }
+                    Err(e) => format!("read placement: {e}"),
+                };
+                if tokio::time::Instant::now() >= deadline {
+                    return StepOutcome::Fail(transient, true);
+                }
+                tracing::debug!(job = %j.id, error = %transient, "write-placement: NATS not ready, trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
         "reload" => match nodes.reload(&m.to_node).await {
