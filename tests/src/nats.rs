@@ -160,6 +160,25 @@ pub fn put_key(url: &str, bucket: &str, key: &str, value: &[u8]) -> u64 {
     })
 }
 
+/// The buckets an apply writes desired state to (`Bucket::ALL`, by name).
+pub const DESIRED_BUCKETS: [&str; 6] = [
+    "config",
+    "definitions",
+    "placement",
+    "access",
+    "catalog",
+    "inventory",
+];
+
+#[test]
+fn desired_buckets_are_the_reconcilers() {
+    let names: Vec<String> = reconciler::desired::compile::Bucket::ALL
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
+    assert_eq!(names, DESIRED_BUCKETS);
+}
+
 /// The audit events of `env`, after checking their hash chain from genesis (panics naming the
 /// first broken link).
 pub fn verified_events(url: &str, env: &str) -> Vec<serde_json::Value> {

@@ -263,15 +263,7 @@ fn file_watch_triggers_a_step_on_commit() {
     );
 }
 
-/// The buckets an apply writes desired state to.
-const DESIRED_BUCKETS: [&str; 6] = [
-    "config",
-    "definitions",
-    "placement",
-    "access",
-    "catalog",
-    "inventory",
-];
+use vakt_tests::nats::DESIRED_BUCKETS;
 
 #[test]
 fn sigterm_stops_between_steps_and_releases_the_lease() {

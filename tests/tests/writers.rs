@@ -5,15 +5,7 @@ use std::time::Duration;
 
 use vakt_tests::nats::{Daemon, NatsServer, audit_events, ops_git, read_bucket, wait_until};
 
-/// The buckets an apply writes.
-const DESIRED_BUCKETS: [&str; 6] = [
-    "config",
-    "definitions",
-    "placement",
-    "access",
-    "catalog",
-    "inventory",
-];
+use vakt_tests::nats::DESIRED_BUCKETS;
 
 /// Every event links to the one before it: one writer at a time extended the chain.
 fn assert_linear_chain(events: &[serde_json::Value]) {
