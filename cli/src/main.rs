@@ -9,6 +9,31 @@ mod output;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc keeps freed pages for a while (1 s by default) and commits its arena eagerly on
+/// Linux, so the resident memory of a one-off command follows its allocations' high-water mark
+/// plus everything freed before it. Returning pages as soon as they are free and committing on
+/// demand keeps `vakt apply` on 50,000 keys near its live heap (BENCHMARKS.md, B7). An
+/// environment variable of the same name (`MIMALLOC_PURGE_DELAY`, ...) still wins.
+fn tune_allocator() {
+    // Option numbers of mimalloc v3's `mi_option_e` (include/mimalloc.h); libmimalloc-sys
+    // names only some of them.
+    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    for (option, env, value) in [
+        (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT", 0),
+        (PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 0),
+    ] {
+        if std::env::var_os(env).is_none() {
+            // SAFETY: sets an integer option, valid for every option number, before any other
+            // thread exists; mimalloc reads its options atomically.
+            #[allow(unsafe_code)]
+            unsafe {
+                libmimalloc_sys::mi_option_set(option, value)
+            };
+        }
+    }
+}
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +79,7 @@ enum Command {
 pub use reconciler::outcome::exit;
 
 fn main() -> ExitCode {
+    tune_allocator();
     output::init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {

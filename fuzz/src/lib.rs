@@ -194,12 +194,12 @@ pub fn run_overlay(data: &[u8]) {
             );
         }
     }
-    let values: Vec<&Value> = parsed.docs.iter().map(|d| &*d.value).take(4).collect();
+    let values: Vec<Value> = parsed.docs.iter().map(|d| d.value.to_value()).take(4).collect();
     for pair in values.windows(2) {
         let mut once = pair[0].clone();
-        opsrepo::load::merge_patch(&mut once, pair[1]);
+        opsrepo::load::merge_patch(&mut once, &pair[1]);
         let mut twice = once.clone();
-        opsrepo::load::merge_patch(&mut twice, pair[1]);
+        opsrepo::load::merge_patch(&mut twice, &pair[1]);
         assert_eq!(once, twice, "merge patch is not idempotent");
     }
 }

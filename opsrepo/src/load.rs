@@ -25,7 +25,10 @@ pub struct SourceDoc {
     /// The path of the base document this overlays (the path itself for base documents).
     pub base_path: String,
     pub text: Arc<str>,
-    pub value: Arc<Value>,
+    pub value: Stored,
+    /// Findings of the value scan for literal credentials, made while the parsed tree was at
+    /// hand (the value may be kept as compact JSON afterwards).
+    pub secret_findings: Vec<Finding>,
     /// Source positions, computed when a finding first needs one.
     pub spans: Arc<LazySpans>,
     /// The typed document built from this file alone, shared by every view that does not
@@ -125,7 +128,7 @@ pub struct DocData<T> {
     /// The base path (or the overlay path for overlay-only documents).
     pub path: String,
     pub spans: Arc<DocSpans>,
-    pub value: Arc<Value>,
+    pub value: Stored,
     pub spec: T,
 }
 
@@ -222,7 +225,84 @@ pub struct ValueDoc {
     /// `Some(env)` for files under `environments/<env>/`.
     pub env: Option<String>,
     pub base_path: String,
-    pub value: Arc<Value>,
+    pub value: Stored,
+}
+
+/// A parsed document's value as it is kept once its file is parsed and checked.
+///
+/// Most documents are only typed and compiled after that, so they are kept as compact JSON
+/// (about a fifth of the memory of a `serde_json::Value` tree with ordered maps) and
+/// deserialised straight into their typed form, or back into a tree one at a time when
+/// compiled. Documents whose raw value rules and renderers walk (dashboards, rule files, the
+/// manifest), environment overlays (merged per view) and deeply nested values stay trees.
+#[derive(Clone)]
+pub enum Stored {
+    Tree(Arc<Value>),
+    Json(Arc<[u8]>),
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stored::Tree(v) => f.debug_tuple("Tree").field(v).finish(),
+            Stored::Json(b) => write!(f, "Json({} bytes)", b.len()),
+        }
+    }
+}
+
+/// Nesting deeper than this stays a tree: serde_json reads back at most 128 levels.
+const JSON_DEPTH: usize = 64;
+
+impl Stored {
+    /// Keeps `v` as a tree for the kinds read as trees, as compact JSON otherwise.
+    pub fn keep(kind: Kind, overlay: bool, v: Value) -> Stored {
+        let tree = overlay
+            || matches!(kind, Kind::Dashboard | Kind::AlertRules | Kind::Manifest)
+            || deeper_than(&v, JSON_DEPTH);
+        if tree {
+            return Stored::Tree(Arc::new(v));
+        }
+        match serde_json::to_vec(&v) {
+            Ok(b) => Stored::Json(b.into()),
+            Err(_) => Stored::Tree(Arc::new(v)),
+        }
+    }
+
+    /// The value as a tree: shared when kept as one, read back from the JSON otherwise.
+    pub fn tree(&self) -> Arc<Value> {
+        match self {
+            Stored::Tree(v) => v.clone(),
+            Stored::Json(_) => Arc::new(self.to_value()),
+        }
+    }
+
+    /// An owned copy of the value.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Stored::Tree(v) => Value::clone(v),
+            // Written by `keep` from a value at most JSON_DEPTH deep: always reads back.
+            Stored::Json(b) => serde_json::from_slice(b).unwrap_or(Value::Null),
+        }
+    }
+
+    /// Deserialises the typed form. Errors read as they would from the tree.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        match self {
+            Stored::Tree(v) => T::deserialize(&**v),
+            Stored::Json(b) => {
+                serde_json::from_slice(b).or_else(|_| T::deserialize(&self.to_value()))
+            }
+        }
+    }
+}
+
+/// Whether `v` nests more than `limit` arrays or objects deep.
+fn deeper_than(v: &Value, limit: usize) -> bool {
+    match v {
+        Value::Array(a) => limit == 0 || a.iter().any(|c| deeper_than(c, limit - 1)),
+        Value::Object(m) => limit == 0 || m.values().any(|c| deeper_than(c, limit - 1)),
+        _ => false,
+    }
 }
 
 impl Parsed0 {
@@ -366,14 +446,15 @@ fn parse_one(
                 null_rules_to_empty(&mut value);
             }
             let text: Arc<str> = text_arc.unwrap_or_else(|| Arc::from(text));
-            let doc = SourceDoc {
+            let mut doc = SourceDoc {
                 path: raw.path.clone(),
                 kind,
                 env,
                 base_path,
                 spans: Arc::new(LazySpans::new(&raw.path, format, text.clone())),
                 text,
-                value: Arc::new(value),
+                value: Stored::Tree(Arc::new(Value::Null)),
+                secret_findings: Vec::new(),
                 shared: OnceLock::new(),
             };
             // Base documents are checked against their schema on their own; overlays are
@@ -383,11 +464,23 @@ fn parse_one(
                     base: Some((doc.path.clone(), doc.spans.clone())),
                     overlay: None,
                 };
-                let f = schema_findings(kind, &doc.value, &spans);
+                let f = schema_findings(kind, &value, &spans);
                 if !f.is_empty() {
-                    return Err(ParseFail::Schema(f, declared_id(&doc.value)));
+                    return Err(ParseFail::Schema(f, declared_id(&value)));
                 }
             }
+            // Credentials in values, once per file (a view's merged document holds only values
+            // of its base and its overlay). Rule files and dashboards hold expressions, and
+            // their rules check them.
+            if !matches!(kind, Kind::Dashboard | Kind::AlertRules | Kind::Runbook) {
+                let spans = doc.own_spans();
+                let locate = |ptr: &str| {
+                    let (file, pos) = spans.locate(ptr);
+                    (file.to_owned(), pos)
+                };
+                crate::rules::secrets::scan_values(&value, &locate, &mut doc.secret_findings);
+            }
+            doc.value = Stored::keep(kind, doc.env.is_some(), value);
             Ok(Some(doc))
         }
     }
@@ -589,8 +682,8 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
                 );
             }
             Some(o) => {
-                let mut v = Value::clone(&base.value);
-                merge_patch(&mut v, &o.value);
+                let mut v = base.value.to_value();
+                merge_patch(&mut v, &o.value.tree());
                 let spans = DocSpans {
                     base: Some((base.path.clone(), base.spans.clone())),
                     overlay: Some((o.path.clone(), o.spans.clone())),
@@ -639,11 +732,12 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
             base: None,
             overlay: Some((o.path.clone(), o.spans.clone())),
         };
-        let f = schema_findings(o.kind, &o.value, &spans);
+        let tree = o.value.tree();
+        let f = schema_findings(o.kind, &tree, &spans);
         if f.is_empty() {
             entries.push((o.kind, Entry::Shared(o)));
         } else {
-            model.broken_ids.extend(declared_id(&o.value));
+            model.broken_ids.extend(declared_id(&tree));
             findings.extend(f);
         }
     }
@@ -731,7 +825,7 @@ impl Entry<'_> {
             }
             Entry::Merged(m) => {
                 let MergedDoc { path, spans, value } = *m;
-                type_doc::<T>(path, Arc::new(spans), Arc::new(value))
+                type_doc::<T>(path, Arc::new(spans), Stored::Tree(Arc::new(value)))
             }
         };
         r.map(|(typed, untyped)| {
@@ -741,12 +835,8 @@ impl Entry<'_> {
     }
 }
 
-fn type_doc<T: DeserializeOwned>(
-    path: String,
-    spans: Arc<DocSpans>,
-    value: Arc<Value>,
-) -> Typed<T> {
-    match T::deserialize(&*value) {
+fn type_doc<T: DeserializeOwned>(path: String, spans: Arc<DocSpans>, value: Stored) -> Typed<T> {
+    match value.deserialize::<T>() {
         Ok(spec) => {
             let untyped = Doc(Arc::new(DocData {
                 path: path.clone(),
@@ -804,4 +894,69 @@ pub fn index_by<'a, T>(
         }
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_json_reads_back_as_the_same_tree_in_the_same_order() {
+        let v = serde_json::json!({"z": 1, "a": [1.5, "x", {"k": null, "b": true}], "m": -7});
+        let s = Stored::keep(Kind::Tenant, false, v.clone());
+        assert!(matches!(s, Stored::Json(_)));
+        let back = s.to_value();
+        assert_eq!(back, v);
+        let keys: Vec<&String> = back.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["z", "a", "m"]);
+        assert_eq!(*s.tree(), v);
+    }
+
+    #[test]
+    fn rule_read_kinds_overlays_and_deep_values_stay_trees() {
+        let v = serde_json::json!({"a": 1});
+        for kind in [Kind::Dashboard, Kind::AlertRules, Kind::Manifest] {
+            assert!(matches!(
+                Stored::keep(kind, false, v.clone()),
+                Stored::Tree(_)
+            ));
+        }
+        assert!(matches!(
+            Stored::keep(Kind::Tenant, true, v),
+            Stored::Tree(_)
+        ));
+        let mut deep = serde_json::json!(1);
+        for _ in 0..(JSON_DEPTH + 1) {
+            deep = serde_json::json!([deep]);
+        }
+        let s = Stored::keep(Kind::Tenant, false, deep.clone());
+        assert!(matches!(s, Stored::Tree(_)));
+        assert_eq!(s.to_value(), deep);
+        let mut shallow = serde_json::json!(1);
+        for _ in 0..JSON_DEPTH {
+            shallow = serde_json::json!([shallow]);
+        }
+        let s = Stored::keep(Kind::Tenant, false, shallow.clone());
+        assert!(matches!(s, Stored::Json(_)));
+        assert_eq!(s.to_value(), shallow);
+    }
+
+    #[test]
+    fn typing_from_json_fails_with_the_message_the_tree_gives() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct T {
+            id: String,
+            n: u8,
+        }
+        let v = serde_json::json!({"id": "x", "n": 300});
+        let tree_err = <T as serde::Deserialize>::deserialize(&v)
+            .unwrap_err()
+            .to_string();
+        let s = Stored::keep(Kind::Tenant, false, v);
+        assert_eq!(s.deserialize::<T>().unwrap_err().to_string(), tree_err);
+        let ok = Stored::keep(Kind::Tenant, false, serde_json::json!({"id": "y", "n": 3}));
+        assert_eq!(ok.deserialize::<T>().unwrap().n, 3);
+    }
 }

@@ -267,7 +267,7 @@ pub fn render_model(model: &Model, opts: &RenderOptions) -> Result<Rendered, Ren
             .into_bytes(),
     );
     for d in &model.dashboards {
-        let mut bytes = serde_json::to_vec_pretty(&*d.value)
+        let mut bytes = serde_json::to_vec_pretty(&*d.value.tree())
             .map_err(|e| unrenderable(&d.path, format!("dashboard does not serialise: {e}")))?;
         bytes.push(b'\n');
         files.insert(format!("grafana/dashboards/{}.json", d.spec.uid), bytes);

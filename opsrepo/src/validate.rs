@@ -102,19 +102,14 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
         })
         .collect();
     findings.extend(text_findings);
-    // Value scan over every parsed document once: a view's merged document holds only values
-    // of its base and its overlay, so scanning both files covers every view.
-    let value_findings: Vec<Finding> = parsed
-        .docs
-        .par_iter()
-        .filter(|d| !matches!(d.kind, Kind::Dashboard | Kind::AlertRules | Kind::Runbook))
-        .flat_map_iter(|d| {
-            let mut out = Vec::new();
-            secrets::scan_values(&d.value, &d.own_spans(), &mut out);
-            out
-        })
-        .collect();
-    findings.extend(value_findings);
+    // The value scan ran once per file while it was parsed (`SourceDoc::secret_findings`): a
+    // view's merged document holds only values of its base and its overlay.
+    findings.extend(
+        parsed
+            .docs
+            .iter()
+            .flat_map(|d| d.secret_findings.iter().cloned()),
+    );
 
     let mut envs: Vec<Option<String>> = vec![None];
     let declared: Vec<String> = parsed

@@ -49,8 +49,9 @@ pub fn closed_values(metric: &str, label: &str) -> Option<&'static [&'static str
 
 pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
     for d in &m.dashboards {
+        let value = d.value.tree();
         let mut exprs: Vec<(String, &str)> = Vec::new();
-        collect(&d.value, String::new(), &mut exprs, 0);
+        collect(&value, String::new(), &mut exprs, 0);
         for (ptr, expr) in exprs {
             let Some(fx) = promql::facts(expr) else {
                 continue; // not PromQL: `dashboard.query` reports it

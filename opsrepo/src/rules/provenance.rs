@@ -147,7 +147,7 @@ fn dashboard(
         }
     }
     // Annotations with a Prometheus datasource.
-    if let Some(Value::Array(list)) = d.value.pointer("/annotations/list") {
+    if let Some(Value::Array(list)) = d.value.tree().pointer("/annotations/list") {
         for (i, a) in list.iter().enumerate() {
             let (Some(Value::String(expr)), Some(r)) = (
                 a.get("expr"),

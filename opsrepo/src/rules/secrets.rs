@@ -7,8 +7,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::diag::Finding;
-use crate::load::DocSpans;
+use crate::diag::{Finding, Pos};
 use crate::parse::LineIndex;
 
 struct Pattern {
@@ -95,14 +94,17 @@ pub fn scan_text(path: &str, text: &str, out: &mut Vec<Finding>) {
     }
 }
 
+/// Where a JSON pointer of the scanned document is: the file and position a finding names.
+pub type Locate<'a> = &'a dyn Fn(&str) -> (String, Pos);
+
 /// Scans the string values of a structured document by key name and entropy.
-pub fn scan_values(value: &Value, spans: &DocSpans, out: &mut Vec<Finding>) {
+pub fn scan_values(value: &Value, locate: Locate<'_>, out: &mut Vec<Finding>) {
     let mut ptr = String::new();
-    walk(spans, value, &mut ptr, None, out);
+    walk(locate, value, &mut ptr, None, out);
 }
 
 /// Walks `v` (at `ptr`, restored on return) looking for literal credentials.
-fn walk(spans: &DocSpans, v: &Value, ptr: &mut String, key: Option<&str>, out: &mut Vec<Finding>) {
+fn walk(spans: Locate<'_>, v: &Value, ptr: &mut String, key: Option<&str>, out: &mut Vec<Finding>) {
     let len = ptr.len();
     match v {
         Value::Object(m) => {
@@ -123,9 +125,9 @@ fn walk(spans: &DocSpans, v: &Value, ptr: &mut String, key: Option<&str>, out: &
         }
         Value::String(s) => {
             if let Some(why) = suspicious(key, s) {
-                let (p, pos) = spans.locate(ptr);
+                let (p, pos) = spans(ptr);
                 out.push(
-                    Finding::new("secret.value", p, pos, why)
+                    Finding::new("secret.value", &p, pos, why)
                         .help("store the value in the secrets backend and write secret://<backend>/<path>#<field> here"),
                 );
             }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use opsrepo::Finding;
 use opsrepo::kinds::{Kind, kind_of_base_path, split_overlay};
+use opsrepo::load::Stored;
 use opsrepo::model::{Binding, Manifest};
 use opsrepo::parse::{self, Format};
 use opsrepo::source::RepoFiles;
@@ -173,8 +174,8 @@ impl Desired {
         let manifest = values.manifest.ok_or(CompileError::NoManifest)?;
         check_env(&manifest, env)?;
         let allow_orphan = manifest.environments[env].policy.allow_overlay_without_base;
-        let mut bases: BTreeMap<String, Arc<Value>> = BTreeMap::new();
-        let mut overlays: BTreeMap<String, Arc<Value>> = BTreeMap::new();
+        let mut bases: BTreeMap<String, Stored> = BTreeMap::new();
+        let mut overlays: BTreeMap<String, Stored> = BTreeMap::new();
         for d in values.docs {
             match d.env.as_deref() {
                 None => {
@@ -187,7 +188,7 @@ impl Desired {
             }
         }
         // (base path, base value, overlay value)
-        type Pair = (String, Option<Arc<Value>>, Option<Arc<Value>>);
+        type Pair = (String, Option<Stored>, Option<Stored>);
         let mut work: Vec<Pair> = Vec::new();
         for (p, b) in bases {
             let o = overlays.remove(&p);
@@ -197,13 +198,14 @@ impl Desired {
             work.extend(overlays.into_iter().map(|(p, o)| (p, None, Some(o))));
         }
         let bindings = &manifest.bindings;
-        let owned = |v: Arc<Value>| Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone());
         let paths: Vec<String> = work.iter().map(|w| w.0.clone()).collect();
         let compiled: Vec<Result<Vec<(KeyId, Entry)>, CompileError>> = work
             .into_par_iter()
             .map(|(p, b, o)| match kind_of_base_path(&p, bindings) {
                 Some(kind) if feeds_kv(kind) => {
-                    compile_values(kind, env, &p, b.map(owned), o.as_deref(), commit)
+                    // One document's tree at a time: read back from compact JSON here.
+                    let o = o.map(|o| o.tree());
+                    compile_values(kind, env, &p, b.map(|b| b.to_value()), o.as_deref(), commit)
                 }
                 _ => Ok(Vec::new()),
             })
