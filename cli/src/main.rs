@@ -11,9 +11,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc keeps freed pages for a while (1 s by default) and commits its arena eagerly on
 /// Linux, so the resident memory of a one-off command follows its allocations' high-water mark
-/// plus everything freed before it. Returning pages as soon as they are free and committing on
-/// demand keeps `vakt apply` on 50,000 keys near its live heap (BENCHMARKS.md, B7). An
-/// environment variable of the same name (`MIMALLOC_PURGE_DELAY`, ...) still wins.
+/// plus everything freed before it. For the commands that compile a commit and hold its keys
+/// (apply, plan, drift, promote, backup, restore), pages go back as soon as they are free and
+/// the arena is committed on demand: `vakt apply` on 50,000 keys stays near its live heap
+/// (BENCHMARKS.md, B7). The daemon, `validate` and `site` keep the defaults: they reuse freed
+/// pages at once, and giving them back costs page faults. An environment variable of the same
+/// name (`MIMALLOC_PURGE_DELAY`, ...) always wins.
 fn tune_allocator() {
     // Option numbers of mimalloc v3's `mi_option_e` (include/mimalloc.h); libmimalloc-sys
     // names only some of them.
@@ -24,8 +27,8 @@ fn tune_allocator() {
         (PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 0),
     ] {
         if std::env::var_os(env).is_none() {
-            // SAFETY: sets an integer option, valid for every option number, before any other
-            // thread exists; mimalloc reads its options atomically.
+            // SAFETY: sets an integer option, valid for every option number, before the command
+            // starts any thread; mimalloc reads its options atomically.
             #[allow(unsafe_code)]
             unsafe {
                 libmimalloc_sys::mi_option_set(option, value)
@@ -79,9 +82,19 @@ enum Command {
 pub use reconciler::outcome::exit;
 
 fn main() -> ExitCode {
-    tune_allocator();
     output::init_tracing();
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Apply(_)
+            | Command::Plan(_)
+            | Command::Drift(_)
+            | Command::Promote(_)
+            | Command::Backup(_)
+            | Command::Restore(_)
+    ) {
+        tune_allocator();
+    }
     let result = match cli.command {
         Command::Validate(o) => cmd::validate::run(o),
         Command::Init(o) => cmd::init::run(o),
