@@ -25,7 +25,7 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                     .as_deref()
                     .or(rule.record.as_deref())
                     .unwrap_or("");
-                if let Err(e) = promql_parser::parser::parse(&rule.expr) {
+                if let Err(e) = super::promql::parse(&rule.expr) {
                     let (p, pos) = f.at(&format!("{ptr}/expr"));
                     out.push(
                         Finding::new(

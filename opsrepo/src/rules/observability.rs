@@ -77,7 +77,7 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
         }
         let filled = fill(&q.spec.template, &declared);
         let err = match kind {
-            Some(DatasourceType::Prometheus) => promql_parser::parser::parse(&filled).err(),
+            Some(DatasourceType::Prometheus) => super::promql::parse(&filled).err(),
             Some(DatasourceType::Loki) => logql::check(&filled).err().map(|e| e.to_string()),
             None => None,
         };
@@ -170,7 +170,7 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
                 if let Some(expr) = &t.expr {
                     let filled = grafana_fill(expr);
                     let err = match kind {
-                        Some(DatasourceType::Prometheus) => promql_parser::parser::parse(&filled)
+                        Some(DatasourceType::Prometheus) => super::promql::parse(&filled)
                             .err()
                             .map(|e| format!("not valid PromQL: {e}")),
                         Some(DatasourceType::Loki) => logql::check(&filled)

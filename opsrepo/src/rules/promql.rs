@@ -1,6 +1,8 @@
 //! Facts read from a PromQL expression's syntax tree: metric names, selectors with their label
 //! matchers, number literals and durations. Shared by the trigger, label and site rules.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use promql_parser::label::MatchOp;
@@ -39,9 +41,41 @@ impl ExprFacts {
     }
 }
 
+/// Expressions remembered by [`parse`]; the memo is emptied when it reaches this many.
+const MEMO_ENTRIES: usize = 8192;
+/// Longer expressions are parsed every time rather than remembered.
+const MEMO_MAX_LEN: usize = 4096;
+
+type Parsed = Result<Arc<Expr>, String>;
+
+/// Parses a PromQL expression, remembering the outcome for the life of the process.
+///
+/// One validation reads the same expression in several rules (syntax, triggers, labels,
+/// provenance), and the daemon validates every commit it applies, where nearly all expressions
+/// are the ones of the last pass; parsing a selector's `=~` matcher also compiles its regex.
+/// The outcome is a pure function of the text, so remembering it can never be stale.
+pub fn parse(expr: &str) -> Parsed {
+    static MEMO: OnceLock<Mutex<HashMap<String, Parsed>>> = OnceLock::new();
+    if expr.len() > MEMO_MAX_LEN {
+        return promql_parser::parser::parse(expr).map(Arc::new);
+    }
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(expr).cloned()) {
+        return hit;
+    }
+    let parsed = promql_parser::parser::parse(expr).map(Arc::new);
+    if let Ok(mut m) = memo.lock() {
+        if m.len() >= MEMO_ENTRIES {
+            m.clear();
+        }
+        m.insert(expr.to_owned(), parsed.clone());
+    }
+    parsed
+}
+
 /// Parses `expr` and collects its facts; `None` when it is not PromQL.
 pub fn facts(expr: &str) -> Option<ExprFacts> {
-    let e = promql_parser::parser::parse(expr).ok()?;
+    let e = parse(expr).ok()?;
     let mut f = ExprFacts::default();
     walk(&e, &mut f, 0);
     f.threshold = threshold(&e);
@@ -66,7 +100,7 @@ pub fn has_comparison(expr: &str) -> bool {
             _ => false,
         }
     }
-    promql_parser::parser::parse(expr).is_ok_and(|e| any(&e, 0))
+    parse(expr).is_ok_and(|e| any(&e, 0))
 }
 
 fn threshold(e: &Expr) -> Option<(String, f64)> {
@@ -200,6 +234,20 @@ pub fn show_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_remembers_outcomes_and_agrees_with_the_parser() {
+        let e = r#"rate(http_requests_total{job=~"api|web"}[5m]) > 3"#;
+        let a = parse(e).unwrap();
+        let b = parse(e).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the second parse is the remembered one");
+        assert_eq!(*a, promql_parser::parser::parse(e).unwrap());
+        let bad = "sum(rate(x[5m])";
+        assert_eq!(parse(bad).unwrap_err(), promql_parser::parser::parse(bad).unwrap_err());
+        assert_eq!(parse(bad).unwrap_err(), parse(bad).unwrap_err());
+        let long = format!("up{{job=\"{}\"}}", "j".repeat(MEMO_MAX_LEN));
+        assert!(!Arc::ptr_eq(&parse(&long).unwrap(), &parse(&long).unwrap()));
+    }
 
     #[test]
     fn facts_of_an_alert_expression() {
