@@ -240,10 +240,16 @@ mod tests {
         let e = r#"rate(http_requests_total{job=~"api|web"}[5m]) > 3"#;
         let a = parse(e).unwrap();
         let b = parse(e).unwrap();
-        assert!(Arc::ptr_eq(&a, &b), "the second parse is the remembered one");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second parse is the remembered one"
+        );
         assert_eq!(*a, promql_parser::parser::parse(e).unwrap());
         let bad = "sum(rate(x[5m])";
-        assert_eq!(parse(bad).unwrap_err(), promql_parser::parser::parse(bad).unwrap_err());
+        assert_eq!(
+            parse(bad).unwrap_err(),
+            promql_parser::parser::parse(bad).unwrap_err()
+        );
         assert_eq!(parse(bad).unwrap_err(), parse(bad).unwrap_err());
         let long = format!("up{{job=\"{}\"}}", "j".repeat(MEMO_MAX_LEN));
         assert!(!Arc::ptr_eq(&parse(&long).unwrap(), &parse(&long).unwrap()));

@@ -75,56 +75,136 @@ impl Repo {
 
     /// Paths (blobs only) added, modified or deleted between two commits; renames appear as a
     /// deletion and an addition.
+    ///
+    /// Both trees are walked side by side in Git's entry order, descending only into subtrees
+    /// whose ids differ, without allocating for equal entries: in a repo of 50,000 documents a
+    /// one-file commit costs the inflating of the few trees on the changed path (a directory
+    /// of 20,000 tenants is one of them) and one comparison per entry.
     pub fn changed_paths(&self, old: ObjectId, new: ObjectId) -> Result<Vec<String>, GitError> {
-        let tree = |id: ObjectId| -> Result<gix::Tree<'_>, GitError> {
+        let root = |id: ObjectId| -> Result<ObjectId, GitError> {
             self.repo
                 .find_commit(id)
                 .map_err(|e| self.other(e))?
-                .tree()
+                .tree_id()
+                .map(|t| t.detach())
                 .map_err(|e| self.other(e))
         };
-        let (a, b) = (tree(old)?, tree(new)?);
-        let changes = self
-            .repo
-            .diff_tree_to_tree(Some(&a), Some(&b), gix::diff::Options::default())
-            .map_err(|e| self.other(e))?;
-        let mut out = Vec::with_capacity(changes.len());
-        use gix::object::tree::diff::ChangeDetached as C;
-        for c in changes {
-            let (loc, mode, extra) = match c {
-                C::Addition {
-                    location,
-                    entry_mode,
-                    ..
-                }
-                | C::Deletion {
-                    location,
-                    entry_mode,
-                    ..
-                }
-                | C::Modification {
-                    location,
-                    entry_mode,
-                    ..
-                } => (location, entry_mode, None),
-                C::Rewrite {
-                    source_location,
-                    location,
-                    entry_mode,
-                    ..
-                } => (location, entry_mode, Some(source_location)),
-            };
-            if mode.is_tree() {
-                continue;
-            }
-            out.push(String::from_utf8_lossy(&loc).into_owned());
-            if let Some(s) = extra {
-                out.push(String::from_utf8_lossy(&s).into_owned());
-            }
+        let (a, b) = (root(old)?, root(new)?);
+        let mut out = Vec::new();
+        if a != b {
+            self.diff_trees(Some(a), Some(b), &mut String::new(), &mut out, 0)?;
         }
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// Appends to `out` the paths of non-tree entries that differ between trees `a` and `b`
+    /// (either may be absent: everything under the other one differs), under `prefix`.
+    fn diff_trees(
+        &self,
+        a: Option<ObjectId>,
+        b: Option<ObjectId>,
+        prefix: &mut String,
+        out: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<(), GitError> {
+        use std::cmp::Ordering;
+        if depth > 256 {
+            return Err(self.other(format!("trees nested deeper than 256 levels at {prefix}")));
+        }
+        let load = |id: Option<ObjectId>| -> Result<Option<gix::Object<'_>>, GitError> {
+            id.map(|id| self.repo.find_object(id).map_err(|e| self.other(e)))
+                .transpose()
+        };
+        let (oa, ob) = (load(a)?, load(b)?);
+        let kind = self.repo.object_hash();
+        let da: &[u8] = oa.as_ref().map_or(&[], |o| &o.data);
+        let db: &[u8] = ob.as_ref().map_or(&[], |o| &o.data);
+        let (mut ia, mut ib) = (
+            gix::objs::TreeRefIter::from_bytes(da, kind),
+            gix::objs::TreeRefIter::from_bytes(db, kind),
+        );
+        fn step<'a>(
+            it: &mut gix::objs::TreeRefIter<'a>,
+        ) -> Result<Option<gix::objs::tree::EntryRef<'a>>, String> {
+            it.next().transpose().map_err(|e| e.to_string())
+        }
+        let (mut x, mut y) = (
+            step(&mut ia).map_err(|e| self.other(e))?,
+            step(&mut ib).map_err(|e| self.other(e))?,
+        );
+        // One side's entry: a path, or everything under a subtree.
+        let side = |e: &gix::objs::tree::EntryRef<'_>,
+                    old_side: bool,
+                    prefix: &mut String,
+                    out: &mut Vec<String>|
+         -> Result<(), GitError> {
+            let len = prefix.len();
+            prefix.push_str(&String::from_utf8_lossy(e.filename));
+            let r = if e.mode.is_tree() {
+                prefix.push('/');
+                let id = Some(e.oid.to_owned());
+                if old_side {
+                    self.diff_trees(id, None, prefix, out, depth + 1)
+                } else {
+                    self.diff_trees(None, id, prefix, out, depth + 1)
+                }
+            } else {
+                out.push(prefix.clone());
+                Ok(())
+            };
+            prefix.truncate(len);
+            r
+        };
+        loop {
+            let order = match (&x, &y) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(p), Some(q)) => p.cmp(q),
+            };
+            match order {
+                Ordering::Less => {
+                    if let Some(p) = &x {
+                        side(p, true, prefix, out)?;
+                    }
+                    x = step(&mut ia).map_err(|e| self.other(e))?;
+                }
+                Ordering::Greater => {
+                    if let Some(q) = &y {
+                        side(q, false, prefix, out)?;
+                    }
+                    y = step(&mut ib).map_err(|e| self.other(e))?;
+                }
+                Ordering::Equal => {
+                    if let (Some(p), Some(q)) = (&x, &y)
+                        && (p.oid != q.oid || p.mode != q.mode)
+                    {
+                        if p.mode.is_tree() && q.mode.is_tree() {
+                            let len = prefix.len();
+                            prefix.push_str(&String::from_utf8_lossy(p.filename));
+                            prefix.push('/');
+                            let r = self.diff_trees(
+                                Some(p.oid.to_owned()),
+                                Some(q.oid.to_owned()),
+                                prefix,
+                                out,
+                                depth + 1,
+                            );
+                            prefix.truncate(len);
+                            r?;
+                        } else {
+                            side(p, true, prefix, out)?;
+                            side(q, false, prefix, out)?;
+                        }
+                    }
+                    x = step(&mut ia).map_err(|e| self.other(e))?;
+                    y = step(&mut ib).map_err(|e| self.other(e))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads one file at a commit; `None` if the path does not exist there. Symlinks are refused.
@@ -270,4 +350,80 @@ pub fn fetch(path: &Path, remote: &str) -> Result<(), GitError> {
         .receive(gix::progress::Discard, &gix::interrupt::IS_INTERRUPTED)
         .map_err(|e| other(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn write(dir: &Path, path: &str, text: &str) {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// `changed_paths` between each pair of commits agrees with `git diff --name-only`
+    /// (renames as two paths), over additions, deletions, edits, whole directories appearing
+    /// and disappearing, a file turning into a directory and a symlink.
+    #[test]
+    fn changed_paths_agrees_with_git_diff() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        git(p, &["init", "-q", "-b", "main"]);
+        write(p, "a.toml", "a");
+        write(p, "config/tenants/t1/tenant.toml", "1");
+        write(p, "config/tenants/t2/tenant.toml", "2");
+        write(p, "config/x", "x");
+        git(p, &["add", "-A"]);
+        git(p, &["commit", "-qm", "c0"]);
+        let steps: Vec<Box<dyn Fn(&Path)>> = vec![
+            Box::new(|p| write(p, "config/tenants/t2/tenant.toml", "2b")),
+            Box::new(|p| {
+                std::fs::remove_dir_all(p.join("config/tenants/t1")).unwrap();
+                write(p, "config/tenants/t3/tenant.toml", "3");
+                write(p, "config/tenants/t3/extra.toml", "e");
+            }),
+            Box::new(|p| {
+                std::fs::remove_file(p.join("config/x")).unwrap();
+                write(p, "config/x/inner.toml", "now a directory");
+                std::os::unix::fs::symlink("a.toml", p.join("link.toml")).unwrap();
+            }),
+            Box::new(|p| {
+                std::fs::rename(p.join("a.toml"), p.join("b.toml")).unwrap();
+                std::fs::remove_dir_all(p.join("config")).unwrap();
+            }),
+        ];
+        for (i, change) in steps.iter().enumerate() {
+            change(p);
+            git(p, &["add", "-A"]);
+            git(p, &["commit", "-qm", &format!("c{}", i + 1)]);
+        }
+        let r = Repo::open(p).unwrap();
+        let n = steps.len();
+        for i in 0..=n {
+            for j in 0..=n {
+                let (a, b) = (format!("HEAD~{}", n - i), format!("HEAD~{}", n - j));
+                let want: Vec<String> = git(p, &["diff", "--name-only", "--no-renames", &a, &b])
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                let got = r
+                    .changed_paths(r.resolve(&a).unwrap(), r.resolve(&b).unwrap())
+                    .unwrap();
+                assert_eq!(got, want, "{a} → {b}");
+            }
+        }
+    }
 }
