@@ -388,7 +388,8 @@ mod tests {
         write(p, "config/x", "x");
         git(p, &["add", "-A"]);
         git(p, &["commit", "-qm", "c0"]);
-        let steps: Vec<Box<dyn Fn(&Path)>> = vec![
+        type Step = Box<dyn Fn(&Path)>;
+        let steps: Vec<Step> = vec![
             Box::new(|p| write(p, "config/tenants/t2/tenant.toml", "2b")),
             Box::new(|p| {
                 std::fs::remove_dir_all(p.join("config/tenants/t1")).unwrap();
