@@ -67,7 +67,9 @@ mkdir -p "$WORK"
 : > "$WORK/points.jsonl"
 
 # --- measure -----------------------------------------------------------------------------
-# measure DIR NAME RUNS WARMUP COMMAND: writes DIR/NAME.json {"mean","stddev","runs","load"}.
+# measure DIR NAME RUNS WARMUP COMMAND: writes DIR/NAME.json {"mean","stddev","runs","load",
+# "cpu"}: wall time mean and stddev, user + system CPU time mean (less sensitive than wall
+# time to other work on the machine), the load average before the runs.
 measure() {
     local dir="$1" name="$2" runs="$3" warmup="$4" cmd="$5" load
     load="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -79,20 +81,22 @@ measure() {
 import json, sys
 r = json.load(open(sys.argv[1]))["results"][0]
 print(json.dumps({"mean": r["mean"], "stddev": r["stddev"] or 0.0, "runs": len(r["times"]),
-                  "load": sys.argv[2]}))
+                  "load": sys.argv[2], "cpu": r["user"] + r["system"]}))
 EOF
     else
         local i
         for ((i = 0; i < warmup; i++)); do bash -c "$cmd" || die "$name failed"; done
         : > "$dir/$name.times"
         for ((i = 0; i < runs; i++)); do
-            /usr/bin/time -f %e -a -o "$dir/$name.times" bash -c "$cmd" || die "$name failed"
+            /usr/bin/time -f "%e %U %S" -a -o "$dir/$name.times" bash -c "$cmd" || die "$name failed"
         done
         python3 - "$dir/$name.times" "$load" > "$dir/$name.json" <<'EOF'
 import json, statistics, sys
-t = [float(x) for x in open(sys.argv[1]).read().split()]
+rows = [[float(x) for x in l.split()] for l in open(sys.argv[1]) if l.strip()]
+t = [r[0] for r in rows]
 print(json.dumps({"mean": statistics.mean(t), "stddev": statistics.stdev(t) if len(t) > 1 else 0.0,
-                  "runs": len(t), "load": sys.argv[2]}))
+                  "runs": len(t), "load": sys.argv[2],
+                  "cpu": statistics.mean(r[1] + r[2] for r in rows)}))
 EOF
         echo "b1: $name: $(cat "$dir/$name.json")" >&2
     fi
@@ -105,7 +109,7 @@ r = json.load(open(sys.argv[1]))
 print(json.dumps({"bench": "B1", "tool": sys.argv[2], "size": int(sys.argv[3]),
                   "unit": "documents", "schema_documents": int(sys.argv[4]),
                   "seconds": r["mean"], "stddev": r["stddev"], "runs": r["runs"],
-                  "load": r["load"]}))
+                  "cpu_seconds": r["cpu"], "load": r["load"]}))
 EOF
 }
 
@@ -213,17 +217,31 @@ for n in sizes:
     cells = [f"{t(by[(x, n)]['seconds'])} ± {t(by[(x, n)]['stddev'])} ({by[(x, n)]['runs']})" for x in tools]
     ratios = [f"**{by[(x, n)]['seconds'] / v['seconds']:.1f}×**" for x in tools[1:]]
     print(f"| {n:,} ({v['schema_documents']:,}) | {v['load']} | " + " | ".join(cells + ratios) + " |")
+print()
+print("CPU time (user + system, mean per run; less sensitive than wall time to other work on "
+      "the machine):")
+print()
+print("| documents | " + " | ".join(tools) + " | " + " | ".join(f"{x} / vakt" for x in tools[1:]) + " |")
+print("|---|" + "---|" * (2 * len(tools) - 1))
+for n in sizes:
+    v = by[("vakt validate", n)]
+    print(f"| {n:,} | " + " | ".join(t(by[(x, n)]["cpu_seconds"]) for x in tools) + " | " +
+          " | ".join(f"{by[(x, n)]['cpu_seconds'] / v['cpu_seconds']:.1f}×" for x in tools[1:]) + " |")
 if len(sizes) >= 2:
     print()
     print("Marginal cost per document (least-squares slope of wall time against documents over "
           f"{', '.join(f'{n:,}' for n in sizes)}) and the fixed cost (intercept):")
     print()
-    print("| tool | per document | fixed cost | per document / vakt's |")
-    print("|---|---|---|---|")
+    print("| tool | wall per document | fixed wall | wall per document / vakt's | "
+          "CPU per document | fixed CPU | CPU per document / vakt's |")
+    print("|---|---|---|---|---|---|---|")
     vs, _ = fit([(n, by[("vakt validate", n)]["seconds"]) for n in sizes])
+    vc, _ = fit([(n, by[("vakt validate", n)]["cpu_seconds"]) for n in sizes])
     for x in tools:
         slope, icpt = fit([(n, by[(x, n)]["seconds"]) for n in sizes])
-        print(f"| {x} | {slope * 1e6:.1f} µs | {t(icpt)} | {slope / vs:.1f}× |")
+        cslope, cicpt = fit([(n, by[(x, n)]["cpu_seconds"]) for n in sizes])
+        print(f"| {x} | {slope * 1e6:.1f} µs | {t(icpt)} | **{slope / vs:.1f}×** | "
+              f"{cslope * 1e6:.1f} µs | {t(cicpt)} | **{cslope / vc:.1f}×** |")
 r = {n: json.load(open(f"{first}/results/{n}.json"))
      for n in ("vakt", "check-jsonschema-tenant", "promtool")}
 ntenant, nrules = open(f"{first}/results/counts").read().split()
@@ -241,6 +259,8 @@ line = (f"Goal ≥ 20× (total, cold, one process per schema) at {n0:,} document
         f"({'met' if ratio >= 20 else 'NOT met'})")
 if len(sizes) >= 2:
     cs, _ = fit([(n, by[("check-jsonschema", n)]["seconds"]) for n in sizes])
-    line += f"; per document: {cs / vs:.1f}× ({'met' if cs / vs >= 20 else 'NOT met'})"
+    cc, _ = fit([(n, by[("check-jsonschema", n)]["cpu_seconds"]) for n in sizes])
+    line += (f"; per document: wall {cs / vs:.1f}× ({'met' if cs / vs >= 20 else 'NOT met'}), "
+             f"CPU {cc / vc:.1f}× ({'met' if cc / vc >= 20 else 'NOT met'})")
 print(line + ".")
 EOF

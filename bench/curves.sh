@@ -13,14 +13,15 @@
 # average when that size started, runs, and the bench's own fields), draws OUT/curves.svg
 # with bench/plot.py and prints plot.py's Markdown table (OUT/table.md).
 #
-# Usage: bash bench/curves.sh        # about 15 minutes on 2 cores with the defaults
+# Usage: bash bench/curves.sh        # 15–23 minutes on 2 shared cores with the defaults
 #        cp bench/out/curves/curves.svg bench/curves.svg   # to update the committed figure
 # Environment:
 #   CURVES_BENCHES   benches to run (default "b1 b2 b3 b5"; b3 also gives B6; b2 and b3 run
 #                    together when both are asked for)
 #   CURVES_SCALES    multiples of the base sizes (default "1 2 4")
-#   CURVES_RUNS      measured runs per tool and size (default 3; B2 medians over 2×, B3 is
-#                    one apply per run, so B3 uses CURVES_B3_RUNS)
+#   CURVES_RUNS      measured runs of vakt validate per size, and B2's runs (× 2, median)
+#                    (default 3)
+#   CURVES_B5_RUNS   hyperfine runs per tool, scenario and size of B5 (default 2)
 #   CURVES_B3_RUNS   `vakt-bench b3` runs per size, median taken (default 2)
 #   CURVES_SLOW_RUNS measured runs of check-jsonschema per size (default 2)
 #   CURVES_B1_DOCS (10000), CURVES_B2_DOCS (12500), CURVES_B3_DOCS (5500),
@@ -37,6 +38,7 @@ BENCHES="${CURVES_BENCHES:-b1 b2 b3 b5}"
 SCALES="${CURVES_SCALES:-1 2 4}"
 RUNS="${CURVES_RUNS:-3}"
 B3_RUNS="${CURVES_B3_RUNS:-2}"
+B5_RUNS="${CURVES_B5_RUNS:-2}"
 SLOW_RUNS="${CURVES_SLOW_RUNS:-2}"
 B1_BASE="${CURVES_B1_DOCS:-10000}"
 B2_BASE="${CURVES_B2_DOCS:-12500}"
@@ -122,7 +124,7 @@ if has b5; then
         N=$((B5_BASE * s))
         D="$OUT/b5-x$s"
         log "B5 ${s}×: $N runbooks"
-        B5_RUNBOOKS="$N" B5_RUNS="$RUNS" B5_OUT="$D" bash "$ROOT/bench/b5_site.sh" > "$D.md" \
+        B5_RUNBOOKS="$N" B5_RUNS="$B5_RUNS" B5_OUT="$D" bash "$ROOT/bench/b5_site.sh" > "$D.md" \
             2> "$D.log" || { tail -n 20 "$D.log" >&2; die "b5_site.sh failed at ${s}×"; }
         python3 - "$D/results" "$N" >> "$OUT/points.jsonl" <<'EOF'
 import json, sys

@@ -74,10 +74,8 @@ def fmt_per(s):
 
 
 def fmt_size(n):
-    if n >= 1000 and n % 1000 == 0:
-        return f"{n // 1000}k"
     if n >= 1000:
-        return f"{n / 1000:.1f}k"
+        return f"{n / 1000:.3g}k"
     return str(n)
 
 
@@ -218,7 +216,7 @@ def svg(groups):
 
 
 def table(groups):
-    lines = ["| bench | tool | size | load | time | time / size | growth from previous size |"
+    lines = ["| bench | tool | size | load (1 min) | time | time / size | growth from previous size |"
              " per unit (slope) | exponent |",
              "|---|---|---|---|---|---|---|---|---|"]
     for bench, tools in groups.items():
@@ -237,7 +235,7 @@ def table(groups):
                     growth = f"{t / prev[1]:.2f}×" + ("" if abs(k - 2) < 0.01 else f" (size {k:.2f}×)")
                 last = i == len(v) - 1
                 lines.append(
-                    f"| {bench} | {tool} | {s:,} {unit} | {p.get('load', '')} | {fmt_time(t)} | "
+                    f"| {bench} | {tool} | {s:,} {unit} | {str(p.get('load', '')).split(' ')[0]} | {fmt_time(t)} | "
                     f"{fmt_per(t / s)} | {growth} | {slope if last else ''} | "
                     f"{exp if last else ''} |")
                 prev = (s, t)
