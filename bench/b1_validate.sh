@@ -106,7 +106,7 @@ point() { # RESULT_JSON TOOL SIZE SCHEMA_DOCS: append one point to points.jsonl
     python3 - "$@" >> "$WORK/points.jsonl" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(json.dumps({"bench": "B1", "tool": sys.argv[2], "size": int(sys.argv[3]),
+print(json.dumps({"bench": "B1 validate", "tool": sys.argv[2], "size": int(sys.argv[3]),
                   "unit": "documents", "schema_documents": int(sys.argv[4]),
                   "seconds": r["mean"], "stddev": r["stddev"], "runs": r["runs"],
                   "cpu_seconds": r["cpu"], "load": r["load"]}))
