@@ -211,6 +211,22 @@ def svg(groups):
            f'<rect width="{w}" height="{h}" fill="white"/>']
     for i, (bench, tools) in enumerate(groups.items()):
         out += panel(bench, tools, (i % COLS) * PANEL_W, (i // COLS) * PANEL_H)
+    if n % COLS:  # a note in the free cell: what the lines are, and how loaded the machine was
+        loads = [float(str(p.get("load", "")).split(" ")[0])
+                 for tools in groups.values() for v in tools.values() for _, _, p in v
+                 if str(p.get("load", "")).split(" ")[0].replace(".", "", 1).isdigit()]
+        note = ["Wall time against input size, log-log, each size",
+                "measured with its peer in the same run (bench/curves.sh).",
+                "Dashed: time proportional to size through vakt's",
+                "first point; flatter lines have a fixed cost that",
+                "larger inputs amortise."]
+        if loads:
+            note.append(f"Load average (1 min) during the run: {min(loads):g}–{max(loads):g}"
+                        " on 2 cores.")
+        x, y = (n % COLS) * PANEL_W + MARGIN_L, (n // COLS) * PANEL_H + MARGIN_T + 20
+        for j, line in enumerate(note):
+            out.append(f'<text x="{x}" y="{y + j * 18}" font-size="12" fill="#333">'
+                       f'{escape(line)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
