@@ -94,19 +94,27 @@ def ticks(lo, hi):
     return out
 
 
+def die(msg):
+    print(f"plot.py: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def load(path):
     try:
         pts = json.load(open(path))
     except (OSError, json.JSONDecodeError) as e:
-        sys.exit(f"plot.py: cannot read {path}: {e}")
+        die(f"cannot read {path}: {e}")
     if not isinstance(pts, list) or not pts:
-        sys.exit(f"plot.py: {path}: expected a non-empty JSON list of points")
+        die(f"{path}: expected a non-empty JSON list of points")
     for i, p in enumerate(pts):
+        if not isinstance(p, dict):
+            die(f"{path}: point {i} is not an object")
         for k in ("bench", "tool", "size", "seconds"):
             if k not in p:
-                sys.exit(f"plot.py: {path}: point {i} has no '{k}'")
-        if not (p["size"] > 0 and p["seconds"] > 0):
-            sys.exit(f"plot.py: {path}: point {i}: size and seconds must be positive")
+                die(f"{path}: point {i} has no '{k}'")
+        if not all(isinstance(p[k], (int, float)) and not isinstance(p[k], bool) and p[k] > 0
+                   and math.isfinite(p[k]) for k in ("size", "seconds")):
+            die(f"{path}: point {i}: size and seconds must be positive numbers")
     return pts
 
 
