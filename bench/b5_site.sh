@@ -20,6 +20,9 @@
 #   B5_OUT          work directory (default bench/out/b5, git-ignored); recreated
 #   B5_RUNS         measured runs per tool and scenario (default 10)
 #   B5_NO_BUILD=1   skip `cargo build --release -p vakt`
+#   VAKT_BIN        the vakt binary (default target/release/vakt; B5_NO_BUILD is implied)
+# Raw figures: OUT/results/{cold,no-op,one-edit}.json (hyperfine's JSON, with the load
+# average when the scenario started in OUT/results/load.txt).
 # Needs hyperfine and hugo (apt-get install -y hyperfine hugo).
 set -euo pipefail
 
@@ -28,13 +31,13 @@ N="${B5_RUNBOOKS:-5000}"
 WORK="${B5_OUT:-$ROOT/bench/out/b5}"
 RUNS="${B5_RUNS:-10}"
 NOW="2026-11-22"
-VAKT="$ROOT/target/release/vakt"
+VAKT="${VAKT_BIN:-$ROOT/target/release/vakt}"
 
 die() { echo "b5: $*" >&2; exit 1; }
 for tool in python3 hugo hyperfine; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
-if [[ "${B5_NO_BUILD:-}" != 1 ]]; then
+if [[ "${B5_NO_BUILD:-}" != 1 && -z "${VAKT_BIN:-}" ]]; then
     echo "b5: cargo build --release -p vakt" >&2
     (cd "$ROOT" && cargo build --release -p vakt) || die "release build failed"
 fi
@@ -42,6 +45,7 @@ fi
 
 python3 "$ROOT/bench/gen_runbooks.py" "$WORK" "$N" || die "gen_runbooks.py failed"
 mkdir -p "$WORK/results"
+: > "$WORK/results/load.txt"
 "$VAKT" validate --repo "$WORK/repo" --now "$NOW" | tail -n 1 >&2 \
     || die "the generated repo does not validate"
 
@@ -82,14 +86,17 @@ written() { # scenario
 }
 
 echo "b5: measuring cold builds ($(nproc) cores)" >&2
+echo "cold $(cut -d' ' -f1-3 /proc/loadavg)" >> "$WORK/results/load.txt"
 hyperfine --style basic --runs "$RUNS" --prepare "$CLEAN" \
     -n vakt "$CMD_VAKT" -n hugo "$CMD_HUGO" -n hugo-json "$CMD_HUGO_JSON" \
     --export-json "$WORK/results/cold.json" >&2 || die "a measured command failed"
 echo "b5: measuring no-op rebuilds" >&2
+echo "no-op $(cut -d' ' -f1-3 /proc/loadavg)" >> "$WORK/results/load.txt"
 hyperfine --style basic --runs "$RUNS" --warmup 1 \
     -n vakt "$CMD_VAKT" -n hugo "$CMD_HUGO" -n hugo-json "$CMD_HUGO_JSON" \
     --export-json "$WORK/results/no-op.json" >&2 || die "a measured command failed"
 echo "b5: measuring rebuilds after one runbook edit" >&2
+echo "one-edit $(cut -d' ' -f1-3 /proc/loadavg)" >> "$WORK/results/load.txt"
 hyperfine --style basic --runs "$RUNS" --warmup 1 --prepare "$EDIT" \
     -n vakt "$CMD_VAKT" -n hugo "$CMD_HUGO" -n hugo-json "$CMD_HUGO_JSON" \
     --export-json "$WORK/results/one-edit.json" >&2 || die "a measured command failed"
