@@ -77,6 +77,22 @@ fn pct(v: &[f64], p: f64) -> f64 {
     v[i]
 }
 
+/// CPU time (user + system) this process has used so far, ms (`/proc/self/stat`, in clock
+/// ticks of 10 ms): on a shared machine the client's own work, less disturbed by the load than
+/// wall time.
+fn cpu_ms() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) start at state, field 3.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks * 10.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Peak resident set of this process (VmHWM), MB.
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -141,17 +157,32 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     )
     .expect("target");
     let (store, mut audit) = target.open().await.expect("open");
+    // Diagnostics (`B3_DIAG=1`, off by default so a run does the same work as before): where
+    // an apply's time goes besides publishing. Its snapshot and plan, read-only, on the same
+    // empty buckets (`apply` below makes its own).
+    let diag = std::env::var_os("B3_DIAG").is_some_and(|v| v == "1");
+    let mut plan_ms = None;
+    if diag {
+        let t = Instant::now();
+        let planned = reconciler::ops::apply::plan_live(&store, &desired)
+            .await
+            .expect("plan");
+        plan_ms = Some(ms(t.elapsed()));
+        assert_eq!(planned.plan.changes.len(), n);
+    }
     // B3: apply every key (CAS writes + one audit event per key).
     let opts = reconciler::ops::apply::ApplyOpts::new("bench");
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_ms());
     let r = reconciler::ops::apply::apply(&store, &mut audit, &desired, &opts)
         .await
         .expect("apply");
     let apply_ms = ms(t.elapsed());
+    let apply_cpu_ms = cpu_ms() - cpu;
     assert_eq!(r.written, n);
     // Peer: raw JetStream publish of the same messages, the KV values and the audit events
-    // (the events' payloads as the apply published them), interleaved as the apply sends them,
-    // with the same in-flight window (512 writes + 512 events), every ack awaited.
+    // (the events' payloads as the apply published them: the same fields, so the same bytes),
+    // interleaved as the apply sends them, with the same in-flight window (the apply's 512
+    // writes + 512 events = 1024 messages), every ack awaited, on the same connection.
     let events: Vec<bytes::Bytes> = audit
         .read(0)
         .await
@@ -179,11 +210,16 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     }
     let raw_bytes: usize = payloads.iter().map(|p| p.1.len()).sum();
     let raw_messages = payloads.len();
-    let t = Instant::now();
+    // The window: apply keeps `opts.window` writes and as many events in flight.
+    let window = 2 * opts.window;
+    // Only the diagnostic keeps a second reference to the payloads (the peer consumes them,
+    // so they do not raise the peak RSS reported for B7).
+    let again = diag.then(|| payloads.clone());
+    let (t, cpu) = (Instant::now(), cpu_ms());
     let mut pending = std::collections::VecDeque::new();
     for (s, p) in payloads {
         pending.push_back(js.publish(s, p).await.expect("publish"));
-        if pending.len() >= 1024 {
+        if pending.len() >= window {
             pending.pop_front().unwrap().await.expect("ack");
         }
     }
@@ -191,6 +227,40 @@ async fn b3(repo: &Path, env: &str, url: &str) {
         f.await.expect("ack");
     }
     let raw_ms = ms(t.elapsed());
+    let raw_cpu_ms = cpu_ms() - cpu;
+    // Diagnostic, not the peer: the same messages with the headers apply must send (expected
+    // last subject sequence 0 on each write, a `Nats-Msg-Id` on each event), to a fresh
+    // stream: the server's share of compare-and-set and deduplication.
+    let mut raw_headers_ms = None;
+    if let Some(payloads) = again {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: format!("RAWH{tag}"),
+            subjects: vec![format!("rawh{tag}.>")],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("raw stream with headers");
+        let t = Instant::now();
+        let mut pending = std::collections::VecDeque::new();
+        for (i, (s, p)) in payloads.into_iter().enumerate() {
+            let s = s.replacen(&format!("raw{tag}."), &format!("rawh{tag}."), 1);
+            let m = async_nats::jetstream::message::PublishMessage::build().payload(p);
+            let m = if i % 2 == 0 {
+                m.expected_last_subject_sequence(0)
+            } else {
+                m.message_id(format!("{tag}/{i}"))
+            };
+            pending.push_back(js.send_publish(s, m).await.expect("publish"));
+            if pending.len() >= window {
+                pending.pop_front().unwrap().await.expect("ack");
+            }
+        }
+        for f in pending {
+            f.await.expect("ack");
+        }
+        raw_headers_ms = Some(ms(t.elapsed()));
+    }
     // B6: drift over every key vs the read-back (snapshot) it builds on.
     let t = Instant::now();
     let live = store.snapshot().await.expect("snapshot");
@@ -207,7 +277,9 @@ async fn b3(repo: &Path, env: &str, url: &str) {
         serde_json::json!({
             "bench": "B3/B6/B7", "keys": n, "value_bytes": bytes,
             "apply_ms": apply_ms, "raw_publish_ms": raw_ms, "apply_vs_raw": apply_ms / raw_ms,
-            "raw_messages": raw_messages, "raw_bytes": raw_bytes,
+            "raw_messages": raw_messages, "raw_bytes": raw_bytes, "window": window,
+            "plan_live_ms": plan_ms, "raw_publish_with_headers_ms": raw_headers_ms,
+            "apply_cpu_ms": apply_cpu_ms, "raw_publish_cpu_ms": raw_cpu_ms,
             "drift_ms": drift_ms, "readback_ms": readback_ms, "drift_vs_readback": drift_ms / readback_ms,
             "peak_rss_mb": peak_rss_mb(),
         })

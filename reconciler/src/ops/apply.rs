@@ -27,7 +27,7 @@ use crate::desired::plan::{self, Action, LivePlan, Plan};
 use crate::fault;
 use crate::ops::approvals::Gate;
 use crate::outcome::{RefusalKind, Refused, SyncState};
-use crate::store::audit::{Audit, AuditEvent, now_rfc3339};
+use crate::store::audit::{Audit, AuditEvent, Prepared, now_rfc3339};
 use crate::store::state::{self, Applied, Approval, Inflight, LastGood, Refusal, Status};
 use crate::store::{Store, StoreError};
 
@@ -609,8 +609,35 @@ pub async fn write_plan(
     } else {
         opts.window.max(1)
     };
-    let mut pending: VecDeque<(usize, async_nats::jetstream::context::PublishAckFuture)> =
-        VecDeque::new();
+    // Each write's value and audit event (canonical JSON, all but the revision, the chain head
+    // and the time) are prepared a window ahead, while the writes before them are in flight;
+    // an acknowledgement then only fills in its revision, hashes and publishes.
+    let (audit_env, audit_client) = (audit.env.clone(), audit.client.clone());
+    let prepare = |i: usize| -> (Option<bytes::Bytes>, Prepared) {
+        let c = &plan.changes[i];
+        let value = match c.action {
+            Action::Remove => None,
+            _ => desired
+                .get(c.bucket, &c.key)
+                .map(|e| bytes::Bytes::from(e.value(&desired.env))),
+        };
+        (
+            value,
+            Prepared::new(
+                change_event(store, plan, opts, c),
+                &audit_env,
+                audit_client.as_deref(),
+                REVISION,
+            ),
+        )
+    };
+    let mut ready: VecDeque<(Option<bytes::Bytes>, Prepared)> = VecDeque::new();
+    let mut prepared = 0usize;
+    let mut pending: VecDeque<(
+        usize,
+        async_nats::jetstream::context::PublishAckFuture,
+        Prepared,
+    )> = VecDeque::new();
     let mut audits: VecDeque<async_nats::jetstream::context::PublishAckFuture> = VecDeque::new();
     let mut written = 0usize;
     let mut sent = 0usize;
@@ -622,11 +649,12 @@ pub async fn write_plan(
         while failure.is_none() && idx < total && pending.len() < window {
             let c = &plan.changes[idx];
             tracing::trace!(idx, key = %c.key, "send");
-            let value = match c.action {
-                Action::Remove => None,
-                _ => desired
-                    .get(c.bucket, &c.key)
-                    .map(|e| bytes::Bytes::from(e.value(&desired.env))),
+            let (value, ev) = match ready.pop_front() {
+                Some(r) => r,
+                None => {
+                    prepared += 1;
+                    prepare(idx)
+                }
             };
             match bounded(
                 "publish",
@@ -635,7 +663,7 @@ pub async fn write_plan(
             .await
             {
                 Ok(f) => {
-                    pending.push_back((idx, f));
+                    pending.push_back((idx, f, ev));
                     sent += 1;
                     fault::hold("apply.send", sent).await;
                 }
@@ -643,10 +671,15 @@ pub async fn write_plan(
             }
             idx += 1;
         }
+        // Prepare the writes that refill the window while it is in flight.
+        while failure.is_none() && prepared < total && ready.len() < window {
+            ready.push_back(prepare(prepared));
+            prepared += 1;
+        }
         if failure.is_some() && pending.is_empty() {
             break;
         }
-        let Some((i, f)) = pending.pop_front() else {
+        let Some((i, f, ev)) = pending.pop_front() else {
             break;
         };
         let c = &plan.changes[i];
@@ -662,8 +695,7 @@ pub async fn write_plan(
                     p.report(written as u64, total as u64);
                 }
                 fault::hold("apply.ack", written).await;
-                let ev = change_event(store, plan, opts, c, seq);
-                match bounded("publish audit event", audit.send(ev)).await {
+                match bounded("publish audit event", audit.send_prepared(ev, seq)).await {
                     Ok(a) => audits.push_back(a),
                     Err(e) => {
                         failure.get_or_insert(e);
@@ -757,13 +789,12 @@ async fn bounded<T>(
     }
 }
 
-fn change_event(
-    store: &Store,
-    plan: &Plan,
-    opts: &ApplyOpts,
-    c: &plan::Change,
-    seq: u64,
-) -> AuditEvent {
+/// The key of a change event's detail that holds the write's revision (filled in when the
+/// write is acknowledged, see [`Audit::prepare`]).
+const REVISION: &str = "revision";
+
+/// The audit event of one change, its `detail.revision` still null.
+fn change_event(store: &Store, plan: &Plan, opts: &ApplyOpts, c: &plan::Change) -> AuditEvent {
     let action = match c.action {
         Action::Remove => "kv.delete",
         // A change the Git history does not explain: drift being healed.
@@ -782,7 +813,7 @@ fn change_event(
     ev.reason = c.reason.clone();
     ev.detail = Some(serde_json::json!({
         "change": c.action, "path": c.path, "from_digest": c.from_digest, "to_digest": c.to_digest,
-        "from_revision": c.from_revision, "revision": seq,
+        "from_revision": c.from_revision, "revision": null, // REVISION
         "fields": c.fields.iter().map(|f| f.pointer.clone()).collect::<Vec<_>>(),
     }));
     ev

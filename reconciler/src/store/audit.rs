@@ -5,6 +5,7 @@
 //! ([`Audit::recorded_ids`]) instead of relying on it.
 
 use std::collections::HashSet;
+use std::io::Write as _;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -127,7 +128,7 @@ impl AuditEvent {
         if let Some(r) = &mut self.reason {
             cut(r, MAX_REASON_CHARS);
         }
-        let size = |e: &AuditEvent| serde_json::to_vec(e).map_or(usize::MAX, |v| v.len());
+        let size = AuditEvent::json_len;
         // Room for the two hashes filled in later.
         let room = MAX_EVENT_BYTES - 200;
         if size(&self) > room
@@ -150,13 +151,112 @@ impl AuditEvent {
 
     /// The hash this event must carry: SHA-256 over its canonical JSON with `hash` empty.
     pub fn compute_hash(&self) -> String {
-        // `hash` is always serialised, so blanking it in the value equals hashing a copy with
-        // an empty `hash` (without cloning the event).
-        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let Value::Object(m) = &mut v {
-            m.insert("hash".into(), Value::String(String::new()));
+        let mut out = Vec::with_capacity(1024);
+        self.write_canonical(&mut out);
+        canon::digest(&out)
+    }
+
+    /// Appends this event's canonical JSON with an empty `hash` (what [`Self::compute_hash`]
+    /// covers) and returns the offset where the hash's characters go. Written field by field
+    /// in sorted key order, equal to `canon::to_vec(serde_json::to_value(self))` with `hash`
+    /// blanked (a unit test holds the two together), without building a `Value`.
+    fn write_canonical(&self, out: &mut Vec<u8>) -> usize {
+        self.write_parts(out, None).hash
+    }
+
+    /// [`Self::write_canonical`], or with `holes: Some(key)` the same bytes with three values
+    /// left out, for [`Prepared`]: `detail.<key>` (a number), `prev_hash` and `time` (strings,
+    /// quotes included). Returns where each hole (and the hash's characters) go.
+    fn write_parts(&self, out: &mut Vec<u8>, holes: Option<&str>) -> Holes {
+        fn key(out: &mut Vec<u8>, key: &str) {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
         }
-        canon::digest(&canon::to_vec(&v))
+        fn field(out: &mut Vec<u8>, k: &str, v: &str) {
+            key(out, k);
+            canon::write_str(v, out);
+        }
+        fn opt(out: &mut Vec<u8>, key: &str, v: &Option<String>) {
+            if let Some(v) = v {
+                field(out, key, v);
+            }
+        }
+        let mut at = Holes::default();
+        out.extend_from_slice(b"{\"action\":");
+        canon::write_str(&self.action, out);
+        field(out, "actor", &self.actor);
+        opt(out, "causation_id", &self.causation_id);
+        opt(out, "client", &self.client);
+        opt(out, "commit", &self.commit);
+        opt(out, "correlation_id", &self.correlation_id);
+        match (&self.detail, holes) {
+            (Some(Value::Object(m)), Some(hole)) => {
+                key(out, "detail");
+                let mut fields: Vec<(&String, &Value)> = m.iter().collect();
+                fields.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                out.push(b'{');
+                for (i, (k, v)) in fields.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    canon::write_str(k, out);
+                    out.push(b':');
+                    if k == hole {
+                        at.revision = out.len();
+                    } else {
+                        out.extend_from_slice(&canon::to_vec(v));
+                    }
+                }
+                out.push(b'}');
+            }
+            (Some(d), _) => {
+                key(out, "detail");
+                out.extend_from_slice(&canon::to_vec(d));
+            }
+            (None, _) => {}
+        }
+        field(out, "env", &self.env);
+        out.extend_from_slice(b",\"hash\":\"");
+        at.hash = out.len();
+        out.push(b'"');
+        field(out, "id", &self.id);
+        opt(out, "job_id", &self.job_id);
+        field(out, "outcome", &self.outcome);
+        opt(out, "plan_id", &self.plan_id);
+        key(out, "prev_hash");
+        at.prev_hash = out.len();
+        if holes.is_none() {
+            canon::write_str(&self.prev_hash, out);
+        }
+        opt(out, "reason", &self.reason);
+        opt(out, "site", &self.site);
+        opt(out, "target", &self.target);
+        key(out, "time");
+        at.time = out.len();
+        if holes.is_none() {
+            canon::write_str(&self.time, out);
+        }
+        out.push(b'}');
+        at
+    }
+
+    /// Sets `hash` and returns the event as stored: its canonical JSON with the hash in place
+    /// (one serialisation for both the hash and the payload).
+    pub fn seal(&mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024);
+        let at = self.write_canonical(&mut out);
+        self.hash = canon::digest(&out);
+        out.splice(at..at, self.hash.bytes());
+        out
+    }
+
+    /// The length of this event's JSON (`serde_json::to_vec`'s: the same fields and values,
+    /// only in another order).
+    fn json_len(&self) -> usize {
+        let mut out = Vec::with_capacity(1024);
+        self.write_canonical(&mut out);
+        out.len() + self.hash.len()
     }
 }
 
@@ -164,6 +264,123 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Offsets into an event's canonical JSON (see [`AuditEvent::write_parts`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Holes {
+    revision: usize,
+    hash: usize,
+    prev_hash: usize,
+    time: usize,
+}
+
+/// An audit event made ready before the write it records is acknowledged ([`Audit::prepare`]):
+/// everything but what is only known when it is sent (the write's revision, the chain head and
+/// the time) is already canonical JSON, so sending it ([`Audit::send_prepared`]) is a few
+/// copies, one SHA-256 and the publish.
+#[derive(Debug)]
+pub struct Prepared {
+    id: String,
+    subject: async_nats::Subject,
+    form: Form,
+}
+
+#[derive(Debug)]
+enum Form {
+    /// The event's canonical JSON with the holes of [`Holes`] (`hash` empty).
+    Parts { json: Vec<u8>, at: Holes },
+    /// An event [`AuditEvent::bounded`] would change (a long field, a large detail): sent
+    /// through [`Audit::send`], with the revision set in its detail then.
+    Event { ev: Box<AuditEvent>, key: String },
+}
+
+impl Prepared {
+    /// See [`Audit::prepare`]; `env` and `client` are the writer's.
+    pub fn new(
+        mut ev: AuditEvent,
+        env: &str,
+        client: Option<&str>,
+        revision_key: &str,
+    ) -> Prepared {
+        let subject = async_nats::Subject::from(subject(env, &ev.action));
+        let id = ev.id.clone();
+        if ev.client.is_none() {
+            ev.client = client.map(str::to_owned);
+        }
+        env.clone_into(&mut ev.env);
+        let has_key = matches!(&ev.detail, Some(Value::Object(m)) if m.contains_key(revision_key));
+        // The parts only for an event `bounded` leaves as it is: byte lengths (never fewer
+        // than characters) under the character limits, the whole well under the size bound.
+        let short = |s: &str, max: usize| s.len() <= max;
+        let fits = has_key
+            && [
+                &ev.site,
+                &ev.commit,
+                &ev.plan_id,
+                &ev.job_id,
+                &ev.correlation_id,
+                &ev.causation_id,
+                &ev.target,
+            ]
+            .iter()
+            .all(|o| o.as_deref().is_none_or(|s| short(s, MAX_TARGET_CHARS)))
+            && short(&ev.id, MAX_TARGET_CHARS)
+            && short(&ev.actor, MAX_TARGET_CHARS)
+            && short(&ev.action, 64)
+            && short(&ev.outcome, 64)
+            && ev
+                .reason
+                .as_deref()
+                .is_none_or(|r| short(r, MAX_REASON_CHARS));
+        if fits {
+            let mut json = Vec::with_capacity(1024);
+            let at = ev.write_parts(&mut json, Some(revision_key));
+            // Room for the revision (20 digits), the time and the two hashes, with margin.
+            if json.len() + 20 + 64 + 2 * 80 <= MAX_EVENT_BYTES - 200 {
+                return Prepared {
+                    id,
+                    subject,
+                    form: Form::Parts { json, at },
+                };
+            }
+        }
+        Prepared {
+            id,
+            subject,
+            form: Form::Event {
+                ev: Box::new(ev),
+                key: revision_key.to_owned(),
+            },
+        }
+    }
+
+    /// The event's id (its `Nats-Msg-Id`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The stored JSON and hash of the event with `revision`, chained to `prev_hash`, at
+    /// `time`; `None` for an event kept whole (sent through [`Audit::send`]).
+    fn assemble(&self, revision: u64, prev_hash: &str, time: &str) -> Option<(Vec<u8>, String)> {
+        let Form::Parts { json, at } = &self.form else {
+            return None;
+        };
+        let mut out = Vec::with_capacity(json.len() + 256);
+        out.extend_from_slice(&json[..at.revision]);
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{revision}");
+        out.extend_from_slice(&json[at.revision..at.hash]);
+        let hash_at = out.len();
+        out.extend_from_slice(&json[at.hash..at.prev_hash]);
+        canon::write_str(prev_hash, &mut out);
+        out.extend_from_slice(&json[at.prev_hash..at.time]);
+        canon::write_str(time, &mut out);
+        out.extend_from_slice(&json[at.time..]);
+        let hash = canon::digest(&out);
+        out.splice(hash_at..hash_at, hash.bytes());
+        Some((out, hash))
+    }
 }
 
 /// A stored event with its stream sequence.
@@ -247,8 +464,7 @@ impl Audit {
         }
         ev.env = self.env.clone();
         ev.prev_hash = self.head.clone();
-        ev.hash = ev.compute_hash();
-        let payload = serde_json::to_vec(&ev).map_err(|e| nats_err("encode audit event", e))?;
+        let payload = ev.seal();
         let fut = self
             .js
             .send_publish(
@@ -260,6 +476,50 @@ impl Audit {
             .await
             .map_err(|e| nats_err("publish audit event", e))?;
         self.head = ev.hash;
+        Ok(fut)
+    }
+
+    /// Prepares `ev` to be sent later with [`Self::send_prepared`], which fills in
+    /// `detail.<revision_key>` (a number; `ev.detail` must be an object holding that key), the
+    /// chain fields and the time. The result is the event [`Self::send`] would have stored.
+    pub fn prepare(&self, ev: AuditEvent, revision_key: &str) -> Prepared {
+        Prepared::new(ev, &self.env, self.client.as_deref(), revision_key)
+    }
+
+    /// Chains a [`Prepared`] event to the head, with `revision` in its detail and the current
+    /// time, and publishes it without waiting for the acknowledgement.
+    pub async fn send_prepared(
+        &mut self,
+        p: Prepared,
+        revision: u64,
+    ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
+        if let Form::Event { mut ev, key } = p.form {
+            if let Some(Value::Object(m)) = &mut ev.detail {
+                m.insert(key, Value::from(revision));
+            }
+            ev.time = now_rfc3339();
+            return self.send(*ev).await;
+        }
+        if let Some(f) = &self.fence {
+            f().map_err(|reason| StoreError::Fenced { reason })?;
+        }
+        let Some((out, hash)) = p.assemble(revision, &self.head, &now_rfc3339()) else {
+            return Err(nats_err(
+                "publish audit event",
+                "prepared event without its parts",
+            ));
+        };
+        let fut = self
+            .js
+            .send_publish(
+                p.subject,
+                jetstream::message::PublishMessage::build()
+                    .payload(out.into())
+                    .message_id(&p.id),
+            )
+            .await
+            .map_err(|e| nats_err("publish audit event", e))?;
+        self.head = hash;
         Ok(fut)
     }
 
@@ -492,5 +752,94 @@ mod tests {
         let mut other = ev.clone();
         other.actor = "bob".into();
         assert_ne!(other.compute_hash(), expected);
+    }
+
+    /// The old way: `serde_json::to_value`, `hash` blanked, canonical bytes.
+    fn via_value(ev: &AuditEvent) -> Vec<u8> {
+        let mut v = serde_json::to_value(ev).unwrap();
+        if let Value::Object(m) = &mut v {
+            m.insert("hash".into(), Value::String(String::new()));
+        }
+        canon::to_vec(&v)
+    }
+
+    #[test]
+    fn the_direct_writer_equals_the_canonical_json_of_the_value() {
+        let mut full = AuditEvent::new("p/cfg/k\"é", "dev", "ada \\ 😀", "kv.heal", "applied");
+        full.site = Some("fra\n1".into());
+        full.client = Some("10.0.0.1:5\u{1}".into());
+        full.target = Some("vakt_dev_config/k</script>".into());
+        full.commit = Some("c".repeat(40));
+        full.plan_id = Some("plan-1".into());
+        full.job_id = Some("job-1".into());
+        full.correlation_id = Some("plan-1".into());
+        full.causation_id = Some("tick-9".into());
+        full.reason = Some("drift: \"x\" \t".into());
+        full.detail = Some(serde_json::json!({
+            "z": 1, "a": {"y": [1.5, null, {"b": true, "a": "é"}], "x": u64::MAX}, "m": -3
+        }));
+        full.prev_hash = GENESIS.into();
+        full.hash = "sha256:stale".into();
+        let bare = AuditEvent::new("", "", "", "", "");
+        for ev in [full, bare] {
+            let mut out = Vec::new();
+            let at = ev.write_canonical(&mut out);
+            assert_eq!(out, via_value(&ev));
+            assert_eq!(&out[at - 8..=at], b"\"hash\":\"\"");
+            assert_eq!(ev.compute_hash(), canon::digest(&via_value(&ev)));
+            // Same length as serde_json's own rendering (what `bounded` measures).
+            assert_eq!(ev.json_len(), serde_json::to_vec(&ev).unwrap().len());
+            // Sealed: the stored bytes read back as the event with its hash, which verifies.
+            let mut sealed = ev.clone();
+            let payload = sealed.seal();
+            let back: AuditEvent = serde_json::from_slice(&payload).unwrap();
+            assert_eq!(back, sealed);
+            assert_eq!(back.compute_hash(), back.hash);
+            assert!(verify_chain(std::slice::from_ref(&back), &ev.prev_hash).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_prepared_event_is_the_event_send_would_store() {
+        let mut ev = AuditEvent::new("plan-1/config/k", "other", "ada", "kv.heal", "applied");
+        ev.plan_id = Some("plan-1".into());
+        ev.target = Some("vakt_dev_config/k\"é".into());
+        ev.reason = Some("drift: \"x\"\n".into());
+        ev.detail = Some(serde_json::json!({
+            "change": "change", "path": "a/b.toml", "from_digest": null, "from_revision": 7,
+            "revision": null, "to_digest": "sha256:1", "fields": ["/x", "/y"],
+        }));
+        let (head, time) = ("sha256:abc", "2026-11-29T20:00:00.5Z");
+        let p = Prepared::new(ev.clone(), "dev", Some("10.0.0.1:5"), "revision");
+        assert_eq!(p.id(), "plan-1/config/k");
+        assert_eq!(p.subject.as_str(), "vakt.audit.dev.kv.heal");
+        let (json, hash) = p.assemble(42, head, time).expect("parts");
+        // What `Audit::send` stores for the same event.
+        let mut want = ev.clone().bounded();
+        want.env = "dev".into();
+        want.client = Some("10.0.0.1:5".into());
+        if let Some(Value::Object(m)) = &mut want.detail {
+            m.insert("revision".into(), 42.into());
+        }
+        want.prev_hash = head.into();
+        want.time = time.into();
+        let stored = want.seal();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            String::from_utf8(stored).unwrap()
+        );
+        assert_eq!(hash, want.hash);
+        // An event `bounded` would cut, or one without the revision key, is kept whole.
+        let mut long = ev.clone();
+        long.target = Some("k".repeat(MAX_TARGET_CHARS + 1));
+        let mut big = ev.clone();
+        big.reason = Some("r".repeat(MAX_REASON_CHARS));
+        big.detail = Some(serde_json::json!({"revision": null, "x": "y".repeat(MAX_EVENT_BYTES)}));
+        let mut bare = ev.clone();
+        bare.detail = None;
+        for e in [long, big, bare] {
+            let p = Prepared::new(e, "dev", None, "revision");
+            assert!(p.assemble(1, head, time).is_none());
+        }
     }
 }
