@@ -7,7 +7,7 @@
 //!   executable (size and modification time: a rebuilt binary never reads an older one's
 //!   entries) and a digest of every kind's JSON Schema. A blob id names its content, so an
 //!   entry can never be stale; a different fingerprint makes the whole file a miss.
-//! * **Value**: the parsed value (compact JSON), or the findings that refused the file, plus the
+//! * **Value**: the parsed value (a tagged binary form), or the findings that refused the file, plus the
 //!   file's secret-scan findings. Findings are stored without their path; the path is attached
 //!   again on load (a blob may live at several paths).
 //! * **Files**: one file, `validate-v1.bin` (header, index, data), read whole with one `read` and
@@ -190,13 +190,58 @@ fn put_findings(out: &mut Vec<u8>, path: &str, f: &[Finding]) -> Option<()> {
     Some(())
 }
 
+/// Deepest value decoded (parsed documents are limited to 64 levels).
+const MAX_DEPTH: usize = 128;
+
+/// A value in a tagged binary form (about twice as fast to decode as JSON text: no escapes, no
+/// number parsing).
+fn put_value(out: &mut Vec<u8>, v: &Value) -> Option<()> {
+    match v {
+        Value::Null => out.push(0),
+        Value::Bool(false) => out.push(1),
+        Value::Bool(true) => out.push(2),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                out.push(3);
+                out.extend_from_slice(&u.to_le_bytes());
+            } else if let Some(i) = n.as_i64() {
+                out.push(4);
+                out.extend_from_slice(&i.to_le_bytes());
+            } else {
+                out.push(5);
+                out.extend_from_slice(&n.as_f64()?.to_le_bytes());
+            }
+        }
+        Value::String(s) => {
+            out.push(6);
+            put_bytes(out, s.as_bytes())?;
+        }
+        Value::Array(a) => {
+            out.push(7);
+            put_u32(out, u32::try_from(a.len()).ok()?);
+            for v in a {
+                put_value(out, v)?;
+            }
+        }
+        Value::Object(m) => {
+            out.push(8);
+            put_u32(out, u32::try_from(m.len()).ok()?);
+            for (k, v) in m {
+                put_bytes(out, k.as_bytes())?;
+                put_value(out, v)?;
+            }
+        }
+    }
+    Some(())
+}
+
 /// Encodes an entry of the file at `path`; `None` if it cannot be stored path-independently.
 pub(crate) fn encode_entry(e: &Entry, path: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     match &e.outcome {
         Outcome::Doc(v) => {
             out.push(0);
-            put_bytes(&mut out, &serde_json::to_vec(v).ok()?)?;
+            put_value(&mut out, v)?;
         }
         Outcome::Failed(f, id) => {
             out.push(1);
@@ -243,6 +288,48 @@ impl<'a> Reader<'a> {
     fn str(&mut self) -> Option<&'a str> {
         std::str::from_utf8(self.bytes()?).ok()
     }
+    fn value(&mut self, depth: usize) -> Option<Value> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        let n8 = |r: &mut Self| -> Option<[u8; 8]> { r.take(8)?.try_into().ok() };
+        Some(match self.u8()? {
+            0 => Value::Null,
+            1 => Value::Bool(false),
+            2 => Value::Bool(true),
+            3 => Value::from(u64::from_le_bytes(n8(self)?)),
+            4 => Value::from(i64::from_le_bytes(n8(self)?)),
+            5 => Value::Number(serde_json::Number::from_f64(f64::from_le_bytes(n8(self)?))?),
+            6 => Value::String(self.str()?.to_owned()),
+            7 => {
+                let n = self.u32()? as usize;
+                if n > self.b.len() {
+                    return None;
+                }
+                let mut a = Vec::with_capacity(n);
+                for _ in 0..n {
+                    a.push(self.value(depth + 1)?);
+                }
+                Value::Array(a)
+            }
+            8 => {
+                let n = self.u32()? as usize;
+                // A member takes at least 5 bytes (key length and a tag).
+                if n > self.b.len() / 5 {
+                    return None;
+                }
+                let mut m = serde_json::Map::with_capacity(n);
+                for _ in 0..n {
+                    let k = self.str()?.to_owned();
+                    let v = self.value(depth + 1)?;
+                    m.insert(k, v);
+                }
+                Value::Object(m)
+            }
+            _ => return None,
+        })
+    }
+
     fn findings(&mut self, path: &str) -> Option<Vec<Finding>> {
         let n = self.u32()? as usize;
         // Every finding takes at least 21 bytes: a count beyond that is corruption.
@@ -281,7 +368,7 @@ impl<'a> Reader<'a> {
 pub(crate) fn decode_entry(b: &[u8], path: &str) -> Option<Entry> {
     let mut r = Reader { b };
     let outcome = match r.u8()? {
-        0 => Outcome::Doc(serde_json::from_slice(r.bytes()?).ok()?),
+        0 => Outcome::Doc(r.value(0)?),
         1 => {
             let f = r.findings(path)?;
             let id = match r.u8()? {
@@ -322,12 +409,8 @@ impl CacheFile {
         f.take(max_bytes)
             .read_to_end(&mut buf)
             .map_err(|e| e.to_string())?;
-        Self::parse(buf, fp).ok_or_else(|| {
-            format!(
-                "{} is from another vakt build or damaged",
-                path.display()
-            )
-        })
+        Self::parse(buf, fp)
+            .ok_or_else(|| format!("{} is from another vakt build or damaged", path.display()))
     }
 
     fn parse(buf: Vec<u8>, fp: &[u8; 32]) -> Option<CacheFile> {
@@ -579,7 +662,11 @@ pub fn parse_commit(
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
     let listing = source::list_commit(repo_path, rev)?;
     let repo = &listing.repo;
-    tracing::debug!(ms = ms(t0), files = listing.files.len(), "cache: tree listed");
+    tracing::debug!(
+        ms = ms(t0),
+        files = listing.files.len(),
+        "cache: tree listed"
+    );
     let dir = opts
         .dir
         .clone()
@@ -765,7 +852,9 @@ fn hit(
     let text = {
         let repo_path = repo_path.to_owned();
         let path = path.to_owned();
-        Arc::new(LazyText::deferred(move || blob_text(&repo_path, oid, &path)))
+        Arc::new(LazyText::deferred(move || {
+            blob_text(&repo_path, oid, &path)
+        }))
     };
     let result = match entry.outcome {
         Outcome::Doc(v) => Ok(Some(SourceDoc::from_cache(path, kind, v, text.clone()))),
@@ -806,8 +895,25 @@ mod tests {
         let Outcome::Doc(b) = back.outcome else {
             panic!("not a doc")
         };
-        assert_eq!(serde_json::to_string(&b).unwrap(), serde_json::to_string(&v).unwrap());
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            serde_json::to_string(&v).unwrap()
+        );
         assert!(b["f"].is_f64() && b["a"][2].is_u64());
+    }
+
+    #[test]
+    fn values_deeper_than_the_bound_are_misses() {
+        let mut v = Value::Null;
+        for _ in 0..=MAX_DEPTH + 1 {
+            v = Value::Array(vec![v]);
+        }
+        let e = Entry {
+            outcome: Outcome::Doc(v),
+            scans: vec![],
+        };
+        let bytes = encode_entry(&e, "a.json").unwrap();
+        assert!(decode_entry(&bytes, "a.json").is_none());
     }
 
     #[test]
@@ -817,7 +923,12 @@ mod tests {
             .severity(Severity::Warning);
         let e = Entry {
             outcome: Outcome::Failed(vec![f.clone()], Some("t-1".into())),
-            scans: vec![Finding::new("secret.value", "a/b.toml", Pos::default(), "key")],
+            scans: vec![Finding::new(
+                "secret.value",
+                "a/b.toml",
+                Pos::default(),
+                "key",
+            )],
         };
         let bytes = encode_entry(&e, "a/b.toml").unwrap();
         let back = decode_entry(&bytes, "c/d.toml").unwrap();
@@ -826,8 +937,14 @@ mod tests {
         };
         assert_eq!(id.as_deref(), Some("t-1"));
         assert_eq!(fs[0].path, "c/d.toml");
-        assert_eq!((fs[0].line, fs[0].col, fs[0].severity), (3, 7, Severity::Warning));
-        assert_eq!((fs[0].message.as_str(), fs[0].help.as_str()), ("bad", "fix it"));
+        assert_eq!(
+            (fs[0].line, fs[0].col, fs[0].severity),
+            (3, 7, Severity::Warning)
+        );
+        assert_eq!(
+            (fs[0].message.as_str(), fs[0].help.as_str()),
+            ("bad", "fix it")
+        );
         assert_eq!(back.scans[0].path, "c/d.toml");
     }
 
@@ -848,10 +965,15 @@ mod tests {
     }
 
     #[test]
-    fn every_truncation_and_byte_flip_is_rejected_or_exact() {
+    fn every_truncation_is_rejected() {
         let e = Entry {
             outcome: Outcome::Failed(
-                vec![Finding::new("schema.invalid", "a.toml", Pos { line: 2, col: 1 }, "m")],
+                vec![Finding::new(
+                    "schema.invalid",
+                    "a.toml",
+                    Pos { line: 2, col: 1 },
+                    "m",
+                )],
                 Some("id".into()),
             ),
             scans: vec![],
@@ -878,7 +1000,9 @@ mod tests {
     fn cache_file_round_trips_and_rejects_damage() {
         let dir = tempfile::tempdir().unwrap();
         let fp = [7u8; 32];
-        let entries: Vec<(Key, Vec<u8>)> = (0..50).map(|n| (key(n), vec![n; 10 + n as usize])).collect();
+        let entries: Vec<(Key, Vec<u8>)> = (0..50)
+            .map(|n| (key(n), vec![n; 10 + n as usize]))
+            .collect();
         let (n, bytes) = write_file(
             dir.path(),
             &fp,

@@ -875,7 +875,9 @@ impl LazyText {
     }
 
     /// A text `load` reads on first use (`None`: it could not be read).
-    pub fn deferred(load: impl Fn() -> Option<std::sync::Arc<str>> + Send + Sync + 'static) -> LazyText {
+    pub fn deferred(
+        load: impl Fn() -> Option<std::sync::Arc<str>> + Send + Sync + 'static,
+    ) -> LazyText {
         LazyText {
             cell: std::sync::OnceLock::new(),
             load: Box::new(load),

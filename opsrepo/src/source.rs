@@ -535,7 +535,11 @@ pub fn resolve_commit<'r>(
 }
 
 /// Reads one blob, refusing one larger than [`MAX_FILE_BYTES`] unread.
-pub fn read_blob(repo: &gix::Repository, oid: gix::ObjectId, path: &str) -> Result<Vec<u8>, Finding> {
+pub fn read_blob(
+    repo: &gix::Repository,
+    oid: gix::ObjectId,
+    path: &str,
+) -> Result<Vec<u8>, Finding> {
     let header = repo
         .find_header(oid)
         .map_err(|e| Finding::new("input.unreadable", path, Pos::default(), e.to_string()))?;
