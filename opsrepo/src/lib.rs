@@ -1,6 +1,7 @@
 //! The ops repo: a typed model of every document kind, read from a work tree or a Git commit,
 //! with schema and governance validation that reports findings with source spans.
 
+pub mod cache;
 pub mod diag;
 #[cfg(feature = "http")]
 pub mod http;

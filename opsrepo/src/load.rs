@@ -24,12 +24,12 @@ pub struct SourceDoc {
     pub env: Option<String>,
     /// The path of the base document this overlays (the path itself for base documents).
     pub base_path: String,
-    pub text: Arc<str>,
     pub value: Stored,
     /// Findings of the value scan for literal credentials, made while the parsed tree was at
     /// hand (the value may be kept as compact JSON afterwards).
     pub secret_findings: Vec<Finding>,
-    /// Source positions, computed when a finding first needs one.
+    /// Source positions, computed when a finding first needs one; they hold the file's text
+    /// ([`SourceDoc::text`]).
     pub spans: Arc<LazySpans>,
     /// The typed document built from this file alone, shared by every view that does not
     /// overlay it (views are built in parallel; the first one to need it builds it).
@@ -37,6 +37,35 @@ pub struct SourceDoc {
 }
 
 impl SourceDoc {
+    /// The file's text. A document from the validation cache has it read from Git now (runbook
+    /// texts are always read); `None` if that fails.
+    pub fn text(&self) -> Option<Arc<str>> {
+        self.spans.text()
+    }
+
+    /// A document whose parse and schema check came from the validation cache
+    /// ([`crate::cache`]); its text is read only if something asks for it.
+    pub(crate) fn from_cache(
+        path: &str,
+        kind: Kind,
+        value: Value,
+        text: Arc<parse::LazyText>,
+    ) -> SourceDoc {
+        let (env, base_path) = split_env(path);
+        let format = Format::from_path(path).unwrap_or(Format::Toml);
+        SourceDoc {
+            path: path.to_owned(),
+            kind,
+            value: Stored::keep(kind, env.is_some(), value),
+            env,
+            base_path,
+            // The cache keeps a file's scan findings with its entry (`Parsed0::prescanned`).
+            secret_findings: Vec::new(),
+            spans: Arc::new(LazySpans::with_text(path, format, text)),
+            shared: OnceLock::new(),
+        }
+    }
+
     /// The spans of this file alone, on the side (base or overlay) it belongs to.
     pub fn own_spans(&self) -> DocSpans {
         let own = Some((self.path.clone(), self.spans.clone()));
@@ -209,6 +238,11 @@ pub struct Parsed0 {
     pub texts: HashMap<String, Arc<str>>,
     /// Ids declared by base documents that failed their schema.
     pub broken_ids: BTreeSet<String>,
+    /// Texts not read yet (documents from the validation cache), read if a finding names them.
+    pub deferred_texts: HashMap<String, Arc<parse::LazyText>>,
+    /// The per-file secret scans already ran and their findings are in `findings` (the cached
+    /// parse keeps them with each file), so validation must not scan `texts` again.
+    pub prescanned: bool,
 }
 
 /// The parsed values of a commit alone, for compiling once validation has run.
@@ -306,6 +340,14 @@ fn deeper_than(v: &Value, limit: usize) -> bool {
 }
 
 impl Parsed0 {
+    /// The text of a file, read now if it was deferred.
+    pub fn text_of(&self, path: &str) -> Option<Arc<str>> {
+        self.texts
+            .get(path)
+            .cloned()
+            .or_else(|| self.deferred_texts.get(path)?.get().cloned())
+    }
+
     /// Keeps the values and drops the rest: texts, source positions and the typed documents
     /// cached for views. A compile needs none of them, and on a large repo they are about half
     /// of what the parse holds (the peak memory of a one-off apply).
@@ -333,13 +375,11 @@ pub fn parse_all(files: &RepoFiles) -> Parsed0 {
         ..Default::default()
     };
     // The manifest first: its bindings decide the kind of other paths.
-    if let Some(raw) = files.files.iter().find(|f| f.path == "vakt.toml")
-        && let Ok(bytes) = &raw.content
-        && let Ok(text) = parse::decode(&raw.path, bytes)
-        && let Ok(p) = parse::parse(&raw.path, Format::Toml, text)
-    {
-        out.manifest = serde_json::from_value(p.value).ok();
-    }
+    out.manifest = files
+        .files
+        .iter()
+        .find(|f| f.path == "vakt.toml")
+        .and_then(manifest_of);
     let bindings = out
         .manifest
         .as_ref()
@@ -383,6 +423,14 @@ pub fn parse_all(files: &RepoFiles) -> Parsed0 {
     out
 }
 
+/// The manifest read leniently from `vakt.toml` (its own findings come from its parse).
+pub(crate) fn manifest_of(raw: &crate::source::RawFile) -> Option<Manifest> {
+    let bytes = raw.content.as_ref().ok()?;
+    let text = parse::decode(&raw.path, bytes).ok()?;
+    let p = parse::parse(&raw.path, Format::Toml, text).ok()?;
+    serde_json::from_value(p.value).ok()
+}
+
 /// The id a document declares, read leniently from its raw value.
 fn declared_id(v: &Value) -> Option<String> {
     ["id", "name", "uid", "tenant"]
@@ -390,7 +438,7 @@ fn declared_id(v: &Value) -> Option<String> {
         .find_map(|k| v.get(*k)?.as_str().map(str::to_owned))
 }
 
-enum ParseFail {
+pub(crate) enum ParseFail {
     Findings(Vec<Finding>),
     Schema(Vec<Finding>, Option<String>),
 }
@@ -401,7 +449,7 @@ impl From<Vec<Finding>> for ParseFail {
     }
 }
 
-fn parse_one(
+pub(crate) fn parse_one(
     raw: &crate::source::RawFile,
     bindings: &[Binding],
     text_arc: Option<Arc<str>>,
@@ -409,13 +457,8 @@ fn parse_one(
     {
         {
             let bytes = raw.content.as_ref().map_err(|f| vec![f.clone()])?;
-            let (env, base_path) = match split_overlay(&raw.path) {
-                Some((env, rest)) => (Some(env.to_owned()), rest.to_owned()),
-                None => (None, raw.path.clone()),
-            };
-            let Some(kind) =
-                kind_of_base_path(&base_path, bindings).or_else(|| subfolder_kind(&base_path))
-            else {
+            let (env, base_path) = split_env(&raw.path);
+            let Some(kind) = kind_of(&base_path, bindings) else {
                 return Err(ParseFail::Findings(vec![Finding::new(
                     "input.unknown-file",
                     &raw.path,
@@ -451,8 +494,7 @@ fn parse_one(
                 kind,
                 env,
                 base_path,
-                spans: Arc::new(LazySpans::new(&raw.path, format, text.clone())),
-                text,
+                spans: Arc::new(LazySpans::new(&raw.path, format, text)),
                 value: Stored::Tree(Arc::new(Value::Null)),
                 secret_findings: Vec::new(),
                 shared: OnceLock::new(),
@@ -470,8 +512,8 @@ fn parse_one(
                 }
             }
             // Credentials in values, once per file (a view's merged document holds only values
-            // of its base and its overlay). Rule files and dashboards hold expressions, and
-            // their rules check them.
+            // of its base and its overlay). Dashboards and rule files hold queries, not
+            // credentials; runbooks have their text scanned.
             if !matches!(kind, Kind::Dashboard | Kind::AlertRules | Kind::Runbook) {
                 let spans = doc.own_spans();
                 let locate = |ptr: &str| {
@@ -484,6 +526,19 @@ fn parse_one(
             Ok(Some(doc))
         }
     }
+}
+
+/// `(Some(env), base path)` for a file under `environments/<env>/`, else `(None, path)`.
+pub(crate) fn split_env(path: &str) -> (Option<String>, String) {
+    match split_overlay(path) {
+        Some((env, rest)) => (Some(env.to_owned()), rest.to_owned()),
+        None => (None, path.to_owned()),
+    }
+}
+
+/// The kind of a base path: the manifest's bindings, the built-in layout, then subfolders.
+pub(crate) fn kind_of(base_path: &str, bindings: &[Binding]) -> Option<Kind> {
+    kind_of_base_path(base_path, bindings).or_else(|| subfolder_kind(base_path))
 }
 
 /// Rule files and dashboards in subfolders of `alerts/` and `dashboards/` are discovered and
@@ -665,7 +720,7 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
         if base.kind == Kind::Runbook {
             model.runbooks.push(RunbookDoc {
                 path: base.path.clone(),
-                text: base.text.clone(),
+                text: base.text().unwrap_or_else(|| Arc::from("")),
             });
             continue;
         }

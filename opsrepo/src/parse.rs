@@ -856,6 +856,54 @@ mod tests {
     }
 }
 
+/// The text of a file, read when first needed: a document whose parse came from the validation
+/// cache (`crate::cache`) has its text read from Git only if a finding has to point into it.
+pub struct LazyText {
+    cell: std::sync::OnceLock<Option<std::sync::Arc<str>>>,
+    load: Box<dyn Fn() -> Option<std::sync::Arc<str>> + Send + Sync>,
+}
+
+impl LazyText {
+    /// A text that is already in memory.
+    pub fn loaded(text: std::sync::Arc<str>) -> LazyText {
+        let cell = std::sync::OnceLock::new();
+        let _ = cell.set(Some(text));
+        LazyText {
+            cell,
+            load: Box::new(|| None),
+        }
+    }
+
+    /// A text `load` reads on first use (`None`: it could not be read).
+    pub fn deferred(
+        load: impl Fn() -> Option<std::sync::Arc<str>> + Send + Sync + 'static,
+    ) -> LazyText {
+        LazyText {
+            cell: std::sync::OnceLock::new(),
+            load: Box::new(load),
+        }
+    }
+
+    pub fn get(&self) -> Option<&std::sync::Arc<str>> {
+        self.cell.get_or_init(|| (self.load)()).as_ref()
+    }
+
+    /// Whether the text is in memory already (nothing to read).
+    pub fn is_loaded(&self) -> bool {
+        self.cell.get().is_some()
+    }
+}
+
+impl std::fmt::Debug for LazyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.cell.get() {
+            Some(Some(t)) => write!(f, "LazyText({} bytes)", t.len()),
+            Some(None) => f.write_str("LazyText(unreadable)"),
+            None => f.write_str("LazyText(not read)"),
+        }
+    }
+}
+
 /// The source positions of one file, computed the first time a finding asks for one: parsing
 /// every document of a large repo with its positions doubles what validation holds in memory,
 /// and a clean document never needs them.
@@ -863,12 +911,17 @@ mod tests {
 pub struct LazySpans {
     path: String,
     format: Format,
-    text: std::sync::Arc<str>,
+    text: std::sync::Arc<LazyText>,
     cell: std::sync::OnceLock<Spans>,
 }
 
 impl LazySpans {
     pub fn new(path: &str, format: Format, text: std::sync::Arc<str>) -> LazySpans {
+        Self::with_text(path, format, std::sync::Arc::new(LazyText::loaded(text)))
+    }
+
+    /// Spans over a text that may not be read yet.
+    pub fn with_text(path: &str, format: Format, text: std::sync::Arc<LazyText>) -> LazySpans {
         LazySpans {
             path: path.to_owned(),
             format,
@@ -877,10 +930,22 @@ impl LazySpans {
         }
     }
 
+    /// The file's text (read now if it was deferred; `None` if it cannot be read).
+    pub fn text(&self) -> Option<std::sync::Arc<str>> {
+        self.text.get().cloned()
+    }
+
+    /// The shared handle to the file's text.
+    pub fn lazy_text(&self) -> &std::sync::Arc<LazyText> {
+        &self.text
+    }
+
     /// The positions (parsed again, once, with positions recorded).
     pub fn get(&self) -> &Spans {
         self.cell.get_or_init(|| {
-            parse(&self.path, self.format, &self.text)
+            self.text
+                .get()
+                .and_then(|t| parse(&self.path, self.format, t).ok())
                 .map(|p| p.spans)
                 .unwrap_or_default()
         })

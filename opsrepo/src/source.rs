@@ -97,11 +97,13 @@ pub fn check_path_name(path: &str) -> Option<String> {
 fn bad_path(path: &str, why: String) -> RawFile {
     RawFile {
         path: sanitize_path(path),
-        content: Err(
-            Finding::new("input.bad-path", sanitize_path(path), Pos::default(), why)
-                .help("rename the file to a plain name (letters, digits, `-`, `_`, `.`)"),
-        ),
+        content: Err(bad_path_finding(path, why)),
     }
+}
+
+fn bad_path_finding(path: &str, why: String) -> Finding {
+    Finding::new("input.bad-path", sanitize_path(path), Pos::default(), why)
+        .help("rename the file to a plain name (letters, digits, `-`, `_`, `.`)")
 }
 
 /// Makes a path printable: control characters become `\u{..}` escapes.
@@ -350,24 +352,73 @@ fn dangling(rel: &str, to: &str, why: &str) -> Finding {
 
 /// Reads the ops repo files of a commit, without a checkout. `rev` is a branch, tag or sha.
 pub fn read_commit(repo_path: &Path, rev: &str) -> Result<RepoFiles, SourceError> {
+    let listing = list_commit(repo_path, rev)?;
+    let repo = &listing.repo;
+    let files: Vec<RawFile> = listing
+        .files
+        .into_iter()
+        .map(|f| RawFile {
+            content: f.blob.and_then(|oid| read_blob(repo, oid, &f.path)),
+            path: f.path,
+        })
+        .collect();
+    Ok(RepoFiles {
+        origin: listing.origin,
+        files,
+    })
+}
+
+/// A file of a commit before its content is read: its blob id (a symlink's is its target's),
+/// or why it is refused.
+#[derive(Debug, Clone)]
+pub struct ListedFile {
+    /// `/`-separated path relative to the repository root.
+    pub path: String,
+    pub blob: Result<gix::ObjectId, Finding>,
+}
+
+/// The ops repo files of a commit, listed from its tree without reading their blobs.
+pub struct CommitListing {
+    pub origin: Origin,
+    /// Sorted by path.
+    pub files: Vec<ListedFile>,
+    /// The opened repository, to read blobs from.
+    pub repo: gix::Repository,
+}
+
+impl ListedFile {
+    /// A path refused by its name.
+    fn bad_path(path: &str, why: String) -> ListedFile {
+        ListedFile {
+            path: sanitize_path(path),
+            blob: Err(bad_path_finding(path, why)),
+        }
+    }
+}
+
+/// Lists the ops repo files of a commit with their blob ids (the tree walk of [`read_commit`]:
+/// same path checks, symlinks resolved inside the commit). Reads no blob but symlink targets.
+pub fn list_commit(repo_path: &Path, rev: &str) -> Result<CommitListing, SourceError> {
     let repo = gix::open(repo_path).map_err(|e| SourceError::OpenRepo {
         path: repo_path.to_owned(),
         message: e.to_string(),
     })?;
-    let commit = resolve_commit(&repo, rev)?;
-    let id = commit.id.to_string();
-    let tree = commit.tree().map_err(|e| SourceError::Tree {
-        rev: rev.to_owned(),
-        message: e.to_string(),
-    })?;
-    let entries = tree
-        .traverse()
-        .breadthfirst
-        .files()
-        .map_err(|e| SourceError::Tree {
+    let (id, entries) = {
+        let commit = resolve_commit(&repo, rev)?;
+        let tree = commit.tree().map_err(|e| SourceError::Tree {
             rev: rev.to_owned(),
             message: e.to_string(),
         })?;
+        let entries = tree
+            .traverse()
+            .breadthfirst
+            .files()
+            .map_err(|e| SourceError::Tree {
+                rev: rev.to_owned(),
+                message: e.to_string(),
+            })?;
+        (commit.id.to_string(), entries)
+    };
     let by_path: std::collections::HashMap<String, gix::ObjectId> = entries
         .iter()
         .filter(|e| e.mode.is_blob())
@@ -382,7 +433,7 @@ pub fn read_commit(repo_path: &Path, rev: &str) -> Result<RepoFiles, SourceError
             path: PathBuf::from(format!("{}@{rev}", repo_path.display())),
         });
     }
-    let mut files = Vec::new();
+    let mut files: Vec<ListedFile> = Vec::new();
     for e in &entries {
         if e.mode.is_tree() || e.mode.is_commit() {
             continue;
@@ -390,7 +441,10 @@ pub fn read_commit(repo_path: &Path, rev: &str) -> Result<RepoFiles, SourceError
         let Ok(path) = std::str::from_utf8(&e.filepath) else {
             let lossy = String::from_utf8_lossy(&e.filepath).into_owned();
             if in_layout(&lossy) {
-                files.push(bad_path(&lossy, "file name is not valid UTF-8".into()));
+                files.push(ListedFile::bad_path(
+                    &lossy,
+                    "file name is not valid UTF-8".into(),
+                ));
             }
             continue;
         };
@@ -398,7 +452,7 @@ pub fn read_commit(repo_path: &Path, rev: &str) -> Result<RepoFiles, SourceError
             continue;
         }
         if let Some(why) = check_path_name(path) {
-            files.push(bad_path(path, why));
+            files.push(ListedFile::bad_path(path, why));
             continue;
         }
         if path.rsplit('/').next().is_some_and(|n| n.starts_with('.')) {
@@ -409,9 +463,9 @@ pub fn read_commit(repo_path: &Path, rev: &str) -> Result<RepoFiles, SourceError
             let target = match target {
                 Ok(t) => String::from_utf8_lossy(&t).into_owned(),
                 Err(f) => {
-                    files.push(RawFile {
+                    files.push(ListedFile {
                         path: path.to_owned(),
-                        content: Err(f),
+                        blob: Err(f),
                     });
                     continue;
                 }
@@ -423,16 +477,16 @@ pub fn read_commit(repo_path: &Path, rev: &str) -> Result<RepoFiles, SourceError
             ) {
                 (_, Some(oid)) => *oid,
                 (Some(to), None) => {
-                    files.push(RawFile {
+                    files.push(ListedFile {
                         path: path.to_owned(),
-                        content: Err(dangling(path, to, "not in this commit")),
+                        blob: Err(dangling(path, to, "not in this commit")),
                     });
                     continue;
                 }
                 (None, None) => {
-                    files.push(RawFile {
+                    files.push(ListedFile {
                         path: path.to_owned(),
-                        content: Err(Finding::new(
+                        blob: Err(Finding::new(
                             "input.symlink-escape",
                             path,
                             Pos::default(),
@@ -446,20 +500,20 @@ pub fn read_commit(repo_path: &Path, rev: &str) -> Result<RepoFiles, SourceError
         } else {
             e.oid
         };
-        let content = read_blob(&repo, oid, path);
-        files.push(RawFile {
+        files.push(ListedFile {
             path: path.to_owned(),
-            content,
+            blob: Ok(oid),
         });
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(RepoFiles {
+    Ok(CommitListing {
         origin: Origin::Commit {
             repo: repo_path.to_owned(),
             rev: rev.to_owned(),
             id,
         },
         files,
+        repo,
     })
 }
 
@@ -480,7 +534,12 @@ pub fn resolve_commit<'r>(
     obj.peel_to_commit().map_err(|e| err(e.to_string()))
 }
 
-fn read_blob(repo: &gix::Repository, oid: gix::ObjectId, path: &str) -> Result<Vec<u8>, Finding> {
+/// Reads one blob, refusing one larger than [`MAX_FILE_BYTES`] unread.
+pub fn read_blob(
+    repo: &gix::Repository,
+    oid: gix::ObjectId,
+    path: &str,
+) -> Result<Vec<u8>, Finding> {
     let header = repo
         .find_header(oid)
         .map_err(|e| Finding::new("input.unreadable", path, Pos::default(), e.to_string()))?;

@@ -57,19 +57,30 @@ pub fn validate_with_commands(
     opts: &ValidateOptions,
     commands: &dyn rules::commands::CommandChecker,
 ) -> Report {
-    let parsed = parse_all(files);
-    let mut report = validate_parsed(&parsed, opts);
+    validate_parsed_with_commands(&parse_all(files), opts, commands)
+}
+
+/// [`validate_with_commands`] on an already parsed repo (the parse of a commit may come from
+/// the validation cache, [`crate::cache::parse_commit`]).
+pub fn validate_parsed_with_commands(
+    parsed: &Parsed0,
+    opts: &ValidateOptions,
+    commands: &dyn rules::commands::CommandChecker,
+) -> Report {
+    let mut report = validate_parsed(parsed, opts);
     let mut extra = Vec::new();
     for d in parsed
         .docs
         .iter()
         .filter(|d| d.kind == Kind::Runbook && d.env.is_none())
     {
-        rules::commands::check(&d.path, &d.text, commands, &mut extra);
+        if let Some(text) = d.text() {
+            rules::commands::check(&d.path, &text, commands, &mut extra);
+        }
     }
     for f in &extra {
-        if let Some(t) = parsed.texts.get(&f.path) {
-            report.texts.insert(f.path.clone(), t.clone());
+        if let Some(t) = parsed.text_of(&f.path) {
+            report.texts.insert(f.path.clone(), t);
         }
     }
     report.findings.extend(extra);
@@ -91,9 +102,14 @@ pub fn validate_parsed(parsed: &Parsed0, opts: &ValidateOptions) -> Report {
 pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report, Option<Model>) {
     let ctx = RuleContext { today: opts.today };
     let mut findings = parsed.findings.clone();
-    // Raw-text secret scan over every decoded file, in parallel.
-    let text_findings: Vec<Finding> = parsed
-        .texts
+    // Raw-text secret scan over every decoded file, in parallel (unless the parse did it).
+    let no_texts = HashMap::new();
+    let texts = if parsed.prescanned {
+        &no_texts
+    } else {
+        &parsed.texts
+    };
+    let text_findings: Vec<Finding> = texts
         .par_iter()
         .flat_map_iter(|(p, t)| {
             let mut out = Vec::new();
@@ -103,7 +119,8 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
         .collect();
     findings.extend(text_findings);
     // The value scan ran once per file while it was parsed (`SourceDoc::secret_findings`): a
-    // view's merged document holds only values of its base and its overlay.
+    // view's merged document holds only values of its base and its overlay. Documents from
+    // the validation cache have theirs in `parsed.findings` already.
     findings.extend(
         parsed
             .docs
@@ -175,7 +192,7 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
         // Only the files a finding names: the human format shows their offending lines.
         texts: findings
             .iter()
-            .filter_map(|f| Some((f.path.clone(), parsed.texts.get(&f.path)?.clone())))
+            .filter_map(|f| Some((f.path.clone(), parsed.text_of(&f.path)?)))
             .collect(),
         findings,
     };

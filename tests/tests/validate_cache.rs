@@ -1,0 +1,347 @@
+//! The validation cache of `vakt validate --rev`: parses cached by blob id must give exactly the
+//! findings a run without the cache gives, whatever happened to the cache (changed blobs,
+//! deleted, truncated or corrupt cache files, concurrent runs).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vakt_tests::{TODAY, copy_bundled, git, outcome, vakt_bin};
+
+/// Exit code, stdout and stderr of `vakt validate --repo REPO --rev REV --now TODAY ARGS`, with
+/// `VAKT_LOG=opsrepo=debug,vakt=debug` so stderr carries the cache statistics.
+fn validate(repo: &Path, rev: &str, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = Command::new(vakt_bin());
+    c.args(["validate", "--repo"])
+        .arg(repo)
+        .args(["--rev", rev, "--now", TODAY])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("VAKT_LOG", "debug")
+        .env_remove("VAKT_REPO")
+        .env_remove("VAKT_CACHE_DIR");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    outcome(&c.output().expect("run vakt"))
+}
+
+/// `hits=` and `misses=` of the cache statistics line on stderr.
+fn stats(stderr: &str) -> (usize, usize) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("validation cache"))
+        .unwrap_or_else(|| panic!("no cache statistics on stderr:\n{stderr}"));
+    let num = |key: &str| -> usize {
+        let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+        line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} in {line}"))
+    };
+    (num(" hits="), num(" misses="))
+}
+
+/// Asserts that the cached run and the `--no-cache` run report exactly the same, in JSON and in
+/// the human format (which shows the offending lines, read lazily for cached files). Returns
+/// the cached run's JSON findings and its stderr.
+fn same_as_uncached(
+    repo: &Path,
+    rev: &str,
+    envs: &[(&str, &str)],
+) -> (Vec<serde_json::Value>, String) {
+    let (code_c, json_c, err_c) = validate(repo, rev, &["--format", "json"], envs);
+    let (code_n, json_n, err_n) = validate(repo, rev, &["--format", "json", "--no-cache"], envs);
+    assert_eq!(
+        json_c, json_n,
+        "cached vs --no-cache JSON\ncached stderr: {err_c}\nuncached stderr: {err_n}"
+    );
+    assert_eq!(code_c, code_n);
+    assert!(
+        !err_n.contains("validation cache"),
+        "--no-cache used the cache: {err_n}"
+    );
+    assert!(
+        !err_c.contains("ERROR") && !err_c.contains("WARN"),
+        "the cached run complained: {err_c}"
+    );
+    let (_, human_c, _) = validate(repo, rev, &[], envs);
+    let (_, human_n, _) = validate(repo, rev, &["--no-cache"], envs);
+    assert_eq!(human_c, human_n, "cached vs --no-cache human output");
+    let v: serde_json::Value = serde_json::from_str(&json_c).expect("json");
+    (v["findings"].as_array().cloned().unwrap_or_default(), err_c)
+}
+
+fn has(findings: &[serde_json::Value], rule: &str, path: &str) -> bool {
+    findings
+        .iter()
+        .any(|f| f["rule"] == rule && f["path"] == path)
+}
+
+/// A Git repository of the bundled ops repo with one commit.
+fn repo() -> tempfile::TempDir {
+    let dir = copy_bundled();
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    commit(dir.path(), "bundled");
+    dir
+}
+
+fn commit(dir: &Path, msg: &str) {
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "--allow-empty", "-m", msg]);
+}
+
+fn edit(dir: &Path, path: &str, from: &str, to: &str) {
+    let p = dir.join(path);
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "{path}: `{from}` not found");
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+}
+
+fn cache_file(repo: &Path) -> PathBuf {
+    repo.join(".git/vakt/cache/validate-v1.bin")
+}
+
+#[test]
+fn a_changed_blob_is_parsed_again_and_findings_match_the_uncached_run() {
+    let dir = repo();
+    let r = dir.path();
+    // Cold, then warm: the second run parses nothing cacheable.
+    let (f0, err) = same_as_uncached(r, "HEAD", &[]);
+    assert!(cache_file(r).is_file(), "no cache written: {err}");
+    let (_, _, err) = validate(r, "HEAD", &["--format", "json"], &[]);
+    let (hits, misses) = stats(&err);
+    assert!(
+        hits > 50 && misses == 0,
+        "warm run: {hits} hits, {misses} misses"
+    );
+
+    // A schema finding appears in one edited file: exactly one miss.
+    let tenant = "config/tenants/fjord-logistics/tenant.toml";
+    edit(
+        r,
+        tenant,
+        "tier = \"business\"",
+        "tier = \"business\"\ncolour = \"blue\"",
+    );
+    commit(r, "unknown field");
+    let (_, _, err) = validate(r, "HEAD", &["--format", "json"], &[]);
+    assert_eq!(stats(&err).1, 1, "one changed file, one miss: {err}");
+    let (f1, _) = same_as_uncached(r, "HEAD", &[]);
+    assert!(has(&f1, "schema.invalid", tenant), "{f1:#?}");
+    assert!(!has(&f0, "schema.invalid", tenant));
+
+    // A literal credential in another file: the secret scan of the new blob runs and is cached.
+    let item = "config/tenants/fjord-logistics/tenant.toml";
+    edit(
+        r,
+        item,
+        "ops@fjord-logistics.example",
+        "AKIAIOSFODNN7EXAMPLE",
+    );
+    commit(r, "secret");
+    let (f2, _) = same_as_uncached(r, "HEAD", &[]);
+    assert!(has(&f2, "secret.value", item), "{f2:#?}");
+    // Cached now: the findings come from the cache, the same again.
+    let (f2b, err) = same_as_uncached(r, "HEAD", &[]);
+    assert_eq!(stats(&err).1, 0);
+    assert_eq!(f2, f2b);
+
+    // Back to the clean text: the findings disappear (the old blob's entry is a hit again).
+    git(r, &["checkout", "-q", "HEAD~2", "--", tenant]);
+    commit(r, "revert");
+    let (f3, err) = same_as_uncached(r, "HEAD", &[]);
+    assert_eq!(f3, f0);
+    assert_eq!(
+        stats(&err).1,
+        0,
+        "the reverted blob was cached from the first commit"
+    );
+
+    // A cross-document finding in an unchanged, cached file (its text is read for positions):
+    // the placement of a removed tenant.
+    std::fs::remove_file(r.join(tenant)).unwrap();
+    commit(r, "remove a tenant");
+    let (f4, _) = same_as_uncached(r, "HEAD", &[]);
+    let placement = "inventory/placement/fjord-logistics.toml";
+    let at = f4
+        .iter()
+        .find(|f| f["rule"] == "ref.placement" && f["path"] == placement)
+        .unwrap_or_else(|| panic!("no ref.placement on {placement}: {f4:#?}"));
+    assert!(at["line"].as_u64() > Some(1), "a real position: {at}");
+
+    // Older commits still validate the same (their entries are kept within the bound).
+    let (old, err) = same_as_uncached(r, "HEAD~3", &[]);
+    assert_eq!(stats(&err).1, 0, "the first edit's blob is still cached");
+    assert!(has(&old, "schema.invalid", tenant));
+}
+
+#[test]
+fn a_deleted_cache_gives_the_same_findings() {
+    let dir = repo();
+    let r = dir.path();
+    edit(
+        r,
+        "config/tenants/fjord-logistics/tenant.toml",
+        "tier = \"business\"",
+        "tier = 7",
+    );
+    commit(r, "bad tier");
+    let (f0, _) = same_as_uncached(r, "HEAD", &[]);
+    assert!(!f0.is_empty());
+    std::fs::remove_dir_all(r.join(".git/vakt")).unwrap();
+    let (f1, err) = same_as_uncached(r, "HEAD", &[]);
+    assert_eq!(f0, f1);
+    assert!(cache_file(r).is_file(), "the cache is written again: {err}");
+}
+
+#[test]
+fn a_corrupt_or_truncated_cache_is_a_miss_never_an_error() {
+    let dir = repo();
+    let r = dir.path();
+    edit(
+        r,
+        "config/tenants/fjord-logistics/tenant.toml",
+        "tier = \"business\"",
+        "tier = 7",
+    );
+    commit(r, "bad tier");
+    let (f0, _) = same_as_uncached(r, "HEAD", &[]);
+    let good = std::fs::read(cache_file(r)).unwrap();
+    assert!(good.len() > 1000);
+    let damaged: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("half", good[..good.len() / 2].to_vec()),
+        ("one byte short", good[..good.len() - 1].to_vec()),
+        (
+            "garbage",
+            (0..good.len()).map(|i| (i * 7919 % 251) as u8).collect(),
+        ),
+        ("header flipped", {
+            let mut b = good.clone();
+            b[3] ^= 0x40;
+            b
+        }),
+        ("index flipped", {
+            let mut b = good.clone();
+            b[60] ^= 0x01;
+            b
+        }),
+        ("data flipped", {
+            let mut b = good.clone();
+            for i in (b.len() / 2..b.len()).step_by(97) {
+                b[i] ^= 0x20;
+            }
+            b
+        }),
+    ];
+    for (what, bytes) in damaged {
+        std::fs::write(cache_file(r), &bytes).unwrap();
+        let (code, json, err) = validate(r, "HEAD", &["--format", "json"], &[]);
+        let v: serde_json::Value =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{what}: {e}: {json}\n{err}"));
+        assert_eq!(v["findings"].as_array().unwrap(), &f0, "{what}");
+        assert_eq!(code, 1, "{what}: the bad tier is an error");
+        assert!(
+            !err.contains("ERROR") && !err.contains("WARN"),
+            "{what}: {err}"
+        );
+        let (_, misses) = stats(&err);
+        assert!(
+            misses > 0 || what == "data flipped",
+            "{what}: nothing was parsed again"
+        );
+        // The run rewrote a good cache: the next run hits everything.
+        let (_, _, err) = validate(r, "HEAD", &["--format", "json"], &[]);
+        assert_eq!(stats(&err).1, 0, "{what}: the cache was not repaired");
+    }
+}
+
+#[test]
+fn concurrent_runs_do_not_corrupt_the_cache() {
+    let dir = repo();
+    let r = dir.path();
+    edit(
+        r,
+        "config/tenants/fjord-logistics/tenant.toml",
+        "tier = \"business\"",
+        "tier = 7",
+    );
+    commit(r, "bad tier");
+    let (_, expected, _) = validate(r, "HEAD", &["--format", "json", "--no-cache"], &[]);
+    for round in 0..3 {
+        let _ = std::fs::remove_dir_all(r.join(".git/vakt"));
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                Command::new(vakt_bin())
+                    .args(["validate", "--repo"])
+                    .arg(r)
+                    .args(["--rev", "HEAD", "--now", TODAY, "--format", "json"])
+                    .env("NO_COLOR", "1")
+                    .env_remove("VAKT_REPO")
+                    .env_remove("VAKT_CACHE_DIR")
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn vakt")
+            })
+            .collect();
+        for c in children {
+            let (code, out, err) = outcome(&c.wait_with_output().unwrap());
+            assert_eq!(out, expected, "round {round}: {err}");
+            assert_eq!(code, 1);
+        }
+        let (_, out, err) = validate(r, "HEAD", &["--format", "json"], &[]);
+        assert_eq!(out, expected);
+        assert_eq!(
+            stats(&err).1,
+            0,
+            "round {round}: the cache left behind is whole"
+        );
+        // No temporary files left behind.
+        let left: Vec<_> = std::fs::read_dir(r.join(".git/vakt/cache"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("validate-v1.bin")]);
+    }
+}
+
+#[test]
+fn cache_dir_flag_and_env_and_the_work_tree_is_not_cached() {
+    let dir = repo();
+    let r = dir.path();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let flag_dir = elsewhere.path().join("by-flag");
+    let env_dir = elsewhere.path().join("by-env");
+    let flag_s = flag_dir.to_string_lossy().into_owned();
+    let (code, _, err) = validate(r, "HEAD", &["--cache-dir", &flag_s], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(flag_dir.join("validate-v1.bin").is_file());
+    let env_s = env_dir.to_string_lossy().into_owned();
+    let (code, _, err) = validate(r, "HEAD", &[], &[("VAKT_CACHE_DIR", &env_s)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(env_dir.join("validate-v1.bin").is_file());
+    assert!(!r.join(".git/vakt").exists(), "nothing in the Git dir");
+    // The work tree (no --rev) never uses the cache.
+    let o = Command::new(vakt_bin())
+        .args(["validate", "--repo"])
+        .arg(r)
+        .args(["--now", TODAY])
+        .env("VAKT_LOG", "debug")
+        .env_remove("VAKT_REPO")
+        .output()
+        .unwrap();
+    let (code, _, err) = outcome(&o);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("validation cache"));
+    assert!(!r.join(".git/vakt").exists());
+    // A cache directory that cannot be created: a warning, the same findings.
+    let blocker = elsewhere.path().join("file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let bad = blocker.join("cache").to_string_lossy().into_owned();
+    let (code, _, err) = validate(r, "HEAD", &["--cache-dir", &bad], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("validation cache not written"), "{err}");
+}
