@@ -621,30 +621,62 @@ fn impact_of(head: &Desired, c: &Change, out: &mut Impact) {
         }
         _ => {}
     }
-    let spec = head
-        .get(c.bucket, &c.key)
-        .map(|e| e.spec_value())
-        .unwrap_or(Value::Null);
-    for f in ["site", "home_site"] {
-        if let Some(s) = spec.get(f).and_then(Value::as_str) {
-            out.sites.insert(s.to_owned());
-        }
+    let Some(spec) = head.get(c.bucket, &c.key) else {
+        return;
+    };
+    let spec = ImpactFields::of(&spec.spec);
+    for s in [spec.site, spec.home_site].into_iter().flatten() {
+        out.sites.insert(s);
     }
-    if let Some(s) = spec.get("service_kind").and_then(Value::as_str) {
-        out.services.insert(s.to_owned());
+    if let Some(s) = spec.service_kind {
+        out.services.insert(s);
     }
     if c.bucket == Bucket::Placement
-        && let Some(shard) = spec.get("shard").and_then(Value::as_str)
+        && let Some(shard) = spec.shard
         && let Some(site) = head
             .get(Bucket::Inventory, &format!("shard.{shard}"))
-            .and_then(|e| {
-                e.spec_value()
-                    .get("site")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
+            .and_then(|e| ImpactFields::of(&e.spec).site)
     {
         out.sites.insert(site);
+    }
+}
+
+/// The fields of a spec an impact summary reads. A plan of 50,000 additions reads them from
+/// every spec: the other fields are skipped as raw JSON instead of being built into a tree. A
+/// field that is not a string reads as absent, as the tree lookups this replaces did.
+struct ImpactFields {
+    site: Option<String>,
+    home_site: Option<String>,
+    service_kind: Option<String>,
+    shard: Option<String>,
+}
+
+impl ImpactFields {
+    fn of(spec: &[u8]) -> ImpactFields {
+        use serde_json::value::RawValue;
+        #[derive(Default, serde::Deserialize)]
+        #[serde(default)]
+        struct Raw<'a> {
+            #[serde(borrow)]
+            site: Option<&'a RawValue>,
+            #[serde(borrow)]
+            home_site: Option<&'a RawValue>,
+            #[serde(borrow)]
+            service_kind: Option<&'a RawValue>,
+            #[serde(borrow)]
+            shard: Option<&'a RawValue>,
+        }
+        let raw: Raw<'_> = serde_json::from_slice(spec).unwrap_or_default();
+        let string = |r: Option<&RawValue>| {
+            r.filter(|r| r.get().starts_with('"'))
+                .and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+        };
+        ImpactFields {
+            site: string(raw.site),
+            home_site: string(raw.home_site),
+            service_kind: string(raw.service_kind),
+            shard: string(raw.shard),
+        }
     }
 }
 
@@ -938,6 +970,21 @@ pub fn render_markdown(p: &Plan) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impact_fields_read_strings_and_nothing_else() {
+        let f = ImpactFields::of(
+            br#"{"a":{"site":"x"},"site":"osl1","home_site":"b\u00e5d","service_kind":7,"shard":null,"z":[1,2]}"#,
+        );
+        assert_eq!(f.site.as_deref(), Some("osl1"));
+        assert_eq!(f.home_site.as_deref(), Some("båd"));
+        assert_eq!(f.service_kind, None);
+        assert_eq!(f.shard, None);
+        for bad in [&b"[1]"[..], b"", b"{\"site\":", b"\"s\""] {
+            let f = ImpactFields::of(bad);
+            assert!(f.site.is_none() && f.home_site.is_none() && f.shard.is_none());
+        }
+    }
 
     const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
