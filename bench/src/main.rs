@@ -14,6 +14,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The allocator `vakt` ships with, so in-process figures are the binary's (the peers in this
+/// driver run in the same process and use it too).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use futures_util::StreamExt;
 use reconciler::desired::compile::Bucket;
 
