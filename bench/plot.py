@@ -47,20 +47,21 @@ def exponent(xy):
     return fit([(math.log(x), math.log(y)) for x, y in xy])[0]
 
 
-def fmt_time(s):
+def fmt_seconds(s, specs):
+    """Seconds in µs, ms or s, each with its format spec from `specs`."""
     if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
+        return f"{s * 1e6:{specs[0]}} µs"
     if s < 1:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s:.2f} s"
+        return f"{s * 1e3:{specs[1]}} ms"
+    return f"{s:{specs[2]}} s"
+
+
+def fmt_time(s):
+    return fmt_seconds(s, (".0f", ".1f", ".2f"))
 
 
 def fmt_tick(s):
-    if s < 1e-3:
-        return f"{s * 1e6:g} µs"
-    if s < 1:
-        return f"{s * 1e3:g} ms"
-    return f"{s:g} s"
+    return fmt_seconds(s, ("g", "g", "g"))
 
 
 def fmt_per(s):

@@ -80,6 +80,20 @@ fn has(findings: &[serde_json::Value], rule: &str, path: &str) -> bool {
 }
 
 /// A Git repository of the bundled ops repo with one commit.
+/// The bundled repo with one more commit that gives a tenant a tier of the wrong type.
+fn bad_tier_repo() -> tempfile::TempDir {
+    let dir = repo();
+    let r = dir.path();
+    edit(
+        r,
+        "config/tenants/fjord-logistics/tenant.toml",
+        "tier = \"business\"",
+        "tier = 7",
+    );
+    commit(r, "bad tier");
+    dir
+}
+
 fn repo() -> tempfile::TempDir {
     let dir = copy_bundled();
     git(dir.path(), &["init", "-q", "-b", "main"]);
@@ -179,15 +193,8 @@ fn a_changed_blob_is_parsed_again_and_findings_match_the_uncached_run() {
 
 #[test]
 fn a_deleted_cache_gives_the_same_findings() {
-    let dir = repo();
+    let dir = bad_tier_repo();
     let r = dir.path();
-    edit(
-        r,
-        "config/tenants/fjord-logistics/tenant.toml",
-        "tier = \"business\"",
-        "tier = 7",
-    );
-    commit(r, "bad tier");
     let (f0, _) = same_as_uncached(r, "HEAD", &[]);
     assert!(!f0.is_empty());
     std::fs::remove_dir_all(r.join(".git/vakt")).unwrap();
@@ -198,15 +205,8 @@ fn a_deleted_cache_gives_the_same_findings() {
 
 #[test]
 fn a_corrupt_or_truncated_cache_is_a_miss_never_an_error() {
-    let dir = repo();
+    let dir = bad_tier_repo();
     let r = dir.path();
-    edit(
-        r,
-        "config/tenants/fjord-logistics/tenant.toml",
-        "tier = \"business\"",
-        "tier = 7",
-    );
-    commit(r, "bad tier");
     let (f0, _) = same_as_uncached(r, "HEAD", &[]);
     let good = std::fs::read(cache_file(r)).unwrap();
     assert!(good.len() > 1000);
@@ -260,15 +260,8 @@ fn a_corrupt_or_truncated_cache_is_a_miss_never_an_error() {
 
 #[test]
 fn concurrent_runs_do_not_corrupt_the_cache() {
-    let dir = repo();
+    let dir = bad_tier_repo();
     let r = dir.path();
-    edit(
-        r,
-        "config/tenants/fjord-logistics/tenant.toml",
-        "tier = \"business\"",
-        "tier = 7",
-    );
-    commit(r, "bad tier");
     let (_, expected, _) = validate(r, "HEAD", &["--format", "json", "--no-cache"], &[]);
     for round in 0..3 {
         let _ = std::fs::remove_dir_all(r.join(".git/vakt"));

@@ -5,6 +5,27 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// Appends object `m` with its keys sorted by their UTF-8 bytes, each member's value written by
+/// `value(key, value, out)` (canonical JSON with [`write`]; a caller may leave a gap instead).
+pub fn write_object(
+    m: &serde_json::Map<String, Value>,
+    out: &mut Vec<u8>,
+    mut value: impl FnMut(&str, &Value, &mut Vec<u8>),
+) {
+    let mut keys: Vec<(&String, &Value)> = m.iter().collect();
+    keys.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push(b'{');
+    for (i, (k, v)) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(k, out);
+        out.push(b':');
+        value(k, v, out);
+    }
+    out.push(b'}');
+}
+
 /// Writes `v` as canonical JSON.
 pub fn to_vec(v: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
@@ -12,22 +33,10 @@ pub fn to_vec(v: &Value) -> Vec<u8> {
     out
 }
 
-fn write(v: &Value, out: &mut Vec<u8>) {
+/// Appends `v` as canonical JSON.
+pub fn write(v: &Value, out: &mut Vec<u8>) {
     match v {
-        Value::Object(m) => {
-            let mut keys: Vec<(&String, &Value)> = m.iter().collect();
-            keys.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (k, v)) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(k, out);
-                out.push(b':');
-                write(v, out);
-            }
-            out.push(b'}');
-        }
+        Value::Object(m) => write_object(m, out, |_, v, out| write(v, out)),
         Value::Array(a) => {
             out.push(b'[');
             for (i, v) in a.iter().enumerate() {

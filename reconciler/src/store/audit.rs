@@ -193,26 +193,17 @@ impl AuditEvent {
         match (&self.detail, holes) {
             (Some(Value::Object(m)), Some(hole)) => {
                 key(out, "detail");
-                let mut fields: Vec<(&String, &Value)> = m.iter().collect();
-                fields.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-                out.push(b'{');
-                for (i, (k, v)) in fields.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    canon::write_str(k, out);
-                    out.push(b':');
+                canon::write_object(m, out, |k, v, out| {
                     if k == hole {
                         at.revision = out.len();
                     } else {
-                        out.extend_from_slice(&canon::to_vec(v));
+                        canon::write(v, out);
                     }
-                }
-                out.push(b'}');
+                });
             }
             (Some(d), _) => {
                 key(out, "detail");
-                out.extend_from_slice(&canon::to_vec(d));
+                canon::write(d, out);
             }
             (None, _) => {}
         }
