@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::diag::{Finding, RULES, Severity};
 use crate::kinds::Kind;
-use crate::load::{self, ParseFail, Parsed0, SourceDoc};
+use crate::load::{self, Parsed0, SourceDoc};
 use crate::parse::{Format, LazyText};
 use crate::rules::secrets;
 use crate::source::{self, RawFile, SourceError};
@@ -547,7 +547,7 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
 
 /// One file's result.
 struct One {
-    result: Result<Option<SourceDoc>, (Vec<Finding>, Option<String>)>,
+    result: load::FileResult,
     scans: Vec<Finding>,
     /// The text, when it was read.
     text: Option<Arc<str>>,
@@ -565,16 +565,7 @@ enum Status {
 /// Parses and checks a file that was read, with its secret scans (as `parse_all` and
 /// `validate` do).
 fn parse_read(raw: &RawFile, bindings: &[crate::model::Binding]) -> One {
-    let text: Option<Arc<str>> = raw
-        .content
-        .as_ref()
-        .ok()
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .map(Arc::from);
-    let mut result = load::parse_one(raw, bindings, text.clone()).map_err(|e| match e {
-        ParseFail::Findings(f) => (f, None),
-        ParseFail::Schema(f, id) => (f, id),
-    });
+    let (mut result, text) = load::parse_file(raw, bindings);
     let mut scans = Vec::new();
     if let Some(t) = &text {
         secrets::scan_text(&raw.path, t, &mut scans);
@@ -800,14 +791,7 @@ pub fn parse_commit(
             out.deferred_texts.insert(f.path.clone(), t);
         }
         out.findings.extend(one.scans);
-        match one.result {
-            Ok(Some(d)) => out.docs.push(d),
-            Ok(None) => {}
-            Err((f, id)) => {
-                out.findings.extend(f);
-                out.broken_ids.extend(id);
-            }
-        }
+        out.add(one.result);
     }
 
     tracing::debug!(ms = ms(t0), "cache: assembled");

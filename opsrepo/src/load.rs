@@ -385,42 +385,55 @@ pub fn parse_all(files: &RepoFiles) -> Parsed0 {
         .as_ref()
         .map(|m| m.bindings.clone())
         .unwrap_or_default();
-    type One = (
-        Result<Option<SourceDoc>, (Vec<Finding>, Option<String>)>,
-        Option<(String, Arc<str>)>,
-    );
-    let results: Vec<One> = files
+    let results: Vec<(FileResult, Option<Arc<str>>)> = files
         .files
         .par_iter()
-        .map(|raw| {
-            let text: Option<(String, Arc<str>)> = raw
-                .content
-                .as_ref()
-                .ok()
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .map(|t| (raw.path.clone(), Arc::from(t)));
-            let r = parse_one(raw, &bindings, text.as_ref().map(|t| t.1.clone()));
-            let r = r.map_err(|e| match e {
-                ParseFail::Findings(f) => (f, None),
-                ParseFail::Schema(f, id) => (f, id),
-            });
-            (r, text)
-        })
+        .map(|raw| parse_file(raw, &bindings))
         .collect();
-    for (r, text) in results {
-        if let Some((p, t)) = text {
-            out.texts.insert(p, t);
+    for (raw, (r, text)) in files.files.iter().zip(results) {
+        if let Some(t) = text {
+            out.texts.insert(raw.path.clone(), t);
         }
+        out.add(r);
+    }
+    out
+}
+
+/// One file parsed and checked: its document (`None` for a file that holds none), or its
+/// findings with the id a base document that failed its schema declares.
+pub(crate) type FileResult = Result<Option<SourceDoc>, (Vec<Finding>, Option<String>)>;
+
+/// Parses and checks one file that was read, as [`parse_all`] and the validation cache do;
+/// also returns its text when it decodes.
+pub(crate) fn parse_file(
+    raw: &crate::source::RawFile,
+    bindings: &[Binding],
+) -> (FileResult, Option<Arc<str>>) {
+    let text: Option<Arc<str>> = raw
+        .content
+        .as_ref()
+        .ok()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(Arc::from);
+    let r = parse_one(raw, bindings, text.clone()).map_err(|e| match e {
+        ParseFail::Findings(f) => (f, None),
+        ParseFail::Schema(f, id) => (f, id),
+    });
+    (r, text)
+}
+
+impl Parsed0 {
+    /// Adds one file's result: its document, or its findings and broken id.
+    pub(crate) fn add(&mut self, r: FileResult) {
         match r {
-            Ok(Some(d)) => out.docs.push(d),
+            Ok(Some(d)) => self.docs.push(d),
             Ok(None) => {}
             Err((f, id)) => {
-                out.findings.extend(f);
-                out.broken_ids.extend(id);
+                self.findings.extend(f);
+                self.broken_ids.extend(id);
             }
         }
     }
-    out
 }
 
 /// The manifest read leniently from `vakt.toml` (its own findings come from its parse).
@@ -438,7 +451,7 @@ fn declared_id(v: &Value) -> Option<String> {
         .find_map(|k| v.get(*k)?.as_str().map(str::to_owned))
 }
 
-pub(crate) enum ParseFail {
+enum ParseFail {
     Findings(Vec<Finding>),
     Schema(Vec<Finding>, Option<String>),
 }
@@ -449,7 +462,7 @@ impl From<Vec<Finding>> for ParseFail {
     }
 }
 
-pub(crate) fn parse_one(
+fn parse_one(
     raw: &crate::source::RawFile,
     bindings: &[Binding],
     text_arc: Option<Arc<str>>,

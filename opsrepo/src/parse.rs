@@ -887,11 +887,6 @@ impl LazyText {
     pub fn get(&self) -> Option<&std::sync::Arc<str>> {
         self.cell.get_or_init(|| (self.load)()).as_ref()
     }
-
-    /// Whether the text is in memory already (nothing to read).
-    pub fn is_loaded(&self) -> bool {
-        self.cell.get().is_some()
-    }
 }
 
 impl std::fmt::Debug for LazyText {
@@ -933,11 +928,6 @@ impl LazySpans {
     /// The file's text (read now if it was deferred; `None` if it cannot be read).
     pub fn text(&self) -> Option<std::sync::Arc<str>> {
         self.text.get().cloned()
-    }
-
-    /// The shared handle to the file's text.
-    pub fn lazy_text(&self) -> &std::sync::Arc<LazyText> {
-        &self.text
     }
 
     /// The positions (parsed again, once, with positions recorded).

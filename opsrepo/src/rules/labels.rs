@@ -5,11 +5,9 @@
 //! `opsrepo` cannot depend on the reconciler, so the values are listed here; a test in the
 //! `tests` crate compares them with the reconciler's typed enums.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
 use serde_json::Value;
 
+use super::memo::Memo;
 use super::promql;
 use crate::diag::Finding;
 use crate::load::Model;
@@ -99,23 +97,9 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
 /// not compile matches nothing we can tell; it is left to the query rules.
 fn regex_matches_any(re: &str, allowed: &[&str]) -> bool {
     // Compiled once per pattern for the life of the process (the daemon validates every commit
-    // it applies, with the same dashboards); bounded like the PromQL memo.
-    type Memo = Mutex<HashMap<String, Option<regex::Regex>>>;
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    let memo = MEMO.get_or_init(Default::default);
-    let cached = memo.lock().ok().and_then(|m| m.get(re).cloned());
-    let compiled = cached.unwrap_or_else(|| {
-        let r = regex::Regex::new(&format!("^(?:{re})$")).ok();
-        if re.len() <= 1024
-            && let Ok(mut m) = memo.lock()
-        {
-            if m.len() >= 4096 {
-                m.clear();
-            }
-            m.insert(re.to_owned(), r.clone());
-        }
-        r
-    });
+    // it applies, with the same dashboards).
+    static MEMO: Memo<Option<regex::Regex>> = Memo::new(4096, 1024);
+    let compiled = MEMO.get_or(re, |re| regex::Regex::new(&format!("^(?:{re})$")).ok());
     match compiled {
         Some(r) => allowed.iter().any(|v| r.is_match(v)),
         None => true,

@@ -7,6 +7,7 @@ mod definitions;
 mod inventory;
 pub mod labels;
 pub mod logql;
+mod memo;
 pub mod observability;
 pub mod promql;
 pub mod provenance;

@@ -1,12 +1,13 @@
 //! Facts read from a PromQL expression's syntax tree: metric names, selectors with their label
 //! matchers, number literals and durations. Shared by the trigger, label and site rules.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{Expr, Offset, VectorSelector};
+
+use super::memo::Memo;
 
 /// One label matcher on a selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,22 +56,8 @@ type Parsed = Result<Arc<Expr>, String>;
 /// are the ones of the last pass; parsing a selector's `=~` matcher also compiles its regex.
 /// The outcome is a pure function of the text, so remembering it can never be stale.
 pub fn parse(expr: &str) -> Parsed {
-    static MEMO: OnceLock<Mutex<HashMap<String, Parsed>>> = OnceLock::new();
-    if expr.len() > MEMO_MAX_LEN {
-        return promql_parser::parser::parse(expr).map(Arc::new);
-    }
-    let memo = MEMO.get_or_init(Default::default);
-    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(expr).cloned()) {
-        return hit;
-    }
-    let parsed = promql_parser::parser::parse(expr).map(Arc::new);
-    if let Ok(mut m) = memo.lock() {
-        if m.len() >= MEMO_ENTRIES {
-            m.clear();
-        }
-        m.insert(expr.to_owned(), parsed.clone());
-    }
-    parsed
+    static MEMO: Memo<Parsed> = Memo::new(MEMO_ENTRIES, MEMO_MAX_LEN);
+    MEMO.get_or(expr, |e| promql_parser::parser::parse(e).map(Arc::new))
 }
 
 /// Parses `expr` and collects its facts; `None` when it is not PromQL.

@@ -6,7 +6,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Appends object `m` with its keys sorted by their UTF-8 bytes, each member's value written by
-/// `value(key, value, out)` (canonical JSON with [`write`]; a caller may leave a gap instead).
+/// `value(key, value, out)` (canonical JSON with [`write()`]; a caller may leave a gap instead).
 pub fn write_object(
     m: &serde_json::Map<String, Value>,
     out: &mut Vec<u8>,

@@ -134,24 +134,30 @@ impl Repo {
             step(&mut ia).map_err(|e| self.other(e))?,
             step(&mut ib).map_err(|e| self.other(e))?,
         );
-        // One side's entry: a path, or everything under a subtree.
-        let side = |e: &gix::objs::tree::EntryRef<'_>,
-                    old_side: bool,
-                    prefix: &mut String,
-                    out: &mut Vec<String>|
+        // The entries of one name that differ (either side may lack it): its path when one of
+        // them is not a tree, and the differences below the trees (everything below a tree the
+        // other side lacks).
+        type Entry<'e> = gix::objs::tree::EntryRef<'e>;
+        let visit = |a: Option<&Entry<'_>>,
+                     b: Option<&Entry<'_>>,
+                     prefix: &mut String,
+                     out: &mut Vec<String>|
          -> Result<(), GitError> {
+            let Some(name) = a.or(b).map(|e| e.filename) else {
+                return Ok(());
+            };
             let len = prefix.len();
-            prefix.push_str(&String::from_utf8_lossy(e.filename));
-            let r = if e.mode.is_tree() {
-                prefix.push('/');
-                let id = Some(e.oid.to_owned());
-                if old_side {
-                    self.diff_trees(id, None, prefix, out, depth + 1)
-                } else {
-                    self.diff_trees(None, id, prefix, out, depth + 1)
-                }
-            } else {
+            prefix.push_str(&String::from_utf8_lossy(name));
+            if [a, b].into_iter().flatten().any(|e| !e.mode.is_tree()) {
                 out.push(prefix.clone());
+            }
+            let tree =
+                |e: Option<&Entry<'_>>| e.filter(|e| e.mode.is_tree()).map(|e| e.oid.to_owned());
+            let (ta, tb) = (tree(a), tree(b));
+            let r = if ta.is_some() || tb.is_some() {
+                prefix.push('/');
+                self.diff_trees(ta, tb, prefix, out, depth + 1)
+            } else {
                 Ok(())
             };
             prefix.truncate(len);
@@ -166,38 +172,18 @@ impl Repo {
             };
             match order {
                 Ordering::Less => {
-                    if let Some(p) = &x {
-                        side(p, true, prefix, out)?;
-                    }
+                    visit(x.as_ref(), None, prefix, out)?;
                     x = step(&mut ia).map_err(|e| self.other(e))?;
                 }
                 Ordering::Greater => {
-                    if let Some(q) = &y {
-                        side(q, false, prefix, out)?;
-                    }
+                    visit(None, y.as_ref(), prefix, out)?;
                     y = step(&mut ib).map_err(|e| self.other(e))?;
                 }
                 Ordering::Equal => {
                     if let (Some(p), Some(q)) = (&x, &y)
                         && (p.oid != q.oid || p.mode != q.mode)
                     {
-                        if p.mode.is_tree() && q.mode.is_tree() {
-                            let len = prefix.len();
-                            prefix.push_str(&String::from_utf8_lossy(p.filename));
-                            prefix.push('/');
-                            let r = self.diff_trees(
-                                Some(p.oid.to_owned()),
-                                Some(q.oid.to_owned()),
-                                prefix,
-                                out,
-                                depth + 1,
-                            );
-                            prefix.truncate(len);
-                            r?;
-                        } else {
-                            side(p, true, prefix, out)?;
-                            side(q, false, prefix, out)?;
-                        }
+                        visit(Some(p), Some(q), prefix, out)?;
                     }
                     x = step(&mut ia).map_err(|e| self.other(e))?;
                     y = step(&mut ib).map_err(|e| self.other(e))?;

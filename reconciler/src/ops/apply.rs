@@ -790,7 +790,7 @@ async fn bounded<T>(
 }
 
 /// The key of a change event's detail that holds the write's revision (filled in when the
-/// write is acknowledged, see [`Audit::prepare`]).
+/// write is acknowledged, see [`Prepared::new`]).
 const REVISION: &str = "revision";
 
 /// The audit event of one change, its `detail.revision` still null.

@@ -802,6 +802,41 @@ fn outcome_to_state(o: StepOutcome) -> (&'static str, Option<String>, Option<(St
     }
 }
 
+/// One try of step `write-placement`: skipped if the placement already holds the new shard
+/// (an earlier try's write whose acknowledgement was lost), else one compare-and-set. `Err` is
+/// a NATS error worth trying again.
+async fn write_placement_once(store: &Store, m: &Migration) -> Result<StepOutcome, String> {
+    let current = store
+        .kv(Bucket::Placement)
+        .entry(&m.key)
+        .await
+        .map_err(|e| format!("read placement: {e}"))?;
+    if let Some(e) = &current
+        && e.operation == kv::Operation::Put
+        && crate::desired::plan::view(&e.value).digest.as_deref() == Some(m.digest.as_str())
+    {
+        return Ok(StepOutcome::Skipped(
+            "placement already holds the new shard".into(),
+        ));
+    }
+    match store
+        .cas(
+            Bucket::Placement,
+            &m.key,
+            Some(m.value.clone().into()),
+            m.expected_revision,
+        )
+        .await
+    {
+        Ok(r) => Ok(StepOutcome::Done(Some(format!(
+            "placement {} → {} (revision {r})",
+            m.key, m.to_shard
+        )))),
+        Err(e @ StoreError::Nats { .. }) => Err(e.to_string()),
+        Err(e) => Ok(StepOutcome::Fail(e.to_string(), false)),
+    }
+}
+
 async fn step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutcome {
     if j.kind == "node-drain" {
         return node_drain_step(store, nodes, j, i).await;
@@ -897,37 +932,9 @@ async fn step(store: &Store, nodes: &NodeClient, j: &Job, i: usize) -> StepOutco
             // landed (its acknowledgement lost), so the placement is written at most once.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {
-                let transient = match store.kv(Bucket::Placement).entry(&m.key).await {
-                    Ok(current) => {
-                        if let Some(e) = &current
-                            && e.operation == kv::Operation::Put
-                            && crate::desired::plan::view(&e.value).digest.as_deref()
-                                == Some(m.digest.as_str())
-                        {
-                            return StepOutcome::Skipped(
-                                "placement already holds the new shard".into(),
-                            );
-                        }
-                        match store
-                            .cas(
-                                Bucket::Placement,
-                                &m.key,
-                                Some(m.value.clone().into()),
-                                m.expected_revision,
-                            )
-                            .await
-                        {
-                            Ok(r) => {
-                                return StepOutcome::Done(Some(format!(
-                                    "placement {} → {} (revision {r})",
-                                    m.key, m.to_shard
-                                )));
-                            }
-                            Err(e @ StoreError::Nats { .. }) => format!("{e}"),
-                            Err(e) => return StepOutcome::Fail(e.to_string(), false),
-                        }
-                    }
-                    Err(e) => format!("read placement: {e}"),
+                let transient = match write_placement_once(store, m).await {
+                    Ok(outcome) => return outcome,
+                    Err(transient) => transient,
                 };
                 if tokio::time::Instant::now() >= deadline {
                     return StepOutcome::Fail(transient, true);

@@ -266,7 +266,7 @@ struct Holes {
     time: usize,
 }
 
-/// An audit event made ready before the write it records is acknowledged ([`Audit::prepare`]):
+/// An audit event made ready before the write it records is acknowledged ([`Prepared::new`]):
 /// everything but what is only known when it is sent (the write's revision, the chain head and
 /// the time) is already canonical JSON, so sending it ([`Audit::send_prepared`]) is a few
 /// copies, one SHA-256 and the publish.
@@ -287,7 +287,15 @@ enum Form {
 }
 
 impl Prepared {
-    /// See [`Audit::prepare`]; `env` and `client` are the writer's.
+    /// The event's id (its `Nats-Msg-Id`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Prepares `ev` to be sent later with [`Audit::send_prepared`], which fills in
+    /// `detail.<revision_key>` (a number; `ev.detail` must be an object holding that key), the
+    /// chain fields and the time. The result is the event [`Audit::send`] would have stored.
+    /// `env` and `client` are the writer's.
     pub fn new(
         mut ev: AuditEvent,
         env: &str,
@@ -344,11 +352,6 @@ impl Prepared {
                 key: revision_key.to_owned(),
             },
         }
-    }
-
-    /// The event's id (its `Nats-Msg-Id`).
-    pub fn id(&self) -> &str {
-        &self.id
     }
 
     /// The stored JSON and hash of the event with `revision`, chained to `prev_hash`, at
@@ -456,25 +459,30 @@ impl Audit {
         ev.env = self.env.clone();
         ev.prev_hash = self.head.clone();
         let payload = ev.seal();
+        let subject = async_nats::Subject::from(subject(&self.env, &ev.action));
+        self.publish(subject, payload, &ev.id, ev.hash).await
+    }
+
+    /// Publishes a sealed event and makes its hash the chain head.
+    async fn publish(
+        &mut self,
+        subject: async_nats::Subject,
+        payload: Vec<u8>,
+        id: &str,
+        hash: String,
+    ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
         let fut = self
             .js
             .send_publish(
-                subject(&self.env, &ev.action),
+                subject,
                 jetstream::message::PublishMessage::build()
                     .payload(payload.into())
-                    .message_id(&ev.id),
+                    .message_id(id),
             )
             .await
             .map_err(|e| nats_err("publish audit event", e))?;
-        self.head = ev.hash;
+        self.head = hash;
         Ok(fut)
-    }
-
-    /// Prepares `ev` to be sent later with [`Self::send_prepared`], which fills in
-    /// `detail.<revision_key>` (a number; `ev.detail` must be an object holding that key), the
-    /// chain fields and the time. The result is the event [`Self::send`] would have stored.
-    pub fn prepare(&self, ev: AuditEvent, revision_key: &str) -> Prepared {
-        Prepared::new(ev, &self.env, self.client.as_deref(), revision_key)
     }
 
     /// Chains a [`Prepared`] event to the head, with `revision` in its detail and the current
@@ -500,18 +508,7 @@ impl Audit {
                 "prepared event without its parts",
             ));
         };
-        let fut = self
-            .js
-            .send_publish(
-                p.subject,
-                jetstream::message::PublishMessage::build()
-                    .payload(out.into())
-                    .message_id(&p.id),
-            )
-            .await
-            .map_err(|e| nats_err("publish audit event", e))?;
-        self.head = hash;
-        Ok(fut)
+        self.publish(p.subject, out, &p.id, hash).await
     }
 
     /// Publishes `ev` and waits for the server to store it. Returns its sequence.
