@@ -695,13 +695,13 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
         .and_then(|e| p.manifest.as_ref()?.environments.get(e))
         .is_some_and(|e| e.policy.allow_overlay_without_base);
 
-    let mut bases: BTreeMap<&str, &SourceDoc> = BTreeMap::new();
+    // Base documents in path order: the parse keeps files sorted, so this is one pass (and a
+    // sort only for a caller that did not).
+    let mut bases: Vec<&SourceDoc> = Vec::with_capacity(p.docs.len());
     let mut overlays: BTreeMap<&str, &SourceDoc> = BTreeMap::new();
     for d in &p.docs {
         match &d.env {
-            None => {
-                bases.insert(&d.path, d);
-            }
+            None => bases.push(d),
             Some(e) => {
                 if !envs.contains(e) {
                     if env.is_none() {
@@ -728,8 +728,18 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
     };
     // Base documents that failed their schema in parse_all never reach a view.
     model.broken_ids.extend(p.broken_ids.iter().cloned());
+    if !bases.is_sorted_by(|a, b| a.path < b.path) {
+        bases.sort_by(|a, b| a.path.cmp(&b.path));
+        bases.dedup_by(|a, b| a.path == b.path);
+    }
+    let has_base = |path: &str| {
+        bases
+            .binary_search_by(|b| b.path.as_str().cmp(path))
+            .is_ok()
+    };
     let mut entries: Vec<(Kind, Entry)> = Vec::with_capacity(bases.len());
-    for (path, base) in &bases {
+    for base in &bases {
+        let path = base.path.as_str();
         if base.kind == Kind::Runbook {
             model.runbooks.push(RunbookDoc {
                 path: base.path.clone(),
@@ -775,7 +785,7 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
         }
     }
     for (base_path, o) in &overlays {
-        if bases.contains_key(base_path) {
+        if has_base(base_path) {
             continue;
         }
         if !allow_orphan_overlay {

@@ -335,32 +335,42 @@ fn parse_toml(path: &str, text: &str, mut spans: Spans) -> Result<Parsed, Findin
         )
         .help("fix the TOML syntax at this position")
     })?;
-    let idx = LineIndex::new(text);
+    // Line positions only when they are recorded (an error computes its own).
+    let idx = (!spans.off).then(|| LineIndex::new(text));
     let mut conv = TomlConv {
-        idx: &idx,
+        idx: idx.as_ref(),
+        text,
         spans: &mut spans,
         path,
     };
-    let pos = idx.pos(table.span().start);
+    let pos = conv.pos(table.span().start);
     conv.spans.put_value("", pos);
     let value = conv.table(table.get_ref(), "")?;
     Ok(Parsed { value, spans })
 }
 
 struct TomlConv<'a, 'b> {
-    idx: &'a LineIndex<'b>,
+    /// `None` when positions are off.
+    idx: Option<&'a LineIndex<'b>>,
+    text: &'b str,
     spans: &'a mut Spans,
     path: &'a str,
 }
 
 impl TomlConv<'_, '_> {
+    /// The position recorded for `offset` (none when positions are off).
+    fn pos(&self, offset: usize) -> Pos {
+        self.idx.map_or(Pos::default(), |i| i.pos(offset))
+    }
+
     fn table(&mut self, t: &toml::de::DeTable<'_>, ptr: &str) -> Result<Value, Finding> {
         // Sized once: a parsed repo holds tens of thousands of these maps.
         let mut map = Map::with_capacity(t.len());
         for (k, v) in t.iter() {
             let key = k.get_ref().to_string();
             let child = self.spans.child(ptr, &key);
-            self.spans.put_key(&child, self.idx.pos(k.span().start));
+            let pos = self.pos(k.span().start);
+            self.spans.put_key(&child, pos);
             let value = self.value(v, &child)?;
             map.insert(key, value);
         }
@@ -373,22 +383,33 @@ impl TomlConv<'_, '_> {
         ptr: &str,
     ) -> Result<Value, Finding> {
         use toml::de::DeValue;
-        let pos = self.idx.pos(v.span().start);
+        let start = v.span().start;
+        let pos = self.pos(start);
         self.spans.put_value(ptr, pos);
+        // An error names its position even when positions are not recorded.
+        let text = self.text;
+        let at = || LineIndex::new(text).pos(start);
         let bad_number = |raw: &str| {
             Finding::new(
                 "input.syntax",
                 self.path,
-                pos,
+                at(),
                 format!("number `{raw}` cannot be represented"),
             )
             .help("use a finite number within the 64-bit range")
         };
-        let out_of_range = |raw: &str| integer_out_of_range(self.path, pos, raw);
+        let out_of_range = |raw: &str| integer_out_of_range(self.path, at(), raw);
         Ok(match v.get_ref() {
             DeValue::String(s) => Value::String(s.to_string()),
             DeValue::Boolean(b) => Value::Bool(*b),
             DeValue::Datetime(d) => Value::String(d.to_string()),
+            // The common case, a plain decimal that fits: no copies.
+            DeValue::Integer(i) if i.radix() == 10 && !i.as_str().contains('_') => {
+                match i.as_str().trim_start_matches('+').parse::<i64>() {
+                    Ok(n) => Value::Number(n.into()),
+                    Err(_) => return Err(out_of_range(i.as_str())),
+                }
+            }
             DeValue::Integer(i) => {
                 let raw = i.as_str().replace('_', "");
                 let (digits, neg) = match raw.strip_prefix('-') {

@@ -143,38 +143,27 @@ pub fn read_work_tree(root: &Path) -> Result<RepoFiles, SourceError> {
         path: root.to_owned(),
         source,
     })?;
-    let mut found = Vec::new();
-    for top in ROOTS {
-        let p = root.join(top);
-        if let Ok(meta) = p.symlink_metadata() {
-            walk(
-                &canon_root,
-                root,
-                top.to_owned(),
-                meta.file_type(),
-                &mut found,
-            )?;
-        }
-    }
-    // Directory walking is cheap; reading is not: files are read in parallel.
-    let mut files: Vec<RawFile> = found
-        .into_par_iter()
-        .map(|f| match f {
-            Found::Done(raw) => raw,
-            Found::File(rel) => read_file(root, rel),
+    let t = std::time::Instant::now();
+    // Directories are walked in parallel and each file is read where it is found: on a repo
+    // of tens of thousands of files, a sequential walk was a third of `vakt validate`.
+    let per_root: Vec<Vec<RawFile>> = ROOTS
+        .par_iter()
+        .filter_map(|top| {
+            let meta = root.join(top).symlink_metadata().ok()?;
+            Some(walk(&canon_root, root, (*top).to_owned(), meta.file_type()))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
+    let mut files: Vec<RawFile> = per_root.into_iter().flatten().collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
+    tracing::debug!(
+        ms = crate::validate::ms(t),
+        files = files.len(),
+        "work tree read"
+    );
     Ok(RepoFiles {
         origin: Origin::WorkTree(root.to_owned()),
         files,
     })
-}
-
-/// A path met while walking: a file to read, or one already refused.
-enum Found {
-    File(String),
-    Done(RawFile),
 }
 
 fn unreadable(rel: &str, message: String) -> RawFile {
@@ -225,11 +214,11 @@ fn walk(
     root: &Path,
     rel: String,
     file_type: std::fs::FileType,
-    out: &mut Vec<Found>,
-) -> Result<(), SourceError> {
+) -> Result<Vec<RawFile>, SourceError> {
+    let mut out = Vec::new();
     if let Some(why) = check_path_name(&rel) {
-        out.push(Found::Done(bad_path(&rel, why)));
-        return Ok(());
+        out.push(bad_path(&rel, why));
+        return Ok(out);
     }
     let full = root.join(&rel);
     let (is_dir, is_file) = if file_type.is_symlink() {
@@ -237,12 +226,12 @@ fn walk(
             Ok(target) if target.starts_with(canon_root) => match target.metadata() {
                 Ok(m) => (m.is_dir(), m.is_file()),
                 Err(e) => {
-                    out.push(Found::Done(unreadable(&rel, e.to_string())));
-                    return Ok(());
+                    out.push(unreadable(&rel, e.to_string()));
+                    return Ok(out);
                 }
             },
             Ok(target) => {
-                out.push(Found::Done(RawFile {
+                out.push(RawFile {
                     path: rel.clone(),
                     content: Err(Finding::new(
                         "input.symlink-escape",
@@ -251,8 +240,8 @@ fn walk(
                         format!("symlink points outside the repository (to {})", target.display()),
                     )
                     .help("replace the symlink with the file itself; vakt never reads outside the repo")),
-                }));
-                return Ok(());
+                });
+                return Ok(out);
             }
             Err(e) => {
                 // A link whose target would stay inside the repository but does not exist is a
@@ -271,11 +260,11 @@ fn walk(
                     )
                     .help("remove the dangling symlink"),
                 };
-                out.push(Found::Done(RawFile {
+                out.push(RawFile {
                     path: rel.clone(),
                     content: Err(finding),
-                }));
-                return Ok(());
+                });
+                return Ok(out);
             }
         }
     } else {
@@ -290,39 +279,36 @@ fn walk(
             .filter_map(Result::ok)
             .collect();
         entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
-            let name = match name.to_str() {
-                Some(n) => n.to_owned(),
-                None => {
+        // Entries in parallel, each subtree walked and each file read by the worker that
+        // meets it.
+        let parts: Vec<Vec<RawFile>> = entries
+            .par_iter()
+            .map(|e| {
+                let name = e.file_name();
+                let Some(name) = name.to_str() else {
                     let lossy = name.to_string_lossy().into_owned();
-                    out.push(Found::Done(bad_path(
+                    return Ok(vec![bad_path(
                         &format!("{rel}/{lossy}"),
                         "file name is not valid UTF-8".into(),
-                    )));
-                    continue;
+                    )]);
+                };
+                if name.starts_with('.') && name != ".keep" {
+                    return Ok(Vec::new());
                 }
-            };
-            if name.starts_with('.') && name != ".keep" {
-                continue;
-            }
-            // The type from the directory entry (no extra `stat` on most file systems).
-            let ft = match e.file_type() {
-                Ok(ft) => ft,
-                Err(source) => {
-                    return Err(SourceError::Io {
-                        path: e.path(),
-                        source,
-                    });
-                }
-            };
-            walk(canon_root, root, format!("{rel}/{name}"), ft, out)?;
-        }
+                // The type from the directory entry (no extra `stat` on most file systems).
+                let ft = e.file_type().map_err(|source| SourceError::Io {
+                    path: e.path(),
+                    source,
+                })?;
+                walk(canon_root, root, format!("{rel}/{name}"), ft)
+            })
+            .collect::<Result<_, _>>()?;
+        out.extend(parts.into_iter().flatten());
     } else if is_file {
-        out.push(Found::File(rel));
+        out.push(read_file(root, rel));
     } else {
         // A FIFO, socket or device: never opened (a FIFO would block the read), never skipped.
-        out.push(Found::Done(RawFile {
+        out.push(RawFile {
             path: rel.clone(),
             content: Err(Finding::new(
                 "input.unreadable",
@@ -331,9 +317,9 @@ fn walk(
                 "not a regular file (a FIFO, socket or device): it is not read",
             )
             .help("replace it with a regular file, or remove it from the ops repo")),
-        }));
+        });
     }
-    Ok(())
+    Ok(out)
 }
 
 /// A symlink inside the repository whose target does not exist.

@@ -57,7 +57,15 @@ pub fn validate_with_commands(
     opts: &ValidateOptions,
     commands: &dyn rules::commands::CommandChecker,
 ) -> Report {
-    validate_parsed_with_commands(&parse_all(files), opts, commands)
+    let t = std::time::Instant::now();
+    let parsed = parse_all(files);
+    tracing::debug!(ms = ms(t), files = files.files.len(), "parsed");
+    validate_parsed_with_commands(&parsed, opts, commands)
+}
+
+/// Milliseconds since `t`, for the phase timings logged at debug level.
+pub(crate) fn ms(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// [`validate_with_commands`] on an already parsed repo (the parse of a commit may come from
@@ -68,6 +76,7 @@ pub fn validate_parsed_with_commands(
     commands: &dyn rules::commands::CommandChecker,
 ) -> Report {
     let mut report = validate_parsed(parsed, opts);
+    let t = std::time::Instant::now();
     let mut extra = Vec::new();
     for d in parsed
         .docs
@@ -84,6 +93,7 @@ pub fn validate_parsed_with_commands(
         }
     }
     report.findings.extend(extra);
+    tracing::debug!(ms = ms(t), "runbook commands checked");
     let mut seen = HashSet::new();
     report.findings.retain(|f| seen.insert(f.clone()));
     report
@@ -156,8 +166,17 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
     let per_view: Vec<View> = envs
         .par_iter()
         .map(|env| {
+            let t = std::time::Instant::now();
             let (model, mut f) = build_view(parsed, env.as_deref());
+            let built = ms(t);
+            let t = std::time::Instant::now();
             f.extend(rules::check(&model, &ctx));
+            tracing::debug!(
+                env = env.as_deref().unwrap_or("(base)"),
+                build_ms = built,
+                rules_ms = ms(t),
+                "view checked"
+            );
             let mut by_kind: BTreeMap<Kind, usize> = BTreeMap::new();
             for (k, _) in &model.documents {
                 *by_kind.entry(*k).or_default() += 1;

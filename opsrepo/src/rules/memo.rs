@@ -6,6 +6,21 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
+use sha2::{Digest, Sha256};
+
+/// A memo key for a long text: `scope`, then the SHA-256 of `text` (so a key never stands for
+/// two texts, and a memo of long texts stays small).
+pub(crate) fn text_key(scope: &str, text: &str) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(scope.len() + 65);
+    key.push_str(scope);
+    key.push('\0');
+    for b in Sha256::digest(text.as_bytes()) {
+        let _ = write!(key, "{b:02x}");
+    }
+    key
+}
+
 pub(crate) struct Memo<V> {
     map: OnceLock<Mutex<HashMap<String, V>>>,
     entries: usize,

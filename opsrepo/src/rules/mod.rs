@@ -53,16 +53,31 @@ pub const BUILTIN_SIGNALS: &[&str] = &[
 /// Runs every cross-document rule over one view.
 pub fn check(model: &Model, ctx: &RuleContext) -> Vec<Finding> {
     let mut out = Vec::new();
+    let mut t = std::time::Instant::now();
+    let mut lap = |group: &str| {
+        tracing::trace!(group, ms = crate::validate::ms(t), "rule group");
+        t = std::time::Instant::now();
+    };
     inventory::check(model, &mut out);
+    lap("inventory");
     definitions::check(model, &mut out);
+    lap("definitions");
     runbooks::check(model, ctx, &mut out);
+    lap("runbooks");
     alerts::check(model, &mut out);
+    lap("alerts");
     observability::check(model, &mut out);
+    lap("observability");
     render::check(model, &mut out);
+    lap("render");
     trigger::check(model, &mut out);
+    lap("trigger");
     labels::check(model, &mut out);
+    lap("labels");
     provenance::check(model, &mut out);
+    lap("provenance");
     topology::check(model, &mut out);
+    lap("topology");
     // A reference to a document that failed its own schema is not a second problem.
     if !model.broken_ids.is_empty() {
         out.retain(|f| {

@@ -2,6 +2,7 @@
 //! and signal coverage.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use pulldown_cmark::{Event, HeadingLevel, Parser, Tag, TagEnd};
 
@@ -9,6 +10,7 @@ use crate::diag::{Finding, Pos};
 use crate::load::Model;
 use crate::parse::LineIndex;
 
+use super::memo::{Memo, text_key};
 use super::{BUILTIN_SIGNALS, RuleContext};
 
 /// Sections every runbook has (H2 headings, matched case-insensitively).
@@ -219,6 +221,18 @@ fn review_age(
 
 /// Checks one runbook's markdown: required sections, no raw HTML, no script links.
 pub fn markdown(path: &str, text: &str, out: &mut Vec<Finding>) {
+    // A pure function of the path and the text: every view, and every daemon pass, checks
+    // the same runbooks again.
+    static MEMO: Memo<Arc<[Finding]>> = Memo::new(4096, 4096);
+    let found = MEMO.get_or(&text_key(path, text), |_| {
+        let mut v = Vec::new();
+        check_markdown(path, text, &mut v);
+        v.into()
+    });
+    out.extend(found.iter().cloned());
+}
+
+fn check_markdown(path: &str, text: &str, out: &mut Vec<Finding>) {
     let idx = LineIndex::new(text);
     let mut sections: Vec<String> = Vec::new();
     let mut in_h2: Option<String> = None;

@@ -7,10 +7,12 @@
 //! item, inline code that parses as PromQL and compares something is a claim about the rule.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pulldown_cmark::{Event, HeadingLevel, Parser, Tag, TagEnd};
 
+use super::memo::{Memo, text_key};
 use super::promql::{self, show_duration};
 use crate::diag::Finding;
 use crate::load::Model;
@@ -106,7 +108,14 @@ struct Item {
     prose: Vec<(String, usize)>,
 }
 
-fn trigger_items(text: &str) -> Vec<Item> {
+/// The Trigger section's items, remembered per text (every view and daemon pass reads the
+/// same runbooks).
+fn trigger_items(text: &str) -> Arc<[Item]> {
+    static MEMO: Memo<Arc<[Item]>> = Memo::new(4096, 4096);
+    MEMO.get_or(&text_key("", text), |_| parse_trigger_items(text).into())
+}
+
+fn parse_trigger_items(text: &str) -> Vec<Item> {
     let mut items = Vec::new();
     let mut in_h2: Option<String> = None;
     let mut in_trigger = false;
@@ -205,7 +214,7 @@ fn section(
     out: &mut Vec<Finding>,
 ) {
     let idx = LineIndex::new(text);
-    for item in trigger_items(text) {
+    for item in trigger_items(text).iter() {
         // ``Signal `x` ``: the item is about signal x.
         let names_signal = item
             .prose
