@@ -9,23 +9,36 @@ mod output;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc keeps freed pages for a while (1 s by default) and commits its arena eagerly on
-/// Linux, so the resident memory of a one-off command follows its allocations' high-water mark
-/// plus everything freed before it. For the commands that compile a commit and hold its keys
-/// (apply, plan, drift, promote, backup, restore), pages go back as soon as they are free and
-/// the arena is committed on demand: `vakt apply` on 50,000 keys stays near its live heap
-/// (BENCHMARKS.md, B7). The daemon, `validate` and `site` keep the defaults: they reuse freed
-/// pages at once, and giving them back costs page faults. An environment variable of the same
-/// name (`MIMALLOC_PURGE_DELAY`, ...) always wins.
-fn tune_allocator() {
+/// How a command wants mimalloc to treat freed memory.
+#[derive(Clone, Copy)]
+enum AllocProfile {
+    /// Commands that compile a commit and hold its keys (apply, plan, drift, promote, backup,
+    /// restore): pages go back as soon as they are free and the arena is committed on demand,
+    /// so `vakt apply` on 50,000 keys stays near its live heap (BENCHMARKS.md, B7).
+    Lean,
+    /// One-off commands that read a whole repo and exit (`validate`, `site build`): freed pages
+    /// are never given back, so they are reused without a page fault and zeroing; giving them
+    /// back made a validation of 40,000 documents take five to seven times the page faults.
+    OneShot,
+}
+
+/// Sets mimalloc's options for a command's profile. The daemon and everything else keep the
+/// defaults. An environment variable of the same name (`MIMALLOC_PURGE_DELAY`, ...) always
+/// wins.
+fn tune_allocator(profile: AllocProfile) {
     // Option numbers of mimalloc v3's `mi_option_e` (include/mimalloc.h); libmimalloc-sys
     // names only some of them.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    for (option, env, value) in [
-        (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT", 0),
-        (PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 0),
-    ] {
+    let options: &[(libmimalloc_sys::mi_option_t, &str, std::os::raw::c_long)] = match profile {
+        AllocProfile::Lean => &[
+            (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT", 0),
+            (PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 0),
+        ],
+        // -1: never purge.
+        AllocProfile::OneShot => &[(PURGE_DELAY, "MIMALLOC_PURGE_DELAY", -1)],
+    };
+    for &(option, env, value) in options {
         if std::env::var_os(env).is_none() {
             // SAFETY: sets an integer option, valid for every option number, before the command
             // starts any thread; mimalloc reads its options atomically.
@@ -84,16 +97,18 @@ pub use reconciler::outcome::exit;
 fn main() -> ExitCode {
     output::init_tracing();
     let cli = Cli::parse();
-    if matches!(
-        cli.command,
+    match &cli.command {
         Command::Apply(_)
-            | Command::Plan(_)
-            | Command::Drift(_)
-            | Command::Promote(_)
-            | Command::Backup(_)
-            | Command::Restore(_)
-    ) {
-        tune_allocator();
+        | Command::Plan(_)
+        | Command::Drift(_)
+        | Command::Promote(_)
+        | Command::Backup(_)
+        | Command::Restore(_) => tune_allocator(AllocProfile::Lean),
+        Command::Validate(_)
+        | Command::Site(cmd::site::SiteOpts {
+            command: cmd::site::SiteCommand::Build(_),
+        }) => tune_allocator(AllocProfile::OneShot),
+        _ => {}
     }
     let result = match cli.command {
         Command::Validate(o) => cmd::validate::run(o),
