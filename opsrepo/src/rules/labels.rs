@@ -52,7 +52,7 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
     for d in &m.dashboards {
         let value = d.value.tree();
         let mut exprs: Vec<(String, &str)> = Vec::new();
-        collect(&value, String::new(), &mut exprs, 0);
+        collect(&value, &mut String::new(), &mut exprs, 0);
         for (ptr, expr) in exprs {
             let Some(fx) = promql::facts(expr) else {
                 continue; // not PromQL: `dashboard.query` reports it
@@ -107,23 +107,30 @@ fn regex_matches_any(re: &str, allowed: &[&str]) -> bool {
 }
 
 /// Every `expr` string in a dashboard (panel targets, annotations), with its JSON pointer.
-fn collect<'a>(v: &'a Value, ptr: String, out: &mut Vec<(String, &'a str)>, depth: usize) {
+/// The pointer is one buffer, pushed and truncated on the way down; only an `expr` copies it.
+fn collect<'a>(v: &'a Value, ptr: &mut String, out: &mut Vec<(String, &'a str)>, depth: usize) {
     if depth > 64 {
         return;
     }
+    let len = ptr.len();
     match v {
         Value::Object(map) => {
             for (k, x) in map {
-                let p = format!("{ptr}/{}", k.replace('~', "~0").replace('/', "~1"));
+                ptr.push('/');
+                crate::parse::push_segment(ptr, k);
                 match (k.as_str(), x) {
-                    ("expr", Value::String(s)) => out.push((p, s)),
-                    _ => collect(x, p, out, depth + 1),
+                    ("expr", Value::String(s)) => out.push((ptr.clone(), s)),
+                    _ => collect(x, ptr, out, depth + 1),
                 }
+                ptr.truncate(len);
             }
         }
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
-                collect(x, format!("{ptr}/{i}"), out, depth + 1);
+                use std::fmt::Write;
+                let _ = write!(ptr, "/{i}");
+                collect(x, ptr, out, depth + 1);
+                ptr.truncate(len);
             }
         }
         _ => {}
