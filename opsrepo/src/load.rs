@@ -491,17 +491,20 @@ fn parse_one(
                     .help("put per-environment settings under [environments.<env>] in vakt.toml"),
                 ]));
             }
-            let text = parse::decode(&raw.path, bytes).map_err(|f| vec![f])?;
+            // Decoded once by the caller; decoded here only to name the invalid byte.
+            let text: Arc<str> = match text_arc {
+                Some(t) => t,
+                None => Arc::from(parse::decode(&raw.path, bytes).map_err(|f| vec![f])?),
+            };
             let format = Format::from_path(&raw.path).unwrap_or(Format::Toml);
             // The value alone: positions are computed only for a file a finding names.
-            let mut value = parse::parse_value(&raw.path, format, text).map_err(|f| vec![f])?;
+            let mut value = parse::parse_value(&raw.path, format, &text).map_err(|f| vec![f])?;
             if kind == Kind::AlertRules {
                 if let Some(f) = prometheus_rule_cr(&raw.path, &value) {
                     return Err(ParseFail::Schema(vec![f], None));
                 }
                 null_rules_to_empty(&mut value);
             }
-            let text: Arc<str> = text_arc.unwrap_or_else(|| Arc::from(text));
             let mut doc = SourceDoc {
                 path: raw.path.clone(),
                 kind,
