@@ -177,3 +177,8 @@ rules! {
     "inventory.node-tls", Error, "a node with `tls = \"required\"` has a plain `http://` admin URL";
     "promotion.order", Error, "a commit would reach an environment before the one it is promoted from", by "promote --check";
 }
+
+/// Milliseconds since `t`, for the phase timings logged at debug level.
+pub(crate) fn ms(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}

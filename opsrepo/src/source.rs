@@ -156,7 +156,7 @@ pub fn read_work_tree(root: &Path) -> Result<RepoFiles, SourceError> {
     let mut files: Vec<RawFile> = per_root.into_iter().flatten().collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     tracing::debug!(
-        ms = crate::validate::ms(t),
+        ms = crate::diag::ms(t),
         files = files.len(),
         "work tree read"
     );

@@ -59,13 +59,8 @@ pub fn validate_with_commands(
 ) -> Report {
     let t = std::time::Instant::now();
     let parsed = parse_all(files);
-    tracing::debug!(ms = ms(t), files = files.files.len(), "parsed");
+    tracing::debug!(ms = crate::diag::ms(t), files = files.files.len(), "parsed");
     validate_parsed_with_commands(&parsed, opts, commands)
-}
-
-/// Milliseconds since `t`, for the phase timings logged at debug level.
-pub(crate) fn ms(t: std::time::Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// [`validate_with_commands`] on an already parsed repo (the parse of a commit may come from
@@ -93,7 +88,7 @@ pub fn validate_parsed_with_commands(
         }
     }
     report.findings.extend(extra);
-    tracing::debug!(ms = ms(t), "runbook commands checked");
+    tracing::debug!(ms = crate::diag::ms(t), "runbook commands checked");
     let mut seen = HashSet::new();
     report.findings.retain(|f| seen.insert(f.clone()));
     report
@@ -162,19 +157,33 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
         }
         None => envs.extend(declared.iter().cloned().map(Some)),
     }
+    // An environment without overlay files sees exactly the base documents, and no rule reads
+    // the view's name: its findings are the base view's. Its view is built only when it is
+    // the model the caller keeps, and its rules never run.
+    let overlaid: HashSet<&str> = parsed
+        .docs
+        .iter()
+        .filter_map(|d| d.env.as_deref())
+        .collect();
     type View = (Vec<Finding>, usize, BTreeMap<Kind, usize>, Option<Model>);
     let per_view: Vec<View> = envs
         .par_iter()
+        .filter(|env| {
+            env.as_deref()
+                .is_none_or(|e| overlaid.contains(e) || opts.env.as_deref() == Some(e))
+        })
         .map(|env| {
             let t = std::time::Instant::now();
             let (model, mut f) = build_view(parsed, env.as_deref());
-            let built = ms(t);
+            let built = crate::diag::ms(t);
             let t = std::time::Instant::now();
-            f.extend(rules::check(&model, &ctx));
+            if env.as_deref().is_none_or(|e| overlaid.contains(e)) {
+                f.extend(rules::check(&model, &ctx));
+            }
             tracing::debug!(
                 env = env.as_deref().unwrap_or("(base)"),
                 build_ms = built,
-                rules_ms = ms(t),
+                rules_ms = crate::diag::ms(t),
                 "view checked"
             );
             let mut by_kind: BTreeMap<Kind, usize> = BTreeMap::new();

@@ -55,7 +55,7 @@ pub fn check(model: &Model, ctx: &RuleContext) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut t = std::time::Instant::now();
     let mut lap = |group: &str| {
-        tracing::trace!(group, ms = crate::validate::ms(t), "rule group");
+        tracing::trace!(group, ms = crate::diag::ms(t), "rule group");
         t = std::time::Instant::now();
     };
     inventory::check(model, &mut out);
