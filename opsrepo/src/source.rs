@@ -179,34 +179,55 @@ fn unreadable(rel: &str, message: String) -> RawFile {
 }
 
 /// Reads one regular file (or the file a checked symlink points to), refusing large ones
-/// unread: the size comes from the open file, so one `open` + `fstat` + `read` per file.
+/// unread. Most ops repo files fit one 8 KiB read, so they cost `open` + `read` + the read that
+/// sees the end; only a file that fills it has its size taken from the open file (`fstat`)
+/// before the rest is read.
 fn read_file(root: &Path, rel: String) -> RawFile {
     use std::io::Read;
+    const FIRST: usize = 8 * 1024;
     let full = root.join(&rel);
-    let f = match std::fs::File::open(&full) {
+    let mut f = match std::fs::File::open(&full) {
         Ok(f) => f,
         Err(e) => return unreadable(&rel, format!("failed to read: {e}")),
     };
-    let len = match f.metadata() {
-        Ok(m) => m.len(),
-        Err(e) => return unreadable(&rel, format!("failed to read: {e}")),
-    };
-    if len > MAX_FILE_BYTES {
-        return too_large(&rel, len);
-    }
-    let mut buf = Vec::with_capacity(len as usize);
-    // Read at most one byte past the limit, in case the file grows while it is read.
-    let content = match f.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf) {
-        Ok(n) if n as u64 > MAX_FILE_BYTES => return too_large(&rel, n as u64),
-        Ok(_) => Ok(buf),
-        Err(e) => Err(Finding::new(
+    let failed = |e: std::io::Error| RawFile {
+        content: Err(Finding::new(
             "input.unreadable",
             &rel,
             Pos::default(),
             format!("failed to read: {e}"),
         )),
+        path: rel.clone(),
     };
-    RawFile { path: rel, content }
+    let mut buf = Vec::with_capacity(FIRST);
+    if let Err(e) = (&mut f).take(FIRST as u64).read_to_end(&mut buf) {
+        return failed(e);
+    }
+    if buf.len() == FIRST {
+        let len = match f.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return failed(e),
+        };
+        if len > MAX_FILE_BYTES {
+            return too_large(&rel, len);
+        }
+        buf.reserve((len as usize).saturating_sub(FIRST) + 1);
+        // At most one byte past the limit, in case the file grows while it is read.
+        match f
+            .take(MAX_FILE_BYTES + 1 - FIRST as u64)
+            .read_to_end(&mut buf)
+        {
+            Ok(_) if buf.len() as u64 > MAX_FILE_BYTES => {
+                return too_large(&rel, buf.len() as u64);
+            }
+            Ok(_) => {}
+            Err(e) => return failed(e),
+        }
+    }
+    RawFile {
+        path: rel,
+        content: Ok(buf),
+    }
 }
 
 fn walk(
@@ -560,6 +581,30 @@ fn resolve_link(link_path: &str, target: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_around_the_first_read_and_the_limit_are_read_whole_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = MAX_FILE_BYTES as usize;
+        for len in [0, 1, 8191, 8192, 8193, 100_000, max] {
+            let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            std::fs::write(dir.path().join("f"), &content).unwrap();
+            let raw = read_file(dir.path(), "f".into());
+            assert_eq!(
+                raw.content.as_deref().ok(),
+                Some(&content[..]),
+                "{len} bytes"
+            );
+        }
+        std::fs::write(dir.path().join("f"), vec![b'x'; max + 1]).unwrap();
+        let f = read_file(dir.path(), "f".into()).content.unwrap_err();
+        assert_eq!(f.rule, "input.too-large");
+        assert!(
+            f.message.contains(&format!("file is {} bytes", max + 1)),
+            "{}",
+            f.message
+        );
+    }
 
     #[test]
     fn link_resolution_stays_inside() {
