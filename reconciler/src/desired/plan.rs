@@ -8,9 +8,9 @@ use std::io::Write as _;
 
 use opsrepo::model::{GatedAction, Policy};
 use rayon::prelude::*;
-use sha2::{Digest as _, Sha256};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use crate::desired::canon;
 use crate::desired::compile::{Bucket, Desired, KeyId};

@@ -22,12 +22,12 @@ use opsrepo::model::{FreezeWindow, Policy, Weekday};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::desired::canon;
 use crate::desired::compile::{Bucket, Desired};
 use crate::desired::plan::{self, Action, LivePlan, Plan};
 use crate::fault;
 use crate::ops::approvals::Gate;
 use crate::outcome::{RefusalKind, Refused, SyncState};
-use crate::desired::canon;
 use crate::store::audit::{Audit, AuditEvent, Prepared, Template, now_rfc3339};
 use crate::store::state::{self, Applied, Approval, Inflight, LastGood, Refusal, Status};
 use crate::store::{Store, StoreError};
@@ -1154,7 +1154,8 @@ mod tests {
             let mut events = ChangeEvents::new(store, &plan, opts, "dev", client);
             for c in [&add, &heal, &remove, &unpinned, &long_key, &long_reason] {
                 let got = events.prepare(c);
-                let want = Prepared::new(change_event(store, &plan, opts, c), "dev", client, REVISION);
+                let want =
+                    Prepared::new(change_event(store, &plan, opts, c), "dev", client, REVISION);
                 assert_eq!(got.id(), want.id());
                 let (head, time) = ("sha256:abc", "2026-11-29T20:00:00.5Z");
                 let (got, want) = (got.assemble(42, head, time), want.assemble(42, head, time));
