@@ -980,6 +980,66 @@ mod tests {
     }
 
     #[test]
+    fn a_template_prepares_the_event_prepared_new_does() {
+        let mut proto = AuditEvent::new("", "other", "ada \"é", "", "applied");
+        proto.job_id = Some("job-1".into());
+        proto.plan_id = Some("plan-1".into());
+        proto.commit = Some("c".repeat(40));
+        proto.site = Some("fra\n1".into());
+        let detail = |out: &mut Vec<u8>| {
+            out.extend_from_slice(b"{\"a\":[1,null],\"revision\":");
+            let at = out.len();
+            out.extend_from_slice(b",\"z\":\"x\"}");
+            at
+        };
+        let (head, time) = ("sha256:abc", "2026-11-29T20:00:00.5Z");
+        for client in [None, Some("10.0.0.1:5")] {
+            let mut t = Template::new(&proto, "dev", client);
+            for (action, target, reason) in [
+                ("kv.put", Some("vakt_dev_config/k\"é"), None),
+                ("kv.heal", None, Some("drift: \"x\"")),
+                ("kv.put", Some("t"), Some("r")),
+            ] {
+                let id = format!("plan-1/config/{action}");
+                let got = t
+                    .prepare(action, id.clone(), target, reason, detail)
+                    .expect("fits");
+                let mut ev = proto.clone();
+                ev.id = id;
+                ev.action = action.into();
+                ev.target = target.map(str::to_owned);
+                ev.reason = reason.map(str::to_owned);
+                ev.detail = Some(serde_json::json!({"a": [1, null], "revision": null, "z": "x"}));
+                let want = Prepared::new(ev, "dev", client, "revision");
+                assert_eq!(got.subject.as_str(), want.subject.as_str());
+                assert_eq!(got.id(), want.id());
+                let (got, want) = (got.assemble(7, head, time), want.assemble(7, head, time));
+                let text = |p: Option<(Vec<u8>, String)>| {
+                    p.map(|(j, h)| (String::from_utf8(j).unwrap(), h))
+                };
+                let (got, want) = (text(got), text(want));
+                assert!(want.is_some());
+                assert_eq!(got, want);
+            }
+            // What `bounded` would cut is left to `Prepared::new`.
+            let long = "k".repeat(MAX_TARGET_CHARS + 1);
+            assert!(
+                t.prepare("kv.put", "i".into(), Some(&long), None, detail)
+                    .is_none()
+            );
+            let big = |out: &mut Vec<u8>| {
+                out.extend_from_slice(b"{\"revision\":");
+                let at = out.len();
+                out.extend_from_slice(b",\"x\":\"");
+                out.extend(std::iter::repeat_n(b'y', MAX_EVENT_BYTES));
+                out.extend_from_slice(b"\"}");
+                at
+            };
+            assert!(t.prepare("kv.put", "i".into(), None, None, big).is_none());
+        }
+    }
+
+    #[test]
     fn a_prepared_event_is_the_event_send_would_store() {
         let mut ev = AuditEvent::new("plan-1/config/k", "other", "ada", "kv.heal", "applied");
         ev.plan_id = Some("plan-1".into());
