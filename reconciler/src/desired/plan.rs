@@ -4,10 +4,13 @@
 //! policy that gates them; and its impact on tenants, services and sites.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 
 use opsrepo::model::{GatedAction, Policy};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use crate::desired::canon;
 use crate::desired::compile::{Bucket, Desired, KeyId};
@@ -554,10 +557,21 @@ fn finish(
             }
         }
     }
-    let mut impact = Impact::default();
-    for c in changes.iter().chain(&kept) {
-        impact_of(head, c, &mut impact);
-    }
+    // Each change's impact reads its spec (four fields, the rest skipped): in parallel, one
+    // set of names per worker, merged.
+    let impact = changes
+        .par_iter()
+        .chain(kept.par_iter())
+        .fold(Impact::default, |mut acc, c| {
+            impact_of(head, c, &mut acc);
+            acc
+        })
+        .reduce(Impact::default, |mut a, b| {
+            a.tenants.extend(b.tenants);
+            a.services.extend(b.services);
+            a.sites.extend(b.sites);
+            a
+        });
     let counts = Counts {
         add: changes.iter().filter(|c| c.action == Action::Add).count(),
         change: changes
@@ -570,24 +584,29 @@ fn finish(
             .count(),
         orphans_kept: kept.len(),
     };
-    let mut h = Vec::new();
-    h.extend_from_slice(head.env.as_bytes());
-    h.push(0);
-    h.extend_from_slice(head.commit.as_bytes());
+    // SHA-256 of the environment, the head and one line per change, hashed line by line (the
+    // same bytes as hashing them joined, without holding them: 6 MB for 50,000 changes).
+    let mut h = Sha256::new();
+    let mut line = Vec::with_capacity(256);
+    line.extend_from_slice(head.env.as_bytes());
+    line.push(0);
+    line.extend_from_slice(head.commit.as_bytes());
+    h.update(&line);
     for c in &changes {
-        h.extend_from_slice(
-            format!(
-                "\n{} {} {} {:?} {:?}",
-                c.action.as_str(),
-                c.bucket,
-                c.key,
-                c.from_revision,
-                c.to_digest
-            )
-            .as_bytes(),
+        line.clear();
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            line,
+            "\n{} {} {} {:?} {:?}",
+            c.action.as_str(),
+            c.bucket,
+            c.key,
+            c.from_revision,
+            c.to_digest
         );
+        h.update(&line);
     }
-    let digest = canon::digest(&h);
+    let digest = hex_digest(h);
     Plan {
         id: format!("plan-{}", &digest[7..19]),
         digest,
@@ -603,22 +622,35 @@ fn finish(
     }
 }
 
+/// `h`'s digest as [`canon::digest`] writes it.
+fn hex_digest(h: Sha256) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for b in h.finalize() {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}
+
 fn impact_of(head: &Desired, c: &Change, out: &mut Impact) {
-    let parts: Vec<&str> = c.key.split('.').collect();
-    match (c.bucket, parts.as_slice()) {
-        (Bucket::Config, ["tenant", t, ..]) => {
-            out.tenants.insert((*t).to_owned());
+    /// Inserts `s` unless it is there (most changes name a tenant or site already seen).
+    fn add(set: &mut BTreeSet<String>, s: &str) {
+        if !set.contains(s) {
+            set.insert(s.to_owned());
         }
-        (Bucket::Placement, [sk, t]) => {
-            out.tenants.insert((*t).to_owned());
-            out.services.insert((*sk).to_owned());
+    }
+    let mut parts = c.key.split('.');
+    let (first, second, third) = (parts.next(), parts.next(), parts.next());
+    match (c.bucket, first, second, third) {
+        (Bucket::Config, Some("tenant"), Some(t), _) => add(&mut out.tenants, t),
+        (Bucket::Placement, Some(sk), Some(t), None) => {
+            add(&mut out.tenants, t);
+            add(&mut out.services, sk);
         }
-        (Bucket::Inventory, ["service", k]) => {
-            out.services.insert((*k).to_owned());
-        }
-        (Bucket::Inventory, ["site", s]) => {
-            out.sites.insert((*s).to_owned());
-        }
+        (Bucket::Inventory, Some("service"), Some(k), None) => add(&mut out.services, k),
+        (Bucket::Inventory, Some("site"), Some(s), None) => add(&mut out.sites, s),
         _ => {}
     }
     let Some(spec) = head.get(c.bucket, &c.key) else {

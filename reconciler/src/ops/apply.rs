@@ -22,12 +22,13 @@ use opsrepo::model::{FreezeWindow, Policy, Weekday};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::desired::canon;
 use crate::desired::compile::{Bucket, Desired};
 use crate::desired::plan::{self, Action, LivePlan, Plan};
 use crate::fault;
 use crate::ops::approvals::Gate;
 use crate::outcome::{RefusalKind, Refused, SyncState};
-use crate::store::audit::{Audit, AuditEvent, Prepared, now_rfc3339};
+use crate::store::audit::{Audit, AuditEvent, Prepared, Template, now_rfc3339};
 use crate::store::state::{self, Applied, Approval, Inflight, LastGood, Refusal, Status};
 use crate::store::{Store, StoreError};
 
@@ -342,7 +343,19 @@ fn event(
     action: &str,
     outcome: &str,
 ) -> AuditEvent {
-    let mut ev = AuditEvent::new(id, &store.env, &opts.actor, action, outcome);
+    event_in(&store.env, plan, opts, id, action, outcome)
+}
+
+/// [`event`] of environment `env`.
+fn event_in(
+    env: &str,
+    plan: &Plan,
+    opts: &ApplyOpts,
+    id: String,
+    action: &str,
+    outcome: &str,
+) -> AuditEvent {
+    let mut ev = AuditEvent::new(id, env, &opts.actor, action, outcome);
     ev.plan_id = Some(plan.id.clone());
     ev.commit = Some(plan.head.clone());
     ev.correlation_id = Some(plan.id.clone());
@@ -613,7 +626,14 @@ pub async fn write_plan(
     // and the time) are prepared a window ahead, while the writes before them are in flight;
     // an acknowledgement then only fills in its revision, hashes and publishes.
     let (audit_env, audit_client) = (audit.env.clone(), audit.client.clone());
-    let prepare = |i: usize| -> (Option<bytes::Bytes>, Prepared) {
+    let mut events = ChangeEvents::new(
+        (&store.env, &store.prefix),
+        plan,
+        opts,
+        &audit_env,
+        audit_client.as_deref(),
+    );
+    let mut prepare = |i: usize| -> (Option<bytes::Bytes>, Prepared) {
         let c = &plan.changes[i];
         let value = match c.action {
             Action::Remove => None,
@@ -621,15 +641,7 @@ pub async fn write_plan(
                 .get(c.bucket, &c.key)
                 .map(|e| bytes::Bytes::from(e.value(&desired.env))),
         };
-        (
-            value,
-            Prepared::new(
-                change_event(store, plan, opts, c),
-                &audit_env,
-                audit_client.as_deref(),
-                REVISION,
-            ),
-        )
+        (value, events.prepare(c))
     };
     let mut ready: VecDeque<(Option<bytes::Bytes>, Prepared)> = VecDeque::new();
     let mut prepared = 0usize;
@@ -793,23 +805,133 @@ async fn bounded<T>(
 /// write is acknowledged, see [`Prepared::new`]).
 const REVISION: &str = "revision";
 
-/// The audit event of one change, its `detail.revision` still null.
-fn change_event(store: &Store, plan: &Plan, opts: &ApplyOpts, c: &plan::Change) -> AuditEvent {
-    let action = match c.action {
+/// The audit action of a change.
+fn change_action(c: &plan::Change) -> &'static str {
+    match c.action {
         Action::Remove => "kv.delete",
         // A change the Git history does not explain: drift being healed.
         Action::Change if c.reason.is_some() => "kv.heal",
         _ => "kv.put",
+    }
+}
+
+/// Prepares the audit events of one plan's changes ([`change_event`] as [`Prepared`]): the
+/// members every change event shares are written once ([`Template`]), and each event's own
+/// (id, target, reason, detail) straight as canonical JSON.
+struct ChangeEvents<'a> {
+    /// The store's environment and key-value prefix.
+    store: (&'a str, &'a str),
+    plan: &'a Plan,
+    opts: &'a ApplyOpts,
+    env: &'a str,
+    client: Option<&'a str>,
+    template: Template,
+    target: String,
+}
+
+impl<'a> ChangeEvents<'a> {
+    fn new(
+        store: (&'a str, &'a str),
+        plan: &'a Plan,
+        opts: &'a ApplyOpts,
+        env: &'a str,
+        client: Option<&'a str>,
+    ) -> Self {
+        let proto = event_in(store.0, plan, opts, String::new(), "kv.put", "applied");
+        ChangeEvents {
+            store,
+            plan,
+            opts,
+            env,
+            client,
+            template: Template::new(&proto, env, client),
+            target: String::new(),
+        }
+    }
+
+    /// `c`'s event, its revision left to fill in on the acknowledgement.
+    fn prepare(&mut self, c: &plan::Change) -> Prepared {
+        use std::fmt::Write as _;
+        self.target.clear();
+        // `Store::bucket_name`, then the key (writing to a String cannot fail).
+        let _ = write!(self.target, "{}_{}/{}", self.store.1, c.bucket, c.key);
+        self.template
+            .prepare(
+                change_action(c),
+                change_event_id(&self.plan.id, c.bucket, &c.key),
+                Some(&self.target),
+                c.reason.as_deref(),
+                |out| write_change_detail(c, out),
+            )
+            .unwrap_or_else(|| {
+                Prepared::new(
+                    change_event(self.store, self.plan, self.opts, c),
+                    self.env,
+                    self.client,
+                    REVISION,
+                )
+            })
+    }
+}
+
+/// Appends the detail of `c`'s event as canonical JSON (the object [`change_event`] builds,
+/// keys in sorted order), without the revision's number: returns where it goes.
+fn write_change_detail(c: &plan::Change, out: &mut Vec<u8>) -> usize {
+    use std::io::Write as _;
+    fn opt_str(out: &mut Vec<u8>, v: Option<&str>) {
+        match v {
+            Some(s) => canon::write_str(s, out),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b"{\"change\":");
+    canon::write_str(c.action.as_str(), out);
+    out.extend_from_slice(b",\"fields\":[");
+    for (i, f) in c.fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        canon::write_str(&f.pointer, out);
+    }
+    out.extend_from_slice(b"],\"from_digest\":");
+    opt_str(out, c.from_digest.as_deref());
+    out.extend_from_slice(b",\"from_revision\":");
+    // Writing to a Vec cannot fail.
+    let _ = match c.from_revision {
+        Some(r) => write!(out, "{r}"),
+        None => out.write_all(b"null"),
     };
-    let mut ev = event(
-        store,
+    out.extend_from_slice(b",\"path\":");
+    opt_str(out, c.path.as_deref());
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(REVISION.as_bytes());
+    out.extend_from_slice(b"\":");
+    let at = out.len();
+    out.extend_from_slice(b",\"to_digest\":");
+    opt_str(out, c.to_digest.as_deref());
+    out.push(b'}');
+    at
+}
+
+/// The audit event of one change, its `detail.revision` still null.
+/// `store` is the store's environment and key-value prefix.
+fn change_event(
+    store: (&str, &str),
+    plan: &Plan,
+    opts: &ApplyOpts,
+    c: &plan::Change,
+) -> AuditEvent {
+    let action = change_action(c);
+    let mut ev = event_in(
+        store.0,
         plan,
         opts,
         change_event_id(&plan.id, c.bucket, &c.key),
         action,
         "applied",
     );
-    ev.target = Some(format!("{}/{}", store.bucket_name(c.bucket), c.key));
+    // `Store::bucket_name`, then the key.
+    ev.target = Some(format!("{}_{}/{}", store.1, c.bucket.as_str(), c.key));
     ev.reason = c.reason.clone();
     ev.detail = Some(serde_json::json!({
         "change": c.action, "path": c.path, "from_digest": c.from_digest, "to_digest": c.to_digest,
@@ -984,6 +1106,71 @@ mod tests {
         assert!(!in_window(&e, datetime!(2026-11-21 00:00 UTC)));
         assert!(!in_window(&e, datetime!(2026-11-20 14:59 UTC)));
     }
+
+    #[test]
+    fn prepared_change_events_are_the_events_change_event_makes() {
+        use crate::desired::plan::FieldChange;
+        let mut plan = Plan::empty("dev", &"c".repeat(40));
+        plan.id = "plan-0123456789ab".into();
+        let change = |bucket, key: &str, action, rev: Option<u64>| plan::Change {
+            bucket,
+            key: key.into(),
+            action,
+            path: Some("config/tenants/a.toml".into()),
+            from_digest: None,
+            to_digest: Some("sha256:1".into()),
+            from_revision: rev,
+            fields: Vec::new(),
+            actions: Vec::new(),
+            reason: None,
+            orphan: false,
+        };
+        let add = change(Bucket::Config, "tenant.a.tenant", Action::Add, Some(0));
+        let mut heal = change(Bucket::Placement, "k\"é\\ 😀", Action::Change, Some(7));
+        heal.from_digest = Some("sha256:0".into());
+        heal.reason = Some("drift: \"x\"\n".into());
+        heal.fields = ["/a", "/b~1c"]
+            .map(|p| FieldChange {
+                pointer: p.into(),
+                old: None,
+                new: None,
+            })
+            .into();
+        let mut remove = change(Bucket::Access, "r", Action::Remove, Some(9));
+        remove.path = None;
+        remove.to_digest = None;
+        remove.reason = Some("orphan".into());
+        let unpinned = change(Bucket::Inventory, "site.x", Action::Add, None);
+        // Kept whole (`bounded` would cut them): a long key, a long reason.
+        let long_key = change(Bucket::Config, &"k".repeat(300), Action::Add, Some(0));
+        let mut long_reason = change(Bucket::Config, "x", Action::Change, Some(3));
+        long_reason.reason = Some("r".repeat(MAX_REASON + 1));
+        let mut opts = ApplyOpts::new("ada");
+        let bare = opts.clone();
+        opts.causation_id = Some("tick-9".into());
+        opts.site = Some("fra1".into());
+        for (opts, client) in [(&opts, Some("10.0.0.1:5")), (&bare, None)] {
+            let store = ("dev", "vakt_dev");
+            let mut events = ChangeEvents::new(store, &plan, opts, "dev", client);
+            for c in [&add, &heal, &remove, &unpinned, &long_key, &long_reason] {
+                let got = events.prepare(c);
+                let want =
+                    Prepared::new(change_event(store, &plan, opts, c), "dev", client, REVISION);
+                assert_eq!(got.id(), want.id());
+                let (head, time) = ("sha256:abc", "2026-11-29T20:00:00.5Z");
+                let (got, want) = (got.assemble(42, head, time), want.assemble(42, head, time));
+                let whole = std::ptr::eq(c, &long_key) || std::ptr::eq(c, &long_reason);
+                assert_eq!(got.is_none(), whole, "{}", c.key);
+                assert_eq!(
+                    got.map(|(j, h)| (String::from_utf8(j).unwrap(), h)),
+                    want.map(|(j, h)| (String::from_utf8(j).unwrap(), h)),
+                );
+            }
+        }
+    }
+
+    /// The longest reason an audit event keeps whole.
+    const MAX_REASON: usize = crate::store::audit::MAX_REASON_CHARS;
 
     #[test]
     fn one_off_windows() {

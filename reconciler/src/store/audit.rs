@@ -12,6 +12,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use crate::desired::canon;
 use crate::store::{StoreError, nats_err};
@@ -279,8 +280,13 @@ pub struct Prepared {
 
 #[derive(Debug)]
 enum Form {
-    /// The event's canonical JSON with the holes of [`Holes`] (`hash` empty).
-    Parts { json: Vec<u8>, at: Holes },
+    /// The event's canonical JSON with the holes of [`Holes`] (`hash` empty), and the SHA-256
+    /// state after the bytes before the first hole (the revision's), hashed ahead.
+    Parts {
+        json: Vec<u8>,
+        at: Holes,
+        prefix: Box<Sha256>,
+    },
     /// An event [`AuditEvent::bounded`] would change (a long field, a large detail): sent
     /// through [`Audit::send`], with the revision set in its detail then.
     Event { ev: Box<AuditEvent>, key: String },
@@ -337,11 +343,7 @@ impl Prepared {
             let at = ev.write_parts(&mut json, Some(revision_key));
             // Room for the revision (20 digits), the time and the two hashes, with margin.
             if json.len() + 20 + 64 + 2 * 80 <= MAX_EVENT_BYTES - 200 {
-                return Prepared {
-                    id,
-                    subject,
-                    form: Form::Parts { json, at },
-                };
+                return Prepared::parts(id, subject, json, at);
             }
         }
         Prepared {
@@ -354,10 +356,33 @@ impl Prepared {
         }
     }
 
+    /// A prepared event of canonical JSON `json` with holes `at`: the bytes before the first
+    /// hole are hashed now (the acknowledgement then hashes only the rest).
+    fn parts(id: String, subject: async_nats::Subject, json: Vec<u8>, at: Holes) -> Prepared {
+        let mut prefix = Sha256::new();
+        prefix.update(&json[..at.revision]);
+        Prepared {
+            id,
+            subject,
+            form: Form::Parts {
+                json,
+                at,
+                prefix: Box::new(prefix),
+            },
+        }
+    }
+
     /// The stored JSON and hash of the event with `revision`, chained to `prev_hash`, at
-    /// `time`; `None` for an event kept whole (sent through [`Audit::send`]).
-    fn assemble(&self, revision: u64, prev_hash: &str, time: &str) -> Option<(Vec<u8>, String)> {
-        let Form::Parts { json, at } = &self.form else {
+    /// `time`; `None` for an event kept whole (sent through [`Audit::send`]). The bytes are
+    /// the ones [`AuditEvent::seal`] writes: the hash covers them with `hash` empty, and is then
+    /// written into the room left for it.
+    pub(crate) fn assemble(
+        &self,
+        revision: u64,
+        prev_hash: &str,
+        time: &str,
+    ) -> Option<(Vec<u8>, String)> {
+        let Form::Parts { json, at, prefix } = &self.form else {
             return None;
         };
         let mut out = Vec::with_capacity(json.len() + 256);
@@ -366,14 +391,181 @@ impl Prepared {
         let _ = write!(out, "{revision}");
         out.extend_from_slice(&json[at.revision..at.hash]);
         let hash_at = out.len();
+        out.extend_from_slice(&[0; HASH_LEN]);
         out.extend_from_slice(&json[at.hash..at.prev_hash]);
         canon::write_str(prev_hash, &mut out);
         out.extend_from_slice(&json[at.prev_hash..at.time]);
         canon::write_str(time, &mut out);
         out.extend_from_slice(&json[at.time..]);
-        let hash = canon::digest(&out);
-        out.splice(hash_at..hash_at, hash.bytes());
+        // The prefix state covers `json[..at.revision]`, which is `out[..at.revision]`.
+        let mut h = (**prefix).clone();
+        h.update(&out[at.revision..hash_at]);
+        h.update(&out[hash_at + HASH_LEN..]);
+        let hash = hex_digest(h);
+        out[hash_at..hash_at + HASH_LEN].copy_from_slice(hash.as_bytes());
         Some((out, hash))
+    }
+}
+
+/// The length of a hash as written: `sha256:` and 64 hex digits.
+const HASH_LEN: usize = 7 + 64;
+
+/// `h`'s digest as [`canon::digest`] writes it.
+fn hex_digest(h: Sha256) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(HASH_LEN);
+    s.push_str("sha256:");
+    for b in h.finalize() {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// The members shared by a run of events that differ only in their action, id, target, reason
+/// and detail (the change events of one apply), written as canonical JSON once:
+/// [`Template::prepare`] then writes only what differs, straight into the [`Prepared`] form
+/// (no [`AuditEvent`], no `serde_json::Value`). The result is byte for byte what
+/// [`Prepared::new`] makes of the same event (a unit test holds the two together).
+#[derive(Debug)]
+pub struct Template {
+    env: String,
+    /// The members between `action` and `detail`: `actor` to `correlation_id`.
+    head: Vec<u8>,
+    /// `env` and the start of `hash`.
+    env_hash: Vec<u8>,
+    /// `job_id`, `outcome`, `plan_id` and the start of `prev_hash`.
+    tail: Vec<u8>,
+    /// The `site` member (between `reason` and `target`).
+    site: Vec<u8>,
+    /// Every shared field is within what [`AuditEvent::bounded`] keeps as it is.
+    fits: bool,
+    /// Subjects by action.
+    subjects: Vec<(String, async_nats::Subject)>,
+}
+
+impl Template {
+    /// The shared members of `proto` (its actor, causation, client, commit, correlation, job,
+    /// outcome, plan and site; the rest is ignored), for a writer of environment `env` whose
+    /// `client` is used when `proto` names none, as [`Prepared::new`] does.
+    pub fn new(proto: &AuditEvent, env: &str, client: Option<&str>) -> Template {
+        fn key(out: &mut Vec<u8>, key: &str) {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+        }
+        fn opt(out: &mut Vec<u8>, k: &str, v: Option<&str>) {
+            if let Some(v) = v {
+                key(out, k);
+                canon::write_str(v, out);
+            }
+        }
+        let client = proto.client.as_deref().or(client);
+        let mut head = Vec::new();
+        opt(&mut head, "actor", Some(&proto.actor));
+        opt(&mut head, "causation_id", proto.causation_id.as_deref());
+        opt(&mut head, "client", client);
+        opt(&mut head, "commit", proto.commit.as_deref());
+        opt(&mut head, "correlation_id", proto.correlation_id.as_deref());
+        let mut env_hash = Vec::new();
+        opt(&mut env_hash, "env", Some(env));
+        env_hash.extend_from_slice(b",\"hash\":\"");
+        let mut tail = Vec::new();
+        opt(&mut tail, "job_id", proto.job_id.as_deref());
+        opt(&mut tail, "outcome", Some(&proto.outcome));
+        opt(&mut tail, "plan_id", proto.plan_id.as_deref());
+        key(&mut tail, "prev_hash");
+        let mut site = Vec::new();
+        opt(&mut site, "site", proto.site.as_deref());
+        let short = |s: Option<&str>, max: usize| s.is_none_or(|s| s.len() <= max);
+        // The client is not cut by `bounded`; the rest as in `Prepared::new`.
+        let fits = [
+            proto.site.as_deref(),
+            proto.commit.as_deref(),
+            proto.plan_id.as_deref(),
+            proto.job_id.as_deref(),
+            proto.correlation_id.as_deref(),
+            proto.causation_id.as_deref(),
+            Some(proto.actor.as_str()),
+        ]
+        .into_iter()
+        .all(|s| short(s, MAX_TARGET_CHARS))
+            && short(Some(&proto.outcome), 64);
+        Template {
+            env: env.to_owned(),
+            head,
+            env_hash,
+            tail,
+            site,
+            fits,
+            subjects: Vec::new(),
+        }
+    }
+
+    /// The event with this template's shared members and `action`, `id`, `target`, `reason`
+    /// and the object `detail` writes (canonical JSON; it returns where its revision number
+    /// goes, see [`Prepared::new`]), ready for [`Audit::send_prepared`]. `None` when the event
+    /// is one [`AuditEvent::bounded`] would change (a long field, a large detail): prepare it
+    /// with [`Prepared::new`] instead, which keeps it whole.
+    pub fn prepare(
+        &mut self,
+        action: &str,
+        id: String,
+        target: Option<&str>,
+        reason: Option<&str>,
+        detail: impl FnOnce(&mut Vec<u8>) -> usize,
+    ) -> Option<Prepared> {
+        let short = |s: Option<&str>, max: usize| s.is_none_or(|s| s.len() <= max);
+        if !(self.fits
+            && short(Some(action), 64)
+            && short(Some(&id), MAX_TARGET_CHARS)
+            && short(target, MAX_TARGET_CHARS)
+            && short(reason, MAX_REASON_CHARS))
+        {
+            return None;
+        }
+        let mut json = Vec::with_capacity(1024);
+        json.extend_from_slice(b"{\"action\":");
+        canon::write_str(action, &mut json);
+        json.extend_from_slice(&self.head);
+        json.extend_from_slice(b",\"detail\":");
+        let revision = detail(&mut json);
+        json.extend_from_slice(&self.env_hash);
+        let hash = json.len();
+        json.extend_from_slice(b"\",\"id\":");
+        canon::write_str(&id, &mut json);
+        json.extend_from_slice(&self.tail);
+        let prev_hash = json.len();
+        if let Some(r) = reason {
+            json.extend_from_slice(b",\"reason\":");
+            canon::write_str(r, &mut json);
+        }
+        json.extend_from_slice(&self.site);
+        if let Some(t) = target {
+            json.extend_from_slice(b",\"target\":");
+            canon::write_str(t, &mut json);
+        }
+        json.extend_from_slice(b",\"time\":");
+        let time = json.len();
+        json.push(b'}');
+        if json.len() + 20 + 64 + 2 * 80 > MAX_EVENT_BYTES - 200 {
+            return None;
+        }
+        let subject = match self.subjects.iter().find(|(a, _)| a == action) {
+            Some((_, s)) => s.clone(),
+            None => {
+                let s = async_nats::Subject::from(subject(&self.env, action));
+                self.subjects.push((action.to_owned(), s.clone()));
+                s
+            }
+        };
+        let at = Holes {
+            revision,
+            hash,
+            prev_hash,
+            time,
+        };
+        Some(Prepared::parts(id, subject, json, at))
     }
 }
 
@@ -784,6 +976,66 @@ mod tests {
             assert_eq!(back, sealed);
             assert_eq!(back.compute_hash(), back.hash);
             assert!(verify_chain(std::slice::from_ref(&back), &ev.prev_hash).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_template_prepares_the_event_prepared_new_does() {
+        let mut proto = AuditEvent::new("", "other", "ada \"é", "", "applied");
+        proto.job_id = Some("job-1".into());
+        proto.plan_id = Some("plan-1".into());
+        proto.commit = Some("c".repeat(40));
+        proto.site = Some("fra\n1".into());
+        let detail = |out: &mut Vec<u8>| {
+            out.extend_from_slice(b"{\"a\":[1,null],\"revision\":");
+            let at = out.len();
+            out.extend_from_slice(b",\"z\":\"x\"}");
+            at
+        };
+        let (head, time) = ("sha256:abc", "2026-11-29T20:00:00.5Z");
+        for client in [None, Some("10.0.0.1:5")] {
+            let mut t = Template::new(&proto, "dev", client);
+            for (action, target, reason) in [
+                ("kv.put", Some("vakt_dev_config/k\"é"), None),
+                ("kv.heal", None, Some("drift: \"x\"")),
+                ("kv.put", Some("t"), Some("r")),
+            ] {
+                let id = format!("plan-1/config/{action}");
+                let got = t
+                    .prepare(action, id.clone(), target, reason, detail)
+                    .expect("fits");
+                let mut ev = proto.clone();
+                ev.id = id;
+                ev.action = action.into();
+                ev.target = target.map(str::to_owned);
+                ev.reason = reason.map(str::to_owned);
+                ev.detail = Some(serde_json::json!({"a": [1, null], "revision": null, "z": "x"}));
+                let want = Prepared::new(ev, "dev", client, "revision");
+                assert_eq!(got.subject.as_str(), want.subject.as_str());
+                assert_eq!(got.id(), want.id());
+                let (got, want) = (got.assemble(7, head, time), want.assemble(7, head, time));
+                let text = |p: Option<(Vec<u8>, String)>| {
+                    p.map(|(j, h)| (String::from_utf8(j).unwrap(), h))
+                };
+                let (got, want) = (text(got), text(want));
+                assert!(want.is_some());
+                assert_eq!(got, want);
+            }
+            // What `bounded` would cut is left to `Prepared::new`.
+            let long = "k".repeat(MAX_TARGET_CHARS + 1);
+            assert!(
+                t.prepare("kv.put", "i".into(), Some(&long), None, detail)
+                    .is_none()
+            );
+            let big = |out: &mut Vec<u8>| {
+                out.extend_from_slice(b"{\"revision\":");
+                let at = out.len();
+                out.extend_from_slice(b",\"x\":\"");
+                out.extend(std::iter::repeat_n(b'y', MAX_EVENT_BYTES));
+                out.extend_from_slice(b"\"}");
+                at
+            };
+            assert!(t.prepare("kv.put", "i".into(), None, None, big).is_none());
         }
     }
 

@@ -473,7 +473,11 @@ pub async fn send_cas_to(
     value: Option<Bytes>,
     expected: u64,
 ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
-    let subject = format!("{}{}", kv.put_prefix.as_ref().unwrap_or(&kv.prefix), key);
+    // One allocation, no formatting machinery: this runs once per write of an apply.
+    let prefix = kv.put_prefix.as_ref().unwrap_or(&kv.prefix);
+    let mut subject = String::with_capacity(prefix.len() + key.len());
+    subject.push_str(prefix);
+    subject.push_str(key);
     let mut msg =
         jetstream::message::PublishMessage::build().expected_last_subject_sequence(expected);
     match value {
