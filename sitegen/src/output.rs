@@ -237,7 +237,9 @@ fn write_all(
             let old = previous
                 .filter(|m| {
                     members.iter().any(|&i| {
-                        m.files.get(&files[i].0).is_some_and(|(_, h)| *h == hashes[i])
+                        m.files
+                            .get(&files[i].0)
+                            .is_some_and(|(_, h)| *h == hashes[i])
                     })
                 })
                 .and_then(|_| open_dir(rustix::fs::CWD, &out.join(dir)).ok());
