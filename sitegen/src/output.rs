@@ -15,11 +15,15 @@
 //!   time it was last written, which is when its content was produced.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{IoSlice, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::SiteError;
 
@@ -147,6 +151,57 @@ pub fn stage(
 
 type Sums = BTreeMap<String, (u64, String)>;
 
+/// Every directory the files need (ancestors included), relative to the site root, parents
+/// before children (a `BTreeSet` of `/`-separated paths sorts `a` before `a/b`).
+fn directories(files: &[(String, String)]) -> BTreeSet<&str> {
+    let mut dirs = BTreeSet::new();
+    for (rel, _) in files {
+        let mut end = rel.len();
+        while let Some(i) = rel[..end].rfind('/') {
+            if !dirs.insert(&rel[..i]) {
+                break;
+            }
+            end = i;
+        }
+    }
+    dirs
+}
+
+/// The files grouped by parent directory (`""` is the root), the largest group first.
+fn by_directory(files: &[(String, String)]) -> Vec<(&str, Vec<usize>)> {
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, (rel, _)) in files.iter().enumerate() {
+        let dir = rel.rfind('/').map_or("", |at| &rel[..at]);
+        groups.entry(dir).or_default().push(i);
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by_key(|(_, files)| std::cmp::Reverse(files.len()));
+    groups
+}
+
+fn open_dir(at: impl AsFd, path: &Path) -> std::io::Result<OwnedFd> {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    Ok(rustix::fs::openat(
+        at,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// How one file got into the staged tree: `(length, written rather than linked)`.
+type Placed = (u64, bool);
+
+/// Writes the staged tree. Creating an entry takes the parent directory's lock, and worker
+/// threads creating entries in one directory spin on it (most of a cold build's system time
+/// before this), so every directory has exactly one writer: the directory skeleton is made by
+/// one thread while the others hash the files, then each directory's files are written (or
+/// hard-linked from the previous tree) by one worker, relative to a descriptor of the
+/// directory, with no stat or read-back of what was written.
 fn write_all(
     tmp: &Path,
     out: &Path,
@@ -155,50 +210,125 @@ fn write_all(
     time: &str,
     previous: Option<&Manifest>,
 ) -> Result<(Sums, Written), SiteError> {
-    std::fs::create_dir_all(tmp).map_err(SiteError::io("create", tmp))?;
-    let dirs: BTreeSet<PathBuf> = files
-        .iter()
-        .filter_map(|(p, _)| Path::new(p).parent().map(|d| tmp.join(d)))
-        .collect();
-    dirs.par_iter()
-        .try_for_each(|d| std::fs::create_dir_all(d).map_err(SiteError::io("create", d)))?;
-    let results: Vec<(String, u64, String, bool)> = files
-        .par_iter()
-        .map(|(rel, content)| {
-            let p = tmp.join(rel);
-            let hash = sum(content);
-            if let Some((len, _)) = previous
-                .and_then(|m| m.files.get(rel))
-                .filter(|(_, h)| *h == hash)
-            {
-                let old = out.join(rel);
-                let same_len =
-                    std::fs::symlink_metadata(&old).is_ok_and(|m| m.is_file() && m.len() == *len);
-                if same_len && std::fs::hard_link(&old, &p).is_ok() {
-                    return Ok((rel.clone(), *len, hash, false));
-                }
-            }
-            let body = if content.contains(token) {
-                std::borrow::Cow::Owned(content.replace(token, time))
-            } else {
-                std::borrow::Cow::Borrowed(content.as_str())
-            };
-            std::fs::write(&p, body.as_bytes()).map_err(SiteError::io("write", &p))?;
-            Ok((rel.clone(), body.len() as u64, hash, true))
+    std::fs::create_dir(tmp).map_err(SiteError::io("create", tmp))?;
+    let root = open_dir(rustix::fs::CWD, tmp).map_err(SiteError::io("open", tmp))?;
+    let dirs = directories(files);
+    let (made, hashes) = rayon::join(
+        || {
+            dirs.iter().try_for_each(|d| {
+                rustix::fs::mkdirat(&root, *d, Mode::from_raw_mode(0o777))
+                    .map_err(|e| SiteError::io("create", &tmp.join(d))(e.into()))
+            })
+        },
+        || {
+            files
+                .par_iter()
+                .map(|(_, content)| sum(content))
+                .collect::<Vec<String>>()
+        },
+    );
+    made?;
+    let by_file: Vec<Vec<(usize, Placed)>> = by_directory(files)
+        .into_par_iter()
+        .map(|(dir, members)| {
+            let dir = Path::new(dir);
+            let new = open_dir(&root, dir).map_err(SiteError::io("open", &tmp.join(dir)))?;
+            // the previous tree's directory, opened when a file in it may be reused
+            let old = previous
+                .filter(|m| {
+                    members.iter().any(|&i| {
+                        m.files
+                            .get(&files[i].0)
+                            .is_some_and(|(_, h)| *h == hashes[i])
+                    })
+                })
+                .and_then(|_| open_dir(rustix::fs::CWD, &out.join(dir)).ok());
+            members
+                .into_iter()
+                .map(|i| {
+                    let (rel, content) = &files[i];
+                    let name = rel.rsplit('/').next().unwrap_or(rel);
+                    if let Some(old) = &old
+                        && let Some((len, _)) = previous
+                            .and_then(|m| m.files.get(rel))
+                            .filter(|(_, h)| *h == hashes[i])
+                        && relink(old, &new, name, *len)
+                    {
+                        return Ok((i, (*len, false)));
+                    }
+                    let len = write_file(&new, name, content, token, time)
+                        .map_err(SiteError::io("write", &tmp.join(rel)))?;
+                    Ok((i, (len, true)))
+                })
+                .collect::<Result<Vec<_>, SiteError>>()
         })
         .collect::<Result<_, SiteError>>()?;
+    let mut placed: Vec<Option<Placed>> = vec![None; files.len()];
+    for (i, p) in by_file.into_iter().flatten() {
+        placed[i] = Some(p);
+    }
     let mut w = Written::default();
     let mut sums = BTreeMap::new();
-    for (rel, len, hash, wrote) in results {
+    for (((rel, _), hash), p) in files.iter().zip(hashes).zip(placed) {
+        let (len, wrote) = p.unwrap_or_default();
         w.bytes += len;
         if wrote {
             w.written += 1;
         } else {
             w.reused += 1;
         }
-        sums.insert(rel, (len, hash));
+        sums.insert(rel.clone(), (len, hash));
     }
     Ok((sums, w))
+}
+
+/// Hard-links `name` from the previous tree when it is still a file of the length the
+/// manifest records (a truncated or replaced file is written again).
+fn relink(old: &OwnedFd, new: &OwnedFd, name: &str, len: u64) -> bool {
+    let intact = rustix::fs::statat(old, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && u64::try_from(st.st_size).ok() == Some(len)
+    });
+    intact && rustix::fs::linkat(old, name, new, name, AtFlags::empty()).is_ok()
+}
+
+/// Creates `name` (it must not exist: the staging directory is new) with `content`, the
+/// build-time token replaced by `time`; returns the length written. The pieces between the
+/// tokens are written as they are (one `writev`), not copied into a new string first.
+fn write_file(
+    dir: &OwnedFd,
+    name: &str,
+    content: &str,
+    token: &str,
+    time: &str,
+) -> std::io::Result<u64> {
+    let mut parts = Vec::new();
+    for (k, piece) in content.split(token).enumerate() {
+        if k > 0 {
+            parts.push(IoSlice::new(time.as_bytes()));
+        }
+        if !piece.is_empty() {
+            parts.push(IoSlice::new(piece.as_bytes()));
+        }
+    }
+    let len = parts.iter().map(|p| p.len() as u64).sum();
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )?;
+    let mut file = std::fs::File::from(fd);
+    let mut rest = &mut parts[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
 }
 
 impl Staged {
@@ -250,27 +380,34 @@ fn swap_in(tmp: &Path, out: &Path) -> Result<(), SiteError> {
     Ok(())
 }
 
-/// Removes a directory tree, unlinking files in parallel (a previous site is ~10k files).
-/// Best effort: what cannot be removed stays as a hidden sibling of the output.
+/// Removes a directory tree (a previous site is ~10k files). Like writing, every directory is
+/// emptied by one worker (unlinks in one directory take its lock), level by level, and the
+/// directories are removed deepest first. Best effort: what cannot be removed stays as a
+/// hidden sibling of the output.
 fn remove_tree(dir: &Path) {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    let mut i = 0;
-    while i < dirs.len() {
-        if let Ok(rd) = std::fs::read_dir(&dirs[i]) {
-            for e in rd.flatten() {
-                match e.file_type() {
-                    Ok(t) if t.is_dir() => dirs.push(e.path()),
-                    _ => files.push(e.path()),
+    let mut level = vec![dir.to_owned()];
+    let mut all = Vec::new();
+    while !level.is_empty() {
+        let next: Vec<PathBuf> = level
+            .par_iter()
+            .flat_map_iter(|d| {
+                let mut subdirs = Vec::new();
+                if let (Ok(rd), Ok(fd)) = (std::fs::read_dir(d), open_dir(rustix::fs::CWD, d)) {
+                    for e in rd.flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            subdirs.push(e.path());
+                        } else {
+                            let _ = rustix::fs::unlinkat(&fd, e.file_name(), AtFlags::empty());
+                        }
+                    }
                 }
-            }
-        }
-        i += 1;
+                subdirs
+            })
+            .collect();
+        all.append(&mut level);
+        level = next;
     }
-    files.par_iter().for_each(|f| {
-        let _ = std::fs::remove_file(f);
-    });
-    for d in dirs.iter().rev() {
+    for d in all.iter().rev() {
         let _ = std::fs::remove_dir(d);
     }
 }
@@ -358,6 +495,63 @@ mod tests {
         assert!(Manifest::read(&out).is_none());
         let w = build(&out, &files("a"), "T1");
         assert_eq!(w.written, 3);
+    }
+
+    #[test]
+    fn directories_come_with_their_ancestors_parents_first_and_files_group_by_directory() {
+        let files: Vec<(String, String)> = [
+            "a/b/c/x.html",
+            "a/b/y.html",
+            "index.html",
+            "a/b/c/z.json",
+            "d/w.json",
+        ]
+        .iter()
+        .map(|p| (p.to_string(), String::new()))
+        .collect();
+        let dirs: Vec<&str> = directories(&files).into_iter().collect();
+        assert_eq!(dirs, vec!["a", "a/b", "a/b/c", "d"]);
+        let groups = by_directory(&files);
+        assert_eq!(groups[0], ("a/b/c", vec![0, 3]));
+        let mut rest: Vec<_> = groups[1..].to_vec();
+        rest.sort();
+        assert_eq!(rest, vec![("", vec![2]), ("a/b", vec![1]), ("d", vec![4])]);
+    }
+
+    #[test]
+    fn every_token_is_replaced_and_deep_trees_are_written_and_replaced_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("site");
+        let mut many: Vec<(String, String)> = (0..300)
+            .map(|i| (format!("api/r/{i}.json"), format!("{{\"n\": {i}}}")))
+            .collect();
+        many.push((
+            "runbooks/a/b/index.html".into(),
+            format!("{TOKEN}<p>{TOKEN} and {TOKEN}</p>{TOKEN}"),
+        ));
+        many.push(("empty.txt".into(), String::new()));
+        let w = build(&out, &many, "T1");
+        assert_eq!((w.written, w.reused), (302, 0));
+        assert_eq!(
+            std::fs::read_to_string(out.join("runbooks/a/b/index.html")).unwrap(),
+            "T1<p>T1 and T1</p>T1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("api/r/299.json")).unwrap(),
+            "{\"n\": 299}"
+        );
+        assert_eq!(std::fs::read(out.join("empty.txt")).unwrap(), b"");
+        let man = Manifest::read(&out).unwrap();
+        assert_eq!(man.files["runbooks/a/b/index.html"].0, 20);
+        // a rebuild with fewer files: the old tree, deep directories included, is gone
+        let w = build(&out, &files("a"), "T2");
+        assert_eq!(w.written, 3);
+        assert!(!out.join("api/r").exists() && !out.join("runbooks/a").exists());
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("site")]);
     }
 
     #[test]
