@@ -125,6 +125,7 @@ pub fn run(o: ValidateOpts) -> Exit {
                 uncached = stats.uncached,
                 written_entries = stats.written_entries,
                 written_bytes = stats.written_bytes,
+                compacted = stats.compacted,
                 read_problem = stats.read_problem.as_deref().unwrap_or(""),
                 "validation cache"
             );
