@@ -820,7 +820,6 @@ pub fn parse_commit(
     let t0 = std::time::Instant::now();
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
     let listing = source::list_commit(repo_path, rev)?;
-    let repo = &listing.repo;
     tracing::debug!(
         ms = ms(t0),
         files = listing.files.len(),
@@ -829,7 +828,7 @@ pub fn parse_commit(
     let dir = opts
         .dir
         .clone()
-        .unwrap_or_else(|| repo.git_dir().join("vakt").join("cache"));
+        .unwrap_or_else(|| listing.repo.git_dir().join("vakt").join("cache"));
     let fp = fingerprint();
     let mut stats = CacheStats {
         dir: dir.clone(),
@@ -842,8 +841,97 @@ pub fn parse_commit(
             None
         }
     };
-
     tracing::debug!(ms = ms(t0), "cache: cache file read");
+    let (out, fresh, hits) = parse_listing(repo_path, &listing, old.as_ref(), &mut stats);
+    // Only a run that parsed something new writes: it appends its new entries (or compacts).
+    if !fresh.is_empty() {
+        match store(&dir, &fp, opts.max_bytes, old.as_ref(), &fresh, &hits) {
+            Ok(w) => {
+                stats.written_entries = w.entries;
+                stats.written_bytes = w.bytes;
+                stats.compacted = w.compacted;
+            }
+            Err(e) => stats.write_problem = Some(format!("{}: {e}", dir.display())),
+        }
+    }
+    tracing::debug!(ms = ms(t0), "cache: done");
+    Ok((out, stats))
+}
+
+/// The validation cache kept in memory between the runs of one process (the daemon's passes)
+/// instead of a file: the entries of the last commit parsed through it, for one repository.
+/// It holds about what one parse of the repository holds; nothing is written to disk.
+#[derive(Default)]
+pub struct MemoryCache {
+    repo: Option<PathBuf>,
+    file: Option<CacheFile>,
+}
+
+impl std::fmt::Debug for MemoryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCache")
+            .field("repo", &self.repo)
+            .field("entries", &self.file.as_ref().map_or(0, |c| c.order.len()))
+            .finish()
+    }
+}
+
+/// [`parse_commit`] with a [`MemoryCache`]: parses only the files whose blobs the last commit
+/// parsed through `memo` did not have, then keeps this commit's entries in `memo`.
+pub fn parse_commit_in_memory(
+    repo_path: &Path,
+    rev: &str,
+    memo: &mut MemoryCache,
+) -> Result<(Parsed0, CacheStats), SourceError> {
+    let listing = source::list_commit(repo_path, rev)?;
+    if memo.repo.as_deref() != Some(repo_path) {
+        *memo = MemoryCache {
+            repo: Some(repo_path.to_owned()),
+            file: None,
+        };
+    }
+    let mut stats = CacheStats::default();
+    let (out, fresh, hits) = parse_listing(repo_path, &listing, memo.file.as_ref(), &mut stats);
+    if !fresh.is_empty() {
+        // This commit's entries only: what the next commit most likely shares.
+        let mut buf = Vec::with_capacity(HEADER_LEN);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&[0; 32]);
+        let mut keys = HashSet::new();
+        let old = memo.file.as_ref();
+        let entries = fresh
+            .iter()
+            .map(|(k, b)| (*k, Bytes::copy_from_slice(b)))
+            .chain(hits.iter().filter_map(|k| Some((*k, old?.get(k)?))));
+        for (k, b) in entries {
+            if !keys.contains(&k) && put_record(&mut buf, &k, &b).is_some() {
+                keys.insert(k);
+            }
+        }
+        let id = FileId {
+            len: buf.len() as u64,
+            modified: None,
+            #[cfg(unix)]
+            ino: (0, 0),
+        };
+        stats.written_entries = keys.len();
+        stats.written_bytes = buf.len() as u64;
+        memo.file = CacheFile::parse(buf.into(), &[0; 32], id);
+    }
+    Ok((out, stats))
+}
+
+/// Looks the files of `listing` up in `old`, parses the others; returns the result, the new
+/// entries (encoded) and the keys that hit.
+fn parse_listing(
+    repo_path: &Path,
+    listing: &source::CommitListing,
+    old: Option<&CacheFile>,
+    stats: &mut CacheStats,
+) -> (Parsed0, Vec<(Key, Vec<u8>)>, Vec<Key>) {
+    let t0 = std::time::Instant::now();
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
+    let repo = &listing.repo;
     // The manifest first: its bindings decide the kind of other paths.
     let manifest = listing
         .files
@@ -894,7 +982,7 @@ pub fn parse_commit(
                     Some((k, key))
                 });
             if let Some((kind, key)) = key
-                && let Some(bytes) = old.as_ref().and_then(|c| c.get(&key))
+                && let Some(bytes) = old.and_then(|c| c.get(&key))
             {
                 return Pending::Hit(&f.path, kind, key, oid, bytes);
             }
@@ -965,19 +1053,7 @@ pub fn parse_commit(
     }
 
     tracing::debug!(ms = ms(t0), "cache: assembled");
-    // Only a run that parsed something new writes: it appends its new entries (or compacts).
-    if !fresh.is_empty() {
-        match store(&dir, &fp, opts.max_bytes, old.as_ref(), &fresh, &hits) {
-            Ok(w) => {
-                stats.written_entries = w.entries;
-                stats.written_bytes = w.bytes;
-                stats.compacted = w.compacted;
-            }
-            Err(e) => stats.write_problem = Some(format!("{}: {e}", dir.display())),
-        }
-    }
-    tracing::debug!(ms = ms(t0), "cache: done");
-    Ok((out, stats))
+    (out, fresh, hits)
 }
 
 /// A file whose entry is in the cache; `None` if the entry does not decode.

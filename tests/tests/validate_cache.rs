@@ -510,3 +510,74 @@ fn concurrent_appends_from_a_warm_cache_stay_whole() {
         assert_eq!(stats(&err).1, 0, "HEAD~{n}: {err}");
     }
 }
+
+/// The daemon keeps the cache in memory between passes: a changed blob is parsed again and
+/// its new value applied, never a cached value of the old one.
+#[test]
+fn the_daemon_applies_a_changed_blob_not_a_cached_value() {
+    use std::time::Duration;
+    use vakt_tests::nats;
+    use vakt_tests::nats::{Daemon, NatsServer, commit_all, ops_git, publish, wait_until};
+
+    let repo = ops_git();
+    let r = repo.path();
+    let n = NatsServer::start();
+    let d = Daemon::start_at(
+        r,
+        &n.url(),
+        n.dir.path(),
+        "dev",
+        "pc",
+        &["--interval", "1h", "--lease", "2s"],
+        &[("VAKT_LOG", "info,reconciler::ops::run=debug")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || d.status()["applied_commit"]
+            .is_string()),
+        "initial apply"
+    );
+    let tenant = "config/tenants/nordlys-energi/tenant.toml";
+    let key = "tenant.nordlys-energi.tenant";
+    // The applied value of the key at `commit`, compact.
+    let applied_at = |commit: &str| -> Option<String> {
+        let b = nats::try_get(&n.url(), "vakt_dev_config", key)?;
+        let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+        (v["vakt"]["commit"] == commit).then(|| v.to_string())
+    };
+    let mut seen = Vec::new();
+    for (from, to) in [
+        ("requests_per_second = 1200", "requests_per_second = 1201"),
+        ("requests_per_second = 1201", "requests_per_second = 1200"),
+        ("requests_per_second = 1200", "requests_per_second = 1202"),
+    ] {
+        edit(r, tenant, from, to);
+        let c = commit_all(r, to);
+        publish(&n.url(), "vakt.trigger.dev");
+        let mut value = None;
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                value = applied_at(&c);
+                value.is_some()
+            }),
+            "{to}: commit {c} not applied: {}",
+            d.status()
+        );
+        let value = value.unwrap();
+        let want = to.trim_start_matches("requests_per_second = ");
+        assert!(
+            value.contains(&format!("\"requests_per_second\":{want}")),
+            "{to}: {value}"
+        );
+        seen.push(value);
+    }
+    // The passes after the first parsed only the changed file.
+    let log = std::fs::read_to_string(n.dir.path().join("daemon-pc.log")).unwrap();
+    let passes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("parsed through the cache in memory"))
+        .collect();
+    assert!(
+        passes.iter().filter(|l| l.contains(" misses=1 ")).count() >= 3,
+        "{passes:#?}"
+    );
+}
