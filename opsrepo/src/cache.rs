@@ -916,7 +916,7 @@ pub fn parse_commit_in_memory(
         };
         stats.written_entries = keys.len();
         stats.written_bytes = buf.len() as u64;
-        memo.file = CacheFile::parse(buf.into(), &[0; 32], id);
+        memo.file = CacheFile::parse(buf.into_boxed_slice().into(), &[0; 32], id);
     }
     Ok((out, stats))
 }

@@ -301,7 +301,8 @@ impl Stored {
             return Stored::Tree(Arc::new(v));
         }
         match serde_json::to_vec(&v) {
-            Ok(b) => Stored::Json(b.into()),
+            // Boxed first: no spare capacity kept (peak memory of a large parse).
+            Ok(b) => Stored::Json(b.into_boxed_slice().into()),
             Err(_) => Stored::Tree(Arc::new(v)),
         }
     }
