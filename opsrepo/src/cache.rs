@@ -556,7 +556,7 @@ struct Written {
 /// not affected: its new entries are simply not cached).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Holds the lock file of `dir` until dropped; `None` if another run kept it too long.
+/// The lock file of `dir`, locked until dropped; an error if another run kept it too long.
 fn lock(dir: &Path) -> std::io::Result<std::fs::File> {
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -931,6 +931,8 @@ fn parse_listing(
 ) -> (Parsed0, Vec<(Key, Vec<u8>)>, Vec<Key>) {
     let t0 = std::time::Instant::now();
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
+    // One copy of the repository path for every hit's lazily read text.
+    let shared_path: Arc<Path> = Arc::from(repo_path);
     let repo = &listing.repo;
     // The manifest first: its bindings decide the kind of other paths.
     let manifest = listing
@@ -1001,7 +1003,7 @@ fn parse_listing(
             Pending::Read(raw, Some(key)) => parse_miss(&raw, key, &bindings),
             Pending::Read(raw, None) => parse_read(&raw, &bindings),
             Pending::Hit(path, kind, key, oid, bytes) => {
-                hit(repo_path, path, kind, key, oid, &bytes).unwrap_or_else(|| {
+                hit(&shared_path, path, kind, key, oid, &bytes).unwrap_or_else(|| {
                     // Checksummed but not decodable (cannot happen short of a bug): parse it.
                     let raw = RawFile {
                         path: path.to_owned(),
@@ -1058,7 +1060,7 @@ fn parse_listing(
 
 /// A file whose entry is in the cache; `None` if the entry does not decode.
 fn hit(
-    repo_path: &Path,
+    repo_path: &Arc<Path>,
     path: &str,
     kind: Kind,
     key: Key,
@@ -1067,7 +1069,7 @@ fn hit(
 ) -> Option<One> {
     let entry = decode_entry(bytes, path)?;
     let text = {
-        let repo_path = repo_path.to_owned();
+        let repo_path = repo_path.clone();
         let path = path.to_owned();
         Arc::new(LazyText::deferred(move || {
             blob_text(&repo_path, oid, &path)
