@@ -921,6 +921,9 @@ pub fn parse_commit_in_memory(
     Ok((out, stats))
 }
 
+/// New entries of a run: key and encoded entry.
+type Fresh = Vec<(Key, Vec<u8>)>;
+
 /// Looks the files of `listing` up in `old`, parses the others; returns the result, the new
 /// entries (encoded) and the keys that hit.
 fn parse_listing(
@@ -928,7 +931,7 @@ fn parse_listing(
     listing: &source::CommitListing,
     old: Option<&CacheFile>,
     stats: &mut CacheStats,
-) -> (Parsed0, Vec<(Key, Vec<u8>)>, Vec<Key>) {
+) -> (Parsed0, Fresh, Vec<Key>) {
     let t0 = std::time::Instant::now();
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
     // One copy of the repository path for every hit's lazily read text.
@@ -1030,7 +1033,7 @@ fn parse_listing(
         prescanned: true,
         ..Default::default()
     };
-    let mut fresh: Vec<(Key, Vec<u8>)> = Vec::new();
+    let mut fresh: Fresh = Vec::new();
     let mut hits: Vec<Key> = Vec::new();
     for (f, one) in listing.files.iter().zip(results) {
         match one.status {
