@@ -4,7 +4,7 @@
 #   a. no-cache    vakt validate --rev HEAD --no-cache           (every blob read and parsed)
 #   b. cold        the cache directory empty before each run     (parse all, then write the cache)
 #   c. warm-pr     the cache as a run on HEAD~1 left it: the PR check (one file changed;
-#                  one parse, cache rewritten)
+#                  one parse, one entry appended to the cache log)
 #   d. warm-same   the cache already holds HEAD (no parse, nothing written)
 # Goal: warm-pr <= 100 ms wall on 2 cores.
 #
@@ -14,6 +14,8 @@
 #   B1I_OUT         work directory (default bench/out/b1i, git-ignored); recreated
 #   B1I_RUNS        measured runs per case (default 10)
 #   B1I_NO_BUILD=1  skip `cargo build --release -p vakt`
+#   VAKT_BIN        the vakt binary to measure (default: the release build; implies
+#                   B1I_NO_BUILD=1), e.g. a copy of main's build for an A/B comparison
 #   B1I_NO_HYPERFINE=1  use the /usr/bin/time loop even if hyperfine is installed
 # Prints one JSON line on stdout: {"docs", "cores", "loadavg_before", "loadavg_after",
 # "no_cache_ms", "cold_ms", "warm_pr_ms", "warm_same_ms" (means; *_stddev_ms beside each),
@@ -27,7 +29,8 @@ DOCS="${B1I_DOCS:-50000}"
 WORK="${B1I_OUT:-$ROOT/bench/out/b1i}"
 RUNS="${B1I_RUNS:-10}"
 NOW="2026-11-22"
-VAKT="${CARGO_TARGET_DIR:-$ROOT/target}/release/vakt"
+VAKT="${VAKT_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/vakt}"
+[[ -n "${VAKT_BIN:-}" ]] && B1I_NO_BUILD=1
 
 die() { echo "b1i: $*" >&2; exit 1; }
 for tool in python3 git; do
@@ -76,7 +79,9 @@ $BASE --rev HEAD --cache-dir "$SAME" > "$WORK/cached.json" || die "cached vakt v
 cmp -s "$WORK/no-cache.json" "$WORK/cached.json" || die "cached and --no-cache findings differ"
 $BASE --rev HEAD --cache-dir "$SAME" > "$WORK/cached2.json" || die "warm vakt validate failed"
 cmp -s "$WORK/no-cache.json" "$WORK/cached2.json" || die "warm and --no-cache findings differ"
-CACHE_BYTES=$(stat -c %s "$SAME/validate-v1.bin")
+# The cache file's name depends on the cache format (validate-v1.bin before the log).
+CACHE_BYTES=$(find "$SAME" -maxdepth 1 -name 'validate-v*' ! -name '*.lock' -printf '%s\n' | head -n 1)
+[[ -n "$CACHE_BYTES" ]] || die "no cache file in $SAME"
 
 # --- measure -----------------------------------------------------------------------------
 measure() {  # name prepare command

@@ -10,45 +10,55 @@
 //! * **Value**: the parsed value (a tagged binary form), or the findings that refused the file, plus the
 //!   file's secret-scan findings. Findings are stored without their path; the path is attached
 //!   again on load (a blob may live at several paths).
-//! * **Files**: one file, `validate-v1.bin` (header, index, data), read whole with one `read` and
-//!   written whole to a temporary file that is renamed over it (atomic; concurrent runs each
-//!   rename a complete file, the last one wins). Every entry and the index carry a CRC-32: a
-//!   corrupt or truncated file or entry is a miss, never an error and never a wrong result.
+//! * **Files**: an append-only log, `validate-v2.log`: a header (magic, fingerprint), then
+//!   records (payload length, CRC-32, key, payload). It is read whole with one `read` into one
+//!   buffer; a cached value kept as compact JSON ([`Stored::Json`]) is a slice of that buffer,
+//!   so a hit decodes nothing but the kinds kept as trees. A run that parsed something new
+//!   appends its records with one `write`, holding `validate-v2.lock` (an advisory lock), and
+//!   rewrites the log (to a temporary name renamed over it) only to compact it: when it is
+//!   absent or foreign, would pass the bound, or holds too many duplicates. Records are read
+//!   up to the first torn or damaged one: a torn tail is a miss, never an error and never a
+//!   wrong result, and the next writer cuts it off before appending.
 //! * **Bound**: at most [`CacheOptions::max_bytes`] (default 256 MiB). A file over the bound is
-//!   not read; a write keeps this run's entries first, then older ones, and drops what would
-//!   exceed the bound.
+//!   not read; a compaction keeps this run's entries first, then older ones, and drops what
+//!   would exceed the bound.
 //! * Runbooks (their text is checked by rules anyway), the manifest and files refused before
 //!   they are parsed (unknown paths, unreadable blobs) are not cached.
 //!
 //! Deleting the cache directory at any time is safe: a run that already read it keeps its copy
-//! in memory, and a run that finds nothing parses everything.
+//! in memory, a writer that still holds the old log appends to a file no one reads again, and
+//! a run that finds nothing parses everything.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rayon::prelude::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::diag::{Finding, RULES, Severity};
 use crate::kinds::Kind;
-use crate::load::{self, Parsed0, SourceDoc};
+use crate::load::{self, Parsed0, SourceDoc, Stored};
 use crate::parse::{Format, LazyText};
 use crate::rules::secrets;
 use crate::source::{self, RawFile, SourceError};
 
-/// Name of the cache file inside the cache directory.
-pub const CACHE_FILE: &str = "validate-v1.bin";
-/// Default bound of the cache file (256 MiB; a 50,000-document repo needs about 30 MiB).
+/// Name of the cache log inside the cache directory.
+pub const CACHE_FILE: &str = "validate-v2.log";
+/// Name of the lock file writers hold while they append or compact.
+pub const LOCK_FILE: &str = "validate-v2.lock";
+/// Default bound of the cache file (256 MiB; a 50,000-document repo needs about 20 MiB).
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
-const MAGIC: &[u8; 8] = b"VAKTVC01";
+const MAGIC: &[u8; 8] = b"VAKTVC02";
 /// Bumped whenever the encoding or what a parse produces changes.
-const FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: usize = 8 + 32 + 4;
-const INDEX_ENTRY_LEN: usize = 20 + 4 + 8 + 4 + 4;
+const FORMAT_VERSION: u32 = 2;
+const HEADER_LEN: usize = 8 + 32;
+/// Payload length, CRC-32, key (blob id, kind, format, overlay, a zero byte).
+const RECORD_HEAD: usize = 4 + 4 + 20 + 4;
 
 /// Where the cache lives and how large it may grow.
 #[derive(Debug, Clone)]
@@ -78,9 +88,12 @@ pub struct CacheStats {
     pub misses: usize,
     /// Files never cached (runbooks, the manifest, refused paths).
     pub uncached: usize,
-    /// Entries in the cache file written by this run (0: nothing new, not written).
+    /// Entries this run wrote: appended, or all of them when it compacted (0: nothing new).
     pub written_entries: usize,
     pub written_bytes: u64,
+    /// The run rewrote the log instead of appending (absent, foreign, over the bound, or too
+    /// many duplicates).
+    pub compacted: bool,
     /// Why the existing cache file was not used (absent, other fingerprint, corrupt), if it was not.
     pub read_problem: Option<String>,
     /// Why writing failed, if it did (a failed write never fails the run).
@@ -97,16 +110,18 @@ struct Key {
 }
 
 /// What parsing and checking one file produced.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Outcome {
-    /// A document (schema-checked if it is a base document).
-    Doc(Value),
+    /// A document (schema-checked if it is a base document), as the loader keeps it: compact
+    /// JSON is stored as is and read back as a slice of the cache buffer; a tree is stored in
+    /// a tagged binary form and decoded.
+    Doc(Stored),
     /// Findings that refused the file, and the id it declares if it failed its schema.
     Failed(Vec<Finding>, Option<String>),
 }
 
 /// One cache entry: the outcome and the file's own secret-scan findings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub outcome: Outcome,
     pub scans: Vec<Finding>,
@@ -238,9 +253,13 @@ fn put_value(out: &mut Vec<u8>, v: &Value) -> Option<()> {
 pub(crate) fn encode_entry(e: &Entry, path: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     match &e.outcome {
-        Outcome::Doc(v) => {
+        Outcome::Doc(Stored::Tree(v)) => {
             out.push(0);
             put_value(&mut out, v)?;
+        }
+        Outcome::Doc(Stored::Json(b)) => {
+            out.push(2);
+            put_bytes(&mut out, b)?;
         }
         Outcome::Failed(f, id) => {
             out.push(1);
@@ -276,9 +295,6 @@ impl<'a> Reader<'a> {
     }
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
     fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
@@ -363,11 +379,13 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes an entry for the file at `path`; `None` if it is malformed.
-pub(crate) fn decode_entry(b: &[u8], path: &str) -> Option<Entry> {
-    let mut r = Reader { b };
+/// Decodes an entry for the file at `path`; `None` if it is malformed. A value kept as JSON
+/// is a slice of `b` (no copy).
+pub(crate) fn decode_entry(b: &Bytes, path: &str) -> Option<Entry> {
+    let mut r = Reader { b: &b[..] };
     let outcome = match r.u8()? {
-        0 => Outcome::Doc(r.value(0)?),
+        0 => Outcome::Doc(Stored::Tree(Arc::new(r.value(0)?))),
+        2 => Outcome::Doc(Stored::Json(b.slice_ref(r.bytes()?))),
         1 => {
             let f = r.findings(path)?;
             let id = match r.u8()? {
@@ -385,19 +403,75 @@ pub(crate) fn decode_entry(b: &[u8], path: &str) -> Option<Entry> {
 
 // --- the cache file --------------------------------------------------------------------------
 
-/// A cache file read into memory, with its index.
+/// Identity of the cache file as a run saw it: a writer holding the lock compares it with the
+/// file on disk to know whether its copy is still the file's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    ino: (u64, u64),
+}
+
+impl FileId {
+    fn of(m: &std::fs::Metadata) -> FileId {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            len: m.len(),
+            modified: m.modified().ok(),
+            #[cfg(unix)]
+            ino: (m.dev(), m.ino()),
+        }
+    }
+}
+
+/// The cache log read into one buffer, with its index. Values handed out are slices of the
+/// buffer (no copy).
 struct CacheFile {
-    buf: Vec<u8>,
-    /// Key -> (start, end, crc) of the entry in `buf`, in file order.
-    index: HashMap<Key, (usize, usize, u32)>,
+    buf: Bytes,
+    /// Key -> payload range in `buf`, for the first good record of each key.
+    index: HashMap<Key, (usize, usize)>,
+    /// Keys in file order.
     order: Vec<Key>,
+    /// End of the last good record: anything after it is a torn or damaged tail.
+    valid_end: usize,
+    /// Bytes of records whose key an earlier record already has (concurrent runs).
+    dead: usize,
+    id: FileId,
+}
+
+/// Bytes a record of a payload of `len` bytes takes.
+fn record_len(len: usize) -> usize {
+    RECORD_HEAD + len
+}
+
+/// Appends one record: payload length, CRC-32 of everything after the CRC, key, payload.
+fn put_record(out: &mut Vec<u8>, k: &Key, payload: &[u8]) -> Option<()> {
+    let len = u32::try_from(payload.len()).ok()?;
+    let at = out.len();
+    put_u32(out, len);
+    put_u32(out, 0);
+    out.extend_from_slice(&k.oid);
+    out.push(k.kind);
+    out.push(k.format);
+    out.push(u8::from(k.overlay));
+    out.push(0);
+    out.extend_from_slice(payload);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&out[at..at + 4]);
+    h.update(&out[at + 8..]);
+    let crc = h.finalize();
+    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    Some(())
 }
 
 impl CacheFile {
     /// Reads and indexes the cache file; `Err` says why it is not used (a miss, not an error).
     fn load(path: &Path, fp: &[u8; 32], max_bytes: u64) -> Result<CacheFile, String> {
         let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let len = f.metadata().map_err(|e| e.to_string())?.len();
+        let m = f.metadata().map_err(|e| e.to_string())?;
+        let len = m.len();
         if len > max_bytes {
             return Err(format!(
                 "{} is {len} bytes, over the bound of {max_bytes}",
@@ -408,113 +482,209 @@ impl CacheFile {
         f.take(max_bytes)
             .read_to_end(&mut buf)
             .map_err(|e| e.to_string())?;
-        Self::parse(buf, fp)
+        Self::parse(buf.into(), fp, FileId::of(&m))
             .ok_or_else(|| format!("{} is from another vakt build or damaged", path.display()))
     }
 
-    fn parse(buf: Vec<u8>, fp: &[u8; 32]) -> Option<CacheFile> {
-        let mut r = Reader { b: &buf };
-        if r.take(8)? != MAGIC || r.take(32)? != fp {
+    /// Indexes a log; `None` if its header is not this build's. Records are read up to the
+    /// first one that is torn or fails its CRC: the rest of the file is a miss.
+    fn parse(buf: Bytes, fp: &[u8; 32], id: FileId) -> Option<CacheFile> {
+        if buf.len() < HEADER_LEN || &buf[..8] != MAGIC || &buf[8..HEADER_LEN] != fp {
             return None;
         }
-        let n = r.u32()? as usize;
-        let index_len = n.checked_mul(INDEX_ENTRY_LEN)?;
-        let index_bytes = r.take(index_len)?;
-        let index_crc = r.u32()?;
-        if crc32fast::hash(&buf[..HEADER_LEN + index_len]) != index_crc {
-            return None;
-        }
-        let data_start = HEADER_LEN + index_len + 4;
-        let mut ir = Reader { b: index_bytes };
-        let mut index = HashMap::with_capacity(n);
-        let mut order = Vec::with_capacity(n);
-        for _ in 0..n {
-            let oid: [u8; 20] = ir.take(20)?.try_into().ok()?;
-            let kind = ir.u8()?;
-            let format = ir.u8()?;
-            let overlay = ir.u8()? == 1;
-            ir.u8()?;
-            let off = usize::try_from(ir.u64()?).ok()?;
-            let len = ir.u32()? as usize;
-            let crc = ir.u32()?;
-            let start = data_start.checked_add(off)?;
-            let end = start.checked_add(len)?;
-            if end > buf.len() {
-                continue; // truncated: this entry is a miss
+        let mut c = CacheFile {
+            index: HashMap::with_capacity(buf.len() / 400),
+            order: Vec::with_capacity(buf.len() / 400),
+            valid_end: HEADER_LEN,
+            dead: 0,
+            id,
+            buf,
+        };
+        let b = &c.buf[..];
+        let mut at = HEADER_LEN;
+        while let Some(head) = b.get(at..at + RECORD_HEAD) {
+            let le =
+                |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+            let len = le(0) as usize;
+            let Some(end) = (at + RECORD_HEAD)
+                .checked_add(len)
+                .filter(|e| *e <= b.len())
+            else {
+                break;
+            };
+            let mut h = crc32fast::Hasher::new();
+            h.update(&head[..4]);
+            h.update(&b[at + 8..end]);
+            if h.finalize() != le(4) {
+                break;
             }
             let key = Key {
-                oid,
-                kind,
-                format,
-                overlay,
+                oid: head[8..28].try_into().ok()?,
+                kind: head[28],
+                format: head[29],
+                overlay: head[30] == 1,
             };
-            if index.insert(key, (start, end, crc)).is_none() {
-                order.push(key);
+            match c.index.entry(key) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert((at + RECORD_HEAD, end));
+                    c.order.push(key);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => c.dead += record_len(len),
             }
+            at = end;
+            c.valid_end = end;
         }
-        Some(CacheFile { buf, index, order })
+        Some(c)
     }
 
-    /// The entry's bytes if its checksum holds.
-    fn get(&self, key: &Key) -> Option<&[u8]> {
-        let (s, e, crc) = *self.index.get(key)?;
-        let b = &self.buf[s..e];
-        (crc32fast::hash(b) == crc).then_some(b)
+    /// The entry's bytes (a slice of the buffer, CRC-checked when the file was read).
+    fn get(&self, key: &Key) -> Option<Bytes> {
+        let (s, e) = *self.index.get(key)?;
+        Some(self.buf.slice(s..e))
     }
 }
 
-/// Writes `entries` (first ones kept when the bound is reached) to `dir/CACHE_FILE`
-/// atomically. Returns the entries and bytes written.
-fn write_file<'a>(
+/// What a write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Written {
+    entries: usize,
+    bytes: u64,
+    compacted: bool,
+}
+
+/// How long a run waits for another run's write before it gives up writing (the run itself is
+/// not affected: its new entries are simply not cached).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The lock file of `dir`, locked until dropped; an error if another run kept it too long.
+fn lock(dir: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "another vakt run is writing the cache",
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
+/// Adds this run's new entries to the cache log in `dir`, under the directory's lock file.
+///
+/// Appends the new records (one `write` of whole records) when the log on disk is this build's;
+/// drops a torn or damaged tail first. Compacts instead (rewrites a new file holding `fresh`,
+/// then `hits`, then the other entries, to a temporary name renamed over the log) when the
+/// log is absent, foreign or damaged at its head, when appending would pass `max_bytes`, or
+/// when duplicate records pass a quarter of the file.
+fn store(
     dir: &Path,
     fp: &[u8; 32],
     max_bytes: u64,
-    entries: impl Iterator<Item = (Key, &'a [u8])>,
-) -> std::io::Result<(usize, u64)> {
-    let mut keep: Vec<(Key, &[u8])> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut total = (HEADER_LEN + 4) as u64;
-    for (k, b) in entries {
-        let add = (INDEX_ENTRY_LEN + b.len()) as u64;
-        if total + add > max_bytes {
-            break;
+    seen: Option<&CacheFile>,
+    fresh: &[(Key, Vec<u8>)],
+    hits: &[Key],
+) -> std::io::Result<Written> {
+    std::fs::create_dir_all(dir)?;
+    let _lock = lock(dir)?;
+    let path = dir.join(CACHE_FILE);
+    // The log as it is now: the copy this run read if nothing changed since, else read again.
+    let on_disk = std::fs::metadata(&path).ok().map(|m| FileId::of(&m));
+    let reread;
+    let cur = match (on_disk, seen) {
+        (None, _) => None,
+        (Some(id), Some(c)) if c.id == id => Some(c),
+        (Some(_), _) => {
+            reread = CacheFile::load(&path, fp, max_bytes).ok();
+            reread.as_ref()
         }
-        if seen.insert(k) {
-            total += add;
-            keep.push((k, b));
+    };
+    let mut keys = HashSet::new();
+    let mut new: Vec<u8> = Vec::new();
+    let mut n = 0;
+    for (k, b) in fresh {
+        if cur.is_some_and(|c| c.index.contains_key(k)) || !keys.insert(*k) {
+            continue;
+        }
+        put_record(&mut new, k, b).ok_or_else(|| std::io::Error::other("entry too large"))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Ok(Written::default());
+    }
+    if let Some(c) = cur {
+        let total = c.valid_end + new.len();
+        if (total as u64) <= max_bytes && c.dead * 4 <= total {
+            let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
+            if c.id.len != c.valid_end as u64 {
+                f.set_len(c.valid_end as u64)?;
+            }
+            f.write_all(&new)?;
+            return Ok(Written {
+                entries: n,
+                bytes: new.len() as u64,
+                compacted: false,
+            });
         }
     }
-    let mut out = Vec::with_capacity(total as usize);
+    // Compact: this run's entries first, then the others while the bound allows.
+    let get = |k: &Key| cur.or(seen).and_then(|c| c.get(k));
+    let this_run = fresh
+        .iter()
+        .map(|(k, b)| (*k, Bytes::copy_from_slice(b)))
+        .chain(hits.iter().filter_map(|k| Some((*k, get(k)?))));
+    let older = cur
+        .into_iter()
+        .flat_map(|c| c.order.iter().filter_map(|k| Some((*k, c.get(k)?))));
+    let (entries, bytes) = write_file(dir, fp, max_bytes, this_run.chain(older))?;
+    Ok(Written {
+        entries,
+        bytes,
+        compacted: true,
+    })
+}
+
+/// Writes `entries` (first ones kept when the bound is reached) as a new log in
+/// `dir/CACHE_FILE`, atomically. Returns the entries and bytes written.
+fn write_file(
+    dir: &Path,
+    fp: &[u8; 32],
+    max_bytes: u64,
+    entries: impl Iterator<Item = (Key, Bytes)>,
+) -> std::io::Result<(usize, u64)> {
+    let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(fp);
-    put_u32(&mut out, keep.len() as u32);
-    let mut off = 0u64;
-    for (k, b) in &keep {
-        out.extend_from_slice(&k.oid);
-        out.push(k.kind);
-        out.push(k.format);
-        out.push(u8::from(k.overlay));
-        out.push(0);
-        out.extend_from_slice(&off.to_le_bytes());
-        put_u32(&mut out, b.len() as u32);
-        put_u32(&mut out, crc32fast::hash(b));
-        off += b.len() as u64;
-    }
-    let crc = crc32fast::hash(&out);
-    put_u32(&mut out, crc);
-    for (_, b) in &keep {
-        out.extend_from_slice(b);
+    let mut seen = HashSet::new();
+    let mut n = 0;
+    for (k, b) in entries {
+        if (out.len() + record_len(b.len())) as u64 > max_bytes {
+            break;
+        }
+        if seen.insert(k) && put_record(&mut out, &k, &b).is_some() {
+            n += 1;
+        }
     }
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile_in(dir)?;
-    tmp.1.write_all(&out)?;
-    drop(tmp.1);
-    let target = dir.join(CACHE_FILE);
-    if let Err(e) = std::fs::rename(&tmp.0, &target) {
-        let _ = std::fs::remove_file(&tmp.0);
+    let (tmp, mut f) = tempfile_in(dir)?;
+    let written = f.write_all(&out);
+    drop(f);
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, dir.join(CACHE_FILE))) {
+        let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    Ok((keep.len(), out.len() as u64))
+    Ok((n, out.len() as u64))
 }
 
 /// A new file in `dir` with a name no other run uses.
@@ -589,7 +759,7 @@ fn parse_miss(raw: &RawFile, key: Key, bindings: &[crate::model::Binding]) -> On
     // A blob that could not be read is not cached (the next run tries again).
     let outcome = match &one.result {
         _ if raw.content.is_err() => None,
-        Ok(Some(d)) => Some(Outcome::Doc(d.value.to_value())),
+        Ok(Some(d)) => Some(Outcome::Doc(d.value.clone())),
         Ok(None) => None,
         Err((f, id)) => Some(Outcome::Failed(f.clone(), id.clone())),
     };
@@ -634,7 +804,7 @@ fn blob_text(repo_path: &Path, oid: gix::ObjectId, path: &str) -> Option<Arc<str
 
 /// A file after the (sequential) look-up: a cache entry to decode, or content to parse.
 enum Pending<'a> {
-    Hit(&'a str, Kind, Key, gix::ObjectId, &'a [u8]),
+    Hit(&'a str, Kind, Key, gix::ObjectId, Bytes),
     Read(RawFile, Option<Key>),
 }
 
@@ -650,7 +820,6 @@ pub fn parse_commit(
     let t0 = std::time::Instant::now();
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
     let listing = source::list_commit(repo_path, rev)?;
-    let repo = &listing.repo;
     tracing::debug!(
         ms = ms(t0),
         files = listing.files.len(),
@@ -659,7 +828,7 @@ pub fn parse_commit(
     let dir = opts
         .dir
         .clone()
-        .unwrap_or_else(|| repo.git_dir().join("vakt").join("cache"));
+        .unwrap_or_else(|| listing.repo.git_dir().join("vakt").join("cache"));
     let fp = fingerprint();
     let mut stats = CacheStats {
         dir: dir.clone(),
@@ -672,8 +841,102 @@ pub fn parse_commit(
             None
         }
     };
-
     tracing::debug!(ms = ms(t0), "cache: cache file read");
+    let (out, fresh, hits) = parse_listing(repo_path, &listing, old.as_ref(), &mut stats);
+    // Only a run that parsed something new writes: it appends its new entries (or compacts).
+    if !fresh.is_empty() {
+        match store(&dir, &fp, opts.max_bytes, old.as_ref(), &fresh, &hits) {
+            Ok(w) => {
+                stats.written_entries = w.entries;
+                stats.written_bytes = w.bytes;
+                stats.compacted = w.compacted;
+            }
+            Err(e) => stats.write_problem = Some(format!("{}: {e}", dir.display())),
+        }
+    }
+    tracing::debug!(ms = ms(t0), "cache: done");
+    Ok((out, stats))
+}
+
+/// The validation cache kept in memory between the runs of one process (the daemon's passes)
+/// instead of a file: the entries of the last commit parsed through it, for one repository.
+/// It holds about what one parse of the repository holds; nothing is written to disk.
+#[derive(Default)]
+pub struct MemoryCache {
+    repo: Option<PathBuf>,
+    file: Option<CacheFile>,
+}
+
+impl std::fmt::Debug for MemoryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCache")
+            .field("repo", &self.repo)
+            .field("entries", &self.file.as_ref().map_or(0, |c| c.order.len()))
+            .finish()
+    }
+}
+
+/// [`parse_commit`] with a [`MemoryCache`]: parses only the files whose blobs the last commit
+/// parsed through `memo` did not have, then keeps this commit's entries in `memo`.
+pub fn parse_commit_in_memory(
+    repo_path: &Path,
+    rev: &str,
+    memo: &mut MemoryCache,
+) -> Result<(Parsed0, CacheStats), SourceError> {
+    let listing = source::list_commit(repo_path, rev)?;
+    if memo.repo.as_deref() != Some(repo_path) {
+        *memo = MemoryCache {
+            repo: Some(repo_path.to_owned()),
+            file: None,
+        };
+    }
+    let mut stats = CacheStats::default();
+    let (out, fresh, hits) = parse_listing(repo_path, &listing, memo.file.as_ref(), &mut stats);
+    if !fresh.is_empty() {
+        // This commit's entries only: what the next commit most likely shares.
+        let mut buf = Vec::with_capacity(HEADER_LEN);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&[0; 32]);
+        let mut keys = HashSet::new();
+        let old = memo.file.as_ref();
+        let entries = fresh
+            .iter()
+            .map(|(k, b)| (*k, Bytes::copy_from_slice(b)))
+            .chain(hits.iter().filter_map(|k| Some((*k, old?.get(k)?))));
+        for (k, b) in entries {
+            if !keys.contains(&k) && put_record(&mut buf, &k, &b).is_some() {
+                keys.insert(k);
+            }
+        }
+        let id = FileId {
+            len: buf.len() as u64,
+            modified: None,
+            #[cfg(unix)]
+            ino: (0, 0),
+        };
+        stats.written_entries = keys.len();
+        stats.written_bytes = buf.len() as u64;
+        memo.file = CacheFile::parse(buf.into_boxed_slice().into(), &[0; 32], id);
+    }
+    Ok((out, stats))
+}
+
+/// New entries of a run: key and encoded entry.
+type Fresh = Vec<(Key, Vec<u8>)>;
+
+/// Looks the files of `listing` up in `old`, parses the others; returns the result, the new
+/// entries (encoded) and the keys that hit.
+fn parse_listing(
+    repo_path: &Path,
+    listing: &source::CommitListing,
+    old: Option<&CacheFile>,
+    stats: &mut CacheStats,
+) -> (Parsed0, Fresh, Vec<Key>) {
+    let t0 = std::time::Instant::now();
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
+    // One copy of the repository path for every hit's lazily read text.
+    let shared_path: Arc<Path> = Arc::from(repo_path);
+    let repo = &listing.repo;
     // The manifest first: its bindings decide the kind of other paths.
     let manifest = listing
         .files
@@ -724,7 +987,7 @@ pub fn parse_commit(
                     Some((k, key))
                 });
             if let Some((kind, key)) = key
-                && let Some(bytes) = old.as_ref().and_then(|c| c.get(&key))
+                && let Some(bytes) = old.and_then(|c| c.get(&key))
             {
                 return Pending::Hit(&f.path, kind, key, oid, bytes);
             }
@@ -743,7 +1006,7 @@ pub fn parse_commit(
             Pending::Read(raw, Some(key)) => parse_miss(&raw, key, &bindings),
             Pending::Read(raw, None) => parse_read(&raw, &bindings),
             Pending::Hit(path, kind, key, oid, bytes) => {
-                hit(repo_path, path, kind, key, oid, bytes).unwrap_or_else(|| {
+                hit(&shared_path, path, kind, key, oid, &bytes).unwrap_or_else(|| {
                     // Checksummed but not decodable (cannot happen short of a bug): parse it.
                     let raw = RawFile {
                         path: path.to_owned(),
@@ -770,7 +1033,7 @@ pub fn parse_commit(
         prescanned: true,
         ..Default::default()
     };
-    let mut fresh: Vec<(Key, Vec<u8>)> = Vec::new();
+    let mut fresh: Fresh = Vec::new();
     let mut hits: Vec<Key> = Vec::new();
     for (f, one) in listing.files.iter().zip(results) {
         match one.status {
@@ -795,44 +1058,21 @@ pub fn parse_commit(
     }
 
     tracing::debug!(ms = ms(t0), "cache: assembled");
-    // Only a run that parsed something new writes: this run's entries first, then the older
-    // ones (other commits' blobs) while the bound allows.
-    if !fresh.is_empty() {
-        let get = |k: &Key| old.as_ref().and_then(|c| c.get(k));
-        let this_run = fresh
-            .iter()
-            .map(|(k, b)| (*k, &b[..]))
-            .chain(hits.iter().filter_map(|k| Some((*k, get(k)?))));
-        let older = old.iter().flat_map(|c| {
-            c.order.iter().filter_map(|k| {
-                let (s, e, _) = c.index.get(k)?;
-                Some((*k, &c.buf[*s..*e]))
-            })
-        });
-        match write_file(&dir, &fp, opts.max_bytes, this_run.chain(older)) {
-            Ok((n, bytes)) => {
-                stats.written_entries = n;
-                stats.written_bytes = bytes;
-            }
-            Err(e) => stats.write_problem = Some(format!("{}: {e}", dir.display())),
-        }
-    }
-    tracing::debug!(ms = ms(t0), "cache: done");
-    Ok((out, stats))
+    (out, fresh, hits)
 }
 
 /// A file whose entry is in the cache; `None` if the entry does not decode.
 fn hit(
-    repo_path: &Path,
+    repo_path: &Arc<Path>,
     path: &str,
     kind: Kind,
     key: Key,
     oid: gix::ObjectId,
-    bytes: &[u8],
+    bytes: &Bytes,
 ) -> Option<One> {
     let entry = decode_entry(bytes, path)?;
     let text = {
-        let repo_path = repo_path.to_owned();
+        let repo_path = repo_path.clone();
         let path = path.to_owned();
         Arc::new(LazyText::deferred(move || {
             blob_text(&repo_path, oid, &path)
@@ -857,7 +1097,14 @@ mod tests {
     use crate::diag::Pos;
 
     fn roundtrip(e: &Entry, path: &str) -> Option<Entry> {
-        decode_entry(&encode_entry(e, path)?, path)
+        decode_entry(&Bytes::from(encode_entry(e, path)?), path)
+    }
+
+    fn doc(e: &Entry) -> &Stored {
+        match &e.outcome {
+            Outcome::Doc(s) => s,
+            Outcome::Failed(..) => panic!("not a doc"),
+        }
     }
 
     #[test]
@@ -867,21 +1114,52 @@ mod tests {
                 "s": "line\nbreak \u0000 ünï", "o": {"b": {}, "a": []}, "f": 3.0}"#,
         )
         .unwrap();
-        let e = Entry {
-            outcome: Outcome::Doc(v.clone()),
-            scans: vec![],
-        };
-        let back = roundtrip(&e, "config/a.toml").unwrap();
-        assert_eq!(back, e);
-        // Key order is kept (documents are shown and compiled in their own order).
-        let Outcome::Doc(b) = back.outcome else {
-            panic!("not a doc")
-        };
-        assert_eq!(
-            serde_json::to_string(&b).unwrap(),
-            serde_json::to_string(&v).unwrap()
+        for kept in [
+            Stored::keep(Kind::Dashboard, false, v.clone()),
+            Stored::keep(Kind::Tenant, false, v.clone()),
+        ] {
+            let e = Entry {
+                outcome: Outcome::Doc(kept.clone()),
+                scans: vec![],
+            };
+            let back = roundtrip(&e, "config/a.toml").unwrap();
+            let b = doc(&back);
+            assert_eq!(
+                matches!(b, Stored::Json(_)),
+                matches!(kept, Stored::Json(_)),
+                "kept the same way"
+            );
+            let b = b.to_value();
+            assert_eq!(b, v);
+            // Key order is kept (documents are shown and compiled in their own order).
+            assert_eq!(
+                serde_json::to_string(&b).unwrap(),
+                serde_json::to_string(&v).unwrap()
+            );
+            assert!(b["f"].is_f64() && b["a"][2].is_u64());
+        }
+    }
+
+    #[test]
+    fn a_json_value_is_a_slice_of_the_buffer() {
+        let kept = Stored::keep(Kind::Tenant, false, serde_json::json!({"id": "t", "n": 2}));
+        let bytes = Bytes::from(
+            encode_entry(
+                &Entry {
+                    outcome: Outcome::Doc(kept),
+                    scans: vec![],
+                },
+                "a.toml",
+            )
+            .unwrap(),
         );
-        assert!(b["f"].is_f64() && b["a"][2].is_u64());
+        let back = decode_entry(&bytes, "a.toml").unwrap();
+        let Stored::Json(j) = doc(&back) else {
+            panic!("not JSON")
+        };
+        let range = bytes.as_ptr_range();
+        assert!(range.contains(&j.as_ptr()), "copied instead of sliced");
+        assert_eq!(&j[..], br#"{"id":"t","n":2}"#);
     }
 
     #[test]
@@ -891,11 +1169,11 @@ mod tests {
             v = Value::Array(vec![v]);
         }
         let e = Entry {
-            outcome: Outcome::Doc(v),
+            outcome: Outcome::Doc(Stored::Tree(Arc::new(v))),
             scans: vec![],
         };
         let bytes = encode_entry(&e, "a.json").unwrap();
-        assert!(decode_entry(&bytes, "a.json").is_none());
+        assert!(decode_entry(&bytes.into(), "a.json").is_none());
     }
 
     #[test]
@@ -913,7 +1191,7 @@ mod tests {
             )],
         };
         let bytes = encode_entry(&e, "a/b.toml").unwrap();
-        let back = decode_entry(&bytes, "c/d.toml").unwrap();
+        let back = decode_entry(&bytes.into(), "c/d.toml").unwrap();
         let Outcome::Failed(fs, id) = back.outcome else {
             panic!("not failed")
         };
@@ -962,11 +1240,12 @@ mod tests {
         };
         let bytes = encode_entry(&e, "a.toml").unwrap();
         for n in 0..bytes.len() {
-            assert!(decode_entry(&bytes[..n], "a.toml").is_none(), "prefix {n}");
+            let prefix = Bytes::copy_from_slice(&bytes[..n]);
+            assert!(decode_entry(&prefix, "a.toml").is_none(), "prefix {n}");
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode_entry(&longer, "a.toml").is_none());
+        assert!(decode_entry(&longer.into(), "a.toml").is_none());
     }
 
     fn key(n: u8) -> Key {
@@ -978,26 +1257,32 @@ mod tests {
         }
     }
 
+    fn entries(range: std::ops::Range<u8>) -> Vec<(Key, Vec<u8>)> {
+        range.map(|n| (key(n), vec![n; 10 + n as usize])).collect()
+    }
+
+    fn load(dir: &Path, fp: &[u8; 32]) -> CacheFile {
+        CacheFile::load(&dir.join(CACHE_FILE), fp, DEFAULT_MAX_BYTES).unwrap()
+    }
+
     #[test]
     fn cache_file_round_trips_and_rejects_damage() {
         let dir = tempfile::tempdir().unwrap();
         let fp = [7u8; 32];
-        let entries: Vec<(Key, Vec<u8>)> = (0..50)
-            .map(|n| (key(n), vec![n; 10 + n as usize]))
-            .collect();
+        let entries = entries(0..50);
         let (n, bytes) = write_file(
             dir.path(),
             &fp,
             DEFAULT_MAX_BYTES,
-            entries.iter().map(|(k, b)| (*k, &b[..])),
+            entries.iter().map(|(k, b)| (*k, Bytes::copy_from_slice(b))),
         )
         .unwrap();
         assert_eq!(n, 50);
         let path = dir.path().join(CACHE_FILE);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes);
-        let c = CacheFile::load(&path, &fp, DEFAULT_MAX_BYTES).unwrap();
+        let c = load(dir.path(), &fp);
         for (k, b) in &entries {
-            assert_eq!(c.get(k), Some(&b[..]));
+            assert_eq!(c.get(k).as_deref(), Some(&b[..]));
         }
         // Another fingerprint: the whole file is a miss.
         assert!(CacheFile::load(&path, &[8u8; 32], DEFAULT_MAX_BYTES).is_err());
@@ -1006,19 +1291,20 @@ mod tests {
         // Truncated: the entries past the end are misses, the others still hit.
         let full = std::fs::read(&path).unwrap();
         std::fs::write(&path, &full[..full.len() - 5]).unwrap();
-        let c = CacheFile::load(&path, &fp, DEFAULT_MAX_BYTES).unwrap();
+        let c = load(dir.path(), &fp);
         assert_eq!(c.get(&key(49)), None);
-        assert_eq!(c.get(&key(0)), Some(&entries[0].1[..]));
-        // A flipped data byte: that entry is a miss.
+        assert_eq!(c.get(&key(0)).as_deref(), Some(&entries[0].1[..]));
+        // A flipped byte in the middle: that record and every later one are misses.
         let mut bad = full.clone();
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
+        let mid = full.len() / 2;
+        bad[mid] ^= 1;
         std::fs::write(&path, &bad).unwrap();
-        let c = CacheFile::load(&path, &fp, DEFAULT_MAX_BYTES).unwrap();
-        assert_eq!(c.get(&key(49)), None);
-        // A flipped index byte: the whole file is a miss.
+        let c = load(dir.path(), &fp);
+        assert!(c.get(&key(0)).is_some() && c.get(&key(49)).is_none());
+        assert!(c.valid_end <= mid);
+        // A flipped header byte: the whole file is a miss.
         let mut bad = full.clone();
-        bad[HEADER_LEN + 3] ^= 1;
+        bad[3] ^= 1;
         std::fs::write(&path, &bad).unwrap();
         assert!(CacheFile::load(&path, &fp, DEFAULT_MAX_BYTES).is_err());
         // The bound on writing keeps the first entries.
@@ -1026,11 +1312,124 @@ mod tests {
             dir.path(),
             &fp,
             600,
-            entries.iter().map(|(k, b)| (*k, &b[..])),
+            entries.iter().map(|(k, b)| (*k, Bytes::copy_from_slice(b))),
         )
         .unwrap();
         assert!(n < 50 && bytes <= 600, "{n} entries, {bytes} bytes");
-        let c = CacheFile::load(&path, &fp, DEFAULT_MAX_BYTES).unwrap();
+        let c = load(dir.path(), &fp);
         assert!(c.get(&key(0)).is_some() && c.get(&key(49)).is_none());
+    }
+
+    #[test]
+    fn two_runs_append_and_a_torn_tail_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let fp = [7u8; 32];
+        // First run: no log yet, so it is written whole.
+        let w = store(d, &fp, DEFAULT_MAX_BYTES, None, &entries(0..10), &[]).unwrap();
+        assert!(w.compacted && w.entries == 10, "{w:?}");
+        let len1 = std::fs::metadata(d.join(CACHE_FILE)).unwrap().len();
+        // Second run: appends only its new entries; the first bytes stay as they were.
+        let seen = load(d, &fp);
+        let w = store(d, &fp, DEFAULT_MAX_BYTES, Some(&seen), &entries(5..12), &[]).unwrap();
+        assert_eq!((w.entries, w.compacted), (2, false), "{w:?}");
+        let after = std::fs::read(d.join(CACHE_FILE)).unwrap();
+        assert_eq!(after.len() as u64, len1 + w.bytes);
+        let c = load(d, &fp);
+        assert_eq!(c.order.len(), 12);
+        assert_eq!(c.dead, 0);
+        assert_eq!(c.get(&key(11)).as_deref(), Some(&vec![11u8; 21][..]));
+        // A torn append (a crash mid-write): the torn record is a miss, the others hit.
+        let mut torn = after.clone();
+        put_record(&mut torn, &key(12), &[12; 22]).unwrap();
+        torn.truncate(torn.len() - 3);
+        std::fs::write(d.join(CACHE_FILE), &torn).unwrap();
+        let seen = load(d, &fp);
+        assert_eq!(seen.get(&key(12)), None);
+        assert_eq!(seen.valid_end, after.len());
+        assert_eq!(seen.order.len(), 12);
+        // The next writer cuts the tail off before it appends: its record is readable.
+        let w = store(
+            d,
+            &fp,
+            DEFAULT_MAX_BYTES,
+            Some(&seen),
+            &entries(12..14),
+            &[],
+        )
+        .unwrap();
+        assert_eq!((w.entries, w.compacted), (2, false));
+        let c = load(d, &fp);
+        assert_eq!(c.order.len(), 14);
+        assert_eq!(c.valid_end as u64, after.len() as u64 + w.bytes);
+        assert_eq!(c.get(&key(13)).as_deref(), Some(&vec![13u8; 23][..]));
+    }
+
+    #[test]
+    fn a_stale_copy_rereads_the_log_and_the_bound_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let fp = [7u8; 32];
+        store(d, &fp, DEFAULT_MAX_BYTES, None, &entries(0..4), &[]).unwrap();
+        // Two runs read the same log; both append: the second sees the first's records (it
+        // reads the log again under the lock) and appends only what is still missing.
+        let a = load(d, &fp);
+        let b = load(d, &fp);
+        store(d, &fp, DEFAULT_MAX_BYTES, Some(&a), &entries(4..8), &[]).unwrap();
+        let w = store(d, &fp, DEFAULT_MAX_BYTES, Some(&b), &entries(6..9), &[]).unwrap();
+        assert_eq!((w.entries, w.compacted), (1, false));
+        let c = load(d, &fp);
+        assert_eq!((c.order.len(), c.dead), (9, 0));
+        // Appending past the bound compacts: this run's entries and hits first.
+        let len = c.valid_end as u64;
+        let w = store(d, &fp, len + 40, Some(&c), &entries(20..21), &[key(0)]).unwrap();
+        assert!(w.compacted, "{w:?}");
+        let c = CacheFile::load(&d.join(CACHE_FILE), &fp, len + 40).unwrap();
+        assert_eq!(c.order[..2], [key(20), key(0)]);
+        assert!(c.valid_end as u64 <= len + 40);
+        // Another build's log is replaced, not appended to.
+        let w = store(d, &[9u8; 32], DEFAULT_MAX_BYTES, None, &entries(0..1), &[]).unwrap();
+        assert!(w.compacted);
+        assert_eq!(load(d, &[9u8; 32]).order, vec![key(0)]);
+        assert!(CacheFile::load(&d.join(CACHE_FILE), &fp, DEFAULT_MAX_BYTES).is_err());
+    }
+
+    #[test]
+    fn concurrent_writers_never_corrupt_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let fp = [7u8; 32];
+        store(&d, &fp, DEFAULT_MAX_BYTES, None, &entries(0..1), &[]).unwrap();
+        let seen = Arc::new(load(&d, &fp));
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let d = d.clone();
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    for round in 0..10u8 {
+                        let n = 1 + t * 10 + round;
+                        // Every writer also adds key 200: duplicates must not corrupt.
+                        let fresh = vec![(key(n), vec![n; 50]), (key(200), vec![200; 30])];
+                        store(&d, &fp, DEFAULT_MAX_BYTES, Some(&seen), &fresh, &[]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let c = load(&d, &fp);
+        assert_eq!(
+            c.valid_end,
+            std::fs::metadata(d.join(CACHE_FILE)).unwrap().len() as usize
+        );
+        for n in 0..=80u8 {
+            assert_eq!(
+                c.get(&key(n)).as_deref(),
+                Some(&vec![n; if n == 0 { 10 } else { 50 }][..])
+            );
+        }
+        assert_eq!(c.get(&key(200)).as_deref(), Some(&[200u8; 30][..]));
+        assert_eq!(c.dead, 0, "each writer reads what the others appended");
     }
 }

@@ -45,10 +45,11 @@ impl SourceDoc {
 
     /// A document whose parse and schema check came from the validation cache
     /// ([`crate::cache`]); its text is read only if something asks for it.
+    /// `value` is what [`Stored::keep`] made of the parsed value (the cache keeps it as it was).
     pub(crate) fn from_cache(
         path: &str,
         kind: Kind,
-        value: Value,
+        value: Stored,
         text: Arc<parse::LazyText>,
     ) -> SourceDoc {
         let (env, base_path) = split_env(path);
@@ -56,7 +57,7 @@ impl SourceDoc {
         SourceDoc {
             path: path.to_owned(),
             kind,
-            value: Stored::keep(kind, env.is_some(), value),
+            value,
             env,
             base_path,
             // The cache keeps a file's scan findings with its entry (`Parsed0::prescanned`).
@@ -269,10 +270,13 @@ pub struct ValueDoc {
 /// deserialised straight into their typed form, or back into a tree one at a time when
 /// compiled. Documents whose raw value rules and renderers walk (dashboards, rule files, the
 /// manifest), environment overlays (merged per view) and deeply nested values stay trees.
+///
+/// The JSON is a [`bytes::Bytes`]: a document from the validation cache shares the cache
+/// file's buffer (a slice of it, counted by reference) instead of a copy.
 #[derive(Clone)]
 pub enum Stored {
     Tree(Arc<Value>),
-    Json(Arc<[u8]>),
+    Json(bytes::Bytes),
 }
 
 impl std::fmt::Debug for Stored {
@@ -297,7 +301,8 @@ impl Stored {
             return Stored::Tree(Arc::new(v));
         }
         match serde_json::to_vec(&v) {
-            Ok(b) => Stored::Json(b.into()),
+            // Boxed first: no spare capacity kept (peak memory of a large parse).
+            Ok(b) => Stored::Json(b.into_boxed_slice().into()),
             Err(_) => Stored::Tree(Arc::new(v)),
         }
     }

@@ -426,16 +426,13 @@ pub fn list_commit(repo_path: &Path, rev: &str) -> Result<CommitListing, SourceE
             })?;
         (commit.id.to_string(), entries)
     };
-    let by_path: std::collections::HashMap<String, gix::ObjectId> = entries
+    // Blob ids by path, for resolving symlinks: built on the first symlink only (a large repo
+    // has tens of thousands of paths and usually no symlink).
+    let by_path = std::cell::OnceCell::new();
+    if !entries
         .iter()
-        .filter(|e| e.mode.is_blob())
-        .filter_map(|e| {
-            std::str::from_utf8(&e.filepath)
-                .ok()
-                .map(|p| (p.to_owned(), e.oid))
-        })
-        .collect();
-    if !by_path.contains_key("vakt.toml") {
+        .any(|e| e.mode.is_blob() && e.filepath.as_slice() == b"vakt.toml")
+    {
         return Err(SourceError::NotOpsRepo {
             path: PathBuf::from(format!("{}@{rev}", repo_path.display())),
         });
@@ -480,7 +477,11 @@ pub fn list_commit(repo_path: &Path, rev: &str) -> Result<CommitListing, SourceE
             let inside = resolve_link(path, &target);
             match (
                 inside.as_deref(),
-                inside.as_deref().and_then(|p| by_path.get(p)),
+                inside.as_deref().and_then(|p| {
+                    by_path
+                        .get_or_init(|| blobs_by_path(&entries))
+                        .get(p.as_bytes())
+                }),
             ) {
                 (_, Some(oid)) => *oid,
                 (Some(to), None) => {
@@ -522,6 +523,17 @@ pub fn list_commit(repo_path: &Path, rev: &str) -> Result<CommitListing, SourceE
         files,
         repo,
     })
+}
+
+/// The blob ids of a tree listing by path.
+fn blobs_by_path(
+    entries: &[gix::traverse::tree::recorder::Entry],
+) -> std::collections::HashMap<&[u8], gix::ObjectId> {
+    entries
+        .iter()
+        .filter(|e| e.mode.is_blob())
+        .map(|e| (e.filepath.as_slice(), e.oid))
+        .collect()
 }
 
 /// Resolves a revision to a commit.

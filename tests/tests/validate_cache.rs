@@ -27,20 +27,31 @@ fn validate(repo: &Path, rev: &str, args: &[&str], envs: &[(&str, &str)]) -> (i3
 
 /// `hits=` and `misses=` of the cache statistics line on stderr.
 fn stats(stderr: &str) -> (usize, usize) {
+    (stat(stderr, " hits="), stat(stderr, " misses="))
+}
+
+/// One number of the cache statistics line on stderr (`key` is ` name=`).
+fn stat(stderr: &str, key: &str) -> usize {
     let line = stderr
         .lines()
         .find(|l| l.contains("validation cache"))
         .unwrap_or_else(|| panic!("no cache statistics on stderr:\n{stderr}"));
-    let num = |key: &str| -> usize {
-        let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
-        line[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap_or_else(|_| panic!("{key} in {line}"))
-    };
-    (num(" hits="), num(" misses="))
+    let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+    line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {line}"))
+}
+
+/// Whether the cache statistics line says the run rewrote the log (instead of appending).
+fn compacted(stderr: &str) -> bool {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("validation cache"))
+        .unwrap_or_else(|| panic!("no cache statistics on stderr:\n{stderr}"));
+    line.contains(" compacted=true")
 }
 
 /// Asserts that the cached run and the `--no-cache` run report exactly the same, in JSON and in
@@ -114,7 +125,7 @@ fn edit(dir: &Path, path: &str, from: &str, to: &str) {
 }
 
 fn cache_file(repo: &Path) -> PathBuf {
-    repo.join(".git/vakt/cache/validate-v1.bin")
+    repo.join(".git/vakt/cache/validate-v2.log")
 }
 
 #[test]
@@ -292,12 +303,13 @@ fn concurrent_runs_do_not_corrupt_the_cache() {
             0,
             "round {round}: the cache left behind is whole"
         );
-        // No temporary files left behind.
-        let left: Vec<_> = std::fs::read_dir(r.join(".git/vakt/cache"))
+        // No temporary files left behind: the log and its lock file.
+        let mut left: Vec<_> = std::fs::read_dir(r.join(".git/vakt/cache"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(left, vec![std::ffi::OsString::from("validate-v1.bin")]);
+        left.sort();
+        assert_eq!(left, ["validate-v2.lock", "validate-v2.log"]);
     }
 }
 
@@ -311,11 +323,11 @@ fn cache_dir_flag_and_env_and_the_work_tree_is_not_cached() {
     let flag_s = flag_dir.to_string_lossy().into_owned();
     let (code, _, err) = validate(r, "HEAD", &["--cache-dir", &flag_s], &[]);
     assert_eq!(code, 0, "{err}");
-    assert!(flag_dir.join("validate-v1.bin").is_file());
+    assert!(flag_dir.join("validate-v2.log").is_file());
     let env_s = env_dir.to_string_lossy().into_owned();
     let (code, _, err) = validate(r, "HEAD", &[], &[("VAKT_CACHE_DIR", &env_s)]);
     assert_eq!(code, 0, "{err}");
-    assert!(env_dir.join("validate-v1.bin").is_file());
+    assert!(env_dir.join("validate-v2.log").is_file());
     assert!(!r.join(".git/vakt").exists(), "nothing in the Git dir");
     // The work tree (no --rev) never uses the cache.
     let o = Command::new(vakt_bin())
@@ -337,4 +349,235 @@ fn cache_dir_flag_and_env_and_the_work_tree_is_not_cached() {
     let (code, _, err) = validate(r, "HEAD", &["--cache-dir", &bad], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("validation cache not written"), "{err}");
+}
+
+#[test]
+fn a_one_file_commit_appends_to_the_log() {
+    let dir = repo();
+    let r = dir.path();
+    let (_, _, err) = validate(r, "HEAD", &["--format", "json"], &[]);
+    assert!(compacted(&err), "the first run writes the log whole: {err}");
+    let first = std::fs::read(cache_file(r)).unwrap();
+    // Two commits, one file each: each run appends one entry, the bytes before stay as they were.
+    let mut before = first.clone();
+    let edits = [
+        ("tier = \"business\"", "tier = \"business\"\n# a"),
+        ("# a", "# b"),
+    ];
+    for (n, (from, to)) in edits.into_iter().enumerate() {
+        edit(r, "config/tenants/fjord-logistics/tenant.toml", from, to);
+        commit(r, &format!("edit {n}"));
+        let (_, _, err) = validate(r, "HEAD", &["--format", "json"], &[]);
+        assert_eq!(stats(&err).1, 1, "edit {n}: one miss: {err}");
+        assert!(!compacted(&err), "edit {n}: appended, not rewritten: {err}");
+        assert_eq!(stat(&err, " written_entries="), 1, "{err}");
+        let now = std::fs::read(cache_file(r)).unwrap();
+        assert!(
+            now.len() > before.len() && now.starts_with(&before),
+            "edit {n}: not an append"
+        );
+        assert_eq!(
+            (now.len() - before.len()) as usize,
+            stat(&err, " written_bytes="),
+            "{err}"
+        );
+        before = now;
+    }
+    // Every commit is whole in the log and gives the uncached findings.
+    for rev in ["HEAD~2", "HEAD~1", "HEAD"] {
+        let (_, err) = same_as_uncached(r, rev, &[]);
+        assert_eq!(stats(&err).1, 0, "{rev}: {err}");
+    }
+}
+
+#[test]
+fn a_torn_tail_is_a_miss_and_is_cut_off_by_the_next_append() {
+    let dir = bad_tier_repo();
+    let r = dir.path();
+    let (f0, _) = same_as_uncached(r, "HEAD~1", &[]);
+    let (f1, _) = same_as_uncached(r, "HEAD", &[]);
+    let whole = std::fs::read(cache_file(r)).unwrap();
+    // The last append (HEAD's one new entry) torn at every few bytes, and junk after a whole log.
+    let (_, _, err) = validate(r, "HEAD", &["--format", "json"], &[]);
+    assert_eq!(stats(&err).1, 0);
+    let mut cases: Vec<(String, Vec<u8>)> = (1..40)
+        .step_by(7)
+        .map(|cut| {
+            (
+                format!("{cut} bytes cut"),
+                whole[..whole.len() - cut].to_vec(),
+            )
+        })
+        .collect();
+    cases.push((
+        "junk appended".into(),
+        [&whole[..], &[0xAB; 13][..]].concat(),
+    ));
+    cases.push(("zeros appended".into(), [&whole[..], &[0; 64][..]].concat()));
+    for (what, bytes) in cases {
+        std::fs::write(cache_file(r), &bytes).unwrap();
+        // HEAD~1 is whole before the tear: no miss.
+        let (_, json, err) = validate(r, "HEAD~1", &["--format", "json"], &[]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["findings"].as_array().unwrap(), &f0, "{what}");
+        assert_eq!(stats(&err).1, 0, "{what}: {err}");
+        // HEAD: its torn entry is a miss, the findings are the same, the tail is cut and the
+        // entry appended again (not a rewrite).
+        let (code, json, err) = validate(r, "HEAD", &["--format", "json"], &[]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["findings"].as_array().unwrap(), &f1, "{what}");
+        assert_eq!(code, 1, "{what}");
+        assert!(
+            !err.contains("ERROR") && !err.contains("WARN"),
+            "{what}: {err}"
+        );
+        let misses = stats(&err).1;
+        assert!(misses <= 1, "{what}: {misses} misses");
+        assert!(!compacted(&err), "{what}: {err}");
+        let now = std::fs::read(cache_file(r)).unwrap();
+        if misses == 1 {
+            assert_eq!(now, whole, "{what}: the same record appended again");
+        } else {
+            assert!(now.starts_with(&whole), "{what}");
+        }
+        let (_, _, err) = validate(r, "HEAD", &["--format", "json"], &[]);
+        assert_eq!(stats(&err).1, 0, "{what}: the entry is not whole: {err}");
+    }
+}
+
+#[test]
+fn concurrent_appends_from_a_warm_cache_stay_whole() {
+    let dir = repo();
+    let r = dir.path();
+    let tenant = "config/tenants/fjord-logistics/tenant.toml";
+    // Four commits, each with its own version of one file; the cache holds the first only.
+    for n in 0..4 {
+        edit(
+            r,
+            tenant,
+            "tier = \"business\"",
+            &format!("tier = \"business\"\n# {n}"),
+        );
+        commit(r, &format!("edit {n}"));
+    }
+    let (_, _, err) = validate(r, "HEAD~4", &["--format", "json"], &[]);
+    assert!(stats(&err).1 > 50, "a cold run parses everything: {err}");
+    let expected: Vec<String> = (0..4)
+        .map(|n| {
+            validate(
+                r,
+                &format!("HEAD~{n}"),
+                &["--format", "json", "--no-cache"],
+                &[],
+            )
+            .1
+        })
+        .collect();
+    // Each run appends its commit's new entry at the same time as the others.
+    let children: Vec<_> = (0..4)
+        .map(|n| {
+            Command::new(vakt_bin())
+                .args(["validate", "--repo"])
+                .arg(r)
+                .args([
+                    "--rev",
+                    &format!("HEAD~{n}"),
+                    "--now",
+                    TODAY,
+                    "--format",
+                    "json",
+                ])
+                .env("NO_COLOR", "1")
+                .env("VAKT_LOG", "debug")
+                .env_remove("VAKT_REPO")
+                .env_remove("VAKT_CACHE_DIR")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn vakt")
+        })
+        .collect();
+    for (n, c) in children.into_iter().enumerate() {
+        let (code, out, err) = outcome(&c.wait_with_output().unwrap());
+        assert_eq!(out, expected[n], "HEAD~{n}: {err}");
+        assert_eq!(code, 0, "{err}");
+        assert!(!err.contains("WARN"), "HEAD~{n}: {err}");
+    }
+    // Every run's entry is in the log: no misses for any of them.
+    for (n, want) in expected.iter().enumerate() {
+        let (_, out, err) = validate(r, &format!("HEAD~{n}"), &["--format", "json"], &[]);
+        assert_eq!(&out, want);
+        assert_eq!(stats(&err).1, 0, "HEAD~{n}: {err}");
+    }
+}
+
+/// The daemon keeps the cache in memory between passes: a changed blob is parsed again and
+/// its new value applied, never a cached value of the old one.
+#[test]
+fn the_daemon_applies_a_changed_blob_not_a_cached_value() {
+    use std::time::Duration;
+    use vakt_tests::nats;
+    use vakt_tests::nats::{Daemon, NatsServer, commit_all, ops_git, publish, wait_until};
+
+    let repo = ops_git();
+    let r = repo.path();
+    let n = NatsServer::start();
+    let d = Daemon::start_at(
+        r,
+        &n.url(),
+        n.dir.path(),
+        "dev",
+        "pc",
+        &["--interval", "1h", "--lease", "2s"],
+        &[("VAKT_LOG", "info,reconciler::ops::run=debug")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || d.status()["applied_commit"]
+            .is_string()),
+        "initial apply"
+    );
+    let tenant = "config/tenants/nordlys-energi/tenant.toml";
+    let key = "tenant.nordlys-energi.tenant";
+    // The applied value of the key at `commit`, compact.
+    let applied_at = |commit: &str| -> Option<String> {
+        let b = nats::try_get(&n.url(), "vakt_dev_config", key)?;
+        let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+        (v["vakt"]["commit"] == commit).then(|| v.to_string())
+    };
+    let mut seen = Vec::new();
+    for (from, to) in [
+        ("requests_per_second = 1200", "requests_per_second = 1201"),
+        ("requests_per_second = 1201", "requests_per_second = 1200"),
+        ("requests_per_second = 1200", "requests_per_second = 1202"),
+    ] {
+        edit(r, tenant, from, to);
+        let c = commit_all(r, to);
+        publish(&n.url(), "vakt.trigger.dev");
+        let mut value = None;
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                value = applied_at(&c);
+                value.is_some()
+            }),
+            "{to}: commit {c} not applied: {}",
+            d.status()
+        );
+        let value = value.unwrap();
+        let want = to.trim_start_matches("requests_per_second = ");
+        assert!(
+            value.contains(&format!("\"requests_per_second\":{want}")),
+            "{to}: {value}"
+        );
+        seen.push(value);
+    }
+    // The passes after the first parsed only the changed file.
+    let log = std::fs::read_to_string(n.dir.path().join("daemon-pc.log")).unwrap();
+    let passes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("parsed through the cache in memory"))
+        .collect();
+    assert!(
+        passes.iter().filter(|l| l.contains(" misses=1 ")).count() >= 3,
+        "{passes:#?}"
+    );
 }

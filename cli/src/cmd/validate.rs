@@ -19,9 +19,11 @@ use crate::{exit, output};
 ///
 /// With --rev, what parsing and schema-checking each file produced is cached by its Git blob
 /// id (in <git-dir>/vakt/cache/, or --cache-dir), so a commit that changed a few files
-/// re-parses only those; cross-document rules still run over every document. The cache can
-/// be deleted at any time; --no-cache bypasses it (same findings, every file parsed). The work
-/// tree is never cached. VAKT_LOG=debug logs hits and misses.
+/// re-parses only those; cross-document rules still run over every document. A run appends
+/// only the entries it parsed (validate-v2.log; concurrent runs take turns on
+/// validate-v2.lock). The cache can be deleted at any time; a torn or damaged cache is a miss,
+/// never an error; --no-cache bypasses it (same findings, every file parsed). The work tree is
+/// never cached. VAKT_LOG=debug logs hits, misses and the time of each phase.
 ///
 /// Exit status: 0 no errors (warnings allowed), 1 error-level findings, 2 usage error,
 /// 3 could not run. --summary and --max-per-rule never change the exit status.
@@ -125,6 +127,7 @@ pub fn run(o: ValidateOpts) -> Exit {
                 uncached = stats.uncached,
                 written_entries = stats.written_entries,
                 written_bytes = stats.written_bytes,
+                compacted = stats.compacted,
                 read_problem = stats.read_problem.as_deref().unwrap_or(""),
                 "validation cache"
             );

@@ -101,10 +101,15 @@ fn prepare_inner(
             _ => None,
         };
     let commit_s = commit.to_string();
-    // One parse of the commit: validation, compile and the daemon's snippets all use it.
-    let files = opsrepo::read_commit(checkout.path(), &commit_s)?;
-    let parsed = opsrepo::load::parse_all(&files);
-    drop(files);
+    // One parse of the commit: validation, compile and the daemon's snippets all use it. The
+    // daemon parses only the files its last pass did not (the cache in memory); a one-off
+    // apply parses everything (nothing to reuse, and no cache file held in memory).
+    let parsed = if keep_model {
+        parse_memoized(checkout.path(), &commit_s)?
+    } else {
+        let files = opsrepo::read_commit(checkout.path(), &commit_s)?;
+        opsrepo::load::parse_all(&files)
+    };
     let (report, model) = opsrepo::validate::validate_with_model(
         &parsed,
         &opsrepo::ValidateOptions {
@@ -160,6 +165,39 @@ fn prepare_inner(
         commit_time: r.commit_time(commit),
         model: model.map(std::sync::Arc::new),
     })
+}
+
+/// The daemon's validation cache, kept in memory from one pass to the next: the entries of the
+/// last commit it prepared (`opsrepo::cache::MemoryCache`). A pass takes it out and puts it
+/// back, so the lock is never held during a parse; a concurrent prepare (none in the daemon)
+/// would just parse everything.
+static PARSE_MEMO: std::sync::Mutex<Option<opsrepo::cache::MemoryCache>> =
+    std::sync::Mutex::new(None);
+
+/// Parses `rev` of the repository at `path` through [`PARSE_MEMO`].
+fn parse_memoized(
+    path: &std::path::Path,
+    rev: &str,
+) -> Result<opsrepo::load::Parsed0, opsrepo::source::SourceError> {
+    let t = std::time::Instant::now();
+    let mut memo = PARSE_MEMO
+        .lock()
+        .ok()
+        .and_then(|mut g| g.take())
+        .unwrap_or_default();
+    let r = opsrepo::cache::parse_commit_in_memory(path, rev, &mut memo);
+    if let Ok(mut g) = PARSE_MEMO.lock() {
+        *g = Some(memo);
+    }
+    let (parsed, stats) = r?;
+    tracing::debug!(
+        ms = t.elapsed().as_secs_f64() * 1000.0,
+        hits = stats.hits,
+        misses = stats.misses,
+        uncached = stats.uncached,
+        "parsed through the cache in memory"
+    );
+    Ok(parsed)
 }
 
 /// Outcome of a guarded apply.
