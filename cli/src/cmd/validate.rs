@@ -110,7 +110,7 @@ pub fn run(o: ValidateOpts) -> Exit {
         env: o.env,
         today: o.now.unwrap_or_else(super::today),
     };
-    let commands = ClapCommands(env_backed_optional(
+    let commands = ClapCommands::new(env_backed_optional(
         <crate::Cli as clap::CommandFactory>::command(),
     ));
     let report = match (&o.repo.rev, o.no_cache) {
@@ -168,7 +168,23 @@ pub fn run(o: ValidateOpts) -> Exit {
 }
 
 /// Parses runbook command lines with the binary's own argument definitions.
-struct ClapCommands(clap::Command);
+/// Checks runbook commands against vakt's own clap definition. Parsing needs the command
+/// mutably (clap builds it on first use); one built copy behind a lock serves every check,
+/// where a clone per command cost more than the parse.
+struct ClapCommands {
+    /// The definition, for looking subcommands up.
+    def: clap::Command,
+    parser: std::sync::Mutex<clap::Command>,
+}
+
+impl ClapCommands {
+    fn new(def: clap::Command) -> ClapCommands {
+        ClapCommands {
+            parser: std::sync::Mutex::new(def.clone()),
+            def,
+        }
+    }
+}
 
 /// An argument clap can read from the environment (`--api`: `$VAKT_API`) is set in an
 /// operator's shell, so a runbook line may leave it out; every other required argument must be
@@ -196,7 +212,7 @@ impl opsrepo::rules::commands::CommandChecker for ClapCommands {
     fn check(&self, args: &[String]) -> Result<(), String> {
         use clap::error::{ContextKind, ContextValue, ErrorKind};
         // A bare reference in prose (`vakt approve`, `vakt jobs retry`): the command must exist.
-        let mut cmd = &self.0;
+        let mut cmd = &self.def;
         let mut only_commands = true;
         for a in args {
             match cmd.find_subcommand(a) {
@@ -211,7 +227,12 @@ impl opsrepo::rules::commands::CommandChecker for ClapCommands {
             return Ok(());
         }
         let argv = std::iter::once("vakt").chain(args.iter().map(String::as_str));
-        let Err(e) = self.0.clone().try_get_matches_from(argv) else {
+        let parsed = match self.parser.lock() {
+            Ok(mut p) => p.try_get_matches_from_mut(argv),
+            // A panic in another check poisoned it: parse with a fresh copy.
+            Err(_) => self.def.clone().try_get_matches_from(argv),
+        };
+        let Err(e) = parsed else {
             return Ok(());
         };
         let placeholder = |v: &str| {
