@@ -199,11 +199,20 @@ fn read_file(root: &Path, rel: String) -> RawFile {
         )),
         path: rel.clone(),
     };
-    let mut buf = Vec::with_capacity(FIRST);
-    if let Err(e) = (&mut f).take(FIRST as u64).read_to_end(&mut buf) {
-        return failed(e);
+    // The first read goes to the stack: a file that fits is copied into a vector of its own
+    // size (a vector of the read's size would hold 8 KiB for every small file).
+    let mut first = [0u8; FIRST];
+    let mut n = 0;
+    while n < FIRST {
+        match f.read(&mut first[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return failed(e),
+        }
     }
-    if buf.len() == FIRST {
+    let mut buf = first[..n].to_vec();
+    if n == FIRST {
         let len = match f.metadata() {
             Ok(m) => m.len(),
             Err(e) => return failed(e),
