@@ -829,42 +829,60 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
     }
 
     for (kind, entry) in entries {
-        let mut f = |r: Result<Doc<()>, Finding>| match r {
-            Ok(d) => model.documents.push((kind, d)),
-            Err(e) => findings.push(e),
-        };
-        match kind {
-            Kind::Manifest => {
-                let mut one = Vec::new();
-                f(entry.typed(&mut one));
-                model.manifest = one.pop().or(model.manifest.take());
-            }
-            Kind::GlobalConfig => f(entry.typed(&mut model.global)),
-            Kind::ConfigItem => f(entry.typed(&mut model.config_items)),
-            Kind::Tenant => f(entry.typed(&mut model.tenants)),
-            Kind::Aggregate => f(entry.typed(&mut model.aggregates)),
-            Kind::Projection => f(entry.typed(&mut model.projections)),
-            Kind::Saga => f(entry.typed(&mut model.sagas)),
-            Kind::EffectProvider => f(entry.typed(&mut model.effects)),
-            Kind::DefinitionManifest => f(entry.typed(&mut model.definition_manifests)),
-            Kind::Site => f(entry.typed(&mut model.sites)),
-            Kind::Node => f(entry.typed(&mut model.nodes)),
-            Kind::Shard => f(entry.typed(&mut model.shards)),
-            Kind::Service => f(entry.typed(&mut model.services)),
-            Kind::Placement => f(entry.typed(&mut model.placements)),
-            Kind::Exporter => f(entry.typed(&mut model.exporters)),
-            Kind::Role => f(entry.typed(&mut model.roles)),
-            Kind::RoleBinding => f(entry.typed(&mut model.bindings)),
-            Kind::RunbookCatalog => f(entry.typed(&mut model.catalogs)),
-            Kind::Datasources => f(entry.typed(&mut model.datasources)),
-            Kind::SavedQuery => f(entry.typed(&mut model.saved_queries)),
-            Kind::Dashboard => f(entry.typed(&mut model.dashboards)),
-            Kind::AlertRules => f(entry.typed(&mut model.alert_rules)),
-            Kind::DrStore => f(entry.typed(&mut model.dr_stores)),
-            Kind::Runbook => {}
-        }
+        type_into(&mut model, &mut findings, kind, entry);
     }
     (model, findings)
+}
+
+/// Types one entry of a view into its place in `model` (a typing error into `findings`).
+fn type_into(model: &mut Model, findings: &mut Vec<Finding>, kind: Kind, entry: Entry<'_>) {
+    let mut f = |r: Result<Doc<()>, Finding>| match r {
+        Ok(d) => model.documents.push((kind, d)),
+        Err(e) => findings.push(e),
+    };
+    match kind {
+        Kind::Manifest => {
+            let mut one = Vec::new();
+            f(entry.typed(&mut one));
+            model.manifest = one.pop().or(model.manifest.take());
+        }
+        Kind::GlobalConfig => f(entry.typed(&mut model.global)),
+        Kind::ConfigItem => f(entry.typed(&mut model.config_items)),
+        Kind::Tenant => f(entry.typed(&mut model.tenants)),
+        Kind::Aggregate => f(entry.typed(&mut model.aggregates)),
+        Kind::Projection => f(entry.typed(&mut model.projections)),
+        Kind::Saga => f(entry.typed(&mut model.sagas)),
+        Kind::EffectProvider => f(entry.typed(&mut model.effects)),
+        Kind::DefinitionManifest => f(entry.typed(&mut model.definition_manifests)),
+        Kind::Site => f(entry.typed(&mut model.sites)),
+        Kind::Node => f(entry.typed(&mut model.nodes)),
+        Kind::Shard => f(entry.typed(&mut model.shards)),
+        Kind::Service => f(entry.typed(&mut model.services)),
+        Kind::Placement => f(entry.typed(&mut model.placements)),
+        Kind::Exporter => f(entry.typed(&mut model.exporters)),
+        Kind::Role => f(entry.typed(&mut model.roles)),
+        Kind::RoleBinding => f(entry.typed(&mut model.bindings)),
+        Kind::RunbookCatalog => f(entry.typed(&mut model.catalogs)),
+        Kind::Datasources => f(entry.typed(&mut model.datasources)),
+        Kind::SavedQuery => f(entry.typed(&mut model.saved_queries)),
+        Kind::Dashboard => f(entry.typed(&mut model.dashboards)),
+        Kind::AlertRules => f(entry.typed(&mut model.alert_rules)),
+        Kind::DrStore => f(entry.typed(&mut model.dr_stores)),
+        Kind::Runbook => {}
+    }
+}
+
+/// Types every base document once, in parallel, ahead of the views: a view's typing is one
+/// sequential pass, and the views that run at once would otherwise wait on each other for
+/// the same documents. Each view then finds its shared documents typed.
+pub fn type_shared(p: &Parsed0) {
+    p.docs
+        .par_iter()
+        .filter(|d| d.env.is_none() && d.kind != Kind::Runbook)
+        .for_each(|d| {
+            let (mut model, mut findings) = (Model::default(), Vec::new());
+            type_into(&mut model, &mut findings, d.kind, Entry::Shared(d));
+        });
 }
 
 /// A document of a view before it is typed: a file used as it is (shared by every view that

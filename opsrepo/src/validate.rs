@@ -165,6 +165,9 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
         .iter()
         .filter_map(|d| d.env.as_deref())
         .collect();
+    let t = std::time::Instant::now();
+    crate::load::type_shared(parsed);
+    tracing::debug!(ms = crate::diag::ms(t), "documents typed");
     type View = (Vec<Finding>, usize, BTreeMap<Kind, usize>, Option<Model>);
     let per_view: Vec<View> = envs
         .par_iter()
