@@ -50,6 +50,11 @@ if [[ "${B5_NO_BUILD:-}" != 1 && -z "${VAKT_BIN:-}" ]]; then
 fi
 [[ -x "$VAKT" ]] || die "$VAKT not found"
 
+# The previous run's work directory is moved aside and deleted when this run ends: deleting
+# tens of thousands of files just before the cold runs would charge ext4's skipping of
+# recently deleted inodes to whichever tool is measured first.
+OLD="$WORK.old.$$"
+if [[ -e "$WORK" ]]; then mv "$WORK" "$OLD"; fi
 python3 "$ROOT/bench/gen_runbooks.py" "$WORK" "$N" || die "gen_runbooks.py failed"
 mkdir -p "$WORK/results"
 : > "$WORK/results/load.txt"
@@ -62,7 +67,7 @@ CMD_HUGO_JSON="hugo --quiet -s $WORK/hugo-json -d public"
 # cold runs start without an output; the previous run's output is retired, not deleted (see
 # the header), and the retired outputs are removed at the end
 RETIRED="$WORK/retired"
-trap 'rm -rf "$RETIRED"' EXIT
+trap 'rm -rf "$RETIRED" "$OLD"' EXIT
 cat > "$WORK/results/retire.sh" <<EOF
 #!/usr/bin/env bash
 set -e
