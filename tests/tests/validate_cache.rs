@@ -10,6 +10,16 @@ use vakt_tests::{TODAY, copy_bundled, git, outcome, vakt_bin};
 /// Exit code, stdout and stderr of `vakt validate --repo REPO --rev REV --now TODAY ARGS`, with
 /// `VAKT_LOG=opsrepo=debug,vakt=debug` so stderr carries the cache statistics.
 fn validate(repo: &Path, rev: &str, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = validate_cmd(repo, rev, args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    outcome(&c.output().expect("run vakt"))
+}
+
+/// `vakt validate --repo REPO --rev REV --now TODAY ARGS` with debug logging (the cache's
+/// statistics) and no repo or cache directory from the environment.
+fn validate_cmd(repo: &Path, rev: &str, args: &[&str]) -> Command {
     let mut c = Command::new(vakt_bin());
     c.args(["validate", "--repo"])
         .arg(repo)
@@ -19,10 +29,16 @@ fn validate(repo: &Path, rev: &str, args: &[&str], envs: &[(&str, &str)]) -> (i3
         .env("VAKT_LOG", "debug")
         .env_remove("VAKT_REPO")
         .env_remove("VAKT_CACHE_DIR");
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    outcome(&c.output().expect("run vakt"))
+    c
+}
+
+/// [`validate_cmd`] started in the background, its output captured.
+fn spawn_validate(repo: &Path, rev: &str) -> std::process::Child {
+    validate_cmd(repo, rev, &["--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn vakt")
 }
 
 /// `hits=` and `misses=` of the cache statistics line on stderr.
@@ -276,21 +292,7 @@ fn concurrent_runs_do_not_corrupt_the_cache() {
     let (_, expected, _) = validate(r, "HEAD", &["--format", "json", "--no-cache"], &[]);
     for round in 0..3 {
         let _ = std::fs::remove_dir_all(r.join(".git/vakt"));
-        let children: Vec<_> = (0..4)
-            .map(|_| {
-                Command::new(vakt_bin())
-                    .args(["validate", "--repo"])
-                    .arg(r)
-                    .args(["--rev", "HEAD", "--now", TODAY, "--format", "json"])
-                    .env("NO_COLOR", "1")
-                    .env_remove("VAKT_REPO")
-                    .env_remove("VAKT_CACHE_DIR")
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("spawn vakt")
-            })
-            .collect();
+        let children: Vec<_> = (0..4).map(|_| spawn_validate(r, "HEAD")).collect();
         for c in children {
             let (code, out, err) = outcome(&c.wait_with_output().unwrap());
             assert_eq!(out, expected, "round {round}: {err}");
@@ -475,27 +477,7 @@ fn concurrent_appends_from_a_warm_cache_stay_whole() {
         .collect();
     // Each run appends its commit's new entry at the same time as the others.
     let children: Vec<_> = (0..4)
-        .map(|n| {
-            Command::new(vakt_bin())
-                .args(["validate", "--repo"])
-                .arg(r)
-                .args([
-                    "--rev",
-                    &format!("HEAD~{n}"),
-                    "--now",
-                    TODAY,
-                    "--format",
-                    "json",
-                ])
-                .env("NO_COLOR", "1")
-                .env("VAKT_LOG", "debug")
-                .env_remove("VAKT_REPO")
-                .env_remove("VAKT_CACHE_DIR")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn vakt")
-        })
+        .map(|n| spawn_validate(r, &format!("HEAD~{n}")))
         .collect();
     for (n, c) in children.into_iter().enumerate() {
         let (code, out, err) = outcome(&c.wait_with_output().unwrap());
