@@ -823,6 +823,7 @@ pub fn parse_commit(
     tracing::debug!(
         ms = ms(t0),
         files = listing.files.len(),
+        rss_mb = crate::diag::rss_mb(),
         "cache: tree listed"
     );
     let dir = opts
@@ -841,7 +842,11 @@ pub fn parse_commit(
             None
         }
     };
-    tracing::debug!(ms = ms(t0), "cache: cache file read");
+    tracing::debug!(
+        ms = ms(t0),
+        rss_mb = crate::diag::rss_mb(),
+        "cache: cache file read"
+    );
     let (out, fresh, hits) = parse_listing(repo_path, &listing, old.as_ref(), &mut stats);
     // Only a run that parsed something new writes: it appends its new entries (or compacts).
     if !fresh.is_empty() {
@@ -854,7 +859,7 @@ pub fn parse_commit(
             Err(e) => stats.write_problem = Some(format!("{}: {e}", dir.display())),
         }
     }
-    tracing::debug!(ms = ms(t0), "cache: done");
+    tracing::debug!(ms = ms(t0), rss_mb = crate::diag::rss_mb(), "cache: done");
     Ok((out, stats))
 }
 
@@ -955,22 +960,22 @@ fn parse_listing(
         .map(|m| m.bindings.clone())
         .unwrap_or_default();
 
-    // Look every file up; read the blobs of the others (a repository handle stays on its
-    // thread, so blobs are read here, in order; a hit reads nothing).
-    let pending: Vec<Pending> = listing
+    // Look every file up, in parallel; then read the blobs of the others here, in order (a
+    // repository handle stays on its thread; a hit reads nothing).
+    let looked_up: Vec<Result<Pending, (Option<Key>, gix::ObjectId)>> = listing
         .files
-        .iter()
+        .par_iter()
         .map(|f| {
             let oid = match &f.blob {
                 Ok(oid) => *oid,
                 Err(finding) => {
-                    return Pending::Read(
+                    return Ok(Pending::Read(
                         RawFile {
                             path: f.path.clone(),
                             content: Err(finding.clone()),
                         },
                         None,
-                    );
+                    ));
                 }
             };
             let (env, base_path) = load::split_env(&f.path);
@@ -989,17 +994,30 @@ fn parse_listing(
             if let Some((kind, key)) = key
                 && let Some(bytes) = old.and_then(|c| c.get(&key))
             {
-                return Pending::Hit(&f.path, kind, key, oid, bytes);
+                return Ok(Pending::Hit(&f.path, kind, key, oid, bytes));
             }
-            let raw = RawFile {
-                path: f.path.clone(),
-                content: source::read_blob(repo, oid, &f.path),
-            };
-            Pending::Read(raw, key.map(|(_, k)| k))
+            Err((key.map(|(_, k)| k), oid))
+        })
+        .collect();
+    let pending: Vec<Pending> = looked_up
+        .into_iter()
+        .zip(&listing.files)
+        .map(|(p, f)| {
+            p.unwrap_or_else(|(key, oid)| {
+                let raw = RawFile {
+                    path: f.path.clone(),
+                    content: source::read_blob(repo, oid, &f.path),
+                };
+                Pending::Read(raw, key)
+            })
         })
         .collect();
 
-    tracing::debug!(ms = ms(t0), "cache: looked up, misses read");
+    tracing::debug!(
+        ms = ms(t0),
+        rss_mb = crate::diag::rss_mb(),
+        "cache: looked up, misses read"
+    );
     let results: Vec<One> = pending
         .into_par_iter()
         .map(|p| match p {
@@ -1026,7 +1044,11 @@ fn parse_listing(
         })
         .collect();
 
-    tracing::debug!(ms = ms(t0), "cache: parsed and decoded");
+    tracing::debug!(
+        ms = ms(t0),
+        rss_mb = crate::diag::rss_mb(),
+        "cache: parsed and decoded"
+    );
     let mut out = Parsed0 {
         files: listing.files.len(),
         manifest,
@@ -1057,7 +1079,11 @@ fn parse_listing(
         out.add(one.result);
     }
 
-    tracing::debug!(ms = ms(t0), "cache: assembled");
+    tracing::debug!(
+        ms = ms(t0),
+        rss_mb = crate::diag::rss_mb(),
+        "cache: assembled"
+    );
     (out, fresh, hits)
 }
 

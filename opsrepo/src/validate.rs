@@ -50,21 +50,9 @@ pub fn validate(files: &RepoFiles, opts: &ValidateOptions) -> Report {
     validate_parsed(&parsed, opts)
 }
 
-/// [`validate`], also parsing every `vakt …` command in the runbooks with `commands` (the
-/// `vakt` binary hands in its own argument parser; rule `runbook.command`).
-pub fn validate_with_commands(
-    files: &RepoFiles,
-    opts: &ValidateOptions,
-    commands: &dyn rules::commands::CommandChecker,
-) -> Report {
-    let t = std::time::Instant::now();
-    let parsed = parse_all(files);
-    tracing::debug!(ms = crate::diag::ms(t), files = files.files.len(), "parsed");
-    validate_parsed_with_commands(&parsed, opts, commands)
-}
-
-/// [`validate_with_commands`] on an already parsed repo (the parse of a commit may come from
-/// the validation cache, [`crate::cache::parse_commit`]).
+/// [`validate_parsed`], also parsing every `vakt …` command in the runbooks with `commands`
+/// (the `vakt` binary hands in its own argument parser; rule `runbook.command`). The parse of
+/// a commit may come from the validation cache, [`crate::cache::parse_commit`].
 pub fn validate_parsed_with_commands(
     parsed: &Parsed0,
     opts: &ValidateOptions,
@@ -88,7 +76,11 @@ pub fn validate_parsed_with_commands(
         }
     }
     report.findings.extend(extra);
-    tracing::debug!(ms = crate::diag::ms(t), "runbook commands checked");
+    tracing::debug!(
+        ms = crate::diag::ms(t),
+        rss_mb = crate::diag::rss_mb(),
+        "runbook commands checked"
+    );
     let mut seen = HashSet::new();
     report.findings.retain(|f| seen.insert(f.clone()));
     report
@@ -167,7 +159,11 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
         .collect();
     let t = std::time::Instant::now();
     crate::load::type_shared(parsed);
-    tracing::debug!(ms = crate::diag::ms(t), "documents typed");
+    tracing::debug!(
+        ms = crate::diag::ms(t),
+        rss_mb = crate::diag::rss_mb(),
+        "documents typed"
+    );
     type View = (Vec<Finding>, usize, BTreeMap<Kind, usize>, Option<Model>);
     let per_view: Vec<View> = envs
         .par_iter()
@@ -187,6 +183,7 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
                 env = env.as_deref().unwrap_or("(base)"),
                 build_ms = built,
                 rules_ms = crate::diag::ms(t),
+                rss_mb = crate::diag::rss_mb(),
                 "view checked"
             );
             let mut by_kind: BTreeMap<Kind, usize> = BTreeMap::new();
