@@ -50,6 +50,8 @@ use crate::source::{self, RawFile, SourceError};
 pub const CACHE_FILE: &str = "validate-v2.log";
 /// Name of the lock file writers hold while they append or compact.
 pub const LOCK_FILE: &str = "validate-v2.lock";
+/// The listing of the last commit validated, by tree id ([`source::TreeMemo`]).
+pub const TREES_FILE: &str = "trees-v1.bin";
 /// Default bound of the cache file (256 MiB; a 50,000-document repo needs about 20 MiB).
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -687,6 +689,32 @@ fn write_file(
     Ok((n, out.len() as u64))
 }
 
+/// The bytes of `path` if it exists and is at most `max` bytes long.
+fn read_bounded(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).ok()?;
+    let mut out = Vec::new();
+    f.take(max.saturating_add(1)).read_to_end(&mut out).ok()?;
+    (out.len() as u64 <= max).then_some(out)
+}
+
+/// Replaces the tree memo in `dir` (a temporary file renamed over it: a reader sees the old
+/// memo or the new one). A memo over its bound is not written.
+fn store_trees(dir: &Path, memo: &source::TreeMemo) -> std::io::Result<()> {
+    let Some(bytes) = memo.encode() else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)?;
+    let (tmp, mut f) = tempfile_in(dir)?;
+    let written = f.write_all(&bytes);
+    drop(f);
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, dir.join(TREES_FILE))) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// A new file in `dir` with a name no other run uses.
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -819,22 +847,35 @@ pub fn parse_commit(
 ) -> Result<(Parsed0, CacheStats), SourceError> {
     let t0 = std::time::Instant::now();
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
-    let listing = source::list_commit(repo_path, rev)?;
+    let mut dir = PathBuf::new();
+    let mut old_root = None;
+    let (listing, memo) = source::list_commit_with(repo_path, rev, |git_dir| {
+        dir = opts
+            .dir
+            .clone()
+            .unwrap_or_else(|| git_dir.join("vakt").join("cache"));
+        let m = read_bounded(&dir.join(TREES_FILE), opts.max_bytes)
+            .and_then(|b| source::TreeMemo::decode(&b))?;
+        old_root = m.root();
+        Some(m)
+    })?;
     tracing::debug!(
         ms = ms(t0),
         files = listing.files.len(),
+        trees_read = memo.trees_read(),
         rss_mb = crate::diag::rss_mb(),
         "cache: tree listed"
     );
-    let dir = opts
-        .dir
-        .clone()
-        .unwrap_or_else(|| listing.repo.git_dir().join("vakt").join("cache"));
-    let fp = fingerprint();
     let mut stats = CacheStats {
         dir: dir.clone(),
         ..Default::default()
     };
+    if old_root != memo.root()
+        && let Err(e) = store_trees(&dir, &memo)
+    {
+        stats.write_problem = Some(format!("{}: {e}", dir.display()));
+    }
+    let fp = fingerprint();
     let old = match CacheFile::load(&dir.join(CACHE_FILE), &fp, opts.max_bytes) {
         Ok(c) => Some(c),
         Err(why) => {
@@ -870,6 +911,8 @@ pub fn parse_commit(
 pub struct MemoryCache {
     repo: Option<PathBuf>,
     file: Option<CacheFile>,
+    /// The listing of the last commit, by tree id.
+    trees: Option<source::TreeMemo>,
 }
 
 impl std::fmt::Debug for MemoryCache {
@@ -888,13 +931,15 @@ pub fn parse_commit_in_memory(
     rev: &str,
     memo: &mut MemoryCache,
 ) -> Result<(Parsed0, CacheStats), SourceError> {
-    let listing = source::list_commit(repo_path, rev)?;
     if memo.repo.as_deref() != Some(repo_path) {
         *memo = MemoryCache {
             repo: Some(repo_path.to_owned()),
-            file: None,
+            ..Default::default()
         };
     }
+    let old_trees = memo.trees.take();
+    let (listing, trees) = source::list_commit_with(repo_path, rev, |_| old_trees)?;
+    memo.trees = Some(trees);
     let mut stats = CacheStats::default();
     let (out, fresh, hits) = parse_listing(repo_path, &listing, memo.file.as_ref(), &mut stats);
     if !fresh.is_empty() {
@@ -1073,7 +1118,8 @@ fn parse_listing(
             out.texts.insert(f.path.clone(), t);
         }
         if let Some(t) = one.deferred {
-            out.deferred_texts.insert(f.path.clone(), t);
+            // In path order: the listing is sorted.
+            out.deferred_texts.push((f.path.clone(), t));
         }
         out.findings.extend(one.scans);
         out.add(one.result);

@@ -16,6 +16,7 @@ pub mod rules;
 pub mod scaffold;
 pub mod snippets;
 pub mod source;
+mod tree_memo;
 pub mod validate;
 
 pub use diag::{Finding, Pos, Severity};

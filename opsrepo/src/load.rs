@@ -239,8 +239,9 @@ pub struct Parsed0 {
     pub texts: HashMap<String, Arc<str>>,
     /// Ids declared by base documents that failed their schema.
     pub broken_ids: BTreeSet<String>,
-    /// Texts not read yet (documents from the validation cache), read if a finding names them.
-    pub deferred_texts: HashMap<String, Arc<parse::LazyText>>,
+    /// Texts not read yet (documents from the validation cache), read if a finding names them;
+    /// sorted by path (the order of a commit's listing), looked up by binary search.
+    pub deferred_texts: Vec<(String, Arc<parse::LazyText>)>,
     /// The per-file secret scans already ran and their findings are in `findings` (the cached
     /// parse keeps them with each file), so validation must not scan `texts` again.
     pub prescanned: bool,
@@ -347,10 +348,13 @@ fn deeper_than(v: &Value, limit: usize) -> bool {
 impl Parsed0 {
     /// The text of a file, read now if it was deferred.
     pub fn text_of(&self, path: &str) -> Option<Arc<str>> {
-        self.texts
-            .get(path)
-            .cloned()
-            .or_else(|| self.deferred_texts.get(path)?.get().cloned())
+        self.texts.get(path).cloned().or_else(|| {
+            let i = self
+                .deferred_texts
+                .binary_search_by(|(p, _)| p.as_str().cmp(path))
+                .ok()?;
+            self.deferred_texts[i].1.get().cloned()
+        })
     }
 
     /// Keeps the values and drops the rest: texts, source positions and the typed documents

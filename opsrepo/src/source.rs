@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::diag::{Finding, Pos};
+pub use crate::tree_memo::TreeMemo;
+use crate::tree_memo::{TreeFile, What};
 
 /// Largest document vakt reads (8 MiB). Larger files get an `input.too-large` finding.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
@@ -415,44 +417,51 @@ impl ListedFile {
 /// Lists the ops repo files of a commit with their blob ids (the tree walk of [`read_commit`]:
 /// same path checks, symlinks resolved inside the commit). Reads no blob but symlink targets.
 pub fn list_commit(repo_path: &Path, rev: &str) -> Result<CommitListing, SourceError> {
+    list_commit_with(repo_path, rev, |_| None).map(|(listing, _)| listing)
+}
+
+/// [`list_commit`], copying the files of every subtree that the memo of an earlier listing
+/// holds instead of reading the tree (`old` is given the Git directory and returns the memo);
+/// also returns this listing's memo.
+pub fn list_commit_with(
+    repo_path: &Path,
+    rev: &str,
+    old: impl FnOnce(&Path) -> Option<TreeMemo>,
+) -> Result<(CommitListing, TreeMemo), SourceError> {
     let repo = gix::open(repo_path).map_err(|e| SourceError::OpenRepo {
         path: repo_path.to_owned(),
         message: e.to_string(),
     })?;
-    let (id, entries) = {
+    let old = old(repo.git_dir());
+    let (id, memo) = {
         let commit = resolve_commit(&repo, rev)?;
-        let tree = commit.tree().map_err(|e| SourceError::Tree {
+        let tree_err = |message: String| SourceError::Tree {
             rev: rev.to_owned(),
-            message: e.to_string(),
-        })?;
-        let entries = tree
-            .traverse()
-            .breadthfirst
-            .files()
-            .map_err(|e| SourceError::Tree {
-                rev: rev.to_owned(),
-                message: e.to_string(),
-            })?;
-        (commit.id.to_string(), entries)
+            message,
+        };
+        let root = commit.tree_id().map_err(|e| tree_err(e.to_string()))?;
+        let memo = TreeMemo::walk(&repo, root.detach(), old.as_ref()).map_err(|e| tree_err(e.0))?;
+        (commit.id.to_string(), memo)
     };
+    let entries = memo.files();
     // Blob ids by path, for resolving symlinks: built on the first symlink only (a large repo
     // has tens of thousands of paths and usually no symlink).
     let by_path = std::cell::OnceCell::new();
     if !entries
         .iter()
-        .any(|e| e.mode.is_blob() && e.filepath.as_slice() == b"vakt.toml")
+        .any(|e| e.what == What::Blob && e.path.as_slice() == b"vakt.toml")
     {
         return Err(SourceError::NotOpsRepo {
             path: PathBuf::from(format!("{}@{rev}", repo_path.display())),
         });
     }
     let mut files: Vec<ListedFile> = Vec::new();
-    for e in &entries {
-        if e.mode.is_tree() || e.mode.is_commit() {
+    for e in entries {
+        if e.what == What::Commit {
             continue;
         }
-        let Ok(path) = std::str::from_utf8(&e.filepath) else {
-            let lossy = String::from_utf8_lossy(&e.filepath).into_owned();
+        let Ok(path) = std::str::from_utf8(&e.path) else {
+            let lossy = String::from_utf8_lossy(&e.path).into_owned();
             if in_layout(&lossy) {
                 files.push(ListedFile::bad_path(
                     &lossy,
@@ -471,7 +480,7 @@ pub fn list_commit(repo_path: &Path, rev: &str) -> Result<CommitListing, SourceE
         if path.rsplit('/').next().is_some_and(|n| n.starts_with('.')) {
             continue;
         }
-        let oid = if e.mode.is_link() {
+        let oid = if e.what == What::Link {
             let target = read_blob(&repo, e.oid, path);
             let target = match target {
                 Ok(t) => String::from_utf8_lossy(&t).into_owned(),
@@ -488,7 +497,7 @@ pub fn list_commit(repo_path: &Path, rev: &str) -> Result<CommitListing, SourceE
                 inside.as_deref(),
                 inside.as_deref().and_then(|p| {
                     by_path
-                        .get_or_init(|| blobs_by_path(&entries))
+                        .get_or_init(|| blobs_by_path(entries))
                         .get(p.as_bytes())
                 }),
             ) {
@@ -523,25 +532,26 @@ pub fn list_commit(repo_path: &Path, rev: &str) -> Result<CommitListing, SourceE
         });
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(CommitListing {
-        origin: Origin::Commit {
-            repo: repo_path.to_owned(),
-            rev: rev.to_owned(),
-            id,
+    Ok((
+        CommitListing {
+            origin: Origin::Commit {
+                repo: repo_path.to_owned(),
+                rev: rev.to_owned(),
+                id,
+            },
+            files,
+            repo,
         },
-        files,
-        repo,
-    })
+        memo,
+    ))
 }
 
 /// The blob ids of a tree listing by path.
-fn blobs_by_path(
-    entries: &[gix::traverse::tree::recorder::Entry],
-) -> std::collections::HashMap<&[u8], gix::ObjectId> {
+fn blobs_by_path(entries: &[TreeFile]) -> std::collections::HashMap<&[u8], gix::ObjectId> {
     entries
         .iter()
-        .filter(|e| e.mode.is_blob())
-        .map(|e| (e.filepath.as_slice(), e.oid))
+        .filter(|e| e.what == What::Blob)
+        .map(|e| (e.path.as_slice(), e.oid))
         .collect()
 }
 

@@ -305,13 +305,16 @@ fn concurrent_runs_do_not_corrupt_the_cache() {
             0,
             "round {round}: the cache left behind is whole"
         );
-        // No temporary files left behind: the log and its lock file.
+        // No temporary files left behind: the tree memo, the log and its lock file.
         let mut left: Vec<_> = std::fs::read_dir(r.join(".git/vakt/cache"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         left.sort();
-        assert_eq!(left, ["validate-v2.lock", "validate-v2.log"]);
+        assert_eq!(
+            left,
+            ["trees-v1.bin", "validate-v2.lock", "validate-v2.log"]
+        );
     }
 }
 
@@ -562,4 +565,77 @@ fn the_daemon_applies_a_changed_blob_not_a_cached_value() {
         passes.iter().filter(|l| l.contains(" misses=1 ")).count() >= 3,
         "{passes:#?}"
     );
+}
+
+/// `trees_read=` of the tree listing line on stderr.
+fn trees_read(stderr: &str) -> usize {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("cache: tree listed"))
+        .unwrap_or_else(|| panic!("no tree listing line on stderr:\n{stderr}"));
+    let at = line.find(" trees_read=").expect("trees_read") + " trees_read=".len();
+    line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn the_tree_memo_reads_only_changed_trees_and_a_damaged_memo_is_ignored() {
+    let dir = repo();
+    let r = dir.path();
+    let memo = r.join(".git/vakt/cache/trees-v1.bin");
+    let (f0, err) = same_as_uncached(r, "HEAD", &[]);
+    assert!(memo.is_file(), "no tree memo written: {err}");
+    let (_, _, err) = validate(r, "HEAD", &["--format", "json"], &[]);
+    assert_eq!(trees_read(&err), 0, "the same commit lists from the memo");
+
+    // One tenant changed: the root, config/, config/tenants/ and the tenant's directory.
+    let tenant = "config/tenants/fjord-logistics/tenant.toml";
+    edit(
+        r,
+        tenant,
+        "tier = \"business\"",
+        "tier = \"business\"\ncolour = \"blue\"",
+    );
+    commit(r, "one tenant");
+    let (f1, err) = same_as_uncached(r, "HEAD", &[]);
+    assert_eq!(trees_read(&err), 4, "{err}");
+    assert!(
+        has(&f1, "schema.invalid", tenant),
+        "the edited tenant is seen: {f1:#?}"
+    );
+    assert!(!has(&f0, "schema.invalid", tenant));
+
+    // Whatever happened to the memo, the listing (and so every finding) is the same.
+    let good = std::fs::read(&memo).unwrap();
+    let damaged: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("half", good[..good.len() / 2].to_vec()),
+        ("one byte short", good[..good.len() - 1].to_vec()),
+        ("a byte flipped", {
+            let mut b = good.clone();
+            b[good.len() / 3] ^= 0x08;
+            b
+        }),
+        (
+            "garbage",
+            (0..good.len()).map(|i| (i * 7919 % 251) as u8).collect(),
+        ),
+    ];
+    for (what, bytes) in damaged {
+        std::fs::write(&memo, &bytes).unwrap();
+        let (f, err) = same_as_uncached(r, "HEAD", &[]);
+        assert_eq!(f, f1, "{what}");
+        assert!(
+            trees_read(&err) > 4,
+            "{what}: a damaged memo was used: {err}"
+        );
+    }
+    // A memo of another commit (older, here) serves as well as any.
+    std::fs::write(&memo, &good).unwrap();
+    let (f, _) = same_as_uncached(r, "HEAD~1", &[]);
+    assert_eq!(f, f0);
 }
