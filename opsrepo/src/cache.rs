@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use crate::diag::{Finding, RULES, Severity};
 use crate::kinds::Kind;
 use crate::load::{self, Parsed0, SourceDoc, Stored};
-use crate::parse::{Format, LazyText};
+use crate::parse::{Format, LazySpans, LazyText};
 use crate::rules::secrets;
 use crate::source::{self, RawFile, SourceError};
 
@@ -750,7 +750,7 @@ struct One {
     /// The text, when it was read.
     text: Option<Arc<str>>,
     /// The text, read on demand, when the parse came from the cache.
-    deferred: Option<Arc<LazyText>>,
+    deferred: Option<Arc<LazySpans>>,
     status: Status,
 }
 
@@ -1100,8 +1100,11 @@ fn parse_listing(
         prescanned: true,
         ..Default::default()
     };
+    // Sized once: growing a vector of 50,000 documents copies it into fresh pages each time.
+    out.docs.reserve_exact(listing.files.len());
+    out.deferred_texts.reserve_exact(listing.files.len());
     let mut fresh: Fresh = Vec::new();
-    let mut hits: Vec<Key> = Vec::new();
+    let mut hits: Vec<Key> = Vec::with_capacity(listing.files.len());
     for (f, one) in listing.files.iter().zip(results) {
         match one.status {
             Status::Hit(k) => {
@@ -1119,7 +1122,7 @@ fn parse_listing(
         }
         if let Some(t) = one.deferred {
             // In path order: the listing is sorted.
-            out.deferred_texts.push((f.path.clone(), t));
+            out.deferred_texts.push(t);
         }
         out.findings.extend(one.scans);
         out.add(one.result);
@@ -1145,20 +1148,30 @@ fn hit(
     let entry = decode_entry(bytes, path)?;
     let text = {
         let repo_path = repo_path.clone();
-        let path = path.to_owned();
-        Arc::new(LazyText::deferred(move || {
-            blob_text(&repo_path, oid, &path)
-        }))
+        // The path would only name the blob in a finding, which is not kept: a read that
+        // fails leaves the text unknown.
+        Arc::new(LazyText::deferred(move || blob_text(&repo_path, oid, "")))
     };
-    let result = match entry.outcome {
-        Outcome::Doc(v) => Ok(Some(SourceDoc::from_cache(path, kind, v, text.clone()))),
-        Outcome::Failed(f, id) => Err((f, id)),
+    // One spans handle serves the document and the report's lookup of offending lines.
+    let (result, deferred) = match entry.outcome {
+        Outcome::Doc(v) => {
+            let d = SourceDoc::from_cache(path, kind, v, text);
+            let spans = d.spans.clone();
+            (Ok(Some(d)), spans)
+        }
+        Outcome::Failed(f, id) => {
+            let format = Format::from_path(path).unwrap_or(Format::Toml);
+            (
+                Err((f, id)),
+                Arc::new(LazySpans::with_text(path, format, text)),
+            )
+        }
     };
     Some(One {
         result,
         scans: entry.scans,
         text: None,
-        deferred: Some(text),
+        deferred: Some(deferred),
         status: Status::Hit(key),
     })
 }

@@ -69,7 +69,7 @@ impl SourceDoc {
 
     /// The spans of this file alone, on the side (base or overlay) it belongs to.
     pub fn own_spans(&self) -> DocSpans {
-        let own = Some((self.path.clone(), self.spans.clone()));
+        let own = Some(self.spans.clone());
         if self.env.is_none() {
             DocSpans {
                 base: own,
@@ -87,8 +87,9 @@ impl SourceDoc {
 /// Where the values of a (possibly merged) document come from.
 #[derive(Debug, Clone)]
 pub struct DocSpans {
-    pub base: Option<(String, Arc<LazySpans>)>,
-    pub overlay: Option<(String, Arc<LazySpans>)>,
+    /// The base file's spans (they know its path).
+    pub base: Option<Arc<LazySpans>>,
+    pub overlay: Option<Arc<LazySpans>>,
 }
 
 impl DocSpans {
@@ -103,7 +104,7 @@ impl DocSpans {
     }
 
     fn locate_with(&self, pointer: &str, key: bool) -> (&str, Pos) {
-        let pick = |(_, s): &(String, Arc<LazySpans>)| -> (usize, Pos) {
+        let pick = |s: &Arc<LazySpans>| -> (usize, Pos) {
             let s = s.get();
             // depth of the longest recorded ancestor, to prefer the more specific file
             let mut q = pointer;
@@ -127,13 +128,13 @@ impl DocSpans {
                 let (lb, pb) = pick(b);
                 let (lo, po) = pick(o);
                 if lo >= lb && lo > 0 {
-                    (&o.0, po)
+                    (o.path(), po)
                 } else {
-                    (&b.0, pb)
+                    (b.path(), pb)
                 }
             }
-            (Some(b), None) => (&b.0, pick(b).1),
-            (None, Some(o)) => (&o.0, pick(o).1),
+            (Some(b), None) => (b.path(), pick(b).1),
+            (None, Some(o)) => (o.path(), pick(o).1),
             (None, None) => ("", Pos::default()),
         }
     }
@@ -143,7 +144,7 @@ impl DocSpans {
         self.base
             .as_ref()
             .or(self.overlay.as_ref())
-            .map_or("", |(p, _)| p)
+            .map_or("", |s| s.path())
     }
 }
 
@@ -241,7 +242,7 @@ pub struct Parsed0 {
     pub broken_ids: BTreeSet<String>,
     /// Texts not read yet (documents from the validation cache), read if a finding names them;
     /// sorted by path (the order of a commit's listing), looked up by binary search.
-    pub deferred_texts: Vec<(String, Arc<parse::LazyText>)>,
+    pub deferred_texts: Vec<Arc<parse::LazySpans>>,
     /// The per-file secret scans already ran and their findings are in `findings` (the cached
     /// parse keeps them with each file), so validation must not scan `texts` again.
     pub prescanned: bool,
@@ -351,9 +352,9 @@ impl Parsed0 {
         self.texts.get(path).cloned().or_else(|| {
             let i = self
                 .deferred_texts
-                .binary_search_by(|(p, _)| p.as_str().cmp(path))
+                .binary_search_by(|s| s.path().cmp(path))
                 .ok()?;
-            self.deferred_texts[i].1.get().cloned()
+            self.deferred_texts[i].text()
         })
     }
 
@@ -381,6 +382,7 @@ impl Parsed0 {
 pub fn parse_all(files: &RepoFiles) -> Parsed0 {
     let mut out = Parsed0 {
         files: files.files.len(),
+        docs: Vec::with_capacity(files.files.len()),
         ..Default::default()
     };
     // The manifest first: its bindings decide the kind of other paths.
@@ -399,6 +401,7 @@ pub fn parse_all(files: &RepoFiles) -> Parsed0 {
         .par_iter()
         .map(|raw| parse_file(raw, &bindings))
         .collect();
+    out.texts.reserve(files.files.len());
     for (raw, (r, text)) in files.files.iter().zip(results) {
         if let Some(t) = text {
             out.texts.insert(raw.path.clone(), t);
@@ -528,7 +531,7 @@ fn parse_one(
             // partial and are checked once merged, per environment.
             if doc.env.is_none() && kind != Kind::Runbook {
                 let spans = DocSpans {
-                    base: Some((doc.path.clone(), doc.spans.clone())),
+                    base: Some(doc.spans.clone()),
                     overlay: None,
                 };
                 let f = schema_findings(kind, &value, &spans);
@@ -775,8 +778,8 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
                 let mut v = base.value.to_value();
                 merge_patch(&mut v, &o.value.tree());
                 let spans = DocSpans {
-                    base: Some((base.path.clone(), base.spans.clone())),
-                    overlay: Some((o.path.clone(), o.spans.clone())),
+                    base: Some(base.spans.clone()),
+                    overlay: Some(o.spans.clone()),
                 };
                 let f = schema_findings(base.kind, &v, &spans);
                 if f.is_empty() {
@@ -820,7 +823,7 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
         }
         let spans = DocSpans {
             base: None,
-            overlay: Some((o.path.clone(), o.spans.clone())),
+            overlay: Some(o.spans.clone()),
         };
         let tree = o.value.tree();
         let f = schema_findings(o.kind, &tree, &spans);

@@ -946,6 +946,11 @@ impl LazySpans {
         }
     }
 
+    /// The file's path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// The file's text (read now if it was deferred; `None` if it cannot be read).
     pub fn text(&self) -> Option<std::sync::Arc<str>> {
         self.text.get().cloned()
