@@ -667,7 +667,7 @@ pub async fn write_plan(
         })
     } else {
         let mut src = Source::Inline {
-            prep,
+            prep: Box::new(prep),
             ready: VecDeque::new(),
             prepared: 0,
         };
@@ -742,7 +742,7 @@ enum Source<'a> {
     },
     /// Prepared by the publishing task: the next window while the current one is in flight.
     Inline {
-        prep: Preparer<'a>,
+        prep: Box<Preparer<'a>>,
         ready: VecDeque<Item>,
         /// How many changes were prepared so far.
         prepared: usize,
