@@ -623,136 +623,56 @@ pub async fn write_plan(
         opts.window.max(1)
     };
     // Each write's value and audit event (canonical JSON, all but the revision, the chain head
-    // and the time) are prepared a window ahead, while the writes before them are in flight;
-    // an acknowledgement then only fills in its revision, hashes and publishes.
+    // and the time) are prepared ahead, while the writes before them are in flight; an
+    // acknowledgement then only fills in its revision, hashes and publishes. On a
+    // multi-threaded runtime the preparing runs on a thread of its own (borrowing the plan and
+    // the desired state, so nothing is copied), a window ahead, in batches; elsewhere (a
+    // current-thread runtime: unit tests) the publishing task prepares the next window itself.
     let (audit_env, audit_client) = (audit.env.clone(), audit.client.clone());
-    let mut events = ChangeEvents::new(
+    let events = ChangeEvents::new(
         (&store.env, &store.prefix),
         plan,
         opts,
         &audit_env,
         audit_client.as_deref(),
     );
-    let mut prepare = |i: usize| -> (Option<bytes::Bytes>, Prepared) {
-        let c = &plan.changes[i];
-        let value = match c.action {
-            Action::Remove => None,
-            _ => desired
-                .get(c.bucket, &c.key)
-                .map(|e| bytes::Bytes::from(e.value(&desired.env))),
-        };
-        (value, events.prepare(c))
-    };
-    let mut ready: VecDeque<(Option<bytes::Bytes>, Prepared)> = VecDeque::new();
-    let mut prepared = 0usize;
-    let mut pending: VecDeque<(
-        usize,
-        async_nats::jetstream::context::PublishAckFuture,
-        Prepared,
-    )> = VecDeque::new();
-    let mut audits: VecDeque<async_nats::jetstream::context::PublishAckFuture> = VecDeque::new();
-    let mut written = 0usize;
-    let mut sent = 0usize;
-    let mut failure: Option<StoreError> = None;
-
-    let mut idx = 0;
-    while idx < total || !pending.is_empty() {
-        // Fill the window.
-        while failure.is_none() && idx < total && pending.len() < window {
-            let c = &plan.changes[idx];
-            tracing::trace!(idx, key = %c.key, "send");
-            let (value, ev) = match ready.pop_front() {
-                Some(r) => r,
-                None => {
-                    prepared += 1;
-                    prepare(idx)
-                }
-            };
-            match bounded(
-                "publish",
-                store.send_cas(c.bucket, &c.key, value, c.from_revision.unwrap_or(0)),
-            )
-            .await
-            {
-                Ok(f) => {
-                    pending.push_back((idx, f, ev));
-                    sent += 1;
-                    fault::hold("apply.send", sent).await;
-                }
-                Err(e) => failure = Some(e),
-            }
-            idx += 1;
-        }
-        // Prepare the writes that refill the window while it is in flight.
-        while failure.is_none() && prepared < total && ready.len() < window {
-            ready.push_back(prepare(prepared));
-            prepared += 1;
-        }
-        if failure.is_some() && pending.is_empty() {
-            break;
-        }
-        let Some((i, f, ev)) = pending.pop_front() else {
-            break;
-        };
-        let c = &plan.changes[i];
-        match bounded(
-            "publish ack",
-            store.await_cas(f, c.bucket, &c.key, c.from_revision.unwrap_or(0)),
-        )
-        .await
-        {
-            Ok(seq) => {
-                written += 1;
-                if let Some(p) = &opts.progress {
-                    p.report(written as u64, total as u64);
-                }
-                fault::hold("apply.ack", written).await;
-                match bounded("publish audit event", audit.send_prepared(ev, seq)).await {
-                    Ok(a) => audits.push_back(a),
-                    Err(e) => {
-                        failure.get_or_insert(e);
+    let mut prep = Preparer { desired, events };
+    let threaded = window > 1
+        && total > 1
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        && std::env::var_os("VAKT_APPLY_PREPARE_INLINE").is_none();
+    let (written, failure) = if threaded {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| {
+            std::thread::scope(|s| {
+                let (tx, rx) = tokio::sync::mpsc::channel(window.div_ceil(PREPARE_BATCH));
+                s.spawn(move || {
+                    let mut from = 0;
+                    while from < total {
+                        let to = (from + PREPARE_BATCH).min(total);
+                        let batch: Vec<Item> = (from..to).map(|i| prep.prepare(plan, i)).collect();
+                        if tx.blocking_send(batch).is_err() {
+                            return; // the publishing side stopped
+                        }
+                        from = to;
                     }
-                }
-                fault::hold("apply.write", written).await;
-                if opts.pause_after_writes == Some(written)
-                    && let Some(until) = &opts.pause_until
-                {
-                    // Test hook: hold here until the file exists (the test cuts NATS meanwhile).
-                    tracing::debug!(written, "test hook: paused");
-                    while !until.exists() {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    tracing::debug!(written, "test hook: resumed");
-                }
-                while audits.len() > window {
-                    if let Some(a) = audits.pop_front()
-                        && let Err(e) = bounded("audit ack", async {
-                            a.await.map_err(|e| crate::store::nats_err("audit ack", e))
-                        })
-                        .await
-                    {
-                        failure.get_or_insert(e);
-                    }
-                }
-            }
-            Err(e) => {
-                failure.get_or_insert(e);
-            }
-        }
-        if let Some(f) = &failure {
-            tracing::debug!(written, error = %f, "apply stopping");
-            idx = total; // stop sending; drain what is in flight
-        }
-    }
-    for a in audits {
-        if let Err(e) = bounded("audit ack", async {
-            a.await.map_err(|e| crate::store::nats_err("audit ack", e))
+                });
+                let mut src = Source::Thread {
+                    rx,
+                    batch: Vec::new().into_iter(),
+                };
+                handle.block_on(pump(store, audit, plan, opts, window, &mut src))
+            })
         })
-        .await
-        {
-            failure.get_or_insert(e);
-        }
-    }
+    } else {
+        let mut src = Source::Inline {
+            prep: Box::new(prep),
+            ready: VecDeque::new(),
+            prepared: 0,
+        };
+        pump(store, audit, plan, opts, window, &mut src).await
+    };
     if let Some(source) = failure {
         let mut ev = event(
             store,
@@ -787,18 +707,210 @@ pub async fn write_plan(
     Ok(written)
 }
 
-/// Bounds one NATS operation of an apply: a lost server must fail the apply, not hang it.
-async fn bounded<T>(
-    op: &str,
-    f: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(Duration::from_secs(10), f).await {
-        Ok(r) => r,
-        Err(_) => Err(crate::store::nats_err(
-            op,
-            "no answer within 10 s (NATS unreachable?)",
-        )),
+/// Changes prepared together on the preparing thread (one channel message).
+const PREPARE_BATCH: usize = 64;
+
+/// A write's value (`None`: a delete marker) and its audit event, prepared.
+type Item = (Option<bytes::Bytes>, Prepared);
+
+/// Prepares the writes of one plan ([`Item`]s).
+struct Preparer<'a> {
+    desired: &'a Desired,
+    events: ChangeEvents<'a>,
+}
+
+impl Preparer<'_> {
+    fn prepare(&mut self, plan: &Plan, i: usize) -> Item {
+        let c = &plan.changes[i];
+        let value = match c.action {
+            Action::Remove => None,
+            _ => self
+                .desired
+                .get(c.bucket, &c.key)
+                .map(|e| bytes::Bytes::from(e.value(&self.desired.env))),
+        };
+        (value, self.events.prepare(c))
     }
+}
+
+/// Where [`pump`] takes the prepared writes from, in plan order.
+enum Source<'a> {
+    /// The preparing thread's batches.
+    Thread {
+        rx: tokio::sync::mpsc::Receiver<Vec<Item>>,
+        batch: std::vec::IntoIter<Item>,
+    },
+    /// Prepared by the publishing task: the next window while the current one is in flight.
+    Inline {
+        prep: Box<Preparer<'a>>,
+        ready: VecDeque<Item>,
+        /// How many changes were prepared so far.
+        prepared: usize,
+    },
+}
+
+impl Source<'_> {
+    /// The prepared write of change `i` (the next one in plan order).
+    async fn next(&mut self, plan: &Plan, i: usize) -> Result<Item, StoreError> {
+        match self {
+            Source::Thread { rx, batch } => loop {
+                if let Some(item) = batch.next() {
+                    return Ok(item);
+                }
+                match rx.recv().await {
+                    Some(b) => *batch = b.into_iter(),
+                    None => {
+                        return Err(crate::store::nats_err(
+                            "prepare",
+                            "the preparing thread stopped early",
+                        ));
+                    }
+                }
+            },
+            Source::Inline {
+                prep,
+                ready,
+                prepared,
+            } => Ok(match ready.pop_front() {
+                Some(r) => r,
+                None => {
+                    *prepared = (*prepared).max(i + 1);
+                    prep.prepare(plan, i)
+                }
+            }),
+        }
+    }
+
+    /// Inline only: prepares up to `window` writes ahead while the window is in flight.
+    fn ahead(&mut self, plan: &Plan, window: usize) {
+        if let Source::Inline {
+            prep,
+            ready,
+            prepared,
+        } = self
+        {
+            while *prepared < plan.changes.len() && ready.len() < window {
+                ready.push_back(prep.prepare(plan, *prepared));
+                *prepared += 1;
+            }
+        }
+    }
+}
+
+/// The writes of [`write_plan`]: pipelined CAS publishes, `window` in flight; as each is
+/// acknowledged (in plan order) its audit event is chained and published. Returns how many
+/// writes were acknowledged and the first failure, after draining what was in flight.
+///
+/// Each publish and acknowledgement is bounded by the client's own timeout (the JetStream
+/// context's, 5 s): a lost server fails the apply rather than hanging it, without a timer of
+/// ours per message.
+async fn pump(
+    store: &Store,
+    audit: &mut Audit,
+    plan: &Plan,
+    opts: &ApplyOpts,
+    window: usize,
+    src: &mut Source<'_>,
+) -> (usize, Option<StoreError>) {
+    let total = plan.changes.len();
+    let mut pending: VecDeque<(
+        usize,
+        async_nats::jetstream::context::PublishAckFuture,
+        Prepared,
+    )> = VecDeque::with_capacity(window);
+    let mut audits: VecDeque<async_nats::jetstream::context::PublishAckFuture> =
+        VecDeque::with_capacity(window + 1);
+    let mut written = 0usize;
+    let mut sent = 0usize;
+    let mut failure: Option<StoreError> = None;
+
+    let mut idx = 0;
+    while idx < total || !pending.is_empty() {
+        // Fill the window.
+        while failure.is_none() && idx < total && pending.len() < window {
+            let c = &plan.changes[idx];
+            tracing::trace!(idx, key = %c.key, "send");
+            let (value, ev) = match src.next(plan, idx).await {
+                Ok(item) => item,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            match store
+                .send_cas(c.bucket, &c.key, value, c.from_revision.unwrap_or(0))
+                .await
+            {
+                Ok(f) => {
+                    pending.push_back((idx, f, ev));
+                    sent += 1;
+                    fault::hold("apply.send", sent).await;
+                }
+                Err(e) => failure = Some(e),
+            }
+            idx += 1;
+        }
+        // Prepare the writes that refill the window while it is in flight.
+        if failure.is_none() {
+            src.ahead(plan, window);
+        }
+        if failure.is_some() && pending.is_empty() {
+            break;
+        }
+        let Some((i, f, ev)) = pending.pop_front() else {
+            break;
+        };
+        let c = &plan.changes[i];
+        match store
+            .await_cas(f, c.bucket, &c.key, c.from_revision.unwrap_or(0))
+            .await
+        {
+            Ok(seq) => {
+                written += 1;
+                if let Some(p) = &opts.progress {
+                    p.report(written as u64, total as u64);
+                }
+                fault::hold("apply.ack", written).await;
+                match audit.send_prepared(ev, seq).await {
+                    Ok(a) => audits.push_back(a),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+                fault::hold("apply.write", written).await;
+                if opts.pause_after_writes == Some(written)
+                    && let Some(until) = &opts.pause_until
+                {
+                    // Test hook: hold here until the file exists (the test cuts NATS meanwhile).
+                    tracing::debug!(written, "test hook: paused");
+                    while !until.exists() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    tracing::debug!(written, "test hook: resumed");
+                }
+                while audits.len() > window {
+                    if let Some(a) = audits.pop_front()
+                        && let Err(e) = a.await
+                    {
+                        failure.get_or_insert(crate::store::nats_err("audit ack", e));
+                    }
+                }
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+        if let Some(f) = &failure {
+            tracing::debug!(written, error = %f, "apply stopping");
+            idx = total; // stop sending; drain what is in flight
+        }
+    }
+    for a in audits {
+        if let Err(e) = a.await {
+            failure.get_or_insert(crate::store::nats_err("audit ack", e));
+        }
+    }
+    (written, failure)
 }
 
 /// The key of a change event's detail that holds the write's revision (filled in when the
