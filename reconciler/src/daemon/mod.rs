@@ -333,6 +333,8 @@ pub async fn run(opts: DaemonOpts, mut shutdown: watch::Receiver<bool>) -> Resul
         fence: fence.clone(),
         metrics_backend: metrics_backend.map(Arc::new),
         started_at: crate::store::audit::now_rfc3339(),
+        recent: RecentEvents::default(),
+        trigger: tx.clone(),
         alert_sources: Arc::new(crate::daemon::alerts::Source::from_urls(
             &opts.alertmanagers,
         )),
@@ -588,6 +590,54 @@ struct Ctx {
     metrics_backend: Option<Arc<crate::daemon::metrics_source::Backend>>,
     /// When this process started counting (the in-process figures' window).
     started_at: String,
+    /// The audit events the snippets show, kept between refreshes.
+    recent: RecentEvents,
+    /// The pass triggers' queue (only to see whether one is waiting).
+    trigger: mpsc::Sender<String>,
+}
+
+/// The snippets' window of audit events: this environment's events among the last
+/// [`RECENT_EVENTS`] sequences of the audit stream. Each refresh reads only what was appended
+/// since the previous one (a refresh after every pass used to read the whole window again,
+/// and the next trigger waited for it).
+#[derive(Default)]
+struct RecentEvents {
+    /// The first sequence not read yet.
+    next: u64,
+    events: std::collections::VecDeque<crate::store::audit::Stored>,
+}
+
+/// How many sequences of the audit stream the snippets look back over.
+const RECENT_EVENTS: u64 = 2000;
+
+impl RecentEvents {
+    /// Reads the events appended since the last call and drops those that left the window.
+    async fn refresh(&mut self, audit: &Audit) {
+        let Ok(last) = audit.last_seq().await else {
+            return; // NATS unreachable: the window stays as it was
+        };
+        if last.saturating_add(1) < self.next {
+            // The stream is behind what was read (re-created, restored): start over.
+            *self = RecentEvents::default();
+        }
+        let cutoff = last.saturating_sub(RECENT_EVENTS);
+        let from = self.next.max(cutoff);
+        if from <= last {
+            match audit.read(from).await {
+                Ok(new) => {
+                    let read_to = new.last().map_or(last, |s| s.seq.max(last));
+                    self.events.extend(new);
+                    self.next = read_to + 1;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "audit events for the snippets not read");
+                }
+            }
+        }
+        while self.events.front().is_some_and(|s| s.seq < cutoff) {
+            self.events.pop_front();
+        }
+    }
 }
 
 /// The audit hook of a leader's writers: the local lease deadline (see [`lease::Fence`]).
@@ -823,7 +873,13 @@ impl Ctx {
             return;
         }
         self.publish_status().await;
-        self.refresh_snippets().await;
+        // A trigger that came in during this pass is served first: its pass ends with the
+        // refresh (a refresh reads NATS a dozen times, and a merge must not wait for it).
+        if self.trigger.capacity() < self.trigger.max_capacity() {
+            tracing::debug!("snippets refreshed after the next pass: a trigger is waiting");
+        } else {
+            self.refresh_snippets().await;
+        }
     }
 
     /// Whether the daemon's NATS connection is up (see [`shared::NatsLink`]).
@@ -949,18 +1005,9 @@ impl Ctx {
             .approvals_pending
             .get_or_create(&self.shared.env_l())
             .set(pending as i64);
-        let from = self
-            .audit
-            .last_seq()
-            .await
-            .unwrap_or(0)
-            .saturating_sub(2000);
-        let events: Vec<crate::store::audit::AuditEvent> = self
-            .audit
-            .read(from)
-            .await
-            .map(|v| v.into_iter().map(|s| s.event).collect())
-            .unwrap_or_default();
+        self.recent.refresh(&self.audit).await;
+        let events: Vec<crate::store::audit::AuditEvent> =
+            self.recent.events.iter().map(|s| s.event.clone()).collect();
         let at = crate::store::audit::now_rfc3339();
         let last_backup =
             crate::store::state::get::<serde_json::Value>(&self.store.state, "backup.last")
