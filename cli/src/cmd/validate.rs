@@ -21,7 +21,9 @@ use crate::{exit, output};
 /// id (in <git-dir>/vakt/cache/, or --cache-dir), so a commit that changed a few files
 /// re-parses only those; cross-document rules still run over every document. A run appends
 /// only the entries it parsed (validate-v2.log; concurrent runs take turns on
-/// validate-v2.lock). The cache can be deleted at any time; a torn or damaged cache is a miss,
+/// validate-v2.lock), and the commit's listing by tree id (trees-v1.bin: the next run reads
+/// only the Git trees that changed). The cache can be deleted at any time; a torn or damaged
+/// cache is a miss,
 /// never an error; --no-cache bypasses it (same findings, every file parsed). The work tree is
 /// never cached. VAKT_LOG=debug logs hits, misses and the time of each phase.
 ///
