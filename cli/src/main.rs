@@ -20,16 +20,20 @@ enum AllocProfile {
     /// are never given back, so they are reused without a page fault and zeroing; giving them
     /// back made a validation of 40,000 documents take five to seven times the page faults.
     OneShot,
+    /// The daemon (`reconcile`): no transparent huge pages. Each pass allocates and frees a
+    /// few megabytes; with huge pages every pass faulted whole 2 MiB pages back in (zeroed,
+    /// sometimes compacted first), which doubled a merge's latency (BENCHMARKS.md, B4).
+    Daemon,
 }
 
-/// Sets mimalloc's options for a command's profile. The daemon and everything else keep the
-/// defaults. An environment variable of the same name (`MIMALLOC_PURGE_DELAY`, ...) always
-/// wins.
+/// Sets mimalloc's options for a command's profile; the other commands keep the defaults. An
+/// environment variable of the same name (`MIMALLOC_PURGE_DELAY`, ...) always wins.
 fn tune_allocator(profile: AllocProfile) {
     // Option numbers of mimalloc v3's `mi_option_e` (include/mimalloc.h); libmimalloc-sys
     // names only some of them.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    const ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
     let options: &[(libmimalloc_sys::mi_option_t, &str, std::os::raw::c_long)] = match profile {
         AllocProfile::Lean => &[
             (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT", 0),
@@ -37,6 +41,7 @@ fn tune_allocator(profile: AllocProfile) {
         ],
         // -1: never purge.
         AllocProfile::OneShot => &[(PURGE_DELAY, "MIMALLOC_PURGE_DELAY", -1)],
+        AllocProfile::Daemon => &[(ALLOW_THP, "MIMALLOC_ALLOW_THP", 0)],
     };
     for &(option, env, value) in options {
         if std::env::var_os(env).is_none() {
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
         | Command::Site(cmd::site::SiteOpts {
             command: cmd::site::SiteCommand::Build(_),
         }) => tune_allocator(AllocProfile::OneShot),
+        Command::Reconcile(_) => tune_allocator(AllocProfile::Daemon),
         _ => {}
     }
     let result = match cli.command {
@@ -136,6 +142,27 @@ fn main() -> ExitCode {
         Err(f) => {
             output::error(&f.message);
             ExitCode::from(f.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The option numbers `tune_allocator` sets name the options it means: each reads back
+    /// this mimalloc's default (purge delay 1,000 ms, huge pages allowed on Linux), beside a
+    /// control whose default is unmistakable (`os_tag`, 18: 100).
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn allocator_option_numbers_are_the_documented_options() {
+        // SAFETY: reads integer options; valid for every option number.
+        #[allow(unsafe_code)]
+        let get = |o| unsafe { libmimalloc_sys::mi_option_get(o) };
+        assert_eq!(get(18), 100, "os_tag: the numbering is the one assumed");
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(get(15), 1000, "purge_delay");
+        }
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+            assert_eq!(get(43), 1, "allow_thp");
         }
     }
 }
