@@ -12,8 +12,8 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use crate::markdown::{self, Rendered};
-use crate::search::{self, SearchDoc};
 use crate::output::{self, Stager};
+use crate::search::{self, SearchDoc};
 use crate::templates::Templates;
 use crate::{SearchSizes, SiteError, SiteOptions};
 
@@ -549,6 +549,8 @@ impl<'a> Site<'a> {
             ])
             .collect();
         st.make_dirs(output::dirs_of(fixed))?;
+        let started = std::time::Instant::now();
+        let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
 
         let failed: Mutex<Option<SiteError>> = Mutex::new(None);
         let sizes: Mutex<Option<SearchSizes>> = Mutex::new(None);
@@ -580,6 +582,7 @@ impl<'a> Site<'a> {
                         })
                         .collect();
                     let index = search::build(&docs);
+                    tracing::debug!(ms = ms(started), "site: search index built");
                     let mut w = st.dir("search")?;
                     for (rel, content) in &index.files {
                         w.put(rel.rsplit('/').next().unwrap_or(rel), content)?;
@@ -624,7 +627,9 @@ impl<'a> Site<'a> {
                     }))
                     .unwrap_or_default()
                         + "\n";
-                    w.put("index.json", &text)
+                    w.put("index.json", &text)?;
+                    tracing::debug!(ms = ms(started), "site: catalog JSON written");
+                    Ok(())
                 })
             });
             // The skeleton of the runbook pages, on this thread while the others work; the
@@ -639,6 +644,7 @@ impl<'a> Site<'a> {
                 fail(e);
                 return;
             }
+            tracing::debug!(ms = ms(started), "site: runbook directories made");
             for group in &lists {
                 let (common, run) = (&common, &run);
                 s.spawn_fifo(move |_| {
@@ -751,139 +757,139 @@ impl<'a> Site<'a> {
                 ]
             }));
         pages.push(Box::new(move || {
-                vec![(
-                    "runbooks/index.html",
-                    "runbooks.html",
+            vec![(
+                "runbooks/index.html",
+                "runbooks.html",
+                1,
+                "runbooks",
+                "Runbooks",
+                vec![],
+                json!({"runbooks": all, "review_max_days": REVIEW_MAX_DAYS}),
+            )]
+        }));
+        pages.push(Box::new(move || {
+            let mut by_group: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+            for (r, s) in self.runbooks.iter().zip(all) {
+                by_group
+                    .entry(&r.entry.signal_group)
+                    .or_default()
+                    .push(s.clone());
+            }
+            vec![(
+                "runbooks/by-group/index.html",
+                "runbooks_by_group.html",
+                2,
+                "runbooks",
+                "Runbooks by signal group",
+                vec![],
+                json!({"groups": groups(by_group)}),
+            )]
+        }));
+        pages.push(Box::new(move || {
+            let mut by_owner: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+            for (r, s) in self.runbooks.iter().zip(all) {
+                by_owner
+                    .entry(&r.entry.owner_team)
+                    .or_default()
+                    .push(s.clone());
+            }
+            vec![(
+                "runbooks/by-owner/index.html",
+                "runbooks_by_owner.html",
+                2,
+                "runbooks",
+                "Runbooks by owner",
+                vec![],
+                json!({"groups": groups(by_owner)}),
+            )]
+        }));
+        pages.push(Box::new(move || {
+            vec![(
+                "maps/index.html",
+                "maps.html",
+                1,
+                "maps",
+                "Signal and alert maps",
+                vec![],
+                json!({"signals": self.signals(alerts), "alerts": alerts}),
+            )]
+        }));
+        pages.push(Box::new(move || {
+            vec![
+                (
+                    "health/index.html",
+                    "health.html",
                     1,
-                    "runbooks",
-                    "Runbooks",
-                    vec![],
-                    json!({"runbooks": all, "review_max_days": REVIEW_MAX_DAYS}),
-                )]
-            }));
-        pages.push(Box::new(move || {
-                let mut by_group: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-                for (r, s) in self.runbooks.iter().zip(all) {
-                    by_group
-                        .entry(&r.entry.signal_group)
-                        .or_default()
-                        .push(s.clone());
-                }
-                vec![(
-                    "runbooks/by-group/index.html",
-                    "runbooks_by_group.html",
-                    2,
-                    "runbooks",
-                    "Runbooks by signal group",
-                    vec![],
-                    json!({"groups": groups(by_group)}),
-                )]
-            }));
-        pages.push(Box::new(move || {
-                let mut by_owner: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-                for (r, s) in self.runbooks.iter().zip(all) {
-                    by_owner
-                        .entry(&r.entry.owner_team)
-                        .or_default()
-                        .push(s.clone());
-                }
-                vec![(
-                    "runbooks/by-owner/index.html",
-                    "runbooks_by_owner.html",
-                    2,
-                    "runbooks",
-                    "Runbooks by owner",
-                    vec![],
-                    json!({"groups": groups(by_owner)}),
-                )]
-            }));
-        pages.push(Box::new(move || {
-                vec![(
-                    "maps/index.html",
-                    "maps.html",
+                    "health",
+                    "Health",
+                    vec![Health],
+                    json!({"services": self.services()}),
+                ),
+                (
+                    "sites/index.html",
+                    "sites.html",
                     1,
-                    "maps",
-                    "Signal and alert maps",
+                    "sites",
+                    "Datacenters",
+                    vec![Sites],
+                    json!({"sites_declared": self.sites_declared()}),
+                ),
+                (
+                    "dr/index.html",
+                    "dr.html",
+                    1,
+                    "dr",
+                    "DR posture",
+                    vec![Dr],
+                    json!({"stores_declared": self.dr_declared()}),
+                ),
+                (
+                    "index.html",
+                    "index.html",
+                    0,
+                    "home",
+                    "vakt operator site",
+                    vec![Summary],
+                    json!({}),
+                ),
+                (
+                    "tasks/index.html",
+                    "tasks.html",
+                    1,
+                    "tasks",
+                    "Tasks",
+                    vec![Tasks],
+                    json!({}),
+                ),
+                (
+                    "events/index.html",
+                    "events.html",
+                    1,
+                    "events",
+                    "Events",
+                    vec![Events],
+                    json!({}),
+                ),
+                (
+                    "inventory/index.html",
+                    "inventory.html",
+                    1,
+                    "inventory",
+                    "Inventory and drift",
+                    vec![Inventory],
+                    json!({}),
+                ),
+                (
+                    "search/index.html",
+                    "search.html",
+                    1,
+                    "search",
+                    "Search",
                     vec![],
-                    json!({"signals": self.signals(alerts), "alerts": alerts}),
-                )]
-            }));
-        pages.push(Box::new(move || {
-                vec![
-                    (
-                        "health/index.html",
-                        "health.html",
-                        1,
-                        "health",
-                        "Health",
-                        vec![Health],
-                        json!({"services": self.services()}),
-                    ),
-                    (
-                        "sites/index.html",
-                        "sites.html",
-                        1,
-                        "sites",
-                        "Datacenters",
-                        vec![Sites],
-                        json!({"sites_declared": self.sites_declared()}),
-                    ),
-                    (
-                        "dr/index.html",
-                        "dr.html",
-                        1,
-                        "dr",
-                        "DR posture",
-                        vec![Dr],
-                        json!({"stores_declared": self.dr_declared()}),
-                    ),
-                    (
-                        "index.html",
-                        "index.html",
-                        0,
-                        "home",
-                        "vakt operator site",
-                        vec![Summary],
-                        json!({}),
-                    ),
-                    (
-                        "tasks/index.html",
-                        "tasks.html",
-                        1,
-                        "tasks",
-                        "Tasks",
-                        vec![Tasks],
-                        json!({}),
-                    ),
-                    (
-                        "events/index.html",
-                        "events.html",
-                        1,
-                        "events",
-                        "Events",
-                        vec![Events],
-                        json!({}),
-                    ),
-                    (
-                        "inventory/index.html",
-                        "inventory.html",
-                        1,
-                        "inventory",
-                        "Inventory and drift",
-                        vec![Inventory],
-                        json!({}),
-                    ),
-                    (
-                        "search/index.html",
-                        "search.html",
-                        1,
-                        "search",
-                        "Search",
-                        vec![],
-                        json!({"runbook_count": self.runbooks.len()}),
-                    ),
-                ]
-            }));
+                    json!({"runbook_count": self.runbooks.len()}),
+                ),
+            ]
+        }));
         pages
     }
 
