@@ -560,8 +560,13 @@ impl<'a> Site<'a> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get_or_insert(e);
         };
+        // a task that starts after another one failed does nothing (the build fails anyway)
         let run = |task: &dyn Fn() -> Result<(), SiteError>| {
-            if let Err(e) = task() {
+            let stopped = failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some();
+            if !stopped && let Err(e) = task() {
                 fail(e);
             }
         };
