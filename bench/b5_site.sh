@@ -28,6 +28,10 @@
 #   B5_RUNS         measured runs per tool and scenario (default 10)
 #   B5_NO_BUILD=1   skip `cargo build --release -p vakt`
 #   VAKT_BIN        the vakt binary (default target/release/vakt; B5_NO_BUILD is implied)
+#   B5_KEEP=1       keep the retired outputs and the previous work directory instead of
+#                   deleting them when the script ends (the caller deletes them later): for
+#                   A/B runs back to back, where the end of one run's deletions would charge
+#                   ext4's skipping of freed inodes to the next run's cold builds
 # Raw figures: OUT/results/{cold,no-op,one-edit}.json (hyperfine's JSON, with the load
 # average when the scenario started in OUT/results/load.txt).
 # Needs hyperfine and hugo (apt-get install -y hyperfine hugo).
@@ -67,7 +71,11 @@ CMD_HUGO_JSON="hugo --quiet -s $WORK/hugo-json -d public"
 # cold runs start without an output; the previous run's output is retired, not deleted (see
 # the header), and the retired outputs are removed at the end
 RETIRED="$WORK/retired"
-trap 'rm -rf "$RETIRED" "$OLD"' EXIT
+if [[ "${B5_KEEP:-}" == 1 ]]; then
+    trap 'echo "b5: kept $RETIRED${OLD:+ and $OLD} (B5_KEEP=1); delete them when done" >&2' EXIT
+else
+    trap 'rm -rf "$RETIRED" "$OLD"' EXIT
+fi
 cat > "$WORK/results/retire.sh" <<EOF
 #!/usr/bin/env bash
 set -e

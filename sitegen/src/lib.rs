@@ -362,34 +362,33 @@ pub fn build(opts: &SiteOptions) -> Result<BuildReport, SiteError> {
     let site = pages::Site::new(&model, &snap, opts)?;
     tracing::debug!(
         elapsed_ms = t.elapsed().as_millis() as u64,
-        "site: markdown and search index"
+        "site: markdown rendered"
     );
-    let mut files = site.render(&templates)?;
-    files.extend(assets::files());
+    let time = rfc3339(opts.now);
+    let stager = output::Stager::begin(&opts.out, BUILD_TIME_TOKEN, &time, previous.as_ref())?;
+    let search = site.write(&templates, &stager)?;
+    let mut assets = stager.dir("assets")?;
+    for (path, content) in assets::files() {
+        assets.put(path.rsplit('/').next().unwrap_or(&path), &content)?;
+    }
+    drop(assets);
+    let staged = stager.finish(input);
     tracing::debug!(
         elapsed_ms = t.elapsed().as_millis() as u64,
-        files = files.len(),
-        "site: pages rendered"
+        files = staged.files(),
+        "site: pages rendered and staged"
     );
-    let staged = output::stage(
-        &opts.out,
-        &files,
-        BUILD_TIME_TOKEN,
-        &rfc3339(opts.now),
-        input,
-        previous.as_ref(),
-    )?;
     let w = staged.written;
     let report = BuildReport {
         out: opts.out.clone(),
-        pages: files.iter().filter(|f| f.0.ends_with(".html")).count(),
+        pages: staged.pages(),
         runbooks: site.runbook_count(),
-        files: files.len(),
+        files: staged.files(),
         bytes: w.bytes,
         written: w.written,
         unchanged: false,
         snapshot: snapshot_source.to_owned(),
-        search: site.search_sizes(),
+        search,
         warnings: site.warnings(),
     };
     staged.publish(serde_json::to_value(&report).unwrap_or_default())?;

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IoSlice, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,18 @@ pub struct Staged {
     pub written: Written,
 }
 
+impl Staged {
+    /// Files in the staged site (the marker not counted).
+    pub fn files(&self) -> usize {
+        self.sums.len()
+    }
+
+    /// HTML pages in the staged site.
+    pub fn pages(&self) -> usize {
+        self.sums.keys().filter(|p| p.ends_with(".html")).count()
+    }
+}
+
 fn sibling(out: &Path, tag: &str) -> PathBuf {
     let name = out
         .file_name()
@@ -117,7 +130,9 @@ fn sum(content: &str) -> String {
 
 /// Assembles `files` (relative path, content with `token` standing for the build time) in a
 /// hidden directory beside `out`. A file the `previous` build wrote with the same content is
-/// hard-linked from `out`; the others are written with `token` replaced by `time`.
+/// hard-linked from `out`; the others are written with `token` replaced by `time`. (The build
+/// streams its files into a [`Stager`] instead; this is the same for a list made in advance.)
+#[cfg(test)]
 pub fn stage(
     out: &Path,
     files: &[(String, String)],
@@ -126,36 +141,33 @@ pub fn stage(
     input: String,
     previous: Option<&Manifest>,
 ) -> Result<Staged, SiteError> {
-    check_replaceable(out)?;
-    if let Some(parent) = out.parent()
-        && !parent.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(parent).map_err(SiteError::io("create", parent))?;
-    }
-    let tmp = sibling(out, "tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    match write_all(&tmp, out, files, token, time, previous) {
-        Ok((sums, written)) => Ok(Staged {
-            tmp,
-            out: out.to_owned(),
-            input,
-            sums,
-            written,
-        }),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    let stager = Stager::begin(out, token, time, previous)?;
+    stager.make_dirs(directories(files))?;
+    by_directory(files)
+        .into_par_iter()
+        .try_for_each(|(dir, members)| {
+            let mut w = stager.dir(dir)?;
+            members.into_iter().try_for_each(|i| {
+                let (rel, content) = &files[i];
+                w.put(rel.rsplit('/').next().unwrap_or(rel), content)
+            })
+        })?;
+    Ok(stager.finish(input))
 }
 
 type Sums = BTreeMap<String, (u64, String)>;
 
 /// Every directory the files need (ancestors included), relative to the site root, parents
 /// before children (a `BTreeSet` of `/`-separated paths sorts `a` before `a/b`).
-fn directories(files: &[(String, String)]) -> BTreeSet<&str> {
+#[cfg(test)]
+fn directories<S: AsRef<str>>(files: &[(S, String)]) -> BTreeSet<&str> {
+    dirs_of(files.iter().map(|(rel, _)| rel.as_ref()))
+}
+
+/// Every directory the paths need (ancestors included), parents before children.
+pub fn dirs_of<'p>(paths: impl IntoIterator<Item = &'p str>) -> BTreeSet<&'p str> {
     let mut dirs = BTreeSet::new();
-    for (rel, _) in files {
+    for rel in paths {
         let mut end = rel.len();
         while let Some(i) = rel[..end].rfind('/') {
             if !dirs.insert(&rel[..i]) {
@@ -168,9 +180,11 @@ fn directories(files: &[(String, String)]) -> BTreeSet<&str> {
 }
 
 /// The files grouped by parent directory (`""` is the root), the largest group first.
-fn by_directory(files: &[(String, String)]) -> Vec<(&str, Vec<usize>)> {
+#[cfg(test)]
+fn by_directory<S: AsRef<str>>(files: &[(S, String)]) -> Vec<(&str, Vec<usize>)> {
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, (rel, _)) in files.iter().enumerate() {
+        let rel = rel.as_ref();
         let dir = rel.rfind('/').map_or("", |at| &rel[..at]);
         groups.entry(dir).or_default().push(i);
     }
@@ -193,93 +207,181 @@ fn open_dir(at: impl AsFd, path: &Path) -> std::io::Result<OwnedFd> {
     )?)
 }
 
-/// How one file got into the staged tree: `(length, written rather than linked)`.
-type Placed = (u64, bool);
+/// A site being assembled in a hidden directory beside `out`, fed from many threads while
+/// pages are still being rendered: the build streams every file in as soon as it exists
+/// rather than rendering the whole site into memory first.
+///
+/// Creating an entry takes the parent directory's lock, and worker threads creating entries
+/// in one directory spin on it (most of a cold build's system time, session 7), so the rule
+/// is one writer per directory: [`Stager::make_dirs`] makes the directory skeleton on one
+/// thread, and each directory is then written through one [`DirWriter`] at a time (relative
+/// to a descriptor of the directory, no stat or read-back of what was written). A file the
+/// previous build wrote with the same content is hard-linked from it instead.
+///
+/// Dropping a `Stager` without [`Stager::finish`] removes the staging directory (a failed
+/// build leaves nothing behind).
+pub struct Stager<'a> {
+    tmp: PathBuf,
+    out: &'a Path,
+    root: OwnedFd,
+    token: &'a str,
+    time: &'a str,
+    previous: Option<&'a Manifest>,
+    done: Mutex<(Sums, Written)>,
+    finished: bool,
+}
 
-/// Writes the staged tree. Creating an entry takes the parent directory's lock, and worker
-/// threads creating entries in one directory spin on it (most of a cold build's system time
-/// before this), so every directory has exactly one writer: the directory skeleton is made by
-/// one thread while the others hash the files, then each directory's files are written (or
-/// hard-linked from the previous tree) by one worker, relative to a descriptor of the
-/// directory, with no stat or read-back of what was written.
-fn write_all(
-    tmp: &Path,
-    out: &Path,
-    files: &[(String, String)],
-    token: &str,
-    time: &str,
-    previous: Option<&Manifest>,
-) -> Result<(Sums, Written), SiteError> {
-    std::fs::create_dir(tmp).map_err(SiteError::io("create", tmp))?;
-    let root = open_dir(rustix::fs::CWD, tmp).map_err(SiteError::io("open", tmp))?;
-    let dirs = directories(files);
-    let (made, hashes) = rayon::join(
-        || {
-            dirs.iter().try_for_each(|d| {
-                rustix::fs::mkdirat(&root, *d, Mode::from_raw_mode(0o777))
-                    .map_err(|e| SiteError::io("create", &tmp.join(d))(e.into()))
-            })
-        },
-        || {
-            files
-                .par_iter()
-                .map(|(_, content)| sum(content))
-                .collect::<Vec<String>>()
-        },
-    );
-    made?;
-    let by_file: Vec<Vec<(usize, Placed)>> = by_directory(files)
-        .into_par_iter()
-        .map(|(dir, members)| {
-            let dir = Path::new(dir);
-            let new = open_dir(&root, dir).map_err(SiteError::io("open", &tmp.join(dir)))?;
-            // the previous tree's directory, opened when a file in it may be reused
-            let old = previous
-                .filter(|m| {
-                    members.iter().any(|&i| {
-                        m.files
-                            .get(&files[i].0)
-                            .is_some_and(|(_, h)| *h == hashes[i])
-                    })
-                })
-                .and_then(|_| open_dir(rustix::fs::CWD, &out.join(dir)).ok());
-            members
-                .into_iter()
-                .map(|i| {
-                    let (rel, content) = &files[i];
-                    let name = rel.rsplit('/').next().unwrap_or(rel);
-                    if let Some(old) = &old
-                        && let Some((len, _)) = previous
-                            .and_then(|m| m.files.get(rel))
-                            .filter(|(_, h)| *h == hashes[i])
-                        && relink(old, &new, name, *len)
-                    {
-                        return Ok((i, (*len, false)));
-                    }
-                    let len = write_file(&new, name, content, token, time)
-                        .map_err(SiteError::io("write", &tmp.join(rel)))?;
-                    Ok((i, (len, true)))
-                })
-                .collect::<Result<Vec<_>, SiteError>>()
-        })
-        .collect::<Result<_, SiteError>>()?;
-    let mut placed: Vec<Option<Placed>> = vec![None; files.len()];
-    for (i, p) in by_file.into_iter().flatten() {
-        placed[i] = Some(p);
-    }
-    let mut w = Written::default();
-    let mut sums = BTreeMap::new();
-    for (((rel, _), hash), p) in files.iter().zip(hashes).zip(placed) {
-        let (len, wrote) = p.unwrap_or_default();
-        w.bytes += len;
-        if wrote {
-            w.written += 1;
-        } else {
-            w.reused += 1;
+impl<'a> Stager<'a> {
+    /// Creates the (empty) staging directory beside `out`. Files are written with `token`
+    /// replaced by `time`; `previous` is the manifest of the site in `out`, if any.
+    pub fn begin(
+        out: &'a Path,
+        token: &'a str,
+        time: &'a str,
+        previous: Option<&'a Manifest>,
+    ) -> Result<Self, SiteError> {
+        check_replaceable(out)?;
+        if let Some(parent) = out.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(SiteError::io("create", parent))?;
         }
-        sums.insert(rel.clone(), (len, hash));
+        let tmp = sibling(out, "tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).map_err(SiteError::io("create", &tmp))?;
+        let root = match open_dir(rustix::fs::CWD, &tmp) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&tmp);
+                return Err(SiteError::io("open", &tmp)(e));
+            }
+        };
+        Ok(Stager {
+            tmp,
+            out,
+            root,
+            token,
+            time,
+            previous,
+            done: Mutex::new((Sums::new(), Written::default())),
+            finished: false,
+        })
     }
-    Ok((sums, w))
+
+    /// Creates directories (relative to the site root; each parent before its children, as
+    /// [`dirs_of`] returns them), one after another on the calling thread.
+    pub fn make_dirs<'d>(&self, dirs: impl IntoIterator<Item = &'d str>) -> Result<(), SiteError> {
+        dirs.into_iter().try_for_each(|d| {
+            rustix::fs::mkdirat(&self.root, d, Mode::from_raw_mode(0o777))
+                .map_err(|e| SiteError::io("create", &self.tmp.join(d))(e.into()))
+        })
+    }
+
+    /// A writer for the files of directory `rel` (`""` is the root), which must exist. Only
+    /// one writer per directory should be open at a time (see the type's documentation).
+    pub fn dir(&self, rel: &str) -> Result<DirWriter<'_, 'a>, SiteError> {
+        let fd = open_dir(&self.root, Path::new(rel))
+            .map_err(SiteError::io("open", &self.tmp.join(rel)))?;
+        Ok(DirWriter {
+            stager: self,
+            rel: rel.to_owned(),
+            fd,
+            old: None,
+            sums: Vec::new(),
+            written: Written::default(),
+        })
+    }
+
+    /// Writes one file at `rel` (its directory must exist) through a writer of its own: for
+    /// files alone in their directory, such as `runbooks/<id>/index.html`.
+    pub fn put(&self, rel: &str, content: &str) -> Result<(), SiteError> {
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        self.dir(dir)?.put(name, content)
+    }
+
+    /// Everything has been written: the staged tree, ready to publish.
+    pub fn finish(mut self, input: String) -> Staged {
+        self.finished = true;
+        let (sums, written) = std::mem::take(&mut *lock(&self.done));
+        Staged {
+            tmp: self.tmp.clone(),
+            out: self.out.to_owned(),
+            input,
+            sums,
+            written,
+        }
+    }
+}
+
+impl Drop for Stager<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Writes the files of one staged directory; what it wrote is added to the [`Stager`]'s
+/// manifest when it is dropped.
+pub struct DirWriter<'s, 'a> {
+    stager: &'s Stager<'a>,
+    rel: String,
+    fd: OwnedFd,
+    /// The previous tree's directory, opened when a file in it may first be reused.
+    old: Option<Option<OwnedFd>>,
+    sums: Vec<(String, (u64, String))>,
+    written: Written,
+}
+
+impl DirWriter<'_, '_> {
+    /// Adds file `name` with `content` (the build-time token standing for the time): a
+    /// hard link to the previous build's file when that has the same content, else written.
+    pub fn put(&mut self, name: &str, content: &str) -> Result<(), SiteError> {
+        let rel = if self.rel.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}/{name}", self.rel)
+        };
+        let hash = sum(content);
+        let st = self.stager;
+        if let Some((len, _)) = st
+            .previous
+            .and_then(|m| m.files.get(&rel))
+            .filter(|(_, h)| *h == hash)
+        {
+            let old = self
+                .old
+                .get_or_insert_with(|| open_dir(rustix::fs::CWD, &st.out.join(&self.rel)).ok());
+            if let Some(old) = old
+                && relink(old, &self.fd, name, *len)
+            {
+                self.written.bytes += len;
+                self.written.reused += 1;
+                self.sums.push((rel, (*len, hash)));
+                return Ok(());
+            }
+        }
+        let len = write_file(&self.fd, name, content, st.token, st.time)
+            .map_err(SiteError::io("write", &st.tmp.join(&rel)))?;
+        self.written.bytes += len;
+        self.written.written += 1;
+        self.sums.push((rel, (len, hash)));
+        Ok(())
+    }
+}
+
+impl Drop for DirWriter<'_, '_> {
+    fn drop(&mut self) {
+        let mut done = lock(&self.stager.done);
+        done.0.extend(self.sums.drain(..));
+        done.1.bytes += self.written.bytes;
+        done.1.written += self.written.written;
+        done.1.reused += self.written.reused;
+    }
 }
 
 /// Hard-links `name` from the previous tree when it is still a file of the length the

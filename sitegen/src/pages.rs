@@ -2,6 +2,7 @@
 //! snippet snapshot, and the JSON files (catalog API, search index, snapshot) beside them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 
 use minijinja::value::merge_maps;
 use opsrepo::load::Model;
@@ -11,7 +12,8 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use crate::markdown::{self, Rendered};
-use crate::search::{self, SearchDoc, SearchIndex};
+use crate::output::{self, Stager};
+use crate::search::{self, SearchDoc};
 use crate::templates::Templates;
 use crate::{SearchSizes, SiteError, SiteOptions};
 
@@ -19,6 +21,28 @@ use crate::{SearchSizes, SiteError, SiteOptions};
 pub const REVIEW_MAX_DAYS: i64 = 90;
 /// Days after which a review shows as due soon.
 pub const REVIEW_SOON_DAYS: i64 = 60;
+
+/// The list pages (every page but the runbook pages), by output path: their directories are
+/// made before any task starts.
+const LIST_PAGES: [&str; 14] = [
+    "index.html",
+    "ops/index.html",
+    "tasks/index.html",
+    "events/index.html",
+    "health/index.html",
+    "inventory/index.html",
+    "sites/index.html",
+    "dr/index.html",
+    "runbooks/index.html",
+    "runbooks/by-group/index.html",
+    "runbooks/by-owner/index.html",
+    "maps/index.html",
+    "dashboards/index.html",
+    "search/index.html",
+];
+
+/// Runbook pages rendered by one task of [`Site::write`].
+const RUNBOOK_CHUNK: usize = 64;
 
 /// Output path, template, depth below the root, nav id, title, snippets, extra context.
 type PageSpec<'a> = (
@@ -30,6 +54,9 @@ type PageSpec<'a> = (
     Vec<SnippetName>,
     Value,
 );
+
+/// A group of list pages rendered by one task (see `Site::list_pages`).
+type ListGroup<'s> = Box<dyn Fn() -> Vec<PageSpec<'static>> + Send + Sync + 's>;
 
 struct RunbookPage<'a> {
     entry: &'a RunbookEntry,
@@ -44,7 +71,6 @@ pub struct Site<'a> {
     model: &'a Model,
     snap: &'a Snapshot,
     runbooks: Vec<RunbookPage<'a>>,
-    search: SearchIndex,
     warnings: Vec<String>,
 }
 
@@ -172,22 +198,11 @@ impl<'a> Site<'a> {
             })
             .collect();
         runbooks.sort_by(|a, b| a.entry.id.cmp(&b.entry.id));
-        let docs: Vec<SearchDoc<'_>> = runbooks
-            .iter()
-            .map(|r| SearchDoc {
-                id: &r.entry.id,
-                title: &r.entry.title,
-                group: &r.entry.signal_group,
-                text: &r.rendered.text,
-            })
-            .collect();
-        let search = search::build(&docs);
         Ok(Site {
             opts,
             model,
             snap,
             runbooks,
-            search,
             warnings,
         })
     }
@@ -198,14 +213,6 @@ impl<'a> Site<'a> {
 
     pub fn warnings(&self) -> Vec<String> {
         self.warnings.clone()
-    }
-
-    pub fn search_sizes(&self) -> SearchSizes {
-        SearchSizes {
-            first_download_bytes: self.search.first_download,
-            worst_single_word_query_bytes: self.search.worst_single_word_query,
-            total_bytes: self.search.total,
-        }
     }
 
     fn nav() -> Value {
@@ -504,28 +511,220 @@ impl<'a> Site<'a> {
         b
     }
 
-    /// Every file of the site except the static assets.
-    pub fn render(&self, t: &Templates) -> Result<Vec<(String, String)>, SiteError> {
-        use SnippetName::*;
-        let mut files = Vec::new();
+    /// Renders every file of the site except the static assets and streams it into `st` as
+    /// soon as it exists. The work is split into tasks that run side by side on the thread
+    /// pool, so the files (most of them the runbook pages and their catalog JSON) are being
+    /// written while the search index and the list pages are still being computed:
+    ///
+    /// * one task builds the search index and writes `search/`;
+    /// * one task writes `api/v1/admin/runbooks/` (a JSON file per runbook, then the
+    ///   index): one directory, so one writer;
+    /// * after the directory skeleton (one thread: every `runbooks/<id>/`), the runbook pages
+    ///   in chunks, each list page or group of pages that shares a costly context, and the
+    ///   snapshot files.
+    ///
+    /// Returns the search index's sizes.
+    pub fn write(&self, t: &Templates, st: &Stager<'_>) -> Result<SearchSizes, SiteError> {
         let common = self.common();
-        let all: Vec<Value> = self.runbooks.iter().map(|r| self.summary(r)).collect();
+        let all: Vec<Value> = self.runbooks.par_iter().map(|r| self.summary(r)).collect();
         let alerts = self.alerts();
-        let queries = self.queries();
-        let dashboards = self.dashboards();
-
-        let mut by_group: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-        let mut by_owner: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-        for (r, s) in self.runbooks.iter().zip(&all) {
-            by_group
-                .entry(&r.entry.signal_group)
-                .or_default()
-                .push(s.clone());
-            by_owner
-                .entry(&r.entry.owner_team)
-                .or_default()
-                .push(s.clone());
+        let mut alerts_of: HashMap<&str, Vec<&Value>> = HashMap::new();
+        for a in &alerts {
+            if let Some(id) = a["runbook"].as_str() {
+                alerts_of.entry(id).or_default().push(a);
+            }
         }
+        let no_alerts = Vec::new();
+        let alerts_of = |id: &str| alerts_of.get(id).unwrap_or(&no_alerts);
+
+        // the directories every task needs before it starts, except `runbooks/<id>/`
+        let fixed: Vec<&str> = LIST_PAGES
+            .iter()
+            .copied()
+            .chain([
+                "api/v1/admin/runbooks/index.json",
+                "search/meta.json",
+                "snapshot/summary.json",
+                "assets/site.css",
+            ])
+            .collect();
+        st.make_dirs(output::dirs_of(fixed))?;
+        let started = std::time::Instant::now();
+        let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
+
+        let failed: Mutex<Option<SiteError>> = Mutex::new(None);
+        let sizes: Mutex<Option<SearchSizes>> = Mutex::new(None);
+        let fail = |e: SiteError| {
+            failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_or_insert(e);
+        };
+        // a task that starts after another one failed does nothing (the build fails anyway)
+        let run = |task: &dyn Fn() -> Result<(), SiteError>| {
+            let stopped = failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some();
+            if !stopped && let Err(e) = task() {
+                fail(e);
+            }
+        };
+        let base = self.base(2, "runbooks", "", &[]);
+        let shared = merge_maps([to_mj(&json!({"site": base["site"]})), common.clone()]);
+        let lists = self.list_pages(&all, &alerts);
+        rayon::scope_fifo(|s| {
+            s.spawn_fifo(|_| {
+                run(&|| {
+                    let docs: Vec<SearchDoc<'_>> = self
+                        .runbooks
+                        .iter()
+                        .map(|r| SearchDoc {
+                            id: &r.entry.id,
+                            title: &r.entry.title,
+                            group: &r.entry.signal_group,
+                            text: &r.rendered.text,
+                        })
+                        .collect();
+                    let index = search::build(&docs);
+                    tracing::debug!(ms = ms(started), "site: search index built");
+                    let mut w = st.dir("search")?;
+                    for (rel, content) in &index.files {
+                        w.put(rel.rsplit('/').next().unwrap_or(rel), content)?;
+                    }
+                    *sizes
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(SearchSizes {
+                        first_download_bytes: index.first_download,
+                        worst_single_word_query_bytes: index.worst_single_word_query,
+                        total_bytes: index.total,
+                    });
+                    Ok(())
+                })
+            });
+            s.spawn_fifo(|_| {
+                run(&|| {
+                    let mut w = st.dir("api/v1/admin/runbooks")?;
+                    for (r, summary) in self.runbooks.iter().zip(&all) {
+                        let id = &r.entry.id;
+                        let mut api = summary.clone();
+                        api["html_url"] = json!(format!("runbooks/{id}/"));
+                        api["markdown"] = json!(r.markdown);
+                        api["alerts"] =
+                            json!(alerts_of(id).iter().map(|a| &a["name"]).collect::<Vec<_>>());
+                        let text = serde_json::to_string_pretty(&api).unwrap_or_default() + "\n";
+                        w.put(&format!("{id}.json"), &text)?;
+                    }
+                    let index: Vec<Value> = all
+                        .iter()
+                        .map(|s| {
+                            let mut s = s.clone();
+                            let id = s["id"].as_str().unwrap_or("").to_owned();
+                            s["html_url"] = json!(format!("runbooks/{id}/"));
+                            s["api_url"] = json!(format!("api/v1/admin/runbooks/{id}.json"));
+                            s
+                        })
+                        .collect();
+                    let text = serde_json::to_string_pretty(&json!({
+                        "version": 1,
+                        "generated_at": self.snap.summary.generated_at,
+                        "runbooks": index,
+                    }))
+                    .unwrap_or_default()
+                        + "\n";
+                    w.put("index.json", &text)?;
+                    tracing::debug!(ms = ms(started), "site: catalog JSON written");
+                    Ok(())
+                })
+            });
+            // The skeleton of the runbook pages, on this thread while the others work; the
+            // tasks below write into these directories. The list pages go first and the
+            // runbook pages last, in small chunks, so the pool's work ends evenly.
+            let dirs: Vec<String> = self
+                .runbooks
+                .iter()
+                .map(|r| format!("runbooks/{}", r.entry.id))
+                .collect();
+            if let Err(e) = st.make_dirs(dirs.iter().map(String::as_str)) {
+                fail(e);
+                return;
+            }
+            tracing::debug!(ms = ms(started), "site: runbook directories made");
+            for group in &lists {
+                let (common, run) = (&common, &run);
+                s.spawn_fifo(move |_| {
+                    run(&|| {
+                        for (path, tmpl, depth, id, title, snippets, extra) in group() {
+                            let ctx = Self::with(self.base(depth, id, title, &snippets), extra);
+                            let ctx = merge_maps([to_mj(&ctx), common.clone()]);
+                            st.put(path, &t.render(tmpl, ctx)?)?;
+                        }
+                        Ok(())
+                    })
+                });
+            }
+            s.spawn_fifo(|_| {
+                run(&|| {
+                    let mut w = st.dir("snapshot")?;
+                    for name in SnippetName::ALL {
+                        let text = serde_json::to_string_pretty(&self.snap.to_value(name))
+                            .unwrap_or_default()
+                            + "\n";
+                        w.put(&name.file_name(), &text)?;
+                    }
+                    Ok(())
+                })
+            });
+            for chunk in self
+                .runbooks
+                .chunks(RUNBOOK_CHUNK)
+                .zip(all.chunks(RUNBOOK_CHUNK))
+            {
+                let (shared, base, alerts_of, run) = (&shared, &base, &alerts_of, &run);
+                s.spawn_fifo(move |_| {
+                    run(&|| {
+                        for (r, summary) in chunk.0.iter().zip(chunk.1) {
+                            let mut page_info = base["page"].clone();
+                            page_info["title"] = json!(r.entry.title);
+                            let ctx = json!({
+                                "page": page_info,
+                                "runbook": summary,
+                                "html": r.rendered.html,
+                                "toc": r.rendered.toc,
+                                "alerts": alerts_of(&r.entry.id),
+                            });
+                            let page = t.render(
+                                "runbook.html",
+                                merge_maps([to_mj(&ctx), shared.clone()]),
+                            )?;
+                            st.put(&format!("runbooks/{}/index.html", r.entry.id), &page)?;
+                        }
+                        Ok(())
+                    })
+                });
+            }
+        });
+        if let Some(e) = failed
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            return Err(e);
+        }
+        Ok(sizes
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or(SearchSizes {
+                first_download_bytes: 0,
+                worst_single_word_query_bytes: 0,
+                total_bytes: 0,
+            }))
+    }
+
+    /// The list pages, in groups that share a context: each group is one task of
+    /// [`Site::write`], so the costly contexts (queries and dashboards, the runbook lists)
+    /// are computed side by side. Every path is in [`LIST_PAGES`].
+    fn list_pages<'s>(&'s self, all: &'s [Value], alerts: &'s [Value]) -> Vec<ListGroup<'s>> {
+        use SnippetName::*;
         let groups = |m: BTreeMap<&str, Vec<Value>>| -> Value {
             Value::Array(
                 m.into_iter()
@@ -533,14 +732,174 @@ impl<'a> Site<'a> {
                     .collect(),
             )
         };
-        let overdue = self
-            .runbooks
-            .iter()
-            .filter(|r| r.review_status == "overdue")
-            .count();
+        let mut pages: Vec<ListGroup<'s>> = Vec::new();
+        pages.push(Box::new(move || {
+                let (queries, dashboards) = (self.queries(), self.dashboards());
+                let overdue = self
+                    .runbooks
+                    .iter()
+                    .filter(|r| r.review_status == "overdue")
+                    .count();
+                vec![
+                    (
+                        "ops/index.html",
+                        "ops.html",
+                        1,
+                        "ops",
+                        "Operations",
+                        vec![Summary, Actions, Health, Sites, Dr, Tasks, Events],
+                        json!({"queries": queries, "dashboards": dashboards, "overdue_reviews": overdue}),
+                    ),
+                    (
+                        "dashboards/index.html",
+                        "dashboards.html",
+                        1,
+                        "dashboards",
+                        "Dashboards and queries",
+                        vec![],
+                        json!({"queries": queries, "dashboards": dashboards}),
+                    ),
+                ]
+            }));
+        pages.push(Box::new(move || {
+            vec![(
+                "runbooks/index.html",
+                "runbooks.html",
+                1,
+                "runbooks",
+                "Runbooks",
+                vec![],
+                json!({"runbooks": all, "review_max_days": REVIEW_MAX_DAYS}),
+            )]
+        }));
+        pages.push(Box::new(move || {
+            let mut by_group: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+            for (r, s) in self.runbooks.iter().zip(all) {
+                by_group
+                    .entry(&r.entry.signal_group)
+                    .or_default()
+                    .push(s.clone());
+            }
+            vec![(
+                "runbooks/by-group/index.html",
+                "runbooks_by_group.html",
+                2,
+                "runbooks",
+                "Runbooks by signal group",
+                vec![],
+                json!({"groups": groups(by_group)}),
+            )]
+        }));
+        pages.push(Box::new(move || {
+            let mut by_owner: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+            for (r, s) in self.runbooks.iter().zip(all) {
+                by_owner
+                    .entry(&r.entry.owner_team)
+                    .or_default()
+                    .push(s.clone());
+            }
+            vec![(
+                "runbooks/by-owner/index.html",
+                "runbooks_by_owner.html",
+                2,
+                "runbooks",
+                "Runbooks by owner",
+                vec![],
+                json!({"groups": groups(by_owner)}),
+            )]
+        }));
+        pages.push(Box::new(move || {
+            vec![(
+                "maps/index.html",
+                "maps.html",
+                1,
+                "maps",
+                "Signal and alert maps",
+                vec![],
+                json!({"signals": self.signals(alerts), "alerts": alerts}),
+            )]
+        }));
+        pages.push(Box::new(move || {
+            vec![
+                (
+                    "health/index.html",
+                    "health.html",
+                    1,
+                    "health",
+                    "Health",
+                    vec![Health],
+                    json!({"services": self.services()}),
+                ),
+                (
+                    "sites/index.html",
+                    "sites.html",
+                    1,
+                    "sites",
+                    "Datacenters",
+                    vec![Sites],
+                    json!({"sites_declared": self.sites_declared()}),
+                ),
+                (
+                    "dr/index.html",
+                    "dr.html",
+                    1,
+                    "dr",
+                    "DR posture",
+                    vec![Dr],
+                    json!({"stores_declared": self.dr_declared()}),
+                ),
+                (
+                    "index.html",
+                    "index.html",
+                    0,
+                    "home",
+                    "vakt operator site",
+                    vec![Summary],
+                    json!({}),
+                ),
+                (
+                    "tasks/index.html",
+                    "tasks.html",
+                    1,
+                    "tasks",
+                    "Tasks",
+                    vec![Tasks],
+                    json!({}),
+                ),
+                (
+                    "events/index.html",
+                    "events.html",
+                    1,
+                    "events",
+                    "Events",
+                    vec![Events],
+                    json!({}),
+                ),
+                (
+                    "inventory/index.html",
+                    "inventory.html",
+                    1,
+                    "inventory",
+                    "Inventory and drift",
+                    vec![Inventory],
+                    json!({}),
+                ),
+                (
+                    "search/index.html",
+                    "search.html",
+                    1,
+                    "search",
+                    "Search",
+                    vec![],
+                    json!({"runbook_count": self.runbooks.len()}),
+                ),
+            ]
+        }));
+        pages
+    }
 
-        let sites_decl: Vec<Value> = self
-            .model
+    fn sites_declared(&self) -> Vec<Value> {
+        self.model
             .sites
             .iter()
             .map(|s| {
@@ -569,7 +928,10 @@ impl<'a> Site<'a> {
                        "location": s.spec.location, "role": s.spec.role, "links": s.spec.links,
                        "nodes": nodes, "tenants": tenants})
             })
-            .collect();
+            .collect()
+    }
+
+    fn dr_declared(&self) -> Vec<Value> {
         let mut dr_decl: Vec<Value> = self
             .model
             .dr_stores
@@ -577,6 +939,10 @@ impl<'a> Site<'a> {
             .map(|d| serde_json::to_value(&d.spec).unwrap_or(Value::Null))
             .collect();
         dr_decl.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        dr_decl
+    }
+
+    fn services(&self) -> Vec<Value> {
         let mut services: Vec<Value> = self
             .model
             .services
@@ -601,209 +967,7 @@ impl<'a> Site<'a> {
             })
             .collect();
         services.sort_by(|a, b| a["kind"].as_str().cmp(&b["kind"].as_str()));
-
-        let pages: Vec<PageSpec<'_>> = vec![
-            (
-                "index.html",
-                "index.html",
-                0,
-                "home",
-                "vakt operator site",
-                vec![Summary],
-                json!({}),
-            ),
-            (
-                "ops/index.html",
-                "ops.html",
-                1,
-                "ops",
-                "Operations",
-                vec![Summary, Actions, Health, Sites, Dr, Tasks, Events],
-                json!({"queries": queries, "dashboards": dashboards, "overdue_reviews": overdue}),
-            ),
-            (
-                "tasks/index.html",
-                "tasks.html",
-                1,
-                "tasks",
-                "Tasks",
-                vec![Tasks],
-                json!({}),
-            ),
-            (
-                "events/index.html",
-                "events.html",
-                1,
-                "events",
-                "Events",
-                vec![Events],
-                json!({}),
-            ),
-            (
-                "health/index.html",
-                "health.html",
-                1,
-                "health",
-                "Health",
-                vec![Health],
-                json!({"services": services}),
-            ),
-            (
-                "inventory/index.html",
-                "inventory.html",
-                1,
-                "inventory",
-                "Inventory and drift",
-                vec![Inventory],
-                json!({}),
-            ),
-            (
-                "sites/index.html",
-                "sites.html",
-                1,
-                "sites",
-                "Datacenters",
-                vec![Sites],
-                json!({"sites_declared": sites_decl}),
-            ),
-            (
-                "dr/index.html",
-                "dr.html",
-                1,
-                "dr",
-                "DR posture",
-                vec![Dr],
-                json!({"stores_declared": dr_decl}),
-            ),
-            (
-                "runbooks/index.html",
-                "runbooks.html",
-                1,
-                "runbooks",
-                "Runbooks",
-                vec![],
-                json!({"runbooks": all, "review_max_days": REVIEW_MAX_DAYS}),
-            ),
-            (
-                "runbooks/by-group/index.html",
-                "runbooks_by_group.html",
-                2,
-                "runbooks",
-                "Runbooks by signal group",
-                vec![],
-                json!({"groups": groups(by_group)}),
-            ),
-            (
-                "runbooks/by-owner/index.html",
-                "runbooks_by_owner.html",
-                2,
-                "runbooks",
-                "Runbooks by owner",
-                vec![],
-                json!({"groups": groups(by_owner)}),
-            ),
-            (
-                "maps/index.html",
-                "maps.html",
-                1,
-                "maps",
-                "Signal and alert maps",
-                vec![],
-                json!({"signals": self.signals(&alerts), "alerts": alerts}),
-            ),
-            (
-                "dashboards/index.html",
-                "dashboards.html",
-                1,
-                "dashboards",
-                "Dashboards and queries",
-                vec![],
-                json!({"queries": queries, "dashboards": dashboards}),
-            ),
-            (
-                "search/index.html",
-                "search.html",
-                1,
-                "search",
-                "Search",
-                vec![],
-                json!({"runbook_count": self.runbooks.len()}),
-            ),
-        ];
-        for (path, tmpl, depth, id, title, snippets, extra) in pages {
-            let ctx = Self::with(self.base(depth, id, title, &snippets), extra);
-            let ctx = merge_maps([to_mj(&ctx), common.clone()]);
-            files.push((path.to_owned(), t.render(tmpl, ctx)?));
-        }
-
-        // Runbook pages, in parallel; the shared part of the context is built once.
-        let base = self.base(2, "runbooks", "", &[]);
-        let shared = merge_maps([to_mj(&json!({"site": base["site"]})), common.clone()]);
-        let rendered: Result<Vec<Vec<(String, String)>>, SiteError> = self
-            .runbooks
-            .par_iter()
-            .zip(all.par_iter())
-            .map(|(r, summary)| {
-                let id = &r.entry.id;
-                let rb_alerts: Vec<&Value> = alerts
-                    .iter()
-                    .filter(|a| a["runbook"].as_str() == Some(id))
-                    .collect();
-                let mut page_info = base["page"].clone();
-                page_info["title"] = json!(r.entry.title);
-                let ctx = json!({
-                    "page": page_info,
-                    "runbook": summary,
-                    "html": r.rendered.html,
-                    "toc": r.rendered.toc,
-                    "alerts": rb_alerts,
-                });
-                let page = t.render("runbook.html", merge_maps([to_mj(&ctx), shared.clone()]))?;
-                let mut api = summary.clone();
-                api["html_url"] = json!(format!("runbooks/{id}/"));
-                api["markdown"] = json!(r.markdown);
-                api["alerts"] = json!(rb_alerts.iter().map(|a| &a["name"]).collect::<Vec<_>>());
-                Ok(vec![
-                    (format!("runbooks/{id}/index.html"), page),
-                    (
-                        format!("api/v1/admin/runbooks/{id}.json"),
-                        serde_json::to_string_pretty(&api).unwrap_or_default() + "\n",
-                    ),
-                ])
-            })
-            .collect();
-        files.extend(rendered?.into_iter().flatten());
-
-        let index: Vec<Value> = all
-            .iter()
-            .map(|s| {
-                let mut s = s.clone();
-                s["html_url"] = json!(format!("runbooks/{}/", s["id"].as_str().unwrap_or("")));
-                s["api_url"] = json!(format!(
-                    "api/v1/admin/runbooks/{}.json",
-                    s["id"].as_str().unwrap_or("")
-                ));
-                s
-            })
-            .collect();
-        files.push((
-            "api/v1/admin/runbooks/index.json".into(),
-            serde_json::to_string_pretty(&json!({
-                "version": 1,
-                "generated_at": self.snap.summary.generated_at,
-                "runbooks": index,
-            }))
-            .unwrap_or_default()
-                + "\n",
-        ));
-        for name in SnippetName::ALL {
-            files.push((
-                format!("snapshot/{}", name.file_name()),
-                serde_json::to_string_pretty(&self.snap.to_value(name)).unwrap_or_default() + "\n",
-            ));
-        }
-        files.extend(self.search.files.iter().cloned());
-        Ok(files)
+        services
     }
 }
 

@@ -6,7 +6,9 @@
 //! Posting lists are ascending document numbers, delta-encoded in base 36 and joined by `,`.
 //! `site.js` implements the same tokenizer and FNV-1a hash; keep both in step.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+
+use rayon::prelude::*;
 
 use serde_json::json;
 
@@ -59,60 +61,126 @@ pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
         .filter(|w| !STOPWORDS.contains(&w.as_str()))
 }
 
-fn base36(mut n: usize) -> String {
+/// Calls `f` with every token of `text`, as [`tokens`] yields them, without allocating a
+/// string per word (ASCII words are lowercased into one reused buffer).
+fn for_each_token(text: &str, buf: &mut String, mut f: impl FnMut(&str)) {
+    for w in text.split(|c: char| !c.is_alphanumeric()) {
+        let n = if w.is_ascii() {
+            w.len()
+        } else {
+            w.chars().count()
+        };
+        if !(2..=24).contains(&n) {
+            continue;
+        }
+        let lower: &str = if w.is_ascii() {
+            buf.clear();
+            buf.extend(w.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+            buf
+        } else {
+            *buf = w.to_lowercase();
+            buf
+        };
+        if !STOPWORDS.contains(&lower) {
+            f(lower);
+        }
+    }
+}
+
+/// Appends `n` in base 36.
+fn push_base36(out: &mut String, mut n: usize) {
     const D: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    if n == 0 {
-        return "0".into();
-    }
-    let mut v = Vec::new();
-    while n > 0 {
-        v.push(D[n % 36]);
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = D[n % 36];
         n /= 36;
+        if n == 0 {
+            break;
+        }
     }
-    v.reverse();
-    String::from_utf8(v).unwrap_or_default()
+    out.extend(digits[i..].iter().map(|&b| char::from(b)));
+}
+
+/// Documents whose postings one task collects.
+const BLOCK: usize = 256;
+
+/// A JSON object of string values, serialised in the order given.
+struct Shard<'a>(Vec<(&'a str, &'a str)>);
+
+impl serde::Serialize for Shard<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().copied())
+    }
 }
 
 /// Builds the index. Document numbers follow the order of `docs`.
+///
+/// Postings are collected per block of documents in parallel (a hash map per block, no string
+/// allocated for a word already seen) and appended block after block, which keeps every list
+/// ascending; terms are then sorted, so the files are the same whatever the thread count.
 pub fn build(docs: &[SearchDoc<'_>]) -> SearchIndex {
-    let mut postings: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (n, d) in docs.iter().enumerate() {
-        let words = tokens(d.title)
-            .chain(tokens(d.id))
-            .chain(tokens(d.group))
-            .chain(tokens(d.text));
-        for w in words {
-            let list = postings.entry(w).or_default();
-            if list.last() != Some(&n) {
-                list.push(n);
+    let blocks: Vec<HashMap<String, Vec<usize>>> = docs
+        .par_chunks(BLOCK)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let mut map: HashMap<String, Vec<usize>> = HashMap::new();
+            let mut buf = String::new();
+            for (k, d) in chunk.iter().enumerate() {
+                let n = b * BLOCK + k;
+                for text in [d.title, d.id, d.group, d.text] {
+                    for_each_token(text, &mut buf, |w| match map.get_mut(w) {
+                        Some(list) => {
+                            if list.last() != Some(&n) {
+                                list.push(n);
+                            }
+                        }
+                        None => {
+                            map.insert(w.to_owned(), vec![n]);
+                        }
+                    });
+                }
             }
-        }
-    }
-    let encoded: Vec<(String, String)> = postings
-        .into_iter()
-        .map(|(term, list)| {
-            let mut prev = 0;
-            let parts: Vec<String> = list
-                .iter()
-                .map(|&d| {
-                    let s = base36(d - prev);
-                    prev = d;
-                    s
-                })
-                .collect();
-            (term, parts.join(","))
+            map
         })
         .collect();
+    let mut blocks = blocks.into_iter();
+    let mut postings = blocks.next().unwrap_or_default();
+    for block in blocks {
+        for (term, list) in block {
+            postings.entry(term).or_default().extend(list);
+        }
+    }
+    let mut encoded: Vec<(String, String)> = postings
+        .into_par_iter()
+        .map(|(term, list)| {
+            let mut out = String::with_capacity(list.len() * 3);
+            let mut prev = 0;
+            for (i, &d) in list.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_base36(&mut out, d - prev);
+                prev = d;
+            }
+            (term, out)
+        })
+        .collect();
+    encoded.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let total_terms: usize = encoded.iter().map(|(t, p)| t.len() + p.len() + 6).sum();
     let shards = (total_terms / SHARD_TARGET + 1)
         .next_power_of_two()
         .clamp(1, 4096);
-    let mut shard_maps: Vec<serde_json::Map<String, serde_json::Value>> =
-        vec![serde_json::Map::new(); shards];
-    for (term, p) in encoded {
-        let s = (fnv1a(&term) as usize) & (shards - 1);
-        shard_maps[s].insert(term, serde_json::Value::String(p));
+    let mut shard_terms: Vec<Shard<'_>> = (0..shards).map(|_| Shard(Vec::new())).collect();
+    for (term, p) in &encoded {
+        let s = (fnv1a(term) as usize) & (shards - 1);
+        shard_terms[s].0.push((term, p));
     }
+    let shard_files: Vec<String> = shard_terms
+        .par_iter()
+        .map(|m| serde_json::to_string(m).unwrap_or_default())
+        .collect();
 
     let mut files = Vec::new();
     let meta = json!({
@@ -125,8 +193,7 @@ pub fn build(docs: &[SearchDoc<'_>]) -> SearchIndex {
     let first_download = meta.len();
     files.push(("search/meta.json".to_owned(), meta));
     let mut max_shard = 0;
-    for (i, m) in shard_maps.into_iter().enumerate() {
-        let s = serde_json::Value::Object(m).to_string();
+    for (i, s) in shard_files.into_iter().enumerate() {
         max_shard = max_shard.max(s.len());
         files.push((format!("search/t-{i}.json"), s));
     }
@@ -152,6 +219,22 @@ pub fn build(docs: &[SearchDoc<'_>]) -> SearchIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_without_allocation_match_tokens() {
+        let text = "The Quorum, is-lost: ΣΊΣΥΦΟΣ Straße ÅRE x y2 AB ab \
+                    averyveryverylongwordthatisskipped ünïcödé-wörds etcd3 OF";
+        let mut got = Vec::new();
+        let mut buf = String::new();
+        for_each_token(text, &mut buf, |w| got.push(w.to_owned()));
+        assert_eq!(got, tokens(text).collect::<Vec<_>>());
+        let mut b = String::new();
+        for n in [0, 9, 10, 35, 36, 1295, 1296, 5000] {
+            push_base36(&mut b, n);
+            b.push(' ');
+        }
+        assert_eq!(b, "0 9 a z 10 zz 100 3uw ");
+    }
 
     #[test]
     fn fnv_matches_reference_values() {
