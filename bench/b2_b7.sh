@@ -14,6 +14,7 @@
 #
 # Usage: bash bench/b2_b7.sh
 # Environment: B2_DOCS (50000), B3_DOCS (22000 ≈ 50k keys), B2_RUNS (10), B4_RUNS (30),
+#   B4_WARMUP (30 merges before the measured ones, not counted),
 #   B3_DIAG=1 (B3 also reports plan_live_ms and the raw publish of the same messages with
 #   vakt's headers), B3_RUNS (1: runs of `vakt-bench b3`, each into fresh buckets; all in OUT/b3.jsonl, the
 #   first also in OUT/b3.json), BENCH_OUT (bench/out/b2b7, git-ignored), BENCH_NO_BUILD=1,
