@@ -678,15 +678,22 @@ fn write_file(
             n += 1;
         }
     }
+    replace_file(dir, CACHE_FILE, &out)?;
+    Ok((n, out.len() as u64))
+}
+
+/// Writes `bytes` to `dir/name` through a temporary file renamed over it: a reader sees the
+/// old file or the new one, never a part.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let (tmp, mut f) = tempfile_in(dir)?;
-    let written = f.write_all(&out);
+    let written = f.write_all(bytes);
     drop(f);
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, dir.join(CACHE_FILE))) {
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, dir.join(name))) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    Ok((n, out.len() as u64))
+    Ok(())
 }
 
 /// The bytes of `path` if it exists and is at most `max` bytes long.
@@ -698,21 +705,12 @@ fn read_bounded(path: &Path, max: u64) -> Option<Vec<u8>> {
     (out.len() as u64 <= max).then_some(out)
 }
 
-/// Replaces the tree memo in `dir` (a temporary file renamed over it: a reader sees the old
-/// memo or the new one). A memo over its bound is not written.
+/// Replaces the tree memo in `dir` ([`replace_file`]). A memo over its bound is not written.
 fn store_trees(dir: &Path, memo: &source::TreeMemo) -> std::io::Result<()> {
-    let Some(bytes) = memo.encode() else {
-        return Ok(());
-    };
-    std::fs::create_dir_all(dir)?;
-    let (tmp, mut f) = tempfile_in(dir)?;
-    let written = f.write_all(&bytes);
-    drop(f);
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, dir.join(TREES_FILE))) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+    match memo.encode() {
+        Some(bytes) => replace_file(dir, TREES_FILE, &bytes),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A new file in `dir` with a name no other run uses.
