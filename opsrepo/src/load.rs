@@ -978,6 +978,10 @@ fn type_doc<T: DeserializeOwned>(path: String, spans: Arc<DocSpans>, value: Stor
     }
 }
 
+/// A hash map for the rules' look-ups by id: tens of thousands of string keys per view, where
+/// SipHash (the standard map's) was a tenth of the rules' time.
+pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Index of documents by an id, reporting duplicates.
 pub fn index_by<'a, T>(
     docs: &'a [Doc<T>],
@@ -985,8 +989,9 @@ pub fn index_by<'a, T>(
     pointer: &str,
     what: &str,
     findings: &mut Vec<Finding>,
-) -> HashMap<&'a str, &'a Doc<T>> {
-    let mut map: HashMap<&str, &Doc<T>> = HashMap::new();
+) -> IdMap<&'a str, &'a Doc<T>> {
+    let mut map: IdMap<&str, &Doc<T>> =
+        IdMap::with_capacity_and_hasher(docs.len(), Default::default());
     for d in docs {
         let key = id(&d.spec);
         if let Some(first) = map.get(key) {

@@ -1,9 +1,7 @@
 //! Definition references: events, commands, effects and pinned versions.
 
-use std::collections::HashMap;
-
 use crate::diag::Finding;
-use crate::load::{Doc, Model, index_by};
+use crate::load::{Doc, IdMap, Model, index_by};
 use crate::model::{Aggregate, DefinitionRef};
 
 pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
@@ -24,7 +22,7 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
     };
     // `<aggregate>.<member>` where member is an event or a command of that aggregate.
     let member =
-        |aggs: &HashMap<&str, &Doc<Aggregate>>, r: &str, events: bool| -> Result<(), String> {
+        |aggs: &IdMap<&str, &Doc<Aggregate>>, r: &str, events: bool| -> Result<(), String> {
             let Some((agg, name)) = r.split_once('.') else {
                 return Err(format!("`{r}` is not of the form <aggregate>.<name>"));
             };

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::diag::Finding;
-use crate::load::{Model, index_by};
+use crate::load::{IdMap, Model, index_by};
 use crate::model::{PERMISSION_DOMAINS, ScopeKind, ServiceKind};
 
 pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
@@ -176,7 +176,8 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
             }
         }
     }
-    let mut placed: HashMap<&str, &crate::load::Doc<crate::model::Placement>> = HashMap::new();
+    let mut placed: IdMap<&str, &crate::load::Doc<crate::model::Placement>> =
+        IdMap::with_capacity_and_hasher(m.placements.len(), Default::default());
     for p in &m.placements {
         if !tenants.contains_key(p.spec.tenant.as_str()) {
             out.push(unresolved(

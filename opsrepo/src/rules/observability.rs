@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::logql;
 use crate::diag::Finding;
-use crate::load::{Doc, Model, index_by};
+use crate::load::{Doc, IdMap, Model, index_by};
 use crate::model::{Dashboard, DatasourceType, Panel, SavedQuery, SavedQueryRef, Target};
 
 pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
@@ -228,7 +228,7 @@ pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
 
 /// What a panel's saved query reference is checked against.
 struct Known<'a> {
-    queries: &'a HashMap<&'a str, &'a Doc<SavedQuery>>,
+    queries: &'a IdMap<&'a str, &'a Doc<SavedQuery>>,
     /// Saved queries with a finding of their own.
     broken: &'a HashSet<&'a str>,
     ds: &'a HashMap<&'a str, DatasourceType>,

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::diag::Finding;
-use crate::load::Model;
+use crate::load::{IdMap, Model};
 use crate::model::{ServiceKind, SiteRole};
 
 pub(super) fn check(m: &Model, out: &mut Vec<Finding>) {
@@ -69,12 +69,12 @@ struct Room {
 }
 
 fn capacity(m: &Model, out: &mut Vec<Finding>) {
-    let nodes: HashMap<&str, &crate::model::Node> = m
+    let nodes: IdMap<&str, &crate::model::Node> = m
         .nodes
         .iter()
         .map(|n| (n.spec.id.as_str(), &n.spec))
         .collect();
-    let shard_site: HashMap<&str, (&str, ServiceKind)> = m
+    let shard_site: IdMap<&str, (&str, ServiceKind)> = m
         .shards
         .iter()
         .map(|s| {
@@ -84,7 +84,7 @@ fn capacity(m: &Model, out: &mut Vec<Finding>) {
             )
         })
         .collect();
-    let quota: HashMap<&str, u64> = m
+    let quota: IdMap<&str, u64> = m
         .tenants
         .iter()
         .map(|t| {
