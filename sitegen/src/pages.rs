@@ -725,7 +725,12 @@ impl<'a> Site<'a> {
     /// are computed side by side. Every path is in [`LIST_PAGES`].
     fn list_pages<'s>(&'s self, all: &'s [Value], alerts: &'s [Value]) -> Vec<ListGroup<'s>> {
         use SnippetName::*;
-        let groups = |m: BTreeMap<&str, Vec<Value>>| -> Value {
+        // The runbook summaries grouped by one field of their catalog entry, groups by name.
+        let grouped = move |key: fn(&RunbookEntry) -> &str| -> Value {
+            let mut m: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+            for (r, s) in self.runbooks.iter().zip(all) {
+                m.entry(key(r.entry)).or_default().push(s.clone());
+            }
             Value::Array(
                 m.into_iter()
                     .map(|(k, v)| json!({"name": k, "slug": markdown::slug(k), "runbooks": v}))
@@ -773,13 +778,6 @@ impl<'a> Site<'a> {
             )]
         }));
         pages.push(Box::new(move || {
-            let mut by_group: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-            for (r, s) in self.runbooks.iter().zip(all) {
-                by_group
-                    .entry(&r.entry.signal_group)
-                    .or_default()
-                    .push(s.clone());
-            }
             vec![(
                 "runbooks/by-group/index.html",
                 "runbooks_by_group.html",
@@ -787,17 +785,10 @@ impl<'a> Site<'a> {
                 "runbooks",
                 "Runbooks by signal group",
                 vec![],
-                json!({"groups": groups(by_group)}),
+                json!({"groups": grouped(|e| &e.signal_group)}),
             )]
         }));
         pages.push(Box::new(move || {
-            let mut by_owner: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-            for (r, s) in self.runbooks.iter().zip(all) {
-                by_owner
-                    .entry(&r.entry.owner_team)
-                    .or_default()
-                    .push(s.clone());
-            }
             vec![(
                 "runbooks/by-owner/index.html",
                 "runbooks_by_owner.html",
@@ -805,7 +796,7 @@ impl<'a> Site<'a> {
                 "runbooks",
                 "Runbooks by owner",
                 vec![],
-                json!({"groups": groups(by_owner)}),
+                json!({"groups": grouped(|e| &e.owner_team)}),
             )]
         }));
         pages.push(Box::new(move || {
