@@ -57,7 +57,98 @@ type Parsed = Result<Arc<Expr>, String>;
 /// The outcome is a pure function of the text, so remembering it can never be stale.
 pub fn parse(expr: &str) -> Parsed {
     static MEMO: Memo<Parsed> = Memo::new(MEMO_ENTRIES, MEMO_MAX_LEN);
-    MEMO.get_or(expr, |e| promql_parser::parser::parse(e).map(Arc::new))
+    MEMO.get_or(expr, |e| {
+        durations_in_range(e)?;
+        promql_parser::parser::parse(e).map(Arc::new)
+    })
+}
+
+/// Longest duration written as a bare number of seconds (about 31.7 million years).
+const MAX_NUMBER_DURATION_SECS: f64 = 1e15;
+
+/// Refuses a bare number in a duration position (`[N]`, `[5m:N]`, `offset N`) that is not a
+/// finite number of seconds a `Duration` can hold: the parser converts it with
+/// `Duration::from_secs_f64`, which panics on infinity, NaN and overflow (found by the
+/// `promql` fuzz target: `x[33333333333333333E3333333333333]`). Quoted strings are skipped.
+fn durations_in_range(e: &str) -> Result<(), String> {
+    let b = e.as_bytes();
+    let (mut i, mut depth) = (0usize, 0usize);
+    // Whether the next token is in a duration position.
+    let mut duration_next = false;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'"' | b'\'' | b'`' => {
+                // A string literal: skip to its closing quote (backslash escapes, not in `).
+                i += 1;
+                while i < b.len() && b[i] != c {
+                    if b[i] == b'\\' && c != b'`' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+                duration_next = false;
+                continue;
+            }
+            b'[' => {
+                depth += 1;
+                duration_next = true;
+            }
+            b']' => {
+                depth = depth.saturating_sub(1);
+                duration_next = false;
+            }
+            b':' if depth > 0 => duration_next = true,
+            c if c.is_ascii_whitespace() => {}
+            c if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b".+-_".contains(&b[i])) {
+                    // a sign belongs to the token only right after an exponent mark
+                    if (b[i] == b'+' || b[i] == b'-')
+                        && !(i > start
+                            && matches!(b[i - 1], b'e' | b'E')
+                            && !b[start..].starts_with(b"0x"))
+                    {
+                        break;
+                    }
+                    i += 1;
+                }
+                let word = &e[start..i];
+                if duration_next
+                    && let Some(n) = number_of(word)
+                    && !(n.is_finite() && (0.0..=MAX_NUMBER_DURATION_SECS).contains(&n))
+                {
+                    return Err(format!(
+                        "duration `{word}` is not a number of seconds a duration can hold"
+                    ));
+                }
+                duration_next = word.eq_ignore_ascii_case("offset");
+                continue;
+            }
+            _ => duration_next = false,
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The value of a PromQL number literal (decimal, exponent, hex, `Inf`, `NaN`), if `w` is one.
+fn number_of(w: &str) -> Option<f64> {
+    let t = w.replace('_', "");
+    if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return u64::from_str_radix(h, 16).ok().map(|v| v as f64);
+    }
+    if t.eq_ignore_ascii_case("inf") {
+        return Some(f64::INFINITY);
+    }
+    if t.eq_ignore_ascii_case("nan") {
+        return Some(f64::NAN);
+    }
+    if !t.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    t.parse::<f64>().ok()
 }
 
 /// Parses `expr` and collects its facts; `None` when it is not PromQL.
@@ -220,6 +311,37 @@ pub fn show_duration(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn number_durations_out_of_range_are_refused_not_panicked_on() {
+        // The fuzz target's reproducer, then the same hole written plainly.
+        let crash = "100 * (1 - avg by (knstance) (rate(node_cpu_seconds_total{mode=\"idle\", instance=\"$node\"}[33333333333333333E3333333333333$__rate_intervvesal])))";
+        assert!(super::parse(crash).is_err());
+        for e in [
+            "x[1e400]",
+            "x[5m:1e400]",
+            "rate(x[1e999])",
+            "x offset 1e400",
+            "x[Inf]",
+            "x[NaN]",
+            "x[0xFFFFFFFFFFFFFFFF]",
+        ] {
+            let r = super::parse(e);
+            assert!(r.is_err(), "{e}: {r:?}");
+        }
+        // Numbers elsewhere, and in range, still parse.
+        for e in [
+            "x > 1e400",
+            "x[300]",
+            "x[5m:30]",
+            "x offset 60",
+            "rate(x[5m]) > 0.5",
+            "x{a=\"[1e400\"}",
+        ] {
+            let r = super::parse(e);
+            assert!(r.is_ok(), "{e}: {r:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
