@@ -295,10 +295,11 @@ pub fn duration(s: &str) -> Option<Duration> {
     crate::model::parse_prometheus(s)
 }
 
-/// `600s` → `10m`: the shortest way Prometheus would write a duration.
+/// `600s` → `10m`: the shortest way Prometheus would write a duration (in milliseconds when
+/// it has a fraction of a second, so that it reads back the same).
 pub fn show_duration(d: Duration) -> String {
     let s = d.as_secs();
-    if s == 0 {
+    if s == 0 || d.subsec_nanos() != 0 {
         return format!("{}ms", d.as_millis());
     }
     for (unit, secs) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
@@ -311,6 +312,35 @@ pub fn show_duration(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Found by the `promql` fuzz target: a duration with milliseconds was shown without them.
+    #[test]
+    fn shown_durations_read_back_the_same() {
+        for q in [
+            "3s3ms",
+            "33m3ms",
+            "3d3ms",
+            "3w3ms",
+            "39y9y3y3ms",
+            "3333ms",
+            "600s",
+            "90m",
+            "250ms",
+            "3333333333333333333ms",
+        ] {
+            let d = super::duration(q).unwrap_or_else(|| panic!("{q} is a duration"));
+            let shown = super::show_duration(d);
+            assert_eq!(super::duration(&shown), Some(d), "{q} shown as {shown}");
+        }
+        assert_eq!(
+            super::show_duration(std::time::Duration::from_secs(600)),
+            "10m"
+        );
+        assert_eq!(
+            super::show_duration(std::time::Duration::from_millis(3003)),
+            "3003ms"
+        );
+    }
+
     #[test]
     fn number_durations_out_of_range_are_refused_not_panicked_on() {
         // The fuzz target's reproducer, then the same hole written plainly.
