@@ -55,6 +55,9 @@ type PageSpec<'a> = (
     Value,
 );
 
+/// The field of a catalog entry a runbook list page groups by.
+type GroupKey = fn(&RunbookEntry) -> &str;
+
 /// A group of list pages rendered by one task (see `Site::list_pages`).
 type ListGroup<'s> = Box<dyn Fn() -> Vec<PageSpec<'static>> + Send + Sync + 's>;
 
@@ -726,7 +729,7 @@ impl<'a> Site<'a> {
     fn list_pages<'s>(&'s self, all: &'s [Value], alerts: &'s [Value]) -> Vec<ListGroup<'s>> {
         use SnippetName::*;
         // The runbook summaries grouped by one field of their catalog entry, groups by name.
-        let grouped = move |key: fn(&RunbookEntry) -> &str| -> Value {
+        let grouped = move |key: GroupKey| -> Value {
             let mut m: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
             for (r, s) in self.runbooks.iter().zip(all) {
                 m.entry(key(r.entry)).or_default().push(s.clone());
@@ -777,28 +780,33 @@ impl<'a> Site<'a> {
                 json!({"runbooks": all, "review_max_days": REVIEW_MAX_DAYS}),
             )]
         }));
-        pages.push(Box::new(move || {
-            vec![(
+        let by: [(&str, &str, &str, GroupKey); 2] = [
+            (
                 "runbooks/by-group/index.html",
                 "runbooks_by_group.html",
-                2,
-                "runbooks",
                 "Runbooks by signal group",
-                vec![],
-                json!({"groups": grouped(|e| &e.signal_group)}),
-            )]
-        }));
-        pages.push(Box::new(move || {
-            vec![(
+                |e| &e.signal_group,
+            ),
+            (
                 "runbooks/by-owner/index.html",
                 "runbooks_by_owner.html",
-                2,
-                "runbooks",
                 "Runbooks by owner",
-                vec![],
-                json!({"groups": grouped(|e| &e.owner_team)}),
-            )]
-        }));
+                |e| &e.owner_team,
+            ),
+        ];
+        for (path, template, title, key) in by {
+            pages.push(Box::new(move || {
+                vec![(
+                    path,
+                    template,
+                    2,
+                    "runbooks",
+                    title,
+                    vec![],
+                    json!({"groups": grouped(key)}),
+                )]
+            }));
+        }
         pages.push(Box::new(move || {
             vec![(
                 "maps/index.html",
