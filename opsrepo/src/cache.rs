@@ -29,7 +29,7 @@
 //! in memory, a writer that still holds the old log appends to a file no one reads again, and
 //! a run that finds nothing parses everything.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -433,7 +433,7 @@ impl FileId {
 struct CacheFile {
     buf: Bytes,
     /// Key -> payload range in `buf`, for the first good record of each key.
-    index: HashMap<Key, (usize, usize)>,
+    index: load::IdMap<Key, (usize, usize)>,
     /// Keys in file order.
     order: Vec<Key>,
     /// End of the last good record: anything after it is a torn or damaged tail.
@@ -495,8 +495,8 @@ impl CacheFile {
             return None;
         }
         let mut c = CacheFile {
-            index: HashMap::with_capacity(buf.len() / 400),
-            order: Vec::with_capacity(buf.len() / 400),
+            index: load::IdMap::with_capacity_and_hasher(buf.len() / 300, Default::default()),
+            order: Vec::with_capacity(buf.len() / 300),
             valid_end: HEADER_LEN,
             dead: 0,
             id,
@@ -845,61 +845,82 @@ pub fn parse_commit(
 ) -> Result<(Parsed0, CacheStats), SourceError> {
     let t0 = std::time::Instant::now();
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
-    let mut dir = PathBuf::new();
-    let mut old_root = None;
-    let (listing, memo) = source::list_commit_with(repo_path, rev, |git_dir| {
-        dir = opts
-            .dir
-            .clone()
-            .unwrap_or_else(|| git_dir.join("vakt").join("cache"));
-        let m = read_bounded(&dir.join(TREES_FILE), opts.max_bytes)
-            .and_then(|b| source::TreeMemo::decode(&b))?;
-        old_root = m.root();
-        Some(m)
-    })?;
-    tracing::debug!(
-        ms = ms(t0),
-        files = listing.files.len(),
-        trees_read = memo.trees_read(),
-        rss_mb = crate::diag::rss_mb(),
-        "cache: tree listed"
-    );
-    let mut stats = CacheStats {
-        dir: dir.clone(),
-        ..Default::default()
-    };
-    if old_root != memo.root()
-        && let Err(e) = store_trees(&dir, &memo)
-    {
-        stats.write_problem = Some(format!("{}: {e}", dir.display()));
-    }
     let fp = fingerprint();
-    let old = match CacheFile::load(&dir.join(CACHE_FILE), &fp, opts.max_bytes) {
-        Ok(c) => Some(c),
-        Err(why) => {
-            stats.read_problem = Some(why);
-            None
-        }
-    };
-    tracing::debug!(
-        ms = ms(t0),
-        rss_mb = crate::diag::rss_mb(),
-        "cache: cache file read"
-    );
-    let (out, fresh, hits) = parse_listing(repo_path, &listing, old.as_ref(), &mut stats);
-    // Only a run that parsed something new writes: it appends its new entries (or compacts).
-    if !fresh.is_empty() {
-        match store(&dir, &fp, opts.max_bytes, old.as_ref(), &fresh, &hits) {
-            Ok(w) => {
-                stats.written_entries = w.entries;
-                stats.written_bytes = w.bytes;
-                stats.compacted = w.compacted;
+    // Three pieces of work that do not depend on each other run side by side: listing the
+    // commit (on this thread), reading and indexing the cache log (started as soon as the
+    // cache directory is known), and writing the new tree memo (once the listing is done).
+    std::thread::scope(|s| {
+        let mut dir = PathBuf::new();
+        let mut old_root = None;
+        let mut loader = None;
+        let (listing, memo) = source::list_commit_with(repo_path, rev, |git_dir| {
+            dir = opts
+                .dir
+                .clone()
+                .unwrap_or_else(|| git_dir.join("vakt").join("cache"));
+            let log = dir.join(CACHE_FILE);
+            let max = opts.max_bytes;
+            loader = Some(s.spawn(move || CacheFile::load(&log, &fp, max)));
+            let m = read_bounded(&dir.join(TREES_FILE), opts.max_bytes)
+                .and_then(|b| source::TreeMemo::decode(&b))?;
+            old_root = m.root();
+            Some(m)
+        })?;
+        tracing::debug!(
+            ms = ms(t0),
+            files = listing.files.len(),
+            trees_read = memo.trees_read(),
+            rss_mb = crate::diag::rss_mb(),
+            "cache: tree listed"
+        );
+        let mut stats = CacheStats {
+            dir: dir.clone(),
+            ..Default::default()
+        };
+        let trees_writer = (old_root != memo.root()).then(|| {
+            let dir = dir.clone();
+            s.spawn(move || store_trees(&dir, &memo))
+        });
+        let old = match loader.map(|h| h.join()) {
+            Some(Ok(Ok(c))) => Some(c),
+            Some(Ok(Err(why))) => {
+                stats.read_problem = Some(why);
+                None
             }
-            Err(e) => stats.write_problem = Some(format!("{}: {e}", dir.display())),
+            Some(Err(_)) => {
+                stats.read_problem = Some("reading the cache failed".into());
+                None
+            }
+            None => None,
+        };
+        tracing::debug!(
+            ms = ms(t0),
+            rss_mb = crate::diag::rss_mb(),
+            "cache: cache file read"
+        );
+        let (out, fresh, hits) = parse_listing(repo_path, &listing, old.as_ref(), &mut stats);
+        // Only a run that parsed something new writes: it appends its new entries (or compacts).
+        if !fresh.is_empty() {
+            match store(&dir, &fp, opts.max_bytes, old.as_ref(), &fresh, &hits) {
+                Ok(w) => {
+                    stats.written_entries = w.entries;
+                    stats.written_bytes = w.bytes;
+                    stats.compacted = w.compacted;
+                }
+                Err(e) => stats.write_problem = Some(format!("{}: {e}", dir.display())),
+            }
         }
-    }
-    tracing::debug!(ms = ms(t0), rss_mb = crate::diag::rss_mb(), "cache: done");
-    Ok((out, stats))
+        let trees_written = trees_writer.map(|h| h.join());
+        if let Some(problem) = match trees_written {
+            Some(Ok(Err(e))) => Some(e.to_string()),
+            Some(Err(_)) => Some("writing the tree memo failed".into()),
+            _ => None,
+        } {
+            stats.write_problem = Some(format!("{}: {problem}", dir.display()));
+        }
+        tracing::debug!(ms = ms(t0), rss_mb = crate::diag::rss_mb(), "cache: done");
+        Ok((out, stats))
+    })
 }
 
 /// The validation cache kept in memory between the runs of one process (the daemon's passes)

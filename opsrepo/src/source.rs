@@ -455,7 +455,7 @@ pub fn list_commit_with(
             path: PathBuf::from(format!("{}@{rev}", repo_path.display())),
         });
     }
-    let mut files: Vec<ListedFile> = Vec::new();
+    let mut files: Vec<ListedFile> = Vec::with_capacity(entries.len());
     for e in entries {
         if e.what == What::Commit {
             continue;

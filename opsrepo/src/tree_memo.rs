@@ -94,7 +94,13 @@ impl TreeMemo {
         root: gix::ObjectId,
         old: Option<&TreeMemo>,
     ) -> Result<TreeMemo, WalkError> {
-        let mut new = TreeMemo::default();
+        // Sized like the last listing: a commit of a large repo rarely changes its size much,
+        // and growing vectors of 50,000 files copies them into fresh pages each time.
+        let mut new = TreeMemo {
+            files: Vec::with_capacity(old.map_or(0, |o| o.files.len() + o.files.len() / 64)),
+            trees: Vec::with_capacity(old.map_or(0, |o| o.trees.len() + o.trees.len() / 64)),
+            ..TreeMemo::default()
+        };
         if let Some(old) = old
             && new.copy_from(old, root, &[])
         {

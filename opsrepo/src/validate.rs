@@ -1,8 +1,10 @@
 //! `validate`: schema checks of every document, then every governance rule, over the base view
 //! and every environment's view (overlays merged). Findings are deduplicated and sorted.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+#[cfg(test)]
+use std::sync::atomic::Ordering;
 
 use rayon::prelude::*;
 
@@ -176,8 +178,26 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
             let (model, mut f) = build_view(parsed, env.as_deref());
             let built = crate::diag::ms(t);
             let t = std::time::Instant::now();
-            if env.as_deref().is_none_or(|e| overlaid.contains(e)) {
-                f.extend(rules::check(&model, &ctx));
+            match env.as_deref() {
+                None => f.extend(rules::check(&model, &ctx)),
+                // Rule groups that read none of the kinds this environment overlays would
+                // find what they found in the base view.
+                #[cfg(test)]
+                Some(e) if overlaid.contains(e) && tests::NO_REUSE.load(Ordering::Relaxed) => {
+                    f.extend(rules::check(&model, &ctx))
+                }
+                Some(e) if overlaid.contains(e) => {
+                    let changed: Vec<Kind> = parsed
+                        .docs
+                        .iter()
+                        .filter(|d| d.env.as_deref() == Some(e))
+                        .map(|d| d.kind)
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    f.extend(rules::check_reading(&model, &ctx, Some(&changed)));
+                }
+                Some(_) => {}
             }
             tracing::debug!(
                 env = env.as_deref().unwrap_or("(base)"),
@@ -225,4 +245,56 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
         findings,
     };
     (report, env_model)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::source::{RawFile, read_work_tree};
+
+    /// Makes every environment view run every rule group (for comparing with the reuse).
+    pub(super) static NO_REUSE: AtomicBool = AtomicBool::new(false);
+
+    fn bundled_with(extra: &[(&str, &str)]) -> RepoFiles {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = read_work_tree(&root).expect("the bundled repo reads");
+        for (path, text) in extra {
+            files.files.retain(|f| f.path != *path);
+            files.files.push(RawFile {
+                path: (*path).to_owned(),
+                content: Ok(text.as_bytes().to_vec()),
+            });
+        }
+        files.files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
+    }
+
+    #[test]
+    fn reusing_base_findings_for_groups_an_overlay_cannot_change_loses_nothing() {
+        // Staging overlays its global config (bundled) and, here, one stateful shard down to a
+        // single node: the topology rules must run in staging and say so at the overlay.
+        let overlay = "environments/staging/inventory/shards/agg-osl1-a.toml";
+        let files = bundled_with(&[(overlay, "nodes = [\"agg-osl1-01\"]\n")]);
+        let parsed = parse_all(&files);
+        let opts = ValidateOptions {
+            env: None,
+            today: time::macros::date!(2026 - 11 - 22),
+        };
+        let reused = validate_parsed(&parsed, &opts);
+        assert!(
+            reused
+                .findings
+                .iter()
+                .any(|f| f.rule == "topology.stateful-replicas" && f.path == overlay),
+            "{:#?}",
+            reused.findings
+        );
+        NO_REUSE.store(true, Ordering::Relaxed);
+        let full = validate_parsed(&parsed, &opts);
+        NO_REUSE.store(false, Ordering::Relaxed);
+        assert_eq!(reused.findings, full.findings);
+    }
 }
