@@ -156,9 +156,9 @@ pub struct Doc<T>(Arc<DocData<T>>);
 /// What a [`Doc`] holds.
 #[derive(Debug)]
 pub struct DocData<T> {
-    /// The base path (or the overlay path for overlay-only documents).
-    pub path: String,
-    pub spans: Arc<DocSpans>,
+    /// Where its values come from; the first of them names the document
+    /// ([`DocData::path`]).
+    pub spans: DocSpans,
     pub value: Stored,
     pub spec: T,
 }
@@ -177,6 +177,11 @@ impl<T> std::ops::Deref for Doc<T> {
 }
 
 impl<T> DocData<T> {
+    /// The base path (or the overlay path for overlay-only documents).
+    pub fn path(&self) -> &str {
+        self.spans.primary()
+    }
+
     pub fn at(&self, pointer: &str) -> (&str, Pos) {
         self.spans.locate(pointer)
     }
@@ -700,6 +705,17 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 
 /// Builds the view of one environment (`None`: the base documents only).
 pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
+    build_view_of(p, env, None)
+}
+
+/// [`build_view`]; with `wanted`, the model holds only the base documents of those kinds (and
+/// every document an overlay of the view changes): enough for rules that read only them. The
+/// view's own findings (its overlays') are all there either way.
+pub fn build_view_of(
+    p: &Parsed0,
+    env: Option<&str>,
+    wanted: Option<&[Kind]>,
+) -> (Model, Vec<Finding>) {
     let mut findings = Vec::new();
     let envs: BTreeSet<String> = p
         .manifest
@@ -755,6 +771,9 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
     let mut entries: Vec<(Kind, Entry)> = Vec::with_capacity(bases.len());
     for base in &bases {
         let path = base.path.as_str();
+        if wanted.is_some_and(|w| !w.contains(&base.kind)) && !overlays.contains_key(path) {
+            continue;
+        }
         if base.kind == Kind::Runbook {
             model.runbooks.push(RunbookDoc {
                 path: base.path.clone(),
@@ -785,11 +804,7 @@ pub fn build_view(p: &Parsed0, env: Option<&str>) -> (Model, Vec<Finding>) {
                 if f.is_empty() {
                     entries.push((
                         base.kind,
-                        Entry::Merged(Box::new(MergedDoc {
-                            path: base.path.clone(),
-                            spans,
-                            value: v,
-                        })),
+                        Entry::Merged(Box::new(MergedDoc { spans, value: v })),
                     ));
                 } else {
                     model.broken_ids.extend(declared_id(&v));
@@ -901,7 +916,6 @@ enum Entry<'a> {
 }
 
 struct MergedDoc {
-    path: String,
     spans: DocSpans,
     value: Value,
 }
@@ -917,13 +931,7 @@ impl Entry<'_> {
     {
         let r = match self {
             Entry::Shared(src) => {
-                let build = || {
-                    type_doc::<T>(
-                        src.path.clone(),
-                        Arc::new(src.own_spans()),
-                        src.value.clone(),
-                    )
-                };
+                let build = || type_doc::<T>(src.own_spans(), src.value.clone());
                 let shared = src
                     .shared
                     .get_or_init(|| Arc::new(build()) as Arc<dyn Any + Send + Sync>);
@@ -935,8 +943,8 @@ impl Entry<'_> {
                 }
             }
             Entry::Merged(m) => {
-                let MergedDoc { path, spans, value } = *m;
-                type_doc::<T>(path, Arc::new(spans), Stored::Tree(Arc::new(value)))
+                let MergedDoc { spans, value } = *m;
+                type_doc::<T>(spans, Stored::Tree(Arc::new(value)))
             }
         };
         r.map(|(typed, untyped)| {
@@ -946,24 +954,15 @@ impl Entry<'_> {
     }
 }
 
-fn type_doc<T: DeserializeOwned>(path: String, spans: Arc<DocSpans>, value: Stored) -> Typed<T> {
+fn type_doc<T: DeserializeOwned>(spans: DocSpans, value: Stored) -> Typed<T> {
     match value.deserialize::<T>() {
         Ok(spec) => {
             let untyped = Doc(Arc::new(DocData {
-                path: path.clone(),
                 spans: spans.clone(),
                 value: value.clone(),
                 spec: (),
             }));
-            Ok((
-                Doc(Arc::new(DocData {
-                    path,
-                    spans,
-                    value,
-                    spec,
-                })),
-                untyped,
-            ))
+            Ok((Doc(Arc::new(DocData { spans, value, spec })), untyped))
         }
         Err(e) => {
             let (file, pos) = spans.locate("");
@@ -1001,7 +1000,7 @@ pub fn index_by<'a, T>(
                     "id.duplicate",
                     path,
                     pos,
-                    format!("{what} id `{key}` is already declared in {}", first.path),
+                    format!("{what} id `{key}` is already declared in {}", first.path()),
                 )
                 .help("ids are unique; rename one of them (renaming a file never renames an id)"),
             );

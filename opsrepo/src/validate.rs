@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::diag::{Finding, Severity};
 use crate::kinds::Kind;
-use crate::load::{Model, Parsed0, build_view, parse_all};
+use crate::load::{Model, Parsed0, build_view_of, parse_all};
 use crate::rules::{self, RuleContext, secrets};
 use crate::source::RepoFiles;
 
@@ -175,29 +175,33 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
         })
         .map(|env| {
             let t = std::time::Instant::now();
-            let (model, mut f) = build_view(parsed, env.as_deref());
-            let built = crate::diag::ms(t);
-            let t = std::time::Instant::now();
-            match env.as_deref() {
-                None => f.extend(rules::check(&model, &ctx)),
-                // Rule groups that read none of the kinds this environment overlays would
-                // find what they found in the base view.
-                #[cfg(test)]
-                Some(e) if overlaid.contains(e) && tests::NO_REUSE.load(Ordering::Relaxed) => {
-                    f.extend(rules::check(&model, &ctx))
-                }
-                Some(e) if overlaid.contains(e) => {
-                    let changed: Vec<Kind> = parsed
+            let kept = env.is_some() && *env == opts.env;
+            // Rule groups that read none of the kinds an environment overlays would find what
+            // they found in the base view: only the others run, and a view whose model is not
+            // kept holds only the kinds they read.
+            let changed: Option<Vec<Kind>> =
+                env.as_deref().filter(|e| overlaid.contains(e)).map(|e| {
+                    parsed
                         .docs
                         .iter()
                         .filter(|d| d.env.as_deref() == Some(e))
                         .map(|d| d.kind)
                         .collect::<BTreeSet<_>>()
                         .into_iter()
-                        .collect();
-                    f.extend(rules::check_reading(&model, &ctx, Some(&changed)));
-                }
-                Some(_) => {}
+                        .collect()
+                });
+            #[cfg(test)]
+            let changed = changed.filter(|_| !tests::NO_REUSE.load(Ordering::Relaxed));
+            let wanted = changed
+                .as_deref()
+                .filter(|_| !kept)
+                .map(rules::kinds_read_by_groups_reading);
+            let (model, mut f) = build_view_of(parsed, env.as_deref(), wanted.as_deref());
+            let built = crate::diag::ms(t);
+            let t = std::time::Instant::now();
+            match env.as_deref() {
+                Some(e) if !overlaid.contains(e) => {}
+                _ => f.extend(rules::check_reading(&model, &ctx, changed.as_deref())),
             }
             tracing::debug!(
                 env = env.as_deref().unwrap_or("(base)"),
@@ -212,7 +216,7 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
             }
             *by_kind.entry(Kind::Runbook).or_default() += model.runbooks.len();
             let n = model.documents.len() + model.runbooks.len();
-            let keep = (env.is_some() && *env == opts.env).then_some(model);
+            let keep = kept.then_some(model);
             (f, n, by_kind, keep)
         })
         .collect();
@@ -292,9 +296,22 @@ mod tests {
             "{:#?}",
             reused.findings
         );
+        let staging = ValidateOptions {
+            env: Some("staging".into()),
+            ..opts.clone()
+        };
+        let (reused_staging, model) = validate_with_model(&parsed, &staging);
+        let model = model.expect("the staging model is kept");
         NO_REUSE.store(true, Ordering::Relaxed);
         let full = validate_parsed(&parsed, &opts);
+        let (full_staging, full_model) = validate_with_model(&parsed, &staging);
         NO_REUSE.store(false, Ordering::Relaxed);
         assert_eq!(reused.findings, full.findings);
+        assert_eq!(reused_staging.findings, full_staging.findings);
+        // The kept model is whole, not only the kinds the rules that ran read.
+        let full_model = full_model.expect("the staging model is kept");
+        assert_eq!(model.documents.len(), full_model.documents.len());
+        assert_eq!(model.config_items.len(), full_model.config_items.len());
+        assert!(!model.config_items.is_empty());
     }
 }

@@ -327,7 +327,7 @@ impl<'a> Site<'a> {
                         .cloned();
                     out.push(json!({
                         "name": name,
-                        "file": f.path,
+                        "file": f.path(),
                         "group": g.name,
                         "severity": rule.labels.get("severity"),
                         "escalation": rule.labels.get("escalation"),

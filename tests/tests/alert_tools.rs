@@ -172,7 +172,7 @@ fn stripped_rule_files(m: &opsrepo::load::Model, dir: &std::path::Path) {
         // Unset optional fields are left out: promtool reads `"record": null` as set.
         let mut v = serde_json::to_value(&spec).unwrap();
         drop_nulls(&mut v);
-        let name = f.path.rsplit('/').next().unwrap();
+        let name = f.path().rsplit('/').next().unwrap();
         std::fs::write(dir.join(name), v.to_string()).unwrap();
     }
 }
@@ -241,7 +241,7 @@ fn promtool_unit_tests_pass_and_cover_firing_silence_and_for_of_every_group() {
         );
     }
     for f in &m.alert_rules {
-        let file = f.path.rsplit('/').next().unwrap();
+        let file = f.path().rsplit('/').next().unwrap();
         let alerts: Vec<&String> = f
             .spec
             .groups
@@ -309,7 +309,7 @@ fn recorded_backup_max_ages_match_the_dr_stores() {
             "{}: vakt:backup_max_age_seconds must be {want} (max_age {} in {})",
             s.spec.id,
             s.spec.backup.max_age.as_str(),
-            s.path
+            s.path()
         );
     }
     assert!(

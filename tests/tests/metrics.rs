@@ -107,7 +107,7 @@ fn used_names(m: &opsrepo::load::Model) -> (Uses, BTreeSet<String>) {
                     .clone()
                     .or_else(|| r.record.clone())
                     .unwrap_or_default();
-                add(&r.expr, format!("{}: {name}", doc.path), &mut uses);
+                add(&r.expr, format!("{}: {name}", doc.path()), &mut uses);
                 if let Some(rec) = &r.record {
                     recorded.insert(rec.clone());
                 }
@@ -131,7 +131,7 @@ fn used_names(m: &opsrepo::load::Model) -> (Uses, BTreeSet<String>) {
             .map(|v| (v.name.as_str(), v.example.as_str()))
             .collect();
         let filled = opsrepo::rules::observability::fill(&q.spec.template, &examples);
-        add(&filled, format!("{}: {}", q.path, q.spec.id), &mut uses);
+        add(&filled, format!("{}: {}", q.path(), q.spec.id), &mut uses);
     }
     for d in &m.dashboards {
         let mut stack: Vec<&opsrepo::model::Panel> = d.spec.panels.iter().collect();
@@ -151,7 +151,7 @@ fn used_names(m: &opsrepo::load::Model) -> (Uses, BTreeSet<String>) {
                     let filled = opsrepo::rules::observability::grafana_fill(expr);
                     add(
                         &filled,
-                        format!("{}: panel `{}`", d.path, p.title),
+                        format!("{}: panel `{}`", d.path(), p.title),
                         &mut uses,
                     );
                 }

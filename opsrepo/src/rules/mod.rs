@@ -167,6 +167,19 @@ const GROUPS: &[Group] = &[
     },
 ];
 
+/// The kinds read by the rule groups that read any of `changed` (what
+/// [`check_reading`] with `changed` needs of a view).
+pub fn kinds_read_by_groups_reading(changed: &[Kind]) -> Vec<Kind> {
+    let mut kinds: Vec<Kind> = GROUPS
+        .iter()
+        .filter(|g| g.reads.iter().any(|k| changed.contains(k)))
+        .flat_map(|g| g.reads.iter().copied())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
 /// Every rule over one view.
 pub fn check(model: &Model, ctx: &RuleContext) -> Vec<Finding> {
     check_reading(model, ctx, None)

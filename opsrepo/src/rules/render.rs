@@ -30,7 +30,7 @@ pub(crate) fn check(m: &Model, out: &mut Vec<Finding>) {
     }
     let mut outputs: BTreeMap<String, &str> = BTreeMap::new();
     for f in &m.alert_rules {
-        let name = rule_file_name(&f.path);
+        let name = rule_file_name(f.path());
         if let Some(first) = outputs.get(&name) {
             let (p, pos) = f.at("");
             out.push(
@@ -43,7 +43,7 @@ pub(crate) fn check(m: &Model, out: &mut Vec<Finding>) {
                 .help("rename one of the two files; rule files are rendered by file name"),
             );
         } else {
-            outputs.insert(name, &f.path);
+            outputs.insert(name, f.path());
         }
         for (g, group) in f.spec.groups.iter().enumerate() {
             for (r, rule) in group.rules.iter().enumerate() {

@@ -39,7 +39,7 @@ pub(super) fn check(m: &Model, ctx: &RuleContext, out: &mut Vec<Finding>) {
     for cat in &m.catalogs {
         for (i, e) in cat.spec.runbooks.iter().enumerate() {
             let ptr = format!("/runbooks/{i}");
-            if let Some(first) = ids.insert(&e.id, &cat.path) {
+            if let Some(first) = ids.insert(&e.id, cat.path()) {
                 let (p, pos) = cat.at(&format!("{ptr}/id"));
                 out.push(
                     Finding::new(
