@@ -921,7 +921,8 @@ struct MergedDoc {
 }
 
 /// A typed document and its untyped twin (same value and spans), or why it could not be typed.
-type Typed<T> = Result<(Doc<T>, Doc<()>), Finding>;
+/// The finding is boxed: every document keeps its result, and nearly all are `Ok`.
+type Typed<T> = Result<(Doc<T>, Doc<()>), Box<Finding>>;
 
 impl Entry<'_> {
     /// Types the document, pushes it to `out` and returns its untyped twin.
@@ -951,6 +952,7 @@ impl Entry<'_> {
             out.push(typed);
             untyped
         })
+        .map_err(|e| *e)
     }
 }
 
@@ -966,13 +968,15 @@ fn type_doc<T: DeserializeOwned>(spans: DocSpans, value: Stored) -> Typed<T> {
         }
         Err(e) => {
             let (file, pos) = spans.locate("");
-            Err(Finding::new(
-                "schema.invalid",
-                file,
-                pos,
-                format!("document does not match its kind: {e}"),
-            )
-            .help("fix the document to match its schema"))
+            Err(Box::new(
+                Finding::new(
+                    "schema.invalid",
+                    file,
+                    pos,
+                    format!("document does not match its kind: {e}"),
+                )
+                .help("fix the document to match its schema"),
+            ))
         }
     }
 }

@@ -928,7 +928,8 @@ pub struct LazySpans {
     path: String,
     format: Format,
     text: std::sync::Arc<LazyText>,
-    cell: std::sync::OnceLock<Spans>,
+    /// Boxed: nearly every file's spans are never computed, and a parse holds one per file.
+    cell: std::sync::OnceLock<Box<Spans>>,
 }
 
 impl LazySpans {
@@ -962,7 +963,7 @@ impl LazySpans {
             self.text
                 .get()
                 .and_then(|t| parse(&self.path, self.format, t).ok())
-                .map(|p| p.spans)
+                .map(|p| Box::new(p.spans))
                 .unwrap_or_default()
         })
     }
