@@ -207,6 +207,32 @@ fn open_dir(at: impl AsFd, path: &Path) -> std::io::Result<OwnedFd> {
     )?)
 }
 
+/// Marks the staging directory as the top of a directory hierarchy (`chattr +T`,
+/// `FS_TOPDIR_FL`), so ext4's Orlov allocator places its subdirectories (and with them the
+/// site's ~15,000 inodes) in block groups of their own instead of the output's parent's.
+///
+/// Why: ext4 without a journal will not reuse an inode freed in the last 60 s (360 s while its
+/// inode-table block is dirty), and every new inode scans the group's free inodes from the
+/// start, looking each one up; after tens of thousands of deletions near the output (the
+/// previous build's tree, a test run, a `cargo clean`) each create costs hundreds of
+/// microseconds of system time, most of a cold build (profile: `recently_deleted` and
+/// `find_get_block_common` under `ext4_create`). For a top directory's subdirectories the
+/// allocator looks, from a random start, for a group with more free inodes and blocks than
+/// average and the fewest directories: on a file system that is not nearly full that is
+/// almost never the group a tree was just deleted from. Measured after 20,000 files were
+/// deleted beside the output: 6.8 s of system time without the flag, 0.4 s with it.
+///
+/// Best effort: other file systems ignore or refuse the flag, and nothing depends on it (the
+/// layout and content of the site are the same; only where its inodes live differs).
+fn mark_top_of_hierarchy(dir: &OwnedFd) {
+    use rustix::fs::IFlags;
+    if let Ok(flags) = rustix::fs::ioctl_getflags(dir)
+        && !flags.contains(IFlags::TOPDIR)
+    {
+        let _ = rustix::fs::ioctl_setflags(dir, flags | IFlags::TOPDIR);
+    }
+}
+
 /// A site being assembled in a hidden directory beside `out`, fed from many threads while
 /// pages are still being rendered: the build streams every file in as soon as it exists
 /// rather than rendering the whole site into memory first.
@@ -256,6 +282,7 @@ impl<'a> Stager<'a> {
                 return Err(SiteError::io("open", &tmp)(e));
             }
         };
+        mark_top_of_hierarchy(&root);
         Ok(Stager {
             tmp,
             out,
