@@ -217,10 +217,11 @@ fn open_dir(at: impl AsFd, path: &Path) -> std::io::Result<OwnedFd> {
 /// previous build's tree, a test run, a `cargo clean`) each create costs hundreds of
 /// microseconds of system time, most of a cold build (profile: `recently_deleted` and
 /// `find_get_block_common` under `ext4_create`). For a top directory's subdirectories the
-/// allocator looks, from a random start, for a group with more free inodes and blocks than
-/// average and the fewest directories: on a file system that is not nearly full that is
-/// almost never the group a tree was just deleted from. Measured after 20,000 files were
-/// deleted beside the output: 6.8 s of system time without the flag, 0.4 s with it.
+/// allocator looks, from a start given by the hash of the name, for a group with more free
+/// inodes and blocks than average and the fewest directories, not near the parent; the
+/// names vary per build ([`Stager::make_dirs`]), so that is seldom the group a tree was just
+/// deleted from. Measured after 20,000 files were deleted beside the output: 6.8 s of system
+/// time without the flag, 0.4 s with it.
 ///
 /// Best effort: other file systems ignore or refuse the flag, and nothing depends on it (the
 /// layout and content of the site are the same; only where its inodes live differs).
@@ -231,6 +232,16 @@ fn mark_top_of_hierarchy(dir: &OwnedFd) {
     {
         let _ = rustix::fs::ioctl_setflags(dir, flags | IFlags::TOPDIR);
     }
+}
+
+/// A string that differs between calls and between builds (process id, time, a counter).
+fn unique_suffix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}-{nanos}-{n}", std::process::id())
 }
 
 /// A site being assembled in a hidden directory beside `out`, fed from many threads while
@@ -297,10 +308,26 @@ impl<'a> Stager<'a> {
 
     /// Creates directories (relative to the site root; each parent before its children, as
     /// [`dirs_of`] returns them), one after another on the calling thread.
+    ///
+    /// A directory directly below the root is made under a name of its own and then renamed:
+    /// ext4 places a subdirectory of a top directory (see [`mark_top_of_hierarchy`]) by
+    /// searching block groups from a start derived from the hash of its name, so `runbooks`
+    /// would land in the same group in every build, the group the previous build's tree was
+    /// just deleted from (after a rebuild, or a clean-up); a name that differs per build
+    /// starts the search somewhere else.
     pub fn make_dirs<'d>(&self, dirs: impl IntoIterator<Item = &'d str>) -> Result<(), SiteError> {
+        let mode = Mode::from_raw_mode(0o777);
         dirs.into_iter().try_for_each(|d| {
-            rustix::fs::mkdirat(&self.root, d, Mode::from_raw_mode(0o777))
-                .map_err(|e| SiteError::io("create", &self.tmp.join(d))(e.into()))
+            let err = |e: rustix::io::Errno| SiteError::io("create", &self.tmp.join(d))(e.into());
+            if d.contains('/') {
+                return rustix::fs::mkdirat(&self.root, d, mode).map_err(err);
+            }
+            let scratch = format!(".{d}.{}", unique_suffix());
+            rustix::fs::mkdirat(&self.root, &scratch, mode).map_err(err)?;
+            rustix::fs::renameat(&self.root, &scratch, &self.root, d).map_err(|e| {
+                let _ = rustix::fs::unlinkat(&self.root, &scratch, AtFlags::REMOVEDIR);
+                err(e)
+            })
         })
     }
 
