@@ -616,6 +616,13 @@ mod tests {
         let man = Manifest::read(&out).unwrap();
         assert_eq!(man.files.len(), 3);
         assert!(man.intact(&out));
+        // the top directories were made under scratch names and renamed: none is left over
+        let mut top: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        top.sort();
+        assert_eq!(top, [MARKER, "api", "index.html", "runbooks"]);
         // no staging directories are left beside the output
         let left: Vec<_> = std::fs::read_dir(d.path())
             .unwrap()
