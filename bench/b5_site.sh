@@ -32,6 +32,15 @@
 #                   deleting them when the script ends (the caller deletes them later): for
 #                   A/B runs back to back, where the end of one run's deletions would charge
 #                   ext4's skipping of freed inodes to the next run's cold builds
+#   B5_SETTLE       seconds that must have passed since the previous run's clean-up before
+#                   anything is measured (default 360; 0 measures at once). ext4 without a
+#                   journal will not hand out an inode freed in the last 60 s, or 360 s while
+#                   its inode-table block is dirty, and each new inode rescans the skipped ones:
+#                   Hugo (and vakt before session 10) creating 10,000-15,000 inodes beside the
+#                   ~100,000 files the previous run deleted paid seconds of system time for it.
+#                   The script waits out that window (it prints how long) instead of charging it
+#                   to whichever tool runs first. The time of the clean-up is kept in
+#                   OUT.cleaned-at.
 # Raw figures: OUT/results/{cold,no-op,one-edit}.json (hyperfine's JSON, with the load
 # average when the scenario started in OUT/results/load.txt).
 # Needs hyperfine and hugo (apt-get install -y hyperfine hugo).
@@ -71,10 +80,11 @@ CMD_HUGO_JSON="hugo --quiet -s $WORK/hugo-json -d public"
 # cold runs start without an output; the previous run's output is retired, not deleted (see
 # the header), and the retired outputs are removed at the end
 RETIRED="$WORK/retired"
+CLEANED_AT="$WORK.cleaned-at"
 if [[ "${B5_KEEP:-}" == 1 ]]; then
     trap 'echo "b5: kept $RETIRED${OLD:+ and $OLD} (B5_KEEP=1); delete them when done" >&2' EXIT
 else
-    trap 'rm -rf "$RETIRED" "$OLD"' EXIT
+    trap 'rm -rf "$RETIRED" "$OLD"; date +%s > "$CLEANED_AT"' EXIT
 fi
 cat > "$WORK/results/retire.sh" <<EOF
 #!/usr/bin/env bash
@@ -119,6 +129,17 @@ written() { # scenario
     done
 }
 
+# wait until inodes the previous run freed are handed out again without a rescan (see B5_SETTLE)
+SETTLE="${B5_SETTLE:-360}"
+[[ "$SETTLE" =~ ^[0-9]+$ ]] || die "B5_SETTLE must be a number of seconds, not '$SETTLE'"
+if [[ -r "$CLEANED_AT" ]]; then
+    cleaned=$(head -c 20 "$CLEANED_AT" | tr -cd '0-9')
+    wait_s=$(( ${cleaned:-0} + SETTLE - $(date +%s) ))
+    if (( wait_s > 0 )); then
+        echo "b5: the previous run deleted its outputs $(( SETTLE - wait_s )) s ago; waiting ${wait_s} s until ext4 reuses those inodes without a rescan (B5_SETTLE=0 skips)" >&2
+        sleep "$wait_s"
+    fi
+fi
 echo "b5: measuring cold builds ($(nproc) cores)" >&2
 echo "cold $(cut -d' ' -f1-3 /proc/loadavg)" >> "$WORK/results/load.txt"
 hyperfine --style basic --runs "$RUNS" --prepare "$CLEAN" \

@@ -20,6 +20,15 @@ enum AllocProfile {
     /// are never given back, so they are reused without a page fault and zeroing; giving them
     /// back made a validation of 40,000 documents take five to seven times the page faults.
     OneShot,
+    /// `site build`: as [`AllocProfile::OneShot`], and no transparent huge pages. A cold build
+    /// of 5,000 runbooks peaks at ~250 MB; faulting that in as 2 MiB pages (850 faults, each
+    /// zeroing a whole huge page, some compacting first) cost 0.7-0.9 s of system time against
+    /// 0.43 s for 55,000 ordinary faults (BENCHMARKS.md, B5; `/usr/bin/time`, same run).
+    /// mimalloc reads `allow_thp` when it starts, before `main`, and has by then already
+    /// advised its first arena for huge pages, so the option alone changed nothing (850 faults
+    /// either way): the process also asks the kernel for no huge pages
+    /// (`prctl(PR_SET_THP_DISABLE)`, which covers regions advised before).
+    SiteBuild,
     /// The daemon (`reconcile`): no transparent huge pages. Each pass allocates and frees a
     /// few megabytes; with huge pages every pass faulted whole 2 MiB pages back in (zeroed,
     /// sometimes compacted first), which doubled a merge's latency (BENCHMARKS.md, B4).
@@ -41,6 +50,10 @@ fn tune_allocator(profile: AllocProfile) {
         ],
         // -1: never purge.
         AllocProfile::OneShot => &[(PURGE_DELAY, "MIMALLOC_PURGE_DELAY", -1)],
+        AllocProfile::SiteBuild => &[
+            (PURGE_DELAY, "MIMALLOC_PURGE_DELAY", -1),
+            (ALLOW_THP, "MIMALLOC_ALLOW_THP", 0),
+        ],
         AllocProfile::Daemon => &[(ALLOW_THP, "MIMALLOC_ALLOW_THP", 0)],
     };
     for &(option, env, value) in options {
@@ -51,6 +64,12 @@ fn tune_allocator(profile: AllocProfile) {
             unsafe {
                 libmimalloc_sys::mi_option_set(option, value)
             };
+            if matches!(profile, AllocProfile::SiteBuild) && option == ALLOW_THP && value == 0 {
+                // SAFETY: PR_SET_THP_DISABLE takes one integer argument and touches no memory
+                // of ours; on a kernel without it the call fails and nothing changes.
+                #[allow(unsafe_code)]
+                let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+            }
         }
     }
 }
@@ -109,10 +128,10 @@ fn main() -> ExitCode {
         | Command::Promote(_)
         | Command::Backup(_)
         | Command::Restore(_) => tune_allocator(AllocProfile::Lean),
-        Command::Validate(_)
-        | Command::Site(cmd::site::SiteOpts {
+        Command::Validate(_) => tune_allocator(AllocProfile::OneShot),
+        Command::Site(cmd::site::SiteOpts {
             command: cmd::site::SiteCommand::Build(_),
-        }) => tune_allocator(AllocProfile::OneShot),
+        }) => tune_allocator(AllocProfile::SiteBuild),
         Command::Reconcile(_) => tune_allocator(AllocProfile::Daemon),
         _ => {}
     }
