@@ -321,6 +321,7 @@ pub fn plan_commits(base: Option<&Desired>, head: &Desired) -> Plan {
         Vec::new(),
         policy,
         head.entries.len(),
+        true,
     )
 }
 
@@ -369,12 +370,24 @@ pub fn plan_touched(base: &Desired, head: &Desired, touched: &[KeyId]) -> Plan {
         Vec::new(),
         policy,
         head.entries.len(),
+        true,
     )
 }
 
 /// Plans `head` against the live buckets. `live` maps every key of the managed buckets to its
 /// latest entry (delete markers included, so a re-creation names the marker's revision).
 pub fn plan_live(head: &Desired, live: &BTreeMap<KeyId, LiveEntry>) -> Plan {
+    plan_live_with(head, live, true)
+}
+
+/// [`plan_live`] without its impact summary (`impact` left empty): for an apply that computes
+/// it with [`impact`] while the writes are in flight, off the path to the first write. Every
+/// other member, the id included, is the one [`plan_live`] gives.
+pub fn plan_live_deferred(head: &Desired, live: &BTreeMap<KeyId, LiveEntry>) -> Plan {
+    plan_live_with(head, live, false)
+}
+
+fn plan_live_with(head: &Desired, live: &BTreeMap<KeyId, LiveEntry>, with_impact: bool) -> Plan {
     let policy = &head.manifest.environments[&head.env].policy;
     let mut changes = Vec::new();
     let mut kept = Vec::new();
@@ -465,6 +478,7 @@ pub fn plan_live(head: &Desired, live: &BTreeMap<KeyId, LiveEntry>) -> Plan {
         kept,
         policy,
         head.entries.len().max(live.len()),
+        with_impact,
     )
 }
 
@@ -531,6 +545,7 @@ fn finish(
     mut kept: Vec<Change>,
     policy: &Policy,
     keys: usize,
+    with_impact: bool,
 ) -> Plan {
     changes.sort_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
     kept.sort_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
@@ -559,19 +574,23 @@ fn finish(
     }
     // Each change's impact reads its spec (four fields, the rest skipped): in parallel, one
     // set of names per worker, merged.
-    let impact = changes
-        .par_iter()
-        .chain(kept.par_iter())
-        .fold(Impact::default, |mut acc, c| {
-            impact_of(head, c, &mut acc);
-            acc
-        })
-        .reduce(Impact::default, |mut a, b| {
-            a.tenants.extend(b.tenants);
-            a.services.extend(b.services);
-            a.sites.extend(b.sites);
-            a
-        });
+    let impact = if with_impact {
+        changes
+            .par_iter()
+            .chain(kept.par_iter())
+            .fold(Impact::default, |mut acc, c| {
+                impact_of(head, c, &mut acc);
+                acc
+            })
+            .reduce(Impact::default, |mut a, b| {
+                a.tenants.extend(b.tenants);
+                a.services.extend(b.services);
+                a.sites.extend(b.sites);
+                a
+            })
+    } else {
+        Impact::default()
+    };
     let counts = Counts {
         add: changes.iter().filter(|c| c.action == Action::Add).count(),
         change: changes
@@ -632,6 +651,16 @@ fn hex_digest(h: Sha256) -> String {
         s.push(char::from(HEX[usize::from(b & 15)]));
     }
     s
+}
+
+/// The impact summary of `plan` (its changes and the orphans it keeps) on one thread: what
+/// [`plan_live`] puts in `impact` and [`plan_live_deferred`] leaves out.
+pub fn impact(head: &Desired, plan: &Plan) -> Impact {
+    let mut out = Impact::default();
+    for c in plan.changes.iter().chain(&plan.orphans_kept) {
+        impact_of(head, c, &mut out);
+    }
+    out
 }
 
 fn impact_of(head: &Desired, c: &Change, out: &mut Impact) {
@@ -1148,6 +1177,31 @@ mod tests {
                 .contains("edited outside vakt"),
             "a hand edit is named as such: {:?}",
             change.reason
+        );
+    }
+
+    #[test]
+    fn a_deferred_plan_is_the_plan_and_its_impact_is_computed_after() {
+        let (d, live) = scenario();
+        // The orphan kept or removed, with and without changes: the impact covers both lists.
+        for live in [live.clone(), BTreeMap::new(), live_of(&d)] {
+            let whole = plan_live(&d, &live);
+            let mut deferred = plan_live_deferred(&d, &live);
+            assert_eq!(deferred.id, whole.id);
+            assert_eq!(deferred.digest, whole.digest);
+            assert_eq!(deferred.changes.len(), whole.changes.len());
+            assert_eq!(deferred.orphans_kept.len(), whole.orphans_kept.len());
+            assert!(deferred.impact.tenants.is_empty() && deferred.impact.sites.is_empty());
+            deferred.impact = impact(&d, &deferred);
+            assert_eq!(
+                serde_json::to_value(&deferred).unwrap(),
+                serde_json::to_value(&whole).unwrap()
+            );
+        }
+        assert!(
+            !impact(&d, &plan_live(&d, &BTreeMap::new()))
+                .tenants
+                .is_empty()
         );
     }
 

@@ -178,8 +178,12 @@ pub async fn apply(
     } else {
         recover(store, audit, &opts.actor).await?
     };
-    let planned = plan_live(store, desired).await?;
-    execute(store, audit, desired, planned.plan, opts, recovered).await
+    // The plan's impact summary (it reads every changed spec) is not needed to decide or to
+    // write: it is computed while the writes are in flight (see `execute`).
+    let live = store.snapshot().await?;
+    let plan = plan::plan_live_deferred(desired, &live);
+    drop(live);
+    execute(store, audit, desired, plan, opts, recovered, true).await
 }
 
 /// Applies a plan computed earlier against the live buckets (a saved plan, or the plan shown to
@@ -224,18 +228,32 @@ pub async fn apply_planned(
         record_refusal(store, audit, &desired.commit, plan, opts, &r, &[]).await?;
         return Err(ApplyError::refused(r, planned.plan));
     }
-    execute(store, audit, desired, planned.plan, opts, recovered).await
+    execute(store, audit, desired, planned.plan, opts, recovered, false).await
 }
 
-/// Policy, migration jobs, writes and markers for one plan.
+/// Policy, migration jobs, writes and markers for one plan. `impact_pending`: the plan comes
+/// from [`plan::plan_live_deferred`], its impact summary still to compute (while the writes
+/// are in flight when there are writes; before returning it otherwise).
 async fn execute(
     store: &Store,
     audit: &mut Audit,
     desired: &Desired,
-    plan: Plan,
+    mut plan: Plan,
     opts: &ApplyOpts,
     recovered: usize,
+    impact_pending: bool,
 ) -> Result<ApplyReport, ApplyError> {
+    // Migration jobs take placement moves out of the plan, and the impact is the whole plan's:
+    // with a move in it, the impact is computed now.
+    let moves = plan
+        .changes
+        .iter()
+        .any(|c| c.bucket == Bucket::Placement && c.action == Action::Change);
+    let mut impact_pending = impact_pending;
+    if impact_pending && (opts.dry_run || moves || plan.is_empty()) {
+        plan.impact = plan::impact(desired, &plan);
+        impact_pending = false;
+    }
     let policy = &desired.manifest.environments[&desired.env].policy;
     let pinned = opts
         .branch_head
@@ -252,18 +270,28 @@ async fn execute(
         });
     }
     if let Err(r) = check_policy(store, &plan, policy, opts).await? {
+        if impact_pending {
+            plan.impact = plan::impact(desired, &plan);
+        }
         refuse(store, audit, desired, &plan, opts, &r).await?;
         return Err(ApplyError::refused(r, plan));
     }
     // Placement moves become migration jobs (drain → write → reload → verify) when both
     // shards have a declared node; the rest of the plan is written now.
-    let mut plan = plan;
     let jobs = crate::ops::jobs::migrations_of(&mut plan, desired, opts.causation_id.clone());
     let queued = crate::ops::jobs::enqueue(store, audit, &opts.actor, &jobs).await?;
     let written = if plan.is_empty() {
+        if impact_pending {
+            plan.impact = plan::impact(desired, &plan);
+        }
         0
     } else {
-        write_plan(store, audit, desired, &plan, opts).await?
+        let (written, impact) =
+            write_plan_and(store, audit, desired, &plan, opts, impact_pending).await?;
+        if let Some(i) = impact {
+            plan.impact = i;
+        }
+        written
     };
     let at = now_rfc3339();
     let prev_applied = state::get::<Applied>(&store.state, state::APPLIED).await?;
@@ -590,6 +618,43 @@ pub async fn write_plan(
     plan: &Plan,
     opts: &ApplyOpts,
 ) -> Result<usize, ApplyError> {
+    write_plan_and(store, audit, desired, plan, opts, false)
+        .await
+        .map(|(n, _)| n)
+}
+
+/// [`write_plan`]; with `impact`, also the plan's impact summary ([`plan::impact`]), computed
+/// while the writes are in flight on a thread of its own when the writes are prepared on one
+/// (it only reads the plan and the desired state), else before the first write.
+async fn write_plan_and(
+    store: &Store,
+    audit: &mut Audit,
+    desired: &Desired,
+    plan: &Plan,
+    opts: &ApplyOpts,
+    impact: bool,
+) -> Result<(usize, Option<plan::Impact>), ApplyError> {
+    let total = plan.changes.len();
+    // With the pause hook, one write in flight at a time: exactly N writes land before it.
+    let window = if opts.pause_after_writes.is_some() {
+        1
+    } else {
+        opts.window.max(1)
+    };
+    // Each write's value and audit event (canonical JSON, all but the revision, the chain head
+    // and the time) are prepared ahead, while the writes before them are in flight; an
+    // acknowledgement then only fills in its revision, hashes and publishes. On a
+    // multi-threaded runtime the preparing runs on a thread of its own (borrowing the plan and
+    // the desired state, so nothing is copied), a window ahead, in batches; elsewhere (a
+    // current-thread runtime: unit tests) the publishing task prepares the next window itself.
+    let threaded = window > 1
+        && total > 1
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        && std::env::var_os("VAKT_APPLY_PREPARE_INLINE").is_none();
+    // Without a thread of its own, the impact is computed before the first write, as a plan
+    // with it would have been: nothing is added between a write and the next.
+    let mut summary = (impact && !threaded).then(|| plan::impact(desired, plan));
     fault::hold("apply.begin", 0).await;
     let inflight = Inflight {
         plan_id: plan.id.clone(),
@@ -615,19 +680,6 @@ pub async fn write_plan(
     audit.record(ev).await?;
     fault::hold("apply.started", 0).await;
 
-    let total = plan.changes.len();
-    // With the pause hook, one write in flight at a time: exactly N writes land before it.
-    let window = if opts.pause_after_writes.is_some() {
-        1
-    } else {
-        opts.window.max(1)
-    };
-    // Each write's value and audit event (canonical JSON, all but the revision, the chain head
-    // and the time) are prepared ahead, while the writes before them are in flight; an
-    // acknowledgement then only fills in its revision, hashes and publishes. On a
-    // multi-threaded runtime the preparing runs on a thread of its own (borrowing the plan and
-    // the desired state, so nothing is copied), a window ahead, in batches; elsewhere (a
-    // current-thread runtime: unit tests) the publishing task prepares the next window itself.
     let (audit_env, audit_client) = (audit.env.clone(), audit.client.clone());
     let events = ChangeEvents::new(
         (&store.env, &store.prefix),
@@ -637,15 +689,11 @@ pub async fn write_plan(
         audit_client.as_deref(),
     );
     let mut prep = Preparer { desired, events };
-    let threaded = window > 1
-        && total > 1
-        && tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-        && std::env::var_os("VAKT_APPLY_PREPARE_INLINE").is_none();
     let (written, failure) = if threaded {
         let handle = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| {
             std::thread::scope(|s| {
+                let summing = impact.then(|| s.spawn(|| plan::impact(desired, plan)));
                 let (tx, rx) = tokio::sync::mpsc::channel(window.div_ceil(PREPARE_BATCH));
                 s.spawn(move || {
                     let mut from = 0;
@@ -662,7 +710,12 @@ pub async fn write_plan(
                     rx,
                     batch: Vec::new().into_iter(),
                 };
-                handle.block_on(pump(store, audit, plan, opts, window, &mut src))
+                let pumped = handle.block_on(pump(store, audit, plan, opts, window, &mut src));
+                if let Some(h) = summing {
+                    // `plan::impact` does not panic; if it did, the panic is this thread's.
+                    summary = Some(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                }
+                pumped
             })
         })
     } else {
@@ -704,13 +757,16 @@ pub async fn write_plan(
         });
     }
     fault::hold("apply.written", 0).await;
-    Ok(written)
+    Ok((written, summary))
 }
 
 /// Changes prepared together on the preparing thread (one channel message).
 const PREPARE_BATCH: usize = 64;
 
-/// A write's value (`None`: a delete marker) and its audit event, prepared.
+/// A write's value (`None`: a delete marker) and its audit event, prepared. (The write's
+/// message, its subject and `Nats-Expected-Last-Subject-Sequence` header, is built by the
+/// publishing task: built here, the header map cost more there, read from another core's cache,
+/// than building it there did.)
 type Item = (Option<bytes::Bytes>, Prepared);
 
 /// Prepares the writes of one plan ([`Item`]s).
