@@ -18,6 +18,8 @@ pub use runbooks::REQUIRED_SECTIONS;
 pub mod secrets;
 mod trigger;
 
+use rayon::prelude::*;
+
 use crate::diag::Finding;
 use crate::kinds::Kind;
 use crate::load::Model;
@@ -190,15 +192,21 @@ pub fn check(model: &Model, ctx: &RuleContext) -> Vec<Finding> {
 /// environment whose overlays are all of the `changed` kinds), so their findings are that
 /// view's.
 pub fn check_reading(model: &Model, ctx: &RuleContext, changed: Option<&[Kind]>) -> Vec<Finding> {
-    let mut out = Vec::new();
-    for g in GROUPS {
-        if changed.is_some_and(|c| !g.reads.iter().any(|k| c.contains(k))) {
-            continue;
-        }
-        let t = std::time::Instant::now();
-        (g.run)(model, ctx, &mut out);
-        tracing::trace!(group = g.name, ms = crate::diag::ms(t), "rule group");
-    }
+    // The groups are independent: they run as tasks of their own, so the views' groups spread
+    // over every core (a view's largest group, not the base view's whole rule set, is what
+    // the others wait for). Findings keep the groups' order.
+    let mut out: Vec<Finding> = GROUPS
+        .par_iter()
+        .filter(|g| changed.is_none_or(|c| g.reads.iter().any(|k| c.contains(k))))
+        .map(|g| {
+            let t = std::time::Instant::now();
+            let mut out = Vec::new();
+            (g.run)(model, ctx, &mut out);
+            tracing::trace!(group = g.name, ms = crate::diag::ms(t), "rule group");
+            out
+        })
+        .flatten_iter()
+        .collect();
     if !model.broken_ids.is_empty() {
         out.retain(|f| {
             let is_ref = f.rule.starts_with("ref.") || f.rule == "placement.incomplete";
