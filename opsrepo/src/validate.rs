@@ -1,7 +1,7 @@
 //! `validate`: schema checks of every document, then every governance rule, over the base view
 //! and every environment's view (overlays merged). Findings are deduplicated and sorted.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 #[cfg(test)]
 use std::sync::atomic::Ordering;
@@ -154,11 +154,16 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
     // An environment without overlay files sees exactly the base documents, and no rule reads
     // the view's name: its findings are the base view's. Its view is built only when it is
     // the model the caller keeps, and its rules never run.
-    let overlaid: HashSet<&str> = parsed
-        .docs
-        .iter()
-        .filter_map(|d| d.env.as_deref())
-        .collect();
+    // Each overlaid environment with the kinds its overlays change.
+    let mut overlaid: BTreeMap<&str, Vec<Kind>> = BTreeMap::new();
+    for d in &parsed.docs {
+        if let Some(e) = d.env.as_deref() {
+            let kinds = overlaid.entry(e).or_default();
+            if !kinds.contains(&d.kind) {
+                kinds.push(d.kind);
+            }
+        }
+    }
     let t = std::time::Instant::now();
     crate::load::type_shared(parsed);
     tracing::debug!(
@@ -171,7 +176,7 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
         .par_iter()
         .filter(|env| {
             env.as_deref()
-                .is_none_or(|e| overlaid.contains(e) || opts.env.as_deref() == Some(e))
+                .is_none_or(|e| overlaid.contains_key(e) || opts.env.as_deref() == Some(e))
         })
         .map(|env| {
             let t = std::time::Instant::now();
@@ -179,29 +184,22 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
             // Rule groups that read none of the kinds an environment overlays would find what
             // they found in the base view: only the others run, and a view whose model is not
             // kept holds only the kinds they read.
-            let changed: Option<Vec<Kind>> =
-                env.as_deref().filter(|e| overlaid.contains(e)).map(|e| {
-                    parsed
-                        .docs
-                        .iter()
-                        .filter(|d| d.env.as_deref() == Some(e))
-                        .map(|d| d.kind)
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect()
-                });
+            let changed = env.as_deref().and_then(|e| overlaid.get(e));
             #[cfg(test)]
             let changed = changed.filter(|_| !tests::NO_REUSE.load(Ordering::Relaxed));
             let wanted = changed
-                .as_deref()
                 .filter(|_| !kept)
-                .map(rules::kinds_read_by_groups_reading);
+                .map(|c| rules::kinds_read_by_groups_reading(c));
             let (model, mut f) = build_view_of(parsed, env.as_deref(), wanted.as_deref());
             let built = crate::diag::ms(t);
             let t = std::time::Instant::now();
             match env.as_deref() {
-                Some(e) if !overlaid.contains(e) => {}
-                _ => f.extend(rules::check_reading(&model, &ctx, changed.as_deref())),
+                Some(e) if !overlaid.contains_key(e) => {}
+                _ => f.extend(rules::check_reading(
+                    &model,
+                    &ctx,
+                    changed.map(Vec::as_slice),
+                )),
             }
             tracing::debug!(
                 env = env.as_deref().unwrap_or("(base)"),

@@ -182,12 +182,7 @@ pub fn kinds_read_by_groups_reading(changed: &[Kind]) -> Vec<Kind> {
     kinds
 }
 
-/// Every rule over one view.
-pub fn check(model: &Model, ctx: &RuleContext) -> Vec<Finding> {
-    check_reading(model, ctx, None)
-}
-
-/// The rules over one view, or, with `changed`, only the groups that read a kind in it: the
+/// Every rule over one view, or, with `changed`, only the groups that read a kind in it: the
 /// others see the same documents as in a view already checked (the base view, for an
 /// environment whose overlays are all of the `changed` kinds), so their findings are that
 /// view's.
