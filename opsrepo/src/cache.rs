@@ -1175,6 +1175,7 @@ fn hit(
     let (result, deferred) = match entry.outcome {
         Outcome::Doc(v) => {
             let d = SourceDoc::from_cache(path, kind, v, text);
+            d.type_once();
             let spans = d.spans.clone();
             (Ok(Some(d)), spans)
         }

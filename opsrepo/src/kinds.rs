@@ -29,6 +29,12 @@ macro_rules! kinds {
                 match name { $( $name => Some(Kind::$variant), )* "runbook" => Some(Kind::Runbook), _ => None }
             }
 
+            /// Calls `v` with the Rust type of this kind's documents; `None` for runbooks,
+            /// which have none.
+            pub(crate) fn with_type<V: WithType>(self, v: V) -> Option<V::Out> {
+                match self { $( Kind::$variant => Some(v.with::<$ty>()), )* Kind::Runbook => None }
+            }
+
             /// The schema generated from the Rust type, with its `$id`.
             fn generate_schema(self) -> Option<Value> {
                 let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
@@ -45,6 +51,12 @@ macro_rules! kinds {
             }
         }
     };
+}
+
+/// Work generic over the Rust type of a kind's documents ([`Kind::with_type`]).
+pub(crate) trait WithType {
+    type Out;
+    fn with<T: serde::de::DeserializeOwned + Send + Sync + 'static>(self) -> Self::Out;
 }
 
 kinds! {

@@ -335,9 +335,13 @@ impl Stored {
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         match self {
             Stored::Tree(v) => T::deserialize(&**v),
-            Stored::Json(b) => {
-                serde_json::from_slice(b).or_else(|_| T::deserialize(&self.to_value()))
+            // Checked as UTF-8 once, whole: read from bytes, serde_json checks every string
+            // on its own (a tenth of typing a cached document).
+            Stored::Json(b) => match std::str::from_utf8(b) {
+                Ok(s) => serde_json::from_str(s),
+                Err(_) => serde_json::from_slice(b),
             }
+            .or_else(|_| T::deserialize(&self.to_value())),
         }
     }
 }
@@ -555,7 +559,21 @@ fn parse_one(
                 };
                 crate::rules::secrets::scan_values(&value, &locate, &mut doc.secret_findings);
             }
-            doc.value = Stored::keep(kind, doc.env.is_some(), value);
+            if doc.env.is_none() && kind != Kind::Runbook {
+                // Typed now, from the tree, while it is at hand: from the kept JSON it would
+                // be parsed again.
+                let (stored, typed) = kind
+                    .with_type(TypeAndKeep {
+                        kind,
+                        spans: doc.own_spans(),
+                        value,
+                    })
+                    .expect("a kind with a schema has a type");
+                doc.value = stored;
+                let _ = doc.shared.set(typed);
+            } else {
+                doc.value = Stored::keep(kind, doc.env.is_some(), value);
+            }
             Ok(Some(doc))
         }
     }
@@ -898,13 +916,51 @@ fn type_into(model: &mut Model, findings: &mut Vec<Finding>, kind: Kind, entry: 
 /// sequential pass, and the views that run at once would otherwise wait on each other for
 /// the same documents. Each view then finds its shared documents typed.
 pub fn type_shared(p: &Parsed0) {
-    p.docs
-        .par_iter()
-        .filter(|d| d.env.is_none() && d.kind != Kind::Runbook)
-        .for_each(|d| {
-            let (mut model, mut findings) = (Model::default(), Vec::new());
-            type_into(&mut model, &mut findings, d.kind, Entry::Shared(d));
-        });
+    p.docs.par_iter().for_each(SourceDoc::type_once);
+}
+
+impl SourceDoc {
+    /// Types a base document for every view that will use it unchanged, unless that is done
+    /// (overlays are typed per view, merged with their base). The validation cache calls it
+    /// right after decoding an entry, while its bytes are still in the processor's cache.
+    pub(crate) fn type_once(&self) {
+        struct Once<'a>(&'a SourceDoc);
+        impl crate::kinds::WithType for Once<'_> {
+            type Out = ();
+            fn with<T: DeserializeOwned + Send + Sync + 'static>(self) {
+                shared_typed::<T>(self.0);
+            }
+        }
+        if self.env.is_none() && self.shared.get().is_none() {
+            self.kind.with_type(Once(self));
+        }
+    }
+}
+
+/// Types a base document's tree, then keeps the tree as [`Stored::keep`] does.
+struct TypeAndKeep {
+    kind: Kind,
+    spans: DocSpans,
+    value: Value,
+}
+
+impl crate::kinds::WithType for TypeAndKeep {
+    type Out = (Stored, Arc<dyn Any + Send + Sync>);
+    fn with<T: DeserializeOwned + Send + Sync + 'static>(self) -> Self::Out {
+        let spec = T::deserialize(&self.value);
+        let stored = Stored::keep(self.kind, false, self.value);
+        let typed = typed_doc::<T>(self.spans, stored.clone(), spec);
+        (stored, Arc::new(typed))
+    }
+}
+
+/// A shared document's typing, done once.
+fn shared_typed<T: DeserializeOwned + Send + Sync + 'static>(
+    src: &SourceDoc,
+) -> &Arc<dyn Any + Send + Sync> {
+    src.shared.get_or_init(|| {
+        Arc::new(type_doc::<T>(src.own_spans(), src.value.clone())) as Arc<dyn Any + Send + Sync>
+    })
 }
 
 /// A document of a view before it is typed: a file used as it is (shared by every view that
@@ -931,18 +987,15 @@ impl Entry<'_> {
         T: DeserializeOwned + Send + Sync + 'static,
     {
         let r = match self {
-            Entry::Shared(src) => {
-                let build = || type_doc::<T>(src.own_spans(), src.value.clone());
-                let shared = src
-                    .shared
-                    .get_or_init(|| Arc::new(build()) as Arc<dyn Any + Send + Sync>);
-                match shared.downcast_ref::<Typed<T>>() {
-                    Some(r) => r.clone(),
-                    // A path is always read as the same kind; building afresh keeps this
-                    // correct even if it were not.
-                    None => build(),
+            Entry::Shared(src) => match shared_typed::<T>(src).downcast_ref::<Typed<T>>() {
+                Some(r) => r.clone(),
+                // A path is always read as the same kind, and `Kind::with_type` names the
+                // type the model holds; building afresh keeps this correct even if not.
+                None => {
+                    debug_assert!(false, "{} typed as another type", src.path);
+                    type_doc::<T>(src.own_spans(), src.value.clone())
                 }
-            }
+            },
             Entry::Merged(m) => {
                 let MergedDoc { spans, value } = *m;
                 type_doc::<T>(spans, Stored::Tree(Arc::new(value)))
@@ -957,7 +1010,13 @@ impl Entry<'_> {
 }
 
 fn type_doc<T: DeserializeOwned>(spans: DocSpans, value: Stored) -> Typed<T> {
-    match value.deserialize::<T>() {
+    let spec = value.deserialize::<T>();
+    typed_doc(spans, value, spec)
+}
+
+/// A document typed as `spec`, or the finding that says why it could not be.
+fn typed_doc<T>(spans: DocSpans, value: Stored, spec: Result<T, serde_json::Error>) -> Typed<T> {
+    match spec {
         Ok(spec) => {
             let untyped = Doc(Arc::new(DocData {
                 spans: spans.clone(),
