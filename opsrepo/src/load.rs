@@ -226,8 +226,9 @@ pub struct Model {
     pub dashboards: Vec<Doc<Dashboard>>,
     pub alert_rules: Vec<Doc<RuleFile>>,
     pub dr_stores: Vec<Doc<DrStore>>,
-    /// Every structured document of the view, by kind, for generic checks and compilation.
-    pub documents: Vec<(Kind, Doc<()>)>,
+    /// How many structured documents of each kind the view holds (typed; runbooks are in
+    /// `runbooks`).
+    pub documents: BTreeMap<Kind, usize>,
     /// Ids declared by documents that failed their schema: references to them are not reported
     /// again (the document's own finding says what to fix).
     pub broken_ids: std::collections::HashSet<String>,
@@ -876,8 +877,8 @@ pub fn build_view_of(
 
 /// Types one entry of a view into its place in `model` (a typing error into `findings`).
 fn type_into(model: &mut Model, findings: &mut Vec<Finding>, kind: Kind, entry: Entry<'_>) {
-    let mut f = |r: Result<Doc<()>, Finding>| match r {
-        Ok(d) => model.documents.push((kind, d)),
+    let mut f = |r: Result<(), Finding>| match r {
+        Ok(()) => *model.documents.entry(kind).or_default() += 1,
         Err(e) => findings.push(e),
     };
     match kind {
@@ -976,13 +977,13 @@ struct MergedDoc {
     value: Value,
 }
 
-/// A typed document and its untyped twin (same value and spans), or why it could not be typed.
-/// The finding is boxed: every document keeps its result, and nearly all are `Ok`.
-type Typed<T> = Result<(Doc<T>, Doc<()>), Box<Finding>>;
+/// A typed document, or why it could not be typed. The finding is boxed: every document keeps
+/// its result, and nearly all are `Ok`.
+type Typed<T> = Result<Doc<T>, Box<Finding>>;
 
 impl Entry<'_> {
-    /// Types the document, pushes it to `out` and returns its untyped twin.
-    fn typed<T>(self, out: &mut Vec<Doc<T>>) -> Result<Doc<()>, Finding>
+    /// Types the document and pushes it to `out`.
+    fn typed<T>(self, out: &mut Vec<Doc<T>>) -> Result<(), Finding>
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
@@ -1001,11 +1002,7 @@ impl Entry<'_> {
                 type_doc::<T>(spans, Stored::Tree(Arc::new(value)))
             }
         };
-        r.map(|(typed, untyped)| {
-            out.push(typed);
-            untyped
-        })
-        .map_err(|e| *e)
+        r.map(|typed| out.push(typed)).map_err(|e| *e)
     }
 }
 
@@ -1017,14 +1014,7 @@ fn type_doc<T: DeserializeOwned>(spans: DocSpans, value: Stored) -> Typed<T> {
 /// A document typed as `spec`, or the finding that says why it could not be.
 fn typed_doc<T>(spans: DocSpans, value: Stored, spec: Result<T, serde_json::Error>) -> Typed<T> {
     match spec {
-        Ok(spec) => {
-            let untyped = Doc(Arc::new(DocData {
-                spans: spans.clone(),
-                value: value.clone(),
-                spec: (),
-            }));
-            Ok((Doc(Arc::new(DocData { spans, value, spec })), untyped))
-        }
+        Ok(spec) => Ok(Doc(Arc::new(DocData { spans, value, spec }))),
         Err(e) => {
             let (file, pos) = spans.locate("");
             Err(Box::new(
@@ -1056,20 +1046,24 @@ pub fn index_by<'a, T>(
         IdMap::with_capacity_and_hasher(docs.len(), Default::default());
     for d in docs {
         let key = id(&d.spec);
-        if let Some(first) = map.get(key) {
-            let (path, pos) = d.at(pointer);
-            findings.push(
-                Finding::new(
-                    "id.duplicate",
-                    path,
-                    pos,
-                    format!("{what} id `{key}` is already declared in {}", first.path()),
-                )
-                .help("ids are unique; rename one of them (renaming a file never renames an id)"),
-            );
-        } else {
-            map.insert(key, d);
-        }
+        // One probe per document: an id seen before is the rare case.
+        let first = match map.entry(key) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(d);
+                continue;
+            }
+            std::collections::hash_map::Entry::Occupied(o) => *o.get(),
+        };
+        let (path, pos) = d.at(pointer);
+        findings.push(
+            Finding::new(
+                "id.duplicate",
+                path,
+                pos,
+                format!("{what} id `{key}` is already declared in {}", first.path()),
+            )
+            .help("ids are unique; rename one of them (renaming a file never renames an id)"),
+        );
     }
     map
 }

@@ -208,12 +208,9 @@ pub fn validate_with_model(parsed: &Parsed0, opts: &ValidateOptions) -> (Report,
                 rss_mb = crate::diag::rss_mb(),
                 "view checked"
             );
-            let mut by_kind: BTreeMap<Kind, usize> = BTreeMap::new();
-            for (k, _) in &model.documents {
-                *by_kind.entry(*k).or_default() += 1;
-            }
+            let mut by_kind = model.documents.clone();
             *by_kind.entry(Kind::Runbook).or_default() += model.runbooks.len();
-            let n = model.documents.len() + model.runbooks.len();
+            let n = by_kind.values().sum();
             let keep = kept.then_some(model);
             (f, n, by_kind, keep)
         })
@@ -308,7 +305,7 @@ mod tests {
         assert_eq!(reused_staging.findings, full_staging.findings);
         // The kept model is whole, not only the kinds the rules that ran read.
         let full_model = full_model.expect("the staging model is kept");
-        assert_eq!(model.documents.len(), full_model.documents.len());
+        assert_eq!(model.documents, full_model.documents);
         assert_eq!(model.config_items.len(), full_model.config_items.len());
         assert!(!model.config_items.is_empty());
     }

@@ -162,7 +162,7 @@ pub struct KillSwitches {
 
 /// A generic, schema-versioned config item: `config/global/<name>.toml` (other than
 /// `platform.toml`) or `config/tenants/<tenant_id>/<name>.toml` (other than `tenant.toml`).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigItem {
     pub schema_version: u32,
@@ -174,7 +174,37 @@ pub struct ConfigItem {
     #[serde(default)]
     pub rollout: Rollout,
     /// The value services read. Secrets appear only as `secret://` references.
-    pub value: serde_json::Map<String, serde_json::Value>,
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
+    pub value: FreeForm,
+}
+
+/// A free-form table: checked to be one when the document is typed, and not held. Nothing
+/// reads a config item's value typed (it is the document's `value` member, in its untyped
+/// value), and building it as a tree for every item was a sixth of the typing of a large repo.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FreeForm;
+
+impl<'de> Deserialize<'de> for FreeForm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FreeForm;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<FreeForm, A::Error> {
+                while m
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(FreeForm)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
