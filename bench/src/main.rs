@@ -4,7 +4,13 @@
 //!
 //!   vakt-bench b2 REPO ENV BASE HEAD RUNS       incremental compile+plan vs full compile
 //!   vakt-bench b3 REPO ENV NATS_URL             apply vs raw JetStream publish; drift (B6)
-//!                                               vs read-back; peak RSS (B7)
+//!                                               vs read-back; peak RSS (B7); the client's
+//!                                               and the nats-server's CPU per phase (the
+//!                                               server found by the URL's port, or
+//!                                               B3_SERVER_PID), the load average; with
+//!                                               B3_DIAG=1 also each phase's CLOCK_MONOTONIC
+//!                                               span (`perf report --time A,B` of a
+//!                                               `perf record -k CLOCK_MONOTONIC -a`)
 //!   vakt-bench b4 REPO NATS_URL VAKT_BIN N      merge → visible latency with a NATS trigger
 //!   vakt-bench b9 REPO NATS_URL AM_URL RUNS PEER_RUNS
 //!                                               one alert poll of the daemon (fetch, dedupe,
@@ -111,7 +117,10 @@ fn pid_cpu_ms(pid: u32) -> Option<f64> {
 /// `nats-server` whose command line names the URL's port), so B3 can report the server's CPU
 /// per phase beside the client's: on two shared cores the wall time is both processes' CPU.
 fn server_pid(url: &str) -> Option<u32> {
-    if let Some(p) = std::env::var("B3_SERVER_PID").ok().and_then(|p| p.parse().ok()) {
+    if let Some(p) = std::env::var("B3_SERVER_PID")
+        .ok()
+        .and_then(|p| p.parse().ok())
+    {
         return Some(p);
     }
     let port = url.rsplit(':').next()?.trim_end_matches('/');
@@ -119,12 +128,10 @@ fn server_pid(url: &str) -> Option<u32> {
         let pid: u32 = d.file_name().to_str()?.parse().ok()?;
         let cmd = std::fs::read(d.path().join("cmdline")).ok()?;
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        let is_server = args
-            .first()
-            .is_some_and(|a| a.ends_with(b"nats-server"));
-        let on_port = args.windows(2).any(|w| {
-            (w[0] == b"-p" || w[0] == b"--port") && w[1] == port.as_bytes()
-        });
+        let is_server = args.first().is_some_and(|a| a.ends_with(b"nats-server"));
+        let on_port = args
+            .windows(2)
+            .any(|w| (w[0] == b"-p" || w[0] == b"--port") && w[1] == port.as_bytes());
         (is_server && on_port).then_some(pid)
     })
 }
@@ -136,7 +143,9 @@ fn mono_s() -> Option<f64> {
     let d = format!("{:?}", Instant::now());
     let num = |k: &str| -> Option<f64> {
         let rest = &d[d.find(k)? + k.len()..];
-        rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
+        rest[..rest.find(|c: char| !c.is_ascii_digit())?]
+            .parse()
+            .ok()
     };
     Some(num("tv_sec: ")? + num("tv_nsec: ")? / 1e9)
 }
