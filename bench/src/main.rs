@@ -4,7 +4,13 @@
 //!
 //!   vakt-bench b2 REPO ENV BASE HEAD RUNS       incremental compile+plan vs full compile
 //!   vakt-bench b3 REPO ENV NATS_URL             apply vs raw JetStream publish; drift (B6)
-//!                                               vs read-back; peak RSS (B7)
+//!                                               vs read-back; peak RSS (B7); the client's
+//!                                               and the nats-server's CPU per phase (the
+//!                                               server found by the URL's port, or
+//!                                               B3_SERVER_PID), the load average; with
+//!                                               B3_DIAG=1 also each phase's CLOCK_MONOTONIC
+//!                                               span (`perf report --time A,B` of a
+//!                                               `perf record -k CLOCK_MONOTONIC -a`)
 //!   vakt-bench b4 REPO NATS_URL VAKT_BIN N      merge → visible latency with a NATS trigger
 //!   vakt-bench b9 REPO NATS_URL AM_URL RUNS PEER_RUNS
 //!                                               one alert poll of the daemon (fetch, dedupe,
@@ -98,6 +104,52 @@ fn cpu_ms() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU time (user + system) process `pid` has used so far, ms (`/proc/PID/stat`, clock ticks
+/// of 10 ms), or `None` if it cannot be read.
+fn pid_cpu_ms(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) * 10.0)
+}
+
+/// The nats-server process serving `url` on this machine (`B3_SERVER_PID`, else the
+/// `nats-server` whose command line names the URL's port), so B3 can report the server's CPU
+/// per phase beside the client's: on two shared cores the wall time is both processes' CPU.
+fn server_pid(url: &str) -> Option<u32> {
+    if let Some(p) = std::env::var("B3_SERVER_PID")
+        .ok()
+        .and_then(|p| p.parse().ok())
+    {
+        return Some(p);
+    }
+    let port = url.rsplit(':').next()?.trim_end_matches('/');
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|d| {
+        let pid: u32 = d.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(d.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let is_server = args.first().is_some_and(|a| a.ends_with(b"nats-server"));
+        let on_port = args
+            .windows(2)
+            .any(|w| (w[0] == b"-p" || w[0] == b"--port") && w[1] == port.as_bytes());
+        (is_server && on_port).then_some(pid)
+    })
+}
+
+/// CLOCK_MONOTONIC now, seconds (what `perf record -k CLOCK_MONOTONIC` stamps samples with), so
+/// a whole-machine profile can be cut to one phase (`perf report --time A,B`). Read from
+/// `Instant`'s debug form, which prints the `timespec` it holds; `None` if that ever changes.
+fn mono_s() -> Option<f64> {
+    let d = format!("{:?}", Instant::now());
+    let num = |k: &str| -> Option<f64> {
+        let rest = &d[d.find(k)? + k.len()..];
+        rest[..rest.find(|c: char| !c.is_ascii_digit())?]
+            .parse()
+            .ok()
+    };
+    Some(num("tv_sec: ")? + num("tv_nsec: ")? / 1e9)
+}
+
 /// Peak resident set of this process (VmHWM), MB.
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -177,12 +229,24 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     }
     // B3: apply every key (CAS writes + one audit event per key).
     let opts = reconciler::ops::apply::ApplyOpts::new("bench");
-    let (t, cpu) = (Instant::now(), cpu_ms());
+    // The server's CPU per phase (None when its process is not found on this machine).
+    let server = server_pid(url);
+    let server_cpu = || server.and_then(pid_cpu_ms);
+    let since = |before: Option<f64>| Some(server_cpu()? - before?);
+    let mut phases = serde_json::Map::new();
+    let mut phase = |name: &str, from: Option<f64>| {
+        if let (true, Some(a), Some(b)) = (diag, from, mono_s()) {
+            phases.insert(name.to_owned(), serde_json::json!([a, b]));
+        }
+    };
+    let (t, cpu, scpu, m) = (Instant::now(), cpu_ms(), server_cpu(), mono_s());
     let r = reconciler::ops::apply::apply(&store, &mut audit, &desired, &opts)
         .await
         .expect("apply");
+    phase("apply", m);
     let apply_ms = ms(t.elapsed());
     let apply_cpu_ms = cpu_ms() - cpu;
+    let apply_server_cpu_ms = since(scpu);
     assert_eq!(r.written, n);
     // Peer: raw JetStream publish of the same messages, the KV values and the audit events
     // (the events' payloads as the apply published them: the same fields, so the same bytes),
@@ -220,7 +284,7 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     // Only the diagnostic keeps a second reference to the payloads (the peer consumes them,
     // so they do not raise the peak RSS reported for B7).
     let again = diag.then(|| payloads.clone());
-    let (t, cpu) = (Instant::now(), cpu_ms());
+    let (t, cpu, scpu, m) = (Instant::now(), cpu_ms(), server_cpu(), mono_s());
     let mut pending = std::collections::VecDeque::new();
     for (s, p) in payloads {
         pending.push_back(js.publish(s, p).await.expect("publish"));
@@ -231,12 +295,15 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     for f in pending {
         f.await.expect("ack");
     }
+    phase("raw", m);
     let raw_ms = ms(t.elapsed());
     let raw_cpu_ms = cpu_ms() - cpu;
+    let raw_server_cpu_ms = since(scpu);
     // Diagnostic, not the peer: the same messages with the headers apply must send (expected
     // last subject sequence 0 on each write, a `Nats-Msg-Id` on each event), to a fresh
     // stream: the server's share of compare-and-set and deduplication.
     let mut raw_headers_ms = None;
+    let mut raw_headers_cpu = (None, None);
     if let Some(payloads) = again {
         js.create_stream(async_nats::jetstream::stream::Config {
             name: format!("RAWH{tag}"),
@@ -246,7 +313,7 @@ async fn b3(repo: &Path, env: &str, url: &str) {
         })
         .await
         .expect("raw stream with headers");
-        let t = Instant::now();
+        let (t, cpu, scpu, m) = (Instant::now(), cpu_ms(), server_cpu(), mono_s());
         let mut pending = std::collections::VecDeque::new();
         for (i, (s, p)) in payloads.into_iter().enumerate() {
             let s = s.replacen(&format!("raw{tag}."), &format!("rawh{tag}."), 1);
@@ -264,7 +331,9 @@ async fn b3(repo: &Path, env: &str, url: &str) {
         for f in pending {
             f.await.expect("ack");
         }
+        phase("raw_with_headers", m);
         raw_headers_ms = Some(ms(t.elapsed()));
+        raw_headers_cpu = (Some(cpu_ms() - cpu), since(scpu));
     }
     // B6: drift over every key vs the read-back (snapshot) it builds on.
     let t = Instant::now();
@@ -285,8 +354,13 @@ async fn b3(repo: &Path, env: &str, url: &str) {
             "raw_messages": raw_messages, "raw_bytes": raw_bytes, "window": window,
             "plan_live_ms": plan_ms, "raw_publish_with_headers_ms": raw_headers_ms,
             "apply_cpu_ms": apply_cpu_ms, "raw_publish_cpu_ms": raw_cpu_ms,
+            "apply_server_cpu_ms": apply_server_cpu_ms, "raw_publish_server_cpu_ms": raw_server_cpu_ms,
+            "raw_publish_with_headers_cpu_ms": raw_headers_cpu.0,
+            "raw_publish_with_headers_server_cpu_ms": raw_headers_cpu.1,
+            "loadavg": std::fs::read_to_string("/proc/loadavg").ok().map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
             "drift_ms": drift_ms, "readback_ms": readback_ms, "drift_vs_readback": drift_ms / readback_ms,
             "peak_rss_mb": peak_rss_mb(),
+            "phases_monotonic_s": diag.then_some(phases),
         })
     );
     let _ = Bucket::ALL;

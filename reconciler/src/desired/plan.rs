@@ -389,7 +389,10 @@ pub fn plan_live_deferred(head: &Desired, live: &BTreeMap<KeyId, LiveEntry>) -> 
 
 fn plan_live_with(head: &Desired, live: &BTreeMap<KeyId, LiveEntry>, with_impact: bool) -> Plan {
     let policy = &head.manifest.environments[&head.env].policy;
-    let mut changes = Vec::new();
+    // At least this many keys are additions (declared, not live): room for them at once, so a
+    // first apply of 50,000 keys does not grow (copy, and fault in fresh pages for) the list
+    // seventeen times on the way to its first write. An applied state reserves nothing.
+    let mut changes = Vec::with_capacity(head.entries.len().saturating_sub(live.len()));
     let mut kept = Vec::new();
     for (k, e) in &head.entries {
         match live.get(k) {
@@ -547,8 +550,13 @@ fn finish(
     keys: usize,
     with_impact: bool,
 ) -> Plan {
-    changes.sort_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
-    kept.sort_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
+    // Usually in order already (the desired keys are walked in order, removals follow them
+    // only when there are any): then the sort, and its scratch buffer, are skipped.
+    let order = |a: &Change, b: &Change| (a.bucket, &a.key).cmp(&(b.bucket, &b.key));
+    if !changes.is_sorted_by(|a, b| order(a, b).is_le()) {
+        changes.sort_by(order);
+    }
+    kept.sort_by(order);
     let mut gates: BTreeMap<String, Gate> = BTreeMap::new();
     for c in &changes {
         for a in &c.actions {
@@ -686,35 +694,37 @@ fn impact_of(head: &Desired, c: &Change, out: &mut Impact) {
         return;
     };
     let spec = ImpactFields::of(&spec.spec);
-    for s in [spec.site, spec.home_site].into_iter().flatten() {
-        out.sites.insert(s);
+    for s in [&spec.site, &spec.home_site].into_iter().flatten() {
+        add(&mut out.sites, s);
     }
-    if let Some(s) = spec.service_kind {
-        out.services.insert(s);
+    if let Some(s) = &spec.service_kind {
+        add(&mut out.services, s);
     }
     if c.bucket == Bucket::Placement
-        && let Some(shard) = spec.shard
-        && let Some(site) = head
-            .get(Bucket::Inventory, &format!("shard.{shard}"))
-            .and_then(|e| ImpactFields::of(&e.spec).site)
+        && let Some(shard) = &spec.shard
+        && let Some(e) = head.get(Bucket::Inventory, &format!("shard.{shard}"))
+        && let Some(site) = &ImpactFields::of(&e.spec).site
     {
-        out.sites.insert(site);
+        add(&mut out.sites, site);
     }
 }
 
 /// The fields of a spec an impact summary reads. A plan of 50,000 additions reads them from
-/// every spec: the other fields are skipped as raw JSON instead of being built into a tree. A
-/// field that is not a string reads as absent, as the tree lookups this replaces did.
-struct ImpactFields {
-    site: Option<String>,
-    home_site: Option<String>,
-    service_kind: Option<String>,
-    shard: Option<String>,
+/// every spec: the other fields are skipped as raw JSON instead of being built into a tree, and
+/// a string without escapes is borrowed from the spec (the summary copies only a name it has
+/// not seen yet). A field that is not a string reads as absent, as the tree lookups this
+/// replaces did.
+struct ImpactFields<'a> {
+    site: Option<std::borrow::Cow<'a, str>>,
+    home_site: Option<std::borrow::Cow<'a, str>>,
+    service_kind: Option<std::borrow::Cow<'a, str>>,
+    shard: Option<std::borrow::Cow<'a, str>>,
 }
 
-impl ImpactFields {
-    fn of(spec: &[u8]) -> ImpactFields {
+impl<'a> ImpactFields<'a> {
+    fn of(spec: &'a [u8]) -> ImpactFields<'a> {
         use serde_json::value::RawValue;
+        use std::borrow::Cow;
         #[derive(Default, serde::Deserialize)]
         #[serde(default)]
         struct Raw<'a> {
@@ -727,10 +737,14 @@ impl ImpactFields {
             #[serde(borrow)]
             shard: Option<&'a RawValue>,
         }
-        let raw: Raw<'_> = serde_json::from_slice(spec).unwrap_or_default();
-        let string = |r: Option<&RawValue>| {
-            r.filter(|r| r.get().starts_with('"'))
-                .and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+        let raw: Raw<'a> = serde_json::from_slice(spec).unwrap_or_default();
+        let string = |r: Option<&'a RawValue>| {
+            let r = r.filter(|r| r.get().starts_with('"'))?.get();
+            // Borrowed when the JSON string has no escapes; decoded otherwise.
+            match serde_json::from_str::<&'a str>(r) {
+                Ok(s) => Some(Cow::Borrowed(s)),
+                Err(_) => serde_json::from_str::<String>(r).ok().map(Cow::Owned),
+            }
         };
         ImpactFields {
             site: string(raw.site),
@@ -1039,6 +1053,8 @@ mod tests {
         );
         assert_eq!(f.site.as_deref(), Some("osl1"));
         assert_eq!(f.home_site.as_deref(), Some("båd"));
+        // No escapes: borrowed from the spec, not copied.
+        assert!(matches!(f.site, Some(std::borrow::Cow::Borrowed(_))));
         assert_eq!(f.service_kind, None);
         assert_eq!(f.shard, None);
         for bad in [&b"[1]"[..], b"", b"{\"site\":", b"\"s\""] {

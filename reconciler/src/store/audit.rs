@@ -5,7 +5,6 @@
 //! ([`Audit::recorded_ids`]) instead of relying on it.
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -375,36 +374,71 @@ impl Prepared {
     /// The stored JSON and hash of the event with `revision`, chained to `prev_hash`, at
     /// `time`; `None` for an event kept whole (sent through [`Audit::send`]). The bytes are
     /// the ones [`AuditEvent::seal`] writes: the hash covers them with `hash` empty, and is then
-    /// written into the room left for it.
+    /// written into the room left for it. Written into the prepared buffer itself: the bytes
+    /// before the revision stay where they are, only the rest is moved (no second buffer the
+    /// size of the event per acknowledgement). [`Audit::send_prepared`] does this to the parts
+    /// it takes apart; the tests call it on the whole.
+    #[cfg(test)]
     pub(crate) fn assemble(
-        &self,
+        self,
         revision: u64,
         prev_hash: &str,
         time: &str,
     ) -> Option<(Vec<u8>, String)> {
-        let Form::Parts { json, at, prefix } = &self.form else {
+        self.form.assemble(revision, prev_hash, time)
+    }
+}
+
+impl Form {
+    /// [`Prepared::assemble`].
+    fn assemble(self, revision: u64, prev_hash: &str, time: &str) -> Option<(Vec<u8>, String)> {
+        let Form::Parts {
+            mut json,
+            at,
+            prefix,
+        } = self
+        else {
             return None;
         };
-        let mut out = Vec::with_capacity(json.len() + 256);
-        out.extend_from_slice(&json[..at.revision]);
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "{revision}");
-        out.extend_from_slice(&json[at.revision..at.hash]);
-        let hash_at = out.len();
-        out.extend_from_slice(&[0; HASH_LEN]);
-        out.extend_from_slice(&json[at.hash..at.prev_hash]);
-        canon::write_str(prev_hash, &mut out);
-        out.extend_from_slice(&json[at.prev_hash..at.time]);
-        canon::write_str(time, &mut out);
-        out.extend_from_slice(&json[at.time..]);
-        // The prefix state covers `json[..at.revision]`, which is `out[..at.revision]`.
-        let mut h = (**prefix).clone();
-        h.update(&out[at.revision..hash_at]);
-        h.update(&out[hash_at + HASH_LEN..]);
+        // The bytes after the revision's hole, moved out once (a few hundred bytes; freed on
+        // this thread).
+        let rest = json.split_off(at.revision);
+        let part = |from: usize, to: usize| &rest[from - at.revision..to - at.revision];
+        json.reserve(rest.len() + 24 + HASH_LEN + prev_hash.len() + time.len() + 8);
+        write_decimal(revision, &mut json);
+        json.extend_from_slice(part(at.revision, at.hash));
+        let hash_at = json.len();
+        json.extend_from_slice(&[0; HASH_LEN]);
+        json.extend_from_slice(part(at.hash, at.prev_hash));
+        canon::write_str(prev_hash, &mut json);
+        json.extend_from_slice(part(at.prev_hash, at.time));
+        canon::write_str(time, &mut json);
+        json.extend_from_slice(part(at.time, at.revision + rest.len()));
+        // The prefix state covers the bytes before the revision, which did not move.
+        let mut h = *prefix;
+        h.update(&json[at.revision..hash_at]);
+        h.update(&json[hash_at + HASH_LEN..]);
         let hash = hex_digest(h);
-        out[hash_at..hash_at + HASH_LEN].copy_from_slice(hash.as_bytes());
-        Some((out, hash))
+        json[hash_at..hash_at + HASH_LEN].copy_from_slice(hash.as_bytes());
+        Some((json, hash))
     }
+}
+
+/// Appends `n` in decimal, as `write!(out, "{n}")` does, without the formatting machinery
+/// (once per acknowledged write).
+fn write_decimal(mut n: u64, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        // A digit: `n % 10` is below 10.
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// The length of a hash as written: `sha256:` and 64 hex digits.
@@ -694,13 +728,14 @@ impl Audit {
         if let Some(f) = &self.fence {
             f().map_err(|reason| StoreError::Fenced { reason })?;
         }
-        let Some((out, hash)) = p.assemble(revision, &self.head, &now_rfc3339()) else {
+        let Prepared { id, subject, form } = p;
+        let Some((out, hash)) = form.assemble(revision, &self.head, &now_rfc3339()) else {
             return Err(nats_err(
                 "publish audit event",
                 "prepared event without its parts",
             ));
         };
-        self.publish(p.subject, out, &p.id, hash).await
+        self.publish(subject, out, &id, hash).await
     }
 
     /// Publishes `ev` and waits for the server to store it. Returns its sequence.
@@ -916,6 +951,26 @@ pub fn verify_chain(events: &[AuditEvent], start: &str) -> Result<(), (usize, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_written_as_format_writes_them() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            42,
+            99,
+            100,
+            12_345,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = b"x".to_vec();
+            write_decimal(n, &mut out);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
 
     #[test]
     fn the_hash_covers_the_event_with_an_empty_hash_field() {
