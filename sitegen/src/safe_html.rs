@@ -10,7 +10,8 @@
 //! attributes, which ammonia would strip or rewrite) and every destination passes the same
 //! test ammonia applies (`url::Url::parse`: a scheme in [`URL_SCHEMES`], or a relative URL);
 //! anything else returns `None` and the caller sends pulldown-cmark's HTML through ammonia as
-//! before.
+//! before. `crate::markdown` also keeps documents holding CR or NUL on ammonia's path (an HTML
+//! parser rewrites both, so the direct output could not be the same).
 //!
 //! The output reproduces ammonia's serialisation (html5ever's): text escapes `&`, `<`, `>`
 //! and U+00A0; attribute values also `"`; void elements have no ` /`; fenced code loses its
