@@ -204,13 +204,24 @@ pub fn run_overlay(data: &[u8]) {
     }
 }
 
-/// The runbook markdown checks.
+/// The runbook markdown checks, and the operator site's rendering of the same markdown (its direct
+/// writer against ammonia, see `sitegen/src/safe_html.rs`).
 pub fn run_markdown(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     if text.len() > MAX_INPUT {
         return;
+    }
+    // The operator site's two sanitising paths: a document the direct writer takes must come
+    // out exactly as ammonia writes it, and neither output may carry a script tag.
+    let fast = sitegen::markdown::render(text);
+    let reference = sitegen::markdown::render_with_ammonia(text);
+    if !fast.via_ammonia {
+        assert_eq!(fast.html, reference.html, "direct writer differs from ammonia");
+    }
+    for html in [&fast.html, &reference.html] {
+        assert!(!html.contains("<script"), "script tag in sanitised HTML");
     }
     let mut out = Vec::new();
     opsrepo::rules::runbook_markdown("runbooks/fuzz.md", text, &mut out);

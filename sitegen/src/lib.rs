@@ -13,6 +13,7 @@ mod assets;
 pub mod markdown;
 mod output;
 mod pages;
+mod safe_html;
 pub mod search;
 pub mod serve;
 mod templates;

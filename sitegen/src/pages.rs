@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
+use minijinja::context;
 use minijinja::value::merge_maps;
 use opsrepo::load::Model;
 use opsrepo::model::{DatasourceType, RunbookEntry};
@@ -52,7 +53,7 @@ type PageSpec<'a> = (
     &'a str,
     &'a str,
     Vec<SnippetName>,
-    Value,
+    minijinja::Value,
 );
 
 /// The field of a catalog entry a runbook list page groups by.
@@ -506,14 +507,6 @@ impl<'a> Site<'a> {
         Value::Array(map.into_values().collect())
     }
 
-    fn with(base: Value, extra: Value) -> Value {
-        let mut b = base;
-        if let (Value::Object(b), Value::Object(e)) = (&mut b, extra) {
-            b.extend(e);
-        }
-        b
-    }
-
     /// Renders every file of the site except the static assets and streams it into `st` as
     /// soon as it exists. The work is split into tasks that run side by side on the thread
     /// pool, so the files (most of them the runbook pages and their catalog JSON) are being
@@ -575,7 +568,10 @@ impl<'a> Site<'a> {
         };
         let base = self.base(2, "runbooks", "", &[]);
         let shared = merge_maps([to_mj(&json!({"site": base["site"]})), common.clone()]);
-        let lists = self.list_pages(&all, &alerts);
+        // every summary converted to a template value once: the runbook pages and the three
+        // runbook lists share them
+        let all_mj: Vec<minijinja::Value> = all.par_iter().map(to_mj).collect();
+        let lists = self.list_pages(&all_mj, &alerts);
         rayon::scope_fifo(|s| {
             s.spawn_fifo(|_| {
                 run(&|| {
@@ -658,8 +654,9 @@ impl<'a> Site<'a> {
                 s.spawn_fifo(move |_| {
                     run(&|| {
                         for (path, tmpl, depth, id, title, snippets, extra) in group() {
-                            let ctx = Self::with(self.base(depth, id, title, &snippets), extra);
-                            let ctx = merge_maps([to_mj(&ctx), common.clone()]);
+                            // the keys of `extra` and `common` never meet those of `base`
+                            let base = to_mj(&self.base(depth, id, title, &snippets));
+                            let ctx = merge_maps([base, extra, common.clone()]);
                             st.put(path, &t.render(tmpl, ctx)?)?;
                         }
                         Ok(())
@@ -678,28 +675,38 @@ impl<'a> Site<'a> {
                     Ok(())
                 })
             });
+            let (page_id, page_snippets) = (
+                base["page"]["id"].as_str().unwrap_or_default(),
+                base["page"]["snippets"].as_str().unwrap_or_default(),
+            );
             for chunk in self
                 .runbooks
                 .chunks(RUNBOOK_CHUNK)
-                .zip(all.chunks(RUNBOOK_CHUNK))
+                .zip(all_mj.chunks(RUNBOOK_CHUNK))
             {
-                let (shared, base, alerts_of, run) = (&shared, &base, &alerts_of, &run);
+                let (shared, alerts_of, run) = (&shared, &alerts_of, &run);
                 s.spawn_fifo(move |_| {
                     run(&|| {
                         for (r, summary) in chunk.0.iter().zip(chunk.1) {
-                            let mut page_info = base["page"].clone();
-                            page_info["title"] = json!(r.entry.title);
-                            let ctx = json!({
-                                "page": page_info,
-                                "runbook": summary,
-                                "html": r.rendered.html,
-                                "toc": r.rendered.toc,
-                                "alerts": alerts_of(&r.entry.id),
-                            });
-                            let page = t.render(
-                                "runbook.html",
-                                merge_maps([to_mj(&ctx), shared.clone()]),
-                            )?;
+                            // built as template values directly: no JSON tree per page
+                            let alerts = alerts_of(&r.entry.id);
+                            let ctx = context! {
+                                page => context! {
+                                    id => page_id,
+                                    title => r.entry.title.as_str(),
+                                    snippets => page_snippets,
+                                },
+                                runbook => summary.clone(),
+                                html => r.rendered.html.as_str(),
+                                toc => minijinja::Value::from(minijinja::value::Serde(&r.rendered.toc)),
+                                alerts => if alerts.is_empty() {
+                                    minijinja::Value::from(Vec::<minijinja::Value>::new())
+                                } else {
+                                    minijinja::Value::from(minijinja::value::Serde(alerts))
+                                },
+                            };
+                            let page =
+                                t.render("runbook.html", merge_maps([ctx, shared.clone()]))?;
                             st.put(&format!("runbooks/{}/index.html", r.entry.id), &page)?;
                         }
                         Ok(())
@@ -726,19 +733,22 @@ impl<'a> Site<'a> {
     /// The list pages, in groups that share a context: each group is one task of
     /// [`Site::write`], so the costly contexts (queries and dashboards, the runbook lists)
     /// are computed side by side. Every path is in [`LIST_PAGES`].
-    fn list_pages<'s>(&'s self, all: &'s [Value], alerts: &'s [Value]) -> Vec<ListGroup<'s>> {
+    fn list_pages<'s>(
+        &'s self,
+        all: &'s [minijinja::Value],
+        alerts: &'s [Value],
+    ) -> Vec<ListGroup<'s>> {
         use SnippetName::*;
         // The runbook summaries grouped by one field of their catalog entry, groups by name.
-        let grouped = move |key: GroupKey| -> Value {
-            let mut m: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+        // (`all` holds template values, so a list shares each summary instead of copying it)
+        let grouped = move |key: GroupKey| -> minijinja::Value {
+            let mut m: BTreeMap<&str, Vec<minijinja::Value>> = BTreeMap::new();
             for (r, s) in self.runbooks.iter().zip(all) {
                 m.entry(key(r.entry)).or_default().push(s.clone());
             }
-            Value::Array(
-                m.into_iter()
-                    .map(|(k, v)| json!({"name": k, "slug": markdown::slug(k), "runbooks": v}))
-                    .collect(),
-            )
+            m.into_iter()
+                .map(|(k, v)| context! {name => k, slug => markdown::slug(k), runbooks => v})
+                .collect()
         };
         let mut pages: Vec<ListGroup<'s>> = Vec::new();
         pages.push(Box::new(move || {
@@ -756,7 +766,7 @@ impl<'a> Site<'a> {
                         "ops",
                         "Operations",
                         vec![Summary, Actions, Health, Sites, Dr, Tasks, Events],
-                        json!({"queries": queries, "dashboards": dashboards, "overdue_reviews": overdue}),
+                        to_mj(&json!({"queries": queries, "dashboards": dashboards, "overdue_reviews": overdue})),
                     ),
                     (
                         "dashboards/index.html",
@@ -765,7 +775,7 @@ impl<'a> Site<'a> {
                         "dashboards",
                         "Dashboards and queries",
                         vec![],
-                        json!({"queries": queries, "dashboards": dashboards}),
+                        to_mj(&json!({"queries": queries, "dashboards": dashboards})),
                     ),
                 ]
             }));
@@ -777,7 +787,7 @@ impl<'a> Site<'a> {
                 "runbooks",
                 "Runbooks",
                 vec![],
-                json!({"runbooks": all, "review_max_days": REVIEW_MAX_DAYS}),
+                context! {runbooks => all, review_max_days => REVIEW_MAX_DAYS},
             )]
         }));
         let by: [(&str, &str, &str, GroupKey); 2] = [
@@ -803,7 +813,7 @@ impl<'a> Site<'a> {
                     "runbooks",
                     title,
                     vec![],
-                    json!({"groups": grouped(key)}),
+                    context! {groups => grouped(key)},
                 )]
             }));
         }
@@ -815,7 +825,7 @@ impl<'a> Site<'a> {
                 "maps",
                 "Signal and alert maps",
                 vec![],
-                json!({"signals": self.signals(alerts), "alerts": alerts}),
+                to_mj(&json!({"signals": self.signals(alerts), "alerts": alerts})),
             )]
         }));
         pages.push(Box::new(move || {
@@ -827,7 +837,7 @@ impl<'a> Site<'a> {
                     "health",
                     "Health",
                     vec![Health],
-                    json!({"services": self.services()}),
+                    to_mj(&json!({"services": self.services()})),
                 ),
                 (
                     "sites/index.html",
@@ -836,7 +846,7 @@ impl<'a> Site<'a> {
                     "sites",
                     "Datacenters",
                     vec![Sites],
-                    json!({"sites_declared": self.sites_declared()}),
+                    to_mj(&json!({"sites_declared": self.sites_declared()})),
                 ),
                 (
                     "dr/index.html",
@@ -845,7 +855,7 @@ impl<'a> Site<'a> {
                     "dr",
                     "DR posture",
                     vec![Dr],
-                    json!({"stores_declared": self.dr_declared()}),
+                    to_mj(&json!({"stores_declared": self.dr_declared()})),
                 ),
                 (
                     "index.html",
@@ -854,7 +864,7 @@ impl<'a> Site<'a> {
                     "home",
                     "vakt operator site",
                     vec![Summary],
-                    json!({}),
+                    to_mj(&json!({})),
                 ),
                 (
                     "tasks/index.html",
@@ -863,7 +873,7 @@ impl<'a> Site<'a> {
                     "tasks",
                     "Tasks",
                     vec![Tasks],
-                    json!({}),
+                    to_mj(&json!({})),
                 ),
                 (
                     "events/index.html",
@@ -872,7 +882,7 @@ impl<'a> Site<'a> {
                     "events",
                     "Events",
                     vec![Events],
-                    json!({}),
+                    to_mj(&json!({})),
                 ),
                 (
                     "inventory/index.html",
@@ -881,7 +891,7 @@ impl<'a> Site<'a> {
                     "inventory",
                     "Inventory and drift",
                     vec![Inventory],
-                    json!({}),
+                    to_mj(&json!({})),
                 ),
                 (
                     "search/index.html",
@@ -890,7 +900,7 @@ impl<'a> Site<'a> {
                     "search",
                     "Search",
                     vec![],
-                    json!({"runbook_count": self.runbooks.len()}),
+                    to_mj(&json!({"runbook_count": self.runbooks.len()})),
                 ),
             ]
         }));
