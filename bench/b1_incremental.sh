@@ -18,7 +18,8 @@
 #                   B1I_NO_BUILD=1), e.g. a copy of main's build for an A/B comparison
 #   B1I_NO_HYPERFINE=1  use the /usr/bin/time loop even if hyperfine is installed
 # Prints one JSON line on stdout: {"docs", "cores", "loadavg_before", "loadavg_after",
-# "no_cache_ms", "cold_ms", "warm_pr_ms", "warm_same_ms" (means; *_stddev_ms beside each),
+# "no_cache_ms", "cold_ms", "warm_pr_ms", "warm_same_ms" (means; *_stddev_ms, *_median_ms and
+# *_min_ms beside each; the goal is judged on the mean),
 # "cache_bytes", "goal_ms", "goal_met"}. Progress goes to stderr.
 # Exits non-zero if the build, the generator, git or any measured command fails, or if the
 # cached and uncached runs disagree.
@@ -91,9 +92,11 @@ measure() {  # name prepare command
             --export-json "$WORK/results/$name.hf.json" "$cmd" >&2 \
             || die "$name failed under hyperfine"
         python3 - "$WORK/results/$name.hf.json" > "$WORK/results/$name.json" <<'EOF'
-import json, sys
+import json, statistics, sys
 r = json.load(open(sys.argv[1]))["results"][0]
-print(json.dumps({"mean": r["mean"], "stddev": r["stddev"] or 0.0, "runs": len(r["times"])}))
+t = r["times"]
+print(json.dumps({"mean": r["mean"], "stddev": r["stddev"] or 0.0, "median": statistics.median(t),
+                  "min": min(t), "runs": len(t)}))
 EOF
     else
         local i
@@ -108,7 +111,8 @@ EOF
 import json, statistics, sys
 t = [float(x) for x in open(sys.argv[1]).read().split()]
 print(json.dumps({"mean": statistics.mean(t),
-                  "stddev": statistics.stdev(t) if len(t) > 1 else 0.0, "runs": len(t)}))
+                  "stddev": statistics.stdev(t) if len(t) > 1 else 0.0,
+                  "median": statistics.median(t), "min": min(t), "runs": len(t)}))
 EOF
     fi
     echo "b1i: $name: $(cat "$WORK/results/$name.json")" >&2
@@ -131,6 +135,8 @@ for n, m in r.items():
     k = n.replace("-", "_")
     out[f"{k}_ms"] = round(m["mean"] * 1000, 1)
     out[f"{k}_stddev_ms"] = round(m["stddev"] * 1000, 1)
+    out[f"{k}_median_ms"] = round(m["median"] * 1000, 1)
+    out[f"{k}_min_ms"] = round(m["min"] * 1000, 1)
 out["runs"] = r["warm-pr"]["runs"]
 out["cache_bytes"] = int(cache_bytes)
 out["goal_ms"] = 100
