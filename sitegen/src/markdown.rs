@@ -8,9 +8,7 @@ use std::sync::OnceLock;
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
 use serde::Serialize;
 
-/// Prefix of every heading id, so markdown can never clobber a page global (`id="foo"` would
-/// make `window.foo` an element).
-pub const ID_PREFIX: &str = "h-";
+pub use crate::safe_html::ID_PREFIX;
 
 /// A rendered runbook.
 #[derive(Debug, Clone, Serialize)]

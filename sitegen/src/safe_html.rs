@@ -10,18 +10,20 @@
 //! attributes, which ammonia would strip or rewrite) and every destination passes the same
 //! test ammonia applies (`url::Url::parse`: a scheme in [`URL_SCHEMES`], or a relative URL);
 //! anything else returns `None` and the caller sends pulldown-cmark's HTML through ammonia as
-//! before. `crate::markdown` also keeps documents holding CR or NUL on ammonia's path (an HTML
+//! before. The markdown renderer also keeps documents holding CR or NUL on ammonia's path (an HTML
 //! parser rewrites both, so the direct output could not be the same).
 //!
 //! The output reproduces ammonia's serialisation (html5ever's): text escapes `&`, `<`, `>`
 //! and U+00A0; attribute values also `"`; void elements have no ` /`; fenced code loses its
 //! `class`, table cells their `style`; links get `rel="noopener noreferrer"` after their
-//! other attributes; heading ids get [`crate::markdown::ID_PREFIX`] unless they already start
+//! other attributes; heading ids get [`ID_PREFIX`] unless they already start
 //! with it. The unit tests and `tests/fast_path.rs` compare both paths byte for byte.
 
 use pulldown_cmark::{CowStr, Event, LinkType, Tag, TagEnd};
 
-use crate::markdown::ID_PREFIX;
+/// Prefix of every heading id, so markdown can never clobber a page global (`id="foo"` would
+/// make `window.foo` an element).
+pub const ID_PREFIX: &str = "h-";
 
 /// ammonia's default URL scheme allow-list (`ammonia::Builder::default`), which sitegen's
 /// sanitiser does not change. A unit test checks it against `Builder::clone_url_schemes`.
