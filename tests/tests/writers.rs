@@ -125,7 +125,12 @@ fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
         "a never reported itself fenced"
     );
     eprintln!("a: {fenced:#}");
-    assert_eq!(fenced["current_holder"], "b", "{fenced:#}");
+    assert_eq!(
+        fenced["current_holder"],
+        "b",
+        "{fenced:#}\nlog of a:\n{}",
+        log()
+    );
     assert!(
         fenced["current_revision"].as_u64() > fenced["held_revision"].as_u64(),
         "{fenced:#}"

@@ -30,10 +30,11 @@ use serde::Serialize;
 pub struct Fenced {
     /// The lock revision this replica held (none: it never led).
     pub held_revision: Option<u64>,
-    /// The lock key's revision now, when it was read.
+    /// The lock key's revision, when it was read (by this check, or by the one that made this
+    /// replica give the lease up).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<u64>,
-    /// Who holds the lease now, when known.
+    /// Who holds the lease, when known (read as `current_revision` was).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_holder: Option<String>,
     pub reason: String,
@@ -46,6 +47,10 @@ struct Held {
     /// The last fencing, for the status.
     last: Option<(Fenced, String)>,
     refused: u64,
+    /// The lock key's revision and holder as this replica last read them while fenced: a
+    /// local refusal (no round trip) names them too, whichever of a pass's writes and the
+    /// lease loop is refused last.
+    seen: Option<(u64, Option<String>)>,
 }
 
 /// The fence of one replica's lease (see the module documentation).
@@ -86,6 +91,7 @@ impl Fence {
         }
         if let Ok(mut h) = self.held.lock() {
             h.rev = Some((rev, sent));
+            h.seen = None;
         }
     }
 
@@ -107,8 +113,8 @@ impl Fence {
         match h.rev {
             None => Err(Fenced {
                 held_revision: None,
-                current_revision: None,
-                current_holder: None,
+                current_revision: h.seen.as_ref().map(|s| s.0),
+                current_holder: h.seen.as_ref().and_then(|s| s.1.clone()),
                 reason: "this replica does not hold the lease".into(),
             }),
             Some((rev, sent)) => {
@@ -191,6 +197,9 @@ impl Fence {
         tracing::warn!(write = what, held_revision = ?f.held_revision, current_revision = ?f.current_revision, holder = ?f.current_holder, "fenced: {}; not writing", f.reason);
         if let Ok(mut h) = self.held.lock() {
             h.refused += 1;
+            if let Some(rev) = f.current_revision {
+                h.seen = Some((rev, f.current_holder.clone()));
+            }
             h.last = Some((f.clone(), what.to_owned()));
         }
     }
