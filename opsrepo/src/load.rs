@@ -560,20 +560,22 @@ fn parse_one(
                 };
                 crate::rules::secrets::scan_values(&value, &locate, &mut doc.secret_findings);
             }
-            if doc.env.is_none() && kind != Kind::Runbook {
-                // Typed now, from the tree, while it is at hand: from the kept JSON it would
-                // be parsed again.
-                let (stored, typed) = kind
+            // A base document is typed now, from the tree, while it is at hand: from the kept
+            // JSON it would be parsed again. (Runbooks and overlays have no type of their own.)
+            let mut value = Some(value);
+            if doc.env.is_none()
+                && let Some((stored, typed)) = kind
                     .with_type(TypeAndKeep {
                         kind,
                         spans: doc.own_spans(),
-                        value,
+                        value: &mut value,
                     })
-                    .expect("a kind with a schema has a type");
+                    .flatten()
+            {
                 doc.value = stored;
                 let _ = doc.shared.set(typed);
-            } else {
-                doc.value = Stored::keep(kind, doc.env.is_some(), value);
+            } else if let Some(v) = value {
+                doc.value = Stored::keep(kind, doc.env.is_some(), v);
             }
             Ok(Some(doc))
         }
@@ -913,9 +915,10 @@ fn type_into(model: &mut Model, findings: &mut Vec<Finding>, kind: Kind, entry: 
     }
 }
 
-/// Types every base document once, in parallel, ahead of the views: a view's typing is one
-/// sequential pass, and the views that run at once would otherwise wait on each other for
-/// the same documents. Each view then finds its shared documents typed.
+/// Types every base document not typed yet, in parallel, ahead of the views: a view's typing
+/// is one sequential pass, and the views that run at once would otherwise wait on each other
+/// for the same documents. Each view then finds its shared documents typed. (The parse and the
+/// validation cache type each base document as they make it; this catches any other.)
 pub fn type_shared(p: &Parsed0) {
     p.docs.par_iter().for_each(SourceDoc::type_once);
 }
@@ -938,20 +941,22 @@ impl SourceDoc {
     }
 }
 
-/// Types a base document's tree, then keeps the tree as [`Stored::keep`] does.
-struct TypeAndKeep {
+/// Types a base document's tree, then keeps the tree as [`Stored::keep`] does (taking it out
+/// of `value`; a kind without a type leaves it there).
+struct TypeAndKeep<'a> {
     kind: Kind,
     spans: DocSpans,
-    value: Value,
+    value: &'a mut Option<Value>,
 }
 
-impl crate::kinds::WithType for TypeAndKeep {
-    type Out = (Stored, Arc<dyn Any + Send + Sync>);
+impl crate::kinds::WithType for TypeAndKeep<'_> {
+    type Out = Option<(Stored, Arc<dyn Any + Send + Sync>)>;
     fn with<T: DeserializeOwned + Send + Sync + 'static>(self) -> Self::Out {
-        let spec = T::deserialize(&self.value);
-        let stored = Stored::keep(self.kind, false, self.value);
+        let value = self.value.take()?;
+        let spec = T::deserialize(&value);
+        let stored = Stored::keep(self.kind, false, value);
         let typed = typed_doc::<T>(self.spans, stored.clone(), spec);
-        (stored, Arc::new(typed))
+        Some((stored, Arc::new(typed)))
     }
 }
 
