@@ -92,25 +92,22 @@ fn pct(v: &[f64], p: f64) -> f64 {
 /// ticks of 10 ms): on a shared machine the client's own work, less disturbed by the load than
 /// wall time.
 fn cpu_ms() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name (which may hold spaces) start at state, field 3.
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-            Some(ticks * 10.0)
-        })
-        .unwrap_or(0.0)
+    stat_cpu_ms("self").unwrap_or(0.0)
+}
+
+/// User + system CPU from `/proc/<pid>/stat`, ms (clock ticks of 10 ms).
+fn stat_cpu_ms(pid: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) * 10.0)
 }
 
 /// CPU time (user + system) process `pid` has used so far, ms (`/proc/PID/stat`, clock ticks
 /// of 10 ms), or `None` if it cannot be read.
 fn pid_cpu_ms(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) * 10.0)
+    stat_cpu_ms(&pid.to_string())
 }
 
 /// The nats-server process serving `url` on this machine (`B3_SERVER_PID`, else the

@@ -337,12 +337,12 @@ impl Stored {
         match self {
             Stored::Tree(v) => T::deserialize(&**v),
             // Checked as UTF-8 once, whole: read from bytes, serde_json checks every string
-            // on its own (a tenth of typing a cached document).
-            Stored::Json(b) => match std::str::from_utf8(b) {
-                Ok(s) => serde_json::from_str(s),
-                Err(_) => serde_json::from_slice(b),
-            }
-            .or_else(|_| T::deserialize(&self.to_value())),
+            // on its own (a tenth of typing a cached document). Bytes that are not UTF-8 would
+            // fail as JSON too: like any failure, they are read from the tree.
+            Stored::Json(b) => match std::str::from_utf8(b).map(serde_json::from_str) {
+                Ok(Ok(t)) => Ok(t),
+                _ => T::deserialize(&self.to_value()),
+            },
         }
     }
 }
