@@ -3,7 +3,8 @@
 #   B2  compile + plan after a one-file commit in a repo of 50,000 documents
 #       vs the same repo's full compile                              (vakt-bench b2)
 #   B3  apply ~50,000 keys to NATS KV (CAS writes + one audit event per key)
-#       vs raw JetStream publish of the same value bytes             (vakt-bench b3)
+#       vs raw JetStream publish of the same messages, measured before and after the
+#       apply (mean of both), all three after an unmeasured warm-up apply (vakt-bench b3)
 #   B6  drift over the same keys vs B3's read-back of them           (vakt-bench b3)
 #   B7  peak RSS: the in-process driver after compile+apply+drift, and `vakt apply`
 #       (validation included) under /usr/bin/time -v
@@ -15,7 +16,8 @@
 # Usage: bash bench/b2_b7.sh
 # Environment: B2_DOCS (50000), B3_DOCS (22000 ≈ 50k keys), B2_RUNS (10), B4_RUNS (30),
 #   B4_WARMUP (30 merges before the measured ones, not counted),
-#   B3_DIAG=1 (B3 also reports plan_live_ms and the raw publish of the same messages with
+#   B3_WARMUP=0 (no warm-up apply: the measured apply then runs first on the just-started
+#   server, the peer only after it), B3_DIAG=1 (B3 also reports plan_live_ms and the raw publish of the same messages with
 #   vakt's headers), B3_RUNS (1: runs of `vakt-bench b3`, each into fresh buckets; all in OUT/b3.jsonl, the
 #   first also in OUT/b3.json), BENCH_OUT (bench/out/b2b7, git-ignored), BENCH_NO_BUILD=1,
 #   ONLY (default all): the benches to run, e.g. ONLY=b3b7 (skip B2 and B4: the

@@ -195,22 +195,123 @@ fn b2(repo: &Path, env: &str, base: &str, head: &str, runs: usize) {
     );
 }
 
-async fn b3(repo: &Path, env: &str, url: &str) {
-    let desired = reconciler::compile_rev(repo, &format!("env/{env}"), env).expect("compile");
-    let n = desired.len();
-    let bytes: usize = desired.entries.values().map(|e| e.value(env).len()).sum();
-    let tag = std::process::id();
+/// A target for `desired` under key-value prefix `prefix`, opened (buckets created).
+async fn b3_open(
+    repo: &Path,
+    env: &str,
+    url: &str,
+    prefix: String,
+) -> (reconciler::store::Store, reconciler::store::audit::Audit) {
     let target = reconciler::EnvTarget::resolve(
         &reconciler::desired::checkout::Checkout::open(repo, env),
         reconciler::store::NatsOpts {
             urls: url.to_owned(),
             ..Default::default()
         },
-        Some(format!("bench{tag}")),
+        Some(prefix),
         Default::default(),
     )
     .expect("target");
-    let (store, mut audit) = target.open().await.expect("open");
+    target.open().await.expect("open")
+}
+
+/// The `kv.put` events an apply published, as it published them (the same fields, so the
+/// same bytes), in chain order.
+async fn put_events(audit: &reconciler::store::audit::Audit, n: usize) -> Vec<bytes::Bytes> {
+    let events: Vec<bytes::Bytes> = audit
+        .read(0)
+        .await
+        .expect("read audit events")
+        .into_iter()
+        .filter(|s| s.event.action == "kv.put")
+        .map(|s| bytes::Bytes::from(serde_json::to_vec(&s.event).expect("encode")))
+        .collect();
+    assert_eq!(events.len(), n, "one audit event per write");
+    events
+}
+
+/// The peer's messages: each KV value and its audit event, interleaved as the apply sends
+/// them, on subjects under `root`.
+fn raw_payloads(
+    desired: &reconciler::Desired,
+    env: &str,
+    events: Vec<bytes::Bytes>,
+    root: &str,
+) -> Vec<(String, bytes::Bytes)> {
+    let mut payloads = Vec::with_capacity(2 * events.len());
+    for (((b, k), e), ev) in desired.entries.iter().zip(events) {
+        payloads.push((format!("{root}.{b}.{k}"), bytes::Bytes::from(e.value(env))));
+        payloads.push((format!("{root}.audit.{env}.kv.put"), ev));
+    }
+    payloads
+}
+
+/// The peer, raw JetStream publish: `payloads` into a fresh plain stream `name` (subjects
+/// `root.>`), `window` messages in flight, every ack awaited. Returns its wall time, the
+/// client's and the server's CPU (ms).
+async fn raw_publish(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    root: &str,
+    payloads: Vec<(String, bytes::Bytes)>,
+    window: usize,
+    server_cpu: &dyn Fn() -> Option<f64>,
+) -> (f64, f64, Option<f64>) {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{root}.>")],
+        ..Default::default()
+    })
+    .await
+    .expect("raw stream");
+    let (t, cpu, scpu) = (Instant::now(), cpu_ms(), server_cpu());
+    let mut pending = std::collections::VecDeque::new();
+    for (s, p) in payloads {
+        pending.push_back(js.publish(s, p).await.expect("publish"));
+        if pending.len() >= window {
+            pending.pop_front().unwrap().await.expect("ack");
+        }
+    }
+    for f in pending {
+        f.await.expect("ack");
+    }
+    let server = server_cpu().zip(scpu).map(|(a, b)| a - b);
+    (ms(t.elapsed()), cpu_ms() - cpu, server)
+}
+
+async fn b3(repo: &Path, env: &str, url: &str) {
+    let desired = reconciler::compile_rev(repo, &format!("env/{env}"), env).expect("compile");
+    let n = desired.len();
+    let bytes: usize = desired.entries.values().map(|e| e.value(env).len()).sum();
+    let tag = std::process::id();
+    let opts = reconciler::ops::apply::ApplyOpts::new("bench");
+    // The window: apply keeps `opts.window` writes and as many events in flight.
+    let window = 2 * opts.window;
+    // The server's CPU per phase (None when its process is not found on this machine).
+    let server = server_pid(url);
+    let server_cpu = || server.and_then(pid_cpu_ms);
+    // Warm-up (`B3_WARMUP=0` turns it off): one unmeasured apply of the same keys into
+    // buckets of their own, so both measured phases find a server (a long-running process in
+    // production: Go's heap grown, its stream machinery exercised) and a connection as warm.
+    // Without it the apply, measured first, ran on a just-started server and the peer, after
+    // it, on the server the apply had warmed: the first apply on a fresh server is about
+    // 300 ms slower than the next one on the same server; the peer barely moves.
+    let warm = std::env::var_os("B3_WARMUP").is_none_or(|v| v != "0");
+    let mut warmup_apply_ms = None;
+    let warm_events = if warm {
+        let (store, mut audit) = b3_open(repo, env, url, format!("bwarm{tag}")).await;
+        let t = Instant::now();
+        let r = reconciler::ops::apply::apply(&store, &mut audit, &desired, &opts)
+            .await
+            .expect("warm-up apply");
+        warmup_apply_ms = Some(ms(t.elapsed()));
+        assert_eq!(r.written, n);
+        Some(put_events(&audit, n).await)
+    } else {
+        None
+    };
+    let (store, mut audit) = b3_open(repo, env, url, format!("bench{tag}")).await;
+    let js = async_nats::jetstream::new(store.client.clone());
     // Diagnostics (`B3_DIAG=1`, off by default so a run does the same work as before): where
     // an apply's time goes besides publishing. Its snapshot and plan, read-only, on the same
     // empty buckets (`apply` below makes its own).
@@ -224,11 +325,6 @@ async fn b3(repo: &Path, env: &str, url: &str) {
         plan_ms = Some(ms(t.elapsed()));
         assert_eq!(planned.plan.changes.len(), n);
     }
-    // B3: apply every key (CAS writes + one audit event per key).
-    let opts = reconciler::ops::apply::ApplyOpts::new("bench");
-    // The server's CPU per phase (None when its process is not found on this machine).
-    let server = server_pid(url);
-    let server_cpu = || server.and_then(pid_cpu_ms);
     let since = |before: Option<f64>| Some(server_cpu()? - before?);
     let mut phases = serde_json::Map::new();
     let mut phase = |name: &str, from: Option<f64>| {
@@ -236,6 +332,31 @@ async fn b3(repo: &Path, env: &str, url: &str) {
             phases.insert(name.to_owned(), serde_json::json!([a, b]));
         }
     };
+    // Peer, before the apply (with the warm-up): raw JetStream publish of the same messages,
+    // the KV values and the warm-up apply's audit events (the same fields and sizes as the
+    // measured apply's), with the same in-flight window (the apply's 512 writes + 512 events =
+    // 1024 messages), every ack awaited, on the same connection. It is measured again after
+    // the apply with the measured apply's own events; the peer's figure is the mean of both,
+    // so neither side gains from going first or second.
+    let mut raws = Vec::new();
+    if let Some(events) = warm_events {
+        let m = mono_s();
+        let root = format!("rawa{tag}");
+        let payloads = raw_payloads(&desired, env, events, &root);
+        raws.push(
+            raw_publish(
+                &js,
+                &format!("RAWA{tag}"),
+                &root,
+                payloads,
+                window,
+                &server_cpu,
+            )
+            .await,
+        );
+        phase("raw_before", m);
+    }
+    // B3: apply every key (CAS writes + one audit event per key).
     let (t, cpu, scpu, m) = (Instant::now(), cpu_ms(), server_cpu(), mono_s());
     let r = reconciler::ops::apply::apply(&store, &mut audit, &desired, &opts)
         .await
@@ -245,57 +366,35 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     let apply_cpu_ms = cpu_ms() - cpu;
     let apply_server_cpu_ms = since(scpu);
     assert_eq!(r.written, n);
-    // Peer: raw JetStream publish of the same messages, the KV values and the audit events
-    // (the events' payloads as the apply published them: the same fields, so the same bytes),
-    // interleaved as the apply sends them, with the same in-flight window (the apply's 512
-    // writes + 512 events = 1024 messages), every ack awaited, on the same connection.
-    let events: Vec<bytes::Bytes> = audit
-        .read(0)
-        .await
-        .expect("read audit events")
-        .into_iter()
-        .filter(|s| s.event.action == "kv.put")
-        .map(|s| bytes::Bytes::from(serde_json::to_vec(&s.event).expect("encode")))
-        .collect();
-    assert_eq!(events.len(), n, "one audit event per write");
-    let js = async_nats::jetstream::new(store.client.clone());
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: format!("RAW{tag}"),
-        subjects: vec![format!("raw{tag}.>")],
-        ..Default::default()
-    })
-    .await
-    .expect("raw stream");
-    let mut payloads: Vec<(String, bytes::Bytes)> = Vec::with_capacity(2 * n);
-    for (((b, k), e), ev) in desired.entries.iter().zip(events) {
-        payloads.push((
-            format!("raw{tag}.{b}.{k}"),
-            bytes::Bytes::from(e.value(env)),
-        ));
-        payloads.push((format!("raw{tag}.audit.{env}.kv.put"), ev));
-    }
+    // Peer, after the apply: the measured apply's own messages.
+    let root = format!("raw{tag}");
+    let payloads = raw_payloads(&desired, env, put_events(&audit, n).await, &root);
     let raw_bytes: usize = payloads.iter().map(|p| p.1.len()).sum();
     let raw_messages = payloads.len();
-    // The window: apply keeps `opts.window` writes and as many events in flight.
-    let window = 2 * opts.window;
     // Only the diagnostic keeps a second reference to the payloads (the peer consumes them,
     // so they do not raise the peak RSS reported for B7).
     let again = diag.then(|| payloads.clone());
-    let (t, cpu, scpu, m) = (Instant::now(), cpu_ms(), server_cpu(), mono_s());
-    let mut pending = std::collections::VecDeque::new();
-    for (s, p) in payloads {
-        pending.push_back(js.publish(s, p).await.expect("publish"));
-        if pending.len() >= window {
-            pending.pop_front().unwrap().await.expect("ack");
-        }
-    }
-    for f in pending {
-        f.await.expect("ack");
-    }
+    let m = mono_s();
+    raws.push(
+        raw_publish(
+            &js,
+            &format!("RAW{tag}"),
+            &root,
+            payloads,
+            window,
+            &server_cpu,
+        )
+        .await,
+    );
     phase("raw", m);
-    let raw_ms = ms(t.elapsed());
-    let raw_cpu_ms = cpu_ms() - cpu;
-    let raw_server_cpu_ms = since(scpu);
+    let mean = |f: &dyn Fn(&(f64, f64, Option<f64>)) -> Option<f64>| {
+        let v: Option<Vec<f64>> = raws.iter().map(f).collect();
+        v.map(|v| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let raw_ms = mean(&|r| Some(r.0)).unwrap_or(f64::NAN);
+    let raw_cpu_ms = mean(&|r| Some(r.1));
+    let raw_server_cpu_ms = mean(&|r| r.2);
+    let raw_runs_ms: Vec<f64> = raws.iter().map(|r| r.0).collect();
     // Diagnostic, not the peer: the same messages with the headers apply must send (expected
     // last subject sequence 0 on each write, a `Nats-Msg-Id` on each event), to a fresh
     // stream: the server's share of compare-and-set and deduplication.
@@ -349,6 +448,7 @@ async fn b3(repo: &Path, env: &str, url: &str) {
             "bench": "B3/B6/B7", "keys": n, "value_bytes": bytes,
             "apply_ms": apply_ms, "raw_publish_ms": raw_ms, "apply_vs_raw": apply_ms / raw_ms,
             "raw_messages": raw_messages, "raw_bytes": raw_bytes, "window": window,
+            "warmup": warm, "warmup_apply_ms": warmup_apply_ms, "raw_publish_runs_ms": raw_runs_ms,
             "plan_live_ms": plan_ms, "raw_publish_with_headers_ms": raw_headers_ms,
             "apply_cpu_ms": apply_cpu_ms, "raw_publish_cpu_ms": raw_cpu_ms,
             "apply_server_cpu_ms": apply_server_cpu_ms, "raw_publish_server_cpu_ms": raw_server_cpu_ms,
