@@ -246,9 +246,16 @@ fn raw_payloads(
     payloads
 }
 
+/// One run of the peer: wall time, the client's CPU and the server's CPU (ms; `None` when the
+/// server's process is not found).
+struct RawRun {
+    ms: f64,
+    cpu_ms: f64,
+    server_cpu_ms: Option<f64>,
+}
+
 /// The peer, raw JetStream publish: `payloads` into a fresh plain stream `name` (subjects
-/// `root.>`), `window` messages in flight, every ack awaited. Returns its wall time, the
-/// client's and the server's CPU (ms).
+/// `root.>`), `window` messages in flight, every ack awaited.
 async fn raw_publish(
     js: &async_nats::jetstream::Context,
     name: &str,
@@ -256,7 +263,7 @@ async fn raw_publish(
     payloads: Vec<(String, bytes::Bytes)>,
     window: usize,
     server_cpu: &dyn Fn() -> Option<f64>,
-) -> (f64, f64, Option<f64>) {
+) -> RawRun {
     js.create_stream(async_nats::jetstream::stream::Config {
         name: name.to_owned(),
         subjects: vec![format!("{root}.>")],
@@ -275,8 +282,11 @@ async fn raw_publish(
     for f in pending {
         f.await.expect("ack");
     }
-    let server = server_cpu().zip(scpu).map(|(a, b)| a - b);
-    (ms(t.elapsed()), cpu_ms() - cpu, server)
+    RawRun {
+        ms: ms(t.elapsed()),
+        cpu_ms: cpu_ms() - cpu,
+        server_cpu_ms: server_cpu().zip(scpu).map(|(a, b)| a - b),
+    }
 }
 
 async fn b3(repo: &Path, env: &str, url: &str) {
@@ -387,14 +397,14 @@ async fn b3(repo: &Path, env: &str, url: &str) {
         .await,
     );
     phase("raw", m);
-    let mean = |f: &dyn Fn(&(f64, f64, Option<f64>)) -> Option<f64>| {
+    let mean = |f: fn(&RawRun) -> Option<f64>| {
         let v: Option<Vec<f64>> = raws.iter().map(f).collect();
         v.map(|v| v.iter().sum::<f64>() / v.len() as f64)
     };
-    let raw_ms = mean(&|r| Some(r.0)).unwrap_or(f64::NAN);
-    let raw_cpu_ms = mean(&|r| Some(r.1));
-    let raw_server_cpu_ms = mean(&|r| r.2);
-    let raw_runs_ms: Vec<f64> = raws.iter().map(|r| r.0).collect();
+    let raw_ms = mean(|r| Some(r.ms)).unwrap_or(f64::NAN);
+    let raw_cpu_ms = mean(|r| Some(r.cpu_ms));
+    let raw_server_cpu_ms = mean(|r| r.server_cpu_ms);
+    let raw_runs_ms: Vec<f64> = raws.iter().map(|r| r.ms).collect();
     // Diagnostic, not the peer: the same messages with the headers apply must send (expected
     // last subject sequence 0 on each write, a `Nats-Msg-Id` on each event), to a fresh
     // stream: the server's share of compare-and-set and deduplication.

@@ -272,6 +272,33 @@ mod tests {
     }
 
     #[test]
+    fn a_site_short_of_shard_room_is_reported_with_its_counts() {
+        // Oslo's one gateway shard down to one tenant: the six placed tenants (four homed in
+        // Oslo, two in Bergen) do not fit there when Bergen is lost.
+        let shard = "inventory/shards/gw-osl1.toml";
+        let text = "id = \"gw-osl1\"\nservice_kind = \"gateway\"\nsite = \"osl1\"\nnodes = [\"gw-osl1-01\"]\nmax_tenants = 1\n";
+        let parsed = parse_all(&bundled_with(&[(shard, text)]));
+        let opts = ValidateOptions {
+            env: None,
+            today: time::macros::date!(2026 - 11 - 22),
+        };
+        let found = validate_parsed(&parsed, &opts).findings;
+        let capacity: Vec<_> = found
+            .iter()
+            .filter(|f| f.rule == "topology.capacity")
+            .collect();
+        assert_eq!(capacity.len(), 1, "{capacity:#?}");
+        assert_eq!(capacity[0].path, "inventory/sites/osl1.toml");
+        assert!(
+            capacity[0].message.contains(
+                "gateway shards hold 1 tenants, 6 are placed (4 here, 2 elsewhere): short by 5"
+            ),
+            "{}",
+            capacity[0].message
+        );
+    }
+
+    #[test]
     fn reusing_base_findings_for_groups_an_overlay_cannot_change_loses_nothing() {
         // Staging overlays its global config (bundled) and, here, one stateful shard down to a
         // single node: the topology rules must run in staging and say so at the overlay.

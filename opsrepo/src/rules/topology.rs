@@ -74,28 +74,13 @@ fn capacity(m: &Model, out: &mut Vec<Finding>) {
         .iter()
         .map(|n| (n.spec.id.as_str(), &n.spec))
         .collect();
-    let shard_site: IdMap<&str, (&str, ServiceKind)> = m
-        .shards
-        .iter()
-        .map(|s| {
-            (
-                s.spec.id.as_str(),
-                (s.spec.site.as_str(), s.spec.service_kind),
-            )
-        })
-        .collect();
-    let quota: IdMap<&str, u64> = m
-        .tenants
-        .iter()
-        .map(|t| {
-            (
-                t.spec.id.as_str(),
-                u64::from(t.spec.quotas.max_inflight_commands),
-            )
-        })
-        .collect();
-    // (site, kind) -> room
-    let mut rooms: BTreeMap<(&str, ServiceKind), Room> = BTreeMap::new();
+    // (site, kind) -> room, each room also at its index in `room_of` so a placement's shard
+    // finds its room without comparing site names.
+    let mut rooms: BTreeMap<(&str, ServiceKind), usize> = BTreeMap::new();
+    let mut room_of: Vec<Room> = Vec::new();
+    // Shard id -> (kind, index of its site's room of that kind).
+    let mut shard_room: IdMap<&str, (ServiceKind, usize)> =
+        IdMap::with_capacity_and_hasher(m.shards.len(), Default::default());
     for sh in &m.shards {
         let members: Vec<&crate::model::Node> = sh
             .spec
@@ -113,30 +98,43 @@ fn capacity(m: &Model, out: &mut Vec<Finding>) {
             .map(|n| n.capacity.max_inflight)
             .min()
             .unwrap_or(0);
-        let r = rooms
+        let i = *rooms
             .entry((sh.spec.site.as_str(), sh.spec.service_kind))
-            .or_default();
-        r.tenants += u64::from(tenants);
-        r.inflight += u64::from(inflight);
+            .or_insert_with(|| {
+                room_of.push(Room::default());
+                room_of.len() - 1
+            });
+        room_of[i].tenants += u64::from(tenants);
+        room_of[i].inflight += u64::from(inflight);
+        // A duplicate shard id: the last one counts (the duplicate is reported elsewhere).
+        shard_room.insert(sh.spec.id.as_str(), (sh.spec.service_kind, i));
     }
+    let quota: IdMap<&str, u64> = m
+        .tenants
+        .iter()
+        .map(|t| {
+            (
+                t.spec.id.as_str(),
+                u64::from(t.spec.quotas.max_inflight_commands),
+            )
+        })
+        .collect();
     // Load per kind: every tenant placed on a shard of the kind, and its in-flight quota.
     let mut load: BTreeMap<ServiceKind, (u64, u64)> = BTreeMap::new();
     for p in &m.placements {
+        let q = quota.get(p.spec.tenant.as_str()).copied().unwrap_or(0);
         for (kind, sid) in &p.spec.shards {
-            let Some((site, k)) = shard_site.get(sid.as_str()) else {
+            let Some(&(k, room)) = shard_room.get(sid.as_str()) else {
                 continue; // ref.placement reports it
             };
-            if k != kind {
+            if k != *kind {
                 continue;
             }
-            let q = quota.get(p.spec.tenant.as_str()).copied().unwrap_or(0);
             let l = load.entry(*kind).or_default();
             l.0 += 1;
             l.1 += q;
-            if let Some(r) = rooms.get_mut(&(*site, *kind)) {
-                r.own += 1;
-                r.own_inflight += q;
-            }
+            room_of[room].own += 1;
+            room_of[room].own_inflight += q;
         }
     }
     for s in &m.sites {
@@ -147,7 +145,7 @@ fn capacity(m: &Model, out: &mut Vec<Finding>) {
         let mut short: Vec<String> = Vec::new();
         for (kind, (tenants, inflight)) in &load {
             let empty = Room::default();
-            let r = rooms.get(&(site, *kind)).unwrap_or(&empty);
+            let r = rooms.get(&(site, *kind)).map_or(&empty, |&i| &room_of[i]);
             if r.tenants < *tenants {
                 short.push(format!(
                     "{kind} shards hold {} tenants, {tenants} are placed ({} here, {} elsewhere): short by {}",
