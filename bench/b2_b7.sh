@@ -17,7 +17,9 @@
 # Environment: B2_DOCS (50000), B3_DOCS (22000 ≈ 50k keys), B2_RUNS (10), B4_RUNS (30),
 #   B4_WARMUP (30 merges before the measured ones, not counted),
 #   B3_WARMUP=0 (no warm-up apply: the measured apply then runs first on the just-started
-#   server, the peer only after it), B3_DIAG=1 (B3 also reports plan_live_ms and the raw publish of the same messages with
+#   server, the peer only after it), B3_COLD=1 (cold against cold: each run starts two
+#   servers, the apply runs first on one and the peer first on the other, no warm-up),
+#   B3_DIAG=1 (B3 also reports plan_live_ms and the raw publish of the same messages with
 #   vakt's headers), B3_RUNS (1: runs of `vakt-bench b3`, each into fresh buckets; all in OUT/b3.jsonl, the
 #   first also in OUT/b3.json), BENCH_OUT (bench/out/b2b7, git-ignored), BENCH_NO_BUILD=1,
 #   ONLY (default all): the benches to run, e.g. ONLY=b3b7 (skip B2 and B4: the
@@ -78,9 +80,31 @@ git_repo "$WORK/b3"
 fi
 if want b3; then
 echo "b2_b7: B3/B6 (in process)" >&2
+# The generated repo's files are still being written back to disk; a publisher measured
+# meanwhile waits on that writeback (whichever side runs first pays it).
+sync
 : > "$WORK/b3.jsonl"
 for ((i = 1; i <= B3_RUNS; i++)); do
-    "$BENCH" b3 "$WORK/b3" dev "$URL" | tee -a "$WORK/b3.jsonl"
+    if [[ "${B3_COLD:-}" == 1 ]]; then
+        # Cold against cold: the apply on one just-started server, the peer on another, each
+        # the first publisher its server sees (no warm-up).
+        cold() { # NAME: start a server, set COLD_URL and COLD_PID
+            local port
+            port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+            nats-server -js -a 127.0.0.1 -p "$port" -sd "$WORK/js-$1-$i" >"$WORK/nats-$1-$i.log" 2>&1 &
+            COLD_PID=$!
+            for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+            COLD_URL="nats://127.0.0.1:$port"
+        }
+        cold apply; A_URL="$COLD_URL"; A_PID="$COLD_PID"
+        cold peer; P_URL="$COLD_URL"; P_PID="$COLD_PID"
+        B3_WARMUP=0 B3_COLD_PEER_URL="$P_URL" "$BENCH" b3 "$WORK/b3" dev "$A_URL" | tee -a "$WORK/b3.jsonl" \
+            || { kill "$A_PID" "$P_PID" 2>/dev/null; die "vakt-bench b3 (cold) failed"; }
+        kill "$A_PID" "$P_PID" 2>/dev/null || true
+        wait "$A_PID" "$P_PID" 2>/dev/null || true
+    else
+        "$BENCH" b3 "$WORK/b3" dev "$URL" | tee -a "$WORK/b3.jsonl"
+    fi
 done
 head -n 1 "$WORK/b3.jsonl" > "$WORK/b3.json"
 fi

@@ -376,7 +376,23 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     let apply_cpu_ms = cpu_ms() - cpu;
     let apply_server_cpu_ms = since(scpu);
     assert_eq!(r.written, n);
-    // Peer, after the apply: the measured apply's own messages.
+    // Peer, after the apply: the measured apply's own messages. With `B3_COLD_PEER_URL`
+    // (`b2_b7.sh` with `B3_COLD=1`, no warm-up) on a server of its own, started for it and
+    // not used before, as the apply's was: cold against cold.
+    let cold_peer = match std::env::var("B3_COLD_PEER_URL") {
+        Ok(u) => {
+            let client = async_nats::connect(&u)
+                .await
+                .expect("connect to the peer's server");
+            Some((async_nats::jetstream::new(client), server_pid(&u)))
+        }
+        Err(_) => None,
+    };
+    let peer_server_cpu = || match &cold_peer {
+        Some((_, pid)) => pid.and_then(pid_cpu_ms),
+        None => server_cpu(),
+    };
+    let peer_js = cold_peer.as_ref().map_or(&js, |(js, _)| js);
     let root = format!("raw{tag}");
     let payloads = raw_payloads(&desired, env, put_events(&audit, n).await, &root);
     let raw_bytes: usize = payloads.iter().map(|p| p.1.len()).sum();
@@ -387,12 +403,12 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     let m = mono_s();
     raws.push(
         raw_publish(
-            &js,
+            peer_js,
             &format!("RAW{tag}"),
             &root,
             payloads,
             window,
-            &server_cpu,
+            &peer_server_cpu,
         )
         .await,
     );
@@ -458,7 +474,7 @@ async fn b3(repo: &Path, env: &str, url: &str) {
             "bench": "B3/B6/B7", "keys": n, "value_bytes": bytes,
             "apply_ms": apply_ms, "raw_publish_ms": raw_ms, "apply_vs_raw": apply_ms / raw_ms,
             "raw_messages": raw_messages, "raw_bytes": raw_bytes, "window": window,
-            "warmup": warm, "warmup_apply_ms": warmup_apply_ms, "raw_publish_runs_ms": raw_runs_ms,
+            "warmup": warm, "warmup_apply_ms": warmup_apply_ms, "cold_peer_server": cold_peer.is_some(), "raw_publish_runs_ms": raw_runs_ms,
             "plan_live_ms": plan_ms, "raw_publish_with_headers_ms": raw_headers_ms,
             "apply_cpu_ms": apply_cpu_ms, "raw_publish_cpu_ms": raw_cpu_ms,
             "apply_server_cpu_ms": apply_server_cpu_ms, "raw_publish_server_cpu_ms": raw_server_cpu_ms,
