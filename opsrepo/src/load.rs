@@ -789,10 +789,23 @@ pub fn build_view_of(
             .binary_search_by(|b| b.path.as_str().cmp(path))
             .is_ok()
     };
+    // Each overlay at the index of its base document, in base order: the walk below meets
+    // them with a cursor instead of looking every base path up among the overlays.
+    let mut overlaid: Vec<(usize, &SourceDoc)> = overlays
+        .iter()
+        .filter_map(|(base_path, o)| {
+            let i = bases
+                .binary_search_by(|b| b.path.as_str().cmp(base_path))
+                .ok()?;
+            Some((i, *o))
+        })
+        .collect();
+    overlaid.sort_by_key(|(i, _)| *i);
+    let mut overlaid = overlaid.into_iter().peekable();
     let mut entries: Vec<(Kind, Entry)> = Vec::with_capacity(bases.len());
-    for base in &bases {
-        let path = base.path.as_str();
-        if wanted.is_some_and(|w| !w.contains(&base.kind)) && !overlays.contains_key(path) {
+    for (i, base) in bases.iter().enumerate() {
+        let overlay = overlaid.next_if(|(at, _)| *at == i).map(|(_, o)| o);
+        if wanted.is_some_and(|w| !w.contains(&base.kind)) && overlay.is_none() {
             continue;
         }
         if base.kind == Kind::Runbook {
@@ -800,20 +813,14 @@ pub fn build_view_of(
                 path: base.path.clone(),
                 text: base.text().unwrap_or_else(|| Arc::from("")),
             });
+            // The base runbook is the one every environment sees; the overlay is refused.
+            if let Some(o) = overlay {
+                findings.push(runbook_overlay(o));
+            }
             continue;
         }
-        match overlays.get(path) {
-            Some(o) if o.kind == Kind::Runbook => {
-                findings.push(
-                    Finding::new(
-                        "overlay.forbidden",
-                        &o.path,
-                        Pos::default(),
-                        "runbooks are the same in every environment and cannot be overlaid",
-                    )
-                    .help("edit the runbook itself"),
-                );
-            }
+        match overlay {
+            Some(o) if o.kind == Kind::Runbook => findings.push(runbook_overlay(o)),
             Some(o) => {
                 let mut v = base.value.to_value();
                 merge_patch(&mut v, &o.value.tree());
@@ -855,6 +862,7 @@ pub fn build_view_of(
             continue;
         }
         if o.kind == Kind::Runbook {
+            findings.push(runbook_overlay(o));
             continue;
         }
         let spans = DocSpans {
@@ -875,6 +883,18 @@ pub fn build_view_of(
         type_into(&mut model, &mut findings, kind, entry);
     }
     (model, findings)
+}
+
+/// The finding for a runbook under `environments/<env>/`: runbooks are the same in every
+/// environment, so an overlay of one is refused rather than silently left out.
+fn runbook_overlay(o: &SourceDoc) -> Finding {
+    Finding::new(
+        "overlay.forbidden",
+        &o.path,
+        Pos::default(),
+        "runbooks are the same in every environment and cannot be overlaid",
+    )
+    .help("edit the runbook itself (runbooks/), and remove this file")
 }
 
 /// Types one entry of a view into its place in `model` (a typing error into `findings`).

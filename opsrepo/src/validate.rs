@@ -272,6 +272,51 @@ mod tests {
     }
 
     #[test]
+    fn runbook_overlays_are_refused_and_orphan_overlays_follow_the_policy() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let runbook = std::fs::read_to_string(root.join("runbooks/dr.control-plane.restore.md"))
+            .expect("bundled runbook");
+        let ghost = std::fs::read_to_string(root.join("config/tenants/polar-retail/tenant.toml"))
+            .expect("bundled tenant")
+            .replace("id = \"polar-retail\"", "id = \"ghost\"");
+        let with_base = "environments/staging/runbooks/dr.control-plane.restore.md";
+        let without_base = "environments/prod/runbooks/only-in-prod.md";
+        // Staging forbids overlays without a base document, prod allows them.
+        let staging_orphan = "environments/staging/config/tenants/ghost/tenant.toml";
+        let prod_orphan = "environments/prod/config/tenants/ghost/tenant.toml";
+        let parsed = parse_all(&bundled_with(&[
+            (with_base, runbook.as_str()),
+            (without_base, runbook.as_str()),
+            (staging_orphan, ghost.as_str()),
+            (prod_orphan, ghost.as_str()),
+        ]));
+        let opts = ValidateOptions {
+            env: None,
+            today: time::macros::date!(2026 - 11 - 22),
+        };
+        let found = validate_parsed(&parsed, &opts).findings;
+        let has = |rule: &str, path: &str| found.iter().any(|f| f.rule == rule && f.path == path);
+        assert!(has("overlay.forbidden", with_base), "{found:#?}");
+        assert!(has("overlay.forbidden", without_base), "{found:#?}");
+        assert!(has("overlay.no-base", staging_orphan), "{found:#?}");
+        assert!(!has("overlay.no-base", prod_orphan), "{found:#?}");
+        let prod = ValidateOptions {
+            env: Some("prod".into()),
+            ..opts
+        };
+        let (_, model) = validate_with_model(&parsed, &prod);
+        let model = model.expect("the prod model is kept");
+        assert!(model.tenants.iter().any(|t| t.spec.id == "ghost"));
+        // The runbook every environment sees is the base one, once.
+        let restores = model
+            .runbooks
+            .iter()
+            .filter(|r| r.path.ends_with("dr.control-plane.restore.md"))
+            .count();
+        assert_eq!(restores, 1);
+    }
+
+    #[test]
     fn a_site_short_of_shard_room_is_reported_with_its_counts() {
         // Oslo's one gateway shard down to one tenant: the six placed tenants (four homed in
         // Oslo, two in Bergen) do not fit there when Bergen is lost.
