@@ -252,6 +252,9 @@ pub struct Parsed0 {
     /// The per-file secret scans already ran and their findings are in `findings` (the cached
     /// parse keeps them with each file), so validation must not scan `texts` again.
     pub prescanned: bool,
+    /// Whether `docs` are in path order, found by the first view built ([`build_view_of`]) and
+    /// read by the others (each view of a validation run is built from the same docs).
+    pub(crate) docs_sorted: std::sync::OnceLock<bool>,
 }
 
 /// The parsed values of a commit alone, for compiling once validation has run.
@@ -780,7 +783,11 @@ pub fn build_view_of(
     };
     // Base documents that failed their schema in parse_all never reach a view.
     model.broken_ids.extend(p.broken_ids.iter().cloned());
-    if !bases.is_sorted_by(|a, b| a.path < b.path) {
+    let sorted = *p
+        .docs_sorted
+        .get_or_init(|| p.docs.is_sorted_by(|a, b| a.path < b.path));
+    // A subsequence of sorted docs is sorted.
+    if !sorted && !bases.is_sorted_by(|a, b| a.path < b.path) {
         bases.sort_by(|a, b| a.path.cmp(&b.path));
         bases.dedup_by(|a, b| a.path == b.path);
     }
