@@ -3,7 +3,11 @@
 //! `bench/b2_b7.sh`; see BENCHMARKS.md.
 //!
 //!   vakt-bench b2 REPO ENV BASE HEAD RUNS       incremental compile+plan vs full compile
-//!   vakt-bench b3 REPO ENV NATS_URL             apply vs raw JetStream publish; drift (B6)
+//!   vakt-bench b3 REPO ENV NATS_URL             apply vs raw JetStream publish (after an
+//!                                               unmeasured warm-up apply, B3_WARMUP=0 skips
+//!                                               it; the peer before and after the apply;
+//!                                               B3_COLD_PEER_URL: the peer once, after the
+//!                                               apply, on that server); drift (B6)
 //!                                               vs read-back; peak RSS (B7); the client's
 //!                                               and the nats-server's CPU per phase (the
 //!                                               server found by the URL's port, or
