@@ -259,7 +259,9 @@ struct RawRun {
 }
 
 /// The peer, raw JetStream publish: `payloads` into a fresh plain stream `name` (subjects
-/// `root.>`), `window` messages in flight, every ack awaited.
+/// `root.>`), `window` messages in flight, every ack awaited. With `headers` (the diagnostic,
+/// not the peer) each write carries an expected last subject sequence of 0 and each event a
+/// `Nats-Msg-Id`, into a stream with a duplicate window, as the apply sends them.
 async fn raw_publish(
     js: &async_nats::jetstream::Context,
     name: &str,
@@ -267,18 +269,35 @@ async fn raw_publish(
     payloads: Vec<(String, bytes::Bytes)>,
     window: usize,
     server_cpu: &dyn Fn() -> Option<f64>,
+    headers: bool,
 ) -> RawRun {
     js.create_stream(async_nats::jetstream::stream::Config {
         name: name.to_owned(),
         subjects: vec![format!("{root}.>")],
+        duplicate_window: if headers {
+            Duration::from_secs(120)
+        } else {
+            Duration::default()
+        },
         ..Default::default()
     })
     .await
     .expect("raw stream");
     let (t, cpu, scpu) = (Instant::now(), cpu_ms(), server_cpu());
     let mut pending = std::collections::VecDeque::new();
-    for (s, p) in payloads {
-        pending.push_back(js.publish(s, p).await.expect("publish"));
+    for (i, (s, p)) in payloads.into_iter().enumerate() {
+        let ack = if headers {
+            let m = async_nats::jetstream::message::PublishMessage::build().payload(p);
+            let m = if i % 2 == 0 {
+                m.expected_last_subject_sequence(0)
+            } else {
+                m.message_id(format!("{name}/{i}"))
+            };
+            js.send_publish(s, m).await
+        } else {
+            js.publish(s, p).await
+        };
+        pending.push_back(ack.expect("publish"));
         if pending.len() >= window {
             pending.pop_front().unwrap().await.expect("ack");
         }
@@ -365,6 +384,7 @@ async fn b3(repo: &Path, env: &str, url: &str) {
                 payloads,
                 window,
                 &server_cpu,
+                false,
             )
             .await,
         );
@@ -413,6 +433,7 @@ async fn b3(repo: &Path, env: &str, url: &str) {
             payloads,
             window,
             &peer_server_cpu,
+            false,
         )
         .await,
     );
@@ -431,35 +452,25 @@ async fn b3(repo: &Path, env: &str, url: &str) {
     let mut raw_headers_ms = None;
     let mut raw_headers_cpu = (None, None);
     if let Some(payloads) = again {
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: format!("RAWH{tag}"),
-            subjects: vec![format!("rawh{tag}.>")],
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .expect("raw stream with headers");
-        let (t, cpu, scpu, m) = (Instant::now(), cpu_ms(), server_cpu(), mono_s());
-        let mut pending = std::collections::VecDeque::new();
-        for (i, (s, p)) in payloads.into_iter().enumerate() {
-            let s = s.replacen(&format!("raw{tag}."), &format!("rawh{tag}."), 1);
-            let m = async_nats::jetstream::message::PublishMessage::build().payload(p);
-            let m = if i % 2 == 0 {
-                m.expected_last_subject_sequence(0)
-            } else {
-                m.message_id(format!("{tag}/{i}"))
-            };
-            pending.push_back(js.send_publish(s, m).await.expect("publish"));
-            if pending.len() >= window {
-                pending.pop_front().unwrap().await.expect("ack");
-            }
-        }
-        for f in pending {
-            f.await.expect("ack");
-        }
+        let root = format!("rawh{tag}");
+        let payloads = payloads
+            .into_iter()
+            .map(|(s, p)| (s.replacen(&format!("raw{tag}."), &format!("{root}."), 1), p))
+            .collect();
+        let m = mono_s();
+        let r = raw_publish(
+            &js,
+            &format!("RAWH{tag}"),
+            &root,
+            payloads,
+            window,
+            &server_cpu,
+            true,
+        )
+        .await;
         phase("raw_with_headers", m);
-        raw_headers_ms = Some(ms(t.elapsed()));
-        raw_headers_cpu = (Some(cpu_ms() - cpu), since(scpu));
+        raw_headers_ms = Some(r.ms);
+        raw_headers_cpu = (Some(r.cpu_ms), r.server_cpu_ms);
     }
     // B6: drift over every key vs the read-back (snapshot) it builds on.
     let t = Instant::now();

@@ -791,22 +791,17 @@ pub fn build_view_of(
         bases.sort_by(|a, b| a.path.cmp(&b.path));
         bases.dedup_by(|a, b| a.path == b.path);
     }
-    let has_base = |path: &str| {
-        bases
-            .binary_search_by(|b| b.path.as_str().cmp(path))
-            .is_ok()
-    };
-    // Each overlay at the index of its base document, in base order: the walk below meets
-    // them with a cursor instead of looking every base path up among the overlays.
-    let mut overlaid: Vec<(usize, &SourceDoc)> = overlays
-        .iter()
-        .filter_map(|(base_path, o)| {
-            let i = bases
-                .binary_search_by(|b| b.path.as_str().cmp(base_path))
-                .ok()?;
-            Some((i, *o))
-        })
-        .collect();
+    // Each overlay at the index of its base document, in base order (the walk below meets
+    // them with a cursor instead of looking every base path up among the overlays), and the
+    // overlays without a base document.
+    let mut overlaid: Vec<(usize, &SourceDoc)> = Vec::with_capacity(overlays.len());
+    let mut orphans: Vec<(&str, &SourceDoc)> = Vec::new();
+    for (base_path, o) in &overlays {
+        match bases.binary_search_by(|b| b.path.as_str().cmp(base_path)) {
+            Ok(i) => overlaid.push((i, *o)),
+            Err(_) => orphans.push((base_path, *o)),
+        }
+    }
     overlaid.sort_by_key(|(i, _)| *i);
     let mut overlaid = overlaid.into_iter().peekable();
     let mut entries: Vec<(Kind, Entry)> = Vec::with_capacity(bases.len());
@@ -849,10 +844,7 @@ pub fn build_view_of(
             None => entries.push((base.kind, Entry::Shared(base))),
         }
     }
-    for (base_path, o) in &overlays {
-        if has_base(base_path) {
-            continue;
-        }
+    for (base_path, o) in orphans {
         if !allow_orphan_overlay {
             findings.push(
                 Finding::new(
